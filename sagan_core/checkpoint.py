@@ -1,0 +1,125 @@
+"""Self-describing checkpoints, written atomically.
+
+Layout of a run directory:
+    checkpoints/step-<n>.pt   G, D, EMA, both optimisers, step, RNG states, config
+    checkpoints/latest        the file name of the newest complete checkpoint
+A checkpoint is written to a temporary file and renamed into place, and `latest` is replaced
+only after that, so a kill at any moment leaves the previous "latest" intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainConfig, config_from_dict
+from .models import Discriminator, Generator
+
+FORMAT_VERSION = 1
+LATEST = "latest"
+
+
+def atomic_write(path: Path, write: Any) -> Path:
+    """Call write(file_object) on a temp file beside `path`, fsync, then rename onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
+    """Write checkpoints/step-<n>.pt, then move `latest` to it, then prune to `keep` files."""
+    directory = Path(run_dir) / "checkpoints"
+    path = directory / f"step-{payload['step']}.pt"
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(directory / LATEST, lambda f: f.write(path.name.encode()))
+    for old in sorted(directory.glob("step-*.pt"), key=_step_of)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _step_of(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / LATEST
+    if not pointer.exists():
+        return None
+    return pointer.parent / pointer.read_text().strip()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict. `path` is a .pt file or a run directory (its latest)."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in run directory {path}")
+        path = found
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported checkpoint format {payload.get('format_version')!r}")
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    generator: Generator
+    discriminator: Discriminator
+    config: TrainConfig
+    step: int
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild G and D from a checkpoint alone, in eval mode; G carries the EMA weights if kept."""
+    payload = read_checkpoint(path)
+    config = config_from_dict(payload["config"])
+    generator, discriminator = Generator(config), Discriminator(config)
+    generator.load_state_dict(payload["ema"] if payload.get("ema") else payload["generator"])
+    discriminator.load_state_dict(payload["discriminator"])
+    return LoadedModel(generator=_frozen(generator, device), discriminator=_frozen(discriminator, device),
+                       config=config, step=int(payload["step"]))
+
+
+def _frozen(model: nn.Module, device: str | torch.device) -> Any:
+    return model.to(device).eval().requires_grad_(False)

@@ -1,0 +1,143 @@
+"""The `sagan` command: train, sample, import-checkpoint.
+
+Other packages add subcommands (the service adds api, worker, up, db) through the entry-point
+group `sagan.commands`: each entry point is a `register(subparsers)` callable. This keeps the
+library free of any import of the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from .config import FIELD_HELP, TrainConfig, make_config
+
+ENTRY_POINT_GROUP = "sagan.commands"
+
+
+def _int_list(text: str) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [int(part) for part in text.split(",")]
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda text: None if text.strip().lower() in ("none", "null") else parse(text)
+
+
+FLAG_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int, "float": float, "str": str, "list[int]": _int_list,
+    "int | None": _optional(int), "float | None": _optional(float),
+}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One kebab-case flag per TrainConfig field; unset flags stay out of the namespace."""
+    group = parser.add_argument_group("config fields (override --preset and --config)")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=FIELD_HELP[field.name])
+        else:
+            group.add_argument(flag, type=FLAG_PARSERS[field.type], default=argparse.SUPPRESS,
+                               metavar=field.name.upper(), help=FIELD_HELP[field.name])
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Preset defaults, then the --config file, then flags."""
+    from .train import load_config_file
+
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                   if hasattr(args, f.name)})
+    return make_config(values.pop("preset", "seed64"), **values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    rank_args = ["-m", "sagan_core.train", "--config", str(config_path), "--out", str(out)]
+    rank_args += ["--resume"] if args.resume else []
+    if config.nproc == 1:
+        from .train import main as train_main
+
+        return train_main(rank_args[2:])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={config.nproc}"]
+    return subprocess.call(torchrun + rank_args)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sampling import sample_to_png
+
+    path = sample_to_png(args.checkpoint, args.output, n=args.n, seed=args.seed, npz=args.npz,
+                         device=args.device)
+    print(path)
+    return 0
+
+
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from .importers import import_checkpoint
+
+    path = import_checkpoint(args.format, args.generator, args.discriminator, args.output)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sagan", description="Self-Attention GANs: train, sample, serve.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a SAGAN",
+                                description="Train a SAGAN into --out (metrics.jsonl, samples/, "
+                                            "checkpoints/).")
+    train.add_argument("--config", type=Path, help="YAML/JSON file of config fields")
+    train.add_argument("--out", type=Path, default=Path("runs/sagan"), help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    sample = commands.add_parser("sample", help="write a grid of samples from a checkpoint")
+    sample.add_argument("--checkpoint", required=True, type=Path, help="a .pt file or a run directory")
+    sample.add_argument("-n", type=int, default=64, help="number of images")
+    sample.add_argument("-o", "--output", type=Path, default=Path("samples.png"), help="grid PNG path")
+    sample.add_argument("--seed", type=int, default=0, help="noise seed")
+    sample.add_argument("--npz", type=Path, help="also save raw uint8 images and z here")
+    sample.add_argument("--device", default="cpu", help="cpu or cuda")
+    sample.set_defaults(func=cmd_sample)
+
+    imports = commands.add_parser("import-checkpoint", help="convert another implementation's weights")
+    imports.add_argument("--format", required=True, choices=["heykeetae"],
+                         help="heykeetae: the Self-Attention-GAN reference's {step}_G.pth/{step}_D.pth")
+    imports.add_argument("generator", type=Path, help="generator state dict")
+    imports.add_argument("discriminator", type=Path, help="discriminator state dict")
+    imports.add_argument("-o", "--output", type=Path, required=True, help="checkpoint to write")
+    imports.set_defaults(func=cmd_import_checkpoint)
+
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        entry_point.load()(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"sagan {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

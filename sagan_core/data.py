@@ -1,0 +1,300 @@
+"""Training images, named by one spec string (the `dataset` config field).
+
+Specs: `synthetic` | `synthetic:N` | `folder:PATH` | `lsun:PATH:CLASS` | `cifar10:PATH`. Every dataset
+yields float32 tensors of shape (3, imsize, imsize) in [-1, 1] and no labels (the GAN is unconditional).
+Problems surface as DatasetError naming the spec, path, file or LMDB key at fault, both when a dataset is
+built and when an item is loaded, so a bad file never turns into a bare traceback inside a worker.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import lmdb
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+KINDS = ("synthetic", "folder", "lsun", "cifar10")
+SPEC_FORMS = "synthetic, synthetic:N, folder:PATH, lsun:PATH:CLASS, cifar10:PATH"
+DEFAULT_SYNTHETIC_SIZE = 10_000
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class DatasetError(ValueError):
+    """A dataset spec, path or file is unusable; the message names the offending spec, path or file."""
+
+
+def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> Dataset:
+    """The dataset a spec names, yielding (3, imsize, imsize) float32 tensors in [-1, 1]."""
+    kind, arg = _parse(spec)
+    transform = _transform(imsize, center_crop)
+    if kind == "synthetic":
+        return SyntheticShapes(_synthetic_size(spec, arg), imsize, transform)
+    if kind == "folder":
+        return ImageFolder(_existing_dir(arg), transform)
+    if kind == "lsun":
+        root, category = _split_lsun(spec, arg)
+        return LMDBImages(_lmdb_dir(_existing_dir(root), category), transform)
+    return CIFAR10Images(_cifar_dir(_existing_dir(arg)), transform)
+
+
+def check_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> int:
+    """Build the dataset and load item 0, so a broken spec or first file fails before training; return len."""
+    dataset = build_dataset(spec, imsize, center_crop=center_crop)
+    dataset[0]
+    return len(dataset)
+
+
+def dataset_paths(spec: str) -> list[str]:
+    """The filesystem paths a spec reads from, as written in the spec (the API checks them against its
+    allowed data roots). LSUN classes may not contain a path separator, so PATH covers PATH/CLASS_lmdb."""
+    kind, arg = _parse(spec)
+    if kind == "synthetic":
+        _synthetic_size(spec, arg)
+        return []
+    if kind == "lsun":
+        return [_split_lsun(spec, arg)[0]]
+    return [arg]
+
+
+class SyntheticShapes(Dataset):
+    """Procedural coloured circles, rectangles and triangles on a solid or gradient background.
+
+    Item i is drawn from a generator seeded with i alone, so it is the same in every process and worker
+    and needs no download; shapes are placed in fractions of the image so every imsize shows the same scene.
+    """
+
+    def __init__(self, size: int, imsize: int, transform: Transform) -> None:
+        self.size = size
+        self.imsize = imsize
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.size:
+            raise IndexError(f"synthetic index {index} out of range [0, {self.size})")
+        return self.transform(self._draw(random.Random(index)))
+
+    def _draw(self, rng: random.Random) -> Image.Image:
+        s = self.imsize
+        image = self._background(rng)
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randint(1, 4)):
+            shape = rng.choice(("circle", "rectangle", "triangle"))
+            colour = _random_colour(rng)
+            cx, cy = rng.uniform(0.1, 0.9) * s, rng.uniform(0.1, 0.9) * s
+            radius = rng.uniform(0.08, 0.3) * s
+            if shape == "circle":
+                draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
+            elif shape == "rectangle":
+                half_w, half_h = radius, rng.uniform(0.3, 1.0) * radius
+                draw.rectangle([cx - half_w, cy - half_h, cx + half_w, cy + half_h], fill=colour)
+            else:
+                angle = rng.uniform(0, 2 * math.pi)
+                corners = [angle + k * 2 * math.pi / 3 + rng.uniform(-0.4, 0.4) for k in range(3)]
+                draw.polygon([(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in corners],
+                             fill=colour)
+        return image
+
+    def _background(self, rng: random.Random) -> Image.Image:
+        s = self.imsize
+        start = _random_colour(rng)
+        if rng.random() < 0.5:
+            return Image.new("RGB", (s, s), start)
+        ramp = np.linspace(0.0, 1.0, s)
+        # Horizontal or vertical two-colour gradient.
+        t = np.tile(ramp, (s, 1)) if rng.random() < 0.5 else np.tile(ramp[:, None], (1, s))
+        begin, end = np.array(start, dtype=float), np.array(_random_colour(rng), dtype=float)
+        return Image.fromarray((begin + (end - begin) * t[..., None]).round().astype(np.uint8), "RGB")
+
+
+class ImageFolder(Dataset):
+    """Every image file under a directory, recursively, in sorted path order."""
+
+    def __init__(self, root: Path, transform: Transform) -> None:
+        self.root = root
+        self.transform = transform
+        self.files = sorted(str(p) for p in root.rglob("*")
+                            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not self.files:
+            raise DatasetError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        path = self.files[index]
+        return self.transform(_open_rgb(path, path))
+
+
+class LMDBImages(Dataset):
+    """An LSUN-style LMDB environment whose values are encoded images (keys are arbitrary)."""
+
+    def __init__(self, path: Path, transform: Transform) -> None:
+        self.path = path.resolve()
+        self.transform = transform
+        try:
+            env = _environment(self.path)
+        except lmdb.Error as error:
+            raise DatasetError(f"cannot open LMDB {path}: {error}") from error
+        with env.begin() as txn:
+            self.keys: list[bytes] = list(txn.cursor().iternext(keys=True, values=False))
+        if not self.keys:
+            raise DatasetError(f"no images found in LMDB {path}")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        key = self.keys[index]
+        name = f"LMDB {self.path} key {key.decode('utf-8', 'backslashreplace')}"
+        with _environment(self.path).begin() as txn:
+            value = txn.get(key)
+        if value is None:
+            raise DatasetError(f"{name} has no value")
+        return self.transform(_open_rgb(io.BytesIO(value), name))
+
+
+class CIFAR10Images(Dataset):
+    """The CIFAR-10 training split (the five python-format data batches); labels are dropped."""
+
+    def __init__(self, root: Path, transform: Transform) -> None:
+        self.root = root
+        self.transform = transform
+        # (N, 3072) rows are channel-planar; PIL wants (N, 32, 32, 3).
+        planar = np.concatenate([_load_cifar_batch(root / name) for name in CIFAR_BATCHES])
+        self.images = np.ascontiguousarray(planar.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(Image.fromarray(self.images[index], "RGB"))
+
+
+def _parse(spec: str) -> tuple[str, str]:
+    """Split a spec into (kind, argument); the argument is '' only for plain `synthetic`."""
+    kind, sep, arg = spec.partition(":")
+    if kind not in KINDS:
+        raise DatasetError(f"unknown dataset kind {kind!r} in spec {spec!r}; valid kinds: {', '.join(KINDS)} "
+                           f"(forms: {SPEC_FORMS})")
+    if (sep or kind != "synthetic") and not arg:
+        raise _malformed(spec)
+    return kind, arg
+
+
+def _malformed(spec: str) -> DatasetError:
+    return DatasetError(f"malformed dataset spec {spec!r}; expected one of: {SPEC_FORMS}")
+
+
+def _synthetic_size(spec: str, arg: str) -> int:
+    if not arg:
+        return DEFAULT_SYNTHETIC_SIZE
+    if not arg.isdigit() or int(arg) < 1:
+        raise DatasetError(f"malformed dataset spec {spec!r}: synthetic:N needs an integer N >= 1")
+    return int(arg)
+
+
+def _split_lsun(spec: str, arg: str) -> tuple[str, str]:
+    # Split on the last colon so PATH may contain colons; CLASS must be a plain name so that
+    # PATH/CLASS_lmdb cannot escape PATH (dataset_paths relies on that).
+    root, _, category = arg.rpartition(":")
+    if not root or not category or "/" in category or os.sep in category:
+        raise DatasetError(f"malformed dataset spec {spec!r}: expected lsun:PATH:CLASS, "
+                           "e.g. lsun:/data/lsun:church_outdoor_train")
+    return root, category
+
+
+def _existing_dir(path: str) -> Path:
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"dataset path does not exist: {root}")
+    if not root.is_dir():
+        raise DatasetError(f"dataset path is not a directory: {root}")
+    return root
+
+
+def _lmdb_dir(root: Path, category: str) -> Path:
+    if (root / "data.mdb").is_file():  # PATH is itself the *_lmdb environment
+        return root
+    env_dir = root / f"{category.removesuffix('_lmdb')}_lmdb"
+    if not env_dir.is_dir():
+        raise DatasetError(f"LMDB directory does not exist: {env_dir}")
+    return env_dir
+
+
+# py-lmdb allows one handle per environment per process, and a handle must not be used across fork(), so
+# each process opens its own on first use (a DataLoader worker too) and shares it between datasets.
+_envs: dict[Path, lmdb.Environment] = {}
+_envs_pid = os.getpid()
+
+
+def _environment(path: Path) -> lmdb.Environment:
+    global _envs_pid
+    if _envs_pid != os.getpid():
+        # A forked child inherits the parent's handles and may not open the same files again until they
+        # are closed; with lock=False closing only unmaps this process's copy.
+        for env in _envs.values():
+            env.close()
+        _envs.clear()
+        _envs_pid = os.getpid()
+    if path not in _envs:
+        # Read-only without locks, readahead or meminit: many reader processes over a static file.
+        _envs[path] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+    return _envs[path]
+
+
+def _cifar_dir(root: Path) -> Path:
+    nested = root / "cifar-10-batches-py"  # the directory the official tarball unpacks to
+    return nested if nested.is_dir() else root
+
+
+def _load_cifar_batch(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"CIFAR-10 batch file not found: {path}")
+    # pickle runs code from the file, which is why the API only accepts paths under its allowed data roots.
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+        raise DatasetError(f"not a CIFAR-10 python batch file: {path} ({error})") from error
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(f"CIFAR-10 batch {path} has data of shape {data.shape}, expected (N, 3072)")
+    return data
+
+
+def _open_rgb(source: str | IO[bytes], name: str) -> Image.Image:
+    """Decode an image fully (so truncation shows up here) as RGB; `name` identifies it in errors."""
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")
+    # PIL reports unreadable, corrupt or truncated data with any of these.
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"cannot read image {name}: {error}") from error
+
+
+def _transform(imsize: int, center_crop: int | None) -> Transform:
+    steps: list[Any] = [transforms.CenterCrop(center_crop)] if center_crop else []
+    steps += [transforms.Resize((imsize, imsize)), transforms.ToTensor(),
+              transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    return transforms.Compose(steps)
+
+
+def _random_colour(rng: random.Random) -> tuple[int, int, int]:
+    return rng.randrange(256), rng.randrange(256), rng.randrange(256)

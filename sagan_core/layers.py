@@ -1,0 +1,115 @@
+"""Building blocks: spectral normalisation and the two self-attention forms."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+def _l2normalize(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return v / (v.norm() + eps)
+
+
+class SpectralNorm(nn.Module):
+    """Parametrization W -> W / sigma(W), sigma from one power iteration per training forward.
+
+    Follows the seed's reference implementation so its checkpoints import exactly: the weight is
+    flattened along dim 0 for every layer type (ConvTranspose2d included, where torch's own
+    spectral_norm uses dim 1), and each step updates v before u. Unlike the reference, u and v
+    stay fixed in eval mode, so sampling is deterministic and never changes the model.
+    """
+
+    def __init__(self, weight: torch.Tensor, power_iterations: int = 1) -> None:
+        super().__init__()
+        rows = weight.shape[0]
+        cols = weight.numel() // rows
+        self.power_iterations = power_iterations
+        self.register_buffer("u", _l2normalize(weight.new_empty(rows).normal_()))
+        self.register_buffer("v", _l2normalize(weight.new_empty(cols).normal_()))
+
+    @torch.no_grad()
+    def power_iteration(self, weight: torch.Tensor, iterations: int | None = None) -> None:
+        matrix = weight.reshape(weight.shape[0], -1)
+        for _ in range(self.power_iterations if iterations is None else iterations):
+            self.v.copy_(_l2normalize(torch.mv(matrix.t(), self.u)))
+            self.u.copy_(_l2normalize(torch.mv(matrix, self.v)))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.power_iteration(weight)
+        # Clones keep autograd's saved tensors safe from the next in-place power iteration
+        # (the DDP in-place error of pytorch#22095).
+        u, v = self.u.clone(), self.v.clone()
+        sigma = torch.dot(u, torch.mv(weight.reshape(weight.shape[0], -1), v))
+        return weight / sigma
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight.detach()))
+    return module
+
+
+def maybe_spectral(module: nn.Module, enabled: bool) -> nn.Module:
+    return spectral_norm(module) if enabled else module
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ) v over keys, unscaled as in SAGAN. q, k: (B, Nq/Nk, Cqk); v: (B, Nk, Cv).
+
+    q and k are zero-padded to v's width: the dot products are unchanged, and equal widths let
+    scaled_dot_product_attention pick its fused (flash) kernel on CPU as well as on GPUs, which
+    never materialises the N x N map (256 MiB per fp32 batch of 64 at 32x32).
+    """
+    pad = v.shape[-1] - q.shape[-1]
+    if pad > 0:
+        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+    out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0)
+    return out.squeeze(1)
+
+
+class SelfAttention(nn.Module):
+    """The seed's self-attention: 1x1 query/key to C/8, value to C, output gamma * o + x."""
+
+    def __init__(self, channels: int, *, spectral: bool = False) -> None:
+        super().__init__()
+        self.query = maybe_spectral(nn.Conv2d(channels, channels // 8, 1), spectral)
+        self.key = maybe_spectral(nn.Conv2d(channels, channels // 8, 1), spectral)
+        self.value = maybe_spectral(nn.Conv2d(channels, channels, 1), spectral)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
+        k = self.key(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
+        v = self.value(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        o = _attention(q, k, v).transpose(1, 2).reshape(b, c, h, w)
+        return self.gamma * o + x
+
+
+class PooledSelfAttention(nn.Module):
+    """The paper's official form: theta/phi to C/8, g to C/2, 2x2 max-pooled keys and values,
+    a 1x1 output conv back to C, spectral norm on every conv. Pooling cuts the attention map by 4."""
+
+    def __init__(self, channels: int, *, spectral: bool = True) -> None:
+        super().__init__()
+        self.theta = maybe_spectral(nn.Conv2d(channels, channels // 8, 1, bias=False), spectral)
+        self.phi = maybe_spectral(nn.Conv2d(channels, channels // 8, 1, bias=False), spectral)
+        self.g = maybe_spectral(nn.Conv2d(channels, channels // 2, 1, bias=False), spectral)
+        self.out = maybe_spectral(nn.Conv2d(channels // 2, channels, 1, bias=False), spectral)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
+        k = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/8)
+        v = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/2)
+        o = _attention(q, k, v).transpose(1, 2).reshape(b, c // 2, h, w)
+        return self.gamma * self.out(o) + x
+
+
+def make_attention(form: str, channels: int, *, spectral: bool) -> nn.Module:
+    if form == "seed":
+        return SelfAttention(channels)  # the seed never normalises its attention convs
+    return PooledSelfAttention(channels, spectral=spectral)

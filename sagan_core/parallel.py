@@ -1,0 +1,115 @@
+"""Process-group setup, DDP wrapping and synchronised BatchNorm.
+
+Works the same under torchrun with N processes (NCCL on GPUs, gloo on CPU) and as one plain
+process with no process group at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True, slots=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("device: cuda requested but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device_preference: str = "auto") -> DistContext:
+    """Join the process group torchrun describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose batch statistics span every process: SyncBatchNorm for gloo/CPU.
+
+    torch's SyncBatchNorm only runs on accelerators. Two all-reduces (mean, then the centred
+    sum of squares) keep the variance as accurate as single-process BatchNorm; the
+    autograd-aware all_reduce sends gradients back through the statistics.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        dims = (0, 2, 3)
+        count = x.numel() // x.shape[1] * dist.get_world_size()
+        mean = dist_fn.all_reduce(x.sum(dims)) / count
+        centred = x - mean.view(1, -1, 1, 1)
+        var = dist_fn.all_reduce((centred * centred).sum(dims)) / count
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        return centred * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """Make the BatchNorm layers of `model` normalise over the global batch."""
+    if not ctx.distributed:
+        return model
+    if ctx.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum)
+            replacement.load_state_dict(child.state_dict())
+            setattr(model, name, replacement.to(child.weight.device))
+        else:
+            sync_batchnorm(child, ctx)
+    return model
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """DDP when there are several processes. Buffers are not broadcast: spectral-norm vectors
+    evolve identically on every rank, and broadcasting them in place breaks autograd (#22095)."""
+    if not ctx.distributed:
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= ctx.world_size
+    return values

@@ -1,0 +1,312 @@
+"""The SAGAN training loop, one process per rank.
+
+Run as `python -m sagan_core.train --config CONFIG.json --out DIR [--resume]`, alone or under
+torchrun. `sagan train` writes the config and starts this (through torchrun when nproc > 1).
+
+Every random draw is a function of (seed, step): real batches come from a seeded permutation
+per epoch and z from a generator seeded per step, each rank taking its slice of the global batch.
+So a resumed run repeats a straight run exactly, and N processes see the same global batch as
+one process with the same batch_size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .checkpoint import latest_checkpoint, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .config import TrainConfig, config_from_dict
+from .data import DatasetError, build_dataset
+from .losses import D_LOSSES, G_LOSSES, gradient_penalty
+from .models import Discriminator, Generator, attention_gammas
+from .parallel import DistContext, all_reduce_mean, init_distributed, shutdown_distributed, sync_batchnorm, wrap_ddp
+from .sampling import fixed_noise, generate, write_grid
+
+
+def seeded(*parts: int) -> torch.Generator:
+    """A CPU generator seeded by a tuple of ints (tuple hashes of ints are stable across runs)."""
+    return torch.Generator().manual_seed(hash(parts) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """This rank's share of global batch b, for b = start, start + 1, ... forever.
+
+    Epoch e is a permutation seeded by (seed, e); the last incomplete global batch is dropped.
+    """
+
+    def __init__(self, size: int, config: TrainConfig, ctx: DistContext, start_batch: int) -> None:
+        if size < config.batch_size:
+            raise DatasetError(f"data set has {size} images, fewer than batch_size {config.batch_size}")
+        self.size, self.seed, self.start = size, config.seed, start_batch
+        self.global_batch = config.batch_size
+        local = config.batch_size // ctx.world_size
+        self.local = slice(ctx.rank * local, (ctx.rank + 1) * local)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_epoch = self.size // self.global_batch
+        batch, epoch, order = self.start, -1, torch.empty(0, dtype=torch.long)
+        while True:
+            if batch // per_epoch != epoch:
+                epoch = batch // per_epoch
+                order = torch.randperm(self.size, generator=seeded(self.seed, epoch))
+            first = batch % per_epoch * self.global_batch
+            yield order[first:first + self.global_batch][self.local].tolist()
+            batch += 1
+
+
+@dataclass
+class TrainState:
+    """Everything a step touches. `*_ddp` are the DDP-wrapped views used for updates."""
+
+    config: TrainConfig
+    ctx: DistContext
+    generator: Generator
+    discriminator: Discriminator
+    generator_ddp: nn.Module
+    discriminator_ddp: nn.Module
+    g_optimizer: torch.optim.Optimizer
+    d_optimizer: torch.optim.Optimizer
+    ema: Generator | None
+    step: int = 0
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "g_optimizer": self.g_optimizer.state_dict(),
+            "d_optimizer": self.d_optimizer.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.generator.load_state_dict(payload["generator"])
+        self.discriminator.load_state_dict(payload["discriminator"])
+        if self.ema is not None and payload.get("ema"):
+            self.ema.load_state_dict(payload["ema"])
+        self.g_optimizer.load_state_dict(payload["g_optimizer"])
+        self.d_optimizer.load_state_dict(payload["d_optimizer"])
+        restore_rng_state(payload["rng"])
+        self.step = int(payload["step"])
+
+
+def build_state(config: TrainConfig, ctx: DistContext) -> TrainState:
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    generator = sync_batchnorm(Generator(config), ctx).to(ctx.device)
+    discriminator = sync_batchnorm(Discriminator(config), ctx).to(ctx.device)
+    if config.channels_last:
+        generator.to(memory_format=torch.channels_last)
+        discriminator.to(memory_format=torch.channels_last)
+    betas = (float(config.beta1), float(config.beta2))  # torch >= 2.14 rejects integer betas
+    g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.g_lr, betas=betas)
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.d_lr, betas=betas)
+    ema = copy.deepcopy(generator).requires_grad_(False) if config.ema_decay > 0 else None
+    generator_ddp, discriminator_ddp = wrap_ddp(generator, ctx), wrap_ddp(discriminator, ctx)
+    if config.compile:
+        generator_ddp, discriminator_ddp = torch.compile(generator_ddp), torch.compile(discriminator_ddp)
+    return TrainState(config, ctx, generator, discriminator, generator_ddp, discriminator_ddp,
+                      g_optimizer, d_optimizer, ema)
+
+
+def noise(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
+    """This rank's slice of the global z for (step, slot); slot n_critic is the G step's."""
+    z = torch.randn(config.batch_size, config.z_dim, generator=seeded(config.seed, step, slot))
+    local = config.batch_size // ctx.world_size
+    return z[ctx.rank * local:(ctx.rank + 1) * local].to(ctx.device, non_blocking=True)
+
+
+def set_learning_rates(state: TrainState) -> None:
+    config = state.config
+    decay = 1.0 if config.lr_decay is None else config.lr_decay ** (state.step // config.lr_decay_every)
+    for optimizer, base in ((state.g_optimizer, config.g_lr), (state.d_optimizer, config.d_lr)):
+        for group in optimizer.param_groups:
+            group["lr"] = base * decay
+
+
+def train_step(state: TrainState, real_batches: Iterator[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """n_critic discriminator updates, then one generator update. Returns detached stats."""
+    config, ctx = state.config, state.ctx
+    autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16) if config.amp == "bf16"
+                else nullcontext())
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    d_loss_fn, g_loss_fn = D_LOSSES[config.loss], G_LOSSES[config.loss]
+    set_learning_rates(state)
+
+    for slot in range(config.n_critic):
+        real = next(real_batches).to(ctx.device, non_blocking=True, memory_format=memory_format)
+        with torch.no_grad(), autocast:  # the D step never backpropagates into G
+            fake = state.generator(noise(config, ctx, state.step, slot))
+        with autocast:
+            # One forward over real and fake: half the kernel launches, and a single DDP
+            # forward per backward.
+            logits = state.discriminator_ddp(torch.cat([real, fake.to(real.dtype)])).float()
+            d_real, d_fake = logits.split(real.shape[0])
+            d_loss = d_loss_fn(d_real, d_fake)
+            if config.loss == "wgan-gp":
+                # The penalty's double backward runs on the bare module (DDP cannot); its gradients
+                # still reach DDP's all-reduce, which hooks the parameters themselves.
+                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real, fake)
+        state.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        state.d_optimizer.step()
+
+    # G step: D's weights need no gradients, so backpropagate through the bare module.
+    state.discriminator.requires_grad_(False)
+    with autocast:
+        g_loss = g_loss_fn(state.discriminator(state.generator_ddp(noise(config, ctx, state.step,
+                                                                         config.n_critic))).float())
+    state.g_optimizer.zero_grad(set_to_none=True)
+    g_loss.backward()
+    state.g_optimizer.step()
+    state.discriminator.requires_grad_(True)
+
+    if state.ema is not None:
+        update_ema(state.ema, state.generator, config.ema_decay if state.step >= config.ema_start else 0.0)
+    state.step += 1
+    return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
+            "d_out_real": d_real.detach().mean(), "d_out_fake": d_fake.detach().mean()}
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_param.lerp_(param, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+def real_batches(dataset: Dataset, state: TrainState) -> Iterator[torch.Tensor]:
+    """Resumable stream of real batches: starts where step `state.step` left off."""
+    config = state.config
+    sampler = StepBatchSampler(len(dataset), config, state.ctx, state.step * config.n_critic)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+                        pin_memory=state.ctx.device.type == "cuda",
+                        persistent_workers=config.num_workers > 0)
+    return iter(loader)
+
+
+class RunWriter:
+    """Rank 0's files in the run directory: metrics.jsonl, sample grids, checkpoints."""
+
+    def __init__(self, out_dir: Path, state: TrainState) -> None:
+        self.out_dir, self.state = out_dir, state
+        self.sample_z = fixed_noise(64, state.config.z_dim, state.config.seed)
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        self.metrics = open(out_dir / "metrics.jsonl", "a", buffering=1)
+
+    def log(self, stats: dict[str, float], img_per_s: float) -> None:
+        state = self.state
+        gammas = {**attention_gammas(state.generator, "g"), **attention_gammas(state.discriminator, "d")}
+        record = {"step": state.step, "total_steps": state.config.steps, **stats, "gamma": gammas,
+                  "img_per_s": round(img_per_s, 2), "lr": state.g_optimizer.param_groups[0]["lr"],
+                  "time": time.time()}
+        self.metrics.write(json.dumps(record) + "\n")
+
+    def sample(self) -> None:
+        generator = self.state.ema if self.state.ema is not None else self.state.generator
+        write_grid(generate(generator, self.sample_z), self.out_dir / "samples" / f"step-{self.state.step}.png")
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.out_dir, self.state.checkpoint_payload(), self.state.config.keep_checkpoints)
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def train(config: TrainConfig, out_dir: Path, *, resume: bool = False) -> TrainState:
+    """Train to config.steps, writing metrics, samples and checkpoints into out_dir (rank 0)."""
+    ctx = init_distributed(config.device)
+    try:
+        dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
+        state = build_state(config, ctx)
+        if resume and (found := latest_checkpoint(out_dir)) is not None:
+            state.restore(read_checkpoint(found))
+        writer = RunWriter(out_dir, state) if ctx.is_main else None
+        try:
+            _loop(state, real_batches(dataset, state), writer)
+        finally:
+            if writer is not None:
+                writer.close()
+        return state
+    finally:
+        shutdown_distributed()
+
+
+def _loop(state: TrainState, batches: Iterator[torch.Tensor], writer: RunWriter | None) -> None:
+    config = state.config
+    progress = _progress_bar(state, writer)
+    window_start, window_steps = time.perf_counter(), 0
+    while state.step < config.steps:
+        stats = train_step(state, batches)
+        window_steps += 1
+        last = state.step == config.steps
+        if state.step % config.log_every == 0 or last:
+            values = all_reduce_mean(torch.stack(list(stats.values())).float(), state.ctx).tolist()
+            elapsed = time.perf_counter() - window_start
+            img_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)
+            if writer is not None:
+                writer.log(dict(zip(stats, values)), img_per_s)
+                progress.set_postfix(d_loss=f"{values[0]:.3f}", g_loss=f"{values[1]:.3f}",
+                                     img_s=f"{img_per_s:.1f}")
+            window_start, window_steps = time.perf_counter(), 0
+        if writer is not None:
+            progress.update(1)
+            if state.step % config.sample_every == 0 or last:
+                writer.sample()
+            if state.step % config.checkpoint_every == 0 or last:
+                writer.checkpoint()
+    progress.close()
+
+
+def _progress_bar(state: TrainState, writer: RunWriter | None) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=state.config.steps, initial=state.step, unit="step", dynamic_ncols=True,
+                disable=writer is None or not sys.stderr.isatty())
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON or YAML mapping of config fields."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="One rank of a SAGAN training run.")
+    parser.add_argument("--config", required=True, help="JSON/YAML file of TrainConfig fields")
+    parser.add_argument("--out", required=True, type=Path, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_dict(load_config_file(args.config))
+        args.out.mkdir(parents=True, exist_ok=True)
+        train(config, args.out, resume=args.resume)
+    except (ValueError, FileNotFoundError) as error:  # DatasetError is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Dataset specs: synthetic shapes, image folders, LSUN LMDBs, CIFAR-10 batches, and their errors."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from sagan_core.data import (
+    DEFAULT_SYNTHETIC_SIZE,
+    DatasetError,
+    build_dataset,
+    check_dataset,
+    dataset_paths,
+)
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def solid(colour: tuple[int, int, int], size: tuple[int, int] = (20, 12)) -> Image.Image:
+    return Image.new("RGB", size, colour)
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def assert_colour(item: torch.Tensor, colour: tuple[int, int, int], atol: float = 0.05) -> None:
+    """Every pixel of a normalised item is `colour` (mapped from [0, 255] to [-1, 1])."""
+    expected = torch.tensor(colour, dtype=torch.float32).view(3, 1, 1) / 127.5 - 1
+    assert torch.allclose(item, expected.expand_as(item), atol=atol)
+
+
+# --- synthetic ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("imsize", [32, 64, 128])
+def test_synthetic_shape_range_and_determinism(imsize: int) -> None:
+    dataset = build_dataset("synthetic", imsize)
+    assert len(dataset) == DEFAULT_SYNTHETIC_SIZE
+    items = [dataset[i] for i in range(8)]
+    for item in items:
+        assert item.shape == (3, imsize, imsize) and item.dtype == torch.float32
+        assert item.min() >= -1 and item.max() <= 1
+        assert item.std() > 0.05  # a scene, not a blank canvas
+    # A fresh dataset object (as in another process) reproduces every item exactly.
+    again = build_dataset("synthetic", imsize)
+    assert all(torch.equal(a, again[i]) for i, a in enumerate(items))
+    assert all(not torch.equal(items[i], items[j]) for i in range(8) for j in range(i + 1, 8))
+
+
+def test_synthetic_is_identical_in_dataloader_workers() -> None:
+    dataset = build_dataset("synthetic:6", 32)
+    batch = next(iter(DataLoader(dataset, batch_size=6, num_workers=2)))
+    assert torch.equal(batch, torch.stack([dataset[i] for i in range(6)]))
+
+
+def test_synthetic_size_and_bounds() -> None:
+    dataset = build_dataset("synthetic:5", 32)
+    assert len(dataset) == 5 and check_dataset("synthetic:5", 32) == 5
+    with pytest.raises(IndexError):
+        dataset[5]
+
+
+# --- folder -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    (root / "nested" / "deeper").mkdir(parents=True)
+    solid(RED).save(root / "a.png")
+    solid(BLUE, (40, 40)).save(root / "nested" / "b.PNG")  # extensions match case-insensitively
+    solid(RED, (8, 30)).save(root / "nested" / "deeper" / "c.jpg")
+    solid(BLUE).convert("L").save(root / "d.bmp")  # greyscale is converted to RGB
+    (root / "notes.txt").write_text("not an image")
+    (root / "nested" / "e.png.bak").write_bytes(encoded(solid(RED), "PNG"))
+    return root
+
+
+def test_folder_finds_images_recursively_in_sorted_order(image_folder: Path) -> None:
+    dataset = build_dataset(f"folder:{image_folder}", 32)
+    expected = ["a.png", "d.bmp", "nested/b.PNG", "nested/deeper/c.jpg"]
+    assert dataset.files == [str(image_folder / name) for name in expected]
+    items = [dataset[i] for i in range(len(dataset))]
+    assert all(item.shape == (3, 32, 32) and item.dtype == torch.float32 for item in items)
+    assert_colour(items[0], RED, atol=1e-6)  # lossless PNG: exact ToTensor + Normalize(0.5, 0.5)
+    assert_colour(items[2], BLUE, atol=1e-6)
+    assert_colour(items[3], RED, atol=0.1)  # JPEG is lossy
+    grey_blue = round(0.114 * 255)  # ITU-R 601 luma of pure blue
+    assert_colour(items[1], (grey_blue,) * 3, atol=1e-2)
+    assert check_dataset(f"folder:{image_folder}", 64) == 4
+
+
+def test_folder_center_crop_happens_before_resize(tmp_path: Path) -> None:
+    # A blue 64x64 frame around a red 32x32 centre: cropping 32 leaves only red.
+    image = solid(BLUE, (64, 64))
+    image.paste(solid(RED, (32, 32)), (16, 16))
+    image.save(tmp_path / "framed.png")
+    assert_colour(build_dataset(f"folder:{tmp_path}", 16, center_crop=32)[0], RED, atol=1e-6)
+    uncropped = build_dataset(f"folder:{tmp_path}", 16)[0]
+    assert_colour(uncropped[:, 6:10, 6:10], RED, atol=1e-6)
+    assert_colour(uncropped[:, :2, :2], BLUE, atol=1e-6)
+
+
+@pytest.mark.parametrize("content", [b"definitely not an image",
+                                     encoded(solid(RED, (64, 64)), "PNG")[:80]], ids=["garbage", "truncated"])
+def test_corrupt_image_error_names_the_file(tmp_path: Path, content: bytes) -> None:
+    solid(RED).save(tmp_path / "b_good.png")
+    bad = tmp_path / "a_bad.png"
+    bad.write_bytes(content)
+    dataset = build_dataset(f"folder:{tmp_path}", 32)
+    with pytest.raises(DatasetError, match=str(bad)):
+        dataset[0]
+    assert_colour(dataset[1], RED, atol=1e-6)
+    with pytest.raises(DatasetError, match=str(bad)):  # check_dataset fails fast on a broken first file
+        check_dataset(f"folder:{tmp_path}", 32)
+
+
+def test_folder_path_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(DatasetError, match=f"dataset path does not exist: {missing}"):
+        build_dataset(f"folder:{missing}", 32)
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(DatasetError, match=f"no images found under {tmp_path}"):
+        build_dataset(f"folder:{tmp_path}", 32)
+    with pytest.raises(DatasetError, match=f"not a directory: {tmp_path / 'readme.txt'}"):
+        build_dataset(f"folder:{tmp_path / 'readme.txt'}", 32)
+
+
+# --- lsun ---------------------------------------------------------------------------------------------
+
+
+def write_lmdb(path: Path, items: dict[bytes, bytes]) -> None:
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for key, value in items.items():
+            txn.put(key, value)
+    env.close()
+
+
+@pytest.fixture
+def lsun_root(tmp_path: Path) -> Path:
+    write_lmdb(tmp_path / "church_outdoor_train_lmdb", {
+        b"0a1f": encoded(solid(RED, (48, 36)), "WEBP"),
+        b"7c2e": encoded(solid(BLUE, (36, 48)), "JPEG"),
+        b"9b00": encoded(solid(RED), "PNG"),
+    })
+    return tmp_path
+
+
+def test_lsun_reads_lmdb_values(lsun_root: Path) -> None:
+    spec = f"lsun:{lsun_root}:church_outdoor_train"
+    dataset = build_dataset(spec, 32)
+    assert len(dataset) == 3 and check_dataset(spec, 32) == 3
+    assert_colour(dataset[0], RED, atol=0.1)  # keys come back in LMDB (byte) order
+    assert_colour(dataset[1], BLUE, atol=0.1)
+    assert_colour(dataset[2], RED, atol=1e-6)
+    # The parent has opened the environment; forked workers must still read through their own.
+    batch = next(iter(DataLoader(dataset, batch_size=3, num_workers=2)))
+    assert torch.allclose(batch, torch.stack([dataset[i] for i in range(3)]))
+    # Picklable for spawned workers, which open the environment themselves.
+    assert torch.equal(pickle.loads(pickle.dumps(dataset))[2], dataset[2])
+
+
+def test_lsun_accepts_the_lmdb_dir_itself(lsun_root: Path) -> None:
+    by_root = build_dataset(f"lsun:{lsun_root}:church_outdoor_train", 32)
+    by_root[0]
+    # A second dataset over the same, already open environment (py-lmdb refuses a second handle).
+    direct = build_dataset(f"lsun:{lsun_root / 'church_outdoor_train_lmdb'}:church_outdoor_train", 32)
+    assert len(direct) == 3 and torch.equal(direct[0], by_root[0])
+
+
+def test_lsun_errors(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=f"LMDB directory does not exist: {tmp_path / 'bedroom_train_lmdb'}"):
+        build_dataset(f"lsun:{tmp_path}:bedroom_train", 32)
+    with pytest.raises(DatasetError, match=f"dataset path does not exist: {tmp_path / 'x'}"):
+        build_dataset(f"lsun:{tmp_path / 'x'}:bedroom_train", 32)
+    write_lmdb(tmp_path / "empty_lmdb", {})
+    with pytest.raises(DatasetError, match=f"no images found in LMDB {tmp_path / 'empty_lmdb'}"):
+        build_dataset(f"lsun:{tmp_path}:empty", 32)
+
+
+def test_lsun_corrupt_value_error_names_the_key(tmp_path: Path) -> None:
+    write_lmdb(tmp_path / "church_lmdb", {b"bad-key-42": b"\x00garbage"})
+    dataset = build_dataset(f"lsun:{tmp_path}:church", 32)
+    with pytest.raises(DatasetError, match="key bad-key-42"):
+        dataset[0]
+
+
+# --- cifar10 ------------------------------------------------------------------------------------------
+
+
+def write_cifar(root: Path, skip: str | None = None) -> None:
+    """Five batches of two 32x32 images each: in batch k, a pure red image and one of grey level 10*k."""
+    root.mkdir(parents=True)
+    for k in range(1, 6):
+        red = np.concatenate([np.full(1024, 255), np.zeros(2048)])
+        grey = np.full(3072, 10 * k)
+        batch = {b"data": np.stack([red, grey]).astype(np.uint8), b"labels": [0, 1]}
+        if f"data_batch_{k}" != skip:
+            (root / f"data_batch_{k}").write_bytes(pickle.dumps(batch))
+    (root / "test_batch").write_bytes(b"the test split is not part of training")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_cifar10_train_split(tmp_path: Path, nested: bool) -> None:
+    root = tmp_path / "cifar"
+    write_cifar(root / "cifar-10-batches-py" if nested else root)
+    dataset = build_dataset(f"cifar10:{root}", 32)
+    assert len(dataset) == 10
+    assert_colour(dataset[0], RED, atol=1e-6)  # channel-planar rows land in the right channels
+    assert_colour(dataset[9], (50, 50, 50), atol=1e-6)
+    assert dataset[4].shape == (3, 32, 32) and build_dataset(f"cifar10:{root}", 64)[4].shape == (3, 64, 64)
+
+
+def test_cifar10_errors(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "partial", skip="data_batch_3")
+    with pytest.raises(DatasetError, match=f"batch file not found: {tmp_path / 'partial' / 'data_batch_3'}"):
+        build_dataset(f"cifar10:{tmp_path / 'partial'}", 32)
+    write_cifar(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "data_batch_2").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match=str(tmp_path / "corrupt" / "data_batch_2")):
+        build_dataset(f"cifar10:{tmp_path / 'corrupt'}", 32)
+    with pytest.raises(DatasetError, match="dataset path does not exist"):
+        build_dataset(f"cifar10:{tmp_path / 'missing'}", 32)
+
+
+# --- specs --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("imagenet:/data", "unknown dataset kind 'imagenet'.*synthetic, folder, lsun, cifar10"),
+    ("", "unknown dataset kind ''"),
+    ("folder", "malformed dataset spec 'folder'"),
+    ("folder:", "malformed dataset spec 'folder:'"),
+    ("synthetic:", "malformed dataset spec 'synthetic:'"),
+    ("synthetic:0", "synthetic:N needs an integer N >= 1"),
+    ("synthetic:ten", "synthetic:N needs an integer N >= 1"),
+    ("lsun:/data", "expected lsun:PATH:CLASS"),
+    ("lsun:/data:", "expected lsun:PATH:CLASS"),
+    ("lsun:/data:../../etc", "expected lsun:PATH:CLASS"),
+])
+def test_bad_specs(spec: str, message: str) -> None:
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(spec, 32)
+    with pytest.raises(DatasetError, match=message):
+        dataset_paths(spec)
+
+
+def test_dataset_paths() -> None:
+    assert dataset_paths("synthetic") == [] and dataset_paths("synthetic:100") == []
+    assert dataset_paths("folder:/data/celeba") == ["/data/celeba"]
+    assert dataset_paths("lsun:/data/c:d/lsun:church_outdoor_train") == ["/data/c:d/lsun"]
+    assert dataset_paths("cifar10:/data/cifar") == ["/data/cifar"]
