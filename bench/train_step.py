@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sagan_core.config import make_config  # noqa: E402
-from sagan_core.data import build_dataset  # noqa: E402
-from sagan_core.parallel import init_distributed  # noqa: E402
-from sagan_core.train import build_state, real_batches, train_step  # noqa: E402
+from sagan_core.config import make_config
+from sagan_core.data import build_dataset
+from sagan_core.parallel import init_distributed
+from sagan_core.train import build_state, real_batches, train_step
 
 
 def time_steps(step, warmup: int, steps: int, sync) -> float:

@@ -32,6 +32,7 @@ def atomic_write(path: Path, write: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by other users and services
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -104,8 +104,8 @@ class TrainConfig:
             raise ValueError("center_crop must be >= 1 or null")
         if self.batch_size % self.nproc:
             raise ValueError(f"batch_size {self.batch_size} must divide evenly over nproc {self.nproc}")
-        self.g_attention = sorted(set(int(r) for r in self.g_attention))
-        self.d_attention = sorted(set(int(r) for r in self.d_attention), reverse=True)
+        self.g_attention = sorted({int(r) for r in self.g_attention})
+        self.d_attention = sorted({int(r) for r in self.d_attention}, reverse=True)
         for name, resolutions, allowed in (
             ("g_attention", self.g_attention, generator_resolutions(self.imsize)),
             ("d_attention", self.d_attention, discriminator_resolutions(self.imsize)),

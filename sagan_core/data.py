@@ -20,7 +20,7 @@ from typing import IO, Any
 import lmdb
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms
 
@@ -150,7 +150,7 @@ class LMDBImages(Dataset):
         self.transform = transform
         try:
             env = _environment(self.path)
-        except lmdb.Error as error:
+        except (lmdb.Error, OSError) as error:
             raise DatasetError(f"cannot open LMDB {path}: {error}") from error
         with env.begin() as txn:
             self.keys: list[bytes] = list(txn.cursor().iternext(keys=True, values=False))
@@ -239,8 +239,10 @@ def _lmdb_dir(root: Path, category: str) -> Path:
 
 
 # py-lmdb allows one handle per environment per process, and a handle must not be used across fork(), so
-# each process opens its own on first use (a DataLoader worker too) and shares it between datasets.
-_envs: dict[Path, lmdb.Environment] = {}
+# each process opens its own on first use (a DataLoader worker too) and shares it between datasets. The
+# data file's inode is part of the key so that long-lived processes (API, job workers) see an LMDB that
+# was replaced in place instead of the old mapping.
+_envs: dict[tuple[Path, int], lmdb.Environment] = {}
 _envs_pid = os.getpid()
 
 
@@ -253,10 +255,11 @@ def _environment(path: Path) -> lmdb.Environment:
             env.close()
         _envs.clear()
         _envs_pid = os.getpid()
-    if path not in _envs:
+    key = (path, os.stat(path / "data.mdb").st_ino)
+    if key not in _envs:
         # Read-only without locks, readahead or meminit: many reader processes over a static file.
-        _envs[path] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
-    return _envs[path]
+        _envs[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+    return _envs[key]
 
 
 def _cifar_dir(root: Path) -> Path:
@@ -284,6 +287,9 @@ def _open_rgb(source: str | IO[bytes], name: str) -> Image.Image:
     try:
         with Image.open(source) as image:
             return image.convert("RGB")
+    except UnidentifiedImageError as error:
+        # PIL's message shows the file object's repr, which says nothing for an in-memory LMDB value.
+        raise DatasetError(f"cannot read image {name}: not a known image format") from error
     # PIL reports unreadable, corrupt or truncated data with any of these.
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"cannot read image {name}: {error}") from error

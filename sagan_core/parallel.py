@@ -7,11 +7,11 @@ process with no process group at all.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -58,6 +58,22 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: object, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose batch statistics span every process: SyncBatchNorm for gloo/CPU.
 
@@ -71,9 +87,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         dims = (0, 2, 3)
         count = x.numel() // x.shape[1] * dist.get_world_size()
-        mean = dist_fn.all_reduce(x.sum(dims)) / count
+        mean = _AllReduceSum.apply(x.sum(dims)) / count
         centred = x - mean.view(1, -1, 1, 1)
-        var = dist_fn.all_reduce((centred * centred).sum(dims)) / count
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / count
         with torch.no_grad():
             self.num_batches_tracked += 1
             self.running_mean.lerp_(mean, self.momentum)
@@ -104,7 +120,10 @@ def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
     if not ctx.distributed:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    with warnings.catch_warnings():
+        # torch >= 2.14 suggests forward_sync_buffers, which 2.11 lacks and which syncs at init.
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -31,7 +31,14 @@ from .config import TrainConfig, config_from_dict
 from .data import DatasetError, build_dataset
 from .losses import D_LOSSES, G_LOSSES, gradient_penalty
 from .models import Discriminator, Generator, attention_gammas
-from .parallel import DistContext, all_reduce_mean, init_distributed, shutdown_distributed, sync_batchnorm, wrap_ddp
+from .parallel import (
+    DistContext,
+    all_reduce_mean,
+    init_distributed,
+    shutdown_distributed,
+    sync_batchnorm,
+    wrap_ddp,
+)
 from .sampling import fixed_noise, generate, write_grid
 
 
@@ -206,7 +213,8 @@ class RunWriter:
         self.out_dir, self.state = out_dir, state
         self.sample_z = fixed_noise(64, state.config.z_dim, state.config.seed)
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-        self.metrics = open(out_dir / "metrics.jsonl", "a", buffering=1)
+        # Open for the whole run (line-buffered, so readers see each line); close() ends it.
+        self.metrics = open(out_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
 
     def log(self, stats: dict[str, float], img_per_s: float) -> None:
         state = self.state
@@ -288,7 +296,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file not found: {path}")
     data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config fields")
+        raise ValueError(f"{path}: expected a mapping of config fields")  # noqa: TRY004 (user input)
     return data
 
 

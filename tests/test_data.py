@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import shutil
 from pathlib import Path
 
 import lmdb
@@ -180,6 +181,16 @@ def test_lsun_accepts_the_lmdb_dir_itself(lsun_root: Path) -> None:
     assert len(direct) == 3 and torch.equal(direct[0], by_root[0])
 
 
+def test_lsun_sees_an_lmdb_replaced_in_place(lsun_root: Path) -> None:
+    spec = f"lsun:{lsun_root}:church_outdoor_train"
+    assert_colour(build_dataset(spec, 32)[0], RED, atol=0.1)
+    shutil.rmtree(lsun_root / "church_outdoor_train_lmdb")
+    write_lmdb(lsun_root / "church_outdoor_train_lmdb", {b"new": encoded(solid(BLUE), "PNG")})
+    dataset = build_dataset(spec, 32)
+    assert len(dataset) == 1
+    assert_colour(dataset[0], BLUE, atol=1e-6)
+
+
 def test_lsun_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=f"LMDB directory does not exist: {tmp_path / 'bedroom_train_lmdb'}"):
         build_dataset(f"lsun:{tmp_path}:bedroom_train", 32)
@@ -188,6 +199,9 @@ def test_lsun_errors(tmp_path: Path) -> None:
     write_lmdb(tmp_path / "empty_lmdb", {})
     with pytest.raises(DatasetError, match=f"no images found in LMDB {tmp_path / 'empty_lmdb'}"):
         build_dataset(f"lsun:{tmp_path}:empty", 32)
+    (tmp_path / "fake_lmdb").mkdir()
+    with pytest.raises(DatasetError, match=f"cannot open LMDB {tmp_path / 'fake_lmdb'}"):
+        build_dataset(f"lsun:{tmp_path}:fake", 32)
 
 
 def test_lsun_corrupt_value_error_names_the_key(tmp_path: Path) -> None:

@@ -1,0 +1,32 @@
+"""Shared fixtures for the library tests: tiny configs and finished runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from sagan_core.config import TrainConfig, make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """debug32 with a small synthetic set: a step takes a few milliseconds on the CPU."""
+    values = {"dataset": "synthetic:64", "steps": 4, "checkpoint_every": 2, "sample_every": 2,
+              "device": "cpu", **overrides}
+    return make_config("debug32", **values)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Pythons: this checkout importable, no torchrun variables inherited."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
