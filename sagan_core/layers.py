@@ -37,13 +37,15 @@ class SpectralNorm(nn.Module):
             self.u.copy_(_l2normalize(torch.mv(matrix, self.v)))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.power_iteration(weight)
-        # Clones keep autograd's saved tensors safe from the next in-place power iteration
-        # (the DDP in-place error of pytorch#22095).
-        u, v = self.u.clone(), self.v.clone()
-        sigma = torch.dot(u, torch.mv(weight.reshape(weight.shape[0], -1), v))
-        return weight / sigma
+        # sigma in full precision even under bf16 autocast: the power iteration is a tiny mat-vec.
+        with torch.autocast(weight.device.type, enabled=False):
+            if self.training:
+                self.power_iteration(weight)
+            # Clones keep autograd's saved tensors safe from the next in-place power iteration
+            # (the DDP in-place error of pytorch#22095).
+            u, v = self.u.clone(), self.v.clone()
+            sigma = torch.dot(u, torch.mv(weight.reshape(weight.shape[0], -1), v))
+            return weight / sigma
 
 
 def spectral_norm(module: nn.Module) -> nn.Module:

@@ -173,3 +173,11 @@ def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path) -> None:
     assert checked / total > 0.95
     # Only rank 0 writes: one metrics line per logged step, not two.
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_gpu_speed_options_also_run_on_the_cpu() -> None:
+    """bf16 autocast and channels_last are meant for GPUs; the same code path must run anywhere."""
+    state, batches = _state(amp="bf16", channels_last=True)
+    stats = train_step(state, batches)
+    assert all(torch.isfinite(v) for v in stats.values())
+    assert state.generator.main.block1[0].parametrizations.weight.original.dtype == torch.float32
