@@ -145,9 +145,10 @@ def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path) -> None:
     config = tiny_config(steps=1, batch_size=8)
     train(config, tmp_path / "one")
     config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps({**config.to_dict(), "nproc": 2}))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    "-m", "sagan_core.train", "--config", str(config_file), "--out", str(tmp_path / "two")],
+    config_file.write_text(json.dumps(config.to_dict()))
+    # Through the user's entry point: `sagan train --nproc 2` launches torchrun with gloo.
+    subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file),
+                    "--nproc", "2", "--out", str(tmp_path / "two")],
                    check=True, env=subprocess_env(), timeout=300, capture_output=True)
     one, two = (read_checkpoint(tmp_path / name) for name in ("one", "two"))
     checked = total = 0
