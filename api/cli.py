@@ -1,0 +1,20 @@
+"""`sagan api`: serve the REST API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("api", help="serve the job REST API")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.set_defaults(func=run_api)
+
+
+def run_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    return 0

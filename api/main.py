@@ -1,0 +1,85 @@
+"""The FastAPI app factory: `uvicorn --factory api.main:create_app`, or `sagan api`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
+
+from api.routes import health
+from api.routes import jobs as job_routes
+from sagan_service.db import make_engine, make_session_factory
+from sagan_service.jobs import JobConflict, JobNotFound
+from sagan_service.migrate import upgrade
+from sagan_service.queue import make_celery, requeue_expired
+from sagan_service.settings import Settings
+from sagan_service.specs import SpecError
+from sagan_service.storage import open_store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.database)
+        upgrade(engine)
+        app.state.settings = settings
+        app.state.sessions = make_session_factory(engine)
+        app.state.store = open_store(settings)
+        app.state.celery = make_celery(settings)
+        reaper = asyncio.create_task(_reap_forever(app))
+        yield
+        reaper.cancel()
+        engine.dispose()
+
+    app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan,
+                  description="Submit SAGAN training and sampling jobs; follow their progress and artifacts.")
+    app.include_router(health.router)
+    app.include_router(job_routes.router)
+    app.add_exception_handler(JobNotFound, _not_found)
+    app.add_exception_handler(JobConflict, _conflict)
+    app.add_exception_handler(SpecError, _invalid_spec)
+    app.add_exception_handler(OperationalError, _database_down)
+    return app
+
+
+async def _reap_forever(app: FastAPI) -> None:
+    """Requeue jobs whose worker died; API replicas may all run this (the UPDATEs are conditional)."""
+    while True:
+        try:
+            requeued = await run_in_threadpool(requeue_expired, app.state.sessions, app.state.celery)
+            if requeued:
+                log.warning("requeued jobs whose lease expired: %s", ", ".join(requeued))
+        except Exception:
+            log.exception("reaper pass failed; retrying next interval")
+        await asyncio.sleep(app.state.settings.reaper_seconds)
+
+
+async def _not_found(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"job {error} not found"}, status_code=404)
+
+
+async def _conflict(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=409)
+
+
+async def _invalid_spec(_request: Request, error: Exception) -> JSONResponse:
+    # The same shape as FastAPI's own validation errors, so clients parse one format.
+    assert isinstance(error, SpecError)
+    detail = [{"loc": ["body", *error.field.split(".")], "msg": str(error), "type": "value_error"}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _database_down(_request: Request, error: Exception) -> JSONResponse:
+    log.error("database error: %s", error)
+    return JSONResponse({"detail": "database unavailable"}, status_code=503)

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep
+from api.schemas import (
+    ArtifactItem,
+    ArtifactList,
+    JobCreate,
+    JobList,
+    JobPublic,
+    Kind,
+    MetricsList,
+    SampleJobCreate,
+    Status,
+    utc,
+)
+from sagan_service import jobs
+from sagan_service.models import Artifact
+from sagan_service.queue import dispatch, queue_for
+from sagan_service.specs import validate_train_config
+from sagan_service.storage import ArtifactNotFound, LocalStore, metrics_key
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", response_model=JobPublic, status_code=201,
+             responses={200: {"description": "an Idempotency-Key replay: the job the first POST made"}})
+def create_job(body: JobCreate, request: Request, response: Response, session: SessionDep,
+               settings: SettingsDep, celery: CeleryDep,
+               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
+    """Submit a training or sampling job; 201 with its Location."""
+    if isinstance(body, SampleJobCreate):
+        checkpoint = jobs.committed_checkpoint(session, job_id=body.source.job_id, step=body.source.step)
+        spec = {"job_id": body.source.job_id, "step": checkpoint.step, "n": body.n, "seed": body.seed}
+    else:
+        spec = validate_train_config(body.config, data_roots=settings.allowed_data_roots)
+    job, created = jobs.create_job(session, kind=body.kind, spec=spec, queue=queue_for(body.kind, spec),
+                                   max_attempts=settings.max_attempts, idempotency_key=idempotency_key)
+    if created:
+        try:
+            dispatch(celery, job)
+        except Exception as error:
+            log.exception("could not send job %s to the queue", job.id)
+            jobs.fail_queued(session, job_id=job.id, error=f"could not reach the job queue: {error}")
+            raise HTTPException(503, f"the job queue is unreachable: {error}") from None
+    else:
+        response.status_code = 200
+    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+    return JobPublic.from_job(job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(session: SessionDep, status: Status | None = None, kind: Kind | None = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None) -> JobList:
+    """Jobs, newest first, optionally filtered; follow `next_cursor` for older ones."""
+    page = jobs.list_jobs(session, status=status, kind=kind, before_id=cursor, limit=limit)
+    return JobList(items=[JobPublic.from_job(job) for job in page],
+                   next_cursor=page[-1].id if len(page) == limit else None)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep) -> JobPublic:
+    """A job's status, progress, latest metrics, attempts, and error and log tail if it failed."""
+    return JobPublic.from_job(jobs.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+    """Cancel a job: a queued one at once, a running one within seconds (its processes are stopped)."""
+    return JobPublic.from_job(jobs.request_cancel(session, job_id=job_id))
+
+
+@router.get("/{job_id}/samples", response_model=ArtifactList)
+def list_samples(job_id: str, request: Request, session: SessionDep, store: StoreDep) -> ArtifactList:
+    """The job's sample grids; each `url` returns the PNG."""
+    return _artifact_list(request, session, store, job_id, "sample", "get_sample")
+
+
+@router.get("/{job_id}/samples/latest", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def get_latest_sample(job_id: str, session: SessionDep, store: StoreDep) -> Response:
+    """The newest sample grid as a PNG."""
+    samples = jobs.list_artifacts(session, job_id=jobs.get_job(session, job_id).id, kind="sample")
+    if not samples:
+        raise HTTPException(404, f"job {job_id} has no samples yet")
+    return _object_response(store, samples[-1].key, "image/png")
+
+
+@router.get("/{job_id}/samples/{step}", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def get_sample(job_id: str, step: int, session: SessionDep, store: StoreDep) -> Response:
+    """The sample grid of one step as a PNG."""
+    return _object_response(store, _artifact(session, job_id, "sample", step).key, "image/png")
+
+
+@router.get("/{job_id}/checkpoints", response_model=ArtifactList)
+def list_checkpoints(job_id: str, request: Request, session: SessionDep, store: StoreDep) -> ArtifactList:
+    """The job's committed checkpoints; each `url` downloads the .pt file."""
+    return _artifact_list(request, session, store, job_id, "checkpoint", "get_checkpoint")
+
+
+@router.get("/{job_id}/checkpoints/{step}", response_class=Response)
+def get_checkpoint(job_id: str, step: int, session: SessionDep, store: StoreDep) -> Response:
+    """One committed checkpoint file."""
+    return _object_response(store, _artifact(session, job_id, "checkpoint", step).key,
+                            "application/octet-stream")
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsList)
+def get_metrics(job_id: str, session: SessionDep, store: StoreDep) -> MetricsList:
+    """The training metrics time series (rank 0's metrics.jsonl), oldest first."""
+    jobs.get_job(session, job_id)
+    try:
+        data = store.get_bytes(metrics_key(job_id))
+    except ArtifactNotFound:
+        return MetricsList(items=[])
+    return MetricsList(items=[json.loads(line) for line in data.decode().splitlines() if line.strip()])
+
+
+def _artifact(session: SessionDep, job_id: str, kind: str, step: int) -> Artifact:
+    artifact = jobs.get_artifact(session, job_id=jobs.get_job(session, job_id).id, kind=kind, step=step)
+    if artifact is None:
+        raise HTTPException(404, f"job {job_id} has no {kind} at step {step}")
+    return artifact
+
+
+def _artifact_list(request: Request, session: SessionDep, store: StoreDep, job_id: str, kind: str,
+                   route: str) -> ArtifactList:
+    artifacts = jobs.list_artifacts(session, job_id=jobs.get_job(session, job_id).id, kind=kind)
+    return ArtifactList(items=[
+        ArtifactItem(step=a.step, created_at=utc(a.created_at),
+                     url=store.presigned_url(a.key) or str(request.url_for(route, job_id=job_id, step=a.step)))
+        for a in artifacts])
+
+
+def _object_response(store: StoreDep, key: str, media_type: str) -> Response:
+    if isinstance(store, LocalStore):  # streamed from disk, not read into memory
+        return FileResponse(store.path(key), media_type=media_type)
+    return Response(store.get_bytes(key), media_type=media_type)

@@ -1,0 +1,107 @@
+"""Request and response bodies, kept apart from the database tables."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sagan_service.models import Job
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Kind = Literal["train", "sample"]
+
+
+class TrainJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train"]
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="`sagan train` fields, e.g. {\"preset\": \"debug32\", \"steps\": 100}")
+
+
+class SampleSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    step: int | None = Field(None, ge=0, description="a committed checkpoint step; null = the latest")
+
+
+class SampleJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sample"]
+    source: SampleSource
+    n: int = Field(64, ge=1, le=1024)
+    seed: int = Field(0, ge=0)
+
+
+JobCreate = Annotated[TrainJobCreate | SampleJobCreate, Field(discriminator="kind")]
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: Kind
+    status: Status
+    queue: str
+    spec: dict[str, Any] = Field(description="train: the full config; sample: the resolved source, n and seed")
+    progress: Progress
+    metrics: dict[str, Any] | None = Field(description="rank 0's latest metrics line")
+    attempt: int
+    max_attempts: int
+    resumed_from_step: int | None = Field(description="checkpoint step the current attempt resumed from")
+    latest_checkpoint_step: int | None
+    cancel_requested: bool
+    error: str | None
+    log_tail: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id, kind=job.kind, status=job.status, queue=job.queue, spec=job.spec,
+            progress=Progress(step=job.step, total_steps=job.total_steps), metrics=job.metrics,
+            attempt=job.attempt, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
+            latest_checkpoint_step=job.latest_checkpoint_step, cancel_requested=job.cancel_requested,
+            error=job.error, log_tail=job.log_tail, created_at=utc(job.created_at),
+            started_at=utc(job.started_at), finished_at=utc(job.finished_at), updated_at=utc(job.updated_at))
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class ArtifactItem(BaseModel):
+    step: int
+    url: str
+    created_at: datetime
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactItem]
+
+
+class MetricsList(BaseModel):
+    items: list[dict[str, Any]]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+def utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything is stored in UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)

@@ -1,0 +1,128 @@
+"""`sagan db upgrade|downgrade` and `sagan up` (the embedded service: API + one worker, no servers)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .settings import Settings
+
+# A CPU-sized demo: the tiny 32x32 preset on synthetic shapes, a couple of minutes on 2 cores.
+DEMO_CONFIG = {"preset": "debug32", "steps": 300, "sample_every": 50, "checkpoint_every": 100, "log_every": 10,
+               "device": "cpu"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    db = subparsers.add_parser("db", help="manage the job database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="migrate to a revision (default: the newest)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(func=run_db_upgrade)
+    downgrade = db_commands.add_parser("downgrade", help="migrate back to a revision ('base' = empty)")
+    downgrade.add_argument("revision")
+    downgrade.set_defaults(func=run_db_downgrade)
+
+    up = subparsers.add_parser("up", help="run the whole service locally: API + one worker, no servers")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--demo", action="store_true", help="submit a small CPU training job on synthetic data")
+    up.set_defaults(func=run_up)
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from .db import make_engine
+    from .migrate import upgrade
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(settings.database), args.revision)
+    return 0
+
+
+def run_db_downgrade(args: argparse.Namespace) -> int:
+    from .db import make_engine
+    from .migrate import downgrade
+
+    downgrade(make_engine(Settings().database), args.revision)
+    return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    # Children inherit SAGAN_HOME made absolute, so they all agree on one folder whatever their cwd.
+    env = {**os.environ, "SAGAN_HOME": str(settings.home)}
+    run_db_upgrade(argparse.Namespace(revision="head"))
+    sagan = [sys.executable, "-m", "sagan_core.cli"]
+    children = [
+        subprocess.Popen([*sagan, "api", "--host", args.host, "--port", str(args.port)], env=env),
+        subprocess.Popen([*sagan, "worker"], env=env),
+    ]
+    base_url = f"http://{args.host}:{args.port}"
+    print(f"sagan up: API on {base_url} (docs: {base_url}/docs), data in {settings.home}", flush=True)
+    stop = False
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        _wait_until_healthy(base_url, children)
+        if args.demo:
+            _submit_demo(base_url, settings)
+        while not stop and all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        _shutdown(children)
+    return 0 if stop else 1
+
+
+def _wait_until_healthy(base_url: str, children: list[subprocess.Popen], timeout_s: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            raise RuntimeError("a service process exited during start-up")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the API did not answer on {base_url} within {timeout_s:.0f} s")
+
+
+def _submit_demo(base_url: str, settings: Settings) -> None:
+    import httpx
+
+    response = httpx.post(f"{base_url}/jobs", json={"kind": "train", "config": DEMO_CONFIG}, timeout=30)
+    response.raise_for_status()
+    job = response.json()
+    print(f"demo job: {response.headers['location']}\n"
+          f"  sample grids: {base_url}/jobs/{job['id']}/samples (files in "
+          f"{settings.home / 'artifacts' / 'jobs' / job['id'] / 'samples'})\n"
+          "  Ctrl-C stops the service.", flush=True)
+
+
+def _shutdown(children: list[subprocess.Popen], grace_s: float = 15) -> None:
+    # The API gets SIGTERM (graceful). The worker gets SIGQUIT, Celery's cold shutdown: a warm one would
+    # wait for a running job to finish. That job's training stops with its supervisor (the guard sees
+    # it go); the job is requeued when its lease expires and resumes from its last checkpoint.
+    api, worker = children
+    for child, signum in ((api, signal.SIGTERM), (worker, signal.SIGQUIT)):
+        if child.poll() is None:
+            child.send_signal(signum)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

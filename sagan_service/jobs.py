@@ -1,0 +1,230 @@
+"""Every job state transition, in one place: the API, the worker's supervisor and the reaper call these.
+
+    queued --claim--> running --finish--> succeeded | failed | cancelled
+    queued --cancel--> cancelled
+    running --lease expired (reaper)--> queued (attempt < max_attempts) | failed | cancelled
+
+Changes that race (claim, heartbeat, finish, reap) are conditional UPDATEs: the WHERE clause states
+what the caller believes, and a row count of 0 means someone else got there first, so a duplicate
+Celery delivery or a worker that lost its lease becomes a no-op instead of a second run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .models import TERMINAL, Artifact, Job, utcnow
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+
+class JobConflict(Exception):
+    """The job exists but its state forbids the request; the message says why."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a heartbeat learns: whether this worker still owns the job and whether to stop it."""
+
+    held: bool
+    cancel_requested: bool
+
+
+def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str, max_attempts: int,
+               idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Insert a queued job; with an idempotency key already used, return that job and False instead."""
+    if idempotency_key is not None:
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing, False
+    job = Job(kind=kind, spec=spec, queue=queue, max_attempts=max_attempts, status="queued",
+              idempotency_key=idempotency_key, attempt=0, step=0, cancel_requested=False,
+              total_steps=spec.get("steps"))
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two retries of the same POST raced past the lookup above: the unique key picks the winner.
+        session.rollback()
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(session: Session, *, status: str | None = None, kind: str | None = None,
+              before_id: str | None = None, limit: int = 50) -> list[Job]:
+    """Newest first. Ids are UUIDv7 (time-ordered), so `before_id` (the last id seen) is the cursor."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
+    return list(session.scalars(query))
+
+
+def claim_job(session: Session, *, job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
+    """queued -> running for this worker, or None if the job is not queued (a duplicate delivery)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="running", attempt=Job.attempt + 1, lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now,
+                resumed_from_step=Job.latest_checkpoint_step, started_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    job = get_job(session, job_id)
+    session.refresh(job)
+    return job
+
+
+def heartbeat(session: Session, *, job_id: str, worker_id: str, lease_seconds: float,
+              step: int | None = None, total_steps: int | None = None,
+              metrics: dict[str, Any] | None = None) -> Lease:
+    """Renew the lease and copy rank 0's progress into the row, if this worker still owns the job."""
+    now = utcnow()
+    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_seconds),
+                              "heartbeat_at": now, "updated_at": now}
+    if step is not None:
+        values["step"] = step
+    if total_steps is not None:
+        values["total_steps"] = total_steps
+    if metrics is not None:
+        values["metrics"] = metrics
+    owned = (Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+    result = session.execute(update(Job).where(*owned).values(**values)
+                             .execution_options(synchronize_session=False))
+    session.commit()
+    if result.rowcount != 1:
+        return Lease(held=False, cancel_requested=False)
+    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return Lease(held=True, cancel_requested=bool(cancel))
+
+
+def record_artifact(session: Session, *, job_id: str, kind: str, step: int, key: str) -> None:
+    """Note a stored artifact; a checkpoint also moves the job's latest-checkpoint pointer forward.
+
+    Call it only after the object (for a checkpoint: its commit marker) is in the store.
+    """
+    now = utcnow()
+    artifact = get_artifact(session, job_id=job_id, kind=kind, step=step)
+    if artifact is None:
+        session.add(Artifact(job_id=job_id, kind=kind, step=step, key=key, created_at=now))
+    else:  # a resumed attempt wrote the same step again
+        artifact.key, artifact.created_at = key, now
+    if kind == "checkpoint":
+        session.execute(update(Job).where(Job.id == job_id)
+                        .where((Job.latest_checkpoint_step.is_(None)) | (Job.latest_checkpoint_step < step))
+                        .values(latest_checkpoint_step=step)
+                        .execution_options(synchronize_session=False))
+    session.commit()
+
+
+def list_artifacts(session: Session, *, job_id: str, kind: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind)
+                                .order_by(Artifact.step)))
+
+
+def get_artifact(session: Session, *, job_id: str, kind: str, step: int) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind,
+                                                 Artifact.step == step))
+
+
+def committed_checkpoint(session: Session, *, job_id: str, step: int | None) -> Artifact:
+    """The committed checkpoint a sampling job reads (the latest when step is None), or JobConflict."""
+    job = get_job(session, job_id)
+    if job.kind != "train":
+        raise JobConflict(f"job {job_id} is a {job.kind} job and has no checkpoints")
+    step = job.latest_checkpoint_step if step is None else step
+    artifact = None if step is None else get_artifact(session, job_id=job_id, kind="checkpoint", step=step)
+    if artifact is None:
+        which = "committed checkpoint" if step is None else f"committed checkpoint at step {step}"
+        raise JobConflict(f"job {job_id} has no {which} yet")
+    return artifact
+
+
+def request_cancel(session: Session, *, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one is flagged for its supervisor to stop."""
+    job = get_job(session, job_id)
+    if job.status in ("succeeded", "failed"):
+        raise JobConflict(f"job {job_id} already {job.status}")
+    now = utcnow()
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                    .values(status="cancelled", finished_at=now, updated_at=now)
+                    .execution_options(synchronize_session=False))
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                    .values(cancel_requested=True, updated_at=now)
+                    .execution_options(synchronize_session=False))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def fail_queued(session: Session, *, job_id: str, error: str) -> None:
+    """queued -> failed, for a job that never reached the queue."""
+    now = utcnow()
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                    .values(status="failed", error=error, finished_at=now, updated_at=now)
+                    .execution_options(synchronize_session=False))
+    session.commit()
+
+
+def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, error: str | None = None,
+               log_tail: str | None = None) -> bool:
+    """running -> a terminal status, only for the lease owner; False if the job was taken away."""
+    assert status in TERMINAL, status
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+        .values(status=status, error=error, log_tail=log_tail, finished_at=now, updated_at=now,
+                lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[str]:
+    """Settle running jobs whose worker stopped renewing its lease; return the ids put back in the queue.
+
+    A flagged job becomes cancelled, one out of attempts becomes failed, the rest are requeued (the next
+    claim counts the new attempt and resumes from the latest committed checkpoint).
+    """
+    now = now or utcnow()
+    expired = (Job.status == "running", Job.lease_expires_at < now)
+    released = {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
+    session.execute(update(Job).where(*expired, Job.cancel_requested.is_(True))
+                    .values(status="cancelled", finished_at=now, **released)
+                    .execution_options(synchronize_session=False))
+    session.execute(update(Job).where(*expired, Job.attempt >= Job.max_attempts)
+                    .values(status="failed", finished_at=now, **released,
+                            error="worker lost (lease expired) on the last allowed attempt")
+                    .execution_options(synchronize_session=False))
+    requeued = session.scalars(update(Job).where(*expired).values(status="queued", **released)
+                               .returning(Job.id).execution_options(synchronize_session=False))
+    ids = list(requeued)
+    session.commit()
+    return ids

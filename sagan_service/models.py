@@ -1,0 +1,80 @@
+"""Database tables. The API's response schemas live apart from these, in api/schemas.py."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+KINDS = ("train", "sample")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_job_id() -> str:
+    """A UUIDv7: ids sort by creation time, so the last id of a page is the pagination cursor."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis << 80) | (0x7 << 76) | (int.from_bytes(os.urandom(10), "big") & ((1 << 76) - 1))
+    value = (value & ~(0b11 << 62)) | (0b10 << 62)  # RFC 4122 variant bits
+    return str(uuid.UUID(int=value))
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict] = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    queue: Mapped[str] = mapped_column(String(64), default="default")
+    # train: the full TrainConfig dict; sample: {"job_id", "step", "n", "seed"} with the step resolved.
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    # The checkpoint step the current attempt resumed from (None: it started from scratch).
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column()
+    # Moves only after the checkpoint's commit marker is stored.
+    latest_checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    log_tail: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Artifact(Base):
+    """A sample grid or a committed checkpoint in the artifact store, recorded after it is stored."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "sample" | "checkpoint"
+    step: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

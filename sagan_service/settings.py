@@ -1,0 +1,67 @@
+"""Service settings from `SAGAN_*` environment variables; unset values give the embedded default.
+
+The embedded default needs no server: SQLite, a filesystem Celery transport and a local artifact folder,
+all under SAGAN_HOME. Settings are built on demand (never at import), so a worker does not need the
+API's configuration to import this module. S3 credentials come from the standard AWS_* variables,
+which boto3 reads itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAGAN_", extra="ignore")
+
+    home: Path = Path(".sagan")
+    database_url: str | None = None
+    broker_url: str | None = None
+    artifacts_url: str | None = None
+    s3_endpoint_url: str | None = None
+    # Presigned URLs sign the Host header, so links for browsers are signed against this endpoint.
+    s3_public_endpoint_url: str | None = None
+    s3_max_attempts: int = Field(5, ge=1)
+    # Comma-separated directories that dataset paths of submitted jobs must lie under.
+    data_roots: str = ""
+
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    # How often the supervisor looks at the training directory and the cancel flag.
+    poll_seconds: float = Field(1.0, gt=0)
+    reaper_seconds: float = Field(15.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    cancel_grace_seconds: float = Field(10.0, ge=0)
+    # GPUs a worker may use (CUDA_VISIBLE_DEVICES=0..N-1 for its jobs); None = whatever it sees.
+    gpus: int | None = Field(None, ge=0)
+    # Redis redelivers an unacknowledged task after this long: keep it above the longest job.
+    visibility_timeout: int = Field(7 * 24 * 3600, gt=0)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'sagan.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifacts_url or (self.home / "artifacts").as_uri()
+
+    @property
+    def allowed_data_roots(self) -> list[Path]:
+        return [Path(root).expanduser().resolve() for root in self.data_roots.split(",") if root.strip()]
+
+    @property
+    def work_dir(self) -> Path:
+        """Where workers keep the training directories of running jobs."""
+        return self.home / "work"

@@ -1,0 +1,201 @@
+"""One artifact-store interface over a local folder (`file:///dir`) and S3 (`s3://bucket/prefix`).
+
+Layout per job (keys relative to the store root):
+    jobs/<id>/checkpoints/step-<n>/model.pt   then   jobs/<id>/checkpoints/step-<n>/COMMITTED
+    jobs/<id>/samples/step-<n>.png
+    jobs/<id>/metrics.jsonl
+    jobs/<id>/logs/attempt-<k>.log
+A checkpoint counts only once its COMMITTED marker exists: a single PUT is atomic, a directory is not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+COMMIT_MARKER = "COMMITTED"
+
+
+def checkpoint_key(job_id: str, step: int) -> str:
+    return f"jobs/{job_id}/checkpoints/step-{step}/model.pt"
+
+
+def commit_marker_key(job_id: str, step: int) -> str:
+    return f"jobs/{job_id}/checkpoints/step-{step}/{COMMIT_MARKER}"
+
+
+def sample_key(job_id: str, step: int) -> str:
+    return f"jobs/{job_id}/samples/step-{step}.png"
+
+
+def metrics_key(job_id: str) -> str:
+    return f"jobs/{job_id}/metrics.jsonl"
+
+
+def log_key(job_id: str, attempt: int) -> str:
+    return f"jobs/{job_id}/logs/attempt-{attempt}.log"
+
+
+class ArtifactNotFound(LookupError):
+    """No object under this key."""
+
+
+class ArtifactStore(ABC):
+    """Whole-object puts and gets; every put is atomic (readers see the old object or the new one)."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None: ...
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The object's bytes, or ArtifactNotFound."""
+
+    @abstractmethod
+    def download(self, key: str, path: Path) -> None:
+        """Copy the object to a local file (written atomically), or ArtifactNotFound."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+        """A URL a browser can GET directly, or None when the API must serve the object itself."""
+
+    def commit_checkpoint(self, job_id: str, step: int, path: Path) -> str:
+        """Store a checkpoint file and then its commit marker; return the checkpoint's key."""
+        key = checkpoint_key(job_id, step)
+        self.put_file(key, path)
+        self.put_bytes(commit_marker_key(job_id, step), f"{os.path.getsize(path)}\n".encode())
+        return key
+
+
+class LocalStore(ArtifactStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"artifact key escapes the store: {key!r}")
+        return path
+
+    def put_file(self, key: str, path: Path) -> None:
+        with open(path, "rb") as source:
+            _write_atomically(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        _write_atomically(self.path(key), lambda handle: handle.write(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError as error:
+            raise ArtifactNotFound(key) from error
+
+    def download(self, key: str, path: Path) -> None:
+        source = self.path(key)
+        if not source.is_file():
+            raise ArtifactNotFound(key)
+        with open(source, "rb") as reader:
+            _write_atomically(path, lambda handle: shutil.copyfileobj(reader, handle))
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+        return None
+
+
+class S3Store(ArtifactStore):
+    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None,
+                 public_endpoint_url: str | None, max_attempts: int) -> None:
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.client = _s3_client(endpoint_url, max_attempts)
+        # Presigned URLs sign the Host header: sign with the endpoint the browser will talk to.
+        self.public_client = (_s3_client(public_endpoint_url, max_attempts)
+                              if public_endpoint_url and public_endpoint_url != endpoint_url else self.client)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey as error:
+            raise ArtifactNotFound(key) from error
+
+    def download(self, key: str, path: Path) -> None:
+        if not self.exists(key):
+            raise ArtifactNotFound(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")
+        self.client.download_file(self.bucket, self._key(key), str(tmp))
+        os.replace(tmp, path)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+        return self.public_client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s)
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _s3_client(endpoint_url: str | None, max_attempts: int) -> Any:
+    # Imported here so that file:// users (and the import of this module) never pay for boto3.
+    import boto3
+    from botocore.config import Config
+
+    config = Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                    # "standard" retries throttling, 5xx and connection errors with jittered backoff.
+                    retries={"mode": "standard", "max_attempts": max_attempts})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def open_store(settings: Settings) -> ArtifactStore:
+    """The store SAGAN_ARTIFACTS_URL names."""
+    url = urlparse(settings.artifacts)
+    if url.scheme == "file":
+        return LocalStore(Path(unquote(url.path)))
+    if url.scheme == "s3":
+        return S3Store(url.netloc, url.path, endpoint_url=settings.s3_endpoint_url,
+                       public_endpoint_url=settings.s3_public_endpoint_url,
+                       max_attempts=settings.s3_max_attempts)
+    raise ValueError(f"SAGAN_ARTIFACTS_URL must be file:///dir or s3://bucket/prefix, got {settings.artifacts!r}")

@@ -1,0 +1,205 @@
+"""Real processes for the service tests: Postgres (a schema per session), Redis (db 5), a moto S3
+server on loopback, a `sagan api` subprocess and `sagan worker` subprocesses."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import subprocess_env
+
+PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/5"
+BUCKET = "sagan-test"
+# Short leases so a killed worker's job is requeued within seconds.
+FAST_TIMINGS = {"SAGAN_LEASE_SECONDS": "4", "SAGAN_HEARTBEAT_SECONDS": "0.5", "SAGAN_POLL_SECONDS": "0.2",
+                "SAGAN_REAPER_SECONDS": "1", "SAGAN_CANCEL_GRACE_SECONDS": "3"}
+# debug32 on 64 synthetic images: a step takes tens of milliseconds on the CPU.
+TINY = {"preset": "debug32", "dataset": "synthetic:64", "device": "cpu"}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains text (a job id names its work directory)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text.encode() in cmdline and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+class Service:
+    """One `sagan <command>` process in its own process group, killed with its group at the end."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "sagan_core.cli", *args], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal_group(signal.SIGKILL)
+        self.process.wait()
+
+
+class Api:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.client = httpx.Client(base_url=base_url, timeout=30)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def submit(self, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        response = self.client.post("/jobs", json=body, **kwargs)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
+        return wait_for(lambda: (job := self.job(job_id))["status"] in statuses and job, timeout,
+                        f"job {job_id} to reach {statuses}")
+
+
+def start_api(env: dict[str, str], tmp: Path) -> tuple[Service, Api]:
+    port = free_port()
+    service = Service(["api", "--port", str(port)], env, tmp / f"api-{port}.log")
+    api = Api(f"http://127.0.0.1:{port}")
+
+    def healthy() -> bool:
+        assert service.process.poll() is None, service.log_path.read_text()
+        try:
+            return api.client.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(healthy, 60, "the API to answer /healthz")
+    return service, api
+
+
+@pytest.fixture(scope="session")
+def tmp_service(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    schema = f"sagan_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    # Every connection of this session's processes works inside its own schema.
+    yield f"postgresql+psycopg://root@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_service: Path, database_url: str, s3_endpoint: str) -> dict[str, str]:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    (tmp_service / "data").mkdir()
+    return {**subprocess_env(), **FAST_TIMINGS,
+            "SAGAN_HOME": str(tmp_service / "home"), "SAGAN_DATABASE_URL": database_url,
+            "SAGAN_BROKER_URL": REDIS_URL, "SAGAN_ARTIFACTS_URL": f"s3://{BUCKET}/artifacts",
+            "SAGAN_S3_ENDPOINT_URL": s3_endpoint, "SAGAN_DATA_ROOTS": str(tmp_service / "data"),
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def api(service_env: dict[str, str], tmp_service: Path) -> Iterator[Api]:
+    service, client = start_api(service_env, tmp_service)
+    yield client
+    service.stop()
+
+
+class Workers:
+    """`sagan worker` processes; tests may kill the current one and start another."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env, self.tmp, self.all = env, tmp, []
+
+    def start(self) -> Service:
+        worker = Service(["worker", "--loglevel", "WARNING"], self.env, self.tmp / f"worker-{len(self.all)}.log")
+        self.all.append(worker)
+        return worker
+
+    @property
+    def current(self) -> Service:
+        return self.all[-1]
+
+    def stop_all(self) -> None:
+        for worker in self.all:
+            worker.stop()
+
+
+@pytest.fixture(scope="session")
+def workers(service_env: dict[str, str], tmp_service: Path, api: Api) -> Iterator[Workers]:
+    pool = Workers(service_env, tmp_service)
+    pool.start()
+    yield pool
+    pool.stop_all()

@@ -1,0 +1,101 @@
+"""Bad input gets 4xx answers that say what is wrong, never a 500 (the real API on Postgres)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.service.conftest import TINY, Api
+
+
+def detail_field(response: httpx.Response) -> str:
+    assert response.status_code == 422, response.text
+    return ".".join(str(part) for part in response.json()["detail"][0]["loc"][1:])
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ({"no_such_field": 1}, "config.no_such_field"),
+    ({"preset": "huge"}, "config.preset"),
+    ({"steps": "many"}, "config.steps"),
+    ({"steps": 0}, "config.steps"),
+    ({"g_conv_dim": 12}, "config.g_conv_dim"),
+    ({"batch_size": 9, "nproc": 2}, "config.batch_size"),
+    ({"dataset": "folder:/etc"}, "config.dataset"),
+    ({"dataset": "cifar10"}, "config.dataset"),
+])
+def test_invalid_train_config_names_the_field(api: Api, config: dict, field: str) -> None:
+    assert detail_field(api.client.post("/jobs", json={"kind": "train", "config": {**TINY, **config}})) == field
+
+
+def test_dataset_inside_the_data_roots_is_checked_for_existence(api: Api, service_env: dict) -> None:
+    missing = f"folder:{service_env['SAGAN_DATA_ROOTS']}/nothing-here"
+    response = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": missing}})
+    assert detail_field(response) == "config.dataset" and "nothing-here" in response.text
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"kind": "train", "config": {}, "extra": 1}, "train.extra"),
+    ({"kind": "sample", "source": {"job_id": "x"}, "n": 0}, "sample.n"),
+    ({"kind": "sample"}, "sample.source"),
+])
+def test_malformed_bodies_are_422(api: Api, body: dict, field: str) -> None:
+    assert detail_field(api.client.post("/jobs", json=body)) == field
+
+
+def test_unknown_kind_is_422_naming_kind(api: Api) -> None:
+    response = api.client.post("/jobs", json={"kind": "paint"})
+    assert response.status_code == 422 and "'kind'" in response.json()["detail"][0]["msg"]
+
+
+def test_non_json_body_is_422(api: Api) -> None:
+    response = api.client.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/jobs/nope", "/jobs/nope/samples", "/jobs/nope/samples/latest",
+                                  "/jobs/nope/samples/10", "/jobs/nope/checkpoints", "/jobs/nope/metrics"])
+def test_unknown_job_is_404(api: Api, path: str) -> None:
+    assert api.client.get(path).status_code == 404
+    assert api.client.post("/jobs/nope/cancel").status_code == 404
+
+
+def test_sampling_needs_a_committed_checkpoint(api: Api) -> None:
+    job = api.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})
+    api.client.post(f"/jobs/{job['id']}/cancel")
+    response = api.client.post("/jobs", json={"kind": "sample", "source": {"job_id": job["id"]}})
+    assert response.status_code == 409
+    assert response.json()["detail"] == f"job {job['id']} has no committed checkpoint yet"
+    pinned = api.client.post("/jobs", json={"kind": "sample", "source": {"job_id": job["id"], "step": 5}})
+    assert pinned.status_code == 409 and "step 5" in pinned.json()["detail"]
+    assert api.client.post("/jobs", json={"kind": "sample", "source": {"job_id": "nope"}}).status_code == 404
+
+
+def test_cancel_of_a_finished_job_is_409(api: Api) -> None:
+    job = api.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})
+    assert api.client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    # A cancelled job stays cancelled (idempotent), a succeeded or failed one cannot be cancelled.
+    assert api.client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+
+
+def test_list_filters_and_paginates(api: Api) -> None:
+    ids = [api.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})["id"] for _ in range(3)]
+    for job_id in ids:
+        api.client.post(f"/jobs/{job_id}/cancel")
+    seen, cursor = [], None
+    while True:
+        params = {"status": "cancelled", "kind": "train", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.client.get("/jobs", params=params).json()
+        seen += [job["id"] for job in page["items"]]
+        assert all(job["status"] == "cancelled" for job in page["items"])
+        if not (cursor := page["next_cursor"]):
+            break
+    assert seen == sorted(seen, reverse=True) and set(ids) <= set(seen)
+    assert api.client.get("/jobs", params={"status": "lost"}).status_code == 422
+    assert api.client.get("/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_health_and_docs(api: Api) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    assert api.client.get("/docs").status_code == 200
+    paths = api.client.get("/openapi.json").json()["paths"]
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/samples/latest"} <= set(paths)

@@ -1,0 +1,108 @@
+"""State transitions in sagan_service.jobs, in-process on SQLite (the embedded default's database)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from sagan_service import jobs
+from sagan_service.db import make_engine, make_session_factory
+from sagan_service.migrate import downgrade, upgrade
+from sagan_service.models import utcnow
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Session:
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    upgrade(engine)
+    with make_session_factory(engine)() as session:
+        yield session
+
+
+def new_job(session: Session, **kwargs) -> str:
+    job, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+                                   **kwargs)
+    assert created
+    return job.id
+
+
+def test_migrations_round_trip(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    upgrade(engine)
+    downgrade(engine, "base")
+    upgrade(engine)
+
+
+def test_claim_is_exclusive(session: Session) -> None:
+    job_id = new_job(session)
+    claimed = jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
+    assert claimed is not None and claimed.status == "running" and claimed.attempt == 1
+    assert jobs.claim_job(session, job_id=job_id, worker_id="b", lease_seconds=30) is None
+
+
+def test_heartbeat_only_for_the_owner_and_reports_cancel(session: Session) -> None:
+    job_id = new_job(session)
+    jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
+    assert jobs.heartbeat(session, job_id=job_id, worker_id="b", lease_seconds=30) == jobs.Lease(False, False)
+    lease = jobs.heartbeat(session, job_id=job_id, worker_id="a", lease_seconds=30, step=3, total_steps=10,
+                           metrics={"step": 3})
+    assert lease == jobs.Lease(True, False)
+    assert jobs.request_cancel(session, job_id=job_id).cancel_requested
+    assert jobs.heartbeat(session, job_id=job_id, worker_id="a", lease_seconds=30).cancel_requested
+    job = jobs.get_job(session, job_id)
+    assert (job.step, job.metrics) == (3, {"step": 3})
+
+
+def test_reaper_requeues_then_fails_after_max_attempts(session: Session) -> None:
+    job_id = new_job(session)
+    later = utcnow() + timedelta(seconds=60)
+    jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=1)
+    assert jobs.reap_expired_leases(session) == []  # lease still valid
+    jobs.record_artifact(session, job_id=job_id, kind="checkpoint", step=5, key="k5")
+    assert jobs.reap_expired_leases(session, now=later) == [job_id]
+    assert jobs.finish_job(session, job_id=job_id, worker_id="a", status="succeeded") is False  # lost it
+
+    again = jobs.claim_job(session, job_id=job_id, worker_id="b", lease_seconds=1)
+    assert again is not None and again.attempt == 2 and again.resumed_from_step == 5
+    assert jobs.reap_expired_leases(session, now=later) == []
+    job = jobs.get_job(session, job_id)
+    session.refresh(job)
+    assert job.status == "failed" and "lease expired" in job.error
+
+
+def test_reaper_settles_a_flagged_job_as_cancelled(session: Session) -> None:
+    job_id = new_job(session)
+    jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=1)
+    jobs.request_cancel(session, job_id=job_id)
+    assert jobs.reap_expired_leases(session, now=utcnow() + timedelta(seconds=60)) == []
+    assert jobs.get_job(session, job_id).status == "cancelled"
+
+
+def test_checkpoint_pointer_only_moves_forward(session: Session) -> None:
+    job_id = new_job(session)
+    for step in (10, 30, 20):
+        jobs.record_artifact(session, job_id=job_id, kind="checkpoint", step=step, key=f"k{step}")
+    assert jobs.get_job(session, job_id).latest_checkpoint_step == 30
+    assert jobs.committed_checkpoint(session, job_id=job_id, step=None).key == "k30"
+    with pytest.raises(jobs.JobConflict, match="step 15"):
+        jobs.committed_checkpoint(session, job_id=job_id, step=15)
+
+
+def test_idempotency_key_returns_the_first_job(session: Session) -> None:
+    first = new_job(session, idempotency_key="abc")
+    job, created = jobs.create_job(session, kind="train", spec={}, queue="default", max_attempts=2,
+                                   idempotency_key="abc")
+    assert (job.id, created) == (first, False)
+
+
+def test_finished_jobs_cannot_be_cancelled(session: Session) -> None:
+    job_id = new_job(session)
+    jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
+    assert jobs.finish_job(session, job_id=job_id, worker_id="a", status="succeeded")
+    with pytest.raises(jobs.JobConflict, match="succeeded"):
+        jobs.request_cancel(session, job_id=job_id)
+    with pytest.raises(jobs.JobNotFound):
+        jobs.request_cancel(session, job_id="missing")

@@ -1,0 +1,124 @@
+"""Jobs through the real stack: API + Postgres + Redis + Celery worker + torchrun + moto S3.
+
+The tests share one worker (one job at a time) and run in file order.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.service.conftest import TINY, Api, Workers, pids_mentioning, wait_for
+
+
+def fetch_png(url: str, api: Api) -> Image.Image:
+    response = httpx.get(url, timeout=30) if url.startswith("http") else api.client.get(url)
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    return image
+
+
+@pytest.fixture(scope="module")
+def trained(api: Api, workers: Workers) -> dict:
+    """A finished 20-step training job (samples and checkpoints at steps 10 and 20)."""
+    job = api.submit({"kind": "train", "config": TINY})
+    return api.wait_status(job["id"], {"succeeded", "failed"}, timeout=120)
+
+
+@pytest.mark.timeout(180)
+def test_train_job_lifecycle(trained: dict, api: Api) -> None:
+    assert trained["status"] == "succeeded", trained
+    assert trained["progress"] == {"step": 20, "total_steps": 20}
+    assert trained["attempt"] == 1 and trained["latest_checkpoint_step"] == 20
+    assert trained["metrics"]["step"] == 20 and "d_loss" in trained["metrics"]
+
+    samples = api.client.get(f"/jobs/{trained['id']}/samples").json()["items"]
+    assert [item["step"] for item in samples] == [10, 20]
+    for item in samples:
+        assert "X-Amz-Signature" in item["url"]  # presigned by the S3 store, fetched without the API
+        assert fetch_png(item["url"], api).size == (8 * 32 + 9 * 2, 8 * 32 + 9 * 2)
+    latest = api.client.get(f"/jobs/{trained['id']}/samples/latest")
+    assert latest.headers["content-type"] == "image/png"
+    Image.open(io.BytesIO(latest.content)).verify()
+
+    checkpoints = api.client.get(f"/jobs/{trained['id']}/checkpoints").json()["items"]
+    assert [item["step"] for item in checkpoints] == [10, 20]
+    assert httpx.get(checkpoints[-1]["url"]).status_code == 200
+
+    metrics = api.client.get(f"/jobs/{trained['id']}/metrics").json()["items"]
+    assert [m["step"] for m in metrics] == list(range(1, 21))
+    assert api.client.post(f"/jobs/{trained['id']}/cancel").status_code == 409
+
+
+@pytest.mark.timeout(120)
+def test_sampling_job_from_checkpoint(trained: dict, api: Api) -> None:
+    job = api.submit({"kind": "sample", "source": {"job_id": trained["id"], "step": None}, "n": 16, "seed": 3})
+    assert job["spec"] == {"job_id": trained["id"], "step": 20, "n": 16, "seed": 3}
+    done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=90)
+    assert done["status"] == "succeeded", done
+    image = fetch_png(api.client.get(f"/jobs/{job['id']}/samples").json()["items"][0]["url"], api)
+    assert image.size == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2)
+
+
+@pytest.mark.timeout(180)
+def test_two_process_ddp_job(api: Api, workers: Workers) -> None:
+    job = api.submit({"kind": "train", "config": {**TINY, "nproc": 2, "steps": 10}})
+    done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=150)
+    assert done["status"] == "succeeded", done
+    assert done["latest_checkpoint_step"] == 10
+    assert [m["step"] for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 11))
+
+
+@pytest.mark.timeout(120)
+def test_cancel_stops_the_training_processes(api: Api, workers: Workers) -> None:
+    job = api.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})
+    wait_for(lambda: api.job(job["id"])["progress"]["step"] > 0, 90, "training to start")
+    training = pids_mentioning(job["id"])
+    assert len(training) >= 3  # guard, torchrun, rank 0
+
+    response = api.client.post(f"/jobs/{job['id']}/cancel")
+    assert response.status_code == 200 and response.json()["cancel_requested"]
+    done = api.wait_status(job["id"], {"cancelled"}, timeout=20)
+    assert done["finished_at"] is not None
+    assert not pids_mentioning(job["id"])
+    assert api.client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled"  # idempotent
+
+
+@pytest.mark.timeout(240)
+def test_killed_worker_job_resumes_from_checkpoint(api: Api, workers: Workers) -> None:
+    config = {**TINY, "steps": 60, "checkpoint_every": 10, "sample_every": 30}
+    job = api.submit({"kind": "train", "config": config})
+    wait_for(lambda: (api.job(job["id"])["latest_checkpoint_step"] or 0) >= 10, 90, "a committed checkpoint")
+    assert pids_mentioning(job["id"])
+
+    workers.current.signal_group(signal.SIGKILL)  # the Celery parent and its pool child, no cleanup
+    workers.current.process.wait()
+    # The guard notices its supervisor died and takes the training down with it: no orphan keeps training.
+    wait_for(lambda: not pids_mentioning(job["id"]), 20, "the orphaned training processes to exit")
+    requeued = api.wait_status(job["id"], {"queued"}, timeout=20)
+    assert requeued["attempt"] == 1
+
+    workers.start()
+    done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=150)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 2 and done["resumed_from_step"] >= 10
+    assert [m["step"] for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 61))
+
+
+@pytest.mark.timeout(60)
+def test_idempotent_post_returns_the_first_job(api: Api, workers: Workers) -> None:
+    body = {"kind": "train", "config": {**TINY, "steps": 100_000}}
+    key = {"Idempotency-Key": os.urandom(8).hex()}
+    first = api.client.post("/jobs", json=body, headers=key)
+    again = api.client.post("/jobs", json=body, headers=key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == first.headers["location"]
+    api.client.post(f"/jobs/{first.json()['id']}/cancel")
+    api.wait_status(first.json()["id"], {"cancelled"}, timeout=30)

@@ -1,0 +1,256 @@
+"""One attempt of one job: claim it, run its process tree, mirror its files to the store, settle it.
+
+The loop polls instead of using threads: each pass uploads what the training wrote since the last
+pass (sample grids, the newest checkpoint, then its commit marker, then the DB pointer), and every
+heartbeat interval renews the lease, copies progress into the row and reads the cancel flag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from sagan_service import jobs
+from sagan_service.db import make_engine, make_session_factory
+from sagan_service.models import Job
+from sagan_service.settings import Settings
+from sagan_service.storage import ArtifactStore, checkpoint_key, log_key, metrics_key, open_store, sample_key
+
+log = logging.getLogger(__name__)
+LOG_TAIL_LINES = 40
+
+
+class LeaseLost(Exception):
+    """The reaper gave the job away (this worker stalled): stop without touching the row."""
+
+
+def run_job(job_id: str, settings: Settings) -> str | None:
+    """Claim and run one attempt; return the final status, or None if there was nothing to do."""
+    session_factory = make_session_factory(make_engine(settings.database))
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    with session_factory() as session:
+        job = jobs.claim_job(session, job_id=job_id, worker_id=worker_id, lease_seconds=settings.lease_seconds)
+    if job is None:
+        log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
+        return None
+    workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
+    try:
+        return Attempt(job, settings, open_store(settings), session_factory, worker_id, workdir).run()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Attempt:
+    def __init__(self, job: Job, settings: Settings, store: ArtifactStore,
+                 session_factory: sessionmaker[Session], worker_id: str, workdir: Path) -> None:
+        self.job, self.settings, self.store = job, settings, store
+        self.sessions, self.worker_id = session_factory, worker_id
+        self.workdir, self.out = workdir, workdir / "out"
+        self.log_path = workdir / f"attempt-{job.attempt}.log"
+        self.uploaded_samples: dict[str, tuple[int, int]] = {}
+        self.committed_step = job.resumed_from_step or 0
+        self.metrics_size = self.log_size = -1
+        self.progress: dict[str, Any] = {}
+        self.process: subprocess.Popen | None = None
+
+    def run(self) -> str | None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            command = self.prepare()
+            self.process = self.launch(command)
+            status = self.supervise()
+            error = None if status != "failed" else self.failure_reason()
+        except LeaseLost:
+            self.stop()
+            log.warning("job %s: lease lost, leaving it to its new owner", self.job.id)
+            return None
+        except Exception as exc:  # any failure here must settle the row, not strand it "running"
+            log.exception("job %s failed in the supervisor", self.job.id)
+            self.stop()
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        self.upload_log()
+        with self.sessions() as session:
+            jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
+                            error=error, log_tail=self.log_tail() if status == "failed" else None)
+        log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, status)
+        return status
+
+    # -- preparing and launching -------------------------------------------------------------
+
+    def prepare(self) -> list[str]:
+        """Write the inputs into the work directory and return the command to run."""
+        spec = self.job.spec
+        if self.job.kind == "sample":
+            checkpoint = self.workdir / "model.pt"
+            self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint)
+            return [sys.executable, "-m", "sagan_core.cli", "sample", "--checkpoint", str(checkpoint),
+                    "-n", str(spec["n"]), "--seed", str(spec["seed"]), "-o", str(self.out / "grid.png")]
+        config_path = self.workdir / "config.json"
+        config_path.write_text(json.dumps(spec))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc-per-node", str(spec["nproc"]), "-m", "sagan_core.train",
+                   "--config", str(config_path), "--out", str(self.out)]
+        if self.job.resumed_from_step is None:
+            return command
+        self.restore(self.job.resumed_from_step)
+        return [*command, "--resume"]
+
+    def restore(self, step: int) -> None:
+        """Lay out the last committed checkpoint (and the metrics up to it) as the trainer left them."""
+        checkpoints = self.out / "checkpoints"
+        self.store.download(checkpoint_key(self.job.id, step), checkpoints / f"step-{step}.pt")
+        (checkpoints / "latest").write_text(f"step-{step}.pt")
+        try:
+            lines = self.store.get_bytes(metrics_key(self.job.id)).decode().splitlines()
+        except LookupError:
+            lines = []
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+
+    def launch(self, command: list[str]) -> subprocess.Popen:
+        env = dict(os.environ)
+        if self.settings.gpus is not None and "CUDA_VISIBLE_DEVICES" not in env:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(self.settings.gpus))
+        guard = [sys.executable, "-m", "worker.guard", "--grace", str(self.settings.cancel_grace_seconds), "--"]
+        with open(self.log_path, "ab") as log_file:
+            # Its own session: the whole tree (guard, torchrun, ranks) is one process group to signal.
+            return subprocess.Popen([*guard, *command], stdout=log_file, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                    cwd=self.workdir)
+
+    # -- supervising -------------------------------------------------------------------------
+
+    def supervise(self) -> str:
+        """Poll until the process tree exits or a cancel arrives; return the terminal status."""
+        assert self.process is not None
+        next_beat = 0.0
+        while True:
+            returncode = self.process.poll()
+            self.sync(final=returncode is not None)
+            if returncode is not None:
+                self.stop()  # sweep up anything the tree left behind in its group
+                return "succeeded" if returncode == 0 else "failed"
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.settings.heartbeat_seconds
+                if self.beat().cancel_requested:
+                    self.stop()
+                    self.sync(final=True)
+                    return "cancelled"
+            time.sleep(self.settings.poll_seconds)
+
+    def beat(self) -> jobs.Lease:
+        self.upload_metrics()
+        self.upload_log()
+        with self.sessions() as session:
+            lease = jobs.heartbeat(session, job_id=self.job.id, worker_id=self.worker_id,
+                                   lease_seconds=self.settings.lease_seconds,
+                                   step=self.progress.get("step"), total_steps=self.progress.get("total_steps"),
+                                   metrics=self.progress or None)
+        if not lease.held:
+            raise LeaseLost(self.job.id)
+        return lease
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after the grace period; a no-op once it is gone."""
+        if self.process is None:
+            return
+        group = self.process.pid
+        if self.process.poll() is None:
+            _signal_group(group, signal.SIGTERM)
+            try:
+                self.process.wait(self.settings.cancel_grace_seconds)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(group, signal.SIGKILL)
+        self.process.wait()
+
+    # -- mirroring files to the store --------------------------------------------------------
+
+    def sync(self, *, final: bool) -> None:
+        if self.job.kind == "sample":
+            grid = self.out / "grid.png"
+            if final and grid.exists():
+                self.store_sample(self.job.spec["step"], grid)
+            return
+        for path in sorted((self.out / "samples").glob("step-*.png"), key=_step_of):
+            stat = path.stat()
+            if self.uploaded_samples.get(path.name) != (stat.st_mtime_ns, stat.st_size):
+                self.store_sample(_step_of(path), path)
+                self.uploaded_samples[path.name] = (stat.st_mtime_ns, stat.st_size)
+        self.commit_latest_checkpoint()
+        if final:
+            self.upload_metrics()
+
+    def store_sample(self, step: int, path: Path) -> None:
+        key = sample_key(self.job.id, step)
+        self.store.put_file(key, path)
+        with self.sessions() as session:
+            jobs.record_artifact(session, job_id=self.job.id, kind="sample", step=step, key=key)
+
+    def commit_latest_checkpoint(self) -> None:
+        pointer = self.out / "checkpoints" / "latest"
+        try:
+            name = pointer.read_text().strip()
+            step = _step_of(Path(name))
+            if step <= self.committed_step:
+                return
+            # Metrics first, so a resumed attempt finds the series up to its checkpoint. Then the model
+            # file, its commit marker, and the DB pointer: a reader never sees a partial checkpoint.
+            self.upload_metrics()
+            key = self.store.commit_checkpoint(self.job.id, step, pointer.parent / name)
+        except FileNotFoundError:
+            return  # none yet, or the trainer pruned it meanwhile: the next one will do
+        with self.sessions() as session:
+            jobs.record_artifact(session, job_id=self.job.id, kind="checkpoint", step=step, key=key)
+        self.committed_step = step
+
+    def upload_metrics(self) -> None:
+        path = self.out / "metrics.jsonl"
+        if self.job.kind != "train" or not path.exists() or path.stat().st_size == self.metrics_size:
+            return
+        data = path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]  # the trainer may be mid-line
+        lines = complete.decode().splitlines()
+        if lines:
+            self.progress = json.loads(lines[-1])
+        self.store.put_bytes(metrics_key(self.job.id), complete)
+        self.metrics_size = len(complete)
+
+    def upload_log(self) -> None:
+        if self.log_path.exists() and self.log_path.stat().st_size != self.log_size:
+            self.log_size = self.log_path.stat().st_size
+            self.store.put_file(log_key(self.job.id, self.job.attempt), self.log_path)
+
+    def log_tail(self) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+
+    def failure_reason(self) -> str:
+        lines = [line for line in self.log_tail().splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error:" in line]
+        assert self.process is not None
+        return (errors or lines or [""])[-1].strip() or f"exit code {self.process.returncode}"
+
+
+def _step_of(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+def _signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
