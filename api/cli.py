@@ -16,5 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    # No per-request access log (CPU on every request; a proxy in front logs requests); errors still log.
+    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                access_log=False)
     return 0

@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upgrade(engine)
         app.state.settings = settings
         app.state.sessions = make_session_factory(engine)
+        app.state.read_sessions = make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
         app.state.store = open_store(settings)
         app.state.celery = make_celery(settings)
         reaper = asyncio.create_task(_reap_forever(app))

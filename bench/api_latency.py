@@ -1,8 +1,13 @@
 """API latency under load: p50/p99 and throughput of POST /jobs and GET /jobs/{id}, 50 concurrent clients.
 
 Starts `sagan api` against Postgres (a throwaway schema) and Redis (db 6, flushed), with no worker, so
-the numbers are the API's alone. Prints one JSON line.
-    python bench/api_latency.py [--clients 50] [--seconds 10] [--api-workers 2]
+the numbers are the API's alone. Prints one JSON line. For each request kind, two measurements:
+  - "max":   each client sends its next request as soon as the last answers (closed loop): throughput.
+  - "rate":  the clients together send --rate requests/s on a fixed schedule (open loop), latency
+             counted from the scheduled send time, so a slow answer cannot hide the queue behind it.
+The load generator is a minimal HTTP/1.1 keep-alive client on raw asyncio sockets: a general client
+such as httpx costs more CPU per request than the API itself and would measure itself.
+    python bench/api_latency.py [--clients 50] [--seconds 10] [--rate 500] [--api-workers 2]
 """
 
 from __future__ import annotations
@@ -12,50 +17,100 @@ import asyncio
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 
-import httpx
 import psycopg
 
 PG = os.environ.get("SAGAN_BENCH_PG", "postgresql://root@127.0.0.1:5432/test")
 REDIS = os.environ.get("SAGAN_BENCH_REDIS", "redis://127.0.0.1:6379/6")
-BODY = {"kind": "train", "config": {"preset": "debug32", "dataset": "synthetic:64", "device": "cpu"}}
+BODY = json.dumps({"kind": "train", "config": {"preset": "debug32", "dataset": "synthetic:64",
+                                               "device": "cpu"}}).encode()
+CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 
 
-async def load(base_url: str, clients: int, seconds: float, request: str, ids: list[str]) -> dict:
+def http_request(method: str, path: str, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n"
+    if body:
+        head += "Content-Type: application/json\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 2"):
+        raise RuntimeError(f"unexpected answer: {head[:60]!r}")
+    return await reader.readexactly(int(CONTENT_LENGTH.search(head).group(1)))
+
+
+async def load(port: int, clients: int, seconds: float, make_request, rate: float | None) -> dict:
+    """Run `clients` connections for `seconds`; rate=None is closed loop, else open loop at `rate`/s."""
     latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
+    start = time.perf_counter() + 0.1
+    deadline = start + seconds
 
-    async def client(http: httpx.AsyncClient) -> None:
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            if request == "post":
-                response = await http.post("/jobs", json=BODY)
-                ids.append(response.json()["id"])
-            else:
-                response = await http.get(f"/jobs/{random.choice(ids)}")
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - start)
+    async def client(index: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent = 0
+        while True:
+            if rate is None:
+                scheduled = time.perf_counter()
+            else:  # client i sends at start + (i + k * clients) / rate
+                scheduled = start + (index + sent * clients) / rate
+                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            if scheduled >= deadline:
+                break
+            await exchange(reader, writer, make_request())
+            latencies.append(time.perf_counter() - scheduled)
+            sent += 1
+        writer.close()
 
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    elapsed = time.perf_counter() - start
     latencies.sort()
     return {"requests": len(latencies), "req_per_s": round(len(latencies) / elapsed, 1),
             "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
             "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 2)}
 
 
+async def create_jobs(port: int, count: int) -> list[str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ids = [json.loads(await exchange(reader, writer, http_request("POST", "/jobs", BODY)))["id"]
+           for _ in range(count)]
+    writer.close()
+    return ids
+
+
+def measure(port: int, args: argparse.Namespace) -> dict:
+    ids = asyncio.run(create_jobs(port, 200))  # also warms imports and connection pools
+
+    def post() -> bytes:
+        return http_request("POST", "/jobs", BODY)
+
+    def get() -> bytes:
+        return http_request("GET", f"/jobs/{random.choice(ids)}")
+
+    results = {}
+    for name, make_request, rate in (("post_jobs", post, args.post_rate), ("get_job", get, args.rate)):
+        results[name] = {
+            "max": asyncio.run(load(port, args.clients, args.seconds, make_request, None)),
+            "rate": asyncio.run(load(port, args.clients, args.seconds, make_request, rate)),
+        }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=500, help="open-loop GET rate, requests/s")
+    parser.add_argument("--post-rate", type=float, default=100, help="open-loop POST rate, requests/s")
     parser.add_argument("--api-workers", type=int, default=2)
     args = parser.parse_args()
 
@@ -71,18 +126,15 @@ def main() -> None:
     api = subprocess.Popen([sys.executable, "-m", "sagan_core.cli", "api", "--port", str(port),
                             "--workers", str(args.api_workers)], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
             try:
-                if httpx.get(f"{base_url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        break
+            except OSError:
                 time.sleep(0.2)
-        ids: list[str] = []
-        asyncio.run(load(base_url, 4, 2, "post", ids))  # warm-up: imports, connection pools
-        post = asyncio.run(load(base_url, args.clients, args.seconds, "post", ids))
-        get = asyncio.run(load(base_url, args.clients, args.seconds, "get", ids))
+        results = measure(port, args)
     finally:
         api.terminate()
         api.wait()
@@ -92,7 +144,7 @@ def main() -> None:
         with psycopg.connect(PG, autocommit=True) as connection:
             connection.execute(f"DROP SCHEMA {schema} CASCADE")
     print(json.dumps({"bench": "api_latency", "clients": args.clients, "api_workers": args.api_workers,
-                      "post_jobs": post, "get_job": get}))
+                      "seconds": args.seconds, "cpus": os.cpu_count(), **results}))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ def make_engine(url: str) -> Engine:
         # timeout above makes a writer wait for the lock instead of failing.
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pool_pre_ping: it costs a round trip on every checkout. After a database restart the first
+    # use of a stale connection fails (a 503 from the API) and SQLAlchemy then drops the whole pool.
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
