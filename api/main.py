@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -17,7 +18,7 @@ from api.routes import jobs as job_routes
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.jobs import JobConflict, JobNotFound
 from sagan_service.migrate import upgrade
-from sagan_service.queue import make_celery, requeue_expired
+from sagan_service.queue import make_celery, reaper_pass
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
 from sagan_service.storage import open_store
@@ -55,12 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _reap_forever(app: FastAPI) -> None:
-    """Requeue jobs whose worker died; API replicas may all run this (the UPDATEs are conditional)."""
+    """Requeue jobs whose worker died, resend overdue messages; API replicas may all run this (the
+    UPDATEs are conditional)."""
     while True:
         try:
-            requeued = await run_in_threadpool(requeue_expired, app.state.sessions, app.state.celery)
-            if requeued:
-                log.warning("requeued jobs whose lease expired: %s", ", ".join(requeued))
+            sent = await run_in_threadpool(
+                reaper_pass, app.state.sessions, app.state.celery,
+                redispatch_after=timedelta(seconds=app.state.settings.redispatch_seconds))
+            if sent:
+                log.warning("sent to the queue again (lease expired or message overdue): %s", ", ".join(sent))
         except Exception:
             log.exception("reaper pass failed; retrying next interval")
         await asyncio.sleep(app.state.settings.reaper_seconds)

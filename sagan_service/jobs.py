@@ -47,7 +47,7 @@ def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str,
             return existing, False
     job = Job(kind=kind, spec=spec, queue=queue, max_attempts=max_attempts, status="queued",
               idempotency_key=idempotency_key, attempt=0, step=0, cancel_requested=False,
-              total_steps=spec.get("steps"))
+              total_steps=spec.get("steps"), dispatched_at=utcnow())  # the caller sends it next
     session.add(job)
     try:
         session.commit()
@@ -223,8 +223,22 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
                     .values(status="failed", finished_at=now, **released,
                             error="worker lost (lease expired) on the last allowed attempt")
                     .execution_options(synchronize_session=False))
-    requeued = session.scalars(update(Job).where(*expired).values(status="queued", **released)
+    requeued = session.scalars(update(Job).where(*expired).values(status="queued", dispatched_at=now, **released)
                                .returning(Job.id).execution_options(synchronize_session=False))
     ids = list(requeued)
+    session.commit()
+    return ids
+
+
+def take_stale_queued(session: Session, *, older_than: timedelta, now: datetime | None = None) -> list[str]:
+    """Queued jobs last sent to the queue longer ago than `older_than`, stamped as sent now.
+
+    The caller sends them again. A duplicate message is harmless (the claim is conditional), a lost
+    one would leave the job queued forever. The stamp makes concurrent reapers send each job once.
+    """
+    now = now or utcnow()
+    stale = (Job.status == "queued") & ((Job.dispatched_at.is_(None)) | (Job.dispatched_at < now - older_than))
+    ids = list(session.scalars(update(Job).where(stale).values(dispatched_at=now)
+                               .returning(Job.id).execution_options(synchronize_session=False)))
     session.commit()
     return ids

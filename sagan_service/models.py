@@ -50,6 +50,10 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column()
+    # When the job's message was last sent to the queue; the reaper sends a queued job again when
+    # this grows old (a message lost between the commit and the send, or with a worker that died
+    # after taking it but before claiming).
+    dispatched_at: Mapped[datetime | None] = mapped_column()
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
     step: Mapped[int] = mapped_column(Integer, default=0)

@@ -8,9 +8,10 @@ database), never Celery's.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .jobs import get_job, reap_expired_leases
+from .jobs import get_job, reap_expired_leases, take_stale_queued
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -60,10 +61,13 @@ def dispatch(celery: Celery, job: Job) -> None:
     celery.send_task(TASK_NAME, args=[job.id], queue=job.queue)
 
 
-def requeue_expired(session_factory: sessionmaker[Session], celery: Celery) -> list[str]:
-    """One reaper pass: settle jobs whose lease expired and send the requeued ones to the workers."""
+def reaper_pass(session_factory: sessionmaker[Session], celery: Celery, *,
+                redispatch_after: timedelta) -> list[str]:
+    """Settle jobs whose lease expired, then (re)send every queued job whose message is due:
+    the ones just requeued, and any whose last message is older than `redispatch_after`."""
     with session_factory() as session:
         requeued = reap_expired_leases(session)
-        for job_id in requeued:
+        resent = take_stale_queued(session, older_than=redispatch_after)
+        for job_id in requeued + resent:
             dispatch(celery, get_job(session, job_id))
-    return requeued
+    return requeued + resent

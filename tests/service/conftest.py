@@ -26,7 +26,7 @@ REDIS_URL = "redis://127.0.0.1:6379/5"
 BUCKET = "sagan-test"
 # Short leases so a killed worker's job is requeued within seconds.
 FAST_TIMINGS = {"SAGAN_LEASE_SECONDS": "4", "SAGAN_HEARTBEAT_SECONDS": "0.5", "SAGAN_POLL_SECONDS": "0.2",
-                "SAGAN_REAPER_SECONDS": "1", "SAGAN_CANCEL_GRACE_SECONDS": "3"}
+                "SAGAN_REAPER_SECONDS": "1", "SAGAN_CANCEL_GRACE_SECONDS": "3", "SAGAN_REDISPATCH_SECONDS": "5"}
 # debug32 on 64 synthetic images: a step takes tens of milliseconds on the CPU.
 TINY = {"preset": "debug32", "dataset": "synthetic:64", "device": "cpu"}
 

@@ -106,3 +106,12 @@ def test_finished_jobs_cannot_be_cancelled(session: Session) -> None:
         jobs.request_cancel(session, job_id=job_id)
     with pytest.raises(jobs.JobNotFound):
         jobs.request_cancel(session, job_id="missing")
+
+
+def test_stale_queued_jobs_are_taken_once_for_resending(session: Session) -> None:
+    fresh, running = new_job(session), new_job(session)
+    jobs.claim_job(session, job_id=running, worker_id="a", lease_seconds=30)
+    assert jobs.take_stale_queued(session, older_than=timedelta(minutes=1)) == []
+    later = utcnow() + timedelta(minutes=2)
+    assert jobs.take_stale_queued(session, older_than=timedelta(minutes=1), now=later) == [fresh]
+    assert jobs.take_stale_queued(session, older_than=timedelta(minutes=1), now=later) == []

@@ -13,6 +13,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from sagan_service import jobs
+from sagan_service.db import make_engine, make_session_factory
+from sagan_service.specs import validate_train_config
 from tests.service.conftest import TINY, Api, Workers, pids_mentioning, wait_for
 
 
@@ -122,3 +125,17 @@ def test_idempotent_post_returns_the_first_job(api: Api, workers: Workers) -> No
     assert again.headers["location"] == first.headers["location"]
     api.client.post(f"/jobs/{first.json()['id']}/cancel")
     api.wait_status(first.json()["id"], {"cancelled"}, timeout=30)
+
+
+@pytest.mark.timeout(90)
+def test_a_job_whose_message_was_lost_is_sent_again(api: Api, workers: Workers, database_url: str) -> None:
+    """The API committed the job but died before sending its message: the reaper sends it later."""
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        job, _ = jobs.create_job(session, kind="train", spec=validate_train_config({**TINY, "steps": 5},
+                                                                                  data_roots=[]),
+                                 queue="cpu", max_attempts=3)
+    engine.dispose()
+    done = api.wait_status(job.id, {"succeeded", "failed"}, timeout=75)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 1
