@@ -28,7 +28,7 @@ def test_sagan_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         match = wait_for(lambda: re.search(r"demo job: (\S+)", up.log_path.read_text()), 90, "the demo job URL")
         api = Api(f"http://127.0.0.1:{port}")
         demo_id = match.group(1).rsplit("/", 1)[1]
-        assert api.job(demo_id)["spec"]["preset"] == "debug32"
+        assert api.job(demo_id)["spec"]["preset"] == "sagan32"
         # The demo takes minutes: stop it, and run a tiny job in its place.
         api.client.post(f"/jobs/{demo_id}/cancel")
         api.wait_status(demo_id, {"cancelled"}, timeout=30)
