@@ -9,9 +9,7 @@ only after that, so a kill at any moment leaves the previous "latest" intact.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,27 +19,11 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, config_from_dict
+from .files import atomic_write
 from .models import Discriminator, Generator
 
 FORMAT_VERSION = 1
 LATEST = "latest"
-
-
-def atomic_write(path: Path, write: Any) -> Path:
-    """Call write(file_object) on a temp file beside `path`, fsync, then rename onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by other users and services
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def rng_state() -> dict[str, Any]:

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .checkpoint import FORMAT_VERSION, atomic_write
+from .checkpoint import FORMAT_VERSION
 from .config import make_config
+from .files import atomic_write
 from .models import Discriminator, Generator
 
 StateDict = dict[str, torch.Tensor]

@@ -11,7 +11,8 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import load_checkpoint
+from .files import atomic_write
 
 
 def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # How often the supervisor looks at the training directory and the cancel flag.
     poll_seconds: float = Field(1.0, gt=0)
     reaper_seconds: float = Field(15.0, gt=0)
+    # Threads per API process for blocking work (database, S3); see api/main.py.
+    api_threads: int = Field(8, ge=1)
     # A job still queued this long after its last message is sent again (the message may be lost).
     redispatch_seconds: float = Field(600.0, gt=0)
     max_attempts: int = Field(3, ge=1)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
+
+from sagan_core.files import atomic_write
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -92,10 +93,10 @@ class LocalStore(ArtifactStore):
 
     def put_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as source:
-            _write_atomically(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
+            atomic_write(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        _write_atomically(self.path(key), lambda handle: handle.write(data))
+        atomic_write(self.path(key), lambda handle: handle.write(data))
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -108,7 +109,7 @@ class LocalStore(ArtifactStore):
         if not source.is_file():
             raise ArtifactNotFound(key)
         with open(source, "rb") as reader:
-            _write_atomically(path, lambda handle: shutil.copyfileobj(reader, handle))
+            atomic_write(path, lambda handle: shutil.copyfileobj(reader, handle))
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -163,19 +164,6 @@ class S3Store(ArtifactStore):
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         return self.public_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s)
-
-
-def _write_atomically(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _s3_client(endpoint_url: str | None, max_attempts: int) -> Any:

@@ -64,3 +64,11 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.Capture
     assert "imsize" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "nothing.pt")]) == 2
     assert "nothing.pt" in capsys.readouterr().err
+
+
+def test_the_service_side_imports_no_torch() -> None:
+    """The API and the Celery parent use sagan_core's config and file helpers without loading torch
+    (a CUDA context in a forked parent breaks its children)."""
+    code = ("import sys, api.main, worker.supervisor, sagan_service.specs, sagan_service.storage; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)

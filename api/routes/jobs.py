@@ -5,9 +5,9 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 
-from api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep
+from api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, in_thread
 from api.schemas import (
     ArtifactItem,
     ArtifactList,
@@ -32,6 +32,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 @router.post("", response_model=JobPublic, status_code=201,
              responses={200: {"description": "an Idempotency-Key replay: the job the first POST made"}})
+@in_thread
 def create_job(body: JobCreate, request: Request, response: Response, session: SessionDep,
                settings: SettingsDep, celery: CeleryDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
@@ -57,6 +58,7 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
 
 
 @router.get("", response_model=JobList)
+@in_thread
 def list_jobs(session: SessionDep, status: Status | None = None, kind: Kind | None = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None) -> JobList:
     """Jobs, newest first, optionally filtered; follow `next_cursor` for older ones."""
@@ -66,18 +68,21 @@ def list_jobs(session: SessionDep, status: Status | None = None, kind: Kind | No
 
 
 @router.get("/{job_id}", response_model=JobPublic)
+@in_thread
 def get_job(job_id: str, session: SessionDep) -> JobPublic:
     """A job's status, progress, latest metrics, attempts, and error and log tail if it failed."""
     return JobPublic.from_job(jobs.get_job(session, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
+@in_thread
 def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
     """Cancel a job: a queued one at once, a running one within seconds (its processes are stopped)."""
     return JobPublic.from_job(jobs.request_cancel(session, job_id=job_id))
 
 
 @router.get("/{job_id}/samples", response_model=ArtifactList)
+@in_thread
 def list_samples(job_id: str, request: Request, session: SessionDep, store: StoreDep) -> ArtifactList:
     """The job's sample grids; each `url` returns the PNG."""
     return _artifact_list(request, session, store, job_id, "sample", "get_sample")
@@ -85,6 +90,7 @@ def list_samples(job_id: str, request: Request, session: SessionDep, store: Stor
 
 @router.get("/{job_id}/samples/latest", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
+@in_thread
 def get_latest_sample(job_id: str, session: SessionDep, store: StoreDep) -> Response:
     """The newest sample grid as a PNG."""
     samples = jobs.list_artifacts(session, job_id=jobs.get_job(session, job_id).id, kind="sample")
@@ -95,25 +101,32 @@ def get_latest_sample(job_id: str, session: SessionDep, store: StoreDep) -> Resp
 
 @router.get("/{job_id}/samples/{step}", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
+@in_thread
 def get_sample(job_id: str, step: int, session: SessionDep, store: StoreDep) -> Response:
     """The sample grid of one step as a PNG."""
     return _object_response(store, _artifact(session, job_id, "sample", step).key, "image/png")
 
 
 @router.get("/{job_id}/checkpoints", response_model=ArtifactList)
+@in_thread
 def list_checkpoints(job_id: str, request: Request, session: SessionDep, store: StoreDep) -> ArtifactList:
     """The job's committed checkpoints; each `url` downloads the .pt file."""
     return _artifact_list(request, session, store, job_id, "checkpoint", "get_checkpoint")
 
 
 @router.get("/{job_id}/checkpoints/{step}", response_class=Response)
+@in_thread
 def get_checkpoint(job_id: str, step: int, session: SessionDep, store: StoreDep) -> Response:
-    """One committed checkpoint file."""
-    return _object_response(store, _artifact(session, job_id, "checkpoint", step).key,
-                            "application/octet-stream")
+    """One committed checkpoint file (from S3: a redirect to a presigned URL)."""
+    key = _artifact(session, job_id, "checkpoint", step).key
+    url = store.presigned_url(key)
+    if url is not None:  # hundreds of MB: the client fetches it from S3, not through the API's memory
+        return RedirectResponse(url, status_code=307)
+    return _object_response(store, key, "application/octet-stream")
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsList)
+@in_thread
 def get_metrics(job_id: str, session: SessionDep, store: StoreDep) -> MetricsList:
     """The training metrics time series (rank 0's metrics.jsonl), oldest first."""
     jobs.get_job(session, job_id)

@@ -11,6 +11,7 @@ import signal
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
 from sagan_service import jobs
@@ -53,6 +54,10 @@ def test_train_job_lifecycle(trained: dict, api: Api) -> None:
     checkpoints = api.client.get(f"/jobs/{trained['id']}/checkpoints").json()["items"]
     assert [item["step"] for item in checkpoints] == [10, 20]
     assert httpx.get(checkpoints[-1]["url"]).status_code == 200
+    redirect = api.client.get(f"/jobs/{trained['id']}/checkpoints/20")
+    assert redirect.status_code == 307 and "X-Amz-Signature" in redirect.headers["location"]
+    checkpoint = torch.load(io.BytesIO(httpx.get(redirect.headers["location"]).content), weights_only=True)
+    assert checkpoint["step"] == 20 and checkpoint["config"]["preset"] == "debug32"
 
     metrics = api.client.get(f"/jobs/{trained['id']}/metrics").json()["items"]
     assert [m["step"] for m in metrics] == list(range(1, 21))
