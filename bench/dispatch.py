@@ -4,7 +4,7 @@ Runs the same config twice on this machine: once as `python -m sagan_core.train`
 through `sagan up` (the embedded service: SQLite, filesystem broker, local artifacts). Dispatch latency =
 (first metrics line - POST) through the service minus (first metrics line - launch) when run directly.
 Throughput = mean img/s over the logged steps after the first (warm-up). Prints one JSON line.
-    python bench/dispatch.py [--steps 60] [--preset debug32]
+    python bench/dispatch.py [--steps 60] [--preset debug32] [--sample-every N] [--checkpoint-every N]
 """
 
 from __future__ import annotations
@@ -70,13 +70,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="debug32")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--sample-every", type=int, help="default: only at the end")
+    parser.add_argument("--checkpoint-every", type=int, help="default: only at the end")
     args = parser.parse_args()
-    config = {"preset": args.preset, "steps": args.steps, "log_every": 5, "sample_every": args.steps,
-              "checkpoint_every": args.steps, "dataset": "synthetic:256"}
+    config = {"preset": args.preset, "steps": args.steps, "log_every": 5,
+              "sample_every": args.sample_every or args.steps,
+              "checkpoint_every": args.checkpoint_every or args.steps, "dataset": "synthetic:256"}
     with tempfile.TemporaryDirectory() as tmp:
         direct_start, direct_rate = run_direct(config, Path(tmp))
         service_start, service_rate = run_service(config, Path(tmp))
     print(json.dumps({"bench": "dispatch", "preset": args.preset, "steps": args.steps,
+                      "sample_every": config["sample_every"], "checkpoint_every": config["checkpoint_every"],
                       "dispatch_s": round(service_start - direct_start, 2),
                       "direct_img_per_s": round(direct_rate, 1), "service_img_per_s": round(service_rate, 1),
                       "overhead_pct": round(100 * (1 - service_rate / direct_rate), 2)}))

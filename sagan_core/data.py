@@ -24,29 +24,24 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-KINDS = ("synthetic", "folder", "lsun", "cifar10")
-SPEC_FORMS = "synthetic, synthetic:N, folder:PATH, lsun:PATH:CLASS, cifar10:PATH"
-DEFAULT_SYNTHETIC_SIZE = 10_000
+from .dataspec import DatasetError, parse_spec, split_lsun, synthetic_size
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-class DatasetError(ValueError):
-    """A dataset spec, path or file is unusable; the message names the offending spec, path or file."""
-
-
 def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> Dataset:
     """The dataset a spec names, yielding (3, imsize, imsize) float32 tensors in [-1, 1]."""
-    kind, arg = _parse(spec)
+    kind, arg = parse_spec(spec)
     transform = _transform(imsize, center_crop)
     if kind == "synthetic":
-        return SyntheticShapes(_synthetic_size(spec, arg), imsize, transform)
+        return SyntheticShapes(synthetic_size(spec, arg), imsize, transform)
     if kind == "folder":
         return ImageFolder(_existing_dir(arg), transform)
     if kind == "lsun":
-        root, category = _split_lsun(spec, arg)
+        root, category = split_lsun(spec, arg)
         return LMDBImages(_lmdb_dir(_existing_dir(root), category), transform)
     return CIFAR10Images(_cifar_dir(_existing_dir(arg)), transform)
 
@@ -56,18 +51,6 @@ def check_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> 
     dataset = build_dataset(spec, imsize, center_crop=center_crop)
     dataset[0]
     return len(dataset)
-
-
-def dataset_paths(spec: str) -> list[str]:
-    """The filesystem paths a spec reads from, as written in the spec (the API checks them against its
-    allowed data roots). LSUN classes may not contain a path separator, so PATH covers PATH/CLASS_lmdb."""
-    kind, arg = _parse(spec)
-    if kind == "synthetic":
-        _synthetic_size(spec, arg)
-        return []
-    if kind == "lsun":
-        return [_split_lsun(spec, arg)[0]]
-    return [arg]
 
 
 class SyntheticShapes(Dataset):
@@ -185,39 +168,6 @@ class CIFAR10Images(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(Image.fromarray(self.images[index], "RGB"))
-
-
-def _parse(spec: str) -> tuple[str, str]:
-    """Split a spec into (kind, argument); the argument is '' only for plain `synthetic`."""
-    kind, sep, arg = spec.partition(":")
-    if kind not in KINDS:
-        raise DatasetError(f"unknown dataset kind {kind!r} in spec {spec!r}; valid kinds: {', '.join(KINDS)} "
-                           f"(forms: {SPEC_FORMS})")
-    if (sep or kind != "synthetic") and not arg:
-        raise _malformed(spec)
-    return kind, arg
-
-
-def _malformed(spec: str) -> DatasetError:
-    return DatasetError(f"malformed dataset spec {spec!r}; expected one of: {SPEC_FORMS}")
-
-
-def _synthetic_size(spec: str, arg: str) -> int:
-    if not arg:
-        return DEFAULT_SYNTHETIC_SIZE
-    if not arg.isdigit() or int(arg) < 1:
-        raise DatasetError(f"malformed dataset spec {spec!r}: synthetic:N needs an integer N >= 1")
-    return int(arg)
-
-
-def _split_lsun(spec: str, arg: str) -> tuple[str, str]:
-    # Split on the last colon so PATH may contain colons; CLASS must be a plain name so that
-    # PATH/CLASS_lmdb cannot escape PATH (dataset_paths relies on that).
-    root, _, category = arg.rpartition(":")
-    if not root or not category or "/" in category or os.sep in category:
-        raise DatasetError(f"malformed dataset spec {spec!r}: expected lsun:PATH:CLASS, "
-                           "e.g. lsun:/data/lsun:church_outdoor_train")
-    return root, category
 
 
 def _existing_dir(path: str) -> Path:

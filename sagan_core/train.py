@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import latest_checkpoint, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, config_from_dict
-from .data import DatasetError, build_dataset
+from .data import build_dataset
+from .dataspec import DatasetError
 from .losses import D_LOSSES, G_LOSSES, gradient_penalty
 from .models import Discriminator, Generator, attention_gammas
 from .parallel import (

@@ -36,6 +36,7 @@ def make_celery(settings: Settings) -> Celery:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options.update(data_folder_in=str(folder / "queue"), data_folder_out=str(folder / "queue"),
                                  processed_folder=str(folder / "processed"), store_processed=False,
+                                 polling_interval=0.2,  # the default 1 s would delay every job
                                  control_folder=str(folder / "control"))
     app.conf.update(
         broker_transport_options=transport_options,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sagan_core.config import FIELD_NAMES, PRESETS, TrainConfig
+from sagan_core.dataspec import DatasetError, dataset_paths
 
 
 class SpecError(ValueError):
@@ -45,9 +46,6 @@ def _field_named_in(message: str) -> str | None:
 
 
 def _check_dataset(config: TrainConfig, data_roots: list[Path]) -> None:
-    # sagan_core.data imports torch: pay for it only when a job is submitted.
-    from sagan_core.data import DatasetError, check_dataset, dataset_paths
-
     try:
         paths = dataset_paths(config.dataset)
         for path in paths:
@@ -55,7 +53,9 @@ def _check_dataset(config: TrainConfig, data_roots: list[Path]) -> None:
             if not any(resolved.is_relative_to(root) for root in data_roots):
                 raise SpecError("config.dataset", f"dataset path {path} is outside the allowed data roots "
                                                   f"(SAGAN_DATA_ROOTS={','.join(map(str, data_roots))})")
-        if paths:  # synthetic data needs no look at the disk
+        if paths:  # synthetic data needs no look at the disk (nor torch, which sagan_core.data imports)
+            from sagan_core.data import check_dataset
+
             check_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
     except DatasetError as error:
         raise SpecError("config.dataset", str(error)) from None

@@ -14,13 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sagan_core.data import (
-    DEFAULT_SYNTHETIC_SIZE,
-    DatasetError,
-    build_dataset,
-    check_dataset,
-    dataset_paths,
-)
+from sagan_core.data import build_dataset, check_dataset
+from sagan_core.dataspec import DEFAULT_SYNTHETIC_SIZE, DatasetError, dataset_paths
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

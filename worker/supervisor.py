@@ -99,9 +99,12 @@ class Attempt:
                     "-n", str(spec["n"]), "--seed", str(spec["seed"]), "-o", str(self.out / "grid.png")]
         config_path = self.workdir / "config.json"
         config_path.write_text(json.dumps(spec))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc-per-node", str(spec["nproc"]), "-m", "sagan_core.train",
-                   "--config", str(config_path), "--out", str(self.out)]
+        trainer = ["-m", "sagan_core.train", "--config", str(config_path), "--out", str(self.out)]
+        # One rank needs no rendezvous, and torchrun's launcher would add its own import of torch
+        # (about 2 s on a small CPU) to every job's start.
+        launcher = ([] if spec["nproc"] == 1 else
+                    ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(spec["nproc"])])
+        command = [sys.executable, *launcher, *trainer]
         if self.job.resumed_from_step is None:
             return command
         self.restore(self.job.resumed_from_step)
