@@ -31,7 +31,8 @@ RUN apt-get update \
 # does not download torch again.
 WORKDIR /tmp/build
 COPY requirements.txt ./
-RUN pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple -r requirements.txt
+# An extra index: torch from it ("+cpu"/"+cu130" sorts above the plain release), the rest as usual.
+RUN pip install --extra-index-url "$TORCH_INDEX_URL" -r requirements.txt
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > dependencies.txt \
