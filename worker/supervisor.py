@@ -80,7 +80,10 @@ class Attempt:
             log.exception("job %s failed in the supervisor", self.job.id)
             self.stop()
             status, error = "failed", f"{type(exc).__name__}: {exc}"
-        self.upload_log()
+        try:
+            self.upload_log()
+        except Exception:  # the store may be what failed: the row must still be settled
+            log.exception("job %s: could not upload the attempt's log", self.job.id)
         with self.sessions() as session:
             jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
                             error=error, log_tail=self.log_tail() if status == "failed" else None)
@@ -232,9 +235,10 @@ class Attempt:
         self.metrics_size = len(complete)
 
     def upload_log(self) -> None:
-        if self.log_path.exists() and self.log_path.stat().st_size != self.log_size:
-            self.log_size = self.log_path.stat().st_size
+        size = self.log_path.stat().st_size if self.log_path.exists() else -1
+        if size != self.log_size:
             self.store.put_file(log_key(self.job.id, self.job.attempt), self.log_path)
+            self.log_size = size  # only once stored, so a failed upload is tried again
 
     def log_tail(self) -> str:
         if not self.log_path.exists():

@@ -17,7 +17,7 @@ from PIL import Image
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.specs import validate_train_config
-from tests.service.conftest import TINY, Api, Workers, pids_mentioning, wait_for
+from tests.service.conftest import TINY, Api, Service, Workers, pids_mentioning, wait_for
 
 
 def fetch_png(url: str, api: Api) -> Image.Image:
@@ -145,3 +145,21 @@ def test_a_job_whose_message_was_lost_is_sent_again(api: Api, workers: Workers, 
     done = api.wait_status(job.id, {"succeeded", "failed"}, timeout=75)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 1
+
+
+@pytest.mark.timeout(150)
+def test_a_persistent_s3_error_fails_the_job_with_its_reason(api: Api, workers: Workers,
+                                                             service_env: dict[str, str], tmp_service) -> None:
+    """Uploads that keep failing after boto3's retries fail the job, naming the error; nothing hangs."""
+    workers.current.stop()  # this test's job must go to the misconfigured worker
+    broken = Service(["worker", "--loglevel", "WARNING"],
+                     {**service_env, "SAGAN_ARTIFACTS_URL": "s3://no-such-bucket/x", "SAGAN_S3_MAX_ATTEMPTS": "2"},
+                     tmp_service / "worker-broken-s3.log")
+    try:
+        job = api.submit({"kind": "train", "config": {**TINY, "steps": 10}})
+        done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=100)
+        assert done["status"] == "failed" and "NoSuchBucket" in done["error"], done
+        assert done["attempt"] == 1
+    finally:
+        broken.stop()
+        workers.start()
