@@ -3,7 +3,8 @@
 Runs the same config twice on this machine: once as `python -m sagan_core.train` directly, once as a job
 through `sagan up` (the embedded service: SQLite, filesystem broker, local artifacts). Dispatch latency =
 (first metrics line - POST) through the service minus (first metrics line - launch) when run directly.
-Throughput = mean img/s over the logged steps after the first (warm-up). Prints one JSON line.
+Throughput = mean img/s over the logged steps after the first (warm-up); --repeat alternating pairs,
+medians reported. Prints one JSON line.
     python bench/dispatch.py [--steps 60] [--preset debug32] [--sample-every N] [--checkpoint-every N]
 """
 
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import httpx
 
@@ -72,18 +74,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--sample-every", type=int, help="default: only at the end")
     parser.add_argument("--checkpoint-every", type=int, help="default: only at the end")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating direct/service pairs; medians")
     args = parser.parse_args()
     config = {"preset": args.preset, "steps": args.steps, "log_every": 5,
               "sample_every": args.sample_every or args.steps,
               "checkpoint_every": args.checkpoint_every or args.steps, "dataset": "synthetic:256"}
+    direct, service = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        direct_start, direct_rate = run_direct(config, Path(tmp))
-        service_start, service_rate = run_service(config, Path(tmp))
+        for index in range(args.repeat):  # alternating, so a slow spell of the machine hits both sides
+            (Path(tmp) / str(index)).mkdir()
+            direct.append(run_direct(config, Path(tmp) / str(index)))
+            service.append(run_service(config, Path(tmp) / str(index)))
+    dispatch = [s[0] - d[0] for d, s in zip(direct, service, strict=True)]
+    direct_rate, service_rate = median(d[1] for d in direct), median(s[1] for s in service)
     print(json.dumps({"bench": "dispatch", "preset": args.preset, "steps": args.steps,
                       "sample_every": config["sample_every"], "checkpoint_every": config["checkpoint_every"],
-                      "dispatch_s": round(service_start - direct_start, 2),
+                      "repeat": args.repeat, "dispatch_s": round(median(dispatch), 2),
                       "direct_img_per_s": round(direct_rate, 1), "service_img_per_s": round(service_rate, 1),
-                      "overhead_pct": round(100 * (1 - service_rate / direct_rate), 2)}))
+                      "overhead_pct": round(100 * (1 - service_rate / direct_rate), 2),
+                      "all_direct_img_per_s": [round(d[1], 1) for d in direct],
+                      "all_service_img_per_s": [round(s[1], 1) for s in service]}))
 
 
 if __name__ == "__main__":
