@@ -39,7 +39,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.sessions = make_session_factory(engine)
         app.state.read_sessions = make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
-        app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         app.state.store = open_store(settings)
         app.state.celery = make_celery(settings)
         # Blocking work (database, S3) runs in a few threads: with the default 40, requests on a small

@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sagan_core.config import MAX_INT
 from sagan_service.models import Job
 
+MAX_STEP = MAX_INT  # steps are 32-bit integer columns
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Kind = Literal["train", "sample"]
 
@@ -25,7 +27,7 @@ class SampleSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str
-    step: int | None = Field(None, ge=0, description="a committed checkpoint step; null = the latest")
+    step: int | None = Field(None, ge=0, le=MAX_STEP, description="a committed checkpoint step; null = the latest")
 
 
 class SampleJobCreate(BaseModel):

@@ -15,6 +15,7 @@ NORMS = ("spectral", "batch", "none")
 ATTENTION_FORMS = ("seed", "pooled")
 LOSSES = ("hinge", "wgan-gp", "bce")
 AMP_MODES = ("none", "bf16")
+MAX_INT = 2**31 - 1  # counts and sizes fit a 32-bit integer (the job service stores steps in one)
 IMAGE_SIZES = (32, 64, 128)
 
 
@@ -85,8 +86,8 @@ class TrainConfig:
         for name in ("z_dim", "g_conv_dim", "d_conv_dim", "batch_size", "steps", "n_critic",
                      "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "nproc",
                      "lr_decay_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= MAX_INT:
+                raise ValueError(f"{name} must be between 1 and {MAX_INT}, got {getattr(self, name)}")
         for name in ("g_conv_dim", "d_conv_dim"):
             if getattr(self, name) % 8:
                 raise ValueError(f"{name} must be a multiple of 8 (attention projects to C/8)")
@@ -98,8 +99,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1)")
         if self.lr_decay is not None and not 0.0 < self.lr_decay <= 1.0:
             raise ValueError("lr_decay must be in (0, 1] or null")
-        if self.num_workers < 0 or self.ema_start < 0 or self.seed < 0:
-            raise ValueError("num_workers, ema_start and seed must be >= 0")
+        for name in ("num_workers", "ema_start", "seed"):
+            if not 0 <= getattr(self, name) <= MAX_INT:
+                raise ValueError(f"{name} must be between 0 and {MAX_INT}, got {getattr(self, name)}")
         if self.center_crop is not None and self.center_crop < 1:
             raise ValueError("center_crop must be >= 1 or null")
         if self.batch_size % self.nproc:

@@ -2,9 +2,10 @@
 
     queued --claim--> running --finish--> succeeded | failed | cancelled
     queued --cancel--> cancelled
+    queued --the message could not be sent--> failed
     running --lease expired (reaper)--> queued (attempt < max_attempts) | failed | cancelled
 
-Changes that race (claim, heartbeat, finish, reap) are conditional UPDATEs: the WHERE clause states
+Changes that race (claim, heartbeat, cancel, finish, reap) are conditional UPDATEs: the WHERE clause states
 what the caller believes, and a row count of 0 means someone else got there first, so a duplicate
 Celery delivery or a worker that lost its lease becomes a no-op instead of a second run.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -171,11 +172,13 @@ def request_cancel(session: Session, *, job_id: str) -> Job:
     if job.status in ("succeeded", "failed"):
         raise JobConflict(f"job {job_id} already {job.status}")
     now = utcnow()
-    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                    .values(status="cancelled", finished_at=now, updated_at=now)
-                    .execution_options(synchronize_session=False))
-    session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
-                    .values(cancel_requested=True, updated_at=now)
+    # One statement, so a reaper moving the job from running to queued in between cannot make the
+    # cancel miss both states. The flag is set either way: a requeued job is never claimed again.
+    queued = Job.status == "queued"
+    session.execute(update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
+                    .values(status=case((queued, "cancelled"), else_=Job.status),
+                            finished_at=case((queued, now), else_=Job.finished_at),
+                            cancel_requested=True, updated_at=now)
                     .execution_options(synchronize_session=False))
     session.commit()
     session.refresh(job)
@@ -192,15 +195,20 @@ def fail_queued(session: Session, *, job_id: str, error: str) -> None:
 
 
 def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, error: str | None = None,
-               log_tail: str | None = None) -> bool:
-    """running -> a terminal status, only for the lease owner; False if the job was taken away."""
+               log_tail: str | None = None, metrics: dict[str, Any] | None = None) -> bool:
+    """running -> a terminal status, only for the lease owner; False if the job was taken away.
+
+    `metrics`, rank 0's last metrics line, also sets the final progress (heartbeats lag behind it).
+    """
     assert status in TERMINAL, status
     now = utcnow()
+    progress = {} if not metrics else {"metrics": metrics, "step": metrics["step"],
+                                       "total_steps": metrics.get("total_steps")}
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
         .values(status=status, error=error, log_tail=log_tail, finished_at=now, updated_at=now,
-                lease_owner=None, lease_expires_at=None)
+                lease_owner=None, lease_expires_at=None, **progress)
         .execution_options(synchronize_session=False)
     )
     session.commit()

@@ -49,6 +49,8 @@ def _check_dataset(config: TrainConfig, data_roots: list[Path]) -> None:
     try:
         paths = dataset_paths(config.dataset)
         for path in paths:
+            if not Path(path).is_absolute():  # the trainer runs elsewhere, in another directory
+                raise SpecError("config.dataset", f"dataset path {path} must be absolute")
             resolved = Path(path).expanduser().resolve()
             if not any(resolved.is_relative_to(root) for root in data_roots):
                 raise SpecError("config.dataset", f"dataset path {path} is outside the allowed data roots "

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 PR_SET_PDEATHSIG = 1
 
@@ -30,18 +29,26 @@ def main(argv: list[str]) -> int:
     child = subprocess.Popen(command)
 
     def on_sigterm(_signum: int, _frame: object) -> None:
-        if os.getppid() == parent:
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        os.killpg(0, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        os.killpg(0, signal.SIGKILL)
+        if os.getppid() != parent:  # orphaned: leave the wait below and take the group down
+            raise SupervisorGone
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    returncode = child.wait()
+    try:
+        returncode = child.wait()
+    except SupervisorGone:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)
+        try:
+            child.wait(grace)  # outside the handler, so it can return as soon as the child is gone
+        except subprocess.TimeoutExpired:
+            pass
+        os.killpg(0, signal.SIGKILL)
+        return 1
     return 128 - returncode if returncode < 0 else returncode
+
+
+class SupervisorGone(Exception):
+    """The supervising worker died (the kernel's parent-death signal)."""
 
 
 if __name__ == "__main__":

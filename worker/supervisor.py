@@ -38,18 +38,24 @@ class LeaseLost(Exception):
 
 def run_job(job_id: str, settings: Settings) -> str | None:
     """Claim and run one attempt; return the final status, or None if there was nothing to do."""
-    session_factory = make_session_factory(make_engine(settings.database))
+    store = open_store(settings)  # before the claim: a misconfigured store must not strand a claimed job
+    engine = make_engine(settings.database)
+    session_factory = make_session_factory(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    with session_factory() as session:
-        job = jobs.claim_job(session, job_id=job_id, worker_id=worker_id, lease_seconds=settings.lease_seconds)
-    if job is None:
-        log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
-        return None
-    workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
     try:
-        return Attempt(job, settings, open_store(settings), session_factory, worker_id, workdir).run()
+        with session_factory() as session:
+            job = jobs.claim_job(session, job_id=job_id, worker_id=worker_id,
+                                 lease_seconds=settings.lease_seconds)
+        if job is None:
+            log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
+            return None
+        workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
+        try:
+            return Attempt(job, settings, store, session_factory, worker_id, workdir).run()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        engine.dispose()
 
 
 class Attempt:
@@ -85,8 +91,12 @@ class Attempt:
         except Exception:  # the store may be what failed: the row must still be settled
             log.exception("job %s: could not upload the attempt's log", self.job.id)
         with self.sessions() as session:
-            jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
-                            error=error, log_tail=self.log_tail() if status == "failed" else None)
+            settled = jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
+                                      error=error, log_tail=self.log_tail() if status == "failed" else None,
+                                      metrics=self.progress or None)
+        if not settled:
+            log.warning("job %s: lease lost before the end; its new owner settles it", self.job.id)
+            return None
         log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, status)
         return status
 
@@ -157,8 +167,7 @@ class Attempt:
             time.sleep(self.settings.poll_seconds)
 
     def beat(self) -> jobs.Lease:
-        self.upload_metrics()
-        self.upload_log()
+        # The lease first: uploads to a slow store must not let it lapse while training goes on.
         with self.sessions() as session:
             lease = jobs.heartbeat(session, job_id=self.job.id, worker_id=self.worker_id,
                                    lease_seconds=self.settings.lease_seconds,
@@ -166,6 +175,8 @@ class Attempt:
                                    metrics=self.progress or None)
         if not lease.held:
             raise LeaseLost(self.job.id)
+        self.upload_metrics()
+        self.upload_log()
         return lease
 
     def stop(self) -> None:

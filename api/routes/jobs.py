@@ -4,11 +4,12 @@ import json
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
 from api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, in_thread
 from api.schemas import (
+    MAX_STEP,
     ArtifactItem,
     ArtifactList,
     JobCreate,
@@ -28,6 +29,7 @@ from sagan_service.storage import ArtifactNotFound, LocalStore, metrics_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+StepPath = Annotated[int, Path(ge=0, le=MAX_STEP)]
 
 
 @router.post("", response_model=JobPublic, status_code=201,
@@ -102,7 +104,7 @@ def get_latest_sample(job_id: str, session: SessionDep, store: StoreDep) -> Resp
 @router.get("/{job_id}/samples/{step}", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
 @in_thread
-def get_sample(job_id: str, step: int, session: SessionDep, store: StoreDep) -> Response:
+def get_sample(job_id: str, step: StepPath, session: SessionDep, store: StoreDep) -> Response:
     """The sample grid of one step as a PNG."""
     return _object_response(store, _artifact(session, job_id, "sample", step).key, "image/png")
 
@@ -116,7 +118,7 @@ def list_checkpoints(job_id: str, request: Request, session: SessionDep, store: 
 
 @router.get("/{job_id}/checkpoints/{step}", response_class=Response)
 @in_thread
-def get_checkpoint(job_id: str, step: int, session: SessionDep, store: StoreDep) -> Response:
+def get_checkpoint(job_id: str, step: StepPath, session: SessionDep, store: StoreDep) -> Response:
     """One committed checkpoint file (from S3: a redirect to a presigned URL)."""
     key = _artifact(session, job_id, "checkpoint", step).key
     url = store.presigned_url(key)

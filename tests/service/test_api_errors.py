@@ -22,6 +22,9 @@ def detail_field(response: httpx.Response) -> str:
     ({"batch_size": 9, "nproc": 2}, "config.batch_size"),
     ({"dataset": "folder:/etc"}, "config.dataset"),
     ({"dataset": "cifar10"}, "config.dataset"),
+    ({"dataset": "folder:relative/images"}, "config.dataset"),
+    ({"steps": 10**20}, "config.steps"),
+    ({"seed": 2**31}, "config.seed"),
 ])
 def test_invalid_train_config_names_the_field(api: Api, config: dict, field: str) -> None:
     assert detail_field(api.client.post("/jobs", json={"kind": "train", "config": {**TINY, **config}})) == field
@@ -37,6 +40,7 @@ def test_dataset_inside_the_data_roots_is_checked_for_existence(api: Api, servic
     ({"kind": "train", "config": {}, "extra": 1}, "train.extra"),
     ({"kind": "sample", "source": {"job_id": "x"}, "n": 0}, "sample.n"),
     ({"kind": "sample"}, "sample.source"),
+    ({"kind": "sample", "source": {"job_id": "x", "step": 10**20}}, "sample.source.step"),
 ])
 def test_malformed_bodies_are_422(api: Api, body: dict, field: str) -> None:
     assert detail_field(api.client.post("/jobs", json=body)) == field
@@ -99,3 +103,9 @@ def test_health_and_docs(api: Api) -> None:
     assert api.client.get("/docs").status_code == 200
     paths = api.client.get("/openapi.json").json()["paths"]
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/samples/latest"} <= set(paths)
+
+
+@pytest.mark.parametrize("path", ["/jobs/nope/samples/100000000000000000000", "/jobs/nope/checkpoints/-1"])
+def test_out_of_range_steps_in_paths_are_422(api: Api, path: str) -> None:
+    response = api.client.get(path)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["path", "step"]

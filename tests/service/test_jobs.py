@@ -115,3 +115,23 @@ def test_stale_queued_jobs_are_taken_once_for_resending(session: Session) -> Non
     later = utcnow() + timedelta(minutes=2)
     assert jobs.take_stale_queued(session, older_than=timedelta(minutes=1), now=later) == [fresh]
     assert jobs.take_stale_queued(session, older_than=timedelta(minutes=1), now=later) == []
+
+
+def test_cancel_settles_a_queued_job_and_flags_a_running_one(session: Session) -> None:
+    queued, running = new_job(session), new_job(session)
+    jobs.claim_job(session, job_id=running, worker_id="a", lease_seconds=30)
+    cancelled = jobs.request_cancel(session, job_id=queued)
+    assert (cancelled.status, cancelled.finished_at is not None) == ("cancelled", True)
+    flagged = jobs.request_cancel(session, job_id=running)
+    assert (flagged.status, flagged.cancel_requested, flagged.finished_at) == ("running", True, None)
+
+
+def test_finish_records_the_final_progress(session: Session) -> None:
+    job_id = new_job(session)
+    jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
+    assert not jobs.finish_job(session, job_id=job_id, worker_id="b", status="succeeded")
+    final = {"step": 10, "total_steps": 10, "d_loss": 0.5}
+    assert jobs.finish_job(session, job_id=job_id, worker_id="a", status="succeeded", metrics=final)
+    job = jobs.get_job(session, job_id)
+    session.refresh(job)
+    assert (job.status, job.step, job.total_steps, job.metrics) == ("succeeded", 10, 10, final)
