@@ -44,12 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Blocking work (database, S3) runs in a few threads: with the default 40, requests on a small
         # machine mostly wait for the GIL among them (GET /jobs/{id} throughput halves).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-        reaper = asyncio.create_task(_reap_forever(app))
+        stop_reaper = asyncio.Event()
+        reaper = asyncio.create_task(_reap_until(stop_reaper, app))
         # Everything built so far lives as long as the process: keep it out of the collector's scans,
         # which otherwise stall a request now and then (the p99 of GET /jobs/{id}).
         gc.freeze()
         yield
-        reaper.cancel()
+        stop_reaper.set()
+        await reaper  # a pass in flight finishes before the engine goes
         engine.dispose()
 
     app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan,
@@ -63,10 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _reap_forever(app: FastAPI) -> None:
+async def _reap_until(stop: asyncio.Event, app: FastAPI) -> None:
     """Requeue jobs whose worker died, resend overdue messages; API replicas may all run this (the
     UPDATEs are conditional)."""
-    while True:
+    while not stop.is_set():
         try:
             sent = await run_in_threadpool(
                 reaper_pass, app.state.sessions, app.state.celery,
@@ -75,7 +77,8 @@ async def _reap_forever(app: FastAPI) -> None:
                 log.warning("sent to the queue again (lease expired or message overdue): %s", ", ".join(sent))
         except Exception:
             log.exception("reaper pass failed; retrying next interval")
-        await asyncio.sleep(app.state.settings.reaper_seconds)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), app.state.settings.reaper_seconds)
 
 
 async def _not_found(_request: Request, error: Exception) -> JSONResponse:
