@@ -20,10 +20,10 @@ from torch import nn
 
 from .config import TrainConfig, config_from_dict
 from .files import atomic_write
+from .layout import checkpoint_path, checkpoints, latest_checkpoint, point_latest
 from .models import Discriminator, Generator
 
 FORMAT_VERSION = 1
-LATEST = "latest"
 
 
 def rng_state() -> dict[str, Any]:
@@ -48,25 +48,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
     """Write checkpoints/step-<n>.pt, then move `latest` to it, then prune to `keep` files."""
-    directory = Path(run_dir) / "checkpoints"
-    path = directory / f"step-{payload['step']}.pt"
+    path = checkpoint_path(run_dir, payload["step"])
     payload = {"format_version": FORMAT_VERSION, **payload}
     atomic_write(path, lambda f: torch.save(payload, f))
-    atomic_write(directory / LATEST, lambda f: f.write(path.name.encode()))
-    for old in sorted(directory.glob("step-*.pt"), key=_step_of)[:-keep]:
+    point_latest(path)
+    for old in checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
-
-
-def _step_of(path: Path) -> int:
-    return int(path.stem.split("-", 1)[1])
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / LATEST
-    if not pointer.exists():
-        return None
-    return pointer.parent / pointer.read_text().strip()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint import latest_checkpoint, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .checkpoint import read_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, config_from_dict
 from .data import build_dataset
 from .dataspec import DatasetError
+from .layout import METRICS, latest_checkpoint, sample_path
 from .losses import D_LOSSES, G_LOSSES, gradient_penalty
 from .models import Discriminator, Generator, attention_gammas
 from .parallel import (
@@ -213,9 +214,9 @@ class RunWriter:
     def __init__(self, out_dir: Path, state: TrainState) -> None:
         self.out_dir, self.state = out_dir, state
         self.sample_z = fixed_noise(64, state.config.z_dim, state.config.seed)
-        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         # Open for the whole run (line-buffered, so readers see each line); close() ends it.
-        self.metrics = open(out_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        self.metrics = open(out_dir / METRICS, "a", buffering=1)  # noqa: SIM115
 
     def log(self, stats: dict[str, float], img_per_s: float) -> None:
         state = self.state
@@ -227,7 +228,7 @@ class RunWriter:
 
     def sample(self) -> None:
         generator = self.state.ema if self.state.ema is not None else self.state.generator
-        write_grid(generate(generator, self.sample_z), self.out_dir / "samples" / f"step-{self.state.step}.png")
+        write_grid(generate(generator, self.sample_z), sample_path(self.out_dir, self.state.step))
 
     def checkpoint(self) -> None:
         save_checkpoint(self.out_dir, self.state.checkpoint_payload(), self.state.config.keep_checkpoints)

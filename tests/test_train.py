@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from sagan_core import load_checkpoint
-from sagan_core.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
+from sagan_core.checkpoint import read_checkpoint, save_checkpoint
 from sagan_core.data import build_dataset
+from sagan_core.layout import latest_checkpoint
 from sagan_core.models import Discriminator, Generator
 from sagan_core.parallel import init_distributed
 from sagan_core.train import build_state, real_batches, train, train_step

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from sagan_core import layout
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.models import Job
@@ -125,15 +126,15 @@ class Attempt:
 
     def restore(self, step: int) -> None:
         """Lay out the last committed checkpoint (and the metrics up to it) as the trainer left them."""
-        checkpoints = self.out / "checkpoints"
-        self.store.download(checkpoint_key(self.job.id, step), checkpoints / f"step-{step}.pt")
-        (checkpoints / "latest").write_text(f"step-{step}.pt")
+        checkpoint = layout.checkpoint_path(self.out, step)
+        self.store.download(checkpoint_key(self.job.id, step), checkpoint)
+        layout.point_latest(checkpoint)
         try:
             lines = self.store.get_bytes(metrics_key(self.job.id)).decode().splitlines()
         except LookupError:
             lines = []
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+        (self.out / layout.METRICS).write_text("".join(line + "\n" for line in kept))
 
     def launch(self, command: list[str]) -> subprocess.Popen:
         env = dict(os.environ)
@@ -201,10 +202,10 @@ class Attempt:
             if final and grid.exists():
                 self.store_sample(self.job.spec["step"], grid)
             return
-        for path in sorted((self.out / "samples").glob("step-*.png"), key=_step_of):
+        for path in layout.samples(self.out):
             stat = path.stat()
             if self.uploaded_samples.get(path.name) != (stat.st_mtime_ns, stat.st_size):
-                self.store_sample(_step_of(path), path)
+                self.store_sample(layout.step_of(path), path)
                 self.uploaded_samples[path.name] = (stat.st_mtime_ns, stat.st_size)
         self.commit_latest_checkpoint()
         if final:
@@ -217,16 +218,14 @@ class Attempt:
             jobs.record_artifact(session, job_id=self.job.id, kind="sample", step=step, key=key)
 
     def commit_latest_checkpoint(self) -> None:
-        pointer = self.out / "checkpoints" / "latest"
         try:
-            name = pointer.read_text().strip()
-            step = _step_of(Path(name))
-            if step <= self.committed_step:
+            checkpoint = layout.latest_checkpoint(self.out)
+            if checkpoint is None or (step := layout.step_of(checkpoint)) <= self.committed_step:
                 return
             # Metrics first, so a resumed attempt finds the series up to its checkpoint. Then the model
             # file, its commit marker, and the DB pointer: a reader never sees a partial checkpoint.
             self.upload_metrics()
-            key = self.store.commit_checkpoint(self.job.id, step, pointer.parent / name)
+            key = self.store.commit_checkpoint(self.job.id, step, checkpoint)
         except FileNotFoundError:
             return  # none yet, or the trainer pruned it meanwhile: the next one will do
         with self.sessions() as session:
@@ -234,7 +233,7 @@ class Attempt:
         self.committed_step = step
 
     def upload_metrics(self) -> None:
-        path = self.out / "metrics.jsonl"
+        path = self.out / layout.METRICS
         if self.job.kind != "train" or not path.exists() or path.stat().st_size == self.metrics_size:
             return
         data = path.read_bytes()
@@ -261,10 +260,6 @@ class Attempt:
         errors = [line for line in lines if "Error" in line or "error:" in line]
         assert self.process is not None
         return (errors or lines or [""])[-1].strip() or f"exit code {self.process.returncode}"
-
-
-def _step_of(path: Path) -> int:
-    return int(path.stem.split("-", 1)[1])
 
 
 def _signal_group(group: int, signum: int) -> None:
