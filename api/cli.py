@@ -16,6 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from sagan_service.cli import run_db_upgrade
+
+    # Once, here: in each worker's start-up, N workers would race to migrate a fresh database.
+    run_db_upgrade(argparse.Namespace(revision="head"))
+
     # No per-request access log (CPU on every request; a proxy in front logs requests); errors still log.
     uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 access_log=False)

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +19,6 @@ from api.routes import health
 from api.routes import jobs as job_routes
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.jobs import JobConflict, JobNotFound
-from sagan_service.migrate import upgrade
 from sagan_service.queue import make_celery, reaper_pass
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
@@ -34,8 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.database)
-        upgrade(engine)
+        engine = make_engine(settings.database)  # migrated by `sagan api` before its workers start
         app.state.settings = settings
         app.state.sessions = make_session_factory(engine)
         app.state.read_sessions = make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
@@ -56,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan,
                   description="Submit SAGAN training and sampling jobs; follow their progress and artifacts.")
+    app.add_api_route("/", _home, include_in_schema=False)
     app.include_router(health.router)
     app.include_router(job_routes.router)
     app.add_exception_handler(JobNotFound, _not_found)
@@ -79,6 +78,10 @@ async def _reap_until(stop: asyncio.Event, app: FastAPI) -> None:
             log.exception("reaper pass failed; retrying next interval")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), app.state.settings.reaper_seconds)
+
+
+async def _home() -> RedirectResponse:
+    return RedirectResponse("/docs")
 
 
 async def _not_found(_request: Request, error: Exception) -> JSONResponse:

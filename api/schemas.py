@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from sagan_core.config import MAX_INT
+from sagan_core.config import MAX_INT, TrainConfig
 from sagan_service.models import Job
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
@@ -15,12 +15,20 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Kind = Literal["train", "sample"]
 
 
+# The schema clients see is TrainConfig's, every field with its type, default and description. The body
+# itself stays a plain mapping here: a preset's values sit between those defaults and what a client
+# sends, so sagan_core.config.build_config (the CLI's and the trainer's way in) validates it.
+TrainConfigBody = Annotated[dict[str, Any], WithJsonSchema({
+    **TrainConfig.model_json_schema(),
+    "description": "`sagan train` fields over the preset's values, e.g. {\"preset\": \"debug32\", \"steps\": "
+                   "100}; every field is optional (defaults shown are seed64's)."})]
+
+
 class TrainJobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["train"]
-    config: dict[str, Any] = Field(default_factory=dict,
-                                   description="`sagan train` fields, e.g. {\"preset\": \"debug32\", \"steps\": 100}")
+    config: TrainConfigBody = Field(default_factory=dict)
 
 
 class SampleSource(BaseModel):
@@ -106,4 +114,4 @@ def utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything is stored in UTC.
     if value is None or value.tzinfo is not None:
         return value
-    return value.replace(tzinfo=timezone.utc)
+    return value.replace(tzinfo=UTC)

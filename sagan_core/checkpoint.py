@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, build_config
 from .files import atomic_write
 from .layout import checkpoint_path, checkpoints, latest_checkpoint, point_latest
 from .models import Discriminator, Generator
@@ -84,7 +84,7 @@ class LoadedModel:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild G and D from a checkpoint alone, in eval mode; G carries the EMA weights if kept."""
     payload = read_checkpoint(path)
-    config = config_from_dict(payload["config"])
+    config = build_config(payload["config"])
     generator, discriminator = Generator(config), Discriminator(config)
     generator.load_state_dict(payload["ema"] if payload.get("ema") else payload["generator"])
     discriminator.load_state_dict(payload["discriminator"])

@@ -8,57 +8,74 @@ library free of any import of the service.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from .config import FIELD_HELP, TrainConfig, make_config
+from .config import FIELDS, TrainConfig, build_config, parse_flag, read_config_file
 
 ENTRY_POINT_GROUP = "sagan.commands"
 
 
-def _int_list(text: str) -> list[int]:
-    if text.strip().lower() in ("", "none"):
-        return []
-    return [int(part) for part in text.split(",")]
-
-
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    return lambda text: None if text.strip().lower() in ("none", "null") else parse(text)
-
-
-FLAG_PARSERS: dict[str, Callable[[str], Any]] = {
-    "int": int, "float": float, "str": str, "list[int]": _int_list,
-    "int | None": _optional(int), "float | None": _optional(float),
-}
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One kebab-case flag per TrainConfig field; unset flags stay out of the namespace."""
-    group = parser.add_argument_group("config fields (override --preset and --config)")
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
+    """One kebab-case flag per TrainConfig field, its help from the field; unset flags stay out of the
+    namespace. Values are read by config.parse_flag and validated by build_config, like a file's."""
+    group = parser.add_argument_group("config fields (override --preset and --config; defaults are seed64's)")
+    for name, field in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=FIELD_HELP[field.name])
+                               help=f"{field.description} (default: {str(field.default).lower()})")
         else:
-            group.add_argument(flag, type=FLAG_PARSERS[field.type], default=argparse.SUPPRESS,
-                               metavar=field.name.upper(), help=FIELD_HELP[field.name])
+            group.add_argument(flag, type=functools.partial(parse_flag, name), default=argparse.SUPPRESS,
+                               metavar=_metavar(name), help=_field_help(name))
+
+
+def _metavar(name: str) -> str:
+    schema = _field_schema(name)
+    if "enum" in schema:
+        return "{" + ",".join(str(choice) for choice in schema["enum"]) + "}"
+    return {"integer": "INT", "number": "FLOAT", "string": "TEXT", "array": "N[,N...]"}.get(
+        schema.get("type", ""), "VALUE")
+
+
+def _field_help(name: str) -> str:
+    """The field's description, default and allowed range, e.g. '... (default: 100000; 1 <= x <= 2147483647)'."""
+    field, schema = FIELDS[name], _field_schema(name)
+    low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    high = schema.get("maximum", schema.get("exclusiveMaximum"))
+    bounds = ""
+    if low is not None or high is not None:
+        lower = "" if low is None else f"{low} {'<' if 'exclusiveMinimum' in schema else '<='} "
+        upper = "" if high is None else f" {'<' if 'exclusiveMaximum' in schema else '<='} {high}"
+        bounds = f"; {lower}x{upper}"
+    default = "null" if field.default is None else field.default
+    return f"{field.description} (default: {default}{bounds})".replace("%", "%%")
+
+
+def _field_schema(name: str) -> dict[str, Any]:
+    """The field's JSON schema without the null branch of an optional value."""
+    schema = _config_schema()["properties"][name]
+    for branch in schema.get("anyOf", []):
+        if branch.get("type") != "null":
+            return branch
+    return schema
+
+
+@functools.cache
+def _config_schema() -> dict[str, Any]:
+    return TrainConfig.model_json_schema()
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset defaults, then the --config file, then flags."""
-    from .train import load_config_file
-
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                   if hasattr(args, f.name)})
-    return make_config(values.pop("preset", "seed64"), **values)
+    """Preset defaults, then the --config file, then flags: one mapping for build_config."""
+    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    values.update({name: getattr(args, name) for name in FIELDS if hasattr(args, name)})
+    return build_config(values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -97,7 +114,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagan", description="Self-Attention GANs: train, sample, serve.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a SAGAN",
                                 description="Train a SAGAN into --out (metrics.jsonl, samples/, "
@@ -131,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # plain `sagan`: the list of commands
+        parser.print_help()
+        return 2
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:

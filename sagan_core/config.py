@@ -1,124 +1,211 @@
-"""Training configuration as plain data: one flat dataclass, named presets, and validation.
+"""The training configuration: one typed definition, named presets, and the one way to build it.
 
-Every field is also a `sagan train` flag (`z_dim` -> `--z-dim`) and a key of the REST job config,
-so the same names work in YAML files, on the command line and over HTTP.
+Each field of `TrainConfig` carries its type, default, allowed range or choices and help text. The
+`sagan train` flags, the `--config` YAML/JSON files, the REST job body (and its OpenAPI schema) and the
+trainer all derive from it, and every one of them goes through `build_config`: a preset's values, then
+the given mapping over them, validated with one rule. Values are typed as in JSON: an integer field
+takes an integer (not "3", 3.0 or true), a float field a finite number, a list field a list. Text (a
+command-line flag) is read as a YAML scalar first, exactly as the same text in a YAML file would be.
+
+Torch-free: the API validates job configs with this module alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-NORMS = ("spectral", "batch", "none")
-ATTENTION_FORMS = ("seed", "pooled")
-LOSSES = ("hinge", "wgan-gp", "bce")
-AMP_MODES = ("none", "bf16")
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .dataspec import DatasetError, dataset_paths
+
 MAX_INT = 2**31 - 1  # counts and sizes fit a 32-bit integer (the job service stores steps in one)
 IMAGE_SIZES = (32, 64, 128)
 
+Count = Annotated[int, Field(ge=1, le=MAX_INT)]
+NonNegative = Annotated[int, Field(ge=0, le=MAX_INT)]
+Rate = Annotated[float, Field(ge=0.0)]
+Norm = Literal["spectral", "batch", "none"]
 
-@dataclass(kw_only=True, slots=True)
-class TrainConfig:
-    """Everything that defines a run. Defaults are the lab report's (seed) values."""
 
-    preset: str = "seed64"
-    dataset: str = "synthetic"
-    # Centre crop (in source pixels) before resizing, e.g. 160 for aligned CelebA as in the seed.
-    center_crop: int | None = None
+# Presets are plain overrides of the defaults above, named like torchtitan's model flavours.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The lab report's 64x64 LSUN-church network and hyper-parameters.
+    "seed64": {},
+    # The same design at 32x32 and 128x128 (the reference code only works at 64).
+    "sagan32": {"imsize": 32},
+    "sagan128": {"imsize": 128},
+    # Tiny and fast: what the tests and CPU demos train.
+    "debug32": {"imsize": 32, "g_conv_dim": 16, "d_conv_dim": 16, "g_attention": [16],
+                "d_attention": [8], "batch_size": 8, "steps": 20, "log_every": 1,
+                "sample_every": 10, "checkpoint_every": 10, "num_workers": 0},
+}
+
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+class ConfigError(ValueError):
+    """An invalid config value. `issues` lists (field, message) pairs; str() is the first as one line,
+    `<field>: <message>`, worded the same for flags, files and REST bodies (which never echo the input)."""
+
+    def __init__(self, issues: list[tuple[str, str]]) -> None:
+        self.issues = issues
+        super().__init__("; ".join(f"{field}: {message}" for field, message in issues[:1]))
+
+    @property
+    def field(self) -> str:
+        return self.issues[0][0]
+
+
+class _FieldIssue(ValueError):
+    """Raised inside validators for a check that spans fields, to name the field it blames."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a run. Defaults are the lab report's (the seed's) values."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False,
+                              title="TrainConfig", use_attribute_docstrings=True)
+
+    preset: PresetName = "seed64"
+    """named starting point whose values replace these defaults: seed64 (the lab report), sagan32 and
+    sagan128 (the same design at 32 and 128 pixels), debug32 (tiny, for tests)"""
+    dataset: str = Field("synthetic", max_length=4096)
+    """synthetic[:N] | folder:PATH | lsun:PATH:CLASS | cifar10:PATH"""
+    center_crop: int | None = Field(None, ge=1, le=16384)
+    """centre crop in source pixels before resizing (160 for aligned CelebA); null = none"""
+    max_bad_images: float = Field(0.001, ge=0.0, le=1.0)
+    """largest fraction of unreadable images to skip before the run fails; 0 = fail on the first"""
 
     # Model
-    imsize: int = 64
-    z_dim: int = 128
-    g_conv_dim: int = 64
-    d_conv_dim: int = 64
-    # Feature-map resolutions that get a self-attention layer; an empty list ablates attention.
-    g_attention: list[int] = field(default_factory=lambda: [16, 32])
-    d_attention: list[int] = field(default_factory=lambda: [8, 4])
-    # G: "spectral" = spectral norm + BatchNorm (seed), "batch" = BatchNorm only, "none".
-    # D: "spectral" = spectral norm (seed), "batch" = BatchNorm, "none".
-    g_norm: str = "spectral"
-    d_norm: str = "spectral"
-    attention: str = "seed"
+    imsize: Literal[32, 64, 128] = 64
+    """image size"""
+    z_dim: Count = 128
+    """latent size"""
+    g_conv_dim: Count = 64
+    """generator width: channels of the last hidden block (a multiple of 8)"""
+    d_conv_dim: Count = 64
+    """discriminator width: channels of the first block (a multiple of 8)"""
+    g_attention: list[Annotated[int, Field(ge=1)]] | None = None
+    """generator feature-map sizes with self-attention ([] or 'none' = no attention); null = the seed's
+    placement, after the last two generator blocks at any imsize"""
+    d_attention: list[Annotated[int, Field(ge=1)]] | None = None
+    """discriminator feature-map sizes with self-attention ([] or 'none' = no attention); null = the
+    seed's placement, after the last two discriminator blocks at any imsize"""
+    g_norm: Norm = "spectral"
+    """generator normalisation: spectral (SN + BatchNorm, the seed) | batch | none"""
+    d_norm: Norm = "spectral"
+    """discriminator normalisation: spectral (the seed) | batch | none"""
+    attention: Literal["seed", "pooled"] = "seed"
+    """attention form: seed (C/8 query/key, C value) | pooled (the paper's official code)"""
 
     # Optimisation (TTUR: D learns 4x faster than G)
-    loss: str = "hinge"
-    gp_weight: float = 10.0
-    batch_size: int = 64  # global batch, split over all processes
-    steps: int = 100_000  # generator steps
-    n_critic: int = 1  # D steps per G step
-    g_lr: float = 1e-4
-    d_lr: float = 4e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
-    # The seed lists lr_decay = 0.95 but the reference implementation never applies it. Here it is
-    # explicit: both learning rates are multiplied by lr_decay every lr_decay_every steps; None = off.
-    lr_decay: float | None = None
-    lr_decay_every: int = 1000
-    # Exponential moving average of G's weights, used for samples and load_checkpoint; 0 = off.
-    ema_decay: float = 0.0
-    ema_start: int = 0
+    loss: Literal["hinge", "wgan-gp", "bce"] = "hinge"
+    """hinge | wgan-gp | bce (non-saturating)"""
+    gp_weight: Rate = 10.0
+    """gradient-penalty weight for wgan-gp"""
+    batch_size: Count = 64
+    """global batch size, split evenly over processes"""
+    steps: Count = 100_000
+    """generator steps to train"""
+    n_critic: Count = 1
+    """discriminator steps per generator step"""
+    g_lr: Rate = 1e-4
+    """generator learning rate"""
+    d_lr: Rate = 4e-4
+    """discriminator learning rate"""
+    beta1: float = Field(0.0, ge=0.0, lt=1.0)
+    """Adam beta1"""
+    beta2: float = Field(0.9, ge=0.0, lt=1.0)
+    """Adam beta2"""
+    lr_decay: float | None = Field(None, gt=0.0, le=1.0)
+    """multiply both learning rates by this every lr_decay_every steps; null = off (the seed lists 0.95,
+    but its reference code never applies it)"""
+    lr_decay_every: Count = 1000
+    """steps between learning-rate decays"""
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    """EMA decay of generator weights for samples and checkpoints' generator (0 = off)"""
+    ema_start: NonNegative = 0
+    """step at which the EMA starts averaging (before it copies G)"""
 
     # Bookkeeping
-    seed: int = 0
-    log_every: int = 10
-    sample_every: int = 100
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    num_workers: int = 2
+    seed: NonNegative = 0
+    """seed for weights, data order and noise"""
+    log_every: Count = 10
+    """steps between metrics.jsonl lines"""
+    sample_every: Count = 100
+    """steps between 8x8 sample grids"""
+    checkpoint_every: Count = 1000
+    """steps between checkpoints"""
+    keep_checkpoints: Count = 3
+    """how many recent checkpoints to keep on disk"""
+    num_workers: NonNegative = 2
+    """data-loader worker processes per rank"""
 
     # Execution
-    nproc: int = 1
-    device: str = "auto"  # auto | cpu | cuda
-    amp: str = "none"  # bf16 autocast on GPUs
+    nproc: Count = 1
+    """training processes (torchrun); batch_size is split over them"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto | cpu | cuda"""
+    amp: Literal["none", "bf16"] = "none"
+    """none | bf16 (autocast, for GPUs)"""
     channels_last: bool = False
+    """use channels-last memory format"""
     compile: bool = False
+    """torch.compile G and D"""
 
-    def __post_init__(self) -> None:
-        _check_choice("g_norm", self.g_norm, NORMS)
-        _check_choice("d_norm", self.d_norm, NORMS)
-        _check_choice("attention", self.attention, ATTENTION_FORMS)
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
-        _check_choice("imsize", self.imsize, IMAGE_SIZES)
-        for name in ("z_dim", "g_conv_dim", "d_conv_dim", "batch_size", "steps", "n_critic",
-                     "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "nproc",
-                     "lr_decay_every"):
-            if not 1 <= getattr(self, name) <= MAX_INT:
-                raise ValueError(f"{name} must be between 1 and {MAX_INT}, got {getattr(self, name)}")
-        for name in ("g_conv_dim", "d_conv_dim"):
-            if getattr(self, name) % 8:
-                raise ValueError(f"{name} must be a multiple of 8 (attention projects to C/8)")
-        for name in ("g_lr", "d_lr", "gp_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        for name in ("beta1", "beta2", "ema_decay"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1)")
-        if self.lr_decay is not None and not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError("lr_decay must be in (0, 1] or null")
-        for name in ("num_workers", "ema_start", "seed"):
-            if not 0 <= getattr(self, name) <= MAX_INT:
-                raise ValueError(f"{name} must be between 0 and {MAX_INT}, got {getattr(self, name)}")
-        if self.center_crop is not None and self.center_crop < 1:
-            raise ValueError("center_crop must be >= 1 or null")
+    @field_validator("imsize", mode="before")
+    @classmethod
+    def _integer_size(cls, value: Any) -> Any:
+        # A Literal of ints otherwise takes 64.0 (it equals 64), which later breaks a shape.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError("Input should be 32, 64 or 128")  # noqa: TRY004 (pydantic wants ValueError)
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_syntax(cls, value: str) -> str:
+        try:
+            dataset_paths(value)  # syntax only: nothing is opened here
+        except DatasetError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("g_conv_dim", "d_conv_dim")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8 (attention projects to C/8)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
         if self.batch_size % self.nproc:
-            raise ValueError(f"batch_size {self.batch_size} must divide evenly over nproc {self.nproc}")
-        self.g_attention = sorted({int(r) for r in self.g_attention})
-        self.d_attention = sorted({int(r) for r in self.d_attention}, reverse=True)
-        for name, resolutions, allowed in (
-            ("g_attention", self.g_attention, generator_resolutions(self.imsize)),
-            ("d_attention", self.d_attention, discriminator_resolutions(self.imsize)),
-        ):
-            bad = [r for r in resolutions if r not in allowed]
+            raise _FieldIssue("batch_size", f"{self.batch_size} does not divide evenly over nproc {self.nproc}")
+        placement = {}
+        for name, allowed in (("g_attention", generator_resolutions(self.imsize)),
+                              ("d_attention", discriminator_resolutions(self.imsize))):
+            chosen = getattr(self, name)
+            if chosen is None:  # the seed's placement: after the last two blocks
+                chosen = allowed[-2:]
+            bad = sorted(set(chosen) - set(allowed))
             if bad:
-                raise ValueError(f"{name}: no feature map of size {bad} at imsize {self.imsize}; "
-                                 f"choose from {allowed}")
+                raise _FieldIssue(name, f"no feature map of size {bad} at imsize {self.imsize}; "
+                                        f"choose from {allowed}")
+            placement[name] = sorted(set(chosen), reverse=name == "d_attention")
+        # Stored resolved, so a saved config says exactly where attention sits.
+        return self.model_copy(update=placement)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
 
 def generator_resolutions(imsize: int) -> list[int]:
@@ -131,79 +218,82 @@ def discriminator_resolutions(imsize: int) -> list[int]:
     return list(reversed(generator_resolutions(imsize)))
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+FIELDS = TrainConfig.model_fields
 
 
-# Presets are plain overrides of the defaults above, named like torchtitan's model flavours.
-PRESETS: dict[str, dict[str, Any]] = {
-    # The lab report's 64x64 LSUN-church network and hyper-parameters.
-    "seed64": {},
-    # The same design at 32x32 and 128x128 (the reference code only works at 64).
-    "sagan32": {"imsize": 32, "g_attention": [16], "d_attention": [8]},
-    "sagan128": {"imsize": 128, "g_attention": [32, 64], "d_attention": [16, 8]},
-    # Tiny and fast: what the tests and CPU demos train.
-    "debug32": {"imsize": 32, "g_conv_dim": 16, "d_conv_dim": 16, "g_attention": [16],
-                "d_attention": [8], "batch_size": 8, "steps": 20, "log_every": 1,
-                "sample_every": 10, "checkpoint_every": 10, "num_workers": 0},
-}
+def build_config(values: Mapping[str, Any]) -> TrainConfig:
+    """The one way to a config: PRESETS[values["preset"]] (default seed64), then `values` over it.
 
-FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+    Raises ConfigError naming the first field at fault.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError([("config", "expected a mapping of config fields")])
+    unknown = sorted(str(name) for name in values if name not in FIELDS)
+    if unknown:
+        raise ConfigError([(name, "unknown config field") for name in unknown])
+    preset = values.get("preset", "seed64")
+    base = PRESETS.get(preset, {}) if isinstance(preset, str) else {}
+    try:
+        return TrainConfig.model_validate({**base, **values})
+    except ValidationError as error:
+        raise ConfigError([_issue(item) for item in error.errors()]) from None
 
 
 def make_config(preset: str = "seed64", **overrides: Any) -> TrainConfig:
-    """A preset's config with overrides applied; raises ValueError naming an unknown field."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    unknown = sorted(set(overrides) - FIELD_NAMES)
-    if unknown:
-        raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
-    values = {**PRESETS[preset], **overrides, "preset": preset}
-    return TrainConfig(**values)
+    """`build_config` for Python callers: `make_config("debug32", steps=10)`."""
+    return build_config({**overrides, "preset": preset})
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Inverse of TrainConfig.to_dict (also accepts partial dicts naming a preset)."""
-    data = dict(data)
-    return make_config(data.pop("preset", "seed64"), **data)
+def _issue(error: Any) -> tuple[str, str]:
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _FieldIssue):
+        return cause.field, str(cause)
+    loc = error["loc"]
+    # Only the field name: a list's element index is noise to someone who wrote `[16, "x"]`.
+    field = str(loc[0]) if loc else "config"
+    return field, error["msg"].removeprefix("Value error, ")
 
-# One line per field: `sagan train --help` and the API docs show these.
-FIELD_HELP: dict[str, str] = {
-    "preset": f"named starting point, one of {sorted(PRESETS)}",
-    "dataset": "synthetic[:N] | folder:PATH | lsun:PATH:CLASS | cifar10:PATH",
-    "center_crop": "centre crop in source pixels before resizing (160 for aligned CelebA)",
-    "imsize": f"image size, one of {list(IMAGE_SIZES)}",
-    "z_dim": "latent size",
-    "g_conv_dim": "generator width: channels of the last hidden block",
-    "d_conv_dim": "discriminator width: channels of the first block",
-    "g_attention": "generator feature-map sizes with self-attention, comma list or 'none'",
-    "d_attention": "discriminator feature-map sizes with self-attention, comma list or 'none'",
-    "g_norm": "generator normalisation: spectral (SN + BatchNorm, the seed) | batch | none",
-    "d_norm": "discriminator normalisation: spectral (the seed) | batch | none",
-    "attention": "attention form: seed (C/8 query/key, C value) | pooled (the paper's official code)",
-    "loss": "hinge | wgan-gp | bce (non-saturating)",
-    "gp_weight": "gradient-penalty weight for wgan-gp",
-    "batch_size": "global batch size, split evenly over processes",
-    "steps": "generator steps to train",
-    "n_critic": "discriminator steps per generator step",
-    "g_lr": "generator learning rate",
-    "d_lr": "discriminator learning rate",
-    "beta1": "Adam beta1",
-    "beta2": "Adam beta2",
-    "lr_decay": "multiply both learning rates by this every lr_decay_every steps ('none' = off)",
-    "lr_decay_every": "steps between learning-rate decays",
-    "ema_decay": "EMA decay of generator weights for samples and checkpoints' generator (0 = off)",
-    "ema_start": "step at which the EMA starts averaging (before it copies G)",
-    "seed": "seed for weights, data order and noise",
-    "log_every": "steps between metrics.jsonl lines",
-    "sample_every": "steps between 8x8 sample grids",
-    "checkpoint_every": "steps between checkpoints",
-    "keep_checkpoints": "how many recent checkpoints to keep on disk",
-    "num_workers": "data-loader worker processes per rank",
-    "nproc": "training processes (torchrun); batch_size is split over them",
-    "device": "auto | cpu | cuda",
-    "amp": "none | bf16 (autocast, for GPUs)",
-    "channels_last": "use channels-last memory format",
-    "compile": "torch.compile G and D",
-}
+
+# ---- text: YAML/JSON files and command-line flags ---------------------------------------------------------
+
+class YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` as a string; this reads floats as YAML 1.2 and JSON do."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+"
+               r"|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"),
+    list("-+0123456789."))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a JSON or YAML file (not yet validated: give it to build_config)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError([("config", f"cannot read config file {path}: {error.strerror}")]) from None
+    try:
+        data = yaml.load(text, Loader=YamlLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError([("config", f"{path} is not valid YAML/JSON: {error}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([("config", f"{path}: expected a mapping of config fields")])
+    return data
+
+
+def parse_flag(name: str, text: str) -> Any:
+    """A flag's text as the value the same text would be in a YAML file. List fields take a
+    comma-separated list ('none' = the empty list, 'default' = null); optional fields take 'none'."""
+    word = text.strip().lower()
+    annotation = str(FIELDS[name].annotation)
+    if "list[" in annotation:
+        if word in ("", "none", "[]"):
+            return []
+        if word in ("null", "default"):
+            return None
+        return [yaml.load(part, Loader=YamlLoader) for part in text.split(",")]
+    if word == "none" and "None" in annotation:
+        return None
+    return yaml.load(text, Loader=YamlLoader)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import read_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, build_config, read_config_file
 from .data import build_dataset
 from .dataspec import DatasetError
 from .layout import METRICS, latest_checkpoint, sample_path
@@ -289,27 +289,14 @@ def _progress_bar(state: TrainState, writer: RunWriter | None) -> Any:
                 disable=writer is None or not sys.stderr.isatty())
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON or YAML mapping of config fields."""
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config fields")  # noqa: TRY004 (user input)
-    return data
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One rank of a SAGAN training run.")
-    parser.add_argument("--config", required=True, help="JSON/YAML file of TrainConfig fields")
+    parser.add_argument("--config", required=True, help="JSON/YAML file of config fields")
     parser.add_argument("--out", required=True, type=Path, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     args = parser.parse_args(argv)
     try:
-        config = config_from_dict(load_config_file(args.config))
+        config = build_config(read_config_file(args.config))
         args.out.mkdir(parents=True, exist_ok=True)
         train(config, args.out, resume=args.resume)
     except (ValueError, FileNotFoundError) as error:  # DatasetError is a ValueError

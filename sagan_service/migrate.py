@@ -1,4 +1,4 @@
-"""Schema migrations (Alembic), run at API start, by `sagan up` and by `sagan db upgrade`."""
+"""Schema migrations (Alembic), run by `sagan db upgrade`, and by `sagan api` and `sagan up` before they serve."""
 
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import tomllib
 import yaml
 from packaging.specifiers import SpecifierSet
 

@@ -112,14 +112,3 @@ def test_spectral_norm_normalises_along_dim0_and_freezes_in_eval() -> None:
     u_before = sn.u.clone()
     generator(torch.randn(2, 128))
     assert torch.equal(sn.u, u_before)
-
-
-def test_invalid_config_names_the_field() -> None:
-    with pytest.raises(ValueError, match="imsize"):
-        make_config("seed64", imsize=48)
-    with pytest.raises(ValueError, match="unknown config field.*colour"):
-        make_config("seed64", colour="red")
-    with pytest.raises(ValueError, match="g_norm"):
-        make_config("seed64", g_norm="layer")
-    with pytest.raises(ValueError, match="preset"):
-        make_config("seed65")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
 import httpx
 import pytest
 
+from sagan_core.config import FIELDS, ConfigError, build_config
 from tests.service.conftest import TINY, Api
 
 
@@ -28,6 +36,54 @@ def detail_field(response: httpx.Response) -> str:
 ])
 def test_invalid_train_config_names_the_field(api: Api, config: dict, field: str) -> None:
     assert detail_field(api.client.post("/jobs", json={"kind": "train", "config": {**TINY, **config}})) == field
+
+
+def test_rest_error_is_worded_like_the_cli(api: Api) -> None:
+    with pytest.raises(ConfigError) as expected:
+        build_config({**TINY, "steps": "3"})
+    response = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "steps": "3"}})
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["body", "config", "steps"] and detail["msg"] == str(expected.value)
+
+
+def test_openapi_shows_every_config_field_with_type_default_and_description(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()["components"]["schemas"]["TrainJobCreate"]
+    properties = schema["properties"]["config"]["properties"]
+    assert set(properties) == set(FIELDS)
+    for name, field in FIELDS.items():
+        # FastAPI writes its OpenAPI document without null values, so a null default is left out.
+        assert properties[name].get("default") == field.default, name
+        assert properties[name]["description"] == field.description, name
+    assert properties["steps"]["type"] == "integer" and properties["steps"]["minimum"] == 1
+    assert properties["loss"]["enum"] == ["hinge", "wgan-gp", "bce"]
+
+
+def test_a_client_generated_from_openapi_builds_a_train_job(api: Api, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """datamodel-code-generator turns /openapi.json into pydantic models; a job built with them runs."""
+    (tmp_path / "openapi.json").write_text(json.dumps(api.client.get("/openapi.json").json()))
+    subprocess.run([Path(sys.executable).with_name("datamodel-codegen"), "--input", tmp_path / "openapi.json",
+                    "--input-file-type", "openapi", "--output", tmp_path / "client_models.py",
+                    "--output-model-type", "pydantic_v2.BaseModel", "--formatters", "ruff-format"],
+                   check=True, capture_output=True, timeout=120)
+    spec = importlib.util.spec_from_file_location("client_models", tmp_path / "client_models.py")
+    models = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "client_models", models)  # pydantic resolves its annotations there
+    spec.loader.exec_module(models)
+    config_model = typing.get_type_hints(models.TrainJobCreate, vars(models))["config"].__args__[0]
+    body = models.TrainJobCreate(kind="train", config=config_model(
+        preset="debug32", dataset="synthetic:64", steps=3, device="cpu"))
+    response = api.client.post("/jobs", content=body.model_dump_json(exclude_unset=True),
+                               headers={"content-type": "application/json"})
+    assert response.status_code == 201, response.text
+    assert response.json()["spec"]["steps"] == 3 and response.json()["spec"]["z_dim"] == 128
+    api.client.post(f"/jobs/{response.json()['id']}/cancel")
+
+
+def test_root_redirects_to_the_docs(api: Api) -> None:
+    response = api.client.get("/", follow_redirects=False)
+    assert response.status_code in (302, 307) and response.headers["location"] == "/docs"
 
 
 def test_dataset_inside_the_data_roots_is_checked_for_existence(api: Api, service_env: dict) -> None:
