@@ -31,6 +31,11 @@ class DistContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def batch_slice(self, global_batch: int) -> slice:
+        """This rank's share of a global batch (which divides evenly over the ranks)."""
+        local = global_batch // self.world_size
+        return slice(self.rank * local, (self.rank + 1) * local)
+
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):

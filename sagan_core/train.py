@@ -4,7 +4,8 @@ Run as `python -m sagan_core.train --config CONFIG.json --out DIR [--resume]`, a
 torchrun. `sagan train` writes the config and starts this (through torchrun when nproc > 1).
 
 Every random draw is a function of (seed, step): real batches come from a seeded permutation
-per epoch and z from a generator seeded per step, each rank taking its slice of the global batch.
+per epoch, and z and the gradient penalty's weights from generators seeded by (step, slot), each
+rank taking its slice of the global batch.
 So a resumed run repeats a straight run exactly, and N processes see the same global batch as
 one process with the same batch_size.
 """
@@ -60,8 +61,7 @@ class StepBatchSampler(Sampler[list[int]]):
             raise DatasetError(f"data set has {size} images, fewer than batch_size {config.batch_size}")
         self.size, self.seed, self.start = size, config.seed, start_batch
         self.global_batch = config.batch_size
-        local = config.batch_size // ctx.world_size
-        self.local = slice(ctx.rank * local, (ctx.rank + 1) * local)
+        self.local = ctx.batch_slice(config.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         per_epoch = self.size // self.global_batch
@@ -131,11 +131,25 @@ def build_state(config: TrainConfig, ctx: DistContext) -> TrainState:
                       g_optimizer, d_optimizer, ema)
 
 
+# Tags the gradient penalty's draws apart from z's, which are seeded by (seed, step, slot) alone.
+PENALTY_STREAM = 1
+
+
 def noise(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
     """This rank's slice of the global z for (step, slot); slot n_critic is the G step's."""
     z = torch.randn(config.batch_size, config.z_dim, generator=seeded(config.seed, step, slot))
-    local = config.batch_size // ctx.world_size
-    return z[ctx.rank * local:(ctx.rank + 1) * local].to(ctx.device, non_blocking=True)
+    return _rank_share(z, ctx)
+
+
+def penalty_weights(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
+    """This rank's slice of the global interpolation weights alpha (B,) of the gradient penalty."""
+    alpha = torch.rand(config.batch_size, generator=seeded(config.seed, step, slot, PENALTY_STREAM))
+    return _rank_share(alpha, ctx)
+
+
+def _rank_share(global_draw: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Drawn on the CPU over the global batch, so N ranks together draw what one process draws."""
+    return global_draw[ctx.batch_slice(len(global_draw))].to(ctx.device, non_blocking=True)
 
 
 def set_learning_rates(state: TrainState) -> None:
@@ -168,7 +182,8 @@ def train_step(state: TrainState, real_batches: Iterator[torch.Tensor]) -> dict[
             if config.loss == "wgan-gp":
                 # The penalty's double backward runs on the bare module (DDP cannot); its gradients
                 # still reach DDP's all-reduce, which hooks the parameters themselves.
-                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real, fake)
+                alpha = penalty_weights(config, ctx, state.step, slot)
+                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real, fake, alpha)
         state.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         state.d_optimizer.step()
