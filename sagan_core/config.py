@@ -27,6 +27,8 @@ class TrainConfig:
     dataset: str = "synthetic"
     # Centre crop (in source pixels) before resizing, e.g. 160 for aligned CelebA as in the seed.
     center_crop: int | None = None
+    # Unreadable images are skipped; the run fails once more than this fraction of the set is.
+    max_bad_images: float = 0.001
 
     # Model
     imsize: int = 64
@@ -102,6 +104,8 @@ class TrainConfig:
         for name in ("num_workers", "ema_start", "seed"):
             if not 0 <= getattr(self, name) <= MAX_INT:
                 raise ValueError(f"{name} must be between 0 and {MAX_INT}, got {getattr(self, name)}")
+        if not 0.0 <= self.max_bad_images <= 1.0:
+            raise ValueError(f"max_bad_images must be in [0, 1], got {self.max_bad_images}")
         if self.center_crop is not None and self.center_crop < 1:
             raise ValueError("center_crop must be >= 1 or null")
         if self.batch_size % self.nproc:
@@ -173,6 +177,7 @@ FIELD_HELP: dict[str, str] = {
     "preset": f"named starting point, one of {sorted(PRESETS)}",
     "dataset": "synthetic[:N] | folder:PATH | lsun:PATH:CLASS | cifar10:PATH",
     "center_crop": "centre crop in source pixels before resizing (160 for aligned CelebA)",
+    "max_bad_images": "largest fraction of unreadable images to skip before the run fails; 0 = fail on the first",
     "imsize": f"image size, one of {list(IMAGE_SIZES)}",
     "z_dim": "latent size",
     "g_conv_dim": "generator width: channels of the last hidden block",

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,15 @@ def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
         # torch >= 2.14 suggests forward_sync_buffers, which 2.11 lacks and which syncs at init.
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
         return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def all_gather_objects(obj: T, ctx: DistContext) -> list[T]:
+    """Every rank's picklable obj, in rank order."""
+    if not ctx.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:

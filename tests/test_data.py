@@ -14,7 +14,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sagan_core.data import build_dataset, check_dataset
+from sagan_core.data import (
+    BadImageLog,
+    SkipUnreadable,
+    UnreadableImage,
+    build_dataset,
+    check_dataset,
+    collate_readable,
+)
 from sagan_core.dataspec import DEFAULT_SYNTHETIC_SIZE, DatasetError, dataset_paths
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -120,6 +127,44 @@ def test_corrupt_image_error_names_the_file(tmp_path: Path, content: bytes) -> N
     assert_colour(dataset[1], RED, atol=1e-6)
     with pytest.raises(DatasetError, match=str(bad)):  # check_dataset fails fast on a broken first file
         check_dataset(f"folder:{tmp_path}", 32)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_unreadable_items_are_replaced_by_the_next_readable_one(tmp_path: Path, num_workers: int) -> None:
+    solid(RED).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"garbage")
+    solid(BLUE).save(tmp_path / "c.png")
+    (tmp_path / "d.png").write_bytes(encoded(solid(RED, (64, 64)), "PNG")[:80])  # truncated
+    dataset = SkipUnreadable(build_dataset(f"folder:{tmp_path}", 32), tries=3)
+    loader = DataLoader(dataset, batch_size=4, num_workers=num_workers, collate_fn=collate_readable)
+    images, skipped = next(iter(loader))  # across worker processes: the names travel with the batch
+    for image, colour in zip(images, [RED, BLUE, BLUE, RED], strict=True):  # d wraps around to a
+        assert_colour(image, colour, atol=1e-6)
+    assert sorted(skipped) == [str(tmp_path / "b.png"), str(tmp_path / "d.png")]
+    assert "not a known image format" in skipped[str(tmp_path / "b.png")]
+    assert SkipUnreadable(build_dataset(f"folder:{tmp_path}", 32), tries=1)[1][0] is None
+
+
+def test_bad_image_log_counts_names_once_and_fails_past_the_limit() -> None:
+    assert BadImageLog(100, 0.29).limit == 29  # not floor(28.999...)
+    assert (BadImageLog(1000, 0.001).limit, BadImageLog(999, 0.001).limit, BadImageLog(5, 1.0).tries) == (1, 0, 5)
+    log = BadImageLog(1000, 0.002)
+    log.record({"a": "cannot read image a: x"})
+    log.record({"a": "cannot read image a: x"})
+    assert log.count == 1 and log.tries == 3
+    other_rank = {"a": "cannot read image a: x", "b": "cannot read image b: y"}
+    assert log.merge([log.take_unshared(), other_rank]) == other_rank  # what is new to the run
+    assert log.merge([{"b": "cannot read image b: y"}]) == {}
+    log.check()
+    log.record({"c": "cannot read image c: z"})
+    with pytest.raises(DatasetError, match="3 unreadable images, more than max_bad_images 0.002 of 1000 "
+                                           r"allows \(2\): a, b, c"):
+        log.check()
+
+
+def test_unreadable_image_survives_pickling() -> None:
+    error = pickle.loads(pickle.dumps(UnreadableImage("x.png", "truncated")))
+    assert (error.name, str(error)) == ("x.png", "cannot read image x.png: truncated")
 
 
 def test_folder_path_errors(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path: Path, loss: s
 
 def _state(**overrides):
     config = tiny_config(**overrides)
-    state = build_state(config, init_distributed("cpu"))
-    return state, real_batches(build_dataset(config.dataset, config.imsize), state)
+    dataset = build_dataset(config.dataset, config.imsize)
+    state = build_state(config, init_distributed("cpu"), len(dataset))
+    return state, real_batches(dataset, state)
 
 
 def test_n_critic_discriminator_steps_per_generator_step() -> None:
@@ -117,8 +119,9 @@ def test_wgan_gp_trains_the_seed64_network(attention: str, channels_last: bool) 
     fused SDPA kernels (chosen by strides, always under channels_last) have no double backward."""
     config = make_config("seed64", dataset="synthetic:8", batch_size=4, num_workers=0, device="cpu",
                          loss="wgan-gp", attention=attention, channels_last=channels_last)
-    state = build_state(config, init_distributed("cpu"))
-    batches = real_batches(build_dataset(config.dataset, config.imsize), state)
+    dataset = build_dataset(config.dataset, config.imsize)
+    state = build_state(config, init_distributed("cpu"), len(dataset))
+    batches = real_batches(dataset, state)
     for _ in range(2):
         stats = train_step(state, batches)
     assert all(torch.isfinite(v) for v in stats.values())
@@ -157,6 +160,59 @@ def test_bad_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
                             env=subprocess_env(), timeout=120)
     assert result.returncode == 2
     assert f"{tmp_path}/missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def broken_folder(root: Path) -> tuple[Path, list[str]]:
+    """14 readable images, a truncated JPEG and a .png of garbage: (root, the two bad paths)."""
+    root.mkdir()
+    for i in range(14):
+        Image.new("RGB", (40, 40), (18 * i, 255 - 18 * i, 90)).save(root / f"{i:02d}.png")
+    truncated, garbage = root / "07b.jpg", root / "07c.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(buffer, "JPEG")
+    truncated.write_bytes(buffer.getvalue()[:300])
+    garbage.write_bytes(b"\x89PNG but not really" * 10)
+    return root, [str(truncated), str(garbage)]
+
+
+def _bad_images_metric(run: Path) -> list[int]:
+    return [json.loads(line)["bad_images"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_unreadable_images_are_skipped_counted_and_logged_once(tmp_path: Path, num_workers: int,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    root, bad = broken_folder(tmp_path / "images")
+    # 16 images, global batch 8: 4 steps are 2 epochs, so each bad image comes up twice.
+    config = tiny_config(dataset=f"folder:{root}", steps=4, max_bad_images=0.2, num_workers=num_workers)
+    train(config, tmp_path / "run")
+    assert _bad_images_metric(tmp_path / "run")[-1] == 2
+    stderr = capsys.readouterr().err
+    assert [stderr.count(name) for name in bad] == [1, 1], stderr
+    assert sorted(read_checkpoint(tmp_path / "run")["bad_images"]) == sorted(bad)  # a resumed run knows them
+
+
+def test_too_many_unreadable_images_fail_the_run_naming_them(tmp_path: Path) -> None:
+    root, bad = broken_folder(tmp_path / "images")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(tiny_config(dataset=f"folder:{root}", max_bad_images=0, num_workers=2).to_dict()))
+    result = subprocess.run([sys.executable, "-m", "sagan_core.train", "--config", str(config),
+                             "--out", str(tmp_path / "run")], check=False, capture_output=True, text=True,
+                            env=subprocess_env(), timeout=120)
+    assert result.returncode == 2
+    assert "max_bad_images 0 of 16" in result.stderr and "Traceback" not in result.stderr
+    assert any(name in result.stderr for name in bad), result.stderr
+
+
+def test_two_processes_pool_their_unreadable_images(tmp_path: Path) -> None:
+    root, bad = broken_folder(tmp_path / "images")
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_config(dataset=f"folder:{root}", steps=4, max_bad_images=0.2).to_dict()))
+    result = subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file),
+                             "--nproc", "2", "--out", str(tmp_path / "run")],
+                            check=True, env=subprocess_env(), timeout=300, capture_output=True, text=True)
+    assert _bad_images_metric(tmp_path / "run")[-1] == 2
+    assert [result.stderr.count(name) for name in bad] == [1, 1], result.stderr
 
 
 @pytest.mark.parametrize("overrides", [{}, {"loss": "wgan-gp", "channels_last": True}],
