@@ -77,9 +77,8 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+        # Through apply, so that a gradient penalty's double backward sums over ranks too.
+        return _AllReduceSum.apply(grad)
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

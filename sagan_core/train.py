@@ -164,6 +164,21 @@ def set_learning_rates(state: TrainState) -> None:
             group["lr"] = base * decay
 
 
+def discriminate(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, *,
+                 separate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's float logits (B,) for real and fake."""
+    if separate:
+        # D's BatchNorm normalises real and fake with their own batch statistics, as the reference
+        # does: a mixed batch would change what the normalisation ablation compares. Two DDP forwards
+        # before one backward are fine without find_unused_parameters: autograd still accumulates
+        # each parameter's gradient once, and DDP all-reduces it once.
+        return discriminator(real).float(), discriminator(fake).float()
+    # One forward over real and fake: half the kernel launches, one spectral-norm power iteration
+    # (where the reference runs two) and a single DDP forward per backward.
+    d_real, d_fake = discriminator(torch.cat([real, fake])).float().split(real.shape[0])
+    return d_real, d_fake
+
+
 def train_step(state: TrainState, real_batches: Iterator[torch.Tensor]) -> dict[str, torch.Tensor]:
     """n_critic discriminator updates, then one generator update. Returns detached stats."""
     config, ctx = state.config, state.ctx
@@ -178,10 +193,8 @@ def train_step(state: TrainState, real_batches: Iterator[torch.Tensor]) -> dict[
         with torch.no_grad(), autocast:  # the D step never backpropagates into G
             fake = state.generator(noise(config, ctx, state.step, slot))
         with autocast:
-            # One forward over real and fake: half the kernel launches, and a single DDP
-            # forward per backward.
-            logits = state.discriminator_ddp(torch.cat([real, fake.to(real.dtype)])).float()
-            d_real, d_fake = logits.split(real.shape[0])
+            d_real, d_fake = discriminate(state.discriminator_ddp, real, fake.to(real.dtype),
+                                          separate=config.d_norm == "batch")
             d_loss = d_loss_fn(d_real, d_fake)
             if config.loss == "wgan-gp":
                 # The penalty's double backward runs on the bare module (DDP cannot); its gradients
