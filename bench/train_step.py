@@ -42,8 +42,9 @@ def ours(args: argparse.Namespace, sync) -> float:
                  "channels_last": args.channels_last, "compile": args.compile, "device": args.device}
     config = make_config(args.preset, **overrides)
     ctx = init_distributed(config.device)
-    state = build_state(config, ctx)
-    batches = real_batches(build_dataset("synthetic:1024", config.imsize), state)
+    dataset = build_dataset("synthetic:1024", config.imsize)
+    state = build_state(config, ctx, len(dataset))
+    batches = real_batches(dataset, state)
     return time_steps(lambda: train_step(state, batches), args.warmup, args.steps, sync)
 
 

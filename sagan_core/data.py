@@ -3,7 +3,9 @@
 Specs: `synthetic` | `synthetic:N` | `folder:PATH` | `lsun:PATH:CLASS` | `cifar10:PATH`. Every dataset
 yields float32 tensors of shape (3, imsize, imsize) in [-1, 1] and no labels (the GAN is unconditional).
 Problems surface as DatasetError naming the spec, path, file or LMDB key at fault, both when a dataset is
-built and when an item is loaded, so a bad file never turns into a bare traceback inside a worker.
+built and when an item is loaded (UnreadableImage). Training reads through SkipUnreadable, which replaces
+an unreadable item by the next readable one and reports it, and BadImageLog, which counts them and fails
+the run past the config's max_bad_images, so a bad file never turns into a traceback inside a worker.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import lmdb
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision import transforms
 
 from .dataspec import DatasetError, parse_spec, split_lsun, synthetic_size
@@ -46,11 +48,100 @@ def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> 
     return CIFAR10Images(_cifar_dir(_existing_dir(arg)), transform)
 
 
-def check_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> int:
-    """Build the dataset and load item 0, so a broken spec or first file fails before training; return len."""
-    dataset = build_dataset(spec, imsize, center_crop=center_crop)
-    dataset[0]
-    return len(dataset)
+class UnreadableImage(DatasetError):
+    """An item that cannot be decoded; `name` is its file path or LMDB key."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, reason)  # as args, so that it survives pickling
+        self.name, self.reason = name, reason
+
+    def __str__(self) -> str:
+        return f"cannot read image {self.name}: {self.reason}"
+
+
+# What a training item carries besides its image: the items skipped to reach it, name -> message.
+Skipped = dict[str, str]
+
+
+class SkipUnreadable(Dataset):
+    """Item i as (image, skipped), where an unreadable item i is replaced by the next readable item
+    after it (cyclically), and skipped names the unreadable ones passed over on the way.
+
+    The replacement depends on i alone, so N ranks, any number of workers and a resumed run all see
+    the same batches. At most `tries` items are tried; the image is None when none of them reads.
+    """
+
+    def __init__(self, dataset: Dataset, tries: int) -> None:
+        self.dataset, self.tries = dataset, tries
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, Skipped]:
+        skipped: Skipped = {}
+        for offset in range(self.tries):
+            try:
+                return self.dataset[(index + offset) % len(self.dataset)], skipped
+            except UnreadableImage as error:
+                skipped[error.name] = str(error)
+        return None, skipped
+
+
+def collate_readable(items: list[tuple[torch.Tensor | None, Skipped]]) -> tuple[torch.Tensor | None, Skipped]:
+    """SkipUnreadable's items as (images (B, 3, S, S), or None if one is missing; everything skipped).
+
+    The names travel with the batch because DataLoader workers are other processes: the main
+    process is the one place that sees every skip.
+    """
+    skipped = {name: message for _, part in items for name, message in part.items()}
+    if any(image is None for image, _ in items):
+        return None, skipped
+    return default_collate([image for image, _ in items]), skipped  # shared memory inside workers
+
+
+class BadImageLog:
+    """The unreadable images a run has met, and how many it may skip: more than
+    floor(max_fraction x size) distinct ones fail the run.
+
+    `record` takes what this process's batches skipped; `take_unshared` and `merge` pool that over
+    processes (`merge` returns the names new to the run); `check` raises past the limit.
+    """
+
+    def __init__(self, size: int, max_fraction: float) -> None:
+        self.size, self.max_fraction = size, max_fraction
+        # Rounded first so that 0.29 of 100 images allows 29, not floor(28.999...) = 28.
+        self.limit = math.floor(round(max_fraction * size, 6))
+        self.shared: Skipped = {}  # pooled over every process: the count in metrics, kept in checkpoints
+        self.unshared: Skipped = {}  # met here since the last take_unshared, disjoint from shared
+
+    @property
+    def count(self) -> int:
+        return len(self.shared) + len(self.unshared)
+
+    @property
+    def tries(self) -> int:
+        """Items SkipUnreadable may try for one index: one more than the limit (or the whole set)."""
+        return min(self.limit + 1, self.size)
+
+    def record(self, skipped: Skipped) -> None:
+        for name, message in skipped.items():
+            if name not in self.shared:
+                self.unshared.setdefault(name, message)
+
+    def take_unshared(self) -> Skipped:
+        taken, self.unshared = self.unshared, {}
+        return taken
+
+    def merge(self, parts: list[Skipped]) -> Skipped:
+        new = {name: message for part in parts for name, message in part.items() if name not in self.shared}
+        self.shared.update(new)
+        return new
+
+    def check(self) -> None:
+        if self.count > self.limit:
+            names = [*self.shared, *self.unshared]
+            raise DatasetError(f"{self.count} unreadable images, more than max_bad_images "
+                               f"{self.max_fraction:g} of {self.size} allows ({self.limit}): {', '.join(names)}")
 
 
 class SyntheticShapes(Dataset):
@@ -149,7 +240,7 @@ class LMDBImages(Dataset):
         with _environment(self.path).begin() as txn:
             value = txn.get(key)
         if value is None:
-            raise DatasetError(f"{name} has no value")
+            raise UnreadableImage(name, "no value")
         return self.transform(_open_rgb(io.BytesIO(value), name))
 
 
@@ -239,10 +330,10 @@ def _open_rgb(source: str | IO[bytes], name: str) -> Image.Image:
             return image.convert("RGB")
     except UnidentifiedImageError as error:
         # PIL's message shows the file object's repr, which says nothing for an in-memory LMDB value.
-        raise DatasetError(f"cannot read image {name}: not a known image format") from error
+        raise UnreadableImage(name, "not a known image format") from error
     # PIL reports unreadable, corrupt or truncated data with any of these.
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"cannot read image {name}: {error}") from error
+        raise UnreadableImage(name, str(error)) from error
 
 
 def _transform(imsize: int, center_crop: int | None) -> Transform:

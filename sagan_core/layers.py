@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 
 
@@ -69,6 +72,17 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
         q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
     out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0)
     return out.squeeze(1)
+
+
+def differentiable_attention() -> AbstractContextManager:
+    """Attention inside this block runs on SDPA's math kernel, whose backward is differentiable again.
+
+    The fused kernels (CPU flash, CUDA flash and memory-efficient) have no double backward
+    (pytorch#116350), and which one runs depends on device, dtype and strides (channels_last, or
+    just the layer's shape), so only forcing the math kernel works everywhere. Only a gradient
+    penalty needs it: every other forward keeps the faster fused kernels.
+    """
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 class SelfAttention(nn.Module):

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import differentiable_attention
+
 
 def hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
@@ -37,9 +39,11 @@ G_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """WGAN-GP: (||grad D(x_hat)|| - 1)^2 on random interpolates of real and fake."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=generator)
+                     alpha: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: (||grad D(x_hat)|| - 1)^2 on x_hat = alpha real + (1 - alpha) fake, alpha (B,) in [0, 1)."""
+    alpha = alpha.view(-1, 1, 1, 1)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
+    with differentiable_attention():  # the loss's backward differentiates this gradient again
+        logits = discriminator(mixed)
+    (grad,) = torch.autograd.grad(logits.sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,11 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def batch_slice(self, global_batch: int) -> slice:
+        """This rank's share of a global batch (which divides evenly over the ranks)."""
+        local = global_batch // self.world_size
+        return slice(self.rank * local, (self.rank + 1) * local)
 
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
@@ -69,9 +77,8 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+        # Through apply, so that a gradient penalty's double backward sums over ranks too.
+        return _AllReduceSum.apply(grad)
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -124,6 +131,15 @@ def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
         # torch >= 2.14 suggests forward_sync_buffers, which 2.11 lacks and which syncs at init.
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
         return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def all_gather_objects(obj: T, ctx: DistContext) -> list[T]:
+    """Every rank's picklable obj, in rank order."""
+    if not ctx.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -4,7 +4,8 @@ Run as `python -m sagan_core.train --config CONFIG.json --out DIR [--resume]`, a
 torchrun. `sagan train` writes the config and starts this (through torchrun when nproc > 1).
 
 Every random draw is a function of (seed, step): real batches come from a seeded permutation
-per epoch and z from a generator seeded per step, each rank taking its slice of the global batch.
+per epoch, and z and the gradient penalty's weights from generators seeded by (step, slot), each
+rank taking its slice of the global batch.
 So a resumed run repeats a straight run exactly, and N processes see the same global batch as
 one process with the same batch_size.
 """
@@ -28,13 +29,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import read_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, build_config, read_config_file
-from .data import build_dataset
+from .data import BadImageLog, Skipped, SkipUnreadable, build_dataset, collate_readable
 from .dataspec import DatasetError
 from .layout import METRICS, latest_checkpoint, sample_path
 from .losses import D_LOSSES, G_LOSSES, gradient_penalty
 from .models import Discriminator, Generator, attention_gammas
 from .parallel import (
     DistContext,
+    all_gather_objects,
     all_reduce_mean,
     init_distributed,
     shutdown_distributed,
@@ -60,8 +62,7 @@ class StepBatchSampler(Sampler[list[int]]):
             raise DatasetError(f"data set has {size} images, fewer than batch_size {config.batch_size}")
         self.size, self.seed, self.start = size, config.seed, start_batch
         self.global_batch = config.batch_size
-        local = config.batch_size // ctx.world_size
-        self.local = slice(ctx.rank * local, (ctx.rank + 1) * local)
+        self.local = ctx.batch_slice(config.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         per_epoch = self.size // self.global_batch
@@ -88,6 +89,7 @@ class TrainState:
     g_optimizer: torch.optim.Optimizer
     d_optimizer: torch.optim.Optimizer
     ema: Generator | None
+    bad_images: BadImageLog
     step: int = 0
 
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -100,6 +102,7 @@ class TrainState:
             "g_optimizer": self.g_optimizer.state_dict(),
             "d_optimizer": self.d_optimizer.state_dict(),
             "rng": rng_state(),
+            "bad_images": dict(self.bad_images.shared),
         }
 
     def restore(self, payload: dict[str, Any]) -> None:
@@ -110,10 +113,11 @@ class TrainState:
         self.g_optimizer.load_state_dict(payload["g_optimizer"])
         self.d_optimizer.load_state_dict(payload["d_optimizer"])
         restore_rng_state(payload["rng"])
+        self.bad_images.merge([payload.get("bad_images", {})])
         self.step = int(payload["step"])
 
 
-def build_state(config: TrainConfig, ctx: DistContext) -> TrainState:
+def build_state(config: TrainConfig, ctx: DistContext, dataset_size: int) -> TrainState:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     generator = sync_batchnorm(Generator(config), ctx).to(ctx.device)
     discriminator = sync_batchnorm(Discriminator(config), ctx).to(ctx.device)
@@ -128,14 +132,28 @@ def build_state(config: TrainConfig, ctx: DistContext) -> TrainState:
     if config.compile:
         generator_ddp, discriminator_ddp = torch.compile(generator_ddp), torch.compile(discriminator_ddp)
     return TrainState(config, ctx, generator, discriminator, generator_ddp, discriminator_ddp,
-                      g_optimizer, d_optimizer, ema)
+                      g_optimizer, d_optimizer, ema, BadImageLog(dataset_size, config.max_bad_images))
+
+
+# Tags the gradient penalty's draws apart from z's, which are seeded by (seed, step, slot) alone.
+PENALTY_STREAM = 1
 
 
 def noise(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
     """This rank's slice of the global z for (step, slot); slot n_critic is the G step's."""
     z = torch.randn(config.batch_size, config.z_dim, generator=seeded(config.seed, step, slot))
-    local = config.batch_size // ctx.world_size
-    return z[ctx.rank * local:(ctx.rank + 1) * local].to(ctx.device, non_blocking=True)
+    return _rank_share(z, ctx)
+
+
+def penalty_weights(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
+    """This rank's slice of the global interpolation weights alpha (B,) of the gradient penalty."""
+    alpha = torch.rand(config.batch_size, generator=seeded(config.seed, step, slot, PENALTY_STREAM))
+    return _rank_share(alpha, ctx)
+
+
+def _rank_share(global_draw: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Drawn on the CPU over the global batch, so N ranks together draw what one process draws."""
+    return global_draw[ctx.batch_slice(len(global_draw))].to(ctx.device, non_blocking=True)
 
 
 def set_learning_rates(state: TrainState) -> None:
@@ -144,6 +162,21 @@ def set_learning_rates(state: TrainState) -> None:
     for optimizer, base in ((state.g_optimizer, config.g_lr), (state.d_optimizer, config.d_lr)):
         for group in optimizer.param_groups:
             group["lr"] = base * decay
+
+
+def discriminate(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, *,
+                 separate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's float logits (B,) for real and fake."""
+    if separate:
+        # D's BatchNorm normalises real and fake with their own batch statistics, as the reference
+        # does: a mixed batch would change what the normalisation ablation compares. Two DDP forwards
+        # before one backward are fine without find_unused_parameters: autograd still accumulates
+        # each parameter's gradient once, and DDP all-reduces it once.
+        return discriminator(real).float(), discriminator(fake).float()
+    # One forward over real and fake: half the kernel launches, one spectral-norm power iteration
+    # (where the reference runs two) and a single DDP forward per backward.
+    d_real, d_fake = discriminator(torch.cat([real, fake])).float().split(real.shape[0])
+    return d_real, d_fake
 
 
 def train_step(state: TrainState, real_batches: Iterator[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -160,15 +193,14 @@ def train_step(state: TrainState, real_batches: Iterator[torch.Tensor]) -> dict[
         with torch.no_grad(), autocast:  # the D step never backpropagates into G
             fake = state.generator(noise(config, ctx, state.step, slot))
         with autocast:
-            # One forward over real and fake: half the kernel launches, and a single DDP
-            # forward per backward.
-            logits = state.discriminator_ddp(torch.cat([real, fake.to(real.dtype)])).float()
-            d_real, d_fake = logits.split(real.shape[0])
+            d_real, d_fake = discriminate(state.discriminator_ddp, real, fake.to(real.dtype),
+                                          separate=config.d_norm == "batch")
             d_loss = d_loss_fn(d_real, d_fake)
             if config.loss == "wgan-gp":
                 # The penalty's double backward runs on the bare module (DDP cannot); its gradients
                 # still reach DDP's all-reduce, which hooks the parameters themselves.
-                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real, fake)
+                alpha = penalty_weights(config, ctx, state.step, slot)
+                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real, fake, alpha)
         state.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         state.d_optimizer.step()
@@ -199,13 +231,32 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def real_batches(dataset: Dataset, state: TrainState) -> Iterator[torch.Tensor]:
-    """Resumable stream of real batches: starts where step `state.step` left off."""
-    config = state.config
+    """Resumable stream of real batches: starts where step `state.step` left off.
+
+    An unreadable image is replaced by the next readable one (SkipUnreadable) and recorded in
+    state.bad_images; past its limit the run fails with a DatasetError naming them.
+    """
+    config, bad_images = state.config, state.bad_images
     sampler = StepBatchSampler(len(dataset), config, state.ctx, state.step * config.n_critic)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+    loader = DataLoader(SkipUnreadable(dataset, bad_images.tries), batch_sampler=sampler,
+                        collate_fn=collate_readable, num_workers=config.num_workers,
                         pin_memory=state.ctx.device.type == "cuda",
                         persistent_workers=config.num_workers > 0)
-    return iter(loader)
+    for images, skipped in loader:
+        bad_images.record(skipped)
+        bad_images.check()  # this rank's count is at most the run's, so this never fails too early
+        if images is None:  # every item tried was unreadable, and the limit allows the whole set
+            raise DatasetError(f"none of the {len(dataset)} images can be read: {', '.join(skipped)}")
+        yield images
+
+
+def share_bad_images(state: TrainState) -> Skipped:
+    """Pool the unreadable images every rank met since the last call and fail past the limit, on
+    every rank alike; return those new to the run (name -> message)."""
+    bad_images = state.bad_images
+    new = bad_images.merge(all_gather_objects(bad_images.take_unshared(), state.ctx))
+    bad_images.check()
+    return new
 
 
 class RunWriter:
@@ -223,7 +274,7 @@ class RunWriter:
         gammas = {**attention_gammas(state.generator, "g"), **attention_gammas(state.discriminator, "d")}
         record = {"step": state.step, "total_steps": state.config.steps, **stats, "gamma": gammas,
                   "img_per_s": round(img_per_s, 2), "lr": state.g_optimizer.param_groups[0]["lr"],
-                  "time": time.time()}
+                  "bad_images": state.bad_images.count, "time": time.time()}
         self.metrics.write(json.dumps(record) + "\n")
 
     def sample(self) -> None:
@@ -242,7 +293,7 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False) -> TrainS
     ctx = init_distributed(config.device)
     try:
         dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
-        state = build_state(config, ctx)
+        state = build_state(config, ctx, len(dataset))
         if resume and (found := latest_checkpoint(out_dir)) is not None:
             state.restore(read_checkpoint(found))
         writer = RunWriter(out_dir, state) if ctx.is_main else None
@@ -264,7 +315,13 @@ def _loop(state: TrainState, batches: Iterator[torch.Tensor], writer: RunWriter 
         stats = train_step(state, batches)
         window_steps += 1
         last = state.step == config.steps
-        if state.step % config.log_every == 0 or last:
+        logging_now = state.step % config.log_every == 0 or last
+        # A collective under DDP: there only on log steps, which wait for every rank anyway.
+        if logging_now or not state.ctx.distributed:
+            for message in share_bad_images(state).values():
+                if writer is not None:
+                    progress.write(f"warning: skipped {message}", file=sys.stderr)
+        if logging_now:
             values = all_reduce_mean(torch.stack(list(stats.values())).float(), state.ctx).tolist()
             elapsed = time.perf_counter() - window_start
             img_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)

@@ -14,7 +14,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sagan_core.data import build_dataset, check_dataset
+from sagan_core.data import (
+    BadImageLog,
+    SkipUnreadable,
+    UnreadableImage,
+    build_dataset,
+    collate_readable,
+)
 from sagan_core.dataspec import DEFAULT_SYNTHETIC_SIZE, DatasetError, dataset_paths
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -62,7 +68,7 @@ def test_synthetic_is_identical_in_dataloader_workers() -> None:
 
 def test_synthetic_size_and_bounds() -> None:
     dataset = build_dataset("synthetic:5", 32)
-    assert len(dataset) == 5 and check_dataset("synthetic:5", 32) == 5
+    assert len(dataset) == 5
     with pytest.raises(IndexError):
         dataset[5]
 
@@ -94,7 +100,7 @@ def test_folder_finds_images_recursively_in_sorted_order(image_folder: Path) -> 
     assert_colour(items[3], RED, atol=0.1)  # JPEG is lossy
     grey_blue = round(0.114 * 255)  # ITU-R 601 luma of pure blue
     assert_colour(items[1], (grey_blue,) * 3, atol=1e-2)
-    assert check_dataset(f"folder:{image_folder}", 64) == 4
+    assert len(build_dataset(f"folder:{image_folder}", 64)) == 4
 
 
 def test_folder_center_crop_happens_before_resize(tmp_path: Path) -> None:
@@ -118,8 +124,44 @@ def test_corrupt_image_error_names_the_file(tmp_path: Path, content: bytes) -> N
     with pytest.raises(DatasetError, match=str(bad)):
         dataset[0]
     assert_colour(dataset[1], RED, atol=1e-6)
-    with pytest.raises(DatasetError, match=str(bad)):  # check_dataset fails fast on a broken first file
-        check_dataset(f"folder:{tmp_path}", 32)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_unreadable_items_are_replaced_by_the_next_readable_one(tmp_path: Path, num_workers: int) -> None:
+    solid(RED).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"garbage")
+    solid(BLUE).save(tmp_path / "c.png")
+    (tmp_path / "d.png").write_bytes(encoded(solid(RED, (64, 64)), "PNG")[:80])  # truncated
+    dataset = SkipUnreadable(build_dataset(f"folder:{tmp_path}", 32), tries=3)
+    loader = DataLoader(dataset, batch_size=4, num_workers=num_workers, collate_fn=collate_readable)
+    images, skipped = next(iter(loader))  # across worker processes: the names travel with the batch
+    for image, colour in zip(images, [RED, BLUE, BLUE, RED], strict=True):  # d wraps around to a
+        assert_colour(image, colour, atol=1e-6)
+    assert sorted(skipped) == [str(tmp_path / "b.png"), str(tmp_path / "d.png")]
+    assert "not a known image format" in skipped[str(tmp_path / "b.png")]
+    assert SkipUnreadable(build_dataset(f"folder:{tmp_path}", 32), tries=1)[1][0] is None
+
+
+def test_bad_image_log_counts_names_once_and_fails_past_the_limit() -> None:
+    assert BadImageLog(100, 0.29).limit == 29  # not floor(28.999...)
+    assert (BadImageLog(1000, 0.001).limit, BadImageLog(999, 0.001).limit, BadImageLog(5, 1.0).tries) == (1, 0, 5)
+    log = BadImageLog(1000, 0.002)
+    log.record({"a": "cannot read image a: x"})
+    log.record({"a": "cannot read image a: x"})
+    assert log.count == 1 and log.tries == 3
+    other_rank = {"a": "cannot read image a: x", "b": "cannot read image b: y"}
+    assert log.merge([log.take_unshared(), other_rank]) == other_rank  # what is new to the run
+    assert log.merge([{"b": "cannot read image b: y"}]) == {}
+    log.check()
+    log.record({"c": "cannot read image c: z"})
+    with pytest.raises(DatasetError, match="3 unreadable images, more than max_bad_images 0.002 of 1000 "
+                                           r"allows \(2\): a, b, c"):
+        log.check()
+
+
+def test_unreadable_image_survives_pickling() -> None:
+    error = pickle.loads(pickle.dumps(UnreadableImage("x.png", "truncated")))
+    assert (error.name, str(error)) == ("x.png", "cannot read image x.png: truncated")
 
 
 def test_folder_path_errors(tmp_path: Path) -> None:
@@ -157,7 +199,7 @@ def lsun_root(tmp_path: Path) -> Path:
 def test_lsun_reads_lmdb_values(lsun_root: Path) -> None:
     spec = f"lsun:{lsun_root}:church_outdoor_train"
     dataset = build_dataset(spec, 32)
-    assert len(dataset) == 3 and check_dataset(spec, 32) == 3
+    assert len(dataset) == 3
     assert_colour(dataset[0], RED, atol=0.1)  # keys come back in LMDB (byte) order
     assert_colour(dataset[1], BLUE, atol=0.1)
     assert_colour(dataset[2], RED, atol=1e-6)

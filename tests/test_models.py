@@ -7,7 +7,7 @@ import torch
 
 from sagan_core import build_models
 from sagan_core.config import make_config
-from sagan_core.layers import PooledSelfAttention, SelfAttention, SpectralNorm
+from sagan_core.layers import PooledSelfAttention, SelfAttention, SpectralNorm, differentiable_attention
 from sagan_core.models import count_trainable
 
 
@@ -89,6 +89,27 @@ def test_pooled_attention_equals_the_explicit_formulation() -> None:
     v = torch.nn.functional.max_pool2d(layer.g(x), 2).flatten(2)
     expected = -0.4 * layer.out(explicit_attention(q, k, v).view(2, 32, 8, 8)) + x
     assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def _graph_nodes(output: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind output."""
+    seen, todo = set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [parent for parent, _ in node.next_functions]
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("form", ["seed", "pooled"])
+def test_attention_is_fused_except_where_a_penalty_needs_double_backward(form: str) -> None:
+    _, discriminator = build_models("seed64", attention=form)
+    x = torch.randn(2, 3, 64, 64)
+    fused = "ScaledDotProductFlashAttentionForCpuBackward0"
+    assert fused in _graph_nodes(discriminator(x))  # the training step's fast kernel
+    with differentiable_attention():
+        assert not any("Attention" in name for name in _graph_nodes(discriminator(x)))
 
 
 def test_gamma_starts_at_zero_so_attention_starts_as_identity() -> None:
