@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
@@ -19,10 +18,11 @@ from api.routes import health
 from api.routes import jobs as job_routes
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.jobs import JobConflict, JobNotFound
-from sagan_service.queue import make_celery, reaper_pass
+from sagan_service.queue import make_celery
+from sagan_service.reaper import reap_once
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
-from sagan_service.storage import open_store
+from sagan_service.storage import StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(JobConflict, _conflict)
     app.add_exception_handler(SpecError, _invalid_spec)
     app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(StoreUnavailable, _store_down)
     return app
 
 
 async def _reap_until(stop: asyncio.Event, app: FastAPI) -> None:
-    """Requeue jobs whose worker died, resend overdue messages; API replicas may all run this (the
-    UPDATEs are conditional)."""
+    """Requeue jobs whose worker died, resend lost messages; API replicas and workers' reapers may all
+    run this (the UPDATEs are conditional)."""
     while not stop.is_set():
-        try:
-            sent = await run_in_threadpool(
-                reaper_pass, app.state.sessions, app.state.celery,
-                redispatch_after=timedelta(seconds=app.state.settings.redispatch_seconds))
-            if sent:
-                log.warning("sent to the queue again (lease expired or message overdue): %s", ", ".join(sent))
-        except Exception:
-            log.exception("reaper pass failed; retrying next interval")
+        await run_in_threadpool(reap_once, app.state.sessions, app.state.celery, app.state.settings)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), app.state.settings.reaper_seconds)
 
@@ -102,3 +96,9 @@ async def _invalid_spec(_request: Request, error: Exception) -> JSONResponse:
 async def _database_down(_request: Request, error: Exception) -> JSONResponse:
     log.error("database error: %s", error)
     return JSONResponse({"detail": "database unavailable"}, status_code=503)
+
+
+async def _store_down(_request: Request, error: Exception) -> JSONResponse:
+    log.error("artifact store error: %s", error)
+    return JSONResponse({"detail": "the artifact store is unreachable right now; try again shortly"},
+                        status_code=503, headers={"Retry-After": "10"})

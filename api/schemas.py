@@ -110,6 +110,13 @@ class Health(BaseModel):
     database: Literal["ok"]
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    database: str = Field(description='"ok", or why not')
+    broker: str = Field(description='"ok", or why not')
+    store: str = Field(description='"ok", or why not (the artifact store)')
+
+
 def utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything is stored in UTC.
     if value is None or value.tzinfo is not None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import TrainConfig, build_config
 from .files import atomic_write
-from .layout import checkpoint_path, checkpoints, latest_checkpoint, point_latest
+from .layout import checkpoint_path, checkpoints, latest_checkpoint, point_latest, taken_marker
 from .models import Discriminator, Generator
 
 FORMAT_VERSION = 1
@@ -46,14 +46,22 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
-    """Write checkpoints/step-<n>.pt, then move `latest` to it, then prune to `keep` files."""
+def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int, *, hold_untaken: bool = False) -> Path:
+    """Write checkpoints/step-<n>.pt, then move `latest` to it, then prune to `keep` files.
+
+    With `hold_untaken`, pruning skips every checkpoint that has no `.taken` marker yet: a process that
+    copies checkpoints elsewhere (the job service's worker) never finds one deleted before it took it,
+    however far behind it falls.
+    """
     path = checkpoint_path(run_dir, payload["step"])
     payload = {"format_version": FORMAT_VERSION, **payload}
     atomic_write(path, lambda f: torch.save(payload, f))
     point_latest(path)
     for old in checkpoints(run_dir)[:-keep]:
+        if hold_untaken and not taken_marker(old).exists():
+            continue
         old.unlink(missing_ok=True)
+        taken_marker(old).unlink(missing_ok=True)
     return path
 
 

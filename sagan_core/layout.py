@@ -4,6 +4,7 @@ service's worker); standard library only, so a process that must not load torch 
     metrics.jsonl             one JSON line every log_every steps
     samples/step-<n>.png      sample grids
     checkpoints/step-<n>.pt   checkpoints
+    checkpoints/step-<n>.pt.taken   another process has taken its copy (see save_checkpoint's hold)
     checkpoints/latest        the file name of the newest complete checkpoint
 """
 
@@ -17,6 +18,7 @@ METRICS = "metrics.jsonl"
 SAMPLES = "samples"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+TAKEN_SUFFIX = ".taken"
 
 
 def sample_path(run_dir: Path, step: int) -> Path:
@@ -40,6 +42,15 @@ def samples(run_dir: Path) -> list[Path]:
 def checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint files, oldest first."""
     return sorted((Path(run_dir) / CHECKPOINTS).glob("step-*.pt"), key=step_of)
+
+
+def taken_marker(checkpoint: Path) -> Path:
+    """The file that says another process (the job service's worker) has taken its copy of `checkpoint`."""
+    return checkpoint.with_name(checkpoint.name + TAKEN_SUFFIX)
+
+
+def mark_taken(checkpoint: Path) -> None:
+    taken_marker(checkpoint).touch()
 
 
 def point_latest(checkpoint: Path) -> None:

@@ -148,3 +148,23 @@ def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
         dist.all_reduce(values)
         values /= ctx.world_size
     return values
+
+
+def control_group(ctx: DistContext) -> dist.ProcessGroup | None:
+    """A CPU (gloo) group for small control messages; None when the default group already is one.
+
+    Call it on every rank at the same point (creating a group is collective). Control messages sent
+    through it never wait for a GPU's queued work, so a check every step costs no device sync.
+    """
+    if not ctx.distributed or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def any_rank(flag: bool, ctx: DistContext, group: dist.ProcessGroup | None) -> bool:
+    """True on every rank if `flag` is True on any rank (a collective: all ranks must call it)."""
+    if not ctx.distributed:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())

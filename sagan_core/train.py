@@ -8,6 +8,10 @@ per epoch, and z and the gradient penalty's weights from generators seeded by (s
 rank taking its slice of the global batch.
 So a resumed run repeats a straight run exactly, and N processes see the same global batch as
 one process with the same batch_size.
+
+SIGTERM stops a run cleanly: the current step finishes, every rank agrees on that step (a CPU
+all-reduce of the flag before each step), rank 0 saves a checkpoint there, and the process exits with
+EXIT_STOPPED (75); `--resume` continues from it as if nothing happened.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -38,12 +44,17 @@ from .parallel import (
     DistContext,
     all_gather_objects,
     all_reduce_mean,
+    any_rank,
+    control_group,
     init_distributed,
     shutdown_distributed,
     sync_batchnorm,
     wrap_ddp,
 )
 from .sampling import fixed_noise, generate, write_grid
+
+# EX_TEMPFAIL: stopped by SIGTERM with a checkpoint at the step it stopped; run again with --resume.
+EXIT_STOPPED = 75
 
 
 def seeded(*parts: int) -> torch.Generator:
@@ -262,8 +273,8 @@ def share_bad_images(state: TrainState) -> Skipped:
 class RunWriter:
     """Rank 0's files in the run directory: metrics.jsonl, sample grids, checkpoints."""
 
-    def __init__(self, out_dir: Path, state: TrainState) -> None:
-        self.out_dir, self.state = out_dir, state
+    def __init__(self, out_dir: Path, state: TrainState, *, hold_checkpoints: bool = False) -> None:
+        self.out_dir, self.state, self.hold_checkpoints = out_dir, state, hold_checkpoints
         self.sample_z = fixed_noise(64, state.config.z_dim, state.config.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
         # Open for the whole run (line-buffered, so readers see each line); close() ends it.
@@ -282,23 +293,31 @@ class RunWriter:
         write_grid(generate(generator, self.sample_z), sample_path(self.out_dir, self.state.step))
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.out_dir, self.state.checkpoint_payload(), self.state.config.keep_checkpoints)
+        save_checkpoint(self.out_dir, self.state.checkpoint_payload(), self.state.config.keep_checkpoints,
+                        hold_untaken=self.hold_checkpoints)
 
     def close(self) -> None:
         self.metrics.close()
 
 
-def train(config: TrainConfig, out_dir: Path, *, resume: bool = False) -> TrainState:
-    """Train to config.steps, writing metrics, samples and checkpoints into out_dir (rank 0)."""
+def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
+          hold_checkpoints: bool = False) -> TrainState:
+    """Train to config.steps, writing metrics, samples and checkpoints into out_dir (rank 0).
+
+    A SIGTERM during the loop ends it early (state.step < config.steps) with a checkpoint at that step.
+    `hold_checkpoints`: see save_checkpoint's `hold_untaken`.
+    """
     ctx = init_distributed(config.device)
     try:
         dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
         state = build_state(config, ctx, len(dataset))
         if resume and (found := latest_checkpoint(out_dir)) is not None:
             state.restore(read_checkpoint(found))
-        writer = RunWriter(out_dir, state) if ctx.is_main else None
+        writer = RunWriter(out_dir, state, hold_checkpoints=hold_checkpoints) if ctx.is_main else None
         try:
-            _loop(state, real_batches(dataset, state), writer)
+            batches = real_batches(dataset, state)  # data-loader workers start here, before the handler
+            with StopOnSigterm(ctx) as stop:
+                _loop(state, batches, writer, stop)
         finally:
             if writer is not None:
                 writer.close()
@@ -307,11 +326,44 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False) -> TrainS
         shutdown_distributed()
 
 
-def _loop(state: TrainState, batches: Iterator[torch.Tensor], writer: RunWriter | None) -> None:
+class StopOnSigterm:
+    """SIGTERM sets a flag; `agreed()`, called by every rank before each step, is True on all of them
+    once any rank has it, so they all stop after the same step."""
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx, self.requested, self.previous = ctx, False, None
+        self.group = control_group(ctx)
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():  # only the main thread sets handlers
+            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _on_sigterm(self, _signum: int, _frame: object) -> None:
+        self.requested = True  # only a flag: the step in progress finishes first
+
+    def agreed(self) -> bool:
+        return any_rank(self.requested, self.ctx, self.group)
+
+
+def _loop(state: TrainState, batches: Iterator[torch.Tensor], writer: RunWriter | None,
+          stop: StopOnSigterm) -> None:
     config = state.config
     progress = _progress_bar(state, writer)
     window_start, window_steps = time.perf_counter(), 0
+    first_step = state.step
     while state.step < config.steps:
+        if stop.agreed():
+            # A checkpoint where it stopped, unless this step has one already (or nothing was trained).
+            if writer is not None and state.step > first_step and state.step % config.checkpoint_every:
+                writer.checkpoint()
+            if writer is not None:
+                print(f"stopped by SIGTERM at step {state.step}; continue with --resume", file=sys.stderr)
+            break
         stats = train_step(state, batches)
         window_steps += 1
         last = state.step == config.steps
@@ -351,15 +403,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON/YAML file of config fields")
     parser.add_argument("--out", required=True, type=Path, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--hold-checkpoints", action="store_true",
+                        help="keep each checkpoint until a `<file>.taken` marker beside it says another "
+                             "process has copied it (keep_checkpoints rotation skips it until then)")
     args = parser.parse_args(argv)
     try:
         config = build_config(read_config_file(args.config))
         args.out.mkdir(parents=True, exist_ok=True)
-        train(config, args.out, resume=args.resume)
+        state = train(config, args.out, resume=args.resume, hold_checkpoints=args.hold_checkpoints)
     except (ValueError, FileNotFoundError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return EXIT_STOPPED if state.step < config.steps else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`sagan db upgrade|downgrade` and `sagan up` (the embedded service: API + one worker, no servers)."""
+"""`sagan db upgrade|downgrade`, `sagan reaper` and `sagan up` (the embedded service: API + one worker,
+no servers)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     downgrade.add_argument("revision")
     downgrade.set_defaults(func=run_db_downgrade)
 
+    reaper = subparsers.add_parser("reaper", help="requeue jobs of dead workers and resend lost queue messages "
+                                                  "(the API and every worker already run one)")
+    reaper.set_defaults(func=run_reaper_command)
+
     up = subparsers.add_parser("up", help="run the whole service locally: API + one worker, no servers")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
@@ -49,6 +54,16 @@ def run_db_downgrade(args: argparse.Namespace) -> int:
     from .migrate import downgrade
 
     downgrade(make_engine(Settings().database), args.revision)
+    return 0
+
+
+def run_reaper_command(_args: argparse.Namespace) -> int:
+    import logging
+
+    from .reaper import run_reaper, stop_on_signals
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_reaper(Settings(), stop_on_signals())
     return 0
 
 
@@ -80,7 +95,7 @@ def run_up(args: argparse.Namespace) -> int:
         while not stop and all(child.poll() is None for child in children):
             time.sleep(0.5)
     finally:
-        _shutdown(children)
+        _shutdown(children, grace_s=settings.shutdown_seconds + 15)
     return 0 if stop else 1
 
 
@@ -112,14 +127,12 @@ def _submit_demo(base_url: str, settings: Settings) -> None:
           "  Ctrl-C stops the service.", flush=True)
 
 
-def _shutdown(children: list[subprocess.Popen], grace_s: float = 15) -> None:
-    # The API gets SIGTERM (graceful). The worker gets SIGQUIT, Celery's cold shutdown: a warm one would
-    # wait for a running job to finish. That job's training stops with its supervisor (the guard sees
-    # it go); the job is requeued when its lease expires and resumes from its last checkpoint.
-    api, worker = children
-    for child, signum in ((api, signal.SIGTERM), (worker, signal.SIGQUIT)):
+def _shutdown(children: list[subprocess.Popen], grace_s: float) -> None:
+    # Both get SIGTERM. The worker's is a graceful stop: a running training checkpoints at once, the
+    # checkpoint is stored and the job goes back to the queue, within SAGAN_SHUTDOWN_SECONDS.
+    for child in children:
         if child.poll() is None:
-            child.send_signal(signum)
+            child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for child in children:
         try:

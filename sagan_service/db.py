@@ -6,7 +6,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = False, application_name: str | None = None) -> Engine:
+    """`pre_ping`: test each pooled connection before use and reconnect if the server dropped it (the
+    worker and the reaper: a round trip is nothing next to a job; the API goes without, see below).
+    `application_name`: shown in PostgreSQL's pg_stat_activity, so an operator sees who holds what."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         # API and worker write the same file: WAL lets readers run during a write, and the busy
@@ -15,7 +18,9 @@ def make_engine(url: str) -> Engine:
         return engine
     # No pool_pre_ping: it costs a round trip on every checkout. After a database restart the first
     # use of a stale connection fails (a 503 from the API) and SQLAlchemy then drops the whole pool.
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    connect_args = {} if application_name is None else {"application_name": application_name[:63]}
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_pre_ping=pre_ping,
+                         connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

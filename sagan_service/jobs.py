@@ -2,8 +2,9 @@
 
     queued --claim--> running --finish--> succeeded | failed | cancelled
     queued --cancel--> cancelled
-    queued --the message could not be sent--> failed
+    queued --the message could not be sent--> failed (its idempotency key freed for the retry)
     running --lease expired (reaper)--> queued (attempt < max_attempts) | failed | cancelled
+    running --hand back (its worker is stopping)--> queued (the attempt does not count) | cancelled
 
 Changes that race (claim, heartbeat, cancel, finish, reap) are conditional UPDATEs: the WHERE clause states
 what the caller believes, and a row count of 0 means someone else got there first, so a duplicate
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -186,12 +187,50 @@ def request_cancel(session: Session, *, job_id: str) -> Job:
 
 
 def fail_queued(session: Session, *, job_id: str, error: str) -> None:
-    """queued -> failed, for a job that never reached the queue."""
+    """queued -> failed, for a job that never reached the queue.
+
+    Its idempotency key is freed: the client got an error, not this job, so its retry must submit.
+    """
     now = utcnow()
     session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                    .values(status="failed", error=error, finished_at=now, updated_at=now)
+                    .values(status="failed", error=error, finished_at=now, updated_at=now, idempotency_key=None)
                     .execution_options(synchronize_session=False))
     session.commit()
+
+
+def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
+    """running -> queued for the lease owner whose worker is stopping; False if the job was taken away.
+
+    The attempt does not count (the next claim gives it the same number again) and the next attempt
+    resumes from the latest committed checkpoint. A job flagged for cancelling is cancelled instead.
+    """
+    now = utcnow()
+    cancel = Job.cancel_requested.is_(True)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+        .values(status=case((cancel, "cancelled"), else_="queued"),
+                attempt=case((cancel, Job.attempt), else_=Job.attempt - 1),
+                finished_at=case((cancel, now), else_=None),
+                lease_owner=None, lease_expires_at=None, dispatched_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def drop_old_checkpoints(session: Session, *, job_id: str, keep: int) -> list[int]:
+    """Forget all but the newest `keep` committed checkpoints; return the steps to delete from the store.
+
+    The rows go first, so the API never offers a checkpoint whose files are being deleted.
+    """
+    steps = [artifact.step for artifact in list_artifacts(session, job_id=job_id, kind="checkpoint")]
+    dropped = steps[:-keep]
+    if dropped:
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint",
+                                               Artifact.step.in_(dropped)))
+        session.commit()
+    return dropped
 
 
 def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, error: str | None = None,
@@ -238,8 +277,16 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
     return ids
 
 
+def note_waiting(session: Session, *, job_ids: set[str], now: datetime | None = None) -> None:
+    """Stamp queued jobs whose message was just seen waiting in the broker, so none is sent twice."""
+    if job_ids:
+        session.execute(update(Job).where(Job.status == "queued", Job.id.in_(sorted(job_ids)))
+                        .values(dispatched_at=now or utcnow()).execution_options(synchronize_session=False))
+        session.commit()
+
+
 def take_stale_queued(session: Session, *, older_than: timedelta, now: datetime | None = None) -> list[str]:
-    """Queued jobs last sent to the queue longer ago than `older_than`, stamped as sent now.
+    """Queued jobs last sent to (or seen in) the queue longer ago than `older_than`, stamped as sent now.
 
     The caller sends them again. A duplicate message is harmless (the claim is conditional), a lost
     one would leave the job queued forever. The stamp makes concurrent reapers send each job once.

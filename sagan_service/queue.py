@@ -1,17 +1,24 @@
 """The Celery app both sides share: the API sends `run_job` messages, `sagan worker` consumes them.
 
 Settings follow what hour-long GPU tasks need (see the field notes): early acks, so a long task is
-never redelivered while it runs; one task per process, prefetch one, a fresh process per task; and a
-visibility timeout above the longest job. Retries are the reaper's business (attempt counter in the
-database), never Celery's.
+never redelivered while it runs; one task per process, no prefetch (a busy worker holds no message
+of another job), a fresh process per task; and a visibility timeout above the longest job. Retries
+are the reaper's business (attempt counter in the database), never Celery's.
+
+The reaper also finds lost messages: it looks into the broker's queues (Redis lists, or the embedded
+queue's folder), stamps every queued job whose message it sees there, and sends the others again once
+they have not been seen for SAGAN_REDISPATCH_SECONDS. A job waiting its turn is never sent twice.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .jobs import get_job, reap_expired_leases, take_stale_queued
+from .jobs import get_job, note_waiting, reap_expired_leases, take_stale_queued
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -45,6 +52,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_default_queue="default",
         worker_prefetch_multiplier=1,
+        worker_disable_prefetch=True,  # Redis only; the embedded queue takes one message at a time anyway
         worker_concurrency=1,
         worker_max_tasks_per_child=1,
         worker_hijack_root_logger=False,
@@ -62,12 +70,58 @@ def dispatch(celery: Celery, job: Job) -> None:
     celery.send_task(TASK_NAME, args=[job.id], queue=job.queue)
 
 
+def check_broker(celery: Celery, timeout_s: float = 3.0) -> None:
+    """Raise unless the broker accepts a connection (readiness)."""
+    with celery.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+        if connection.transport.driver_type == "redis":
+            connection.default_channel.client.ping()
+
+
+def waiting_job_ids(celery: Celery) -> set[str] | None:
+    """Ids of the jobs whose message sits in one of the broker's queues, not yet taken by a worker;
+    None when the transport cannot be looked into (then stale jobs are simply sent again)."""
+    with celery.connection_for_write() as connection:
+        driver = connection.transport.driver_type
+        if driver == "redis":
+            channel = connection.default_channel
+            names = {channel._q_for_pri(queue, priority) for queue in QUEUES for priority in channel.priority_steps}
+            raw = [item for name in sorted(names) for item in channel.client.lrange(name, 0, -1)]
+        elif driver == "filesystem":
+            folder = Path(celery.conf.broker_transport_options["data_folder_in"])
+            raw = [_read(path) for queue in QUEUES for path in folder.glob(f"*.{queue}.msg")]
+        else:
+            return None
+    return {job_id for message in raw if message and (job_id := _job_id_of(message))}
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:  # a worker took it meanwhile
+        return b""
+
+
+def _job_id_of(raw: bytes) -> str | None:
+    """The job id a kombu message carries (the task's only argument), or None for anything else."""
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return args[0] if isinstance(args, list) and len(args) == 1 and isinstance(args[0], str) else None
+
+
 def reaper_pass(session_factory: sessionmaker[Session], celery: Celery, *,
                 redispatch_after: timedelta) -> list[str]:
-    """Settle jobs whose lease expired, then (re)send every queued job whose message is due:
-    the ones just requeued, and any whose last message is older than `redispatch_after`."""
+    """Settle jobs whose lease expired, then (re)send every queued job whose message is due: the
+    ones just requeued, and any not seen in the broker for `redispatch_after` (its message was lost)."""
     with session_factory() as session:
         requeued = reap_expired_leases(session)
+        note_waiting(session, job_ids=waiting_job_ids(celery) or set())
         resent = take_stale_queued(session, older_than=redispatch_after)
         for job_id in requeued + resent:
             dispatch(celery, get_job(session, job_id))

@@ -35,14 +35,23 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(15.0, gt=0)
     # Threads per API process for blocking work (database, S3); see api/main.py.
     api_threads: int = Field(8, ge=1)
-    # A job still queued this long after its last message is sent again (the message may be lost).
-    redispatch_seconds: float = Field(600.0, gt=0)
+    # A queued job whose message has not been seen in the broker for this long is sent again (the
+    # message was lost: never sent, or lost with a broker restart). With Redis and the embedded queue
+    # the reaper looks into the queues, so a job merely waiting its turn is never sent twice.
+    redispatch_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     cancel_grace_seconds: float = Field(10.0, ge=0)
     # GPUs a worker may use (CUDA_VISIBLE_DEVICES=0..N-1 for its jobs); None = whatever it sees.
     gpus: int | None = Field(None, ge=0)
     # Redis redelivers an unacknowledged task after this long: keep it above the longest job.
     visibility_timeout: int = Field(7 * 24 * 3600, gt=0)
+    # A running job rides out an unreachable database or artifact store (training goes on, artifacts
+    # wait on the worker's disk) for this long; a longer outage fails it, naming the dependency.
+    dependency_outage_seconds: float = Field(300.0, gt=0)
+    # A stopping worker (SIGTERM) gives its running training this long to checkpoint and that
+    # checkpoint this long to reach the store before it hands the job back; keep it well below the
+    # stop grace period of the container (docker-compose.yml: 2 minutes).
+    shutdown_seconds: float = Field(60.0, gt=0)
 
     @field_validator("home")
     @classmethod

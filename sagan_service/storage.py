@@ -6,13 +6,19 @@ Layout per job (keys relative to the store root):
     jobs/<id>/metrics.jsonl
     jobs/<id>/logs/attempt-<k>.log
 A checkpoint counts only once its COMMITTED marker exists: a single PUT is atomic, a directory is not.
+
+A store that cannot be reached (S3: no connection, a timeout, a 5xx; a folder: not writable) raises
+StoreUnavailable, worded for people; the worker retries those and the API answers 503. Other errors
+(a missing bucket, a refused key) are not worth retrying.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -49,6 +55,14 @@ class ArtifactNotFound(LookupError):
     """No object under this key."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached or written for now; the message names it in plain words."""
+
+    def __init__(self, store: str, problem: str, cause: BaseException) -> None:
+        super().__init__(f"{store} is {problem} ({cause})")
+        self.store, self.problem = store, problem
+
+
 class ArtifactStore(ABC):
     """Whole-object puts and gets; every put is atomic (readers see the old object or the new one)."""
 
@@ -73,12 +87,29 @@ class ArtifactStore(ABC):
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         """A URL a browser can GET directly, or None when the API must serve the object itself."""
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; a no-op when there is none."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """A cheap call that raises StoreUnavailable unless the store answers (readiness)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The store in plain words, e.g. "the artifact store (S3 at http://minio:9000, bucket sagan)"."""
+
     def commit_checkpoint(self, job_id: str, step: int, path: Path) -> str:
         """Store a checkpoint file and then its commit marker; return the checkpoint's key."""
         key = checkpoint_key(job_id, step)
         self.put_file(key, path)
         self.put_bytes(commit_marker_key(job_id, step), f"{os.path.getsize(path)}\n".encode())
         return key
+
+    def delete_checkpoint(self, job_id: str, step: int) -> None:
+        """The reverse of commit_checkpoint: the marker goes first, so no reader sees a half checkpoint."""
+        self.delete(commit_marker_key(job_id, step))
+        self.delete(checkpoint_key(job_id, step))
 
 
 class LocalStore(ArtifactStore):
@@ -92,11 +123,19 @@ class LocalStore(ArtifactStore):
         return path
 
     def put_file(self, key: str, path: Path) -> None:
-        with open(path, "rb") as source:
+        with open(path, "rb") as source, self._writable():
             atomic_write(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        atomic_write(self.path(key), lambda handle: handle.write(data))
+        with self._writable():
+            atomic_write(self.path(key), lambda handle: handle.write(data))
+
+    @contextlib.contextmanager
+    def _writable(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:  # read-only, full, permissions, I/O: the folder's problem, for now
+            raise StoreUnavailable(self.describe(), "not writable", error) from error
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -117,12 +156,26 @@ class LocalStore(ArtifactStore):
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         return None
 
+    def delete(self, key: str) -> None:
+        with self._writable():
+            self.path(key).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StoreUnavailable(self.describe(), "not writable", OSError(f"no write access to {self.root}"))
+
+    def describe(self) -> str:
+        return f"the artifact store (folder {self.root})"
+
 
 class S3Store(ArtifactStore):
     def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None,
                  public_endpoint_url: str | None, max_attempts: int) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.endpoint_url = endpoint_url
         self.client = _s3_client(endpoint_url, max_attempts)
+        # Readiness asks once and fast; the other calls retry (see _s3_client).
+        self.probe_client = _s3_client(endpoint_url, 1, timeout_s=3)
         # Presigned URLs sign the Host header: sign with the endpoint the browser will talk to.
         self.public_client = (_s3_client(public_endpoint_url, max_attempts)
                               if public_endpoint_url and public_endpoint_url != endpoint_url else self.client)
@@ -131,14 +184,17 @@ class S3Store(ArtifactStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_file(self, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key))
+        with self._reachable():
+            self.client.upload_file(str(path), self.bucket, self._key(key))
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with self._reachable():
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            with self._reachable():
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey as error:
             raise ArtifactNotFound(key) from error
 
@@ -147,34 +203,75 @@ class S3Store(ArtifactStore):
             raise ArtifactNotFound(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.part")
-        self.client.download_file(self.bucket, self._key(key), str(tmp))
+        with self._reachable():
+            self.client.download_file(self.bucket, self._key(key), str(tmp))
         os.replace(tmp, path)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            with self._reachable():
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
         return True
 
+    def delete(self, key: str) -> None:
+        with self._reachable():
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def check(self) -> None:
+        with self._reachable():
+            self.probe_client.head_bucket(Bucket=self.bucket)
+
+    def describe(self) -> str:
+        return f"the artifact store (S3 at {self.endpoint_url or 'AWS'}, bucket {self.bucket})"
+
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Turn "cannot reach S3 now" (after boto3's own retries) into StoreUnavailable."""
+        try:
+            yield
+        except Exception as error:
+            if _unreachable(error):
+                raise StoreUnavailable(self.describe(), "unreachable", error) from error
+            raise
+
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         return self.public_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s)
 
 
-def _s3_client(endpoint_url: str | None, max_attempts: int) -> Any:
+def _s3_client(endpoint_url: str | None, max_attempts: int, timeout_s: float | None = None) -> Any:
     # Imported here so that file:// users (and the import of this module) never pay for boto3.
     import boto3
     from botocore.config import Config
 
+    timeouts = {} if timeout_s is None else {"connect_timeout": timeout_s, "read_timeout": timeout_s}
     config = Config(signature_version="s3v4", s3={"addressing_style": "path"},
                     # "standard" retries throttling, 5xx and connection errors with jittered backoff.
-                    retries={"mode": "standard", "max_attempts": max_attempts})
+                    retries={"mode": "standard", "max_attempts": max_attempts}, **timeouts)
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A connection failure, a timeout or a 5xx answer, also when boto3's transfer layer wrapped it."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    if isinstance(error, (ConnectionError, HTTPClientError)):
+        return True
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or error.response.get("Error", {}).get("Code") in ("SlowDown", "RequestTimeout")
+    if isinstance(error, RetriesExceededError):
+        return True
+    if isinstance(error, S3UploadFailedError) and error.__context__ is not None:
+        return _unreachable(error.__context__)
+    return False
 
 
 def open_store(settings: Settings) -> ArtifactStore:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import io
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,10 @@ from sagan_core import load_checkpoint
 from sagan_core.checkpoint import read_checkpoint, save_checkpoint
 from sagan_core.config import make_config
 from sagan_core.data import build_dataset
-from sagan_core.layout import latest_checkpoint
+from sagan_core.layout import checkpoints, latest_checkpoint, mark_taken, taken_marker
 from sagan_core.models import Discriminator, Generator
 from sagan_core.parallel import init_distributed
-from sagan_core.train import build_state, noise, real_batches, train, train_step
+from sagan_core.train import EXIT_STOPPED, build_state, noise, real_batches, train, train_step
 
 from .conftest import subprocess_env, tiny_config
 
@@ -72,6 +74,53 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path: Path, loss: s
     ema_a = read_checkpoint(tmp_path / "straight")["ema"]
     ema_b = read_checkpoint(tmp_path / "resumed")["ema"]
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_there_and_resume_continues_exactly(
+        tmp_path: Path) -> None:
+    """The graceful stop the job service relies on: SIGTERM -> a checkpoint at that step, exit 75."""
+    settings = {"checkpoint_every": 1000, "sample_every": 1000}
+    config = tiny_config(steps=400, **settings)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    run = tmp_path / "stopped"
+    trainer = subprocess.Popen([sys.executable, "-m", "sagan_core.train", "--config", str(config_file),
+                                "--out", str(run)], env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
+        time.sleep(0.05)
+    trainer.send_signal(signal.SIGTERM)
+    assert trainer.wait(60) == EXIT_STOPPED
+    stopped_at = read_checkpoint(run)["step"]
+    assert 3 <= stopped_at < 400
+    assert [p.name for p in checkpoints(run)] == [f"step-{stopped_at}.pt"]  # none was due: the stop wrote it
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == stopped_at
+    assert f"stopped by SIGTERM at step {stopped_at}" in trainer.stderr.read()
+
+    # Resumed to a few steps more, it equals a straight run of as many steps.
+    more = tiny_config(steps=stopped_at + 2, **settings)
+    train(more, run, resume=True)
+    train(more, tmp_path / "straight")
+    straight, resumed = _weights(tmp_path / "straight"), _weights(run)
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, stopped_at + 3))
+
+
+def test_held_checkpoints_wait_for_their_taken_marker_before_rotation(tmp_path: Path) -> None:
+    train(tiny_config(steps=4, checkpoint_every=1, keep_checkpoints=1), tmp_path, hold_checkpoints=True)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-1.pt", "step-2.pt", "step-3.pt", "step-4.pt"]
+    for taken in checkpoints(tmp_path)[:2]:
+        mark_taken(taken)
+    payload = read_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, {**payload, "step": 5}, keep=1, hold_untaken=True)
+    # Taken ones rotate away with their markers; untaken ones stay whatever their age.
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-3.pt", "step-4.pt", "step-5.pt"]
+    assert not taken_marker(tmp_path / "checkpoints" / "step-1.pt").exists()
+    save_checkpoint(tmp_path, {**payload, "step": 6}, keep=1)  # without the hold: plain rotation
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-6.pt"]
 
 
 def _state(**overrides):

@@ -1,21 +1,52 @@
-"""The worker's Celery app: the shared app plus the one task, bound to this process's settings."""
+"""The worker's Celery app: the shared app plus the one task, bound to this process's settings.
+
+A graceful stop: SIGTERM makes Celery's main process start a warm shutdown, which waits for the task
+running in the pool's child process. Celery tells only its main process (the `worker_shutting_down`
+signal), so that handler creates a stop file, unique to this worker, that the child's supervisor polls:
+the training checkpoints, the job goes back to the queue (sent again from here) and the task returns.
+"""
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+import uuid
 
-from sagan_service.queue import TASK_NAME, make_celery
+from celery import Celery
+from celery.signals import worker_shutdown, worker_shutting_down
+
+from sagan_service.models import Job
+from sagan_service.queue import TASK_NAME, dispatch, make_celery
 from sagan_service.settings import Settings
 
 from .supervisor import run_job
 
+log = logging.getLogger(__name__)
+
 
 def create_worker_app(settings: Settings) -> Celery:
     app = make_celery(settings)
+    stop_flag = settings.work_dir / f"stopping-{uuid.uuid4().hex}"  # forked children inherit the name
 
     @app.task(name=TASK_NAME, ignore_result=True)
     def run_job_task(job_id: str) -> None:
         """Run one attempt of a job; a job that is not queued any more makes this a no-op."""
-        run_job(job_id, settings)
+        run_job(job_id, settings, stop_flag=stop_flag, handed_back=lambda job: send_again(app, job))
 
+    def tell_the_running_job(**_: object) -> None:  # in the main process, from its signal handler
+        stop_flag.touch()
+
+    def clean_up(**_: object) -> None:
+        stop_flag.unlink(missing_ok=True)
+
+    worker_shutting_down.connect(tell_the_running_job, weak=False)
+    worker_shutdown.connect(clean_up, weak=False)
     return app
+
+
+def send_again(app: Celery, job: Job) -> None:
+    """Queue a handed-back job's message for the next worker; if the broker is away, the reaper sends
+    it once the message is overdue."""
+    try:
+        dispatch(app, job)
+    except Exception:
+        log.exception("job %s: handed back, but its message could not be sent; the reaper will", job.id)

@@ -1,10 +1,13 @@
-"""`sagan worker`: a real `celery worker` process serving the job queues."""
+"""`sagan worker`: a real `celery worker` process serving the job queues, and its companion reaper."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import subprocess
+import sys
 
 from sagan_service.queue import QUEUES
 from sagan_service.settings import Settings
@@ -16,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"comma-separated queues to serve (default: all of {','.join(QUEUES)})")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs its jobs may use (default: all it sees)")
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--no-reaper", dest="reaper", action="store_false",
+                        help="do not start a `sagan reaper` beside the worker (by default every worker runs "
+                             "one, so dead workers' jobs and lost messages are recovered with no API up)")
     parser.set_defaults(func=run_worker)
 
 
@@ -25,12 +31,36 @@ def run_worker(args: argparse.Namespace) -> int:
     overrides = {} if args.gpus is None else {"gpus": args.gpus}
     settings = Settings(**overrides)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    reaper = _start_reaper(settings) if args.reaper else None
     app = create_worker_app(settings)
-    app.worker_main([
-        "worker", "--queues", args.queues, "--loglevel", args.loglevel, "--concurrency", "1",
-        "--hostname", f"sagan-{os.getpid()}@{socket.gethostname()}",
-        # Workers never talk to each other: nothing to gain from gossip/mingle, and the
-        # server-less transport of the embedded default supports neither well.
-        "--without-gossip", "--without-mingle",
-    ])
+    try:
+        app.worker_main([
+            "worker", "--queues", args.queues, "--loglevel", args.loglevel, "--concurrency", "1",
+            "--hostname", f"sagan-{os.getpid()}@{socket.gethostname()}",
+            # Workers never talk to each other: nothing to gain from gossip/mingle, and the
+            # server-less transport of the embedded default supports neither well.
+            "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        if reaper is not None:
+            _stop(reaper)
     return 0
+
+
+def _start_reaper(settings: Settings) -> subprocess.Popen:
+    # Under the guard, so it goes when this process goes, even by kill -9; a process of its own (not a
+    # thread here), because Celery forks its pool children from this process.
+    guard = [sys.executable, "-m", "worker.guard", "--grace", str(settings.cancel_grace_seconds), "--"]
+    return subprocess.Popen([*guard, sys.executable, "-m", "sagan_core.cli", "reaper"],
+                            start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+def _stop(reaper: subprocess.Popen) -> None:
+    try:
+        os.killpg(reaper.pid, signal.SIGTERM)  # the guard and the reaper: it finishes its pass
+        reaper.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(reaper.pid, signal.SIGKILL)
+        reaper.wait()
+    except ProcessLookupError:
+        pass

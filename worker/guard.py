@@ -1,21 +1,26 @@
 """Process-group leader between the supervisor and torchrun: no training outlives its supervisor.
 
+(`sagan worker` also starts its companion reaper under a guard, so that one goes with the worker too.)
+
 `python -m worker.guard --grace S -- CMD...` runs CMD in its own process group (the supervisor starts
 the guard with start_new_session=True). If the supervising worker dies, even by kill -9, the kernel
-sends the guard SIGTERM (PR_SET_PDEATHSIG); the guard then SIGTERMs the whole group and SIGKILLs it
-after the grace period. A SIGTERM while the supervisor lives came from the supervisor's own killpg,
-which every process in the group already received, so the guard just waits for CMD.
+sends the guard SIGTERM (PR_SET_PDEATHSIG); the guard then SIGTERMs the whole group and every process
+below it and SIGKILLs them after the grace period. A SIGTERM while the supervisor lives came from the
+supervisor itself (a cancel, or a graceful stop aimed at CMD), so the guard just waits for CMD.
+
+The guard is a child subreaper: ranks that torchrun started in sessions of their own come back to it
+when torchrun dies, so "every process below it" includes them. Whatever is still below it when CMD
+exits is taken down too, so nothing the training started outlives it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 
-PR_SET_PDEATHSIG = 1
+from worker.processes import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, ProcessTree, prctl
 
 
 def main(argv: list[str]) -> int:
@@ -23,13 +28,15 @@ def main(argv: list[str]) -> int:
     grace = float(argv[argv.index("--grace") + 1]) if "--grace" in argv[:split] else 10.0
     command = argv[split + 1:]
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the supervisor died before prctl took effect
         return 1
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     child = subprocess.Popen(command)
+    below = ProcessTree(os.getpid())
 
     def on_sigterm(_signum: int, _frame: object) -> None:
-        if os.getppid() != parent:  # orphaned: leave the wait below and take the group down
+        if os.getppid() != parent:  # orphaned: leave the wait below and take everything down
             raise SupervisorGone
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -38,12 +45,10 @@ def main(argv: list[str]) -> int:
     except SupervisorGone:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         os.killpg(0, signal.SIGTERM)
-        try:
-            child.wait(grace)  # outside the handler, so it can return as soon as the child is gone
-        except subprocess.TimeoutExpired:
-            pass
+        below.terminate(grace, except_pids=(os.getpid(),), reap=True)
         os.killpg(0, signal.SIGKILL)
         return 1
+    below.terminate(grace, except_pids=(os.getpid(),), reap=True)  # leftovers, e.g. a rank torchrun lost
     return 128 - returncode if returncode < 0 else returncode
 
 

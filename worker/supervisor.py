@@ -1,12 +1,21 @@
 """One attempt of one job: claim it, run its process tree, mirror its files to the store, settle it.
 
-The loop polls instead of using threads: each pass uploads what the training wrote since the last
-pass (sample grids, the newest checkpoint, then its commit marker, then the DB pointer), and every
-heartbeat interval renews the lease, copies progress into the row and reads the cancel flag.
+The loop polls the training directory and hands every new sample grid and checkpoint to the outbox,
+which stores them in order from its own thread (worker/outbox.py); every heartbeat interval it renews
+the lease, copies progress into the row and reads the cancel flag. An attempt ends when
+- the training exits: succeeded or failed, once everything it wrote is stored;
+- a cancel arrives: the whole process tree is stopped (SIGTERM, SIGKILL after the grace period);
+- the worker is stopping (SIGTERM to `sagan worker`): the training gets SIGTERM, checkpoints where it
+  is and exits; that checkpoint is stored and the job goes back to the queue without counting the
+  attempt (jobs.hand_back), all within SAGAN_SHUTDOWN_SECONDS;
+- the lease is lost (the reaper gave the job away): the tree is stopped, the row left to its new owner;
+- the database or the store stays away past SAGAN_DEPENDENCY_OUTAGE_SECONDS, or the supervisor itself
+  fails: failed, with the reason. Shorter outages are waited out while the training goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,93 +37,131 @@ from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.models import Job
 from sagan_service.settings import Settings
-from sagan_service.storage import ArtifactStore, checkpoint_key, log_key, metrics_key, open_store, sample_key
+from sagan_service.storage import (
+    ArtifactNotFound,
+    ArtifactStore,
+    StoreUnavailable,
+    checkpoint_key,
+    log_key,
+    metrics_key,
+    open_store,
+)
+
+from .outages import DependencyDown, Outage, describe_database, is_transient, retry
+from .outbox import Outbox
+from .processes import ProcessTree, children
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
+# The trainer's exit status after a SIGTERM stop with a checkpoint (sagan_core.train.EXIT_STOPPED; the
+# worker does not import the trainer, which loads torch).
+EXIT_STOPPED = 75
+HANDED_BACK = "queued"
 
 
 class LeaseLost(Exception):
     """The reaper gave the job away (this worker stalled): stop without touching the row."""
 
 
-def run_job(job_id: str, settings: Settings) -> str | None:
-    """Claim and run one attempt; return the final status, or None if there was nothing to do."""
+def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
+            handed_back: Callable[[Job], None] | None = None) -> str | None:
+    """Claim and run one attempt; return the final status, or None if there was nothing to do.
+
+    The worker is stopping once `stop_flag` exists: then the job goes back to the queue ("queued"),
+    and `handed_back(job)` sends its message again."""
     store = open_store(settings)  # before the claim: a misconfigured store must not strand a claimed job
-    engine = make_engine(settings.database)
+    engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-worker {os.getpid()}")
     session_factory = make_session_factory(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
     try:
-        with session_factory() as session:
-            job = jobs.claim_job(session, job_id=job_id, worker_id=worker_id,
-                                 lease_seconds=settings.lease_seconds)
+        job = retry(lambda: _claim(session_factory, job_id, worker_id, settings.lease_seconds), database)
         if job is None:
             log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
             return None
         workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
         try:
-            return Attempt(job, settings, store, session_factory, worker_id, workdir).run()
+            status = Attempt(job, settings, store, session_factory, worker_id, workdir, stop_flag).run()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        if status == HANDED_BACK and handed_back is not None:
+            handed_back(job)
+        return status
     finally:
         engine.dispose()
 
 
+def _claim(sessions: sessionmaker[Session], job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
+    with sessions() as session:
+        return jobs.claim_job(session, job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds)
+
+
 class Attempt:
     def __init__(self, job: Job, settings: Settings, store: ArtifactStore,
-                 session_factory: sessionmaker[Session], worker_id: str, workdir: Path) -> None:
+                 session_factory: sessionmaker[Session], worker_id: str, workdir: Path,
+                 stop_flag: Path | None = None) -> None:
         self.job, self.settings, self.store = job, settings, store
-        self.sessions, self.worker_id = session_factory, worker_id
+        self.sessions, self.worker_id, self.stop_flag = session_factory, worker_id, stop_flag
         self.workdir, self.out = workdir, workdir / "out"
         self.log_path = workdir / f"attempt-{job.attempt}.log"
-        self.uploaded_samples: dict[str, tuple[int, int]] = {}
-        self.committed_step = job.resumed_from_step or 0
-        self.metrics_size = self.log_size = -1
+        self.database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
+        self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
+        self.sample_versions: dict[str, tuple[int, int]] = {}
+        self.taken_step = job.resumed_from_step or 0  # the newest checkpoint handed to the outbox
         self.progress: dict[str, Any] = {}
         self.process: subprocess.Popen | None = None
+        self.tree: ProcessTree | None = None
+        self.outbox: Outbox | None = None
+        self.next_beat = 0.0
+        self.stopping_since: float | None = None  # when the graceful stop began
+        self.asked_to_stop: set[int] = set()
 
     def run(self) -> str | None:
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            command = self.prepare()
-            self.process = self.launch(command)
-            status = self.supervise()
-            error = None if status != "failed" else self.failure_reason()
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.outbox = Outbox(self.job, self.settings, self.store, self.sessions,
+                                     self.workdir / "outbox", self.out, self.log_path)
+                command = self.prepare()
+                if self.worker_stopping():
+                    status = HANDED_BACK
+                else:
+                    self.process = self.launch(command)
+                    self.tree = ProcessTree(self.process.pid)
+                    status = self.supervise()
+                error = self.failure_reason() if status == "failed" else None
+            except LeaseLost:
+                raise
+            except Exception as exc:  # any failure here must settle the row, not strand it "running"
+                log.exception("job %s failed in the supervisor", self.job.id)
+                self.stop()
+                status, error = "failed", _plain(exc)
+            status, error = self.store_the_rest(status, error)
+            return self.settle(status, error)
         except LeaseLost:
             self.stop()
             log.warning("job %s: lease lost, leaving it to its new owner", self.job.id)
             return None
-        except Exception as exc:  # any failure here must settle the row, not strand it "running"
-            log.exception("job %s failed in the supervisor", self.job.id)
-            self.stop()
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-        try:
-            self.upload_log()
-        except Exception:  # the store may be what failed: the row must still be settled
-            log.exception("job %s: could not upload the attempt's log", self.job.id)
-        with self.sessions() as session:
-            settled = jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
-                                      error=error, log_tail=self.log_tail() if status == "failed" else None,
-                                      metrics=self.progress or None)
-        if not settled:
-            log.warning("job %s: lease lost before the end; its new owner settles it", self.job.id)
-            return None
-        log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, status)
-        return status
+        finally:
+            if self.outbox is not None:
+                self.outbox.close()
 
     # -- preparing and launching -------------------------------------------------------------
 
     def prepare(self) -> list[str]:
         """Write the inputs into the work directory and return the command to run."""
         spec = self.job.spec
+        self.continue_log()
         if self.job.kind == "sample":
             checkpoint = self.workdir / "model.pt"
-            self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint)
+            self.from_store(lambda: self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint))
             return [sys.executable, "-m", "sagan_core.cli", "sample", "--checkpoint", str(checkpoint),
                     "-n", str(spec["n"]), "--seed", str(spec["seed"]), "-o", str(self.out / "grid.png")]
         config_path = self.workdir / "config.json"
         config_path.write_text(json.dumps(spec))
-        trainer = ["-m", "sagan_core.train", "--config", str(config_path), "--out", str(self.out)]
+        # --hold-checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
+        trainer = ["-m", "sagan_core.train", "--config", str(config_path), "--out", str(self.out),
+                   "--hold-checkpoints"]
         # One rank needs no rendezvous, and torchrun's launcher would add its own import of torch
         # (about 2 s on a small CPU) to every job's start.
         launcher = ([] if spec["nproc"] == 1 else
@@ -127,14 +175,24 @@ class Attempt:
     def restore(self, step: int) -> None:
         """Lay out the last committed checkpoint (and the metrics up to it) as the trainer left them."""
         checkpoint = layout.checkpoint_path(self.out, step)
-        self.store.download(checkpoint_key(self.job.id, step), checkpoint)
+        self.from_store(lambda: self.store.download(checkpoint_key(self.job.id, step), checkpoint))
         layout.point_latest(checkpoint)
+        layout.mark_taken(checkpoint)  # it is in the store already
         try:
-            lines = self.store.get_bytes(metrics_key(self.job.id)).decode().splitlines()
+            lines = self.from_store(lambda: self.store.get_bytes(metrics_key(self.job.id))).decode().splitlines()
         except LookupError:
             lines = []
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         (self.out / layout.METRICS).write_text("".join(line + "\n" for line in kept))
+
+    def continue_log(self) -> None:
+        """An attempt handed back by a stopping worker runs again under the same number: append to its log."""
+        with contextlib.suppress(ArtifactNotFound, StoreUnavailable):
+            self.store.download(log_key(self.job.id, self.job.attempt), self.log_path)
+
+    def from_store(self, call: Any) -> Any:
+        """A store call before the training runs, waited out (keeping the lease) if the store is away."""
+        return retry(call, self.store_outage, self.wait_beating)
 
     def launch(self, command: list[str]) -> subprocess.Popen:
         env = dict(os.environ)
@@ -142,7 +200,7 @@ class Attempt:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(self.settings.gpus))
         guard = [sys.executable, "-m", "worker.guard", "--grace", str(self.settings.cancel_grace_seconds), "--"]
         with open(self.log_path, "ab") as log_file:
-            # Its own session: the whole tree (guard, torchrun, ranks) is one process group to signal.
+            # Its own session: the guard, and the trainer or torchrun, are one process group to signal.
             return subprocess.Popen([*guard, *command], stdout=log_file, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                                     cwd=self.workdir)
@@ -150,105 +208,144 @@ class Attempt:
     # -- supervising -------------------------------------------------------------------------
 
     def supervise(self) -> str:
-        """Poll until the process tree exits or a cancel arrives; return the terminal status."""
+        """Poll until the process tree exits, a cancel arrives or the worker stops; return the status."""
         assert self.process is not None
-        next_beat = 0.0
         while True:
             returncode = self.process.poll()
-            self.sync(final=returncode is not None)
+            self.take_new_files()
+            if self.outbox.error is not None:
+                raise self.outbox.error
             if returncode is not None:
-                self.stop()  # sweep up anything the tree left behind in its group
+                self.stop()  # sweep up anything the tree left behind
+                if self.stopping_since is not None or returncode == EXIT_STOPPED:
+                    return HANDED_BACK
                 return "succeeded" if returncode == 0 else "failed"
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + self.settings.heartbeat_seconds
-                if self.beat().cancel_requested:
-                    self.stop()
-                    self.sync(final=True)
-                    return "cancelled"
+            if self.worker_stopping():
+                self.stop_gracefully()
+            if time.monotonic() >= self.next_beat and self.beat().cancel_requested:
+                self.stop()
+                self.take_new_files()
+                return "cancelled"
             time.sleep(self.settings.poll_seconds)
 
+    def worker_stopping(self) -> bool:
+        return self.stop_flag is not None and self.stop_flag.exists()
+
+    def stop_gracefully(self) -> None:
+        """SIGTERM the trainer alone (under torchrun: torchrun, which passes it to every rank); it
+        finishes its step, checkpoints and exits. Past two thirds of the shutdown time, kill it."""
+        assert self.process is not None
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
+            log.warning("job %s: the worker is stopping; the training checkpoints and the job goes back "
+                        "to the queue", self.job.id)
+        if time.monotonic() - self.stopping_since > self.settings.shutdown_seconds * 2 / 3:
+            log.warning("job %s: the training did not stop in time; killing it", self.job.id)
+            self.stop()
+            return
+        # Not the group: data-loader workers in it would die and fail the step in progress. Every
+        # poll, in case the guard had not started its child yet.
+        for pid in set(children(self.process.pid)) - self.asked_to_stop:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            self.asked_to_stop.add(pid)
+
     def beat(self) -> jobs.Lease:
-        # The lease first: uploads to a slow store must not let it lapse while training goes on.
-        with self.sessions() as session:
-            lease = jobs.heartbeat(session, job_id=self.job.id, worker_id=self.worker_id,
-                                   lease_seconds=self.settings.lease_seconds,
-                                   step=self.progress.get("step"), total_steps=self.progress.get("total_steps"),
-                                   metrics=self.progress or None)
+        """Renew the lease and copy progress into the row. A database that cannot be reached is waited
+        out (the lease may lapse meanwhile: then the reaper, not this worker, decides)."""
+        self.next_beat = time.monotonic() + self.settings.heartbeat_seconds
+        if self.tree is not None:
+            self.tree.refresh()  # remember every process, so a re-parented one is still stopped
+        self.progress = _last_line(self.out / layout.METRICS) or self.progress
+        try:
+            with self.sessions() as session:
+                lease = jobs.heartbeat(session, job_id=self.job.id, worker_id=self.worker_id,
+                                       lease_seconds=self.settings.lease_seconds,
+                                       step=self.progress.get("step"),
+                                       total_steps=self.progress.get("total_steps"),
+                                       metrics=self.progress or None)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            self.next_beat = time.monotonic() + self.database.failed(error)
+            return jobs.Lease(held=True, cancel_requested=False)
+        self.database.recovered()
         if not lease.held:
             raise LeaseLost(self.job.id)
-        self.upload_metrics()
-        self.upload_log()
         return lease
 
+    def wait_beating(self, seconds: float) -> None:
+        """Sleep, renewing the lease when it is due."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if time.monotonic() >= self.next_beat:
+                self.beat()
+            time.sleep(min(left, self.settings.poll_seconds))
+
     def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after the grace period; a no-op once it is gone."""
-        if self.process is None:
+        """SIGTERM every process of the tree (torchrun's ranks live in sessions of their own), SIGKILL
+        what is left after the grace period; a no-op once all are gone."""
+        if self.process is None or self.tree is None:
             return
-        group = self.process.pid
-        if self.process.poll() is None:
-            _signal_group(group, signal.SIGTERM)
-            try:
-                self.process.wait(self.settings.cancel_grace_seconds)
-            except subprocess.TimeoutExpired:
-                pass
-        _signal_group(group, signal.SIGKILL)
+        self.tree.terminate(self.settings.cancel_grace_seconds)
+        _signal_group(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
-    # -- mirroring files to the store --------------------------------------------------------
+    # -- handing files to the outbox, settling -------------------------------------------------
 
-    def sync(self, *, final: bool) -> None:
+    def take_new_files(self) -> None:
+        assert self.outbox is not None
         if self.job.kind == "sample":
-            grid = self.out / "grid.png"
-            if final and grid.exists():
-                self.store_sample(self.job.spec["step"], grid)
-            return
+            return  # its one grid is taken at the end
         for path in layout.samples(self.out):
             stat = path.stat()
-            if self.uploaded_samples.get(path.name) != (stat.st_mtime_ns, stat.st_size):
-                self.store_sample(layout.step_of(path), path)
-                self.uploaded_samples[path.name] = (stat.st_mtime_ns, stat.st_size)
-        self.commit_latest_checkpoint()
-        if final:
-            self.upload_metrics()
+            if self.sample_versions.get(path.name) != (stat.st_mtime_ns, stat.st_size):
+                self.outbox.add("sample", layout.step_of(path), path)
+                self.sample_versions[path.name] = (stat.st_mtime_ns, stat.st_size)
+        for path in layout.checkpoints(self.out):  # complete files only: the trainer renames them in
+            if (step := layout.step_of(path)) > self.taken_step:
+                self.outbox.add("checkpoint", step, path)
+                layout.mark_taken(path)  # now the trainer may rotate its copy away
+                self.taken_step = step
 
-    def store_sample(self, step: int, path: Path) -> None:
-        key = sample_key(self.job.id, step)
-        self.store.put_file(key, path)
-        with self.sessions() as session:
-            jobs.record_artifact(session, job_id=self.job.id, kind="sample", step=step, key=key)
+    def store_the_rest(self, status: str, error: str | None) -> tuple[str, str | None]:
+        """Wait until the outbox stored what the attempt produced (and the log); a succeeded job whose
+        artifacts cannot be stored fails. A stop or a cancel waits only so long."""
+        assert self.outbox is not None
+        grid = self.out / "grid.png"
+        if self.job.kind == "sample" and status == "succeeded" and grid.exists():
+            self.outbox.add("sample", self.job.spec["step"], grid)
+        if status == HANDED_BACK:
+            begun = self.stopping_since or time.monotonic()
+            timeout = max(1.0, begun + self.settings.shutdown_seconds - time.monotonic())
+        elif status == "cancelled":
+            timeout = self.settings.cancel_grace_seconds
+        else:
+            timeout = float("inf")  # the outbox itself gives up past the outage window
+        if not self.outbox.drain(timeout, self.wait_beating) and status == "succeeded":
+            return "failed", _plain(self.outbox.error) if self.outbox.error else "its artifacts could not be stored"
+        return status, error
 
-    def commit_latest_checkpoint(self) -> None:
+    def settle(self, status: str, error: str | None) -> str | None:
+        def transition() -> bool:
+            with self.sessions() as session:
+                if status == HANDED_BACK:
+                    return jobs.hand_back(session, job_id=self.job.id, worker_id=self.worker_id)
+                return jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
+                                       error=error, log_tail=self.log_tail() if status == "failed" else None,
+                                       metrics=_last_line(self.out / layout.METRICS) or self.progress or None)
+
         try:
-            checkpoint = layout.latest_checkpoint(self.out)
-            if checkpoint is None or (step := layout.step_of(checkpoint)) <= self.committed_step:
-                return
-            # Metrics first, so a resumed attempt finds the series up to its checkpoint. Then the model
-            # file, its commit marker, and the DB pointer: a reader never sees a partial checkpoint.
-            self.upload_metrics()
-            key = self.store.commit_checkpoint(self.job.id, step, checkpoint)
-        except FileNotFoundError:
-            return  # none yet, or the trainer pruned it meanwhile: the next one will do
-        with self.sessions() as session:
-            jobs.record_artifact(session, job_id=self.job.id, kind="checkpoint", step=step, key=key)
-        self.committed_step = step
-
-    def upload_metrics(self) -> None:
-        path = self.out / layout.METRICS
-        if self.job.kind != "train" or not path.exists() or path.stat().st_size == self.metrics_size:
-            return
-        data = path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]  # the trainer may be mid-line
-        lines = complete.decode().splitlines()
-        if lines:
-            self.progress = json.loads(lines[-1])
-        self.store.put_bytes(metrics_key(self.job.id), complete)
-        self.metrics_size = len(complete)
-
-    def upload_log(self) -> None:
-        size = self.log_path.stat().st_size if self.log_path.exists() else -1
-        if size != self.log_size:
-            self.store.put_file(log_key(self.job.id, self.job.attempt), self.log_path)
-            self.log_size = size  # only once stored, so a failed upload is tried again
+            settled = retry(transition, self.database)
+        except DependencyDown:
+            log.exception("job %s: could not record %s; its lease will expire and the reaper settles it",
+                          self.job.id, status)
+            return None
+        if not settled:
+            log.warning("job %s: lease lost before the end; its new owner settles it", self.job.id)
+            return None
+        log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, status)
+        return status
 
     def log_tail(self) -> str:
         if not self.log_path.exists():
@@ -260,6 +357,23 @@ class Attempt:
         errors = [line for line in lines if "Error" in line or "error:" in line]
         assert self.process is not None
         return (errors or lines or [""])[-1].strip() or f"exit code {self.process.returncode}"
+
+
+def _plain(error: BaseException) -> str:
+    """A dependency outage is already worded for people; anything else keeps its type for diagnosis."""
+    return str(error) if isinstance(error, DependencyDown) else f"{type(error).__name__}: {error}"
+
+
+def _last_line(path: Path, tail_bytes: int = 65536) -> dict[str, Any]:
+    """The last complete JSON line of a file that is being appended to, or {}."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - tail_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return {}
+    lines = data[: data.rfind(b"\n") + 1].splitlines()
+    return json.loads(lines[-1]) if lines else {}
 
 
 def _signal_group(group: int, signum: int) -> None:

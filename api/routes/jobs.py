@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse
 
 from api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, in_thread
@@ -22,7 +23,7 @@ from api.schemas import (
     utc,
 )
 from sagan_service import jobs
-from sagan_service.models import Artifact
+from sagan_service.models import Artifact, Job
 from sagan_service.queue import dispatch, queue_for
 from sagan_service.specs import validate_train_config
 from sagan_service.storage import ArtifactNotFound, LocalStore, metrics_key
@@ -46,6 +47,10 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
         spec = validate_train_config(body.config, data_roots=settings.allowed_data_roots)
     job, created = jobs.create_job(session, kind=body.kind, spec=spec, queue=queue_for(body.kind, spec),
                                    max_attempts=settings.max_attempts, idempotency_key=idempotency_key)
+    if not created and not _same_request(job, body, spec):
+        raise RequestValidationError([{
+            "loc": ["header", "idempotency-key"], "type": "value_error",
+            "msg": f"this Idempotency-Key was used for another request (job {job.id}); use a new key"}])
     if created:
         try:
             dispatch(celery, job)
@@ -57,6 +62,16 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
         response.status_code = 200
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
     return JobPublic.from_job(job)
+
+
+def _same_request(job: Job, body: JobCreate, spec: dict[str, Any]) -> bool:
+    """Whether an Idempotency-Key replay asks for what the first request asked (a sample job's "latest
+    checkpoint" may have moved on since: then its step does not count)."""
+    if job.kind != body.kind:
+        return False
+    if isinstance(body, SampleJobCreate) and body.source.step is None:
+        return {**job.spec, "step": None} == {**spec, "step": None}
+    return job.spec == spec
 
 
 @router.get("", response_model=JobList)
@@ -156,6 +171,12 @@ def _artifact_list(request: Request, session: SessionDep, store: StoreDep, job_i
 
 
 def _object_response(store: StoreDep, key: str, media_type: str) -> Response:
-    if isinstance(store, LocalStore):  # streamed from disk, not read into memory
-        return FileResponse(store.path(key), media_type=media_type)
-    return Response(store.get_bytes(key), media_type=media_type)
+    """A recorded artifact's bytes; 404 if its object is gone from the store (503 while the store is away)."""
+    try:
+        if isinstance(store, LocalStore):  # streamed from disk, not read into memory
+            if not store.exists(key):
+                raise ArtifactNotFound(key)
+            return FileResponse(store.path(key), media_type=media_type)
+        return Response(store.get_bytes(key), media_type=media_type)
+    except ArtifactNotFound:
+        raise HTTPException(404, "this artifact is recorded but its file is gone from the artifact store") from None

@@ -1,8 +1,10 @@
-"""Real processes for the service tests: Postgres (a schema per session), Redis (db 5), a moto S3
-server on loopback, a `sagan api` subprocess and `sagan worker` subprocesses."""
+"""Real processes for the service tests: Postgres (a schema per session), Redis (db 5, or
+$SAGAN_TEST_REDIS_DB), a moto S3 server on loopback, a `sagan api` subprocess and `sagan worker`
+subprocesses."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +24,8 @@ import pytest
 from tests.conftest import subprocess_env
 
 PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/5"
+# Engineers running service tests side by side give each run its own Redis database.
+REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('SAGAN_TEST_REDIS_DB', '5')}"
 BUCKET = "sagan-test"
 # Short leases so a killed worker's job is requeued within seconds.
 FAST_TIMINGS = {"SAGAN_LEASE_SECONDS": "4", "SAGAN_HEARTBEAT_SECONDS": "0.5", "SAGAN_POLL_SECONDS": "0.2",
@@ -140,21 +143,56 @@ def database_url() -> Iterator[str]:
         connection.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+class S3Server:
+    """The moto S3 server, in this process. stop() and start() again on the same port make an outage;
+    the objects live in this process's memory, so they are all there again afterwards."""
+
+    def __init__(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+        self.server = self._serve(0)
+        host, self.port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{self.port}"
+
+    @staticmethod
+    def _serve(port: int) -> Any:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        return server
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server = self._serve(self.port)
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
-    yield endpoint
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: S3Server) -> str:
+    return s3_server.endpoint
 
 
 @pytest.fixture(scope="session")

@@ -135,3 +135,50 @@ def test_finish_records_the_final_progress(session: Session) -> None:
     job = jobs.get_job(session, job_id)
     session.refresh(job)
     assert (job.status, job.step, job.total_steps, job.metrics) == ("succeeded", 10, 10, final)
+
+
+def test_a_job_that_never_reached_the_queue_frees_its_idempotency_key(session: Session) -> None:
+    """The client got a 503, not this job: its retry with the same key must make a new one."""
+    first = new_job(session, idempotency_key="k")
+    jobs.fail_queued(session, job_id=first, error="could not reach the job queue")
+    job, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+                                   idempotency_key="k")
+    assert created and job.id != first
+    assert jobs.get_job(session, first).status == "failed"
+
+
+def test_hand_back_requeues_without_counting_the_attempt(session: Session) -> None:
+    job_id = new_job(session)
+    jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
+    jobs.record_artifact(session, job_id=job_id, kind="checkpoint", step=7, key="k7")
+    assert not jobs.hand_back(session, job_id=job_id, worker_id="b")  # only the lease owner
+    assert jobs.hand_back(session, job_id=job_id, worker_id="a")
+    job = jobs.get_job(session, job_id)
+    session.refresh(job)
+    assert (job.status, job.attempt, job.lease_owner) == ("queued", 0, None)
+    again = jobs.claim_job(session, job_id=job_id, worker_id="b", lease_seconds=30)
+    assert (again.attempt, again.resumed_from_step) == (1, 7)
+    jobs.request_cancel(session, job_id=job_id)
+    assert jobs.hand_back(session, job_id=job_id, worker_id="b")  # flagged: cancelled, not queued
+    session.refresh(job)
+    assert job.status == "cancelled" and job.finished_at is not None
+
+
+def test_old_checkpoints_are_forgotten_newest_kept(session: Session) -> None:
+    job_id = new_job(session)
+    for step in (10, 20, 30, 40):
+        jobs.record_artifact(session, job_id=job_id, kind="checkpoint", step=step, key=f"k{step}")
+    jobs.record_artifact(session, job_id=job_id, kind="sample", step=10, key="s10")
+    assert jobs.drop_old_checkpoints(session, job_id=job_id, keep=2) == [10, 20]
+    assert [a.step for a in jobs.list_artifacts(session, job_id=job_id, kind="checkpoint")] == [30, 40]
+    assert [a.step for a in jobs.list_artifacts(session, job_id=job_id, kind="sample")] == [10]
+    assert jobs.drop_old_checkpoints(session, job_id=job_id, keep=2) == []
+    with pytest.raises(jobs.JobConflict, match="step 20"):
+        jobs.committed_checkpoint(session, job_id=job_id, step=20)
+
+
+def test_a_job_seen_waiting_in_the_broker_is_not_resent(session: Session) -> None:
+    waiting, lost = new_job(session), new_job(session)
+    later = utcnow() + timedelta(minutes=2)
+    jobs.note_waiting(session, job_ids={waiting}, now=later)
+    assert jobs.take_stale_queued(session, older_than=timedelta(minutes=1), now=later) == [lost]

@@ -1,0 +1,58 @@
+"""The reaper: requeues jobs whose worker died and resends lost queue messages (queue.reaper_pass).
+
+It runs in every API process and beside every worker (`sagan worker` starts `sagan reaper` as a
+companion process), so jobs are recovered while any one of them is up; `sagan reaper` also runs alone.
+Every pass is made of conditional UPDATEs, so any number of reapers may run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from .queue import reaper_pass
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def reap_once(sessions: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
+    """One pass; a failure (database or broker away) is logged and the next pass tries again."""
+    try:
+        sent = reaper_pass(sessions, celery, redispatch_after=timedelta(seconds=settings.redispatch_seconds))
+        if sent:
+            log.warning("sent to the queue again (lease expired or message lost): %s", ", ".join(sent))
+    except Exception:
+        log.exception("reaper pass failed; retrying next interval")
+
+
+def run_reaper(settings: Settings, stop: threading.Event) -> None:
+    """Pass every SAGAN_REAPER_SECONDS until `stop` is set."""
+    from .db import make_engine, make_session_factory
+    from .queue import make_celery
+
+    engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-reaper {os.getpid()}")
+    try:
+        sessions, celery = make_session_factory(engine), make_celery(settings)
+        while not stop.is_set():
+            reap_once(sessions, celery, settings)
+            stop.wait(settings.reaper_seconds)
+    finally:
+        engine.dispose()
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set, for a clean exit between passes."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    return stop
