@@ -52,7 +52,9 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_default_queue="default",
         worker_prefetch_multiplier=1,
-        worker_disable_prefetch=True,  # Redis only; the embedded queue takes one message at a time anyway
+        # Celery supports it with Redis only (and warns otherwise); the embedded queue takes one
+        # message at a time anyway.
+        worker_disable_prefetch=settings.broker.startswith(("redis://", "rediss://")),
         worker_concurrency=1,
         worker_max_tasks_per_child=1,
         worker_hijack_root_logger=False,

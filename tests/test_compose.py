@@ -225,7 +225,7 @@ def test_healthchecks(service: str) -> None:
     assert check["test"][0] in ("CMD", "CMD-SHELL") and len(check["test"]) > 1
     command = " ".join(check["test"][1:])
     expected = {"postgres": "pg_isready", "redis": "redis-cli ping", "minio": "mc ready local",
-                "api": "http://127.0.0.1:8000/healthz"}[service]
+                "api": "http://127.0.0.1:8000/readyz"}[service]
     assert expected in command
 
 
@@ -235,7 +235,7 @@ def test_api_routes_behind_the_healthcheck_and_the_readme_exist() -> None:
     app = create_app(Settings(home=ROOT / ".sagan"))
     assert app.docs_url == "/docs"
     paths = app.openapi()["paths"]
-    assert "get" in paths["/healthz"] and "post" in paths["/jobs"]
+    assert "get" in paths["/healthz"] and "get" in paths["/readyz"] and "post" in paths["/jobs"]
     assert "get" in paths["/jobs/{job_id}/samples"] and "get" in paths["/jobs/{job_id}/samples/latest"]
 
 
@@ -310,6 +310,8 @@ def test_gpu_worker_reserves_nvidia_gpus_and_the_cpu_worker_is_a_profile() -> No
     assert "profiles" not in worker
     grace = re.fullmatch(r"(\d+)(s|m)", worker["stop_grace_period"])
     assert grace and int(grace[1]) * {"s": 1, "m": 60}[grace[2]] >= 60
+    # A stopping worker hands its job back within SAGAN_SHUTDOWN_SECONDS: before docker kills it.
+    assert int(grace[1]) * {"s": 1, "m": 60}[grace[2]] > Settings.model_fields["shutdown_seconds"].default
     assert worker["init"] is True and worker["shm_size"]
     cpu = SERVICES["worker-cpu"]
     assert cpu["profiles"] == ["cpu"] and "deploy" not in cpu

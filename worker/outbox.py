@@ -98,7 +98,7 @@ class Outbox:
                 item = self.items.get(timeout=max(0.0, next_files - time.monotonic()))
             except queue.Empty:
                 item = None
-            if item is CLOSE:
+            if item is CLOSE or self.closing.is_set():
                 return
             try:
                 if isinstance(item, Pending):

@@ -63,6 +63,10 @@ class LeaseLost(Exception):
     """The reaper gave the job away (this worker stalled): stop without touching the row."""
 
 
+class ShutdownOverdue(Exception):
+    """The worker is stopping and its shutdown time is up: stop waiting for the store."""
+
+
 def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
             handed_back: Callable[[Job], None] | None = None) -> str | None:
     """Claim and run one attempt; return the final status, or None if there was nothing to do.
@@ -141,6 +145,11 @@ class Attempt:
         except LeaseLost:
             self.stop()
             log.warning("job %s: lease lost, leaving it to its new owner", self.job.id)
+            return None
+        except DependencyDown:  # the database stayed away while the attempt ended
+            self.stop()
+            log.exception("job %s: could not be settled; its lease will expire and the reaper settles it",
+                          self.job.id)
             return None
         finally:
             if self.outbox is not None:
@@ -274,6 +283,14 @@ class Attempt:
             raise LeaseLost(self.job.id)
         return lease
 
+    def wait_storing(self, seconds: float) -> None:
+        """wait_beating, unless the worker is stopping and its shutdown time is up (ShutdownOverdue)."""
+        if self.worker_stopping():
+            self.stopping_since = self.stopping_since or time.monotonic()
+            if time.monotonic() > self.stopping_since + self.settings.shutdown_seconds:
+                raise ShutdownOverdue
+        self.wait_beating(seconds)
+
     def wait_beating(self, seconds: float) -> None:
         """Sleep, renewing the lease when it is due."""
         deadline = time.monotonic() + seconds
@@ -310,19 +327,20 @@ class Attempt:
 
     def store_the_rest(self, status: str, error: str | None) -> tuple[str, str | None]:
         """Wait until the outbox stored what the attempt produced (and the log); a succeeded job whose
-        artifacts cannot be stored fails. A stop or a cancel waits only so long."""
+        artifacts cannot be stored fails. A cancel waits only so long, and so does a stopping worker:
+        a finished training whose artifacts are not all stored by then goes back to the queue."""
         assert self.outbox is not None
         grid = self.out / "grid.png"
         if self.job.kind == "sample" and status == "succeeded" and grid.exists():
             self.outbox.add("sample", self.job.spec["step"], grid)
-        if status == HANDED_BACK:
-            begun = self.stopping_since or time.monotonic()
-            timeout = max(1.0, begun + self.settings.shutdown_seconds - time.monotonic())
-        elif status == "cancelled":
-            timeout = self.settings.cancel_grace_seconds
-        else:
-            timeout = float("inf")  # the outbox itself gives up past the outage window
-        if not self.outbox.drain(timeout, self.wait_beating) and status == "succeeded":
+        # The outbox itself gives up past the outage window, and wait_storing once a stop is overdue.
+        timeout = self.settings.cancel_grace_seconds if status == "cancelled" else float("inf")
+        try:
+            drained = self.outbox.drain(timeout, self.wait_storing)
+        except ShutdownOverdue:
+            log.warning("job %s: the worker is stopping before all artifacts are stored", self.job.id)
+            return (HANDED_BACK, None) if status == "succeeded" else (status, error)
+        if not drained and status == "succeeded":
             return "failed", _plain(self.outbox.error) if self.outbox.error else "its artifacts could not be stored"
         return status, error
 

@@ -85,6 +85,11 @@ def stack(service_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
         connection.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+def messages_for(job_id: str, queue: str) -> int:
+    """How many messages for this job wait in a queue (Celery's headers carry the task's arguments)."""
+    return sum(job_id.encode() in raw for raw in redis.Redis.from_url(REAPER_REDIS_URL).lrange(queue, 0, -1))
+
+
 def without_fast_redispatch(env: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in env.items()
             if name not in ("SAGAN_REDISPATCH_SECONDS", "SAGAN_REAPER_SECONDS")}
@@ -112,9 +117,8 @@ def test_a_job_waiting_in_the_queue_is_not_sent_twice(stack: Stack) -> None:
     stack.worker("--queues", "cpu")  # nobody serves the gpu queue
     job_id = stack.submit({"device": "cuda"})
     assert stack.job(job_id).queue == "gpu"
-    broker = redis.Redis.from_url(REAPER_REDIS_URL)
     time.sleep(4 * float(FAST_TIMINGS["SAGAN_REDISPATCH_SECONDS"]))
-    assert broker.llen("gpu") == 1
+    assert messages_for(job_id, "gpu") == 1
     assert stack.job(job_id).status == "queued"
 
 
@@ -127,12 +131,17 @@ def test_a_busy_workers_reaper_requeues_the_job_of_a_dead_worker(stack: Stack) -
     on_a = stack.submit({"steps": 100_000, "device": "auto"})
     for job_id in (long_on_b, on_a):
         wait_for(lambda job_id=job_id: stack.job(job_id).step > 0, 240, f"job {job_id} to train")
+    # A busy worker takes no message: a job for it waits in the broker, where any free worker finds it.
+    waiting = stack.submit({"steps": 2, "device": "cpu"})
+    time.sleep(3)
+    assert messages_for(waiting, "cpu") == 1
+    assert stack.job(waiting).status == "queued"
     os.killpg(worker_a.process.pid, 9)  # the worker and its own reaper, at once
     worker_a.process.wait()
     requeued = wait_for(lambda: (job := stack.job(on_a)).status == "queued" and job, 60, "the dead worker's job "
                                                                                          "to be requeued")
     assert requeued.attempt == 1
     assert stack.job(long_on_b).status == "running"  # B is busy all along: its reaper process did it
-    for job_id in (on_a, long_on_b):
+    for job_id in (on_a, long_on_b, waiting):
         stack.cancel(job_id)
     wait_for(lambda: stack.job(long_on_b).status == "cancelled", 60, "the long job to be cancelled")
