@@ -76,6 +76,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.Capture
 def test_the_service_side_imports_no_torch() -> None:
     """The API and the Celery parent use sagan_core's config and file helpers without loading torch
     (a CUDA context in a forked parent breaks its children)."""
-    code = ("import sys, api.main, worker.supervisor, sagan_service.specs, sagan_service.storage; "
+    code = ("import sys, api.main, worker.app, worker.guard, sagan_service.reaper, sagan_service.specs, "
+            "sagan_service.storage; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)
