@@ -15,6 +15,7 @@ StoreUnavailable, worded for people; the worker retries those and the API answer
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -174,8 +175,6 @@ class S3Store(ArtifactStore):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.client = _s3_client(endpoint_url, max_attempts)
-        # Readiness asks once and fast; the other calls retry (see _s3_client).
-        self.probe_client = _s3_client(endpoint_url, 1, timeout_s=3)
         # Presigned URLs sign the Host header: sign with the endpoint the browser will talk to.
         self.public_client = (_s3_client(public_endpoint_url, max_attempts)
                               if public_endpoint_url and public_endpoint_url != endpoint_url else self.client)
@@ -225,7 +224,12 @@ class S3Store(ArtifactStore):
 
     def check(self) -> None:
         with self._reachable():
-            self.probe_client.head_bucket(Bucket=self.bucket)
+            self._probe_client.head_bucket(Bucket=self.bucket)
+
+    @functools.cached_property
+    def _probe_client(self) -> Any:
+        # Readiness asks once and fast; the other calls retry (see _s3_client).
+        return _s3_client(self.endpoint_url, 1, timeout_s=3)
 
     def describe(self) -> str:
         return f"the artifact store (S3 at {self.endpoint_url or 'AWS'}, bucket {self.bucket})"

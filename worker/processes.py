@@ -91,15 +91,17 @@ class ProcessTree:
         orphans it kills, and they would stay zombies).
         """
         self.signal(signal.SIGTERM, except_pids=except_pids)
-        deadline = time.monotonic() + grace
+        self._wait_gone(grace, except_pids, reap)
+        self.signal(signal.SIGKILL, except_pids=except_pids)
+        self._wait_gone(2.0, except_pids, reap)  # SIGKILL is not instant: let the kernel finish them
+
+    def _wait_gone(self, seconds: float, except_pids: tuple[int, ...], reap: bool) -> None:
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and set(self.alive()) - set(except_pids):
             if reap:
                 reap_children()
-            time.sleep(0.05)
-            self.refresh()
-        self.signal(signal.SIGKILL, except_pids=except_pids)
-        if reap:
-            reap_children()
+            time.sleep(0.02)
+            self.refresh()  # a process may start children while it stops
 
 
 def reap_children() -> None:
