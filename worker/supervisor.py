@@ -23,11 +23,24 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from sagan_core import layout
+from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
+from sagan_core.metrics.runs import best_eval, read_jsonl
+from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.models import Job
 from sagan_service.settings import Settings
-from sagan_service.storage import ArtifactStore, checkpoint_key, log_key, metrics_key, open_store, sample_key
+from sagan_service.storage import (
+    ArtifactNotFound,
+    ArtifactStore,
+    checkpoint_key,
+    evals_key,
+    log_key,
+    metrics_key,
+    open_store,
+    sample_key,
+    stats_key,
+)
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
@@ -68,7 +81,12 @@ class Attempt:
         self.log_path = workdir / f"attempt-{job.attempt}.log"
         self.uploaded_samples: dict[str, tuple[int, int]] = {}
         self.committed_step = job.resumed_from_step or 0
-        self.metrics_size = self.log_size = -1
+        self.committed_steps: set[int] = set()
+        # Real-data statistics shared through the store (stats/<entry>): present ones are fetched before
+        # the job starts, new ones stored as they appear.
+        self.stats_dir = workdir / "stats"
+        self.stored_stats: set[str] = set()
+        self.metrics_size = self.evals_size = self.log_size = -1
         self.progress: dict[str, Any] = {}
         self.process: subprocess.Popen | None = None
 
@@ -106,6 +124,14 @@ class Attempt:
     def prepare(self) -> list[str]:
         """Write the inputs into the work directory and return the command to run."""
         spec = self.job.spec
+        self.fetch_stats()
+        if self.job.kind == "eval":
+            checkpoint = self.workdir / "model.pt"
+            self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint)
+            return [sys.executable, "-m", "sagan_core.cli", "eval", "--checkpoint", str(checkpoint),
+                    "--dataset", spec["dataset"], "--metrics", ",".join(spec["metrics"]), "-n", str(spec["n"]),
+                    "--seed", str(spec["seed"]), "--evals", str(self.out / layout.EVALS),
+                    "--stats-cache", str(self.stats_dir)]
         if self.job.kind == "sample":
             checkpoint = self.workdir / "model.pt"
             self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint)
@@ -135,9 +161,17 @@ class Attempt:
             lines = []
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         (self.out / layout.METRICS).write_text("".join(line + "\n" for line in kept))
+        try:  # the evaluations up to it too, so the trainer's evals.jsonl goes on without a gap
+            records = [json.loads(line) for line in self.store.get_bytes(evals_key(self.job.id)).decode().splitlines()
+                       if line.strip()]
+        except ArtifactNotFound:
+            records = []
+        (self.out / layout.EVALS).write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))
 
     def launch(self, command: list[str]) -> subprocess.Popen:
-        env = dict(os.environ)
+        env = {**os.environ, "SAGAN_STATS_CACHE": str(self.stats_dir)}
+        if self.settings.inception_weights is not None:
+            env["SAGAN_INCEPTION_WEIGHTS"] = str(self.settings.inception_weights)
         if self.settings.gpus is not None and "CUDA_VISIBLE_DEVICES" not in env:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(self.settings.gpus))
         guard = [sys.executable, "-m", "worker.guard", "--grace", str(self.settings.cancel_grace_seconds), "--"]
@@ -177,6 +211,7 @@ class Attempt:
         if not lease.held:
             raise LeaseLost(self.job.id)
         self.upload_metrics()
+        self.upload_evals()
         self.upload_log()
         return lease
 
@@ -197,6 +232,11 @@ class Attempt:
     # -- mirroring files to the store --------------------------------------------------------
 
     def sync(self, *, final: bool) -> None:
+        self.store_stats()
+        if self.job.kind == "eval":
+            if final:
+                self.upload_evals()
+            return
         if self.job.kind == "sample":
             grid = self.out / "grid.png"
             if final and grid.exists():
@@ -210,6 +250,7 @@ class Attempt:
         self.commit_latest_checkpoint()
         if final:
             self.upload_metrics()
+            self.upload_evals()
 
     def store_sample(self, step: int, path: Path) -> None:
         key = sample_key(self.job.id, step)
@@ -225,12 +266,16 @@ class Attempt:
             # Metrics first, so a resumed attempt finds the series up to its checkpoint. Then the model
             # file, its commit marker, and the DB pointer: a reader never sees a partial checkpoint.
             self.upload_metrics()
-            key = self.store.commit_checkpoint(self.job.id, step, checkpoint)
+            self.commit_checkpoint(step, checkpoint)
         except FileNotFoundError:
             return  # none yet, or the trainer pruned it meanwhile: the next one will do
+        self.committed_step = step
+
+    def commit_checkpoint(self, step: int, checkpoint: Path) -> None:
+        key = self.store.commit_checkpoint(self.job.id, step, checkpoint)
         with self.sessions() as session:
             jobs.record_artifact(session, job_id=self.job.id, kind="checkpoint", step=step, key=key)
-        self.committed_step = step
+        self.committed_steps.add(step)
 
     def upload_metrics(self) -> None:
         path = self.out / layout.METRICS
@@ -243,6 +288,63 @@ class Attempt:
             self.progress = json.loads(lines[-1])
         self.store.put_bytes(metrics_key(self.job.id), complete)
         self.metrics_size = len(complete)
+
+    def upload_evals(self) -> None:
+        """Store evals.jsonl and copy its newest and best records into the row; the best one's checkpoint (kept
+        by the trainer through rotation) is committed first, so a job can always evaluate or sample "best"."""
+        path = self.out / layout.EVALS
+        if not path.exists() or path.stat().st_size == self.evals_size:
+            return
+        data = path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.store.put_bytes(evals_key(self.job.id), complete)
+        self.evals_size = len(complete)
+        records = read_jsonl(path)
+        best = best_eval(records, self.job.spec.get("eval_metrics", ["swd"])) if self.job.kind == "train" else None
+        if best is not None and best["step"] not in self.committed_steps:
+            try:
+                self.commit_checkpoint(best["step"], layout.checkpoint_path(self.out, best["step"]))
+            except FileNotFoundError:  # its checkpoint is not written yet: the next pass records it
+                best = None
+        with self.sessions() as session:
+            jobs.record_evals(session, job_id=self.job.id, worker_id=self.worker_id,
+                              latest=records[-1] if records else None, best=best)
+
+    def fetch_stats(self) -> None:
+        """Lay out the store's cached real statistics for the evaluations this job will run."""
+        self.stats_dir.mkdir(parents=True, exist_ok=True)
+        for key in self.stats_keys():
+            try:
+                self.store.download(stats_key(key.name), self.stats_dir / key.name)
+                self.stored_stats.add(key.name)
+            except ArtifactNotFound:
+                pass
+
+    def store_stats(self) -> None:
+        """Store cache entries the job computed, for every later job on the same data."""
+        if not self.stats_dir.is_dir():
+            return
+        for path in self.stats_dir.glob("*.npz"):
+            if path.name not in self.stored_stats:
+                self.store.put_file(stats_key(path.name), path)
+                self.stored_stats.add(path.name)
+
+    def stats_keys(self) -> list[StatsKey]:
+        """The entries the job's evaluations read. A missing or wrong Inception weights file fails the job
+        here, once, with the message that says what to do (InceptionWeightsError)."""
+        spec = self.job.spec
+        if self.job.kind == "eval":
+            metrics, dataset, n = spec["metrics"], spec["dataset"], spec["n"]
+        elif self.job.kind == "train" and spec.get("eval_every", 0) > 0:
+            metrics, dataset, n = spec["eval_metrics"], spec["eval_dataset"] or spec["dataset"], spec["eval_n"]
+        else:
+            return []
+        inception = None
+        if set(metrics) & INCEPTION_METRICS:
+            weights = resolve_inception_weights(self.settings.inception_weights)
+            inception = (weights.backbone, weights.sha256)
+        return list(stats_keys(metrics, dataset=dataset, imsize=spec["imsize"], center_crop=spec["center_crop"],
+                               n=n, inception=inception).values())
 
     def upload_log(self) -> None:
         size = self.log_path.stat().st_size if self.log_path.exists() else -1
