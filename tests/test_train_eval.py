@@ -134,3 +134,14 @@ def test_sample_to_a_folder_writes_each_image(tmp_path: Path) -> None:
     model = load_checkpoint(run)
     expected = to_uint8(generate(model.generator, indexed_noise(4, 3, 1, model.config.z_dim)))[0]
     assert torch.equal(torch.from_numpy(np.array(Image.open(files[3]))).permute(2, 0, 1), expected)
+
+
+@pytest.mark.slow
+def test_a_short_debug_run_gets_measurably_better_swd(tmp_path: Path) -> None:
+    """debug32 on the easy built-in shapes, 150 steps: SWD fell from 244.8 at step 0 to 219.4 at step 150
+    when this test was written (10 %; the demo's sagan32 run falls from 226 to 81 in 1000 steps)."""
+    train(tiny_config(dataset="shapes:512", batch_size=16, steps=150, eval_every=150, eval_metrics=["swd"],
+                      eval_n=128, checkpoint_every=150, sample_every=150, log_every=50), tmp_path)
+    first, last = _evals(tmp_path)
+    assert (first["step"], last["step"]) == (0, 150)
+    assert last["metrics"]["swd"] < 0.95 * first["metrics"]["swd"], (first["metrics"], last["metrics"])
