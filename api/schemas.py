@@ -7,12 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from sagan_core.config import MAX_INT, TrainConfig
+from sagan_core.config import MAX_INT, EvalMetric, TrainConfig
 from sagan_service.models import Job
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Kind = Literal["train", "sample"]
+Kind = Literal["train", "sample", "eval"]
 
 
 # The schema clients see is TrainConfig's, every field with its type, default and description. The body
@@ -47,7 +47,30 @@ class SampleJobCreate(BaseModel):
     seed: int = Field(0, ge=0)
 
 
-JobCreate = Annotated[TrainJobCreate | SampleJobCreate, Field(discriminator="kind")]
+class EvalSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    step: Annotated[int, Field(ge=0, le=MAX_STEP)] | Literal["best"] | None = Field(
+        None, description="a committed checkpoint step; null = the latest; \"best\" = the checkpoint of the "
+                          "job's best evaluation")
+
+
+class EvalJobCreate(BaseModel):
+    """Measure a training job's checkpoint: `metrics` over `n` samples against `n` images of `dataset`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["eval"]
+    source: EvalSource
+    dataset: str | None = Field(None, max_length=4096, description="dataset spec; null = the training job's "
+                                                                   "eval_dataset, else its dataset")
+    metrics: list[EvalMetric] | None = Field(None, min_length=1, description="fid, kid, is, pr (need the "
+                                             "Inception weights on the worker), swd; null = its eval_metrics")
+    n: int | None = Field(None, ge=2, le=100_000, description="samples (and real images); null = its eval_n")
+
+
+JobCreate = Annotated[TrainJobCreate | SampleJobCreate | EvalJobCreate, Field(discriminator="kind")]
 
 
 class Progress(BaseModel):
@@ -60,9 +83,13 @@ class JobPublic(BaseModel):
     kind: Kind
     status: Status
     queue: str
-    spec: dict[str, Any] = Field(description="train: the full config; sample: the resolved source, n and seed")
+    spec: dict[str, Any] = Field(description="train: the full config; sample: the resolved source, n and seed; "
+                                             "eval: the resolved source, dataset, metrics, n and seed")
     progress: Progress
     metrics: dict[str, Any] | None = Field(description="rank 0's latest metrics line")
+    latest_eval: dict[str, Any] | None = Field(description="the newest evaluation (an eval job: its result)")
+    best_eval: dict[str, Any] | None = Field(description="a training job's best evaluation by its first "
+                                                         "eval metric; its checkpoint is committed")
     attempt: int
     max_attempts: int
     resumed_from_step: int | None = Field(description="checkpoint step the current attempt resumed from")
@@ -80,6 +107,7 @@ class JobPublic(BaseModel):
         return cls(
             id=job.id, kind=job.kind, status=job.status, queue=job.queue, spec=job.spec,
             progress=Progress(step=job.step, total_steps=job.total_steps), metrics=job.metrics,
+            latest_eval=job.latest_eval, best_eval=job.best_eval,
             attempt=job.attempt, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
             latest_checkpoint_step=job.latest_checkpoint_step, cancel_requested=job.cancel_requested,
             error=job.error, log_tail=job.log_tail, created_at=utc(job.created_at),
@@ -103,6 +131,10 @@ class ArtifactList(BaseModel):
 
 class MetricsList(BaseModel):
     items: list[dict[str, Any]]
+
+
+class EvalList(BaseModel):
+    items: list[dict[str, Any]] = Field(description="evals.jsonl records, oldest first")
 
 
 class Health(BaseModel):

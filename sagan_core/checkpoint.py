@@ -3,6 +3,7 @@
 Layout of a run directory:
     checkpoints/step-<n>.pt   G, D, EMA, both optimisers, step, RNG states, config
     checkpoints/latest        the file name of the newest complete checkpoint
+    checkpoints/best          the file name of the best evaluation's checkpoint (rotation keeps it)
 A checkpoint is written to a temporary file and renamed into place, and `latest` is replaced
 only after that, so a kill at any moment leaves the previous "latest" intact.
 """
@@ -20,7 +21,14 @@ from torch import nn
 
 from .config import TrainConfig, build_config
 from .files import atomic_write
-from .layout import checkpoint_path, checkpoints, latest_checkpoint, point_latest, taken_marker
+from .layout import (
+    best_checkpoint,
+    checkpoint_path,
+    checkpoints,
+    point_latest,
+    resolve_checkpoint,
+    taken_marker,
+)
 from .models import Discriminator, Generator
 
 FORMAT_VERSION = 1
@@ -47,32 +55,34 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int, *, hold_untaken: bool = False) -> Path:
-    """Write checkpoints/step-<n>.pt, then move `latest` to it, then prune to `keep` files.
-
-    With `hold_untaken`, pruning skips every checkpoint that has no `.taken` marker yet: a process that
-    copies checkpoints elsewhere (the job service's worker) never finds one deleted before it took it,
-    however far behind it falls.
-    """
+    """Write checkpoints/step-<n>.pt, then move `latest` to it, then prune to the `keep` newest files
+    (and the best one; see prune_checkpoints for `hold_untaken`)."""
     path = checkpoint_path(run_dir, payload["step"])
     payload = {"format_version": FORMAT_VERSION, **payload}
     atomic_write(path, lambda f: torch.save(payload, f))
     point_latest(path)
-    for old in checkpoints(run_dir)[:-keep]:
-        if hold_untaken and not taken_marker(old).exists():
-            continue
-        old.unlink(missing_ok=True)
-        taken_marker(old).unlink(missing_ok=True)
+    prune_checkpoints(run_dir, keep, hold_untaken=hold_untaken)
     return path
 
 
+def prune_checkpoints(run_dir: Path, keep: int, *, hold_untaken: bool = False) -> None:
+    """Delete all but the `keep` newest checkpoints and the best evaluation's, which outlives rotation.
+
+    With `hold_untaken`, pruning also skips every checkpoint that has no `.taken` marker yet: a process
+    that copies checkpoints elsewhere (the job service's worker) never finds one deleted before it took
+    it, however far behind it falls.
+    """
+    best = best_checkpoint(run_dir)
+    for old in checkpoints(run_dir)[:-keep]:
+        if old == best or (hold_untaken and not taken_marker(old).exists()):
+            continue
+        old.unlink(missing_ok=True)
+        taken_marker(old).unlink(missing_ok=True)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict. `path` is a .pt file or a run directory (its latest)."""
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint in run directory {path}")
-        path = found
+    """The raw checkpoint dict. `path` is a .pt file, a run directory (its latest), `RUN:STEP` or `RUN:best`."""
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -87,6 +97,7 @@ class LoadedModel:
     discriminator: Discriminator
     config: TrainConfig
     step: int
+    ema: bool = False  # whether `generator` holds the EMA weights
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -94,10 +105,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     payload = read_checkpoint(path)
     config = build_config(payload["config"])
     generator, discriminator = Generator(config), Discriminator(config)
-    generator.load_state_dict(payload["ema"] if payload.get("ema") else payload["generator"])
+    ema = bool(payload.get("ema"))
+    generator.load_state_dict(payload["ema"] if ema else payload["generator"])
     discriminator.load_state_dict(payload["discriminator"])
     return LoadedModel(generator=_frozen(generator, device), discriminator=_frozen(discriminator, device),
-                       config=config, step=int(payload["step"]))
+                       config=config, step=int(payload["step"]), ema=ema)
 
 
 def _frozen(model: nn.Module, device: str | torch.device) -> Any:

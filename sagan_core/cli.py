@@ -1,4 +1,4 @@
-"""The `sagan` command: train, sample, import-checkpoint.
+"""The `sagan` command: train, sample, eval, stats, import-checkpoint.
 
 Other packages add subcommands (the service adds api, worker, up, db) through the entry-point
 group `sagan.commands`: each entry point is a `register(subparsers)` callable. This keeps the
@@ -96,12 +96,75 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .sampling import sample_to_png
+    from .sampling import sample_to_dir, sample_to_png
 
-    path = sample_to_png(args.checkpoint, args.output, n=args.n, seed=args.seed, npz=args.npz,
-                         device=args.device)
-    print(path)
+    if args.out_dir is not None:
+        if args.npz is not None:
+            raise ValueError("--npz holds every image in memory: use it without --out-dir")
+        print(sample_to_dir(args.checkpoint, args.out_dir, n=args.n, seed=args.seed, device=args.device))
+    if args.out_dir is None or args.output is not None:
+        print(sample_to_png(args.checkpoint, args.output or Path("samples.png"), n=args.n, seed=args.seed,
+                            npz=args.npz, device=args.device))
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .layout import EVALS, resolve_checkpoint, run_dir_of
+    from .metrics.cache import StatsCache
+    from .metrics.evaluate import evaluate_checkpoint
+    from .metrics.runs import append_jsonl
+
+    record = evaluate_checkpoint(args.checkpoint, metrics=args.metrics, n=args.n, dataset=args.dataset,
+                                 seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers,
+                                 device=args.device, inception_weights=args.inception_weights,
+                                 cache=StatsCache(args.stats_cache))
+    run_dir = run_dir_of(resolve_checkpoint(args.checkpoint))
+    evals = args.evals or (run_dir / EVALS if run_dir is not None else None)
+    if evals is not None:
+        append_jsonl(evals, record)
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import time
+
+    from .metrics.cache import StatsCache
+    from .metrics.evaluate import EvalPlan, Evaluator
+    from .parallel import DistContext, pick_device
+
+    started = time.perf_counter()
+    plan = EvalPlan(tuple(args.metrics), n=args.n, dataset=args.dataset, imsize=args.imsize,
+                    center_crop=args.center_crop, batch_size=args.batch_size, num_workers=args.num_workers)
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=pick_device(args.device))
+    evaluator = Evaluator(plan, ctx, cache=StatsCache(args.stats_cache), inception_weights=args.inception_weights)
+    real, status = evaluator.real_statistics()
+    print(json.dumps({"dataset": args.dataset, "imsize": args.imsize, "n": real.count, "cache": status,
+                      "files": [str(evaluator.cache.path(key)) for key in evaluator.stats_keys().values()],
+                      "seconds": round(time.perf_counter() - started, 2)}), flush=True)
+    return 0
+
+
+def _metric_list(text: str) -> list[str]:
+    from .metrics.evaluate import METRICS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(METRICS)} (got {text!r})")
+    return names
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    """Options that `sagan eval` and `sagan stats` share."""
+    parser.add_argument("--batch-size", type=int, default=64, help="images per generator/feature batch")
+    parser.add_argument("--num-workers", type=int, default=2, help="data-loader workers for the real images")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--inception-weights", metavar="PATH",
+                        help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth), checked by "
+                             "sha256; default $SAGAN_INCEPTION_WEIGHTS; 'random' = random weights (timing only)")
+    parser.add_argument("--stats-cache", type=Path, metavar="DIR",
+                        help="folder of cached real statistics (default $SAGAN_STATS_CACHE or ~/.cache/sagan/stats)")
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
@@ -128,11 +191,39 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="write a grid of samples from a checkpoint")
     sample.add_argument("--checkpoint", required=True, type=Path, help="a .pt file or a run directory")
     sample.add_argument("-n", type=int, default=64, help="number of images")
-    sample.add_argument("-o", "--output", type=Path, default=Path("samples.png"), help="grid PNG path")
+    sample.add_argument("-o", "--output", type=Path,
+                        help="grid PNG path (default samples.png, or none with --out-dir)")
+    sample.add_argument("--out-dir", type=Path, help="write each image as DIR/<i>.png instead, batch by batch "
+                                                     "(bounded memory for any -n; image i uses the z an "
+                                                     "evaluation with this --seed gives sample i)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
     sample.add_argument("--npz", type=Path, help="also save raw uint8 images and z here")
     sample.add_argument("--device", default="cpu", help="cpu or cuda")
     sample.set_defaults(func=cmd_sample)
+
+    evaluate = commands.add_parser(
+        "eval", help="measure sample quality (FID, KID, IS, precision/recall, SWD) of a checkpoint",
+        description="Evaluate a checkpoint: print one JSON line and append it to the run's evals.jsonl. "
+                    "Unset options come from the checkpoint's config (its eval_* fields and seed).")
+    evaluate.add_argument("--checkpoint", required=True, help="FILE.pt, RUN, RUN:STEP or RUN:best")
+    evaluate.add_argument("--dataset", help="real data to compare with (default: eval_dataset or dataset)")
+    evaluate.add_argument("--metrics", type=_metric_list, help="comma-separated: fid,kid,is,pr,swd")
+    evaluate.add_argument("-n", "--n", type=int, help="number of samples (and real images)")
+    evaluate.add_argument("--seed", type=int, help="noise seed (default: the run's seed, as its evaluations)")
+    evaluate.add_argument("--evals", type=Path, help="JSONL file to append to (default: the run's evals.jsonl)")
+    _add_eval_options(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
+    stats = commands.add_parser("stats", help="precompute the real-data statistics evaluations use",
+                                description="Compute and cache the real side of the metrics for a data set.")
+    stats.add_argument("--dataset", required=True, help="dataset spec")
+    stats.add_argument("--imsize", type=int, required=True, choices=[32, 64, 128])
+    stats.add_argument("--center-crop", type=int, help="centre crop in source pixels before resizing")
+    stats.add_argument("-n", "--n", type=int, default=50_000, help="real images (default 50000, or all)")
+    stats.add_argument("--metrics", type=_metric_list, default=["fid", "swd"],
+                       help="whose statistics: any Inception metric (fid,kid,is,pr share one entry) and/or swd")
+    _add_eval_options(stats)
+    stats.set_defaults(func=cmd_stats)
 
     imports = commands.add_parser("import-checkpoint", help="convert another implementation's weights")
     imports.add_argument("--format", required=True, choices=["heykeetae"],

@@ -30,6 +30,8 @@ Count = Annotated[int, Field(ge=1, le=MAX_INT)]
 NonNegative = Annotated[int, Field(ge=0, le=MAX_INT)]
 Rate = Annotated[float, Field(ge=0.0)]
 Norm = Literal["spectral", "batch", "none"]
+# Quality metrics (sagan_core.metrics): Inception-based fid, kid, is, pr and the backbone-free swd.
+EvalMetric = Literal["fid", "kid", "is", "pr", "swd"]
 
 
 # Presets are plain overrides of the defaults above, named like torchtitan's model flavours.
@@ -79,7 +81,7 @@ class TrainConfig(BaseModel):
     """named starting point whose values replace these defaults: seed64 (the lab report), sagan32 and
     sagan128 (the same design at 32 and 128 pixels), debug32 (tiny, for tests)"""
     dataset: str = Field("synthetic", max_length=4096)
-    """synthetic[:N] | folder:PATH | lsun:PATH:CLASS | cifar10:PATH"""
+    """synthetic[:N] | shapes[:N] (built in) | folder:PATH | lsun:PATH:CLASS | cifar10:PATH"""
     center_crop: int | None = Field(None, ge=1, le=16384)
     """centre crop in source pixels before resizing (160 for aligned CelebA); null = none"""
     max_bad_images: float = Field(0.001, ge=0.0, le=1.0)
@@ -150,6 +152,17 @@ class TrainConfig(BaseModel):
     num_workers: NonNegative = 2
     """data-loader worker processes per rank"""
 
+    # Evaluation
+    eval_every: NonNegative = 0
+    """steps between sample-quality evaluations written to evals.jsonl (and metrics.jsonl); 0 = off"""
+    eval_metrics: list[EvalMetric] = Field(["swd"], min_length=1)
+    """metrics of each evaluation: fid, kid, is, pr (Inception, need SAGAN_INCEPTION_WEIGHTS), swd (no weights);
+    the first one picks the run's best checkpoint"""
+    eval_n: Count = 10_000
+    """generated samples per evaluation, compared with as many real images"""
+    eval_dataset: str | None = Field(None, max_length=4096)
+    """data set the samples are compared with (a dataset spec); null = the training set"""
+
     # Execution
     nproc: Count = 1
     """training processes (torchrun); batch_size is split over them"""
@@ -170,13 +183,22 @@ class TrainConfig(BaseModel):
             raise ValueError("Input should be 32, 64 or 128")  # noqa: TRY004 (pydantic wants ValueError)
         return value
 
-    @field_validator("dataset")
+    @field_validator("dataset", "eval_dataset")
     @classmethod
-    def _dataset_syntax(cls, value: str) -> str:
+    def _dataset_syntax(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             dataset_paths(value)  # syntax only: nothing is opened here
         except DatasetError as error:
             raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("eval_metrics")
+    @classmethod
+    def _distinct_metrics(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a metric twice")
         return value
 
     @field_validator("g_conv_dim", "d_conv_dim")

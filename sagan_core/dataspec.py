@@ -1,15 +1,20 @@
 """Dataset spec strings, parsed without torch: the API checks submitted specs with this alone.
 
-Specs: `synthetic` | `synthetic:N` | `folder:PATH` | `lsun:PATH:CLASS` | `cifar10:PATH` (see data.py).
+Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS` | `cifar10:PATH` (see data.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
-KINDS = ("synthetic", "folder", "lsun", "cifar10")
-SPEC_FORMS = "synthetic, synthetic:N, folder:PATH, lsun:PATH:CLASS, cifar10:PATH"
+KINDS = ("synthetic", "shapes", "folder", "lsun", "cifar10")
+BUILT_IN = ("synthetic", "shapes")  # drawn on the fly, no files; N images (default DEFAULT_SYNTHETIC_SIZE)
+SPEC_FORMS = "synthetic, synthetic:N, shapes, shapes:N, folder:PATH, lsun:PATH:CLASS, cifar10:PATH"
 DEFAULT_SYNTHETIC_SIZE = 10_000
+# Bump when the built-in data sets draw differently: cached real statistics of the old drawing then stop matching.
+SYNTHETIC_VERSION = 1
 
 
 class DatasetError(ValueError):
@@ -20,7 +25,7 @@ def dataset_paths(spec: str) -> list[str]:
     """The filesystem paths a spec reads from, as written in the spec (the API checks them against its
     allowed data roots). LSUN classes may not contain a path separator, so PATH covers PATH/CLASS_lmdb."""
     kind, arg = parse_spec(spec)
-    if kind == "synthetic":
+    if kind in BUILT_IN:
         synthetic_size(spec, arg)
         return []
     if kind == "lsun":
@@ -29,12 +34,12 @@ def dataset_paths(spec: str) -> list[str]:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split a spec into (kind, argument); the argument is '' only for plain `synthetic`."""
+    """Split a spec into (kind, argument); the argument is '' only for a plain built-in kind."""
     kind, sep, arg = spec.partition(":")
     if kind not in KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r} in spec {spec!r}; valid kinds: {', '.join(KINDS)} "
                            f"(forms: {SPEC_FORMS})")
-    if (sep or kind != "synthetic") and not arg:
+    if (sep or kind not in BUILT_IN) and not arg:
         raise _malformed(spec)
     return kind, arg
 
@@ -47,7 +52,7 @@ def synthetic_size(spec: str, arg: str) -> int:
     if not arg:
         return DEFAULT_SYNTHETIC_SIZE
     if not arg.isdigit() or int(arg) < 1:
-        raise DatasetError(f"malformed dataset spec {spec!r}: synthetic:N needs an integer N >= 1")
+        raise DatasetError(f"malformed dataset spec {spec!r}: {spec.partition(':')[0]}:N needs an integer N >= 1")
     return int(arg)
 
 
@@ -59,3 +64,26 @@ def split_lsun(spec: str, arg: str) -> tuple[str, str]:
         raise DatasetError(f"malformed dataset spec {spec!r}: expected lsun:PATH:CLASS, "
                            "e.g. lsun:/data/lsun:church_outdoor_train")
     return root, category
+
+
+def dataset_fingerprint(spec: str) -> str:
+    """A cheap fingerprint of the data a spec reads: changes when its contents may have changed.
+
+    Synthetic data: its size and drawing version. Files: every file under the spec's paths with its size and
+    modification time (file names and stat only, nothing is read), so an LMDB, a CIFAR batch or an image
+    that is replaced, added or removed changes it.
+    """
+    kind, arg = parse_spec(spec)
+    digest = hashlib.sha256(kind.encode())
+    if kind in BUILT_IN:
+        digest.update(f":{synthetic_size(spec, arg)}:v{SYNTHETIC_VERSION}".encode())
+        return digest.hexdigest()
+    for root in dataset_paths(spec):
+        base = Path(root).resolve()
+        if not base.exists():
+            raise DatasetError(f"dataset path does not exist: {root}")
+        files = [base] if base.is_file() else sorted(path for path in base.rglob("*") if path.is_file())
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(base)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -1,11 +1,13 @@
 """Names inside a run directory, for the trainer and for whoever reads or prepares its files (the
 service's worker); standard library only, so a process that must not load torch can use them.
 
-    metrics.jsonl             one JSON line every log_every steps
+    metrics.jsonl             one JSON line every log_every steps (and one per evaluation)
+    evals.jsonl               one JSON line per quality evaluation (sagan_core.metrics)
     samples/step-<n>.png      sample grids
     checkpoints/step-<n>.pt   checkpoints
     checkpoints/step-<n>.pt.taken   another process has taken its copy (see save_checkpoint's hold)
     checkpoints/latest        the file name of the newest complete checkpoint
+    checkpoints/best          the file name of the checkpoint with the best evaluation (never rotated away)
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 from .files import atomic_write
 
 METRICS = "metrics.jsonl"
+EVALS = "evals.jsonl"
 SAMPLES = "samples"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"
 TAKEN_SUFFIX = ".taken"
 
 
@@ -55,12 +59,56 @@ def mark_taken(checkpoint: Path) -> None:
 
 def point_latest(checkpoint: Path) -> None:
     """Make `checkpoint` the run's latest, atomically (call it once the file is complete)."""
-    atomic_write(checkpoint.parent / LATEST, lambda f: f.write(checkpoint.name.encode()))
+    _point(checkpoint, LATEST)
+
+
+def point_best(checkpoint: Path) -> None:
+    """Make `checkpoint` the run's best, atomically (call it once the file is complete)."""
+    _point(checkpoint, BEST)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, or None before the first."""
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.exists():
+    return _pointed(run_dir, LATEST)
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of the best evaluation, or None before the first evaluation."""
+    return _pointed(run_dir, BEST)
+
+
+def _point(checkpoint: Path, pointer: str) -> None:
+    atomic_write(checkpoint.parent / pointer, lambda f: f.write(checkpoint.name.encode()))
+
+
+def _pointed(run_dir: Path, pointer: str) -> Path | None:
+    path = Path(run_dir) / CHECKPOINTS / pointer
+    if not path.exists():
         return None
-    return pointer.parent / pointer.read_text().strip()
+    return path.parent / path.read_text().strip()
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """`FILE.pt`, `RUN` (its latest), `RUN:STEP` or `RUN:best` as a checkpoint file path (which may not exist)."""
+    text = str(spec)
+    run, sep, which = text.rpartition(":")
+    if sep and run and (which == BEST or which.isdigit()) and Path(run).is_dir():
+        if which == BEST:
+            best = best_checkpoint(Path(run))
+            if best is None:
+                raise FileNotFoundError(f"run directory {run} has no best checkpoint (no evaluation yet)")
+            return best
+        return checkpoint_path(Path(run), int(which))
+    path = Path(text)
+    if path.is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in run directory {path}")
+        return latest
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory holding a checkpoint file, if it sits in one."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else None

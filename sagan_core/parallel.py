@@ -6,6 +6,7 @@ process with no process group at all.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -168,3 +169,57 @@ def any_rank(flag: bool, ctx: DistContext, group: dist.ProcessGroup | None) -> b
     value = torch.tensor([int(flag)])
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
     return bool(value.item())
+
+
+def share(total: int, ctx: DistContext) -> range:
+    """This rank's contiguous share of items 0..total-1 (the first total % world_size ranks take one more)."""
+    base, extra = divmod(total, ctx.world_size)
+    start = ctx.rank * base + min(ctx.rank, extra)
+    return range(start, start + base + (ctx.rank < extra))
+
+
+GATHER_CHUNK_BYTES = 64 << 20
+
+
+def gather_rows(local: torch.Tensor, ctx: DistContext) -> torch.Tensor | None:
+    """Rank 0 gets every rank's rows concatenated in rank order (with `share`: global item order); other ranks
+    get None. A rank with no rows may pass any empty tensor. Sent in chunks of about 64 MiB (on the GPU with
+    NCCL), so memory beyond the result stays small."""
+    if not ctx.distributed:
+        return local
+    device = ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
+    # Rows and up to four trailing dimensions of every rank (-1 pads), to agree on the row shape.
+    mine = [local.shape[0], *local.shape[1:], *[-1] * (5 - local.dim())] if local.numel() else [0, *[-1] * 4]
+    shapes = [torch.zeros(5, dtype=torch.long, device=device) for _ in range(ctx.world_size)]
+    dist.all_gather(shapes, torch.tensor(mine, device=device))
+    sizes = [int(shape[0]) for shape in shapes]
+    if max(sizes) == 0:
+        return local if ctx.is_main else None
+    row_shape = [int(d) for d in shapes[sizes.index(max(sizes))][1:] if d >= 0]
+    row_bytes = max(1, math.prod(row_shape) * local.element_size())
+    chunk = max(1, GATHER_CHUNK_BYTES // row_bytes)
+    parts: list[list[torch.Tensor]] = [[] for _ in range(ctx.world_size)]
+    for start in range(0, max(sizes), chunk):
+        rows = min(chunk, max(sizes) - start)
+        piece = torch.zeros((rows, *row_shape), dtype=local.dtype, device=device)
+        if local.numel():
+            sent = local[start:start + rows]
+            piece[:sent.shape[0]] = sent.to(device)
+        received = [torch.empty_like(piece) for _ in range(ctx.world_size)] if ctx.is_main else None
+        dist.gather(piece, received, dst=0)
+        if received is not None:
+            for rank, tensor in enumerate(received):
+                parts[rank].append(tensor[:max(0, min(rows, sizes[rank] - start))].cpu())
+    if not ctx.is_main:
+        return None
+    return torch.cat([part for rank_parts in parts for part in rank_parts])
+
+
+def broadcast_flags(flags: list[bool], ctx: DistContext) -> list[bool]:
+    """Rank 0's flags on every rank."""
+    if not ctx.distributed:
+        return flags
+    device = ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
+    tensor = torch.tensor([int(flag) for flag in flags], device=device)
+    dist.broadcast(tensor, src=0)
+    return [bool(value) for value in tensor.tolist()]

@@ -33,12 +33,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint import read_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .checkpoint import prune_checkpoints, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, build_config, read_config_file
 from .data import BadImageLog, Skipped, SkipUnreadable, build_dataset, collate_readable
 from .dataspec import DatasetError
-from .layout import METRICS, latest_checkpoint, sample_path
+from .layout import EVALS, METRICS, checkpoint_path, latest_checkpoint, point_best, sample_path
 from .losses import D_LOSSES, G_LOSSES, gradient_penalty
+from .metrics.evaluate import EvalPlan, Evaluator
+from .metrics.runs import append_jsonl, best_eval, headline, improves, keep_steps_up_to
 from .models import Discriminator, Generator, attention_gammas
 from .parallel import (
     DistContext,
@@ -52,14 +54,10 @@ from .parallel import (
     wrap_ddp,
 )
 from .sampling import fixed_noise, generate, write_grid
+from .seeding import seeded
 
 # EX_TEMPFAIL: stopped by SIGTERM with a checkpoint at the step it stopped; run again with --resume.
 EXIT_STOPPED = 75
-
-
-def seeded(*parts: int) -> torch.Generator:
-    """A CPU generator seeded by a tuple of ints (tuple hashes of ints are stable across runs)."""
-    return torch.Generator().manual_seed(hash(parts) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -271,12 +269,24 @@ def share_bad_images(state: TrainState) -> Skipped:
 
 
 class RunWriter:
-    """Rank 0's files in the run directory: metrics.jsonl, sample grids, checkpoints."""
+    """Rank 0's files in the run directory: metrics.jsonl, evals.jsonl, sample grids, checkpoints.
 
-    def __init__(self, out_dir: Path, state: TrainState, *, hold_checkpoints: bool = False) -> None:
+    A resumed run first cuts both JSONL files back to its checkpoint's step, so the steps it trains again are
+    neither logged nor evaluated twice; a fresh run starts them anew. The best evaluation so far (and the
+    `best` pointer) come from the evaluations kept. `hold_checkpoints`: see prune_checkpoints' `hold_untaken`.
+    """
+
+    def __init__(self, out_dir: Path, state: TrainState, *, resumed: bool, hold_checkpoints: bool = False) -> None:
         self.out_dir, self.state, self.hold_checkpoints = out_dir, state, hold_checkpoints
         self.sample_z = fixed_noise(64, state.config.z_dim, state.config.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
+        last_kept = state.step if resumed else -1
+        keep_steps_up_to(out_dir / METRICS, last_kept)
+        best = best_eval(keep_steps_up_to(out_dir / EVALS, last_kept), state.config.eval_metrics)
+        self.best_value = None if best is None else headline(state.config.eval_metrics, best)
+        if best is not None and checkpoint_path(out_dir, best["step"]).exists():
+            point_best(checkpoint_path(out_dir, best["step"]))
+        self.checkpointed_step: int | None = None
         # Open for the whole run (line-buffered, so readers see each line); close() ends it.
         self.metrics = open(out_dir / METRICS, "a", buffering=1)  # noqa: SIM115
 
@@ -292,32 +302,69 @@ class RunWriter:
         generator = self.state.ema if self.state.ema is not None else self.state.generator
         write_grid(generate(generator, self.sample_z), sample_path(self.out_dir, self.state.step))
 
-    def checkpoint(self) -> None:
-        save_checkpoint(self.out_dir, self.state.checkpoint_payload(), self.state.config.keep_checkpoints,
-                        hold_untaken=self.hold_checkpoints)
+    def checkpoint(self) -> Path:
+        """Save this step's checkpoint (once per step)."""
+        state = self.state
+        if self.checkpointed_step != state.step:
+            save_checkpoint(self.out_dir, state.checkpoint_payload(), state.config.keep_checkpoints,
+                            hold_untaken=self.hold_checkpoints)
+            self.checkpointed_step = state.step
+        return checkpoint_path(self.out_dir, state.step)
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        """Record an evaluation of this step; a new best also saves this step's checkpoint and points `best`
+        at it. The line goes first: a crash before the checkpoint leaves a line the resume cuts off and
+        evaluates again, a crash after it leaves a checkpoint whose evaluation is on record."""
+        state, metrics = self.state, self.state.config.eval_metrics
+        line = {"step": state.step, "source": "train",
+                "generator": "ema" if state.ema is not None else "generator", **record, "time": time.time()}
+        append_jsonl(self.out_dir / EVALS, line)
+        self.metrics.write(json.dumps({"step": state.step, "total_steps": state.config.steps,
+                                       "eval": record["metrics"], "time": line["time"]}) + "\n")
+        value = headline(metrics, line)
+        if improves(metrics, value, self.best_value):
+            self.best_value = value
+            point_best(self.checkpoint())
+            # The previous best may go now.
+            prune_checkpoints(self.out_dir, state.config.keep_checkpoints, hold_untaken=self.hold_checkpoints)
 
     def close(self) -> None:
         self.metrics.close()
 
 
+def build_evaluator(config: TrainConfig, ctx: DistContext) -> Evaluator | None:
+    """The run's evaluator when eval_every > 0; a missing Inception weights file fails here, before training."""
+    if config.eval_every == 0:
+        return None
+    plan = EvalPlan(tuple(config.eval_metrics), n=config.eval_n, dataset=config.eval_dataset or config.dataset,
+                    imsize=config.imsize, center_crop=config.center_crop, seed=config.seed,
+                    num_workers=config.num_workers)
+    return Evaluator(plan, ctx)
+
+
 def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
           hold_checkpoints: bool = False) -> TrainState:
-    """Train to config.steps, writing metrics, samples and checkpoints into out_dir (rank 0).
+    """Train to config.steps, writing metrics, evaluations, samples and checkpoints into out_dir (rank 0).
 
     A SIGTERM during the loop ends it early (state.step < config.steps) with a checkpoint at that step.
-    `hold_checkpoints`: see save_checkpoint's `hold_untaken`.
+    `hold_checkpoints`: see prune_checkpoints' `hold_untaken`.
     """
     ctx = init_distributed(config.device)
     try:
         dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
+        evaluator = build_evaluator(config, ctx)
         state = build_state(config, ctx, len(dataset))
-        if resume and (found := latest_checkpoint(out_dir)) is not None:
+        found = latest_checkpoint(out_dir) if resume else None
+        if found is not None:
             state.restore(read_checkpoint(found))
-        writer = RunWriter(out_dir, state, hold_checkpoints=hold_checkpoints) if ctx.is_main else None
+        writer = (RunWriter(out_dir, state, resumed=found is not None, hold_checkpoints=hold_checkpoints)
+                  if ctx.is_main else None)
         try:
+            if evaluator is not None and found is None:  # the untrained baseline, step 0
+                _evaluate(state, evaluator, writer)
             batches = real_batches(dataset, state)  # data-loader workers start here, before the handler
             with StopOnSigterm(ctx) as stop:
-                _loop(state, batches, writer, stop)
+                _loop(state, batches, writer, stop, evaluator)
         finally:
             if writer is not None:
                 writer.close()
@@ -350,8 +397,15 @@ class StopOnSigterm:
         return any_rank(self.requested, self.ctx, self.group)
 
 
+def _evaluate(state: TrainState, evaluator: Evaluator, writer: RunWriter | None) -> None:
+    """Every rank generates its share; rank 0 records the result."""
+    record = evaluator.evaluate(state.ema if state.ema is not None else state.generator, state.config.z_dim)
+    if writer is not None:
+        writer.evaluation(record)
+
+
 def _loop(state: TrainState, batches: Iterator[torch.Tensor], writer: RunWriter | None,
-          stop: StopOnSigterm) -> None:
+          stop: StopOnSigterm, evaluator: Evaluator | None = None) -> None:
     config = state.config
     progress = _progress_bar(state, writer)
     window_start, window_steps = time.perf_counter(), 0
@@ -367,6 +421,10 @@ def _loop(state: TrainState, batches: Iterator[torch.Tensor], writer: RunWriter 
         stats = train_step(state, batches)
         window_steps += 1
         last = state.step == config.steps
+        if evaluator is not None and (state.step % config.eval_every == 0 or last):
+            evaluation_start = time.perf_counter()
+            _evaluate(state, evaluator, writer)
+            window_start += time.perf_counter() - evaluation_start  # img/s counts training time only
         logging_now = state.step % config.log_every == 0 or last
         # A collective under DDP: there only on log steps, which wait for every rank anyway.
         if logging_now or not state.ctx.distributed:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -125,6 +125,20 @@ def heartbeat(session: Session, *, job_id: str, worker_id: str, lease_seconds: f
     return Lease(held=True, cancel_requested=bool(cancel))
 
 
+def record_evals(session: Session, *, job_id: str, worker_id: str, latest: dict[str, Any] | None,
+                 best: dict[str, Any] | None) -> bool:
+    """Copy a running job's newest and best evaluation into its row, if this worker owns it. A best
+    evaluation is recorded only once its checkpoint is committed, so `"step": "best"` always finds one
+    (and checkpoint rotation in the store keeps it: see drop_old_checkpoints)."""
+    values: dict[str, Any] = {"latest_eval": latest, "updated_at": utcnow()}
+    if best is not None and get_artifact(session, job_id=job_id, kind="checkpoint", step=best["step"]):
+        values["best_eval"] = best
+    result = session.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+                             .values(**values).execution_options(synchronize_session=False))
+    session.commit()
+    return result.rowcount == 1
+
+
 def record_artifact(session: Session, *, job_id: str, kind: str, step: int, key: str) -> None:
     """Note a stored artifact; a checkpoint also moves the job's latest-checkpoint pointer forward.
 
@@ -154,11 +168,16 @@ def get_artifact(session: Session, *, job_id: str, kind: str, step: int) -> Arti
                                                  Artifact.step == step))
 
 
-def committed_checkpoint(session: Session, *, job_id: str, step: int | None) -> Artifact:
-    """The committed checkpoint a sampling job reads (the latest when step is None), or JobConflict."""
+def committed_checkpoint(session: Session, *, job_id: str, step: int | Literal["best"] | None) -> Artifact:
+    """The committed checkpoint a sampling or eval job reads (the latest when step is None, the best
+    evaluation's for "best"), or JobConflict."""
     job = get_job(session, job_id)
     if job.kind != "train":
         raise JobConflict(f"job {job_id} is a {job.kind} job and has no checkpoints")
+    if step == "best":
+        if job.best_eval is None:
+            raise JobConflict(f"job {job_id} has no evaluated checkpoint yet (it evaluates every eval_every steps)")
+        step = job.best_eval["step"]
     step = job.latest_checkpoint_step if step is None else step
     artifact = None if step is None else get_artifact(session, job_id=job_id, kind="checkpoint", step=step)
     if artifact is None:
@@ -220,12 +239,14 @@ def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
 
 
 def drop_old_checkpoints(session: Session, *, job_id: str, keep: int) -> list[int]:
-    """Forget all but the newest `keep` committed checkpoints; return the steps to delete from the store.
+    """Forget all but the newest `keep` committed checkpoints and the best evaluation's; return the steps
+    to delete from the store.
 
     The rows go first, so the API never offers a checkpoint whose files are being deleted.
     """
+    best = get_job(session, job_id).best_eval
     steps = [artifact.step for artifact in list_artifacts(session, job_id=job_id, kind="checkpoint")]
-    dropped = steps[:-keep]
+    dropped = [step for step in steps[:-keep] if best is None or step != best["step"]]
     if dropped:
         session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint",
                                                Artifact.step.in_(dropped)))

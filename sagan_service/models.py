@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-KINDS = ("train", "sample")
+KINDS = ("train", "sample", "eval")
 
 
 def utcnow() -> datetime:
@@ -39,7 +39,8 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
     queue: Mapped[str] = mapped_column(String(64), default="default")
-    # train: the full TrainConfig dict; sample: {"job_id", "step", "n", "seed"} with the step resolved.
+    # train: the full TrainConfig dict; sample: {"job_id", "step", "n", "seed"} with the step resolved;
+    # eval: {"job_id", "step", "dataset", "metrics", "n", "seed"}, the step resolved.
     spec: Mapped[dict[str, Any]] = mapped_column()
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
 
@@ -61,6 +62,10 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column()
     # Moves only after the checkpoint's commit marker is stored.
     latest_checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    # The newest evaluation record and the best one (a training job's, by its first eval metric; the best
+    # one's checkpoint is committed); an eval job's result is its latest.
+    latest_eval: Mapped[dict[str, Any] | None] = mapped_column()
+    best_eval: Mapped[dict[str, Any] | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
     log_tail: Mapped[str | None] = mapped_column(Text)
 

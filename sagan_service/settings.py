@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(10.0, ge=0)
     # GPUs a worker may use (CUDA_VISIBLE_DEVICES=0..N-1 for its jobs); None = whatever it sees.
     gpus: int | None = Field(None, ge=0)
+    # The FID Inception weights file (pt_inception-2015-12-05-6726825d.pth) for FID/KID/IS/PR evaluations;
+    # workers pass it to their jobs (sagan_core reads the same variable). None: SWD only.
+    inception_weights: Path | None = None
     # Redis redelivers an unacknowledged task after this long: keep it above the longest job.
     visibility_timeout: int = Field(7 * 24 * 3600, gt=0)
     # A running job rides out an unreachable database or artifact store (training goes on, artifacts

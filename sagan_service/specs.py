@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sagan_core.config import ConfigError, TrainConfig, build_config
-from sagan_core.dataspec import dataset_paths
+from sagan_core.dataspec import DatasetError, dataset_paths
 
 
 class SpecError(ValueError):
@@ -32,12 +32,36 @@ def validate_train_config(raw: dict[str, Any], *, data_roots: list[Path]) -> dic
 
 
 def _check_dataset(config: TrainConfig, data_roots: list[Path]) -> None:
-    for path in dataset_paths(config.dataset):  # the syntax was checked with the config
+    check_dataset_spec(config.dataset, "config.dataset", data_roots)
+    if config.eval_dataset is not None:
+        check_dataset_spec(config.eval_dataset, "config.eval_dataset", data_roots)
+
+
+def check_dataset_spec(spec: str, field: str, data_roots: list[Path]) -> None:
+    """A dataset spec's syntax and paths: absolute, under the allowed roots, existing; SpecError on `field`."""
+    name = field.rpartition(".")[2]
+    try:
+        paths = dataset_paths(spec)
+    except DatasetError as error:
+        raise SpecError(field, f"{name}: {error}") from None
+    for path in paths:
         if not Path(path).is_absolute():  # the trainer runs elsewhere, in another directory
-            raise SpecError("config.dataset", f"dataset: path {path} must be absolute")
+            raise SpecError(field, f"{name}: path {path} must be absolute")
         resolved = Path(path).expanduser().resolve()
         if not any(resolved.is_relative_to(root) for root in data_roots):
-            raise SpecError("config.dataset", f"dataset: path {path} is outside the allowed data roots "
-                                              f"(SAGAN_DATA_ROOTS={','.join(map(str, data_roots))})")
+            raise SpecError(field, f"{name}: path {path} is outside the allowed data roots "
+                                   f"(SAGAN_DATA_ROOTS={','.join(map(str, data_roots))})")
         if not resolved.exists():
-            raise SpecError("config.dataset", f"dataset: path does not exist: {path}")
+            raise SpecError(field, f"{name}: path does not exist: {path}")
+
+
+def eval_job_spec(source_config: dict[str, Any], *, job_id: str, step: int, dataset: str | None,
+                  metrics: list[str] | None, n: int | None, data_roots: list[Path]) -> dict[str, Any]:
+    """An eval job's spec: what it measures on the source training job's checkpoint at `step`; unset values
+    come from the source's config (its eval_* fields and seed), so results compare with its own evaluations."""
+    config = build_config(source_config)
+    if dataset is not None:
+        check_dataset_spec(dataset, "dataset", data_roots)
+    return {"job_id": job_id, "step": step, "dataset": dataset or config.eval_dataset or config.dataset,
+            "metrics": metrics or config.eval_metrics, "n": n or config.eval_n, "seed": config.seed,
+            "imsize": config.imsize, "center_crop": config.center_crop}

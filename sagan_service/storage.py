@@ -4,7 +4,9 @@ Layout per job (keys relative to the store root):
     jobs/<id>/checkpoints/step-<n>/model.pt   then   jobs/<id>/checkpoints/step-<n>/COMMITTED
     jobs/<id>/samples/step-<n>.png
     jobs/<id>/metrics.jsonl
+    jobs/<id>/evals.jsonl                     a training job's evaluations, or an eval job's result
     jobs/<id>/logs/attempt-<k>.log
+    stats/<entry name>                        cached real-data statistics, shared by every job on that data
 A checkpoint counts only once its COMMITTED marker exists: a single PUT is atomic, a directory is not.
 
 A store that cannot be reached (S3: no connection, a timeout, a 5xx; a folder: not writable) raises
@@ -46,6 +48,15 @@ def sample_key(job_id: str, step: int) -> str:
 
 def metrics_key(job_id: str) -> str:
     return f"jobs/{job_id}/metrics.jsonl"
+
+
+def evals_key(job_id: str) -> str:
+    return f"jobs/{job_id}/evals.jsonl"
+
+
+def stats_key(entry_name: str) -> str:
+    """A real-statistics cache entry (sagan_core.metrics.cache.StatsKey.name); not per job: keyed by the data."""
+    return f"stats/{entry_name}"
 
 
 def log_key(job_id: str, attempt: int) -> str:

@@ -293,6 +293,19 @@ def test_named_volumes_are_declared_and_used() -> None:
     assert "/data" in SERVICES["minio"]["command"]
 
 
+def test_workers_find_the_inception_weights_in_the_models_folder() -> None:
+    from sagan_core.metrics.weights import FILE_NAME
+
+    for name in ("worker", "worker-cpu"):
+        service = SERVICES[name]
+        assert "./models:/models:ro" in service["volumes"], name  # MODELS_DIR's default
+        assert service_env(name)["SAGAN_INCEPTION_WEIGHTS"] == f"/models/{FILE_NAME}", name
+    assert "SAGAN_INCEPTION_WEIGHTS" not in service_env("api")  # the API never evaluates
+    assert "models" in (ROOT / ".dockerignore").read_text().split()  # the weights stay out of the images
+    readme = (ROOT / "README.md").read_text().split("## Run the full stack", 1)[1]
+    assert f"models/{FILE_NAME}" in readme
+
+
 def test_port_map() -> None:
     # Only what a person opens: Postgres and Redis stay inside the compose network.
     assert published_ports() == {8000: "api", 9000: "minio", 9001: "minio"}

@@ -290,7 +290,7 @@ def test_cifar10_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("imagenet:/data", "unknown dataset kind 'imagenet'.*synthetic, folder, lsun, cifar10"),
+    ("imagenet:/data", "unknown dataset kind 'imagenet'.*synthetic, shapes, folder, lsun, cifar10"),
     ("", "unknown dataset kind ''"),
     ("folder", "malformed dataset spec 'folder'"),
     ("folder:", "malformed dataset spec 'folder:'"),

@@ -4,8 +4,10 @@ The supervisor hands over each sample grid and checkpoint as soon as it appears:
 outbox folder (then the trainer may rotate its own copy away; see `--hold-checkpoints`). One thread
 stores them in order: a sample grid, then its row; a checkpoint's metrics first (a resumed attempt
 finds the series up to it), then the checkpoint, its commit marker and its row (the job's pointer
-moves), then keep_checkpoints rotation in the store. The metrics series and the attempt's log follow
-every few seconds. A store or database that cannot be reached is waited out with backoff while the
+moves), then the evaluations (the job row's latest and best: a best evaluation only once its
+checkpoint is committed), then keep_checkpoints rotation in the store, which keeps the best evaluation's
+checkpoint. The metrics and evaluation series, new real-data statistics (stats/<entry>, shared by every
+job on the same data) and the attempt's log follow every few seconds. A store or database that cannot be reached is waited out with backoff while the
 training goes on and the outbox grows; past the outage window the thread stops and `error` says why.
 """
 
@@ -24,10 +26,11 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from sagan_core import layout
+from sagan_core.metrics.runs import best_eval, read_jsonl
 from sagan_service import jobs
 from sagan_service.models import Job
 from sagan_service.settings import Settings
-from sagan_service.storage import ArtifactStore, log_key, metrics_key, sample_key
+from sagan_service.storage import ArtifactStore, evals_key, log_key, metrics_key, sample_key, stats_key
 
 from .outages import Outage, describe_database, retry
 
@@ -50,9 +53,9 @@ class Stopped(Exception):
 
 class Outbox:
     def __init__(self, job: Job, settings: Settings, store: ArtifactStore, sessions: sessionmaker[Session],
-                 folder: Path, run_dir: Path, log_path: Path) -> None:
-        self.job, self.store, self.sessions = job, store, sessions
-        self.folder, self.run_dir, self.log_path = folder, run_dir, log_path
+                 worker_id: str, folder: Path, run_dir: Path, log_path: Path, stats_dir: Path) -> None:
+        self.job, self.store, self.sessions, self.worker_id = job, store, sessions, worker_id
+        self.folder, self.run_dir, self.log_path, self.stats_dir = folder, run_dir, log_path, stats_dir
         self.interval = settings.heartbeat_seconds
         self.keep = job.spec.get("keep_checkpoints") if job.kind == "train" else None
         self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
@@ -60,7 +63,9 @@ class Outbox:
         self.items: queue.Queue[Any] = queue.Queue()
         self.flushed, self.closing = threading.Event(), threading.Event()
         self.error: BaseException | None = None
-        self.stored_sizes: dict[str, int] = {}  # metrics and log: the size last stored
+        self.stored_sizes: dict[str, int] = {}  # metrics, evaluations and log: the size last stored
+        self.recorded_evals_size = 0
+        self.stored_stats: set[str] = set()
         self.names = itertools.count()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.thread = threading.Thread(target=self._run, name=f"outbox-{job.id}", daemon=True)
@@ -122,9 +127,12 @@ class Outbox:
             self._retry(lambda: self.store.put_file(key, item.path), self.store_outage)
         else:
             self._store_metrics()
+            self._store_evals()
             key = self._retry(lambda: self.store.commit_checkpoint(job_id, item.step, item.path), self.store_outage)
         self._retry(lambda: self._record(item.kind, item.step, key), self.db_outage)
         item.path.unlink(missing_ok=True)
+        if item.kind == "checkpoint":
+            self._record_evals(checkpoint_committed=True)  # its evaluation may be the new best
         if item.kind == "checkpoint" and self.keep:
             dropped = self._retry(self._drop_old_checkpoints, self.db_outage)
             for step in dropped:
@@ -140,17 +148,54 @@ class Outbox:
 
     def _store_files(self) -> None:
         self._store_metrics()
+        self._store_evals()
+        self._record_evals()
+        self._store_stats()
         self._store_log()
 
     def _store_metrics(self) -> None:
-        path = self.run_dir / layout.METRICS
-        if self.job.kind != "train" or not path.exists():
+        if self.job.kind == "train":
+            self._store_series("metrics", self.run_dir / layout.METRICS, metrics_key(self.job.id))
+
+    def _store_evals(self) -> None:
+        self._store_series("evals", self.run_dir / layout.EVALS, evals_key(self.job.id))
+
+    def _store_series(self, name: str, path: Path, key: str) -> None:
+        """Store the complete lines of a JSONL file the trainer appends to, if it grew."""
+        if not path.exists():
             return
         data = path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]  # the trainer may be mid-line
-        if self.stored_sizes.get("metrics") != len(complete):
-            self._retry(lambda: self.store.put_bytes(metrics_key(self.job.id), complete), self.store_outage)
-            self.stored_sizes["metrics"] = len(complete)
+        if self.stored_sizes.get(name) != len(complete):
+            self._retry(lambda: self.store.put_bytes(key, complete), self.store_outage)
+            self.stored_sizes[name] = len(complete)
+
+    def _record_evals(self, *, checkpoint_committed: bool = False) -> None:
+        """Copy the newest and the best evaluation into the job's row when the file grew, or when a checkpoint
+        was just committed (jobs.record_evals keeps a best whose checkpoint is not committed out of it)."""
+        path = self.run_dir / layout.EVALS
+        size = path.stat().st_size if path.exists() else 0
+        if size == 0 or (size == self.recorded_evals_size and not checkpoint_committed):
+            return
+        records = read_jsonl(path)
+        best = best_eval(records, self.job.spec.get("eval_metrics", [])) if self.job.kind == "train" else None
+
+        def record() -> None:
+            with self.sessions() as session:
+                jobs.record_evals(session, job_id=self.job.id, worker_id=self.worker_id,
+                                  latest=records[-1] if records else None, best=best)
+
+        self._retry(record, self.db_outage)
+        self.recorded_evals_size = size
+
+    def _store_stats(self) -> None:
+        """Store real-data statistics the job computed, for every later job on the same data."""
+        for path in sorted(self.stats_dir.glob("*.npz")):
+            if path.name not in self.stored_stats:
+                key = stats_key(path.name)
+                if not self._retry(lambda key=key: self.store.exists(key), self.store_outage):  # not fetched
+                    self._retry(lambda key=key, path=path: self.store.put_file(key, path), self.store_outage)
+                self.stored_stats.add(path.name)
 
     def _store_log(self) -> None:
         if self.log_path.exists() and self.stored_sizes.get("log") != (size := self.log_path.stat().st_size):

@@ -1,7 +1,8 @@
 """One attempt of one job: claim it, run its process tree, mirror its files to the store, settle it.
 
 The loop polls the training directory and hands every new sample grid and checkpoint to the outbox,
-which stores them in order from its own thread (worker/outbox.py); every heartbeat interval it renews
+which stores them in order from its own thread, with the metrics, the evaluations and new real-data
+statistics (worker/outbox.py); every heartbeat interval it renews
 the lease, copies progress into the row and reads the cancel flag. An attempt ends when
 - the training exits: succeeded or failed, once everything it wrote is stored;
 - a cancel arrives: the whole process tree is stopped (SIGTERM, SIGKILL after the grace period);
@@ -33,6 +34,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from sagan_core import layout
+from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
+from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.models import Job
@@ -42,9 +45,11 @@ from sagan_service.storage import (
     ArtifactStore,
     StoreUnavailable,
     checkpoint_key,
+    evals_key,
     log_key,
     metrics_key,
     open_store,
+    stats_key,
 )
 
 from .outages import DependencyDown, Outage, describe_database, is_transient, retry
@@ -112,6 +117,9 @@ class Attempt:
         self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
         self.sample_versions: dict[str, tuple[int, int]] = {}
         self.taken_step = job.resumed_from_step or 0  # the newest checkpoint handed to the outbox
+        # Real-data statistics shared through the store (stats/<entry>): the ones there are fetched before
+        # the job starts; the outbox stores new ones.
+        self.stats_dir = workdir / "stats"
         self.progress: dict[str, Any] = {}
         self.process: subprocess.Popen | None = None
         self.tree: ProcessTree | None = None
@@ -124,8 +132,8 @@ class Attempt:
         try:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
-                self.outbox = Outbox(self.job, self.settings, self.store, self.sessions,
-                                     self.workdir / "outbox", self.out, self.log_path)
+                self.outbox = Outbox(self.job, self.settings, self.store, self.sessions, self.worker_id,
+                                     self.workdir / "outbox", self.out, self.log_path, self.stats_dir)
                 command = self.prepare()
                 if self.worker_stopping():
                     status = HANDED_BACK
@@ -161,6 +169,14 @@ class Attempt:
         """Write the inputs into the work directory and return the command to run."""
         spec = self.job.spec
         self.continue_log()
+        self.fetch_stats()
+        if self.job.kind == "eval":
+            checkpoint = self.workdir / "model.pt"
+            self.from_store(lambda: self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint))
+            return [sys.executable, "-m", "sagan_core.cli", "eval", "--checkpoint", str(checkpoint),
+                    "--dataset", spec["dataset"], "--metrics", ",".join(spec["metrics"]), "-n", str(spec["n"]),
+                    "--seed", str(spec["seed"]), "--evals", str(self.out / layout.EVALS),
+                    "--stats-cache", str(self.stats_dir)]
         if self.job.kind == "sample":
             checkpoint = self.workdir / "model.pt"
             self.from_store(lambda: self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint))
@@ -182,17 +198,44 @@ class Attempt:
         return [*command, "--resume"]
 
     def restore(self, step: int) -> None:
-        """Lay out the last committed checkpoint (and the metrics up to it) as the trainer left them."""
+        """Lay out the last committed checkpoint (and the metrics and evaluations up to it) as the trainer
+        left them, so its metrics.jsonl and evals.jsonl go on without a gap."""
         checkpoint = layout.checkpoint_path(self.out, step)
         self.from_store(lambda: self.store.download(checkpoint_key(self.job.id, step), checkpoint))
         layout.point_latest(checkpoint)
         layout.mark_taken(checkpoint)  # it is in the store already
-        try:
-            lines = self.from_store(lambda: self.store.get_bytes(metrics_key(self.job.id))).decode().splitlines()
-        except LookupError:
-            lines = []
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        (self.out / layout.METRICS).write_text("".join(line + "\n" for line in kept))
+        for key, name in ((metrics_key(self.job.id), layout.METRICS), (evals_key(self.job.id), layout.EVALS)):
+            try:
+                lines = self.from_store(lambda key=key: self.store.get_bytes(key)).decode().splitlines()
+            except LookupError:
+                lines = []
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+            (self.out / name).write_text("".join(line + "\n" for line in kept))
+
+    def fetch_stats(self) -> None:
+        """Lay out the store's cached real statistics for the evaluations this job will run."""
+        self.stats_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self.stats_keys():
+            with contextlib.suppress(ArtifactNotFound):
+                self.from_store(lambda entry=entry: self.store.download(stats_key(entry.name),
+                                                                        self.stats_dir / entry.name))
+
+    def stats_keys(self) -> list[StatsKey]:
+        """The cache entries the job's evaluations read. A missing or wrong Inception weights file fails the
+        job here, once, with the message that says what to do (InceptionWeightsError)."""
+        spec = self.job.spec
+        if self.job.kind == "eval":
+            metrics, dataset, n = spec["metrics"], spec["dataset"], spec["n"]
+        elif self.job.kind == "train" and spec.get("eval_every", 0) > 0:
+            metrics, dataset, n = spec["eval_metrics"], spec["eval_dataset"] or spec["dataset"], spec["eval_n"]
+        else:
+            return []
+        inception = None
+        if set(metrics) & INCEPTION_METRICS:
+            weights = resolve_inception_weights(self.settings.inception_weights)
+            inception = (weights.backbone, weights.sha256)
+        return list(stats_keys(metrics, dataset=dataset, imsize=spec["imsize"], center_crop=spec["center_crop"],
+                               n=n, inception=inception).values())
 
     def continue_log(self) -> None:
         """An attempt handed back by a stopping worker runs again under the same number: append to its log."""
@@ -204,7 +247,9 @@ class Attempt:
         return retry(call, self.store_outage, self.wait_beating)
 
     def launch(self, command: list[str]) -> subprocess.Popen:
-        env = dict(os.environ)
+        env = {**os.environ, "SAGAN_STATS_CACHE": str(self.stats_dir)}
+        if self.settings.inception_weights is not None:
+            env["SAGAN_INCEPTION_WEIGHTS"] = str(self.settings.inception_weights)
         if self.settings.gpus is not None and "CUDA_VISIBLE_DEVICES" not in env:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(self.settings.gpus))
         guard = [sys.executable, "-m", "worker.guard", "--grace", str(self.settings.cancel_grace_seconds), "--"]
@@ -312,8 +357,8 @@ class Attempt:
 
     def take_new_files(self) -> None:
         assert self.outbox is not None
-        if self.job.kind == "sample":
-            return  # its one grid is taken at the end
+        if self.job.kind != "train":
+            return  # a sample job's one grid is taken at the end; an eval job's result is a file the outbox stores
         for path in layout.samples(self.out):
             stat = path.stat()
             if self.sample_versions.get(path.name) != (stat.st_mtime_ns, stat.st_size):

@@ -13,6 +13,8 @@ from api.schemas import (
     MAX_STEP,
     ArtifactItem,
     ArtifactList,
+    EvalJobCreate,
+    EvalList,
     JobCreate,
     JobList,
     JobPublic,
@@ -25,8 +27,8 @@ from api.schemas import (
 from sagan_service import jobs
 from sagan_service.models import Artifact, Job
 from sagan_service.queue import dispatch, queue_for
-from sagan_service.specs import validate_train_config
-from sagan_service.storage import ArtifactNotFound, LocalStore, metrics_key
+from sagan_service.specs import eval_job_spec, validate_train_config
+from sagan_service.storage import ArtifactNotFound, LocalStore, evals_key, metrics_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -39,10 +41,15 @@ StepPath = Annotated[int, Path(ge=0, le=MAX_STEP)]
 def create_job(body: JobCreate, request: Request, response: Response, session: SessionDep,
                settings: SettingsDep, celery: CeleryDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
-    """Submit a training or sampling job; 201 with its Location."""
+    """Submit a training, sampling or eval job; 201 with its Location."""
     if isinstance(body, SampleJobCreate):
         checkpoint = jobs.committed_checkpoint(session, job_id=body.source.job_id, step=body.source.step)
         spec = {"job_id": body.source.job_id, "step": checkpoint.step, "n": body.n, "seed": body.seed}
+    elif isinstance(body, EvalJobCreate):
+        checkpoint = jobs.committed_checkpoint(session, job_id=body.source.job_id, step=body.source.step)
+        spec = eval_job_spec(jobs.get_job(session, body.source.job_id).spec, job_id=body.source.job_id,
+                             step=checkpoint.step, dataset=body.dataset, metrics=body.metrics, n=body.n,
+                             data_roots=settings.allowed_data_roots)
     else:
         spec = validate_train_config(body.config, data_roots=settings.allowed_data_roots)
     job, created = jobs.create_job(session, kind=body.kind, spec=spec, queue=queue_for(body.kind, spec),
@@ -147,11 +154,23 @@ def get_checkpoint(job_id: str, step: StepPath, session: SessionDep, store: Stor
 def get_metrics(job_id: str, session: SessionDep, store: StoreDep) -> MetricsList:
     """The training metrics time series (rank 0's metrics.jsonl), oldest first."""
     jobs.get_job(session, job_id)
+    return MetricsList(items=_jsonl(store, metrics_key(job_id)))
+
+
+@router.get("/{job_id}/evals", response_model=EvalList)
+@in_thread
+def get_evals(job_id: str, session: SessionDep, store: StoreDep) -> EvalList:
+    """A training job's evaluations (every eval_every steps), or an eval job's result, oldest first."""
+    jobs.get_job(session, job_id)
+    return EvalList(items=_jsonl(store, evals_key(job_id)))
+
+
+def _jsonl(store: StoreDep, key: str) -> list[dict]:
     try:
-        data = store.get_bytes(metrics_key(job_id))
+        data = store.get_bytes(key)
     except ArtifactNotFound:
-        return MetricsList(items=[])
-    return MetricsList(items=[json.loads(line) for line in data.decode().splitlines() if line.strip()])
+        return []
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
 def _artifact(session: SessionDep, job_id: str, kind: str, step: int) -> Artifact:

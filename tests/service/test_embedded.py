@@ -28,10 +28,13 @@ def test_sagan_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         match = wait_for(lambda: re.search(r"demo job: (\S+)", up.log_path.read_text()), 90, "the demo job URL")
         api = Api(f"http://127.0.0.1:{port}")
         demo_id = match.group(1).rsplit("/", 1)[1]
-        assert api.job(demo_id)["spec"]["preset"] == "sagan32"
-        # The demo takes minutes: stop it, and run a tiny job in its place.
+        spec = api.job(demo_id)["spec"]
+        assert (spec["preset"], spec["dataset"], spec["eval_metrics"]) == ("sagan32", "shapes", ["swd"])
+        assert spec["eval_every"] > 0 and spec["ema_decay"] > 0
+        # The demo takes minutes: stop it, and run a tiny job in its place. `up` reports how it ended.
         api.client.post(f"/jobs/{demo_id}/cancel")
         api.wait_status(demo_id, {"cancelled"}, timeout=30)
+        wait_for(lambda: "demo job cancelled" in up.log_path.read_text(), 30, "up to report the demo's end")
 
         job = api.submit({"kind": "train", "config": TINY})
         done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=120)
