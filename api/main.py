@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from api.routes import health
+from api import ui
+from api.routes import health, presets
 from api.routes import jobs as job_routes
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.jobs import JobConflict, JobNotFound
@@ -54,9 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan,
                   description="Submit SAGAN training and sampling jobs; follow their progress and artifacts.")
-    app.add_api_route("/", _home, include_in_schema=False)
     app.include_router(health.router)
     app.include_router(job_routes.router)
+    app.include_router(presets.router)
+    app.include_router(ui.router)  # the web pages, at / and under /ui
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(JobConflict, _conflict)
     app.add_exception_handler(SpecError, _invalid_spec)
@@ -72,10 +74,6 @@ async def _reap_until(stop: asyncio.Event, app: FastAPI) -> None:
         await run_in_threadpool(reap_once, app.state.sessions, app.state.celery, app.state.settings)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), app.state.settings.reaper_seconds)
-
-
-async def _home() -> RedirectResponse:
-    return RedirectResponse("/docs")
 
 
 async def _not_found(_request: Request, error: Exception) -> JSONResponse:

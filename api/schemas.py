@@ -137,6 +137,16 @@ class EvalList(BaseModel):
     items: list[dict[str, Any]] = Field(description="evals.jsonl records, oldest first")
 
 
+class Preset(BaseModel):
+    name: str
+    overrides: dict[str, Any] = Field(description="the fields this preset sets over TrainConfig's defaults")
+    config: dict[str, Any] = Field(description="the resolved config of this preset alone")
+
+
+class PresetList(BaseModel):
+    items: list[Preset]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]

@@ -4,6 +4,7 @@ service's worker); standard library only, so a process that must not load torch 
     metrics.jsonl             one JSON line every log_every steps (and one per evaluation)
     evals.jsonl               one JSON line per quality evaluation (sagan_core.metrics)
     samples/step-<n>.png      sample grids
+    samples/real.png          real training images, in the grid the samples use (written once)
     checkpoints/step-<n>.pt   checkpoints
     checkpoints/step-<n>.pt.taken   another process has taken its copy (see save_checkpoint's hold)
     checkpoints/latest        the file name of the newest complete checkpoint
@@ -27,6 +28,10 @@ TAKEN_SUFFIX = ".taken"
 
 def sample_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / SAMPLES / f"step-{step}.png"
+
+
+def real_grid_path(run_dir: Path) -> Path:
+    return Path(run_dir) / SAMPLES / "real.png"
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

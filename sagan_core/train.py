@@ -37,7 +37,15 @@ from .checkpoint import prune_checkpoints, read_checkpoint, restore_rng_state, r
 from .config import TrainConfig, build_config, read_config_file
 from .data import BadImageLog, Skipped, SkipUnreadable, build_dataset, collate_readable
 from .dataspec import DatasetError
-from .layout import EVALS, METRICS, checkpoint_path, latest_checkpoint, point_best, sample_path
+from .layout import (
+    EVALS,
+    METRICS,
+    checkpoint_path,
+    latest_checkpoint,
+    point_best,
+    real_grid_path,
+    sample_path,
+)
 from .losses import D_LOSSES, G_LOSSES, gradient_penalty
 from .metrics.evaluate import EvalPlan, Evaluator
 from .metrics.runs import append_jsonl, best_eval, headline, improves, keep_steps_up_to
@@ -302,6 +310,18 @@ class RunWriter:
         generator = self.state.ema if self.state.ema is not None else self.state.generator
         write_grid(generate(generator, self.sample_z), sample_path(self.out_dir, self.state.step))
 
+    def real_grid(self, dataset: Dataset) -> None:
+        """64 real images, the first the run draws, beside the samples for comparison; once per run."""
+        path = real_grid_path(self.out_dir)
+        if path.exists():
+            return
+        # The same replacement of unreadable images as the batches (which also count them).
+        readable = SkipUnreadable(dataset, self.state.bad_images.tries)
+        first = torch.randperm(len(dataset), generator=seeded(self.state.config.seed, 0))[:64].tolist()
+        images = [image for image, _ in map(readable.__getitem__, first) if image is not None]
+        if images:  # none readable: the first batch fails the run, naming them
+            write_grid(torch.stack(images), path)
+
     def checkpoint(self) -> Path:
         """Save this step's checkpoint (once per step)."""
         state = self.state
@@ -360,6 +380,8 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
         writer = (RunWriter(out_dir, state, resumed=found is not None, hold_checkpoints=hold_checkpoints)
                   if ctx.is_main else None)
         try:
+            if writer is not None:
+                writer.real_grid(dataset)
             if evaluator is not None and found is None:  # the untrained baseline, step 0
                 _evaluate(state, evaluator, writer)
             batches = real_batches(dataset, state)  # data-loader workers start here, before the handler

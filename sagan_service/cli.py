@@ -83,7 +83,7 @@ def run_up(args: argparse.Namespace) -> int:
         subprocess.Popen([*sagan, "worker"], env=env),
     ]
     base_url = f"http://{args.host}:{args.port}"
-    print(f"sagan up: API on {base_url} (docs: {base_url}/docs), data in {settings.home}", flush=True)
+    print(f"sagan up: web page {base_url}/ (API docs: {base_url}/docs), data in {settings.home}", flush=True)
     stop = False
 
     def request_stop(_signum: int, _frame: object) -> None:
@@ -131,6 +131,7 @@ def _submit_demo(base_url: str, settings: Settings) -> DemoWatch:
     job = response.json()
     samples = settings.home / "artifacts" / "jobs" / job["id"] / "samples"
     print(f"demo job: {response.headers['location']}\n"
+          f"  watch it train: {base_url}/ui/jobs/{job['id']}\n"
           f"  sample grids: {base_url}/jobs/{job['id']}/samples (files in {samples})\n"
           f"  its sample quality (SWD, lower is better) is printed as it is measured; Ctrl-C stops the service.",
           flush=True)
@@ -167,7 +168,8 @@ class DemoWatch:
         print(f"demo finished: SWD {first['metrics']['swd']:.1f} at step {first['step']} -> "
               f"{last['metrics']['swd']:.1f} at step {last['step']} (sliced Wasserstein distance between "
               "patches of its samples and of the real images, x 10^3: lower is closer)\n"
-              f"  last grid: {grid}\n  or {self.base_url}/jobs/{self.job_id}/samples/latest", flush=True)
+              f"  last grid: {grid}\n  or {self.base_url}/jobs/{self.job_id}/samples/latest\n"
+              f"  its page: {self.base_url}/ui/jobs/{self.job_id}", flush=True)
         return True
 
 

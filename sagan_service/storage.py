@@ -3,6 +3,7 @@
 Layout per job (keys relative to the store root):
     jobs/<id>/checkpoints/step-<n>/model.pt   then   jobs/<id>/checkpoints/step-<n>/COMMITTED
     jobs/<id>/samples/step-<n>.png
+    jobs/<id>/samples/real.png                (real training images, for comparison)
     jobs/<id>/metrics.jsonl
     jobs/<id>/evals.jsonl                     a training job's evaluations, or an eval job's result
     jobs/<id>/logs/attempt-<k>.log
@@ -44,6 +45,10 @@ def commit_marker_key(job_id: str, step: int) -> str:
 
 def sample_key(job_id: str, step: int) -> str:
     return f"jobs/{job_id}/samples/step-{step}.png"
+
+
+def real_grid_key(job_id: str) -> str:
+    return f"jobs/{job_id}/samples/real.png"
 
 
 def metrics_key(job_id: str) -> str:

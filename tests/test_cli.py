@@ -51,7 +51,8 @@ def test_train_then_sample(tmp_path: Path) -> None:
     saved = read_config_file(run / "config.json")
     assert saved["steps"] == 3 and saved["sample_every"] == 1  # the flag beats the file
     assert saved["g_attention"] == [] and saved["lr_decay"] == 0.9
-    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-1.png", "step-2.png", "step-3.png"]
+    samples = sorted(p.name for p in (run / "samples").iterdir())
+    assert samples == ["real.png", "step-1.png", "step-2.png", "step-3.png"]
 
     grid, npz = tmp_path / "grid.png", tmp_path / "raw.npz"
     assert main(["sample", "--checkpoint", str(run), "-n", "16", "-o", str(grid), "--npz", str(npz),

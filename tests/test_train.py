@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -41,6 +42,20 @@ def test_run_directory_has_metrics_samples_and_checkpoints(tmp_path: Path) -> No
     model = load_checkpoint(tmp_path)
     assert model.step == 4 and not model.generator.training
     assert model.config.steps == 4
+
+
+def test_real_grid_shows_the_images_the_run_draws_first(tmp_path: Path) -> None:
+    config = tiny_config(steps=1)
+    train(config, tmp_path)
+    grid = torch.from_numpy(np.array(Image.open(tmp_path / "samples" / "real.png"))).permute(2, 0, 1)
+    assert grid.shape == (3, 8 * 34 + 2, 8 * 34 + 2)  # 64 images, in the grid the samples use
+    dataset = build_dataset(config.dataset, config.imsize)
+    state = build_state(config, init_distributed("cpu"), len(dataset))
+    first_batch = next(real_batches(dataset, state))
+    for tile, image in enumerate(first_batch):  # the grid opens with the first batch, in order
+        row, col = divmod(tile, 8)
+        pixels = grid[:, 2 + 34 * row:34 + 34 * row, 2 + 34 * col:34 + 34 * col].float()
+        assert (pixels - image.add(1).mul(127.5)).abs().max() <= 1.0
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -30,7 +30,15 @@ from sagan_core.metrics.runs import best_eval, read_jsonl
 from sagan_service import jobs
 from sagan_service.models import Job
 from sagan_service.settings import Settings
-from sagan_service.storage import ArtifactStore, evals_key, log_key, metrics_key, sample_key, stats_key
+from sagan_service.storage import (
+    ArtifactStore,
+    evals_key,
+    log_key,
+    metrics_key,
+    real_grid_key,
+    sample_key,
+    stats_key,
+)
 
 from .outages import Outage, describe_database, retry
 
@@ -39,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Pending:
-    kind: str  # "sample" | "checkpoint"
+    kind: str  # "sample" | "checkpoint" | "real" (the real-data grid)
     step: int
     path: Path  # the outbox's own link to the file
 
@@ -122,14 +130,15 @@ class Outbox:
 
     def _store(self, item: Pending) -> None:
         job_id = self.job.id
-        if item.kind == "sample":
-            key = sample_key(job_id, item.step)
-            self._retry(lambda: self.store.put_file(key, item.path), self.store_outage)
-        else:
+        if item.kind == "checkpoint":
             self._store_metrics()
             self._store_evals()
             key = self._retry(lambda: self.store.commit_checkpoint(job_id, item.step, item.path), self.store_outage)
-        self._retry(lambda: self._record(item.kind, item.step, key), self.db_outage)
+        else:
+            key = real_grid_key(job_id) if item.kind == "real" else sample_key(job_id, item.step)
+            self._retry(lambda: self.store.put_file(key, item.path), self.store_outage)
+        if item.kind != "real":  # one fixed key per job, found without a row
+            self._retry(lambda: self._record(item.kind, item.step, key), self.db_outage)
         item.path.unlink(missing_ok=True)
         if item.kind == "checkpoint":
             self._record_evals(checkpoint_committed=True)  # its evaluation may be the new best

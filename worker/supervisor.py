@@ -116,6 +116,7 @@ class Attempt:
         self.database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
         self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
         self.sample_versions: dict[str, tuple[int, int]] = {}
+        self.real_grid_taken = False
         self.taken_step = job.resumed_from_step or 0  # the newest checkpoint handed to the outbox
         # Real-data statistics shared through the store (stats/<entry>): the ones there are fetched before
         # the job starts; the outbox stores new ones.
@@ -359,6 +360,10 @@ class Attempt:
         assert self.outbox is not None
         if self.job.kind != "train":
             return  # a sample job's one grid is taken at the end; an eval job's result is a file the outbox stores
+        real_grid = layout.real_grid_path(self.out)
+        if not self.real_grid_taken and real_grid.exists():  # written once, atomically, at the start
+            self.outbox.add("real", 0, real_grid)
+            self.real_grid_taken = True
         for path in layout.samples(self.out):
             stat = path.stat()
             if self.sample_versions.get(path.name) != (stat.st_mtime_ns, stat.st_size):

@@ -28,7 +28,7 @@ from sagan_service import jobs
 from sagan_service.models import Artifact, Job
 from sagan_service.queue import dispatch, queue_for
 from sagan_service.specs import eval_job_spec, validate_train_config
-from sagan_service.storage import ArtifactNotFound, LocalStore, evals_key, metrics_key
+from sagan_service.storage import ArtifactNotFound, LocalStore, evals_key, metrics_key, real_grid_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -123,6 +123,17 @@ def get_latest_sample(job_id: str, session: SessionDep, store: StoreDep) -> Resp
     return _object_response(store, samples[-1].key, "image/png")
 
 
+@router.get("/{job_id}/samples/real", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+@in_thread
+def get_real_grid(job_id: str, session: SessionDep, store: StoreDep) -> Response:
+    """Real training images (the first the run draws) in the grid the samples use, as a PNG."""
+    key = real_grid_key(jobs.get_job(session, job_id).id)
+    if not store.exists(key):
+        raise HTTPException(404, f"job {job_id} has no real-data grid (not started yet, or not a training job)")
+    return _object_response(store, key, "image/png")
+
+
 @router.get("/{job_id}/samples/{step}", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
 @in_thread
@@ -151,10 +162,13 @@ def get_checkpoint(job_id: str, step: StepPath, session: SessionDep, store: Stor
 
 @router.get("/{job_id}/metrics", response_model=MetricsList)
 @in_thread
-def get_metrics(job_id: str, session: SessionDep, store: StoreDep) -> MetricsList:
-    """The training metrics time series (rank 0's metrics.jsonl), oldest first."""
+def get_metrics(job_id: str, session: SessionDep, store: StoreDep,
+                after_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None) -> MetricsList:
+    """The training metrics time series (rank 0's metrics.jsonl), oldest first; with `after_step`, only
+    the lines past that step (what a page that polls has not seen yet)."""
     jobs.get_job(session, job_id)
-    return MetricsList(items=_jsonl(store, metrics_key(job_id)))
+    lines = _jsonl(store, metrics_key(job_id))
+    return MetricsList(items=lines if after_step is None else [line for line in lines if line["step"] > after_step])
 
 
 @router.get("/{job_id}/evals", response_model=EvalList)

@@ -115,6 +115,12 @@ def start_api(env: dict[str, str], tmp: Path) -> tuple[Service, Api]:
     port = free_port()
     service = Service(["api", "--port", str(port)], env, tmp / f"api-{port}.log")
     api = Api(f"http://127.0.0.1:{port}")
+    wait_until_healthy(service, api)
+    return service, api
+
+
+def wait_until_healthy(service: Service, api: Api, timeout: float = 60) -> None:
+    """Until `service` (`sagan api` or `sagan up`) answers /healthz; its log if it exits first."""
 
     def healthy() -> bool:
         assert service.process.poll() is None, service.log_path.read_text()
@@ -123,8 +129,7 @@ def start_api(env: dict[str, str], tmp: Path) -> tuple[Service, Api]:
         except httpx.TransportError:
             return False
 
-    wait_for(healthy, 60, "the API to answer /healthz")
-    return service, api
+    wait_for(healthy, timeout, "the API to answer /healthz")
 
 
 @pytest.fixture(scope="session")

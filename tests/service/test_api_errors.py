@@ -81,11 +81,6 @@ def test_a_client_generated_from_openapi_builds_a_train_job(api: Api, tmp_path: 
     api.client.post(f"/jobs/{response.json()['id']}/cancel")
 
 
-def test_root_redirects_to_the_docs(api: Api) -> None:
-    response = api.client.get("/", follow_redirects=False)
-    assert response.status_code in (302, 307) and response.headers["location"] == "/docs"
-
-
 def test_dataset_inside_the_data_roots_is_checked_for_existence(api: Api, service_env: dict) -> None:
     missing = f"folder:{service_env['SAGAN_DATA_ROOTS']}/nothing-here"
     response = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": missing}})

@@ -31,6 +31,9 @@ def test_sagan_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         spec = api.job(demo_id)["spec"]
         assert (spec["preset"], spec["dataset"], spec["eval_metrics"]) == ("sagan32", "shapes", ["swd"])
         assert spec["eval_every"] > 0 and spec["ema_decay"] > 0
+        log = up.log_path.read_text()  # the web page's address and the demo job's page on it
+        assert f"web page {api.base_url}/ " in log and f"{api.base_url}/ui/jobs/{demo_id}" in log
+        assert 'id="job-rows"' in api.client.get("/").text
         # The demo takes minutes: stop it, and run a tiny job in its place. `up` reports how it ended.
         api.client.post(f"/jobs/{demo_id}/cancel")
         api.wait_status(demo_id, {"cancelled"}, timeout=30)

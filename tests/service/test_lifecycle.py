@@ -51,6 +51,10 @@ def test_train_job_lifecycle(trained: dict, api: Api) -> None:
     assert latest.headers["content-type"] == "image/png"
     Image.open(io.BytesIO(latest.content)).verify()
 
+    real = api.client.get(f"/jobs/{trained['id']}/samples/real")  # uploaded by the worker, served from S3
+    assert real.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(real.content)).size == (8 * 32 + 9 * 2, 8 * 32 + 9 * 2)
+
     checkpoints = api.client.get(f"/jobs/{trained['id']}/checkpoints").json()["items"]
     assert [item["step"] for item in checkpoints] == [10, 20]
     assert httpx.get(checkpoints[-1]["url"]).status_code == 200
@@ -61,6 +65,8 @@ def test_train_job_lifecycle(trained: dict, api: Api) -> None:
 
     metrics = api.client.get(f"/jobs/{trained['id']}/metrics").json()["items"]
     assert [m["step"] for m in metrics] == list(range(1, 21))
+    newer = api.client.get(f"/jobs/{trained['id']}/metrics", params={"after_step": 15}).json()["items"]
+    assert newer == metrics[15:]
     assert api.client.post(f"/jobs/{trained['id']}/cancel").status_code == 409
 
 
@@ -72,6 +78,7 @@ def test_sampling_job_from_checkpoint(trained: dict, api: Api) -> None:
     assert done["status"] == "succeeded", done
     image = fetch_png(api.client.get(f"/jobs/{job['id']}/samples").json()["items"][0]["url"], api)
     assert image.size == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2)
+    assert api.client.get(f"/jobs/{job['id']}/samples/real").status_code == 404  # only training has real data
 
 
 @pytest.mark.timeout(180)

@@ -1,0 +1,194 @@
+"""The web pages in a real browser (Debian's headless Chromium driven by Playwright) against a real
+`sagan up`: submit through the form, watch a job train, move the step slider, open a chart, sample from
+a checkpoint, cancel, and see a 422 beside the field at fault. Each page's screenshot is saved under
+docs/screenshots/ (the README shows the job page's)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import ROOT, subprocess_env
+from tests.service.conftest import FAST_TIMINGS, TINY, Api, Service, free_port, wait_for, wait_until_healthy
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+# No sandbox (tests run as root), no GPU, and nothing that reaches the network on its own.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+# Long enough to watch (about 7 s on 2 idle cores, minutes on busy ones), a grid every 40 steps.
+WATCHED = {**TINY, "steps": 200, "sample_every": 40, "log_every": 5, "checkpoint_every": 100}
+STEPS, EVERY = WATCHED["steps"], WATCHED["sample_every"]
+# Every wait on training: seconds when the machine is idle, minutes when other work shares its 2 cores.
+TRAINING_S = 600
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    tmp = tmp_path_factory.mktemp("browser")
+    port = free_port()
+    env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
+    env.update(FAST_TIMINGS, SAGAN_HOME=str(tmp / "home"))
+    up = Service(["up", "--port", str(port)], env, tmp / "up.log")
+    api = Api(f"http://127.0.0.1:{port}")
+    try:
+        wait_until_healthy(up, api, timeout=90)
+        yield api
+    finally:
+        up.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, service: Api) -> Iterator[Page]:
+    context = browser.new_context(base_url=service.base_url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(600)  # the progress bar's transition
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=full_page)
+
+
+def bar_width(page: Page) -> float:
+    return float(page.locator("#progress-fill").evaluate("element => parseFloat(element.style.width) || 0"))
+
+
+@pytest.mark.timeout(4 * TRAINING_S)
+def test_submit_watch_slide_chart_and_sample(page: Page, service: Api) -> None:
+    page.goto("/")
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    page.get_by_role("link", name="New training job").first.click()
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    page.select_option("select[name=preset]", label="debug32")
+    for name, value in WATCHED.items():
+        if name == "preset":
+            continue
+        field = page.locator(f"[name={name}]")
+        if field.evaluate("element => element.tagName") == "SELECT":
+            field.select_option(label=str(value))
+        else:
+            field.fill(str(value))
+    expect(page.locator("#request-body")).to_contain_text(f'"sample_every": {EVERY}')
+    screenshot(page, "submit")
+    page.get_by_role("button", name="Submit").click()
+    page.wait_for_url(re.compile(r"/ui/jobs/[0-9a-f-]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    assert service.job(job_id)["spec"]["steps"] == STEPS  # what the form sent is what the job runs
+
+    # The progress bar moves and the first sample grid appears, without reloading the page.
+    first = wait_for(lambda: bar_width(page), TRAINING_S, "the progress bar to start")
+    wait_for(lambda: bar_width(page) > first, TRAINING_S, "the progress bar to move")
+    expect(page.locator("#sample-img")).to_have_attribute("src", re.compile("^blob:"), timeout=TRAINING_S * 1000)
+    expect(page.locator("#real-img")).to_have_attribute("src", re.compile("^blob:"))
+
+    # Two grids in, the slider goes back to the first one, and the image follows.
+    wait_for(lambda: int(page.locator("#step-slider").get_attribute("max")) >= 1, TRAINING_S, "two sample grids")
+    page.locator("#step-slider").fill("0")
+    expect(page.locator("#step-label")).to_contain_text(f"step {EVERY} (1 of")
+    expect(page.locator("#sample-img")).to_have_attribute("data-key", re.compile(f"^{EVERY}:"))
+    first_grid = page.locator("#sample-img").get_attribute("src")
+
+    # A chart opens full size with both loss curves.
+    page.locator('[data-chart="losses"] .expand').click()
+    expect(page.locator("#chart-dialog")).to_be_visible()
+    expect(page.locator("#chart-dialog-plot .scatterlayer .trace")).to_have_count(2)
+    expect(page.locator("#chart-dialog-plot .legendtext")).to_have_text(["d_loss", "g_loss"])
+    screenshot(page, "chart", full_page=False)
+    page.get_by_role("button", name="Close").click()
+    expect(page.locator("#chart-dialog")).to_be_hidden()
+
+    # To the end: the status, the last grid, and checkpoints with working download links.
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=TRAINING_S * 1000)
+    page.locator("#step-slider").fill(page.locator("#step-slider").get_attribute("max"))
+    grids = STEPS // EVERY
+    expect(page.locator("#step-label")).to_contain_text(f"step {STEPS} ({grids} of {grids})")
+    expect(page.locator("#sample-img")).to_have_attribute("data-key", re.compile(f"^{STEPS}:"))
+    expect(page.locator("#sample-img")).not_to_have_attribute("src", first_grid)
+    expect(page.locator("#checkpoint-rows tr").first).to_contain_text(str(STEPS))
+    for chart in ("losses", "logits", "gamma", "speed"):
+        expect(page.locator(f'[data-chart="{chart}"] .scatterlayer .trace').first).to_be_attached()
+    download = page.locator("#checkpoint-rows a").first.get_attribute("href")
+    assert service.client.get(download).status_code == 200
+    expect(page.locator("#config-diff")).to_contain_text("sample_every")
+    screenshot(page, "job")
+
+    # Sample 16 images from the newest checkpoint; the sample job's page shows its grid.
+    page.fill("#sample-form [name=n]", "16")
+    page.get_by_role("button", name="Sample").click()
+    page.locator("#sample-result a").click()
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=TRAINING_S * 1000)
+    expect(page.locator("#sample-img")).to_have_attribute("src", re.compile("^blob:"))
+    expect(page.locator("#facts")).to_contain_text("16, seed 0")
+    screenshot(page, "sample-job")
+
+    # The jobs page lists both, newest first, with the training job's latest grid as its thumbnail.
+    page.goto("/")
+    rows = page.locator("#job-rows tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0).locator(".kind")).to_have_text("sample")
+    trained_row = page.locator(f'#job-rows tr[data-id="{job_id}"]')
+    expect(trained_row.locator(".badge")).to_have_text("succeeded")
+    expect(trained_row.locator(".progress-text")).to_have_text(f"{STEPS} / {STEPS}")
+    expect(trained_row.locator("img.thumb")).to_have_attribute("src", re.compile("^blob:"))
+    page.select_option("#filter-kind", "train")
+    expect(rows).to_have_count(1)
+    assert page.url.endswith("/?kind=train")
+    page.select_option("#filter-kind", "")
+    expect(rows).to_have_count(2)
+    screenshot(page, "jobs")
+
+
+@pytest.mark.timeout(2 * TRAINING_S)
+def test_cancel_from_the_job_page(page: Page, service: Api) -> None:
+    job = service.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})
+    page.goto(f"/ui/jobs/{job['id']}")
+    page.on("dialog", lambda dialog: dialog.accept())
+    expect(page.locator("#status")).to_have_text(re.compile("queued|running"))
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#status")).to_have_text("cancelled", timeout=TRAINING_S * 1000)
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    assert service.job(job["id"])["status"] == "cancelled"
+    screenshot(page, "cancelled")
+
+
+@pytest.mark.timeout(120)
+def test_a_422_shows_beside_the_field_at_fault(page: Page, service: Api) -> None:
+    page.goto("/ui/submit")
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    page.fill("[name=steps]", "a lot")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator('[data-error-for="config.steps"]')).to_have_text("Input should be a valid integer")
+    expect(page.locator('label[data-field="steps"]')).to_have_class(re.compile("invalid"))
+    screenshot(page, "submit-422")
+    # A field folded away opens to show its error; fixing the first one clears it.
+    page.fill("[name=steps]", "100")
+    page.locator("#more-fields summary").click()
+    page.fill("[name=g_conv_dim]", "12")
+    page.locator("#more-fields summary").click()
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator('[data-error-for="config.g_conv_dim"]')).to_contain_text("multiple of 8")
+    expect(page.locator("#more-fields")).to_have_attribute("open", "")
+    expect(page.locator('[data-error-for="config.steps"]')).to_have_text("")
+    assert all(job["spec"].get("g_conv_dim") != 12 for job in service.client.get("/jobs").json()["items"])
+
