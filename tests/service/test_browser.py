@@ -21,7 +21,8 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 # Long enough to watch (about 7 s on 2 idle cores, minutes on busy ones), a grid every 40 steps.
-WATCHED = {**TINY, "steps": 200, "sample_every": 40, "log_every": 5, "checkpoint_every": 100}
+WATCHED = {**TINY, "steps": 200, "sample_every": 40, "log_every": 5, "checkpoint_every": 100,
+           "eval_every": 100, "eval_n": 32}  # SWD at steps 100 and 200: the quality chart
 STEPS, EVERY = WATCHED["steps"], WATCHED["sample_every"]
 # Every wait on training: seconds when the machine is idle, minutes when other work shares its 2 cores.
 TRAINING_S = 600
@@ -81,6 +82,7 @@ def test_submit_watch_slide_chart_and_sample(page: Page, service: Api) -> None:
     page.get_by_role("link", name="New training job").first.click()
     page.wait_for_selector("body[data-loaded]", state="attached")
     page.select_option("select[name=preset]", label="debug32")
+    page.locator("#more-fields summary").click()  # the eval fields are among the folded ones
     for name, value in WATCHED.items():
         if name == "preset":
             continue
@@ -126,11 +128,12 @@ def test_submit_watch_slide_chart_and_sample(page: Page, service: Api) -> None:
     expect(page.locator("#sample-img")).to_have_attribute("data-key", re.compile(f"^{STEPS}:"))
     expect(page.locator("#sample-img")).not_to_have_attribute("src", first_grid)
     expect(page.locator("#checkpoint-rows tr").first).to_contain_text(str(STEPS))
-    for chart in ("losses", "logits", "gamma", "speed"):
+    for chart in ("quality", "losses", "logits", "gamma", "speed"):
         expect(page.locator(f'[data-chart="{chart}"] .scatterlayer .trace').first).to_be_attached()
     download = page.locator("#checkpoint-rows a").first.get_attribute("href")
     assert service.client.get(download).status_code == 200
     expect(page.locator("#config-diff")).to_contain_text("sample_every")
+    expect(page.locator("#facts")).to_contain_text(re.compile(r"Best evaluation\s*swd \d.* @ (100|200)"))
     screenshot(page, "job")
 
     # Sample 16 images from the newest checkpoint; the sample job's page shows its grid.
@@ -142,11 +145,28 @@ def test_submit_watch_slide_chart_and_sample(page: Page, service: Api) -> None:
     expect(page.locator("#facts")).to_contain_text("16, seed 0")
     screenshot(page, "sample-job")
 
-    # The jobs page lists both, newest first, with the training job's latest grid as its thumbnail.
+    # Evaluate the newest checkpoint: a bad sample count is shown beside its field, then SWD runs and the
+    # evaluation job's page shows the result.
+    page.go_back()
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    expect(page.locator("#eval-form [name=metrics]")).to_have_value("swd")
+    page.fill("#eval-form [name=n]", "1")
+    page.get_by_role("button", name="Evaluate").click()
+    expect(page.locator('#eval-form [data-error-for="n"]')).to_contain_text("greater than or equal to 2")
+    page.fill("#eval-form [name=n]", "32")
+    page.get_by_role("button", name="Evaluate").click()
+    page.locator("#eval-result a").click()
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=TRAINING_S * 1000)
+    expect(page.locator("#facts")).to_contain_text(re.compile(r"Result\s*swd \d"))
+
+    # The jobs page lists all three, newest first, with the training job's latest grid as its thumbnail
+    # and the evaluation's result in its "best metric" column.
     page.goto("/")
     rows = page.locator("#job-rows tr")
-    expect(rows).to_have_count(2)
-    expect(rows.nth(0).locator(".kind")).to_have_text("sample")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0).locator(".kind")).to_have_text("eval")
+    expect(rows.nth(0).locator(".best")).to_contain_text("swd")
+    expect(rows.nth(1).locator(".kind")).to_have_text("sample")
     trained_row = page.locator(f'#job-rows tr[data-id="{job_id}"]')
     expect(trained_row.locator(".badge")).to_have_text("succeeded")
     expect(trained_row.locator(".progress-text")).to_have_text(f"{STEPS} / {STEPS}")
@@ -155,7 +175,7 @@ def test_submit_watch_slide_chart_and_sample(page: Page, service: Api) -> None:
     expect(rows).to_have_count(1)
     assert page.url.endswith("/?kind=train")
     page.select_option("#filter-kind", "")
-    expect(rows).to_have_count(2)
+    expect(rows).to_have_count(3)
     screenshot(page, "jobs")
 
 

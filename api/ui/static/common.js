@@ -55,12 +55,24 @@ const sagan = (() => {
     for (const element of form.querySelectorAll(".invalid")) element.classList.remove("invalid");
   }
 
+  // The element for a loc without "body": the whole path, else without the job kind that the request
+  // body's union puts first ("eval.n" → "n") or a list index at its end ("eval.metrics.0" → "metrics").
+  function errorTarget(form, path) {
+    const untagged = path.slice(1);
+    const candidates = [path, untagged, ...[path, untagged].map((p) => (/^\d+$/.test(p[p.length - 1]) ? p.slice(0, -1) : p))];
+    for (const candidate of candidates) {
+      const where = candidate.join(".");
+      const target = where && form.querySelector(`[data-error-for="${CSS.escape(where)}"]`);
+      if (target) return target;
+    }
+    return null;
+  }
+
   function showErrors(form, result, fallback) {
     const detail = Array.isArray(result.data && result.data.detail) ? result.data.detail : [];
     const placed = [];
     for (const error of detail) {
-      const where = (error.loc || []).slice(1).join(".");
-      const target = where && form.querySelector(`[data-error-for="${CSS.escape(where)}"]`);
+      const target = errorTarget(form, (error.loc || []).slice(1));
       if (!target) continue;
       const field = error.loc[error.loc.length - 1];  // beside the field, "steps: ..." need not name it
       target.textContent = error.msg.startsWith(`${field}: `) ? error.msg.slice(field.length + 2) : error.msg;
@@ -96,6 +108,14 @@ const sagan = (() => {
     if (typeof value !== "number") return String(value);
     if (Number.isInteger(value)) return value.toLocaleString("en-US");
     return Math.abs(value) >= 1000 || Math.abs(value) < 1e-3 ? value.toExponential(2) : value.toPrecision(digits);
+  }
+
+  // An evaluation record ({step, metrics: {swd: ..}}) as "swd 81.1 @ 1,000"; FID/KID/SWD lower is better.
+  function evalText(record) {
+    if (!record || !record.metrics) return "";
+    const shown = Object.entries(record.metrics).filter(([, value]) => typeof value === "number").slice(0, 2);
+    const numbers = shown.map(([name, value]) => `${escape(name)} ${number(value, 4)}`).join(", ");
+    return record.step == null ? numbers : `${numbers} @ ${number(record.step)}`;
   }
 
   const ACTIVE = new Set(["queued", "running"]);
@@ -153,5 +173,5 @@ const sagan = (() => {
     return {now: tick};
   }
 
-  return {api, errorText, clearErrors, showErrors, showImage, escape, age, duration, number, isActive, progress, setBar, setStatus, notice, poll};
+  return {api, errorText, clearErrors, showErrors, showImage, escape, evalText, age, duration, number, isActive, progress, setBar, setStatus, notice, poll};
 })();

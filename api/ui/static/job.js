@@ -25,7 +25,8 @@
     if (job.progress.step !== seenStep || job.status !== seenStatus) {
       seenStep = job.progress.step;
       seenStatus = job.status;
-      await Promise.all([refreshSamples(), job.kind === "train" && refreshMetrics(), job.kind === "train" && refreshCheckpoints()]);
+      await Promise.all([refreshSamples(), job.kind === "train" && refreshMetrics(),
+                         job.kind === "train" && refreshEvals(), job.kind === "train" && refreshCheckpoints()]);
     }
     document.body.dataset.loaded = "true";
   }
@@ -56,10 +57,16 @@
       facts.push(["Time left", `about ${sagan.duration(left)}`]);
     }
     for (const name of ["d_loss", "g_loss"]) if (metrics[name] != null) facts.push([name, sagan.number(metrics[name])]);
+    if (job.best_eval) facts.push(["Best evaluation", sagan.evalText(job.best_eval)]);
     if (job.latest_checkpoint_step != null) facts.push(["Latest checkpoint", `step ${sagan.number(job.latest_checkpoint_step)}`]);
     if (job.kind === "sample") {
       facts.push(["Source", `<a href="/ui/jobs/${encodeURIComponent(job.spec.job_id)}">${sagan.escape(job.spec.job_id.slice(0, 8))}</a> at step ${sagan.number(job.spec.step)}`]);
       facts.push(["Images", `${job.spec.n}, seed ${job.spec.seed}`]);
+    }
+    if (job.kind === "eval") {
+      facts.push(["Source", `<a href="/ui/jobs/${encodeURIComponent(job.spec.job_id)}">${sagan.escape(job.spec.job_id.slice(0, 8))}</a> at step ${sagan.number(job.spec.step)}`]);
+      facts.push(["Measured", `${sagan.escape(job.spec.metrics.join(", "))} on ${sagan.number(job.spec.n)} samples of ${sagan.escape(job.spec.dataset)}`]);
+      if (job.latest_eval) facts.push(["Result", sagan.evalText({metrics: job.latest_eval.metrics})]);
     }
     facts.push(["Queue", sagan.escape(job.queue)], ["Created", sagan.age(job.created_at)]);
     if (job.started_at) facts.push(["Started", sagan.age(job.started_at)]);
@@ -120,8 +127,11 @@
 
   // ---- charts: one Plotly chart per group of metrics -----------------------------------------------
 
-  const metrics = [];
+  const metrics = [];  // metrics.jsonl lines, and evals.jsonl records (evaluations during training)
+  let evals = [];
+  const numbers = (record) => Object.fromEntries(Object.entries(record.metrics || {}).filter(([, v]) => typeof v === "number"));
   const CHARTS = [
+    {id: "quality", title: "Sample quality (evaluations during training)", lines: () => evals, series: numbers},
     {id: "losses", title: "D and G loss", series: (m) => ({d_loss: m.d_loss, g_loss: m.g_loss})},
     {id: "logits", title: "D output on real and fake (mean logit)", series: (m) => ({real: m.d_out_real, fake: m.d_out_fake})},
     {id: "gamma", title: "Attention γ per layer", series: (m) => m.gamma || {}},
@@ -138,9 +148,17 @@
     for (const chart of CHARTS) drawChart(chart);
   }
 
+  async function refreshEvals() {
+    const result = await sagan.api(`${base}/evals`);
+    if (!result.ok || result.data.items.length === evals.length) return;
+    evals = result.data.items.filter((record) => record.source === "train");
+    $("charts-section").hidden = false;
+    drawChart(CHARTS[0]);
+  }
+
   function traces(chart) {
     const byName = new Map();
-    for (const line of metrics) {
+    for (const line of chart.lines ? chart.lines() : metrics) {
       for (const [name, value] of Object.entries(chart.series(line))) {
         if (value == null) continue;
         if (!byName.has(name)) byName.set(name, {x: [], y: []});
@@ -208,6 +226,14 @@
     const chosen = select.dataset.chosen;  // the newest, unless the user picked one
     select.innerHTML = items.slice().reverse().map((item) => `<option value="${item.step}">step ${sagan.number(item.step)}</option>`).join("");
     if (chosen && items.some((item) => String(item.step) === chosen)) select.value = chosen;
+    const evalForm = $("eval-form");
+    evalForm.hidden = items.length === 0;
+    const evalSelect = evalForm.elements.step;
+    const picked = evalSelect.value;
+    evalSelect.innerHTML = (job.best_eval ? `<option value="best">the best (step ${sagan.number(job.best_eval.step)})</option>` : "")
+      + items.slice().reverse().map((item) => `<option value="${item.step}">step ${sagan.number(item.step)}</option>`).join("");
+    if ([...evalSelect.options].some((option) => option.value === picked)) evalSelect.value = picked;
+    if (!evalForm.elements.metrics.value) evalForm.elements.metrics.value = (job.spec.eval_metrics || ["swd"]).join(",");
   }
   $("sample-form").elements.step.addEventListener("change", (event) => { event.target.dataset.chosen = event.target.value; });
 
@@ -225,6 +251,22 @@
       $("sample-result").innerHTML = `<span class="muted">Sample job <a href="/ui/jobs/${result.data.id}">${result.data.id.slice(0, 8)}</a> queued.</span>`;
     } else {
       sagan.showErrors(form, result, $("sample-result"));
+    }
+  });
+
+  $("eval-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    sagan.clearErrors(form);
+    const step = form.elements.step.value;
+    const body = {kind: "eval", source: {job_id: jobId, step: step === "best" ? "best" : Number(step)},
+                  metrics: form.elements.metrics.value.split(",").map((name) => name.trim()).filter(Boolean),
+                  n: value(form.elements.n.value)};
+    const result = await sagan.api("/jobs", {method: "POST", body});
+    if (result.ok) {
+      $("eval-result").innerHTML = `<span class="muted">Evaluation job <a href="/ui/jobs/${result.data.id}">${result.data.id.slice(0, 8)}</a> queued.</span>`;
+    } else {
+      sagan.showErrors(form, result, $("eval-result"));
     }
   });
 

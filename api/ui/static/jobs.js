@@ -72,12 +72,13 @@
     return `<tr data-id="${sagan.escape(job.id)}"><td><a href="${link}"><code>${sagan.escape(job.id.slice(0, 8))}</code></a><div class="sub what"></div></td>
       <td class="kind"></td><td><span class="badge"></span></td>
       <td><div class="bar"><div></div></div><div class="sub progress-text"></div></td>
-      <td><a href="${link}"><img class="thumb" alt="latest sample grid"></a></td><td class="age"></td></tr>`;
+      <td><a href="${link}"><img class="thumb" alt="latest sample grid"></a></td><td class="best"></td><td class="age"></td></tr>`;
   }
 
   function describe(job) {
     if (job.kind === "sample") return `${job.spec.n} images from ${job.spec.job_id.slice(0, 8)}, step ${job.spec.step}`;
     if (job.kind === "train") return `${job.spec.preset} · ${job.spec.dataset}`;
+    if (job.kind === "eval") return `${job.spec.metrics.join(", ")} of ${job.spec.job_id.slice(0, 8)}, step ${job.spec.step}`;
     return "";
   }
 
@@ -87,6 +88,8 @@
     sagan.setStatus(row.querySelector(".badge"), job);
     sagan.setBar(row.querySelector(".bar"), job);
     row.querySelector(".progress-text").textContent = sagan.progress(job).text;
+    // A training job's best evaluation; an eval job's result.
+    row.querySelector(".best").textContent = sagan.evalText(job.kind === "eval" ? job.latest_eval : job.best_eval);
     row.querySelector(".age").textContent = sagan.age(job.created_at);
     const thumbnail = latestGrid(job);
     if (thumbnail) sagan.showImage(row.querySelector(".thumb"), `/jobs/${job.id}/samples/latest`, thumbnail);
