@@ -92,7 +92,8 @@ class TrainConfig(BaseModel):
     and the official code's settings), resnet32 and resnet64 (that residual family at 32 and 64 pixels),
     debug32 (tiny, for tests)"""
     dataset: str = Field("synthetic", max_length=4096)
-    """synthetic[:N] | shapes[:N] (built in) | folder:PATH | lsun:PATH:CLASS | cifar10:PATH"""
+    """synthetic[:N] | shapes[:N] (built in) | folder:PATH | lsun:PATH:CLASS[,CLASS...] | cifar10:PATH; labelled
+    (for conditional models): shapes, folders with one sub-folder per class, cifar10, lsun with several classes"""
     center_crop: int | None = Field(None, ge=1, le=16384)
     """centre crop in source pixels before resizing (160 for aligned CelebA); null = none"""
     max_bad_images: float = Field(0.001, ge=0.0, le=1.0)

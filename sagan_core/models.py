@@ -25,6 +25,8 @@ class Generator(nn.Module):
     is listed in config.g_attention; to_rgb is a plain ConvTranspose + tanh (no normalisation).
     """
 
+    num_classes = 0  # unconditional: called with z alone
+
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
         self.z_dim = config.z_dim

@@ -102,7 +102,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked += 1
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)
-        scale = torch.rsqrt(var + self.eps) * self.weight
+        scale = torch.rsqrt(var + self.eps)
+        if not self.affine:  # conditional BN: the per-class gain and bias come after
+            return centred * scale.view(1, -1, 1, 1)
+        scale = scale * self.weight
         return centred * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
@@ -114,9 +117,9 @@ def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum)
+            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, affine=child.affine)
             replacement.load_state_dict(child.state_dict())
-            setattr(model, name, replacement.to(child.weight.device))
+            setattr(model, name, replacement.to(child.running_mean.device))
         else:
             sync_batchnorm(child, ctx)
     return model
