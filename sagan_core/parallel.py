@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,6 +62,17 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+@contextmanager
+def main_rank_first(ctx: DistContext) -> Iterator[None]:
+    """Run the block on rank 0, then on the other ranks: what rank 0 caches (a folder's file list) the
+    others then read instead of doing the same work at the same time. A collective: every rank enters it."""
+    if ctx.distributed and not ctx.is_main:
+        dist.barrier()
+    yield
+    if ctx.distributed and ctx.is_main:
+        dist.barrier()
 
 
 def shutdown_distributed() -> None:

@@ -57,6 +57,7 @@ from .parallel import (
     any_rank,
     control_group,
     init_distributed,
+    main_rank_first,
     shutdown_distributed,
     sync_batchnorm,
     wrap_ddp,
@@ -409,7 +410,8 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
     """
     ctx = init_distributed(config.device)
     try:
-        dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
+        with main_rank_first(ctx):  # one walk of a folder per job: the other ranks read its cached list
+            dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
         config = with_classes(config, dataset)
         evaluator = build_evaluator(config, ctx)
         state = build_state(config, ctx, len(dataset))
