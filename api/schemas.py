@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from sagan_core.config import MAX_INT, EvalMetric, TrainConfig
 from sagan_service.models import Job
@@ -45,6 +45,18 @@ class SampleJobCreate(BaseModel):
     source: SampleSource
     n: int = Field(64, ge=1, le=1024)
     seed: int = Field(0, ge=0)
+    classes: list[Annotated[int, Field(ge=0, le=MAX_INT)]] | None = Field(
+        None, min_length=1, max_length=1024,
+        description="conditional models: one grid row per listed class, per_class images each (n is then unused)")
+    per_class: int | None = Field(None, ge=1, le=1024,
+                                  description="conditional models: images per class (default 8), of every class "
+                                              "unless `classes` lists some")
+
+    @model_validator(mode="after")
+    def _bounded_grid(self) -> SampleJobCreate:
+        if self.classes is not None and len(self.classes) * (self.per_class or 8) > 1024:
+            raise ValueError("classes x per_class is more than 1024 images")
+        return self
 
 
 class EvalSource(BaseModel):

@@ -29,7 +29,7 @@ from .layout import (
     resolve_checkpoint,
     taken_marker,
 )
-from .models import Discriminator, Generator
+from .models import build_discriminator, build_generator
 
 FORMAT_VERSION = 1
 
@@ -93,8 +93,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    generator: Generator
-    discriminator: Discriminator
+    generator: nn.Module
+    discriminator: nn.Module
     config: TrainConfig
     step: int
     ema: bool = False  # whether `generator` holds the EMA weights
@@ -104,7 +104,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     """Rebuild G and D from a checkpoint alone, in eval mode; G carries the EMA weights if kept."""
     payload = read_checkpoint(path)
     config = build_config(payload["config"])
-    generator, discriminator = Generator(config), Discriminator(config)
+    generator, discriminator = build_generator(config), build_discriminator(config)
     ema = bool(payload.get("ema"))
     generator.load_state_dict(payload["ema"] if ema else payload["generator"])
     discriminator.load_state_dict(payload["discriminator"])

@@ -95,16 +95,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return subprocess.call(torchrun + rank_args)
 
 
+def _class_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class numbers, got {text!r}") from None
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample_to_dir, sample_to_png
 
     if args.out_dir is not None:
         if args.npz is not None:
             raise ValueError("--npz holds every image in memory: use it without --out-dir")
-        print(sample_to_dir(args.checkpoint, args.out_dir, n=args.n, seed=args.seed, device=args.device))
+        print(sample_to_dir(args.checkpoint, args.out_dir, n=args.n, seed=args.seed, device=args.device,
+                            classes=args.classes, per_class=args.per_class))
     if args.out_dir is None or args.output is not None:
         print(sample_to_png(args.checkpoint, args.output or Path("samples.png"), n=args.n, seed=args.seed,
-                            npz=args.npz, device=args.device))
+                            npz=args.npz, device=args.device, classes=args.classes, per_class=args.per_class))
     return 0
 
 
@@ -197,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(bounded memory for any -n; image i uses the z an "
                                                      "evaluation with this --seed gives sample i)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
-    sample.add_argument("--npz", type=Path, help="also save raw uint8 images and z here")
+    sample.add_argument("--npz", type=Path, help="also save raw uint8 images and z (and labels) here")
+    sample.add_argument("--classes", type=_class_list, metavar="C1,C2,...",
+                        help="conditional models: one grid row per listed class (instead of -n)")
+    sample.add_argument("--per-class", type=int, metavar="K",
+                        help="conditional models: K images of each class, all classes unless --classes (default 8)")
     sample.add_argument("--device", default="cpu", help="cpu or cuda")
     sample.set_defaults(func=cmd_sample)
 

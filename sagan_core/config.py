@@ -41,6 +41,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The same design at 32x32 and 128x128 (the reference code only works at 64).
     "sagan32": {"imsize": 32},
     "sagan128": {"imsize": 128},
+    # The paper's class-conditional ImageNet model as the official TensorFlow code builds and trains it:
+    # residual G and D with pooled attention at 32x32, conditional BN and a projection D, batch 256 over
+    # the ranks, Adam(0, 0.999). Classes come from the data set (1000 for ImageNet's folder layout).
+    "paper128": {"imsize": 128, "arch": "resnet", "attention": "pooled", "num_classes": None, "batch_size": 256,
+                 "beta1": 0.0, "beta2": 0.999, "g_lr": 1e-4, "d_lr": 4e-4, "n_critic": 1, "loss": "hinge"},
+    # The same residual family at 64 (BigGAN-PyTorch's 64x64 widths) and 32 (the SNGAN CIFAR-10 ResNet widths:
+    # 256 in G, 128 in D), with the paper's optimiser settings; conditional when the data set has labels.
+    "resnet64": {"imsize": 64, "arch": "resnet", "attention": "pooled", "num_classes": None, "beta2": 0.999},
+    "resnet32": {"imsize": 32, "arch": "resnet", "attention": "pooled", "num_classes": None, "beta2": 0.999},
     # Tiny and fast: what the tests and CPU demos train.
     "debug32": {"imsize": 32, "g_conv_dim": 16, "d_conv_dim": 16, "g_attention": [16],
                 "d_attention": [8], "batch_size": 8, "steps": 20, "log_every": 1,
@@ -79,35 +88,49 @@ class TrainConfig(BaseModel):
 
     preset: PresetName = "seed64"
     """named starting point whose values replace these defaults: seed64 (the lab report), sagan32 and
-    sagan128 (the same design at 32 and 128 pixels), debug32 (tiny, for tests)"""
+    sagan128 (the same design at 32 and 128 pixels), paper128 (the paper's class-conditional residual model
+    and the official code's settings), resnet32 and resnet64 (that residual family at 32 and 64 pixels),
+    debug32 (tiny, for tests)"""
     dataset: str = Field("synthetic", max_length=4096)
-    """synthetic[:N] | shapes[:N] (built in) | folder:PATH | lsun:PATH:CLASS | cifar10:PATH"""
+    """synthetic[:N] | shapes[:N] (built in) | folder:PATH | lsun:PATH:CLASS[,CLASS...] | cifar10:PATH; labelled
+    (for conditional models): shapes, folders with one sub-folder per class, cifar10, lsun with several classes"""
     center_crop: int | None = Field(None, ge=1, le=16384)
     """centre crop in source pixels before resizing (160 for aligned CelebA); null = none"""
     max_bad_images: float = Field(0.001, ge=0.0, le=1.0)
     """largest fraction of unreadable images to skip before the run fails; 0 = fail on the first"""
 
     # Model
+    arch: Literal["dcgan", "resnet"] = "dcgan"
+    """network family: dcgan (the seed's transposed-conv design) | resnet (the paper's residual G and D with
+    conditional BN and a projection discriminator, as the official code; spectral norm and pooled attention)"""
+    num_classes: NonNegative | None = 0
+    """classes of a conditional model (resnet only): 0 = unconditional; null = the training data set's number
+    of classes (class sub-folders, CIFAR-10's labels, LSUN categories, shapes' kinds; 0 for unlabelled data),
+    resolved when training starts and saved in the checkpoint's config"""
     imsize: Literal[32, 64, 128] = 64
     """image size"""
     z_dim: Count = 128
     """latent size"""
     g_conv_dim: Count = 64
-    """generator width: channels of the last hidden block (a multiple of 8)"""
+    """generator width: channels of the last hidden block (a multiple of 8); resnet: the base width ch whose
+    multiples the blocks use (64 gives the paper's 1024 ... 64)"""
     d_conv_dim: Count = 64
-    """discriminator width: channels of the first block (a multiple of 8)"""
+    """discriminator width: channels of the first block (a multiple of 8); resnet: the base width ch
+    (64 gives the paper's 64 ... 1024)"""
     g_attention: list[Annotated[int, Field(ge=1)]] | None = None
     """generator feature-map sizes with self-attention ([] or 'none' = no attention); null = the seed's
-    placement, after the last two generator blocks at any imsize"""
+    placement, after the last two generator blocks at any imsize (resnet: one at min(32, imsize/2), the
+    paper's 32x32 at 128)"""
     d_attention: list[Annotated[int, Field(ge=1)]] | None = None
     """discriminator feature-map sizes with self-attention ([] or 'none' = no attention); null = the
-    seed's placement, after the last two discriminator blocks at any imsize"""
+    seed's placement, after the last two discriminator blocks at any imsize (resnet: one at
+    min(32, imsize/2))"""
     g_norm: Norm = "spectral"
-    """generator normalisation: spectral (SN + BatchNorm, the seed) | batch | none"""
+    """generator normalisation: spectral (SN + BatchNorm, the seed) | batch | none; resnet: spectral only"""
     d_norm: Norm = "spectral"
-    """discriminator normalisation: spectral (the seed) | batch | none"""
+    """discriminator normalisation: spectral (the seed) | batch | none; resnet: spectral only"""
     attention: Literal["seed", "pooled"] = "seed"
-    """attention form: seed (C/8 query/key, C value) | pooled (the paper's official code)"""
+    """attention form: seed (C/8 query/key, C value) | pooled (the paper's official code; resnet: pooled only)"""
 
     # Optimisation (TTUR: D learns 4x faster than G)
     loss: Literal["hinge", "wgan-gp", "bce"] = "hinge"
@@ -127,7 +150,8 @@ class TrainConfig(BaseModel):
     beta1: float = Field(0.0, ge=0.0, lt=1.0)
     """Adam beta1"""
     beta2: float = Field(0.9, ge=0.0, lt=1.0)
-    """Adam beta2"""
+    """Adam beta2: 0.9 as the paper's text and the seed say; the official TensorFlow code leaves TF's default
+    0.999, which the paper128 and resnet presets use"""
     lr_decay: float | None = Field(None, gt=0.0, le=1.0)
     """multiply both learning rates by this every lr_decay_every steps; null = off (the seed lists 0.95,
     but its reference code never applies it)"""
@@ -212,12 +236,19 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.batch_size % self.nproc:
             raise _FieldIssue("batch_size", f"{self.batch_size} does not divide evenly over nproc {self.nproc}")
-        placement = {}
-        for name, allowed in (("g_attention", generator_resolutions(self.imsize)),
-                              ("d_attention", discriminator_resolutions(self.imsize))):
+        if self.arch == "resnet":
+            for name, wanted in (("g_norm", "spectral"), ("d_norm", "spectral"), ("attention", "pooled")):
+                if getattr(self, name) != wanted:
+                    raise _FieldIssue(name, f"the resnet arch supports only {wanted}")
+        elif self.num_classes:
+            raise _FieldIssue("num_classes", "a conditional model needs arch resnet")
+        # dcgan is always unconditional, so there is nothing to take from the data set.
+        placement: dict[str, Any] = {"num_classes": 0} if self.arch == "dcgan" else {}
+        for name, allowed in (("g_attention", generator_resolutions(self.imsize, self.arch)),
+                              ("d_attention", discriminator_resolutions(self.imsize, self.arch))):
             chosen = getattr(self, name)
-            if chosen is None:  # the seed's placement: after the last two blocks
-                chosen = allowed[-2:]
+            if chosen is None:  # the seed's placement after the last two blocks; the paper's 32x32 for resnet
+                chosen = [min(32, self.imsize // 2)] if self.arch == "resnet" else allowed[-2:]
             bad = sorted(set(chosen) - set(allowed))
             if bad:
                 raise _FieldIssue(name, f"no feature map of size {bad} at imsize {self.imsize}; "
@@ -230,14 +261,34 @@ class TrainConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
-def generator_resolutions(imsize: int) -> list[int]:
-    """Feature-map sizes after each hidden generator block (4, 8, ..., imsize/2)."""
+def generator_resolutions(imsize: int, arch: str = "dcgan") -> list[int]:
+    """Feature-map sizes after each hidden generator block: dcgan 4, 8, ..., imsize/2; resnet 8, ..., imsize."""
+    if arch == "resnet":
+        return [2**i for i in range(3, int(math.log2(imsize)) + 1)]
     return [2**i for i in range(2, int(math.log2(imsize)))]
 
 
-def discriminator_resolutions(imsize: int) -> list[int]:
-    """Feature-map sizes after each discriminator block (imsize/2, ..., 4)."""
+def discriminator_resolutions(imsize: int, arch: str = "dcgan") -> list[int]:
+    """Distinct feature-map sizes after the discriminator blocks (imsize/2, ..., 4 for dcgan)."""
+    if arch == "resnet":
+        sizes = [imsize >> sum(down for _, down in resnet_layout(imsize)[1][:i + 1])
+                 for i in range(len(resnet_layout(imsize)[1]))]
+        return sorted(set(sizes), reverse=True)
     return list(reversed(generator_resolutions(imsize)))
+
+
+def resnet_layout(imsize: int) -> tuple[list[int], list[tuple[int, bool]]]:
+    """The residual family's widths as multiples of g_conv_dim / d_conv_dim.
+
+    Returns (G channels from the 4x4 start through each up-block; D (channels, downsamples) per block).
+    128 is the official code (G 16 16 8 4 2 1, D 1 2 4 8 16 16, the last without pooling); 64 is
+    BigGAN-PyTorch's 64x64 layout; 32 is the SNGAN CIFAR-10 ResNet (G 256 wide, D 128 wide at ch 64).
+    """
+    if imsize == 128:
+        return [16, 16, 8, 4, 2, 1], [(1, True), (2, True), (4, True), (8, True), (16, True), (16, False)]
+    if imsize == 64:
+        return [16, 8, 4, 2, 1], [(1, True), (2, True), (4, True), (8, True), (16, False)]
+    return [4, 4, 4, 4], [(2, True), (2, True), (2, False), (2, False)]
 
 
 FIELDS = TrainConfig.model_fields

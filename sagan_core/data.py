@@ -1,7 +1,10 @@
 """Training images, named by one spec string (the `dataset` config field).
 
-Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS` | `cifar10:PATH`. Every dataset
-yields float32 tensors of shape (3, imsize, imsize) in [-1, 1] and no labels (the GAN is unconditional).
+Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS[,CLASS...]` | `cifar10:PATH`. Every
+dataset yields float32 tensors of shape (3, imsize, imsize) in [-1, 1]; those with class labels also say
+`num_classes` (0 = unlabelled) and `label(i)`, item i's class, without decoding the image: shapes (its shape
+kind), a folder with one sub-folder per class (ImageNet's train layout), CIFAR-10, LSUN with several categories.
+A folder's file list is scanned once and cached (see `scan_folder`).
 Problems surface as DatasetError naming the spec, path, file or LMDB key at fault, both when a dataset is
 built and when an item is loaded (UnreadableImage). Training reads through SkipUnreadable, which replaces
 an unreadable item by the next readable one and reports it, and BadImageLog, which counts them and fails
@@ -10,7 +13,9 @@ the run past the config's max_bad_images, so a bad file never turns into a trace
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -26,17 +31,32 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import transforms
 
 from .dataspec import DatasetError, parse_spec, split_lsun, synthetic_size
+from .files import atomic_write
 
 if TYPE_CHECKING:  # lmdb loads with the first LMDB data set: machines without it can use the other kinds
     import lmdb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+NO_LABEL = -1  # label() of an unlabelled data set's items
+FOLDER_CACHE_ENV = "SAGAN_DATA_CACHE"
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> Dataset:
+class ImageDataset(Dataset):
+    """A data set of images, with class labels when num_classes > 0."""
+
+    num_classes = 0
+    class_names: tuple[str, ...] = ()
+
+    def label(self, index: int) -> int:
+        """Item index's class in [0, num_classes), or NO_LABEL."""
+        return NO_LABEL
+
+
+def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> ImageDataset:
     """The dataset a spec names, yielding (3, imsize, imsize) float32 tensors in [-1, 1]."""
     kind, arg = parse_spec(spec)
     transform = _transform(imsize, center_crop)
@@ -48,7 +68,13 @@ def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> 
         return ImageFolder(_existing_dir(arg), transform)
     if kind == "lsun":
         root, category = split_lsun(spec, arg)
-        return LMDBImages(_lmdb_dir(_existing_dir(root), category), transform)
+        categories = category.split(",")
+        if len(categories) > 1 and (Path(root) / "data.mdb").is_file():
+            raise DatasetError(f"{root} is one LMDB environment; several categories need their *_lmdb folders")
+        if len(categories) == 1:
+            return LMDBImages(_lmdb_dir(_existing_dir(root), category), transform)
+        return LSUNCategories([LMDBImages(_lmdb_dir(_existing_dir(root), name), transform) for name in categories],
+                              tuple(categories))
     return CIFAR10Images(_cifar_dir(_existing_dir(arg)), transform)
 
 
@@ -68,39 +94,43 @@ Skipped = dict[str, str]
 
 
 class SkipUnreadable(Dataset):
-    """Item i as (image, skipped), where an unreadable item i is replaced by the next readable item
-    after it (cyclically), and skipped names the unreadable ones passed over on the way.
+    """Item i as (image, label, skipped), where an unreadable item i is replaced by the next readable item
+    after it (cyclically) with that item's label, and skipped names the unreadable ones passed over.
 
     The replacement depends on i alone, so N ranks, any number of workers and a resumed run all see
     the same batches. At most `tries` items are tried; the image is None when none of them reads.
     """
 
-    def __init__(self, dataset: Dataset, tries: int) -> None:
+    def __init__(self, dataset: ImageDataset, tries: int) -> None:
         self.dataset, self.tries = dataset, tries
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, Skipped]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, Skipped]:
         skipped: Skipped = {}
         for offset in range(self.tries):
+            position = (index + offset) % len(self.dataset)
             try:
-                return self.dataset[(index + offset) % len(self.dataset)], skipped
+                return self.dataset[position], self.dataset.label(position), skipped
             except UnreadableImage as error:
                 skipped[error.name] = str(error)
-        return None, skipped
+        return None, NO_LABEL, skipped
 
 
-def collate_readable(items: list[tuple[torch.Tensor | None, Skipped]]) -> tuple[torch.Tensor | None, Skipped]:
-    """SkipUnreadable's items as (images (B, 3, S, S), or None if one is missing; everything skipped).
+def collate_readable(items: list[tuple[torch.Tensor | None, int, Skipped]]
+                     ) -> tuple[torch.Tensor | None, torch.Tensor, Skipped]:
+    """SkipUnreadable's items as (images (B, 3, S, S), or None if one is missing; labels (B,); everything
+    skipped).
 
     The names travel with the batch because DataLoader workers are other processes: the main
     process is the one place that sees every skip.
     """
-    skipped = {name: message for _, part in items for name, message in part.items()}
-    if any(image is None for image, _ in items):
-        return None, skipped
-    return default_collate([image for image, _ in items]), skipped  # shared memory inside workers
+    skipped = {name: message for _, _, part in items for name, message in part.items()}
+    labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
+    if any(image is None for image, _, _ in items):
+        return None, labels, skipped
+    return default_collate([image for image, _, _ in items]), labels, skipped  # shared memory inside workers
 
 
 class BadImageLog:
@@ -148,7 +178,7 @@ class BadImageLog:
                                f"{self.max_fraction:g} of {self.size} allows ({self.limit}): {', '.join(names)}")
 
 
-class SyntheticShapes(Dataset):
+class SyntheticShapes(ImageDataset):
     """Procedural coloured circles, rectangles and triangles on a solid or gradient background.
 
     Item i is drawn from a generator seeded with i alone, so it is the same in every process and worker
@@ -206,15 +236,23 @@ class SimpleShapes(SyntheticShapes):
 
     An easy built-in data set: a small GAN learns recognisable shapes from it within minutes on a CPU
     (the demo job trains on it), where `synthetic`'s overlapping shapes on gradients take far longer.
+
+    Labelled by shape kind (circle 0, square 1, triangle 2), so conditional models train on it too.
     """
 
     COLOURS = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (240, 190, 30), (160, 50, 200), (30, 180, 200))
+    KINDS = ("circle", "square", "triangle")
+    num_classes = len(KINDS)
+    class_names = KINDS
+
+    def label(self, index: int) -> int:
+        return self.KINDS.index(random.Random(index).choice(self.KINDS))  # _draw's first draw
 
     def _draw(self, rng: random.Random) -> Image.Image:
         s = self.imsize
         image = Image.new("RGB", (s, s), (255, 255, 255))
         draw = ImageDraw.Draw(image)
-        shape, colour = rng.choice(("circle", "square", "triangle")), rng.choice(self.COLOURS)
+        shape, colour = rng.choice(self.KINDS), rng.choice(self.COLOURS)
         cx, cy = rng.uniform(0.4, 0.6) * s, rng.uniform(0.4, 0.6) * s
         radius = rng.uniform(0.25, 0.35) * s
         if shape == "circle":
@@ -228,16 +266,30 @@ class SimpleShapes(SyntheticShapes):
         return image
 
 
-class ImageFolder(Dataset):
-    """Every image file under a directory, recursively, in sorted path order."""
+class ImageFolder(ImageDataset):
+    """Every image file under a directory, recursively, in sorted path order.
+
+    Labelled when every image lies in a sub-folder and there are at least two of them (ImageNet's train
+    layout): the class is the sub-folder, numbered in sorted name order.
+    """
 
     def __init__(self, root: Path, transform: Transform) -> None:
         self.root = root
         self.transform = transform
-        self.files = sorted(str(p) for p in root.rglob("*")
-                            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        if not self.files:
+        relative = scan_folder(root)
+        if not relative:
             raise DatasetError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        self.files = [str(root / name) for name in relative]
+        tops = [name.split("/", 1)[0] if "/" in name else None for name in relative]
+        names = sorted({top for top in tops if top is not None})
+        if None not in tops and len(names) >= 2:
+            self.class_names = tuple(names)
+            self.num_classes = len(names)
+            index = {name: i for i, name in enumerate(names)}
+            self.labels = np.array([index[top] for top in tops], dtype=np.int32)  # compact for 1.28 M files
+
+    def label(self, index: int) -> int:
+        return int(self.labels[index]) if self.num_classes else NO_LABEL
 
     def __len__(self) -> int:
         return len(self.files)
@@ -247,7 +299,7 @@ class ImageFolder(Dataset):
         return self.transform(_open_rgb(path, path))
 
 
-class LMDBImages(Dataset):
+class LMDBImages(ImageDataset):
     """An LSUN-style LMDB environment whose values are encoded images (keys are arbitrary)."""
 
     def __init__(self, path: Path, transform: Transform) -> None:
@@ -277,15 +329,45 @@ class LMDBImages(Dataset):
         return self.transform(_open_rgb(io.BytesIO(value), name))
 
 
-class CIFAR10Images(Dataset):
-    """The CIFAR-10 training split (the five python-format data batches); labels are dropped."""
+class LSUNCategories(ImageDataset):
+    """Several LSUN categories as one labelled data set: the items of category k (in spec order) have label k."""
+
+    def __init__(self, parts: list[LMDBImages], names: tuple[str, ...]) -> None:
+        self.parts, self.class_names, self.num_classes = parts, names, len(parts)
+        self.ends = np.cumsum([len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        part = int(np.searchsorted(self.ends, index, side="right"))
+        return part, index - (int(self.ends[part - 1]) if part else 0)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        part, offset = self._locate(index)
+        return self.parts[part][offset]
+
+    def label(self, index: int) -> int:
+        return self._locate(index)[0]
+
+
+class CIFAR10Images(ImageDataset):
+    """The CIFAR-10 training split (the five python-format data batches) with its ten labels."""
+
+    num_classes = len(CIFAR_CLASSES)
+    class_names = CIFAR_CLASSES
 
     def __init__(self, root: Path, transform: Transform) -> None:
         self.root = root
         self.transform = transform
+        batches = [_load_cifar_batch(root / name) for name in CIFAR_BATCHES]
         # (N, 3072) rows are channel-planar; PIL wants (N, 32, 32, 3).
-        planar = np.concatenate([_load_cifar_batch(root / name) for name in CIFAR_BATCHES])
+        planar = np.concatenate([data for data, _ in batches])
         self.images = np.ascontiguousarray(planar.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        self.labels = np.concatenate([labels for _, labels in batches])
+
+    def label(self, index: int) -> int:
+        return int(self.labels[index])
 
     def __len__(self) -> int:
         return len(self.images)
@@ -301,6 +383,43 @@ def _existing_dir(path: str) -> Path:
     if not root.is_dir():
         raise DatasetError(f"dataset path is not a directory: {root}")
     return root
+
+
+def folder_cache_dir() -> Path:
+    """Where folder scans are cached: $SAGAN_DATA_CACHE, else ~/.cache/sagan/folders (under $XDG_CACHE_HOME)."""
+    if os.environ.get(FOLDER_CACHE_ENV):
+        return Path(os.environ[FOLDER_CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sagan" / "folders"
+
+
+def scan_folder(root: Path) -> list[str]:
+    """The image files under root (relative, '/'-separated, sorted), walked once and then read from a cache.
+
+    ImageNet's 1.28 M files take minutes to walk on network storage, and every job and rank would walk them
+    again. The cache file is keyed by the folder's resolved path and the modification times of the folder
+    and of its direct sub-folders (one stat each: adding or removing a file in a class folder changes them).
+    A change deeper down is not seen: delete the cache file (named in the folder cache directory by the key).
+    An unwritable cache directory only costs the walk.
+    """
+    resolved = root.resolve()
+    stamps = [f"{resolved}\0{resolved.stat().st_mtime_ns}"]
+    with os.scandir(resolved) as entries:
+        stamps += sorted(f"{entry.name}\0{entry.stat().st_mtime_ns}" for entry in entries if entry.is_dir())
+    key = hashlib.sha256("\n".join(stamps).encode()).hexdigest()
+    cache = folder_cache_dir() / f"{key}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass  # no cache yet (or a torn one): walk
+    files = sorted(path.relative_to(resolved).as_posix() for path in resolved.rglob("*")
+                   if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
+    try:
+        data = json.dumps(files).encode()
+        atomic_write(cache, lambda f: f.write(data))
+    except OSError:
+        pass
+    return files
 
 
 def _lmdb_dir(root: Path, category: str) -> Path:
@@ -343,7 +462,7 @@ def _cifar_dir(root: Path) -> Path:
     return nested if nested.is_dir() else root
 
 
-def _load_cifar_batch(path: Path) -> np.ndarray:
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DatasetError(f"CIFAR-10 batch file not found: {path}")
     # pickle runs code from the file, which is why the API only accepts paths under its allowed data roots.
@@ -351,11 +470,14 @@ def _load_cifar_batch(path: Path) -> np.ndarray:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
         raise DatasetError(f"not a CIFAR-10 python batch file: {path} ({error})") from error
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"CIFAR-10 batch {path} has data of shape {data.shape}, expected (N, 3072)")
-    return data
+    if labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(CIFAR_CLASSES):
+        raise DatasetError(f"CIFAR-10 batch {path} has labels that do not match its {len(data)} images")
+    return data, labels
 
 
 def _open_rgb(source: str | IO[bytes], name: str) -> Image.Image:

@@ -1,6 +1,6 @@
 """Dataset spec strings, parsed without torch: the API checks submitted specs with this alone.
 
-Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS` | `cifar10:PATH` (see data.py).
+Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS[,CLASS...]` | `cifar10:PATH` (see data.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 KINDS = ("synthetic", "shapes", "folder", "lsun", "cifar10")
 BUILT_IN = ("synthetic", "shapes")  # drawn on the fly, no files; N images (default DEFAULT_SYNTHETIC_SIZE)
-SPEC_FORMS = "synthetic, synthetic:N, shapes, shapes:N, folder:PATH, lsun:PATH:CLASS, cifar10:PATH"
+SPEC_FORMS = "synthetic, synthetic:N, shapes, shapes:N, folder:PATH, lsun:PATH:CLASS[,CLASS...], cifar10:PATH"
 DEFAULT_SYNTHETIC_SIZE = 10_000
 # Bump when the built-in data sets draw differently: cached real statistics of the old drawing then stop matching.
 SYNTHETIC_VERSION = 1
@@ -57,10 +57,13 @@ def synthetic_size(spec: str, arg: str) -> int:
 
 
 def split_lsun(spec: str, arg: str) -> tuple[str, str]:
-    # Split on the last colon so PATH may contain colons; CLASS must be a plain name so that
-    # PATH/CLASS_lmdb cannot escape PATH (dataset_paths relies on that).
+    # Split on the last colon so PATH may contain colons; each CLASS must be a plain name so that
+    # PATH/CLASS_lmdb cannot escape PATH (dataset_paths relies on that). Several classes, comma-separated,
+    # make a labelled data set.
     root, _, category = arg.rpartition(":")
-    if not root or not category or "/" in category or os.sep in category:
+    names = category.split(",")
+    if (not root or not all(names) or len(set(names)) != len(names)
+            or any("/" in name or os.sep in name for name in names)):
         raise DatasetError(f"malformed dataset spec {spec!r}: expected lsun:PATH:CLASS, "
                            "e.g. lsun:/data/lsun:church_outdoor_train")
     return root, category

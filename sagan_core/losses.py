@@ -39,11 +39,12 @@ G_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     alpha: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP: (||grad D(x_hat)|| - 1)^2 on x_hat = alpha real + (1 - alpha) fake, alpha (B,) in [0, 1)."""
+                     alpha: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP: (||grad D(x_hat)|| - 1)^2 on x_hat = alpha real + (1 - alpha) fake, alpha (B,) in [0, 1).
+    A conditional D scores x_hat with the real images' labels."""
     alpha = alpha.view(-1, 1, 1, 1)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     with differentiable_attention():  # the loss's backward differentiates this gradient again
-        logits = discriminator(mixed)
+        logits = discriminator(mixed) if labels is None else discriminator(mixed, labels)
     (grad,) = torch.autograd.grad(logits.sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()

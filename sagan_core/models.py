@@ -1,4 +1,5 @@
-"""SAGAN generator and discriminator (DCGAN-style, as in the seed), sized by TrainConfig.
+"""SAGAN generator and discriminator (DCGAN-style, as in the seed), sized by TrainConfig, and the builders
+that pick the family by config.arch (the residual family lives in sagan_core.resnet).
 
 No parallelism lives here: DDP and synchronised BatchNorm are applied by sagan_core.parallel.
 """
@@ -23,6 +24,8 @@ class Generator(nn.Module):
     doubles the resolution and halves the channels; attention after the blocks whose output size
     is listed in config.g_attention; to_rgb is a plain ConvTranspose + tanh (no normalisation).
     """
+
+    num_classes = 0  # unconditional: called with z alone
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
@@ -81,10 +84,32 @@ class Discriminator(nn.Module):
         return self.main(x).flatten()
 
 
-def build_models(preset: str | TrainConfig = "seed64", **overrides: Any) -> tuple[Generator, Discriminator]:
+def build_generator(config: TrainConfig) -> nn.Module:
+    """G for config.arch; a conditional one takes (z, y), the others z alone."""
+    from .resnet import ResNetGenerator
+
+    _require_classes(config)
+    return ResNetGenerator(config) if config.arch == "resnet" else Generator(config)
+
+
+def build_discriminator(config: TrainConfig) -> nn.Module:
+    """D for config.arch; a conditional one takes (x, y), the others x alone."""
+    from .resnet import ResNetDiscriminator
+
+    _require_classes(config)
+    return ResNetDiscriminator(config) if config.arch == "resnet" else Discriminator(config)
+
+
+def _require_classes(config: TrainConfig) -> None:
+    if config.num_classes is None:
+        raise ValueError("num_classes is null (take it from the data set): resolve it with "
+                         "config.model_copy(update={'num_classes': n}) before building a model")
+
+
+def build_models(preset: str | TrainConfig = "seed64", **overrides: Any) -> tuple[nn.Module, nn.Module]:
     """(G, D) for a preset name with config overrides, or for a full TrainConfig."""
     config = preset if isinstance(preset, TrainConfig) else make_config(preset, **overrides)
-    return Generator(config), Discriminator(config)
+    return build_generator(config), build_discriminator(config)
 
 
 def attention_gammas(model: nn.Module, prefix: str) -> dict[str, float]:

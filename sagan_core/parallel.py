@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -62,6 +64,17 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+@contextmanager
+def main_rank_first(ctx: DistContext) -> Iterator[None]:
+    """Run the block on rank 0, then on the other ranks: what rank 0 caches (a folder's file list) the
+    others then read instead of doing the same work at the same time. A collective: every rank enters it."""
+    if ctx.distributed and not ctx.is_main:
+        dist.barrier()
+    yield
+    if ctx.distributed and ctx.is_main:
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -102,7 +115,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked += 1
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)
-        scale = torch.rsqrt(var + self.eps) * self.weight
+        scale = torch.rsqrt(var + self.eps)
+        if not self.affine:  # conditional BN: the per-class gain and bias come after
+            return centred * scale.view(1, -1, 1, 1)
+        scale = scale * self.weight
         return centred * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
@@ -114,9 +130,9 @@ def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum)
+            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, affine=child.affine)
             replacement.load_state_dict(child.state_dict())
-            setattr(model, name, replacement.to(child.weight.device))
+            setattr(model, name, replacement.to(child.running_mean.device))
         else:
             sync_batchnorm(child, ctx)
     return model

@@ -1,9 +1,13 @@
-"""Turning a generator into pictures: fixed-z grids during training, `sagan sample` after."""
+"""Turning a generator into pictures: fixed-z grids during training, `sagan sample` after.
+
+A conditional generator (num_classes > 0) also takes each sample's class: training grids show one class per
+row, `sagan sample --classes/--per-class` picks them, and evaluations draw them from (seed, i) like z.
+"""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +23,8 @@ from .seeding import seeded
 
 NOISE_BLOCK = 1024
 NOISE_STREAM = -1  # negative: apart from the trainer's (seed, step, slot) draws
+LABEL_STREAM = -2
+GRID_ROWS = 8
 
 
 def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
@@ -29,10 +35,46 @@ def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
 def indexed_noise(seed: int, start: int, count: int, z_dim: int) -> torch.Tensor:
     """z_i for i in [start, start + count): a function of (seed, i) alone, drawn in blocks of NOISE_BLOCK, so
     any batch size, rank split or later call sees the same z for sample i (evaluations compare the same z)."""
+    return _indexed(start, count, (z_dim,), lambda block: torch.randn(
+        NOISE_BLOCK, z_dim, generator=seeded(seed, NOISE_STREAM, block)))
+
+
+def indexed_labels(seed: int, start: int, count: int, num_classes: int) -> torch.Tensor:
+    """Sample i's class, uniform over num_classes, for i in [start, start + count): like indexed_noise."""
+    return _indexed(start, count, (), lambda block: torch.randint(
+        num_classes, (NOISE_BLOCK,), generator=seeded(seed, LABEL_STREAM, block)))
+
+
+def _indexed(start: int, count: int, shape: tuple[int, ...],
+             draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
     blocks = range(start // NOISE_BLOCK, (start + count - 1) // NOISE_BLOCK + 1) if count > 0 else range(0)
-    drawn = [torch.randn(NOISE_BLOCK, z_dim, generator=seeded(seed, NOISE_STREAM, block)) for block in blocks]
     offset = start - (blocks.start if blocks else 0) * NOISE_BLOCK
-    return torch.cat(drawn)[offset:offset + count] if drawn else torch.empty(0, z_dim)
+    return torch.cat([draw(block) for block in blocks])[offset:offset + count] if blocks else torch.empty(0, *shape)
+
+
+def grid_labels(num_classes: int, per_row: int = 8) -> torch.Tensor | None:
+    """Classes of a training grid, one class per row of per_row: up to GRID_ROWS rows spread evenly over the
+    classes (0, 125, 250, ... for ImageNet's 1000); None for an unconditional model."""
+    if not num_classes:
+        return None
+    rows = min(GRID_ROWS, num_classes)
+    return torch.arange(rows).mul(num_classes).div(rows, rounding_mode="floor").repeat_interleave(per_row)
+
+
+def chosen_labels(num_classes: int, classes: list[int] | None, per_class: int | None) -> torch.Tensor | None:
+    """The classes `sagan sample --classes/--per-class` asks for, each repeated per_class times (default 8);
+    classes default to all of them. None when neither is given; an error for an unconditional model."""
+    if classes is None and per_class is None:
+        return None
+    if not num_classes:
+        raise ValueError("this checkpoint's generator is unconditional: it takes no classes")
+    if per_class is not None and per_class < 1:
+        raise ValueError("per_class must be >= 1")
+    classes = list(range(num_classes)) if classes is None else classes
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad or not classes:
+        raise ValueError(f"classes must be in [0, {num_classes}); got {bad or 'none'}")
+    return torch.tensor(classes).repeat_interleave(per_class or GRID_ROWS)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -52,11 +94,16 @@ def evaluation_mode(module: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def generate(generator: nn.Module, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Images in [-1, 1] for z, in eval mode, restoring the generator's mode afterwards."""
+def generate(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None,
+             batch_size: int = 256) -> torch.Tensor:
+    """Images in [-1, 1] for z (and classes `labels` for a conditional generator), in eval mode, restoring
+    the generator's mode afterwards."""
     device = next(generator.parameters()).device
     with evaluation_mode(generator):
-        return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(batch_size)])
+        if labels is None:
+            return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(batch_size)])
+        return torch.cat([generator(chunk.to(device), y.to(device)).float().cpu()
+                          for chunk, y in zip(z.split(batch_size), labels.split(batch_size), strict=True)])
 
 
 def grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:
@@ -74,33 +121,53 @@ def write_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 
 
 def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, seed: int = 0,
-                  npz: str | Path | None = None, device: str = "cpu") -> Path:
-    """Sample n images from a checkpoint into a grid PNG (and raw arrays into an .npz)."""
+                  npz: str | Path | None = None, device: str = "cpu", classes: list[int] | None = None,
+                  per_class: int | None = None) -> Path:
+    """Sample n images from a checkpoint into a grid PNG (and raw arrays into an .npz).
+
+    A conditional model: with classes and/or per_class, per_class images (default 8) of each class (default
+    all), one class per row, n ignored; otherwise n images of classes 0, 1, 2, ... in turn."""
     if n < 1:
         raise ValueError("n must be >= 1")
     model = load_checkpoint(checkpoint, device=device)
+    num_classes = model.config.num_classes or 0
+    labels = chosen_labels(num_classes, classes, per_class)
+    nrow = max(1, int(np.ceil(np.sqrt(n))))
+    if labels is not None:
+        n, nrow = len(labels), per_class or GRID_ROWS
+    elif num_classes:
+        labels = torch.arange(n) % num_classes
     z = fixed_noise(n, model.config.z_dim, seed)
-    images = generate(model.generator, z)
+    images = generate(model.generator, z, labels)
     if npz is not None:
         uint8 = to_uint8(images).permute(0, 2, 3, 1)
         arrays = {"images": uint8.numpy(), "z": z.numpy(), "step": np.array(model.step)}
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
         atomic_write(Path(npz), lambda f: np.savez_compressed(f, **arrays))
-    return write_grid(images, Path(out_png), nrow=max(1, int(np.ceil(np.sqrt(n)))))
+    return write_grid(images, Path(out_png), nrow=nrow)
 
 
 def sample_to_dir(checkpoint: str | Path, out_dir: str | Path, *, n: int, seed: int = 0, device: str = "cpu",
-                  batch_size: int = 256) -> Path:
+                  batch_size: int = 256, classes: list[int] | None = None, per_class: int | None = None) -> Path:
     """Write n samples as out_dir/<i>.png, batch by batch (memory does not grow with n); image i comes from
-    indexed_noise(seed, i), the z an evaluation with this seed uses for its sample i."""
+    indexed_noise(seed, i), the z an evaluation with this seed uses for its sample i, and for a conditional
+    model from indexed_labels(seed, i), its class there, unless classes/per_class choose them (then n is
+    their count)."""
     if n < 1:
         raise ValueError("n must be >= 1")
     model = load_checkpoint(checkpoint, device=device)
+    num_classes = model.config.num_classes or 0
+    chosen = chosen_labels(num_classes, classes, per_class)
+    n = n if chosen is None else len(chosen)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(n - 1)))
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        images = to_uint8(generate(model.generator, indexed_noise(seed, start, count, model.config.z_dim)))
+        labels = (None if not num_classes else indexed_labels(seed, start, count, num_classes) if chosen is None
+                  else chosen[start:start + count])
+        images = to_uint8(generate(model.generator, indexed_noise(seed, start, count, model.config.z_dim), labels))
         for offset, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
             Image.fromarray(image).save(out_dir / f"{start + offset:0{width}d}.png")
     return out_dir

@@ -4,8 +4,8 @@ Run as `python -m sagan_core.train --config CONFIG.json --out DIR [--resume]`, a
 torchrun. `sagan train` writes the config and starts this (through torchrun when nproc > 1).
 
 Every random draw is a function of (seed, step): real batches come from a seeded permutation
-per epoch, and z and the gradient penalty's weights from generators seeded by (step, slot), each
-rank taking its slice of the global batch.
+per epoch, and z, a conditional generator's classes and the gradient penalty's weights from generators
+seeded by (step, slot), each rank taking its slice of the global batch.
 So a resumed run repeats a straight run exactly, and N processes see the same global batch as
 one process with the same batch_size.
 
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import prune_checkpoints, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, build_config, read_config_file
-from .data import BadImageLog, Skipped, SkipUnreadable, build_dataset, collate_readable
+from .data import BadImageLog, ImageDataset, Skipped, SkipUnreadable, build_dataset, collate_readable
 from .dataspec import DatasetError
 from .layout import (
     EVALS,
@@ -49,7 +49,7 @@ from .layout import (
 from .losses import D_LOSSES, G_LOSSES, gradient_penalty
 from .metrics.evaluate import EvalPlan, Evaluator
 from .metrics.runs import append_jsonl, best_eval, headline, improves, keep_steps_up_to
-from .models import Discriminator, Generator, attention_gammas
+from .models import attention_gammas, build_discriminator, build_generator
 from .parallel import (
     DistContext,
     all_gather_objects,
@@ -57,11 +57,12 @@ from .parallel import (
     any_rank,
     control_group,
     init_distributed,
+    main_rank_first,
     shutdown_distributed,
     sync_batchnorm,
     wrap_ddp,
 )
-from .sampling import fixed_noise, generate, write_grid
+from .sampling import fixed_noise, generate, grid_labels, write_grid
 from .seeding import seeded
 
 # EX_TEMPFAIL: stopped by SIGTERM with a checkpoint at the step it stopped; run again with --resume.
@@ -99,13 +100,13 @@ class TrainState:
 
     config: TrainConfig
     ctx: DistContext
-    generator: Generator
-    discriminator: Discriminator
+    generator: nn.Module
+    discriminator: nn.Module
     generator_ddp: nn.Module
     discriminator_ddp: nn.Module
     g_optimizer: torch.optim.Optimizer
     d_optimizer: torch.optim.Optimizer
-    ema: Generator | None
+    ema: nn.Module | None
     bad_images: BadImageLog
     step: int = 0
 
@@ -136,8 +137,8 @@ class TrainState:
 
 def build_state(config: TrainConfig, ctx: DistContext, dataset_size: int) -> TrainState:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    generator = sync_batchnorm(Generator(config), ctx).to(ctx.device)
-    discriminator = sync_batchnorm(Discriminator(config), ctx).to(ctx.device)
+    generator = sync_batchnorm(build_generator(config), ctx).to(ctx.device)
+    discriminator = sync_batchnorm(build_discriminator(config), ctx).to(ctx.device)
     if config.channels_last:
         generator.to(memory_format=torch.channels_last)
         discriminator.to(memory_format=torch.channels_last)
@@ -152,8 +153,35 @@ def build_state(config: TrainConfig, ctx: DistContext, dataset_size: int) -> Tra
                       g_optimizer, d_optimizer, ema, BadImageLog(dataset_size, config.max_bad_images))
 
 
-# Tags the gradient penalty's draws apart from z's, which are seeded by (seed, step, slot) alone.
+# Tag the gradient penalty's and the generator's class draws apart from z's, seeded by (seed, step, slot) alone.
 PENALTY_STREAM = 1
+LABEL_STREAM = 2
+
+
+def with_classes(config: TrainConfig, dataset: ImageDataset) -> TrainConfig:
+    """config with num_classes resolved against the training data (null = the data set's own number), so the
+    saved config, and every checkpoint, says what the model is; a conditional model needs labels that fit."""
+    classes = dataset.num_classes if config.num_classes is None else config.num_classes
+    if classes and not dataset.num_classes:
+        raise DatasetError(f"num_classes is {classes} but data set {config.dataset} has no class labels")
+    if classes and dataset.num_classes > classes:
+        raise DatasetError(f"data set {config.dataset} has {dataset.num_classes} classes, "
+                           f"more than num_classes {classes}")
+    return config if classes == config.num_classes else config.model_copy(update={"num_classes": classes})
+
+
+def fake_classes(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor | None:
+    """This rank's slice of the generator's global classes for (step, slot), uniform; None if unconditional."""
+    if not config.num_classes:
+        return None
+    classes = torch.randint(config.num_classes, (config.batch_size,),
+                            generator=seeded(config.seed, step, slot, LABEL_STREAM))
+    return _rank_share(classes, ctx)
+
+
+def labelled(y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The label argument of a model call: (y,) for a conditional model, nothing for an unconditional one."""
+    return () if y is None else (y,)
 
 
 def noise(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
@@ -182,21 +210,24 @@ def set_learning_rates(state: TrainState) -> None:
 
 
 def discriminate(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, *,
+                 real_y: torch.Tensor | None = None, fake_y: torch.Tensor | None = None,
                  separate: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's float logits (B,) for real and fake."""
+    """D's float logits (B,) for real and fake (with their classes when conditional)."""
     if separate:
         # D's BatchNorm normalises real and fake with their own batch statistics, as the reference
         # does: a mixed batch would change what the normalisation ablation compares. Two DDP forwards
         # before one backward are fine without find_unused_parameters: autograd still accumulates
         # each parameter's gradient once, and DDP all-reduces it once.
-        return discriminator(real).float(), discriminator(fake).float()
+        return discriminator(real, *labelled(real_y)).float(), discriminator(fake, *labelled(fake_y)).float()
     # One forward over real and fake: half the kernel launches, one spectral-norm power iteration
     # (where the reference runs two) and a single DDP forward per backward.
-    d_real, d_fake = discriminator(torch.cat([real, fake])).float().split(real.shape[0])
+    both_y = () if real_y is None else (torch.cat([real_y, fake_y]),)
+    d_real, d_fake = discriminator(torch.cat([real, fake]), *both_y).float().split(real.shape[0])
     return d_real, d_fake
 
 
-def train_step(state: TrainState, real_batches: Iterator[torch.Tensor]) -> dict[str, torch.Tensor]:
+def train_step(state: TrainState, real_batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+               ) -> dict[str, torch.Tensor]:
     """n_critic discriminator updates, then one generator update. Returns detached stats."""
     config, ctx = state.config, state.ctx
     autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16) if config.amp == "bf16"
@@ -206,27 +237,32 @@ def train_step(state: TrainState, real_batches: Iterator[torch.Tensor]) -> dict[
     set_learning_rates(state)
 
     for slot in range(config.n_critic):
-        real = next(real_batches).to(ctx.device, non_blocking=True, memory_format=memory_format)
+        images, labels = next(real_batches)
+        real = images.to(ctx.device, non_blocking=True, memory_format=memory_format)
+        real_y = labels.to(ctx.device, non_blocking=True) if config.num_classes else None
+        fake_y = fake_classes(config, ctx, state.step, slot)
         with torch.no_grad(), autocast:  # the D step never backpropagates into G
-            fake = state.generator(noise(config, ctx, state.step, slot))
+            fake = state.generator(noise(config, ctx, state.step, slot), *labelled(fake_y))
         with autocast:
-            d_real, d_fake = discriminate(state.discriminator_ddp, real, fake.to(real.dtype),
-                                          separate=config.d_norm == "batch")
+            d_real, d_fake = discriminate(state.discriminator_ddp, real, fake.to(real.dtype), real_y=real_y,
+                                          fake_y=fake_y, separate=config.d_norm == "batch")
             d_loss = d_loss_fn(d_real, d_fake)
             if config.loss == "wgan-gp":
                 # The penalty's double backward runs on the bare module (DDP cannot); its gradients
                 # still reach DDP's all-reduce, which hooks the parameters themselves.
                 alpha = penalty_weights(config, ctx, state.step, slot)
-                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real, fake, alpha)
+                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real, fake, alpha,
+                                                                      labels=real_y)
         state.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         state.d_optimizer.step()
 
     # G step: D's weights need no gradients, so backpropagate through the bare module.
     state.discriminator.requires_grad_(False)
+    g_y = labelled(fake_classes(config, ctx, state.step, config.n_critic))
     with autocast:
-        g_loss = g_loss_fn(state.discriminator(state.generator_ddp(noise(config, ctx, state.step,
-                                                                         config.n_critic))).float())
+        fake = state.generator_ddp(noise(config, ctx, state.step, config.n_critic), *g_y)
+        g_loss = g_loss_fn(state.discriminator(fake, *g_y).float())
     state.g_optimizer.zero_grad(set_to_none=True)
     g_loss.backward()
     state.g_optimizer.step()
@@ -247,8 +283,8 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         ema_buffer.copy_(buffer)
 
 
-def real_batches(dataset: Dataset, state: TrainState) -> Iterator[torch.Tensor]:
-    """Resumable stream of real batches: starts where step `state.step` left off.
+def real_batches(dataset: ImageDataset, state: TrainState) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Resumable stream of real (images, labels) batches: starts where step `state.step` left off.
 
     An unreadable image is replaced by the next readable one (SkipUnreadable) and recorded in
     state.bad_images; past its limit the run fails with a DatasetError naming them.
@@ -259,12 +295,12 @@ def real_batches(dataset: Dataset, state: TrainState) -> Iterator[torch.Tensor]:
                         collate_fn=collate_readable, num_workers=config.num_workers,
                         pin_memory=state.ctx.device.type == "cuda",
                         persistent_workers=config.num_workers > 0)
-    for images, skipped in loader:
+    for images, labels, skipped in loader:
         bad_images.record(skipped)
         bad_images.check()  # this rank's count is at most the run's, so this never fails too early
         if images is None:  # every item tried was unreadable, and the limit allows the whole set
             raise DatasetError(f"none of the {len(dataset)} images can be read: {', '.join(skipped)}")
-        yield images
+        yield images, labels
 
 
 def share_bad_images(state: TrainState) -> Skipped:
@@ -286,7 +322,10 @@ class RunWriter:
 
     def __init__(self, out_dir: Path, state: TrainState, *, resumed: bool, hold_checkpoints: bool = False) -> None:
         self.out_dir, self.state, self.hold_checkpoints = out_dir, state, hold_checkpoints
-        self.sample_z = fixed_noise(64, state.config.z_dim, state.config.seed)
+        # One class per row when conditional (spread over the classes); the same z for every step's grid.
+        self.sample_y = grid_labels(state.config.num_classes or 0)
+        self.sample_z = fixed_noise(64 if self.sample_y is None else len(self.sample_y), state.config.z_dim,
+                                    state.config.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
         last_kept = state.step if resumed else -1
         keep_steps_up_to(out_dir / METRICS, last_kept)
@@ -308,7 +347,7 @@ class RunWriter:
 
     def sample(self) -> None:
         generator = self.state.ema if self.state.ema is not None else self.state.generator
-        write_grid(generate(generator, self.sample_z), sample_path(self.out_dir, self.state.step))
+        write_grid(generate(generator, self.sample_z, self.sample_y), sample_path(self.out_dir, self.state.step))
 
     def real_grid(self, dataset: Dataset) -> None:
         """64 real images, the first the run draws, beside the samples for comparison; once per run."""
@@ -318,7 +357,7 @@ class RunWriter:
         # The same replacement of unreadable images as the batches (which also count them).
         readable = SkipUnreadable(dataset, self.state.bad_images.tries)
         first = torch.randperm(len(dataset), generator=seeded(self.state.config.seed, 0))[:64].tolist()
-        images = [image for image, _ in map(readable.__getitem__, first) if image is not None]
+        images = [image for image, _, _ in map(readable.__getitem__, first) if image is not None]
         if images:  # none readable: the first batch fails the run, naming them
             write_grid(torch.stack(images), path)
 
@@ -371,7 +410,9 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
     """
     ctx = init_distributed(config.device)
     try:
-        dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
+        with main_rank_first(ctx):  # one walk of a folder per job: the other ranks read its cached list
+            dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
+        config = with_classes(config, dataset)
         evaluator = build_evaluator(config, ctx)
         state = build_state(config, ctx, len(dataset))
         found = latest_checkpoint(out_dir) if resume else None
@@ -426,7 +467,7 @@ def _evaluate(state: TrainState, evaluator: Evaluator, writer: RunWriter | None)
         writer.evaluation(record)
 
 
-def _loop(state: TrainState, batches: Iterator[torch.Tensor], writer: RunWriter | None,
+def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], writer: RunWriter | None,
           stop: StopOnSigterm, evaluator: Evaluator | None = None) -> None:
     config = state.config
     progress = _progress_bar(state, writer)

@@ -27,6 +27,14 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def folder_scan_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder scans cache into a temporary directory (child processes inherit it), not the user's cache."""
+    path = tmp_path_factory.mktemp("folder-cache")
+    os.environ["SAGAN_DATA_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture
 def python() -> str:
     return sys.executable

@@ -67,6 +67,25 @@ def test_train_then_sample(tmp_path: Path) -> None:
     assert np.array_equal(np.load(again)["images"], arrays["images"])  # same seed, same pictures
 
 
+def test_conditional_train_then_sample_by_class(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "resnet32", "--g-conv-dim", "8", "--d-conv-dim", "8", "--batch-size", "8",
+                 "--steps", "1", "--num-workers", "0", "--dataset", "shapes:32", "--device", "cpu",
+                 "--out", str(run)]) == 0
+    assert read_config_file(run / "config.json")["num_classes"] is None  # as asked; the checkpoint has 3
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(run), "--classes", "2,0", "--per-class", "3", "-o", str(grid)]) == 0
+    assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)
+    out_dir = tmp_path / "each"
+    assert main(["sample", "--checkpoint", str(run), "--per-class", "2", "--out-dir", str(out_dir)]) == 0
+    assert len(list(out_dir.iterdir())) == 6  # two of each of the three classes
+    assert main(["sample", "--checkpoint", str(run), "--classes", "7", "-o", str(grid)]) == 2
+    assert "classes must be in [0, 3)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", str(run), "--classes", "a,b"])
+    assert "expected comma-separated class numbers" in capsys.readouterr().err
+
+
 def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--preset", "debug32", "--imsize", "48", "--out", str(tmp_path)]) == 2
     assert "imsize" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def error_of(values: dict) -> str:
     ({"g_conv_dim": 12}, "g_conv_dim: must be a multiple of 8 (attention projects to C/8)"),
     ({"batch_size": 9, "nproc": 2}, "batch_size: 9 does not divide evenly over nproc 2"),
     ({"loss": "l2"}, "loss: Input should be 'hinge', 'wgan-gp' or 'bce'"),
-    ({"preset": "seed65"}, "preset: Input should be 'seed64', 'sagan32', 'sagan128' or 'debug32'"),
+    ({"preset": "seed65"}, "preset: Input should be 'seed64', 'sagan32', 'sagan128', 'paper128', 'resnet64', 'resnet32' or 'debug32'"),
     ({"colour": "red"}, "colour: unknown config field"),
     ({"g_attention": [16, "x"]}, "g_attention: Input should be a valid integer"),
     ({"g_attention": [64]}, "g_attention: no feature map of size [64] at imsize 64; choose from [4, 8, 16, 32]"),

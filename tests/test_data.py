@@ -134,7 +134,8 @@ def test_unreadable_items_are_replaced_by_the_next_readable_one(tmp_path: Path, 
     (tmp_path / "d.png").write_bytes(encoded(solid(RED, (64, 64)), "PNG")[:80])  # truncated
     dataset = SkipUnreadable(build_dataset(f"folder:{tmp_path}", 32), tries=3)
     loader = DataLoader(dataset, batch_size=4, num_workers=num_workers, collate_fn=collate_readable)
-    images, skipped = next(iter(loader))  # across worker processes: the names travel with the batch
+    images, labels, skipped = next(iter(loader))  # across worker processes: the names travel with the batch
+    assert labels.tolist() == [-1] * 4  # a flat folder has no classes
     for image, colour in zip(images, [RED, BLUE, BLUE, RED], strict=True):  # d wraps around to a
         assert_colour(image, colour, atol=1e-6)
     assert sorted(skipped) == [str(tmp_path / "b.png"), str(tmp_path / "d.png")]
@@ -313,3 +314,69 @@ def test_dataset_paths() -> None:
     assert dataset_paths("folder:/data/celeba") == ["/data/celeba"]
     assert dataset_paths("lsun:/data/c:d/lsun:church_outdoor_train") == ["/data/c:d/lsun"]
     assert dataset_paths("cifar10:/data/cifar") == ["/data/cifar"]
+
+
+# --- labels and the folder scan cache ---------------------------------------------------------------------
+
+
+def test_folder_with_class_subfolders_is_labelled(tmp_path: Path) -> None:
+    for name, colour in (("n02", BLUE), ("n01", RED)):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            solid(colour).save(tmp_path / name / f"{i}.png")
+    dataset = build_dataset(f"folder:{tmp_path}", 32)
+    assert dataset.num_classes == 2 and dataset.class_names == ("n01", "n02")
+    assert [dataset.label(i) for i in range(4)] == [0, 0, 1, 1]
+    assert_colour(dataset[2], BLUE, atol=1e-6)
+    solid(RED).save(tmp_path / "loose.png")  # an image outside the class folders: no labels at all
+    assert build_dataset(f"folder:{tmp_path}", 32).num_classes == 0
+
+
+def test_unreadable_items_carry_their_replacements_label(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "a" / "0.png").write_bytes(b"garbage")
+    solid(BLUE).save(tmp_path / "b" / "0.png")
+    image, label, skipped = SkipUnreadable(build_dataset(f"folder:{tmp_path}", 32), tries=2)[0]
+    assert label == 1 and list(skipped) == [str(tmp_path / "a" / "0.png")]
+    assert_colour(image, BLUE, atol=1e-6)
+
+
+def test_folder_scan_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    (root / "c0").mkdir(parents=True)
+    solid(RED).save(root / "c0" / "a.png")
+    first = build_dataset(f"folder:{root}", 32).files
+    monkeypatch.setattr(Path, "rglob", lambda *_: pytest.fail("the folder was walked again"))
+    assert build_dataset(f"folder:{root}", 32).files == first  # a second open (another job or rank) reads the list
+    monkeypatch.undo()
+    solid(BLUE).save(root / "c0" / "b.png")  # the class folder's mtime changes: the scan runs again
+    assert len(build_dataset(f"folder:{root}", 32)) == 2
+
+
+def test_shapes_are_labelled_by_kind() -> None:
+    dataset = build_dataset("shapes:60", 32)
+    assert dataset.num_classes == 3 and dataset.class_names == ("circle", "square", "triangle")
+    labels = [dataset.label(i) for i in range(60)]
+    assert set(labels) == {0, 1, 2}
+    # The label says what is drawn: a square fills its bounding box's corners, a circle does not.
+    image = dataset[labels.index(1)]
+    assert (image < 0.9).any()
+    assert build_dataset("synthetic:4", 32).num_classes == 0
+
+
+def test_cifar10_labels(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "cifar")
+    dataset = build_dataset(f"cifar10:{tmp_path / 'cifar'}", 32)
+    assert dataset.num_classes == 10 and [dataset.label(i) for i in range(4)] == [0, 1, 0, 1]
+
+
+def test_lsun_categories_make_classes(lsun_root: Path) -> None:
+    write_lmdb(lsun_root / "bedroom_train_lmdb", {b"k": encoded(solid(BLUE), "PNG")})
+    dataset = build_dataset(f"lsun:{lsun_root}:church_outdoor_train,bedroom_train", 32)
+    assert len(dataset) == 4 and dataset.num_classes == 2
+    assert [dataset.label(i) for i in range(4)] == [0, 0, 0, 1]
+    assert_colour(dataset[3], BLUE, atol=1e-6)
+    assert build_dataset(f"lsun:{lsun_root}:bedroom_train", 32).num_classes == 0
+    with pytest.raises(DatasetError, match="expected lsun:PATH:CLASS"):
+        build_dataset(f"lsun:{lsun_root}:bedroom_train,bedroom_train", 32)

@@ -18,12 +18,22 @@ from PIL import Image
 
 from sagan_core import load_checkpoint
 from sagan_core.checkpoint import read_checkpoint, save_checkpoint
-from sagan_core.config import make_config
+from sagan_core.config import build_config, make_config
 from sagan_core.data import build_dataset
-from sagan_core.layout import checkpoints, latest_checkpoint, mark_taken, taken_marker
-from sagan_core.models import Discriminator, Generator
+from sagan_core.layout import checkpoints, latest_checkpoint, mark_taken, sample_path, taken_marker
+from sagan_core.models import build_discriminator, build_generator
 from sagan_core.parallel import init_distributed
-from sagan_core.train import EXIT_STOPPED, build_state, noise, real_batches, train, train_step
+from sagan_core.sampling import sample_to_png
+from sagan_core.train import (
+    EXIT_STOPPED,
+    build_state,
+    fake_classes,
+    noise,
+    real_batches,
+    train,
+    train_step,
+    with_classes,
+)
 
 from .conftest import subprocess_env, tiny_config
 
@@ -51,7 +61,7 @@ def test_real_grid_shows_the_images_the_run_draws_first(tmp_path: Path) -> None:
     assert grid.shape == (3, 8 * 34 + 2, 8 * 34 + 2)  # 64 images, in the grid the samples use
     dataset = build_dataset(config.dataset, config.imsize)
     state = build_state(config, init_distributed("cpu"), len(dataset))
-    first_batch = next(real_batches(dataset, state))
+    first_batch, _ = next(real_batches(dataset, state))
     for tile, image in enumerate(first_batch):  # the grid opens with the first batch, in order
         row, col = divmod(tile, 8)
         pixels = grid[:, 2 + 34 * row:34 + 34 * row, 2 + 34 * col:34 + 34 * col].float()
@@ -138,9 +148,14 @@ def test_held_checkpoints_wait_for_their_taken_marker_before_rotation(tmp_path: 
     assert [p.name for p in checkpoints(tmp_path)] == ["step-6.pt"]
 
 
+# The paper's residual family, class-conditional on the built-in shapes (3 kinds), small enough for the CPU.
+CONDITIONAL = {"arch": "resnet", "attention": "pooled", "num_classes": None, "dataset": "shapes:64"}
+
+
 def _state(**overrides):
     config = tiny_config(**overrides)
     dataset = build_dataset(config.dataset, config.imsize)
+    config = with_classes(config, dataset)
     state = build_state(config, init_distributed("cpu"), len(dataset))
     return state, real_batches(dataset, state)
 
@@ -166,7 +181,7 @@ def test_batchnorm_discriminator_normalises_real_and_fake_apart() -> None:
     """d_norm=batch: D's BatchNorm takes real-only and fake-only batch statistics, as the reference."""
     state, batches = _state(d_norm="batch")
     discriminator, generator = copy.deepcopy(state.discriminator), copy.deepcopy(state.generator)
-    real = next(real_batches(build_dataset(state.config.dataset, state.config.imsize), state))
+    real, _ = next(real_batches(build_dataset(state.config.dataset, state.config.imsize), state))
     with torch.no_grad():
         fake = generator(noise(state.config, state.ctx, 0, 0))
         expected = discriminator(real).mean(), discriminator(fake).mean()
@@ -298,8 +313,8 @@ def test_two_processes_pool_their_unreadable_images(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides", [{}, {"loss": "wgan-gp", "channels_last": True},
-                                       {"loss": "wgan-gp", "d_norm": "batch"}],
-                         ids=["hinge", "wgan-gp", "wgan-gp-d_norm_batch"])
+                                       {"loss": "wgan-gp", "d_norm": "batch"}, CONDITIONAL],
+                         ids=["hinge", "wgan-gp", "wgan-gp-d_norm_batch", "conditional-resnet"])
 def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, overrides: dict) -> None:
     # wgan-gp: the penalty's interpolation weights must be the global batch's too. d_norm=batch: two
     # D forwards per backward, and the penalty's double backward through the all-reduce BatchNorm.
@@ -313,8 +328,10 @@ def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, overrides
                    check=True, env=subprocess_env(), timeout=300, capture_output=True)
     one, two = (read_checkpoint(tmp_path / name) for name in ("one", "two"))
     checked = total = 0
-    for part, optimizer, model in (("generator", "g_optimizer", Generator(config)),
-                                   ("discriminator", "d_optimizer", Discriminator(config))):
+    config = build_config(one["config"])  # num_classes resolved from the data set
+    assert two["config"]["num_classes"] == config.num_classes
+    for part, optimizer, model in (("generator", "g_optimizer", build_generator(config)),
+                                   ("discriminator", "d_optimizer", build_discriminator(config))):
         parameters = [name for name, _ in model.named_parameters()]
         # With beta1 = 0, Adam's first moment after one step is exactly the gradient.
         grads_one = [one[optimizer]["state"][index]["exp_avg"] for index in range(len(parameters))]
@@ -348,3 +365,41 @@ def test_gpu_speed_options_also_run_on_the_cpu() -> None:
     stats = train_step(state, batches)
     assert all(torch.isfinite(v) for v in stats.values())
     assert state.generator.main.block1[0].parametrizations.weight.original.dtype == torch.float32
+
+
+def test_conditional_step_feeds_real_labels_and_drawn_classes_to_d() -> None:
+    state, batches = _state(**CONDITIONAL)
+    assert state.config.num_classes == 3  # null: taken from the data set (shapes' three kinds)
+    images, labels = next(batches)
+    d_calls = []
+    state.discriminator.register_forward_pre_hook(lambda _, args: d_calls.append(args))
+    train_step(state, iter([(images, labels)]))
+    drawn = fake_classes(state.config, state.ctx, 0, 0)
+    assert torch.equal(d_calls[0][1], torch.cat([labels, drawn]))  # one D forward over real and fake
+    assert torch.equal(d_calls[1][1], fake_classes(state.config, state.ctx, 0, 1))  # the G step's classes
+    assert torch.equal(fake_classes(state.config, state.ctx, 0, 0), drawn)  # a function of (seed, step, slot)
+    assert set(fake_classes(state.config.model_copy(update={"batch_size": 300}), state.ctx, 0, 0).tolist()) == {
+        0, 1, 2}
+
+
+def test_conditional_run_describes_itself_and_samples_by_class(tmp_path: Path) -> None:
+    train(tiny_config(steps=2, **CONDITIONAL), tmp_path)
+    model = load_checkpoint(tmp_path)
+    assert model.config.num_classes == 3 and model.generator.num_classes == 3
+    with Image.open(sample_path(tmp_path, 2)) as grid:
+        assert grid.size == (8 * 34 + 2, 3 * 34 + 2)  # one row per class
+    sample_to_png(tmp_path, tmp_path / "two.png", classes=[2, 0], per_class=4, npz=tmp_path / "two.npz")
+    with Image.open(tmp_path / "two.png") as grid:
+        assert grid.size == (4 * 34 + 2, 2 * 34 + 2)
+    assert np.load(tmp_path / "two.npz")["labels"].tolist() == [2] * 4 + [0] * 4
+    with pytest.raises(ValueError, match=r"classes must be in \[0, 3\)"):
+        sample_to_png(tmp_path, tmp_path / "bad.png", classes=[3])
+
+
+def test_conditional_model_needs_labelled_data(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="has no class labels"):
+        train(tiny_config(**{**CONDITIONAL, "dataset": "synthetic:64", "num_classes": 4}), tmp_path)
+    with pytest.raises(ValueError, match="has 3 classes, more than num_classes 2"):
+        train(tiny_config(**{**CONDITIONAL, "num_classes": 2}), tmp_path)
+    unconditional = _state(**{**CONDITIONAL, "dataset": "synthetic:64"})[0]
+    assert unconditional.config.num_classes == 0 and unconditional.discriminator.embedding is None

@@ -18,12 +18,13 @@ from sagan_core.checkpoint import save_checkpoint
 from sagan_core.cli import main
 from sagan_core.layout import best_checkpoint, checkpoints, latest_checkpoint, point_best
 from sagan_core.metrics.runs import best_eval, read_jsonl
-from sagan_core.sampling import generate, indexed_noise, to_uint8
+from sagan_core.sampling import generate, indexed_labels, indexed_noise, to_uint8
 from sagan_core.train import train
 
 from .conftest import subprocess_env, tiny_config
 
 EVAL = {"eval_every": 2, "eval_metrics": ["swd"], "eval_n": 32}
+CONDITIONAL = {"arch": "resnet", "attention": "pooled", "num_classes": None, "dataset": "shapes:64"}
 
 
 @pytest.fixture(autouse=True)
@@ -124,16 +125,27 @@ def test_sagan_eval_and_stats_from_the_command_line(tmp_path: Path, capsys, stat
     assert "step-7.pt" in capsys.readouterr().err
 
 
-def test_sample_to_a_folder_writes_each_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", [{}, CONDITIONAL], ids=["unconditional", "conditional"])
+def test_sample_to_a_folder_writes_each_image(tmp_path: Path, model: dict) -> None:
     run = tmp_path / "run"
-    train(tiny_config(steps=1), run)
+    train(tiny_config(steps=1, **model), run)
     assert main(["sample", "--checkpoint", str(run), "-n", "5", "--out-dir", str(tmp_path / "pngs"), "--seed", "4"]) == 0
     files = sorted((tmp_path / "pngs").iterdir())
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
     assert not (tmp_path / "samples.png").exists()
     model = load_checkpoint(run)
-    expected = to_uint8(generate(model.generator, indexed_noise(4, 3, 1, model.config.z_dim)))[0]
+    # Sample i's z (and class) are the ones an evaluation with this seed gives its sample i.
+    labels = indexed_labels(4, 3, 1, model.config.num_classes) if model.config.num_classes else None
+    expected = to_uint8(generate(model.generator, indexed_noise(4, 3, 1, model.config.z_dim), labels))[0]
     assert torch.equal(torch.from_numpy(np.array(Image.open(files[3]))).permute(2, 0, 1), expected)
+
+
+def test_a_conditional_run_evaluates_with_drawn_classes(tmp_path: Path) -> None:
+    train(tiny_config(steps=2, **EVAL, **CONDITIONAL), tmp_path)
+    evals = _evals(tmp_path)
+    assert [e["step"] for e in evals] == [0, 2] and all(e["metrics"]["swd"] > 0 for e in evals)
+    drawn = indexed_labels(0, 0, 2000, 3)
+    assert set(drawn.tolist()) == {0, 1, 2} and torch.equal(indexed_labels(0, 1500, 10, 3), drawn[1500:1510])
 
 
 @pytest.mark.slow

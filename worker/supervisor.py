@@ -181,8 +181,10 @@ class Attempt:
         if self.job.kind == "sample":
             checkpoint = self.workdir / "model.pt"
             self.from_store(lambda: self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint))
+            by_class = ((["--classes", ",".join(map(str, spec["classes"]))] if spec.get("classes") else [])
+                        + (["--per-class", str(spec["per_class"])] if spec.get("per_class") else []))
             return [sys.executable, "-m", "sagan_core.cli", "sample", "--checkpoint", str(checkpoint),
-                    "-n", str(spec["n"]), "--seed", str(spec["seed"]), "-o", str(self.out / "grid.png")]
+                    "-n", str(spec["n"]), "--seed", str(spec["seed"]), *by_class, "-o", str(self.out / "grid.png")]
         config_path = self.workdir / "config.json"
         config_path.write_text(json.dumps(spec))
         # --hold-checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.

@@ -45,6 +45,8 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
     if isinstance(body, SampleJobCreate):
         checkpoint = jobs.committed_checkpoint(session, job_id=body.source.job_id, step=body.source.step)
         spec = {"job_id": body.source.job_id, "step": checkpoint.step, "n": body.n, "seed": body.seed}
+        # Only when asked, so an unconditional sample job's spec is what it always was.
+        spec.update({name: getattr(body, name) for name in ("classes", "per_class") if getattr(body, name) is not None})
     elif isinstance(body, EvalJobCreate):
         checkpoint = jobs.committed_checkpoint(session, job_id=body.source.job_id, step=body.source.step)
         spec = eval_job_spec(jobs.get_job(session, body.source.job_id).spec, job_id=body.source.job_id,

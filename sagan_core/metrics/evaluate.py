@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..layout import resolve_checkpoint
 from ..parallel import DistContext, broadcast_flags, gather_rows, pick_device, share
-from ..sampling import evaluation_mode, indexed_noise, to_uint8
+from ..sampling import evaluation_mode, indexed_labels, indexed_noise, to_uint8
 from ..seeding import seeded
 from . import swd
 from .cache import INCEPTION_METRICS, StatsCache, StatsKey, stats_keys
@@ -230,7 +230,11 @@ class Evaluator:
         with evaluation_mode(generator), torch.no_grad():
             for first in range(mine.start, mine.stop, self.plan.batch_size):
                 count = min(self.plan.batch_size, mine.stop - first)
-                yield first, to_uint8(generator(indexed_noise(self.plan.seed, first, count, z_dim).to(device)).float())
+                z = indexed_noise(self.plan.seed, first, count, z_dim).to(device)
+                # A conditional generator's classes are drawn from (seed, i) too: uniform over its classes.
+                num_classes = getattr(generator, "num_classes", 0)
+                y = () if not num_classes else (indexed_labels(self.plan.seed, first, count, num_classes).to(device),)
+                yield first, to_uint8(generator(z, *y).float())
 
     def _collect(self, batches: Iterator[tuple[int, torch.Tensor]], total: int, *, inception: bool,
                  patches: bool, logits: bool) -> Features | None:
