@@ -214,17 +214,21 @@ def run_sweep(runs: Sequence[SweepRun], out: Path, *, parallel: int = 1,
     if parallel > 1 and "OMP_NUM_THREADS" not in env:  # N trainings share the cores instead of each taking all
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     running: dict[str, tuple[subprocess.Popen, float]] = {}
-    stopping = False
+    stopping, signalled = False, set()
 
     def stop(_signum: int = signal.SIGTERM, _frame: object = None) -> None:
         nonlocal stopping
         stopping = True
-        for process, _ in running.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # the trainer checkpoints and exits 75
+        for name, (process, _) in list(running.items()):
+            if name not in signalled and process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # once: the trainer checkpoints and exits 75
+                signalled.add(name)
 
+    # SIGTERM and Ctrl-C (SIGINT) stop the trainings at a checkpoint and let this loop collect them. The
+    # trainings have their own session, so a terminal's Ctrl-C reaches them only through here.
     on_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
-    previous = signal.signal(signal.SIGTERM, stop) if on_main_thread else None
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)} \
+        if on_main_thread else {}
     total = len(runs)
     try:
         while (pending and not stopping) or running:
@@ -233,9 +237,8 @@ def run_sweep(runs: Sequence[SweepRun], out: Path, *, parallel: int = 1,
                 running[run.name] = (_start(run, out / run.name, env), time.monotonic())
                 log(f"[{len(statuses) + len(running)}/{total}] {run.name}: training "
                     f"({run.config.steps} steps, log in {out / run.name / 'train.log'})")
-            try:
-                time.sleep(0.5)
-            except KeyboardInterrupt:
+            time.sleep(0.5)
+            if stopping:  # also a training that started just as the signal came
                 stop()
             for name, (process, started) in list(running.items()):
                 code = process.poll()
@@ -248,8 +251,8 @@ def run_sweep(runs: Sequence[SweepRun], out: Path, *, parallel: int = 1,
                     code, f"FAILED with exit status {code} (see its train.log)")
                 log(f"{name}: {what} after {took:.0f} s")
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return statuses
 
 

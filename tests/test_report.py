@@ -115,3 +115,39 @@ def test_report_of_a_folder_that_holds_no_run_fails_clearly(tmp_path: Path) -> N
     result = _sagan("report", tmp_path, "-o", tmp_path / "r.html")
     assert result.returncode == 2
     assert "is neither a run directory nor a folder of run directories" in result.stderr
+
+
+def test_a_stopped_sweep_continues_where_it_stopped(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "sagan_core.cli", "sweep", "--axis", "d_norm=spectral", "--base", "debug32",
+               "--dataset", "synthetic:64", "--steps", "120", "--checkpoint-every", "20", "--log-every", "20",
+               "--sample-every", "1000", "--device", "cpu", "--out", str(tmp_path / "runs"), "--no-report"]
+    run_dir = tmp_path / "runs" / "d_norm=spectral-s0"
+    sweep = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "latest").exists():
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.1)
+    sweep.send_signal(signal.SIGINT)  # Ctrl-C: the training stops at a checkpoint
+    out, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 1, out + err
+    assert "d_norm=spectral-s0: stopped (resume by running the sweep again)" in out
+    stopped_at = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert 0 < stopped_at < 120
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(run_dir))]
+
+    again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(20, 121, 20))  # resumed: every logged step once, none trained twice
+
+
+def _mentions(pid: str, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
