@@ -40,11 +40,12 @@ EXIT_STOPPED = 75  # the trainer's status after a SIGTERM (it saved a checkpoint
 
 class SweepError(ValueError):
     """An invalid sweep. `arm` is the arm at fault (None for the base, the axes, the seeds or the size),
-    `field` the config field or sweep key; str() is one line naming both."""
+    `base` whether the base config alone is, `field` the config field or sweep key; str() is one line
+    naming them."""
 
-    def __init__(self, field: str, message: str, *, arm: str | None = None) -> None:
-        self.arm, self.field, self.message = arm, field, message
-        where = f"arm {arm}: " if arm is not None else ""
+    def __init__(self, field: str, message: str, *, arm: str | None = None, base: bool = False) -> None:
+        self.arm, self.base, self.field, self.message = arm, base, field, message
+        where = "base: " if base else f"arm {arm}: " if arm is not None else ""
         super().__init__(f"{where}{field}: {message}")
 
 
@@ -86,7 +87,7 @@ def expand_sweep(*, base: Mapping[str, Any] | None = None, axes: Mapping[str, An
     try:
         build_config(base)
     except ConfigError as error:
-        raise SweepError(error.field, error.issues[0][1], arm="base") from None
+        raise SweepError(error.field, error.issues[0][1], base=True) from None
     runs = []
     for arm, overrides in arm_list:
         for seed in seed_list:

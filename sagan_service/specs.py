@@ -98,7 +98,7 @@ def validate_sweep(*, base: dict[str, Any], axes: dict[str, Any] | None, arms: l
 
 
 def _sweep_loc(error: SweepError, axes: dict[str, Any] | None) -> list[str]:
-    if error.arm == "base":
+    if error.base:
         return ["base", error.field]
     if error.arm is not None:
         return ["arms", error.arm, error.field]

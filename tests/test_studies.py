@@ -105,7 +105,7 @@ def test_grid_expansion_counts_and_names() -> None:
     ({"axes": {"g_attention": [[8], [64]]}, "base": {"preset": "sagan32"}}, "g_attention=64", "g_attention"),
     ({"axes": {"d_nrom": ["batch"]}}, None, "d_nrom"),
     ({"axes": {"d_norm": "batch"}}, None, "d_norm"),
-    ({"study": "attention", "base": {"steps": 0}}, "base", "steps"),
+    ({"study": "attention", "base": {"steps": 0}}, None, "steps"),
     ({"study": "nope"}, None, None),
     ({"arms": [], "seeds": [0]}, None, "arms"),
     ({"axes": {}, "seeds": [1, 1]}, None, "seeds"),
@@ -120,7 +120,10 @@ def test_an_invalid_sweep_names_the_arm_and_field(sweep: dict, arm: str | None, 
         return
     assert isinstance(raised.value, SweepError)
     assert (raised.value.arm, raised.value.field) == (arm, field)
-    assert str(raised.value).startswith(f"arm {arm}: {field}: " if arm else f"{field}: ")
+    in_base = "steps" in sweep.get("base", {})
+    assert raised.value.base == in_base
+    assert str(raised.value).startswith(f"arm {arm}: {field}: " if arm else f"base: {field}: " if in_base
+                                        else f"{field}: ")
 
 
 def test_the_cap_counts_arms_times_seeds_before_building_anything() -> None:
