@@ -201,7 +201,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from .report import load_run, write_report
 
         question = get_study(args.study).question if args.study else None
-        title = f"{args.study or 'sweep'} study: {args.out.name}" if args.study else f"sweep {args.out.name}"
+        title = f"{args.study} study: {args.out.name}" if args.study else f"sweep {args.out.name}"
         page = write_report([load_run(path) for path in finished], args.out / "report.html", title=title,
                             question=question)
         print(f"report: {page} and {page.with_suffix('.png')}", flush=True)

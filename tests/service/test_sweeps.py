@@ -116,7 +116,8 @@ def test_a_failing_arm_fails_the_sweep_after_the_other_finishes(api: Api, worker
 
 
 @pytest.mark.timeout(180)
-def test_cancelling_a_sweep_cancels_every_child_and_leaves_no_process(api: Api, workers: Workers) -> None:
+def test_cancelling_a_sweep_cancels_every_child_and_leaves_no_process(api: Api, workers: Workers,
+                                                                      s3_server: S3Server) -> None:
     sweep = api.submit({"kind": "sweep", "base": {**TINY, "steps": 100_000}, "seeds": [0, 1],
                         "axes": {"d_norm": ["spectral"]}})
     first, second = (child["id"] for child in sweep["children"])
@@ -131,6 +132,15 @@ def test_cancelling_a_sweep_cancels_every_child_and_leaves_no_process(api: Api, 
     assert [child["status"] for child in done["children"]] == ["cancelled", "cancelled"]
     assert not pids_mentioning(first) and not pids_mentioning(second)
     assert api.client.post(f"/jobs/{sweep['id']}/cancel").json()["status"] == "cancelled"  # idempotent
+
+    # The report of what the first child trained; gone from the store, the API builds and stores it again.
+    stored = wait_for(lambda: _keys(s3_server, sweep["id"]), 30, "the stored report")
+    assert {"report.html", "report.png"} <= stored
+    for name in ("report.html", "report.png"):
+        s3_server.client().delete_object(Bucket=BUCKET, Key=f"artifacts/jobs/{sweep['id']}/{name}")
+    page = api.client.get(f"/jobs/{sweep['id']}/report").text
+    assert "<td>d_norm=spectral</td><td>1</td>" in page and "Sweep cancelled: 2 of 2 runs finished" in page
+    assert {"report.html", "report.png"} <= _keys(s3_server, sweep["id"])
 
 
 def _job_count(database_url: str) -> int:
