@@ -133,7 +133,7 @@ def settle_sweep(session: Session, *, job_id: str) -> str | None:
         return None
     rows = session.execute(select(Job.status, Job.started_at, Job.step).where(Job.parent_id == job_id)).all()
     status = derive_sweep_status([row.status for row in rows], cancel_requested=parent.cancel_requested,
-                                 started=any(row.started_at is not None or row.status in TERMINAL for row in rows))
+                                 started=any(row.started_at is not None for row in rows))
     now = utcnow()
     values: dict[str, Any] = {"status": status, "step": sum(row.step for row in rows), "updated_at": now}
     if status != "queued":

@@ -18,10 +18,28 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.jobs import derive_sweep_status
 from sagan_service.models import TERMINAL, Job
 from tests.service.conftest import BUCKET, TINY, Api, S3Server, Workers, pids_mentioning, wait_for
 
 QUICK = {**TINY, "steps": 10, "sample_every": 5, "checkpoint_every": 5, "eval_every": 5, "eval_n": 16}
+
+
+@pytest.mark.parametrize(("children", "started", "cancel", "status"), [
+    (["queued", "queued"], False, False, "queued"),
+    (["running", "queued"], True, False, "running"),
+    (["queued", "queued"], True, False, "running"),  # a child handed back to the queue had started
+    (["succeeded", "queued"], True, False, "running"),
+    (["failed", "running"], True, False, "running"),  # a failure waits for the rest
+    (["failed", "succeeded"], True, False, "failed"),
+    (["succeeded", "succeeded"], True, False, "succeeded"),
+    (["succeeded", "cancelled"], True, False, "cancelled"),
+    (["failed", "cancelled"], True, True, "cancelled"),  # the user cancelled the sweep
+    (["cancelled", "queued"], False, False, "queued"),
+])
+def test_a_sweeps_status_is_derived_from_its_childrens(children: list[str], started: bool, cancel: bool,
+                                                       status: str) -> None:
+    assert derive_sweep_status(children, started=started, cancel_requested=cancel) == status
 
 
 def _images(page: str) -> list[Image.Image]:
