@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from api import ui
-from api.routes import health, presets
+from api.routes import health, presets, studies
 from api.routes import jobs as job_routes
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.jobs import JobConflict, JobNotFound
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(job_routes.router)
     app.include_router(presets.router)
+    app.include_router(studies.router)
     app.include_router(ui.router)  # the web pages, at / and under /ui
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(JobConflict, _conflict)
@@ -87,7 +88,7 @@ async def _conflict(_request: Request, error: Exception) -> JSONResponse:
 async def _invalid_spec(_request: Request, error: Exception) -> JSONResponse:
     # The same shape as FastAPI's own validation errors, so clients parse one format.
     assert isinstance(error, SpecError)
-    detail = [{"loc": ["body", *error.field.split(".")], "msg": str(error), "type": "value_error"}]
+    detail = [{"loc": ["body", *error.loc], "msg": str(error), "type": "value_error"}]
     return JSONResponse({"detail": detail}, status_code=422)
 
 

@@ -12,7 +12,7 @@ from sagan_service.models import Job
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Kind = Literal["train", "sample", "eval"]
+Kind = Literal["train", "sample", "eval", "sweep"]
 
 
 # The schema clients see is TrainConfig's, every field with its type, default and description. The body
@@ -82,12 +82,47 @@ class EvalJobCreate(BaseModel):
     n: int | None = Field(None, ge=2, le=100_000, description="samples (and real images); null = its eval_n")
 
 
-JobCreate = Annotated[TrainJobCreate | SampleJobCreate | EvalJobCreate, Field(discriminator="kind")]
+ArmsBody = Annotated[list[Any], WithJsonSchema({
+    "type": "array", "description": "explicit arms; each child's config is base, then the arm's config, then its seed",
+    "items": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}$"},
+        "config": {"type": "object", "description": "TrainConfig fields over the base"}}}})]
+
+
+class SweepJobCreate(BaseModel):
+    """One child `train` job per arm and seed: a grid over `axes`, a list of `arms` or a named `study` (give
+    exactly one), times `seeds`. Every child is validated before any is created; a fault is a 422 whose `loc`
+    names the arm and the field (`["body", "arms", <arm>, <field>]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sweep"]
+    base: TrainConfigBody = Field(default_factory=dict)
+    axes: dict[str, Any] | None = Field(None, description="config field -> list of values; the arms are their "
+                                                          "grid, named `field=value,...`")
+    arms: ArmsBody | None = None
+    study: str | None = Field(None, description="a named study (GET /studies); its base preset unless `base` "
+                                                "names one")
+    seeds: list[Any] | None = Field(None, description="seeds of every arm (distinct integers); null = [base's "
+                                                      "seed or 0]")
+
+
+JobCreate = Annotated[TrainJobCreate | SampleJobCreate | EvalJobCreate | SweepJobCreate, Field(discriminator="kind")]
 
 
 class Progress(BaseModel):
     step: int
     total_steps: int | None
+
+
+class SweepChild(BaseModel):
+    id: str
+    arm: str
+    seed: int
+    status: Status
+    progress: Progress
+    best_eval: dict[str, Any] | None = Field(description="the child's best evaluation, if it evaluates")
+    error: str | None
 
 
 class JobPublic(BaseModel):
@@ -96,7 +131,8 @@ class JobPublic(BaseModel):
     status: Status
     queue: str
     spec: dict[str, Any] = Field(description="train: the full config; sample: the resolved source, n and seed; "
-                                             "eval: the resolved source, dataset, metrics, n and seed")
+                                             "eval: the resolved source, dataset, metrics, n and seed; sweep: "
+                                             "the request's base, study, axes, arms and seeds")
     progress: Progress
     metrics: dict[str, Any] | None = Field(description="rank 0's latest metrics line")
     latest_eval: dict[str, Any] | None = Field(description="the newest evaluation (an eval job: its result)")
@@ -113,9 +149,13 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    parent_id: str | None = Field(None, description="a sweep's child: the sweep")
+    arm: str | None = Field(None, description="a sweep's child: its arm")
+    children: list[SweepChild] | None = Field(None, description="a sweep (in GET /jobs/{id}): its children, "
+                                                                "arm by arm and seed by seed")
 
     @classmethod
-    def from_job(cls, job: Job) -> JobPublic:
+    def from_job(cls, job: Job, children: list[Job] | None = None) -> JobPublic:
         return cls(
             id=job.id, kind=job.kind, status=job.status, queue=job.queue, spec=job.spec,
             progress=Progress(step=job.step, total_steps=job.total_steps), metrics=job.metrics,
@@ -123,7 +163,12 @@ class JobPublic(BaseModel):
             attempt=job.attempt, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
             latest_checkpoint_step=job.latest_checkpoint_step, cancel_requested=job.cancel_requested,
             error=job.error, log_tail=job.log_tail, created_at=utc(job.created_at),
-            started_at=utc(job.started_at), finished_at=utc(job.finished_at), updated_at=utc(job.updated_at))
+            started_at=utc(job.started_at), finished_at=utc(job.finished_at), updated_at=utc(job.updated_at),
+            parent_id=job.parent_id, arm=job.arm,
+            children=None if children is None else [
+                SweepChild(id=child.id, arm=child.arm or "", seed=child.spec["seed"], status=child.status,
+                           progress=Progress(step=child.step, total_steps=child.total_steps),
+                           best_eval=child.best_eval, error=child.error) for child in children])
 
 
 class JobList(BaseModel):
@@ -157,6 +202,22 @@ class Preset(BaseModel):
 
 class PresetList(BaseModel):
     items: list[Preset]
+
+
+class StudyArm(BaseModel):
+    name: str
+    config: dict[str, Any] = Field(description="the TrainConfig fields this arm sets over the base")
+
+
+class Study(BaseModel):
+    name: str
+    base: str = Field(description="the base preset")
+    question: str
+    arms: list[StudyArm]
+
+
+class StudyList(BaseModel):
+    items: list[Study]
 
 
 class Health(BaseModel):

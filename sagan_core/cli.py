@@ -1,4 +1,4 @@
-"""The `sagan` command: train, sample, eval, stats, import-checkpoint.
+"""The `sagan` command: train, sample, eval, stats, sweep, study, report, import-checkpoint.
 
 Other packages add subcommands (the service adds api, worker, up, db) through the entry-point
 group `sagan.commands`: each entry point is a `register(subparsers)` callable. This keeps the
@@ -175,6 +175,76 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                         help="folder of cached real statistics (default $SAGAN_STATS_CACHE or ~/.cache/sagan/stats)")
 
 
+def cmd_study_list(_args: argparse.Namespace) -> int:
+    from .studies import STUDIES
+
+    for study in STUDIES.values():
+        print(f"{study.name}  (base {study.base}; {len(study.arms)} arms)\n  {study.question}")
+        for arm in study.arms:
+            settings = ", ".join(f"{field}={json.dumps(value)}" for field, value in arm.config.items())
+            print(f"    {arm.name:<16} {settings}")
+    print("(g_attention/d_attention: null = the seed's placement, after the last two blocks; [] = none)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .studies import get_study
+    from .sweeps import expand_sweep, run_sweep
+
+    base: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    base.update({name: getattr(args, name) for name in FIELDS if hasattr(args, name) and name != "seed"})
+    if args.base is not None:
+        base["preset"] = args.base
+    arms = read_config_file(args.arms).get("arms") if args.arms else None
+    axes = dict(args.axis) if args.axis else None
+    if args.study is None and arms is None and axes is None:
+        raise ValueError("give --study, --arms or --axis")
+    seeds = args.seeds if args.seeds is not None else [getattr(args, "seed", 0)]
+    runs = expand_sweep(base=base, axes=axes, arms=arms, study=args.study, seeds=seeds, max_arms=args.max_arms)
+    print(f"{len(runs)} runs into {args.out}: " + ", ".join(run.name for run in runs), flush=True)
+    statuses = run_sweep(runs, args.out, parallel=args.parallel, log=lambda line: print(line, flush=True))
+    failed = sorted(name for name, code in statuses.items() if code != 0)
+    finished = [args.out / run.name for run in runs if statuses.get(run.name) == 0]
+    if finished and not args.no_report:
+        from .report import load_run, write_report
+
+        question = get_study(args.study).question if args.study else None
+        title = f"{args.study} study: {args.out.name}" if args.study else f"sweep {args.out.name}"
+        page = write_report([load_run(path) for path in finished], args.out / "report.html", title=title,
+                            question=question)
+        print(f"report: {page} and {page.with_suffix('.png')}", flush=True)
+    if failed:
+        print(f"not finished: {', '.join(failed)} (run the same command again to continue)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import find_run_dirs, load_run, write_report
+
+    runs = [load_run(path) for path in find_run_dirs(args.run_dirs)]
+    page = write_report(runs, args.output, title=args.title or f"Comparison of {len(runs)} runs")
+    print(f"{page}\n{page.with_suffix('.png')}")
+    return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (got {text!r})") from None
+
+
+def _axis(text: str) -> tuple[str, list[Any]]:
+    name, sep, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in FIELDS:
+        raise argparse.ArgumentTypeError(f"expected FIELD=V1,V2,... with a config field (got {text!r})")
+    if "list[" in str(FIELDS[name].annotation):  # a list field: values separated by ';' (8,16;none)
+        return name, [parse_flag(name, value) for value in values.split(";")]
+    return name, [parse_flag(name, value) for value in values.split(",")]
+
+
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from .importers import import_checkpoint
 
@@ -236,6 +306,42 @@ def build_parser() -> argparse.ArgumentParser:
                        help="whose statistics: any Inception metric (fid,kid,is,pr share one entry) and/or swd")
     _add_eval_options(stats)
     stats.set_defaults(func=cmd_stats)
+
+    sweep = commands.add_parser(
+        "sweep", help="train the arms of a study, a grid or a list, each with several seeds",
+        description="Train every arm x seed into OUT/<arm>-s<seed>/ (one `sagan train` each, its output in "
+                    "train.log there), then write OUT/report.html and OUT/report.png. Finished runs are "
+                    "skipped and stopped ones resume, so the same command continues a stopped sweep. "
+                    "Precedence: the base preset < --config < flags < the arm's fields < the seed.")
+    form = sweep.add_mutually_exclusive_group()
+    form.add_argument("--study", help="a named study (sagan study list)")
+    form.add_argument("--arms", type=Path, metavar="FILE",
+                      help="YAML/JSON file with `arms: [{name: ..., config: {...}}, ...]`")
+    form.add_argument("--axis", type=_axis, action="append", metavar="FIELD=V1,V2",
+                      help="a grid axis (repeat for more; a list field's values are separated by ';')")
+    sweep.add_argument("--base", help="base preset (default: the study's, else seed64)")
+    sweep.add_argument("--seeds", type=_seed_list, metavar="S1,S2", help="seeds of every arm (default: --seed or 0)")
+    sweep.add_argument("--out", type=Path, required=True, help="folder of the runs")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="trainings at a time (default 1)")
+    sweep.add_argument("--max-arms", type=int, default=64, metavar="N", help="most runs (arms x seeds), default 64")
+    sweep.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    sweep.add_argument("--config", type=Path, help="YAML/JSON file of base config fields")
+    add_config_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    study = commands.add_parser("study", help="the named studies").add_subparsers(dest="study_command",
+                                                                                  metavar="COMMAND", required=True)
+    study.add_parser("list", help="each study's question, base preset and arms").set_defaults(func=cmd_study_list)
+
+    report = commands.add_parser("report", help="compare runs in one HTML page",
+                                 description="Write one self-contained HTML page comparing run directories (a "
+                                             "sweep's <arm>-s<seed> runs are grouped by arm) and a summary PNG "
+                                             "beside it.")
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="run directories, or folders of them (a sweep's --out)")
+    report.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
+    report.add_argument("--title", help="the page's title")
+    report.set_defaults(func=cmd_report)
 
     imports = commands.add_parser("import-checkpoint", help="convert another implementation's weights")
     imports.add_argument("--format", required=True, choices=["heykeetae"],

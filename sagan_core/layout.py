@@ -117,3 +117,16 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     """The run directory holding a checkpoint file, if it sits in one."""
     checkpoint = Path(checkpoint)
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else None
+
+
+def sweep_run_name(arm: str, seed: int) -> str:
+    """The run directory (and child job) name of one arm and seed of a sweep: `<arm>-s<seed>`."""
+    return f"{arm}-s{seed}"
+
+
+def arm_of(run_name: str) -> tuple[str, int | None]:
+    """(arm, seed) of a sweep run's name; (the name, None) for a name that is not `<arm>-s<seed>`."""
+    arm, sep, seed = run_name.rpartition("-s")
+    if sep and arm and seed.isdigit():
+        return arm, int(seed)
+    return run_name, None

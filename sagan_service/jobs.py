@@ -6,6 +6,14 @@
     running --lease expired (reaper)--> queued (attempt < max_attempts) | failed | cancelled
     running --hand back (its worker is stopping)--> queued (the attempt does not count) | cancelled
 
+A sweep is a parent job that never runs itself: it is created with one queued `train` child per arm and
+seed (parent_id, arm), and its status is derived from theirs (derive_sweep_status), stored again after
+every transition of a child and on every reaper pass:
+
+    queued (no child started) --> running (a child started, not all finished)
+        --> succeeded (all succeeded) | failed (any failed) | cancelled (the sweep or a child was cancelled)
+    cancel: every queued child is cancelled at once, every running one flagged (as request_cancel does)
+
 Changes that race (claim, heartbeat, cancel, finish, reap) are conditional UPDATEs: the WHERE clause states
 what the caller believes, and a row count of 0 means someone else got there first, so a duplicate
 Celery delivery or a worker that lost its lease becomes a no-op instead of a second run.
@@ -13,15 +21,16 @@ Celery delivery or a worker that lost its lease becomes a no-op instead of a sec
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import TERMINAL, Artifact, Job, utcnow
+from .models import TERMINAL, Artifact, Job, new_job_id, utcnow
 
 
 class JobNotFound(LookupError):
@@ -63,6 +72,97 @@ def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str,
     return job, True
 
 
+def create_sweep(session: Session, *, spec: dict[str, Any], children: Sequence[tuple[str, dict[str, Any], str]],
+                 max_attempts: int, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Insert a sweep and its queued children, (arm, train spec, queue) each, in one transaction; with an
+    idempotency key already used, return that job and False instead. The caller sends the children."""
+    if idempotency_key is not None:
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing, False
+    now = utcnow()
+    # Never sent to a queue: dispatched_at stays null and claim_job / take_stale_queued skip sweeps.
+    sweep = Job(kind="sweep", spec=spec, queue="default", max_attempts=max_attempts, status="queued",
+                idempotency_key=idempotency_key, attempt=0, step=0, cancel_requested=False,
+                total_steps=sum(child["steps"] for _, child, _ in children))
+    session.add(sweep)
+    session.flush()  # its id, for the children
+    # Ids made in one millisecond are not ordered: sorted, they list (and queue) the children in arm order.
+    ids = sorted(new_job_id() for _ in children)
+    session.add_all([Job(id=job_id, kind="train", spec=child, queue=queue, max_attempts=max_attempts,
+                         status="queued", parent_id=sweep.id, arm=arm, attempt=0, step=0, cancel_requested=False,
+                         total_steps=child["steps"], dispatched_at=now)
+                     for job_id, (arm, child, queue) in zip(ids, children)])
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return existing, False
+    return sweep, True
+
+
+def sweep_children(session: Session, *, job_id: str) -> list[Job]:
+    """A sweep's children in the order they were created (arm by arm, seed by seed)."""
+    return list(session.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.id)))
+
+
+def derive_sweep_status(children: Iterable[str], *, started: bool, cancel_requested: bool) -> str:
+    """A sweep's status from its children's statuses: queued until one started (`started`), running until
+    all finished, then cancelled if the sweep was (or any child), failed if any child failed, else
+    succeeded. A failed child does not end the sweep early: the others go on and are compared."""
+    statuses = list(children)
+    if statuses and all(status in TERMINAL for status in statuses):
+        if cancel_requested:
+            return "cancelled"
+        if "failed" in statuses:
+            return "failed"
+        return "cancelled" if "cancelled" in statuses else "succeeded"
+    return "running" if started else "queued"
+
+
+def settle_sweep(session: Session, *, job_id: str) -> str | None:
+    """Store the status derived from the children of sweep `job_id` (and the sum of their steps); return it,
+    or None if the sweep had already finished. Called after a child's transition is committed, so of two
+    children finishing at once, the later caller sees both; a finished sweep never changes again."""
+    parent = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id, Job.kind == "sweep")
+                             ).one_or_none()
+    if parent is None or parent.status in TERMINAL:
+        return None
+    rows = session.execute(select(Job.status, Job.started_at, Job.step).where(Job.parent_id == job_id)).all()
+    status = derive_sweep_status([row.status for row in rows], cancel_requested=parent.cancel_requested,
+                                 started=any(row.started_at is not None for row in rows))
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "step": sum(row.step for row in rows), "updated_at": now}
+    if status != "queued":
+        values["started_at"] = func.coalesce(Job.started_at, now)
+    if status in TERMINAL:
+        values["finished_at"] = now
+    session.execute(update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL)).values(**values)
+                    .execution_options(synchronize_session=False))
+    session.commit()
+    return status
+
+
+def settle_open_sweeps(session: Session) -> list[str]:
+    """Settle every unfinished sweep (the reaper's pass: a process that died between a child's transition
+    and its sweep's leaves the sweep behind); return the ids of those that finished now."""
+    open_ids = list(session.scalars(select(Job.id).where(Job.kind == "sweep", Job.status.not_in(TERMINAL))))
+    return [job_id for job_id in open_ids if settle_sweep(session, job_id=job_id) in TERMINAL]
+
+
+def _settle_parents(session: Session, job_ids: Iterable[str]) -> None:
+    """Settle the sweeps of these jobs (after their transition was committed)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return
+    for parent_id in sorted(set(session.scalars(select(Job.parent_id).where(Job.id.in_(ids),
+                                                                             Job.parent_id.is_not(None))))):
+        settle_sweep(session, job_id=parent_id)
+
+
 def get_job(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -88,7 +188,7 @@ def claim_job(session: Session, *, job_id: str, worker_id: str, lease_seconds: f
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status == "queued", Job.kind != "sweep")
         .values(status="running", attempt=Job.attempt + 1, lease_owner=worker_id,
                 lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now,
                 resumed_from_step=Job.latest_checkpoint_step, started_at=now, updated_at=now)
@@ -97,6 +197,7 @@ def claim_job(session: Session, *, job_id: str, worker_id: str, lease_seconds: f
     session.commit()
     if result.rowcount != 1:
         return None
+    _settle_parents(session, [job_id])
     job = get_job(session, job_id)
     session.refresh(job)
     return job
@@ -187,20 +288,33 @@ def committed_checkpoint(session: Session, *, job_id: str, step: int | Literal["
 
 
 def request_cancel(session: Session, *, job_id: str) -> Job:
-    """A queued job is cancelled at once; a running one is flagged for its supervisor to stop."""
+    """A queued job is cancelled at once; a running one is flagged for its supervisor to stop. A sweep:
+    the same for every child, and the sweep ends cancelled once they all stopped."""
     job = get_job(session, job_id)
     if job.status in ("succeeded", "failed"):
         raise JobConflict(f"job {job_id} already {job.status}")
     now = utcnow()
+    if job.kind == "sweep":
+        # The sweep's flag first: a child finishing meanwhile then settles the sweep as cancelled.
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=now)
+                        .execution_options(synchronize_session=False))
+        session.commit()
+        target = Job.parent_id == job_id
+    else:
+        target = Job.id == job_id
     # One statement, so a reaper moving the job from running to queued in between cannot make the
     # cancel miss both states. The flag is set either way: a requeued job is never claimed again.
     queued = Job.status == "queued"
-    session.execute(update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
+    session.execute(update(Job).where(target, Job.status.in_(("queued", "running")))
                     .values(status=case((queued, "cancelled"), else_=Job.status),
                             finished_at=case((queued, now), else_=Job.finished_at),
                             cancel_requested=True, updated_at=now)
                     .execution_options(synchronize_session=False))
     session.commit()
+    if job.kind == "sweep":
+        settle_sweep(session, job_id=job_id)
+    else:
+        _settle_parents(session, [job_id])
     session.refresh(job)
     return job
 
@@ -215,6 +329,20 @@ def fail_queued(session: Session, *, job_id: str, error: str) -> None:
                     .values(status="failed", error=error, finished_at=now, updated_at=now, idempotency_key=None)
                     .execution_options(synchronize_session=False))
     session.commit()
+    _settle_parents(session, [job_id])
+
+
+def fail_queued_sweep(session: Session, *, job_id: str, error: str) -> None:
+    """A sweep whose children could not all be sent: its queued children fail (the ones sent run on), the
+    sweep fails once they are done, and its idempotency key is freed for the client's retry."""
+    now = utcnow()
+    session.execute(update(Job).where(Job.parent_id == job_id, Job.status == "queued")
+                    .values(status="failed", error=error, finished_at=now, updated_at=now)
+                    .execution_options(synchronize_session=False))
+    session.execute(update(Job).where(Job.id == job_id).values(error=error, idempotency_key=None, updated_at=now)
+                    .execution_options(synchronize_session=False))
+    session.commit()
+    settle_sweep(session, job_id=job_id)
 
 
 def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
@@ -235,6 +363,7 @@ def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     session.commit()
+    _settle_parents(session, [job_id])
     return result.rowcount == 1
 
 
@@ -272,6 +401,8 @@ def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, er
         .execution_options(synchronize_session=False)
     )
     session.commit()
+    if result.rowcount == 1:
+        _settle_parents(session, [job_id])
     return result.rowcount == 1
 
 
@@ -284,17 +415,20 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
     now = now or utcnow()
     expired = (Job.status == "running", Job.lease_expires_at < now)
     released = {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
-    session.execute(update(Job).where(*expired, Job.cancel_requested.is_(True))
-                    .values(status="cancelled", finished_at=now, **released)
-                    .execution_options(synchronize_session=False))
-    session.execute(update(Job).where(*expired, Job.attempt >= Job.max_attempts)
-                    .values(status="failed", finished_at=now, **released,
-                            error="worker lost (lease expired) on the last allowed attempt")
-                    .execution_options(synchronize_session=False))
+    cancelled = session.scalars(update(Job).where(*expired, Job.cancel_requested.is_(True))
+                                .values(status="cancelled", finished_at=now, **released)
+                                .returning(Job.id).execution_options(synchronize_session=False))
+    settled = list(cancelled)
+    failed = session.scalars(update(Job).where(*expired, Job.attempt >= Job.max_attempts)
+                             .values(status="failed", finished_at=now, **released,
+                                     error="worker lost (lease expired) on the last allowed attempt")
+                             .returning(Job.id).execution_options(synchronize_session=False))
+    settled += list(failed)
     requeued = session.scalars(update(Job).where(*expired).values(status="queued", dispatched_at=now, **released)
                                .returning(Job.id).execution_options(synchronize_session=False))
     ids = list(requeued)
     session.commit()
+    _settle_parents(session, settled)
     return ids
 
 
@@ -313,7 +447,8 @@ def take_stale_queued(session: Session, *, older_than: timedelta, now: datetime 
     one would leave the job queued forever. The stamp makes concurrent reapers send each job once.
     """
     now = now or utcnow()
-    stale = (Job.status == "queued") & ((Job.dispatched_at.is_(None)) | (Job.dispatched_at < now - older_than))
+    stale = ((Job.status == "queued") & (Job.kind != "sweep")
+             & ((Job.dispatched_at.is_(None)) | (Job.dispatched_at < now - older_than)))
     ids = list(session.scalars(update(Job).where(stale).values(dispatched_at=now)
                                .returning(Job.id).execution_options(synchronize_session=False)))
     session.commit()

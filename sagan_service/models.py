@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-KINDS = ("train", "sample", "eval")
+KINDS = ("train", "sample", "eval", "sweep")
 
 
 def utcnow() -> datetime:
@@ -40,9 +40,14 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
     queue: Mapped[str] = mapped_column(String(64), default="default")
     # train: the full TrainConfig dict; sample: {"job_id", "step", "n", "seed"} with the step resolved;
-    # eval: {"job_id", "step", "dataset", "metrics", "n", "seed"}, the step resolved.
+    # eval: {"job_id", "step", "dataset", "metrics", "n", "seed"}, the step resolved;
+    # sweep: {"base", "study", "axes", "arms", "seeds"} as submitted (one of study, axes, arms set).
     spec: Mapped[dict[str, Any]] = mapped_column()
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # A sweep's child: the sweep's id and the child's arm (its seed is spec["seed"]). Deleting a sweep
+    # deletes its children.
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    arm: Mapped[str | None] = mapped_column(String(128))
 
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)

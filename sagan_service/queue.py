@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .jobs import get_job, note_waiting, reap_expired_leases, take_stale_queued
+from .jobs import get_job, note_waiting, reap_expired_leases, settle_open_sweeps, take_stale_queued
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -120,9 +120,11 @@ def _job_id_of(raw: bytes) -> str | None:
 def reaper_pass(session_factory: sessionmaker[Session], celery: Celery, *,
                 redispatch_after: timedelta) -> list[str]:
     """Settle jobs whose lease expired, then (re)send every queued job whose message is due: the
-    ones just requeued, and any not seen in the broker for `redispatch_after` (its message was lost)."""
+    ones just requeued, and any not seen in the broker for `redispatch_after` (its message was lost).
+    Unfinished sweeps are settled again too (their status is derived from their children's)."""
     with session_factory() as session:
         requeued = reap_expired_leases(session)
+        settle_open_sweeps(session)
         note_waiting(session, job_ids=waiting_job_ids(celery) or set())
         resent = take_stale_queued(session, older_than=redispatch_after)
         for job_id in requeued + resent:

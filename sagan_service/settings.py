@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # the reaper looks into the queues, so a job merely waiting its turn is never sent twice.
     redispatch_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    # Most children (arms x seeds) one sweep may create.
+    max_sweep_arms: int = Field(64, ge=1)
     cancel_grace_seconds: float = Field(10.0, ge=0)
     # GPUs a worker may use (CUDA_VISIBLE_DEVICES=0..N-1 for its jobs); None = whatever it sees.
     gpus: int | None = Field(None, ge=0)

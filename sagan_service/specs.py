@@ -7,14 +7,17 @@ from typing import Any
 
 from sagan_core.config import ConfigError, TrainConfig, build_config
 from sagan_core.dataspec import DatasetError, dataset_paths
+from sagan_core.sweeps import SweepError, SweepRun, expand_sweep
 
 
 class SpecError(ValueError):
-    """A submitted value is invalid; `field` is its dotted location in the request body."""
+    """A submitted value is invalid; `field` is its dotted location in the request body, or `loc` its path
+    where a part may hold a dot (a sweep's arm name)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, loc: list[str] | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.loc = loc if loc is not None else field.split(".")
 
 
 def validate_train_config(raw: dict[str, Any], *, data_roots: list[Path]) -> dict[str, Any]:
@@ -65,3 +68,40 @@ def eval_job_spec(source_config: dict[str, Any], *, job_id: str, step: int, data
     return {"job_id": job_id, "step": step, "dataset": dataset or config.eval_dataset or config.dataset,
             "metrics": metrics or config.eval_metrics, "n": n or config.eval_n, "seed": config.seed,
             "imsize": config.imsize, "center_crop": config.center_crop}
+
+
+def validate_sweep(*, base: dict[str, Any], axes: dict[str, Any] | None, arms: list[Any] | None,
+                   study: str | None, seeds: list[Any] | None, data_roots: list[Path],
+                   max_arms: int) -> list[SweepRun]:
+    """Every child run of a submitted sweep, each config validated and its data set checked, or SpecError
+    located at the arm and field: `["arms", <arm>, <field>]`, `["base", <field>]`, `["axes", <field>]`, or
+    the sweep key (`seeds`, `arms` for too many runs, `study`)."""
+    try:
+        runs = expand_sweep(base=base, axes=axes, arms=arms, study=study, seeds=seeds, max_arms=max_arms)
+    except SweepError as error:
+        raise SpecError(error.field, str(error), loc=_sweep_loc(error, axes)) from None
+    except ValueError as error:  # an unknown study: the names to choose from
+        raise SpecError("study", str(error)) from None
+    checked: set[tuple[str, str | None]] = set()
+    for run in runs:
+        if (run.config.dataset, run.config.eval_dataset) in checked:
+            continue
+        try:
+            _check_dataset(run.config, data_roots)
+        except SpecError as error:
+            name = error.field.rpartition(".")[2]
+            where = ["base", name] if base.get(name) == getattr(run.config, name) else ["arms", run.arm, name]
+            raise SpecError(error.field, f"{'base' if where[0] == 'base' else f'arm {run.arm}'}: {error}",
+                            loc=where) from None
+        checked.add((run.config.dataset, run.config.eval_dataset))
+    return runs
+
+
+def _sweep_loc(error: SweepError, axes: dict[str, Any] | None) -> list[str]:
+    if error.base:
+        return ["base", error.field]
+    if error.arm is not None:
+        return ["arms", error.arm, error.field]
+    if axes is not None and error.field not in ("sweep", "arms", "seeds", "study", "axes"):
+        return ["axes", error.field]
+    return [error.field]

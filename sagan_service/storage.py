@@ -59,6 +59,16 @@ def evals_key(job_id: str) -> str:
     return f"jobs/{job_id}/evals.jsonl"
 
 
+def report_key(job_id: str) -> str:
+    """A sweep's comparison report (sagan_core.report), stored once the sweep has finished."""
+    return f"jobs/{job_id}/report.html"
+
+
+def report_figure_key(job_id: str) -> str:
+    """The report's summary figure."""
+    return f"jobs/{job_id}/report.png"
+
+
 def stats_key(entry_name: str) -> str:
     """A real-statistics cache entry (sagan_core.metrics.cache.StatsKey.name); not per job: keyed by the data."""
     return f"stats/{entry_name}"

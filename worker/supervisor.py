@@ -38,7 +38,7 @@ from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
-from sagan_service.models import Job
+from sagan_service.models import TERMINAL, Job
 from sagan_service.settings import Settings
 from sagan_service.storage import (
     ArtifactNotFound,
@@ -51,6 +51,7 @@ from sagan_service.storage import (
     open_store,
     stats_key,
 )
+from sagan_service.sweeps import store_report_if_finished
 
 from .outages import DependencyDown, Outage, describe_database, is_transient, retry
 from .outbox import Outbox
@@ -95,9 +96,22 @@ def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
             shutil.rmtree(workdir, ignore_errors=True)
         if status == HANDED_BACK and handed_back is not None:
             handed_back(job)
+        if status in TERMINAL and job.parent_id is not None:
+            _report_finished_sweep(session_factory, store, job.parent_id)
         return status
     finally:
         engine.dispose()
+
+
+def _report_finished_sweep(sessions: sessionmaker[Session], store: ArtifactStore, sweep_id: str) -> None:
+    """Store the report of the sweep whose last child this worker just finished (see sagan_service.sweeps);
+    a failure costs only the stored copy: GET /jobs/{id}/report builds it then."""
+    try:
+        with sessions() as session:
+            if store_report_if_finished(session, store, sweep_id=sweep_id):
+                log.info("sweep %s finished: report stored", sweep_id)
+    except Exception:
+        log.exception("sweep %s: could not store its report; the API builds it on request", sweep_id)
 
 
 def _claim(sessions: sessionmaker[Session], job_id: str, worker_id: str, lease_seconds: float) -> Job | None:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, in_thread
 from api.schemas import (
@@ -22,13 +22,15 @@ from api.schemas import (
     MetricsList,
     SampleJobCreate,
     Status,
+    SweepJobCreate,
     utc,
 )
 from sagan_service import jobs
 from sagan_service.models import Artifact, Job
 from sagan_service.queue import dispatch, queue_for
-from sagan_service.specs import eval_job_spec, validate_train_config
+from sagan_service.specs import eval_job_spec, validate_sweep, validate_train_config
 from sagan_service.storage import ArtifactNotFound, LocalStore, evals_key, metrics_key, real_grid_key
+from sagan_service.sweeps import NoRunsYet, sweep_report
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -41,7 +43,9 @@ StepPath = Annotated[int, Path(ge=0, le=MAX_STEP)]
 def create_job(body: JobCreate, request: Request, response: Response, session: SessionDep,
                settings: SettingsDep, celery: CeleryDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
-    """Submit a training, sampling or eval job; 201 with its Location."""
+    """Submit a training, sampling, eval or sweep job; 201 with its Location."""
+    if isinstance(body, SweepJobCreate):
+        return _create_sweep(body, request, response, session, settings, celery, idempotency_key)
     if isinstance(body, SampleJobCreate):
         checkpoint = jobs.committed_checkpoint(session, job_id=body.source.job_id, step=body.source.step)
         spec = {"job_id": body.source.job_id, "step": checkpoint.step, "n": body.n, "seed": body.seed}
@@ -73,6 +77,37 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
     return JobPublic.from_job(job)
 
 
+def _create_sweep(body: SweepJobCreate, request: Request, response: Response, session: SessionDep,
+                  settings: SettingsDep, celery: CeleryDep, idempotency_key: str | None) -> JobPublic:
+    """Validate every child, then create the sweep and its children at once and send the children, each
+    to its queue like any job."""
+    runs = validate_sweep(base=body.base, axes=body.axes, arms=body.arms, study=body.study, seeds=body.seeds,
+                          data_roots=settings.allowed_data_roots, max_arms=settings.max_sweep_arms)
+    spec = body.model_dump(exclude={"kind"})
+    configs = [(run.arm, run.config.to_dict()) for run in runs]
+    children = [(arm, config, queue_for("train", config)) for arm, config in configs]
+    sweep, created = jobs.create_sweep(session, spec=spec, children=children, max_attempts=settings.max_attempts,
+                                       idempotency_key=idempotency_key)
+    if not created and not _same_request(sweep, body, spec):
+        raise RequestValidationError([{
+            "loc": ["header", "idempotency-key"], "type": "value_error",
+            "msg": f"this Idempotency-Key was used for another request (job {sweep.id}); use a new key"}])
+    members = jobs.sweep_children(session, job_id=sweep.id)
+    if created:
+        try:
+            for child in members:
+                dispatch(celery, child)
+        except Exception as error:
+            log.exception("could not send the children of sweep %s to the queue", sweep.id)
+            jobs.fail_queued_sweep(session, job_id=sweep.id, error=f"could not reach the job queue: {error}")
+            raise HTTPException(503, f"the job queue is unreachable: {error}") from None
+    else:
+        response.status_code = 200
+    response.headers["Location"] = str(request.url_for("get_job", job_id=sweep.id))
+    session.refresh(sweep)
+    return JobPublic.from_job(sweep, children=members)
+
+
 def _same_request(job: Job, body: JobCreate, spec: dict[str, Any]) -> bool:
     """Whether an Idempotency-Key replay asks for what the first request asked (a sample job's "latest
     checkpoint" may have moved on since: then its step does not count)."""
@@ -96,14 +131,32 @@ def list_jobs(session: SessionDep, status: Status | None = None, kind: Kind | No
 @router.get("/{job_id}", response_model=JobPublic)
 @in_thread
 def get_job(job_id: str, session: SessionDep) -> JobPublic:
-    """A job's status, progress, latest metrics, attempts, and error and log tail if it failed."""
-    return JobPublic.from_job(jobs.get_job(session, job_id))
+    """A job's status, progress, latest metrics, attempts, and error and log tail if it failed; a sweep's
+    children with their status, progress and best evaluation."""
+    job = jobs.get_job(session, job_id)
+    children = jobs.sweep_children(session, job_id=job.id) if job.kind == "sweep" else None
+    return JobPublic.from_job(job, children=children)
+
+
+@router.get("/{job_id}/report", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {}}}, 409: {"description": "not a sweep, or no child "
+                                                                               "has trained yet"}})
+@in_thread
+def get_report(job_id: str, session: SessionDep, store: StoreDep) -> HTMLResponse:
+    """A sweep's comparison report: one self-contained HTML page (stored once the sweep has finished; while
+    it runs, built from its children so far)."""
+    try:
+        page = sweep_report(session, store, jobs.get_job(session, job_id))
+    except NoRunsYet as error:
+        raise HTTPException(409, str(error)) from None
+    return HTMLResponse(page)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 @in_thread
 def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
-    """Cancel a job: a queued one at once, a running one within seconds (its processes are stopped)."""
+    """Cancel a job: a queued one at once, a running one within seconds (its processes are stopped); a sweep:
+    every child."""
     return JobPublic.from_job(jobs.request_cancel(session, job_id=job_id))
 
 

@@ -212,3 +212,46 @@ def test_a_422_shows_beside_the_field_at_fault(page: Page, service: Api) -> None
     expect(page.locator('[data-error-for="config.steps"]')).to_have_text("")
     assert all(job["spec"].get("g_conv_dim") != 12 for job in service.client.get("/jobs").json()["items"])
 
+
+
+@pytest.mark.timeout(2 * TRAINING_S)
+def test_a_sweeps_page_lists_its_arms_and_links_the_report(page: Page, service: Api) -> None:
+    quick = {**TINY, "steps": 10, "sample_every": 5, "checkpoint_every": 10, "eval_every": 5, "eval_n": 16}
+    sweep = service.submit({"kind": "sweep", "study": "attention", "base": quick, "seeds": [0]})
+    service.wait_status(sweep["id"], {"succeeded", "failed"}, timeout=TRAINING_S)
+    page.goto(f"/ui/jobs/{sweep['id']}")
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    expect(page.locator("#kind")).to_have_text("sweep · study attention")
+    expect(page.locator("#status")).to_have_text("succeeded")
+    rows = page.locator("#arm-rows tr")
+    expect(rows).to_have_count(4)
+    expect(rows.first).to_contain_text("none")
+    expect(rows.first).to_contain_text(re.compile(r"succeeded[\s\S]*swd \d"))
+    expect(page.locator("#sweep-question")).to_contain_text("self-attention")
+    expect(page.locator("#samples-section")).to_be_hidden()
+    screenshot(page, "sweep")
+
+    report = service.client.get(page.locator("#report-link").get_attribute("href"))
+    assert report.status_code == 200 and "<td>g-only</td>" in report.text
+    rows.nth(1).get_by_role("link").click()
+    expect(page.locator("#facts")).to_contain_text(f"{sweep['id'][:8]}, arm g-only")
+
+
+@pytest.mark.timeout(120)
+def test_the_form_submits_a_study_as_a_sweep(page: Page, service: Api) -> None:
+    page.goto("/ui/submit")
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    expect(page.locator("#seeds-field")).to_be_hidden()
+    page.select_option("#study", "ttur")
+    expect(page.locator("#seeds-field")).to_be_visible()
+    page.fill("#seeds", "0,1")
+    page.fill("[name=steps]", "a lot")
+    body = page.locator("#request-body")
+    expect(body).to_contain_text('"kind": "sweep"')
+    expect(body).to_contain_text('"study": "ttur"')
+    expect(body).to_contain_text('"steps": "a lot"')
+    before = len(service.client.get("/jobs", params={"limit": 200}).json()["items"])
+    page.get_by_role("button", name="Submit").click()
+    # The sweep's base fields are the form's fields: the 422 shows beside steps, and nothing is created.
+    expect(page.locator('[data-error-for="config.steps"]')).to_have_text("Input should be a valid integer")
+    assert len(service.client.get("/jobs", params={"limit": 200}).json()["items"]) == before

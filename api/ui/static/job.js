@@ -21,6 +21,11 @@
     job = result.data;
     renderJob();
     if (first) await renderConfig();
+    if (job.kind === "sweep") {
+      await renderSweep();
+      document.body.dataset.loaded = "true";
+      return;  // a sweep has no files of its own: its children do
+    }
     // Artifacts change only as the job moves: skip their requests on a poll that saw no change.
     if (job.progress.step !== seenStep || job.status !== seenStatus) {
       seenStep = job.progress.step;
@@ -32,7 +37,8 @@
   }
 
   function renderJob() {
-    $("kind").textContent = job.kind === "train" ? `training · ${job.spec.preset}` : `${job.kind}`;
+    $("kind").textContent = job.kind === "train" ? `training · ${job.spec.preset}`
+      : job.kind === "sweep" ? `sweep${job.spec.study ? ` · study ${job.spec.study}` : ""}` : `${job.kind}`;
     sagan.setStatus($("status"), job);
     sagan.setBar($("progress-fill").parentElement, job);
     $("progress-text").textContent = sagan.progress(job).text || job.status;
@@ -45,10 +51,14 @@
     $("log").hidden = !job.log_tail;
     $("log-tail").textContent = job.log_tail || "";
     for (const id of ["checkpoints-section", "real-figure"]) $(id).hidden = job.kind !== "train";
+    $("samples-section").hidden = job.kind === "sweep";
   }
 
   function renderFacts() {
-    const facts = [["Attempt", `${job.attempt} of ${job.max_attempts}`]];
+    const facts = job.kind === "sweep" ? [["Runs", `${job.children.length}`]] : [["Attempt", `${job.attempt} of ${job.max_attempts}`]];
+    if (job.parent_id) {
+      facts.push(["Sweep", `<a href="/ui/jobs/${encodeURIComponent(job.parent_id)}">${sagan.escape(job.parent_id.slice(0, 8))}</a>, arm ${sagan.escape(job.arm)}`]);
+    }
     if (job.resumed_from_step != null) facts.push(["Resumed from step", sagan.number(job.resumed_from_step)]);
     const metrics = job.metrics || {};
     if (metrics.img_per_s) facts.push(["Speed", `${sagan.number(metrics.img_per_s, 3)} img/s`]);
@@ -95,6 +105,28 @@
     $("config-full").innerHTML = Object.entries(job.spec).map(([name, value]) =>
       `<tr class="${changed.includes(name) ? "changed" : ""}"><td>${sagan.escape(name)}</td><td>${show(value)}</td></tr>`).join("");
     $("config-section").hidden = false;
+  }
+
+  // ---- a sweep: its arms (children) and the link to its report ------------------------------------------
+
+  let studies = null;
+  async function renderSweep() {
+    if (studies === null && job.spec.study) {
+      const result = await sagan.api("/studies");
+      studies = result.ok ? result.data.items : [];
+      const study = studies.find((item) => item.name === job.spec.study);
+      $("sweep-question").textContent = study ? study.question : "";
+    }
+    $("report-link").href = `${base}/report`;
+    $("arm-rows").innerHTML = job.children.map((child) => {
+      const bar = sagan.progress(child).text;
+      // The arm names the link: children made in one millisecond share their ids' first characters.
+      return `<tr data-child="${sagan.escape(child.id)}"><td><a href="/ui/jobs/${encodeURIComponent(child.id)}">${sagan.escape(child.arm)}</a></td><td>${child.seed}</td>
+        <td><span class="badge status-${sagan.escape(child.status)}">${sagan.escape(child.status)}</span></td>
+        <td>${sagan.escape(bar)}</td>
+        <td>${sagan.evalText(child.best_eval)}</td></tr>`;
+    }).join("");
+    $("sweep-section").hidden = false;
   }
 
   // ---- sample grids: a step slider over every grid, the real-data grid beside --------------------------

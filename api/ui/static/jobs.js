@@ -77,8 +77,9 @@
 
   function describe(job) {
     if (job.kind === "sample") return `${job.spec.n} images from ${job.spec.job_id.slice(0, 8)}, step ${job.spec.step}`;
-    if (job.kind === "train") return `${job.spec.preset} · ${job.spec.dataset}`;
+    if (job.kind === "train") return `${job.spec.preset} · ${job.spec.dataset}${job.arm ? ` · arm ${job.arm}` : ""}`;
     if (job.kind === "eval") return `${job.spec.metrics.join(", ")} of ${job.spec.job_id.slice(0, 8)}, step ${job.spec.step}`;
+    if (job.kind === "sweep") return job.spec.study ? `study ${job.spec.study}` : "sweep";
     return "";
   }
 

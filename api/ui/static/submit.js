@@ -53,11 +53,16 @@
       const value = read(input);
       if (input.name !== "preset" && value !== undefined && !same(value, presetValue(input.name))) config[input.name] = value;
     }
-    return {kind: "train", config};
+    const study = document.getElementById("study").value;
+    if (!study) return {kind: "train", config};
+    const seeds = document.getElementById("seeds").value.split(",").filter((part) => part.trim()).map((part) => value(part));
+    return {kind: "sweep", study, base: config, seeds};
   }
+  const value = (text) => (NUMBER.test(text.trim()) ? Number(text) : text.trim());
 
   function refresh() {
-    const config = body().config;
+    const request = body(), config = request.config || request.base;
+    document.getElementById("seeds-field").hidden = request.kind !== "sweep";
     for (const input of inputs) input.closest(".field").classList.toggle("changed", input.name in config && input.name !== "preset");
     document.getElementById("request-body").textContent = JSON.stringify(body(), null, 2);
   }
@@ -87,6 +92,13 @@
         location.href = `/ui/jobs/${encodeURIComponent(result.data.id)}`;
         return;
       }
+      // A sweep's base fields are this form's config fields.
+      for (const detail of Array.isArray(result.data && result.data.detail) ? result.data.detail : []) {
+        if (detail.loc && detail.loc[1] === "base") {
+          detail.loc[1] = "config";
+          detail.msg = detail.msg.replace(/^base: /, "");
+        }
+      }
       const placed = sagan.showErrors(form, result, error);
       if (placed.length) {
         placed[0].closest("details")?.setAttribute("open", "");
@@ -103,6 +115,10 @@
   form.addEventListener("input", () => { idempotencyKey = null; });
 
   (async () => {
+    const studies = await sagan.api("/studies");
+    for (const study of studies.ok ? studies.data.items : []) {
+      document.getElementById("study").add(new Option(`${study.name}: ${study.arms.map((arm) => arm.name).join(", ")}`, study.name));
+    }
     const result = await sagan.api("/presets");
     if (result.ok) presets = Object.fromEntries(result.data.items.map((preset) => [preset.name, preset]));
     else sagan.notice(`Could not load the presets: ${sagan.errorText(result)}`);
