@@ -209,6 +209,24 @@
     select.innerHTML = items.slice().reverse().map((item) => `<option value="${item.step}">step ${sagan.number(item.step)}</option>`).join("");
     if (chosen && items.some((item) => String(item.step) === chosen)) select.value = chosen;
   }
+  // A checkpoint the API serves itself (a file:// store) needs the token, which a plain link does not send:
+  // fetch it with the token and save the blob. Presigned storage links (another origin) open directly.
+  $("checkpoint-rows").addEventListener("click", async (event) => {
+    const link = event.target.closest("a[download]");
+    if (!link || new URL(link.href).origin !== location.origin || link.dataset.blob) return;
+    event.preventDefault();
+    const response = await fetch(link.href, {headers: sagan.authHeaders()});
+    if (!response.ok) {
+      sagan.notice(`Could not download the checkpoint: HTTP ${response.status}`);
+      return;
+    }
+    const saved = document.createElement("a");
+    saved.href = URL.createObjectURL(await response.blob());
+    saved.download = link.download;
+    saved.dataset.blob = "true";
+    saved.click();
+    setTimeout(() => URL.revokeObjectURL(saved.href), 60000);
+  });
   $("sample-form").elements.step.addEventListener("change", (event) => { event.target.dataset.chosen = event.target.value; });
 
   // Text as JSON where it is a number, else as typed: the API answers a 422 naming the field.
