@@ -113,8 +113,17 @@ async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
     """FastAPI's 422 without the `input` it would echo (a client's secret or a megabyte of text would come
     back, and land in whatever logs the answer)."""
     assert isinstance(error, RequestValidationError)
-    detail = [{key: value for key, value in item.items() if key not in ("input", "url")} for item in error.errors()]
+    detail = [_without_input(item) for item in error.errors()]
     return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+
+
+def _without_input(item: dict) -> dict:
+    item = {key: value for key, value in item.items() if key not in ("input", "url")}
+    if item.get("type") == "union_tag_invalid":  # pydantic quotes the tag it got (`kind`) in msg and ctx
+        expected = item.get("ctx", {}).get("expected_tags", "")
+        item["msg"] = f"Input should be one of {expected}"
+        item["ctx"] = {"expected_tags": expected}
+    return item
 
 
 async def _not_found(_request: Request, error: Exception) -> JSONResponse:

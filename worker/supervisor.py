@@ -9,6 +9,8 @@ the lease, copies progress into the row and reads the cancel flag. An attempt en
 - the worker is stopping (SIGTERM to `sagan worker`): the training gets SIGTERM, checkpoints where it
   is and exits; that checkpoint is stored and the job goes back to the queue without counting the
   attempt (jobs.hand_back), all within SAGAN_SHUTDOWN_SECONDS;
+- the attempt ran past SAGAN_MAX_RUN_SECONDS: stopped the same way (it checkpoints), then failed with a
+  message that says so (its checkpoints stay for sampling);
 - the lease is lost (the reaper gave the job away): the tree is stopped, the row left to its new owner;
 - the database or the store stays away past SAGAN_DEPENDENCY_OUTAGE_SECONDS, or the supervisor itself
   fails: failed, with the reason. Shorter outages are waited out while the training goes on.
@@ -128,6 +130,8 @@ class Attempt:
         self.next_beat = 0.0
         self.stopping_since: float | None = None  # when the graceful stop began
         self.asked_to_stop: set[int] = set()
+        self.launched_at = 0.0
+        self.out_of_time = False  # stopped for running past SAGAN_MAX_RUN_SECONDS
 
     def run(self) -> str | None:
         try:
@@ -140,6 +144,7 @@ class Attempt:
                     status = HANDED_BACK
                 else:
                     self.process = self.launch(command)
+                    self.launched_at = time.monotonic()
                     self.tree = ProcessTree(self.process.pid)
                     status = self.supervise()
                 error = self.failure_reason() if status == "failed" else None
@@ -272,10 +277,12 @@ class Attempt:
                 raise self.outbox.error
             if returncode is not None:
                 self.stop()  # sweep up anything the tree left behind
+                if self.out_of_time and returncode != 0 and not self.worker_stopping():
+                    return "failed"
                 if self.stopping_since is not None or returncode == EXIT_STOPPED:
                     return HANDED_BACK
                 return "succeeded" if returncode == 0 else "failed"
-            if self.worker_stopping():
+            if self.worker_stopping() or self.past_run_time():
                 self.stop_gracefully()
             if time.monotonic() >= self.next_beat and self.beat().cancel_requested:
                 self.stop()
@@ -286,14 +293,24 @@ class Attempt:
     def worker_stopping(self) -> bool:
         return self.stop_flag is not None and self.stop_flag.exists()
 
+    def past_run_time(self) -> bool:
+        """Whether the attempt ran past SAGAN_MAX_RUN_SECONDS (then it is stopped like a graceful stop)."""
+        limit = self.settings.max_run_seconds
+        if not self.out_of_time and limit and time.monotonic() - self.launched_at > limit:
+            log.warning("job %s: past the maximum run time of %g s; the training checkpoints and stops",
+                        self.job.id, limit)
+            self.out_of_time = True
+        return self.out_of_time
+
     def stop_gracefully(self) -> None:
         """SIGTERM the trainer alone (under torchrun: torchrun, which passes it to every rank); it
         finishes its step, checkpoints and exits. Past two thirds of the shutdown time, kill it."""
         assert self.process is not None
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
-            log.warning("job %s: the worker is stopping; the training checkpoints and the job goes back "
-                        "to the queue", self.job.id)
+            if not self.out_of_time:
+                log.warning("job %s: the worker is stopping; the training checkpoints and the job goes back "
+                            "to the queue", self.job.id)
         if time.monotonic() - self.stopping_since > self.settings.shutdown_seconds * 2 / 3:
             log.warning("job %s: the training did not stop in time; killing it", self.job.id)
             self.stop()
@@ -421,6 +438,9 @@ class Attempt:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
 
     def failure_reason(self) -> str:
+        if self.out_of_time:
+            kept = "; it saved a checkpoint where it stopped" if self.job.kind == "train" else ""
+            return f"stopped after the maximum run time of {self.settings.max_run_seconds:g} s (SAGAN_MAX_RUN_SECONDS){kept}"
         lines = [line for line in self.log_tail().splitlines() if line.strip()]
         errors = [line for line in lines if "Error" in line or "error:" in line]
         assert self.process is not None
