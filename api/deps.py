@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sagan_service import auth
 from sagan_service.auth import Principal
+from sagan_service.logs import JOB_ID
 from sagan_service.settings import Settings
 from sagan_service.storage import ArtifactStore
 
@@ -94,6 +95,13 @@ async def get_owner_filter(principal: Annotated[Principal, Depends(get_principal
     """Whose jobs the request may touch (None: every job, for admins). Routes pass it to the job lookups of
     sagan_service.jobs, which treat another owner's job as not found."""
     return principal.owner_filter
+
+
+async def job_log_context(request: Request) -> None:
+    """Lines the API logs while serving /jobs/{job_id}... carry the job's id (sagan_service.logs)."""
+    job_id = request.path_params.get("job_id")
+    if job_id is not None:
+        JOB_ID.set(job_id[:64])
 
 
 P = ParamSpec("P")

@@ -18,9 +18,10 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from api import ui
-from api.deps import get_principal
+from api.deps import get_principal, job_log_context
 from api.limits import BodyLimit
-from api.routes import health, presets
+from api.metrics import RequestLatency, make_registry
+from api.routes import health, monitoring, presets
 from api.routes import jobs as job_routes
 from sagan_service.auth import TokenCache
 from sagan_service.db import make_engine, make_session_factory
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = open_store(settings)
         app.state.celery = make_celery(settings)
         app.state.tokens = TokenCache(settings.token_cache_seconds)
+        app.state.metrics_registry, app.state.request_latency = make_registry(app.state.read_sessions)
         # Blocking work (database, S3) runs in a few threads: with the default 40, requests on a small
         # machine mostly wait for the GIL among them (GET /jobs/{id} throughput halves).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
@@ -66,14 +68,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Send `Authorization: Bearer <token>` (README: Security).")
     authenticated = [Depends(get_principal)]  # a 401 unless SAGAN_AUTH=none
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
-    app.include_router(job_routes.router, dependencies=authenticated)
+    app.include_router(job_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(presets.router, dependencies=authenticated)
+    app.include_router(monitoring.router)  # its route asks for an admin token itself
     # The web pages are open: HTML shells without data, whose scripts call the REST API with the token
     # the user entered (kept in the browser).
     app.include_router(ui.router)
     if not settings.docs_public:
         _add_private_docs(app, authenticated)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLatency)  # outermost: a 413 is timed too
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(JobConflict, _conflict)
@@ -104,7 +108,8 @@ async def _reap_until(stop: asyncio.Event, app: FastAPI) -> None:
     """Requeue jobs whose worker died, resend lost messages; API replicas and workers' reapers may all
     run this (the UPDATEs are conditional)."""
     while not stop.is_set():
-        await run_in_threadpool(reap_once, app.state.sessions, app.state.celery, app.state.settings)
+        await run_in_threadpool(reap_once, app.state.sessions, app.state.celery, app.state.settings,
+                                app.state.store)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), app.state.settings.reaper_seconds)
 

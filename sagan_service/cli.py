@@ -119,12 +119,12 @@ def run_token_revoke(args: argparse.Namespace) -> int:
 
 
 def run_reaper_command(_args: argparse.Namespace) -> int:
-    import logging
-
+    from .logs import configure_logging
     from .reaper import run_reaper, stop_on_signals
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_reaper(Settings(), stop_on_signals())
+    settings = Settings()
+    configure_logging(settings)
+    run_reaper(settings, stop_on_signals())
     return 0
 
 

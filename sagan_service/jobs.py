@@ -292,6 +292,11 @@ def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, er
     return result.rowcount == 1
 
 
+def expired_leases(session: Session, *, now: datetime) -> list[str]:
+    """Ids of running jobs whose lease expired before `now` (what reap_expired_leases will settle)."""
+    return list(session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)))
+
+
 def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[str]:
     """Settle running jobs whose worker stopped renewing its lease; return the ids put back in the queue.
 
@@ -366,3 +371,16 @@ def public_error(job_id: str, error: str | None) -> str | None:
     if text != error:
         log.warning("job %s: error recorded as %r; in full: %s", job_id, text, error)
     return text or "failed (see the service's log)"
+
+
+# Why failed jobs failed, for the service's metrics: the recorded message's source, by its wording.
+FAILURE_CAUSES = (("was unreachable for", "dependency_outage"), ("lease expired", "worker_lost"),
+                  ("could not reach the job queue", "queue_unreachable"), ("SAGAN_MAX_RUN_SECONDS", "time_limit"),
+                  ("artifacts could not be stored", "artifact_store"))
+
+
+def failure_cause(error: str | None) -> str:
+    """dependency_outage, worker_lost, queue_unreachable, time_limit, artifact_store, or training (the
+    training process itself failed: bad data, a crash, out of memory)."""
+    text = error or ""
+    return next((cause for needle, cause in FAILURE_CAUSES if needle in text), "training")

@@ -7,6 +7,7 @@ Layout per job (keys relative to the store root):
     jobs/<id>/metrics.jsonl
     jobs/<id>/evals.jsonl                     a training job's evaluations, or an eval job's result
     jobs/<id>/logs/attempt-<k>.log
+    jobs/<id>/job.json                        what the folder is: kind, config, owner, status, times (records.py)
     stats/<entry name>                        cached real-data statistics, shared by every job on that data
 A checkpoint counts only once its COMMITTED marker exists: a single PUT is atomic, a directory is not.
 
@@ -62,6 +63,10 @@ def evals_key(job_id: str) -> str:
 def stats_key(entry_name: str) -> str:
     """A real-statistics cache entry (sagan_core.metrics.cache.StatsKey.name); not per job: keyed by the data."""
     return f"stats/{entry_name}"
+
+
+def job_record_key(job_id: str) -> str:
+    return f"jobs/{job_id}/job.json"
 
 
 def log_key(job_id: str, attempt: int) -> str:

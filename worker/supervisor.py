@@ -40,7 +40,9 @@ from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.logs import job_context
 from sagan_service.models import Job
+from sagan_service.records import publish_job_record
 from sagan_service.settings import Settings
 from sagan_service.storage import (
     ArtifactNotFound,
@@ -79,7 +81,13 @@ def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
     """Claim and run one attempt; return the final status, or None if there was nothing to do.
 
     The worker is stopping once `stop_flag` exists: then the job goes back to the queue ("queued"),
-    and `handed_back(job)` sends its message again."""
+    and `handed_back(job)` sends its message again. Every line logged meanwhile carries the job's id."""
+    with job_context(job_id):
+        return _run_job(job_id, settings, stop_flag, handed_back)
+
+
+def _run_job(job_id: str, settings: Settings, stop_flag: Path | None,
+             handed_back: Callable[[Job], None] | None) -> str | None:
     store = open_store(settings)  # before the claim: a misconfigured store must not strand a claimed job
     engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-worker {os.getpid()}")
     session_factory = make_session_factory(engine)
@@ -90,6 +98,7 @@ def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
         if job is None:
             log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
             return None
+        publish_job_record(store, job)
         workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
         try:
             status = Attempt(job, settings, store, session_factory, worker_id, workdir, stop_flag).run()
@@ -430,7 +439,17 @@ class Attempt:
             log.warning("job %s: lease lost before the end; its new owner settles it", self.job.id)
             return None
         log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, status)
+        self.publish_record()
         return status
+
+    def publish_record(self) -> None:
+        """job.json after the attempt's state change; a database that went away meanwhile only leaves
+        the record behind (the row is what counts)."""
+        try:
+            with self.sessions() as session:
+                publish_job_record(self.store, jobs.get_job(session, self.job.id))
+        except Exception:  # the job is settled; its record is a convenience
+            log.warning("job %s: job.json not updated", self.job.id, exc_info=True)
 
     def log_tail(self) -> str:
         if not self.log_path.exists():

@@ -25,8 +25,10 @@ from api.schemas import (
     utc,
 )
 from sagan_service import jobs, limits
+from sagan_service.logs import JOB_ID
 from sagan_service.models import Artifact, Job
 from sagan_service.queue import dispatch, queue_for
+from sagan_service.records import publish_job_record
 from sagan_service.specs import eval_job_spec, validate_train_config
 from sagan_service.storage import ArtifactNotFound, LocalStore, evals_key, metrics_key, real_grid_key
 
@@ -68,6 +70,8 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
             "loc": ["header", "idempotency-key"], "type": "value_error",
             "msg": f"this Idempotency-Key was used for another request (job {job.id}); use a new key"}])
     if created:
+        JOB_ID.set(job.id)
+        log.info("%s job submitted by %s", job.kind, job.owner)
         try:
             dispatch(celery, job)
         except Exception as error:
@@ -123,9 +127,12 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 @in_thread
-def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
+def cancel_job(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> JobPublic:
     """Cancel a job: a queued one at once, a running one within seconds (its processes are stopped)."""
-    return JobPublic.from_job(jobs.request_cancel(session, job_id=job_id, owner=owner))
+    job = jobs.request_cancel(session, job_id=job_id, owner=owner)
+    if job.status == "cancelled":  # a running one is settled, and its record written, by its worker
+        publish_job_record(store, job)
+    return JobPublic.from_job(job)
 
 
 @router.get("/{job_id}/samples", response_model=ArtifactList)
