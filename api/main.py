@@ -125,9 +125,10 @@ async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
 def _without_input(item: dict) -> dict:
     item = {key: value for key, value in item.items() if key not in ("input", "url")}
     if item.get("type") == "union_tag_invalid":  # pydantic quotes the tag it got (`kind`) in msg and ctx
-        expected = item.get("ctx", {}).get("expected_tags", "")
-        item["msg"] = f"Input should be one of {expected}"
-        item["ctx"] = {"expected_tags": expected}
+        ctx = item.get("ctx", {})
+        expected, field = ctx.get("expected_tags", ""), ctx.get("discriminator", "")
+        item["msg"] = f"Input tag of {field} should be one of {expected}"
+        item["ctx"] = {"discriminator": field, "expected_tags": expected}
     return item
 
 
