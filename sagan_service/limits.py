@@ -66,27 +66,38 @@ def estimate_training_bytes(config: dict[str, Any]) -> int:
     It follows the models' shapes (sagan_core.models): G starts at 4×4 with g_conv_dim × imsize/8
     channels and halves them per doubling of the size; D mirrors it from d_conv_dim. Measured against
     seed64: 7.0 M parameters estimated (G 3.83 M and D 3.18 M counted by torch)."""
-    imsize, z, g, d = config["imsize"], config["z_dim"], config["g_conv_dim"], config["d_conv_dim"]
-    top = imsize // 8
-    g_sizes = generator_resolutions(imsize)  # 4, 8, ..., imsize/2
-    g_channels = [g * top // 2**i for i in range(len(g_sizes))]
-    d_sizes = discriminator_resolutions(imsize)  # imsize/2, ..., 4
-    d_channels = [d * 2**i for i in range(len(d_sizes))]
-
-    g_params = z * g_channels[0] * 16 + sum(16 * a * b for a, b in itertools.pairwise(g_channels)) \
-        + 16 * g_channels[-1] * 3
-    d_params = 16 * 3 * d_channels[0] + sum(16 * a * b for a, b in itertools.pairwise(d_channels)) \
-        + 16 * d_channels[-1]
-    g_attention = _attention(config.get("g_attention"), g_sizes, g_channels)
-    d_attention = _attention(config.get("d_attention"), d_sizes, d_channels)
-    params = g_params + d_params + sum(c * c * 5 // 4 for _, c in g_attention + d_attention)
-
+    imsize = config["imsize"]
+    g_sizes, g_channels, g_attention, d_sizes, d_channels, d_attention = _shapes(config)
     g_acts = sum(c * s * s for c, s in zip(g_channels, g_sizes)) + 3 * imsize * imsize \
         + sum(s**4 for s, _ in g_attention)
     d_acts = 3 * imsize * imsize + sum(c * s * s for c, s in zip(d_channels, d_sizes)) \
         + sum(s**4 for s, _ in d_attention)
     per_rank = math.ceil(config["batch_size"] / config["nproc"])
-    return params * BYTES_PER_PARAMETER + per_rank * (g_acts + 2 * d_acts) * BYTES_PER_ACTIVATION
+    return estimate_parameters(config) * BYTES_PER_PARAMETER + per_rank * (g_acts + 2 * d_acts) * BYTES_PER_ACTIVATION
+
+
+def estimate_parameters(config: dict[str, Any]) -> int:
+    """G's and D's weights: their 4×4 convolutions and each attention layer's projections (C²·5/4 for the
+    C/8 query and key and the C value); biases and norms are left out (under 0.2 % of seed64)."""
+    z = config["z_dim"]
+    _, g_channels, g_attention, _, d_channels, d_attention = _shapes(config)
+    g_params = z * g_channels[0] * 16 + sum(16 * a * b for a, b in itertools.pairwise(g_channels)) \
+        + 16 * g_channels[-1] * 3
+    d_params = 16 * 3 * d_channels[0] + sum(16 * a * b for a, b in itertools.pairwise(d_channels)) \
+        + 16 * d_channels[-1]
+    return g_params + d_params + sum(c * c * 5 // 4 for _, c in g_attention + d_attention)
+
+
+def _shapes(config: dict[str, Any]) -> tuple[list[int], list[int], list[tuple[int, int]], list[int], list[int],
+                                              list[tuple[int, int]]]:
+    """Feature-map sizes, channels and attention layers of G (growing from 4×4) and D (shrinking to 4×4)."""
+    imsize = config["imsize"]
+    g_sizes = generator_resolutions(imsize)  # 4, 8, ..., imsize/2
+    g_channels = [config["g_conv_dim"] * (imsize // 8) // 2**i for i in range(len(g_sizes))]
+    d_sizes = discriminator_resolutions(imsize)  # imsize/2, ..., 4
+    d_channels = [config["d_conv_dim"] * 2**i for i in range(len(d_sizes))]
+    return (g_sizes, g_channels, _attention(config.get("g_attention"), g_sizes, g_channels),
+            d_sizes, d_channels, _attention(config.get("d_attention"), d_sizes, d_channels))
 
 
 def _attention(chosen: list[int] | None, sizes: list[int], channels: list[int]) -> list[tuple[int, int]]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sagan_core.config import make_config
+from sagan_service.limits import GIB, estimate_parameters, estimate_training_bytes
 from tests.conftest import subprocess_env
 from tests.service.conftest import (
     FAST_TIMINGS,
@@ -21,6 +23,17 @@ from tests.service.conftest import (
     start_api,
     wait_until_healthy,
 )
+
+
+@pytest.mark.parametrize("preset", ["seed64", "sagan32", "sagan128", "debug32"])
+def test_the_memory_estimate_counts_the_models_parameters(preset: str) -> None:
+    from sagan_core import build_models
+
+    generator, discriminator = build_models(preset)
+    counted = sum(p.numel() for model in (generator, discriminator) for p in model.parameters())
+    assert estimate_parameters(make_config(preset).to_dict()) == pytest.approx(counted, rel=0.005)
+    # seed64 at its batch of 64: about a GiB; the limit's message names the estimate.
+    assert 0.5 * GIB < estimate_training_bytes(make_config("seed64").to_dict()) < 2 * GIB
 
 
 def problem(response) -> tuple[str, str]:
