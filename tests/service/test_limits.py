@@ -74,6 +74,16 @@ def test_booleans_are_not_numbers_and_rates_are_finite(api: Api, raw: str, field
     assert where == field
 
 
+@pytest.mark.parametrize(("body", "field"), [
+    ({"kind": "sample", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000"}, "n": True}, "n"),
+    ({"kind": "sample", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000", "step": False}}, "source.step"),
+    ({"kind": "eval", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000"}, "n": 100.0}, "n"),
+])
+def test_sample_and_eval_bodies_are_strict_too(api: Api, body: dict, field: str) -> None:
+    where, _ = problem(api.client.post("/jobs", json=body))
+    assert where.removeprefix(f"{body['kind']}.") == field
+
+
 @pytest.mark.parametrize("dataset", [
     "folder:/data/a\x00b", "synthetic:" + "9" * 300, "folder:/" + "a" * 100_000, "shapes:\x00",
 ])
