@@ -48,6 +48,14 @@ def check_train_limits(config: dict[str, Any], settings: Settings) -> None:
                         "width, z_dim or image size, or more processes (nproc)")
 
 
+def check_eval_limits(spec: dict[str, Any], settings: Settings) -> None:
+    """An eval job's resolved spec (sagan_service.specs.eval_job_spec): its sample count and data set."""
+    if spec["n"] > settings.max_eval_n:
+        raise SpecError("n", f"n: {spec['n']} is over this service's limit of {settings.max_eval_n} "
+                             "(SAGAN_MAX_EVAL_N)")
+    check_dataset_size(spec["dataset"], "dataset", settings)
+
+
 def check_dataset_size(spec: str, field: str, settings: Settings) -> None:
     """A built-in data set's N against SAGAN_MAX_SYNTHETIC_SIZE (the worker draws all N images)."""
     kind, arg = parse_spec(spec)

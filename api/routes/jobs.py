@@ -57,7 +57,7 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
         spec = eval_job_spec(jobs.get_job(session, body.source.job_id).spec, job_id=body.source.job_id,
                              step=checkpoint.step, dataset=body.dataset, metrics=body.metrics, n=body.n,
                              data_roots=settings.allowed_data_roots)
-        limits.check_dataset_size(spec["dataset"], "dataset", settings)
+        limits.check_eval_limits(spec, settings)
     else:
         spec = validate_train_config(body.config, data_roots=settings.allowed_data_roots)
         limits.check_train_limits(spec, settings)

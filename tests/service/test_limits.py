@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from sagan_core.config import make_config
-from sagan_service.limits import GIB, estimate_parameters, estimate_training_bytes
+from sagan_service.limits import GIB, check_eval_limits, estimate_parameters, estimate_training_bytes
+from sagan_service.settings import Settings
+from sagan_service.specs import SpecError
 from tests.conftest import subprocess_env
 from tests.service.conftest import (
     FAST_TIMINGS,
@@ -167,3 +169,13 @@ def test_the_maximum_run_time_ends_a_run_with_a_checkpoint(tmp_path: Path) -> No
         assert api.client.get(f"/jobs/{job['id']}/checkpoints").json()["items"][-1]["step"] == step
     finally:
         up.stop()
+
+
+def test_eval_job_limits(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, max_eval_n=100, max_synthetic_size=1000)
+    spec = {"job_id": "x", "step": 10, "dataset": "synthetic:64", "metrics": ["swd"], "n": 100, "seed": 0}
+    check_eval_limits(spec, settings)
+    for changed, field in (({"n": 101}, "n"), ({"dataset": "shapes:1001"}, "dataset")):
+        with pytest.raises(SpecError) as refused:
+            check_eval_limits({**spec, **changed}, settings)
+        assert refused.value.field == field and "SAGAN_MAX_" in str(refused.value)
