@@ -130,7 +130,8 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
 def cancel_job(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> JobPublic:
     """Cancel a job: a queued one at once, a running one within seconds (its processes are stopped)."""
     job = jobs.request_cancel(session, job_id=job_id, owner=owner)
-    if job.status == "cancelled":  # a running one is settled, and its record written, by its worker
+    # A running job is settled, and its record written, by its worker; one that never started has no folder.
+    if job.status == "cancelled" and job.started_at is not None:
         publish_job_record(store, job)
     return JobPublic.from_job(job)
 
