@@ -286,8 +286,8 @@ class Attempt:
                 raise self.outbox.error
             if returncode is not None:
                 self.stop()  # sweep up anything the tree left behind
-                if self.out_of_time and returncode != 0 and not self.worker_stopping():
-                    return "failed"
+                if self.out_of_time and not self.worker_stopping():  # a run that just finished still succeeded
+                    return "succeeded" if returncode == 0 else "failed"
                 if self.stopping_since is not None or returncode == EXIT_STOPPED:
                     return HANDED_BACK
                 return "succeeded" if returncode == 0 else "failed"
