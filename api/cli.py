@@ -17,11 +17,13 @@ def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sagan_service.cli import run_db_upgrade
+    from sagan_service.logs import uvicorn_log_config
+    from sagan_service.settings import Settings
 
     # Once, here: in each worker's start-up, N workers would race to migrate a fresh database.
     run_db_upgrade(argparse.Namespace(revision="head"))
 
     # No per-request access log (CPU on every request; a proxy in front logs requests); errors still log.
     uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                access_log=False)
+                access_log=False, log_config=uvicorn_log_config(Settings()))
     return 0

@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, ParamSpec, TypeVar
 
 from celery import Celery
-from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from sagan_service import auth
+from sagan_service.auth import Principal
+from sagan_service.logs import JOB_ID
 from sagan_service.settings import Settings
 from sagan_service.storage import ArtifactStore
 
@@ -56,6 +59,51 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
+async def get_principal(request: Request) -> Principal:
+    """Who the request acts for: the token of `Authorization: Bearer <token>`, or 401. With
+    SAGAN_AUTH=none, auth.LOCAL. A known token is served from memory (auth.TokenCache), so only the first
+    request of a token in a while costs a database query."""
+    settings: Settings = request.app.state.settings
+    if settings.auth == "none":
+        return auth.LOCAL
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized("this API needs a token: send `Authorization: Bearer <token>` "
+                            "(an operator creates one with `sagan token create --name NAME`)")
+    cache: auth.TokenCache = request.app.state.tokens
+    principal = cache.get(token)
+    if principal is None:
+        if len(token) <= 256:  # longer is no token of ours: no need to ask the database
+            principal = await run_in_threadpool(_lookup, request.app.state.read_sessions, token)
+        if principal is None:
+            raise _unauthorized("unknown or revoked token")
+        cache.put(token, principal)
+    return principal
+
+
+def _lookup(sessions: sessionmaker[Session], token: str) -> Principal | None:
+    with sessions() as session:
+        return auth.lookup(session, token)
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def get_owner_filter(principal: Annotated[Principal, Depends(get_principal)]) -> str | None:
+    """Whose jobs the request may touch (None: every job, for admins). Routes pass it to the job lookups of
+    sagan_service.jobs, which treat another owner's job as not found."""
+    return principal.owner_filter
+
+
+async def job_log_context(request: Request) -> None:
+    """Lines the API logs while serving /jobs/{job_id}... carry the job's id (sagan_service.logs)."""
+    job_id = request.path_params.get("job_id")
+    if job_id is not None:
+        JOB_ID.set(job_id[:64])
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -63,3 +111,5 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+OwnerDep = Annotated[str | None, Depends(get_owner_filter)]

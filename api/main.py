@@ -9,14 +9,21 @@ import logging
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from api import ui
-from api.routes import health, presets, studies
+from api.deps import get_principal, job_log_context
+from api.limits import BodyLimit
+from api.metrics import RequestLatency, make_registry
+from api.routes import health, monitoring, presets, studies
 from api.routes import jobs as job_routes
+from sagan_service.auth import TokenCache
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.jobs import JobConflict, JobNotFound
 from sagan_service.queue import make_celery
@@ -40,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.read_sessions = make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
         app.state.store = open_store(settings)
         app.state.celery = make_celery(settings)
+        app.state.tokens = TokenCache(settings.token_cache_seconds)
+        app.state.metrics_registry, app.state.request_latency = make_registry(app.state.read_sessions)
         # Blocking work (database, S3) runs in a few threads: with the default 40, requests on a small
         # machine mostly wait for the GIL among them (GET /jobs/{id} throughput halves).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
@@ -53,13 +62,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await reaper  # a pass in flight finishes before the engine goes
         engine.dispose()
 
-    app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan,
-                  description="Submit SAGAN training and sampling jobs; follow their progress and artifacts.")
-    app.include_router(health.router)
-    app.include_router(job_routes.router)
-    app.include_router(presets.router)
-    app.include_router(studies.router)
-    app.include_router(ui.router)  # the web pages, at / and under /ui
+    docs = {} if settings.docs_public else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan, **docs,
+                  description="Submit SAGAN training and sampling jobs; follow their progress and artifacts. "
+                              "Send `Authorization: Bearer <token>` (README: Security).")
+    authenticated = [Depends(get_principal)]  # a 401 unless SAGAN_AUTH=none
+    app.include_router(health.router)  # open: load balancers and orchestrators probe it
+    app.include_router(job_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
+    app.include_router(presets.router, dependencies=authenticated)
+    app.include_router(studies.router, dependencies=authenticated)
+    app.include_router(monitoring.router)  # its route asks for an admin token itself
+    # The web pages are open: HTML shells without data, whose scripts call the REST API with the token
+    # the user entered (kept in the browser).
+    app.include_router(ui.router)
+    if not settings.docs_public:
+        _add_private_docs(app, authenticated)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLatency)  # outermost: a 413 is timed too
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(JobConflict, _conflict)
     app.add_exception_handler(SpecError, _invalid_spec)
@@ -68,17 +88,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _add_private_docs(app: FastAPI, authenticated: list) -> None:
+    """/openapi.json, /docs and /redoc behind a token (SAGAN_DOCS_PUBLIC=false): for clients such as curl
+    or a generator that send one; a browser opening /docs gets a 401."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=authenticated)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=authenticated)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+    @app.get("/redoc", include_in_schema=False, dependencies=authenticated)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=app.title)
+
+
 async def _reap_until(stop: asyncio.Event, app: FastAPI) -> None:
     """Requeue jobs whose worker died, resend lost messages; API replicas and workers' reapers may all
     run this (the UPDATEs are conditional)."""
     while not stop.is_set():
-        await run_in_threadpool(reap_once, app.state.sessions, app.state.celery, app.state.settings)
+        await run_in_threadpool(reap_once, app.state.sessions, app.state.celery, app.state.settings,
+                                app.state.store)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), app.state.settings.reaper_seconds)
 
 
+async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422 without the `input` it would echo (a client's secret or a megabyte of text would come
+    back, and land in whatever logs the answer)."""
+    assert isinstance(error, RequestValidationError)
+    detail = [_without_input(item) for item in error.errors()]
+    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+
+
+def _without_input(item: dict) -> dict:
+    item = {key: value for key, value in item.items() if key not in ("input", "url")}
+    if item.get("type") == "union_tag_invalid":  # pydantic quotes the tag it got (`kind`) in msg and ctx
+        ctx = item.get("ctx", {})
+        expected, field = ctx.get("expected_tags", ""), ctx.get("discriminator", "")
+        item["msg"] = f"Input tag of {field} should be one of {expected}"
+        item["ctx"] = {"discriminator": field, "expected_tags": expected}
+    return item
+
+
 async def _not_found(_request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": f"job {error} not found"}, status_code=404)
+    # The id as sent, cut short: a path may be long, and the answer is no place for it.
+    return JSONResponse({"detail": f"job {str(error)[:64]} not found"}, status_code=404)
 
 
 async def _conflict(_request: Request, error: Exception) -> JSONResponse:

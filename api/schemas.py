@@ -25,21 +25,21 @@ TrainConfigBody = Annotated[dict[str, Any], WithJsonSchema({
 
 
 class TrainJobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     kind: Literal["train"]
     config: TrainConfigBody = Field(default_factory=dict)
 
 
 class SampleSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     job_id: str
     step: int | None = Field(None, ge=0, le=MAX_STEP, description="a committed checkpoint step; null = the latest")
 
 
 class SampleJobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     kind: Literal["sample"]
     source: SampleSource
@@ -60,7 +60,7 @@ class SampleJobCreate(BaseModel):
 
 
 class EvalSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     job_id: str
     step: Annotated[int, Field(ge=0, le=MAX_STEP)] | Literal["best"] | None = Field(
@@ -71,7 +71,7 @@ class EvalSource(BaseModel):
 class EvalJobCreate(BaseModel):
     """Measure a training job's checkpoint: `metrics` over `n` samples against `n` images of `dataset`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     kind: Literal["eval"]
     source: EvalSource

@@ -1,7 +1,8 @@
 """API latency under load: p50/p99 and throughput of POST /jobs and GET /jobs/{id}, 50 concurrent clients.
 
 Starts `sagan api` against Postgres (a throwaway schema) and Redis (db 6, flushed), with no worker, so
-the numbers are the API's alone. Prints one JSON line. For each request kind, two measurements:
+the numbers are the API's alone. Auth is on (SAGAN_AUTH=tokens, the default): every request carries an
+admin token made for the run, and the per-owner queue limit is lifted (the run queues thousands of jobs). Prints one JSON line. For each request kind, two measurements:
   - "max":   each client sends its next request as soon as the last answers (closed loop): throughput.
   - "rate":  the clients together send --rate requests/s on a fixed schedule (open loop), latency
              counted from the scheduled send time, so a slow answer cannot hide the queue behind it.
@@ -25,18 +26,22 @@ import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's sagan_service (the token)
 
 PG = os.environ.get("SAGAN_BENCH_PG", "postgresql://root@127.0.0.1:5432/test")
 REDIS = os.environ.get("SAGAN_BENCH_REDIS", "redis://127.0.0.1:6379/6")
 BODY = json.dumps({"kind": "train", "config": {"preset": "debug32", "dataset": "synthetic:64",
                                                "device": "cpu"}}).encode()
 CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+AUTHORIZATION = {"header": ""}  # set once the run's token exists
 
 
 def http_request(method: str, path: str, body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n{AUTHORIZATION['header']}"
     if body:
         head += "Content-Type: application/json\r\n"
     return head.encode() + b"\r\n" + body
@@ -88,6 +93,17 @@ async def create_jobs(port: int, count: int) -> list[str]:
     return ids
 
 
+def make_admin_token(database_url: str) -> str:
+    from sagan_service.auth import create_token
+    from sagan_service.db import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        token = create_token(session, name="bench", admin=True)
+    engine.dispose()
+    return token
+
+
 def measure(port: int, args: argparse.Namespace) -> dict:
     ids = asyncio.run(create_jobs(port, 200))  # also warms imports and connection pools
 
@@ -122,7 +138,8 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "SAGAN_BROKER_URL": REDIS, "SAGAN_HOME": f"/tmp/{schema}",
+    env = {**os.environ, "SAGAN_BROKER_URL": REDIS, "SAGAN_HOME": f"/tmp/{schema}", "SAGAN_AUTH": "tokens",
+           "SAGAN_MAX_QUEUED_PER_OWNER": str(10**9),
            "SAGAN_DATABASE_URL": f"{PG.replace('postgresql://', 'postgresql+psycopg://')}"
                                  f"?options=-csearch_path%3D{schema}"}
     api = subprocess.Popen([sys.executable, "-m", "sagan_core.cli", "api", "--port", str(port),
@@ -136,6 +153,7 @@ def main() -> None:
                         break
             except OSError:
                 time.sleep(0.2)
+        AUTHORIZATION["header"] = f"Authorization: Bearer {make_admin_token(env['SAGAN_DATABASE_URL'])}\r\n"
         results = measure(port, args)
     finally:
         api.terminate()

@@ -181,7 +181,8 @@ def main() -> int:
             seed(args.jobs, env)
             port = free_port()
             base_url = f"http://127.0.0.1:{port}"
-            child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+            # Page speed, not auth: the browser here holds no token (bench/api_latency.py measures with tokens).
+            child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "SAGAN_AUTH": "none"}
             api = subprocess.Popen([sys.executable, "-m", "sagan_core.cli", "api", "--port", str(port)],
                                    env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 60

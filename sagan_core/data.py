@@ -267,7 +267,8 @@ class SimpleShapes(SyntheticShapes):
 
 
 class ImageFolder(ImageDataset):
-    """Every image file under a directory, recursively, in sorted path order.
+    """Every image file under a directory, recursively, in sorted path order. (rglob does not descend into
+    symlinked directories; a symlinked file that leads outside the directory is refused.)
 
     Labelled when every image lies in a sub-folder and there are at least two of them (ImageNet's train
     layout): the class is the sub-folder, numbered in sorted name order.
@@ -360,7 +361,7 @@ class CIFAR10Images(ImageDataset):
     def __init__(self, root: Path, transform: Transform) -> None:
         self.root = root
         self.transform = transform
-        batches = [_load_cifar_batch(root / name) for name in CIFAR_BATCHES]
+        batches = [_load_cifar_batch(_within(root, root / name)) for name in CIFAR_BATCHES]
         # (N, 3072) rows are channel-planar; PIL wants (N, 32, 32, 3).
         planar = np.concatenate([data for data, _ in batches])
         self.images = np.ascontiguousarray(planar.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
@@ -374,6 +375,14 @@ class CIFAR10Images(ImageDataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(Image.fromarray(self.images[index], "RGB"))
+
+
+def _within(root: Path, path: Path) -> Path:
+    """`path`, unless it is a symlink leading outside `root`: a data set names a directory (which the job
+    service checks against its allowed data roots), and a link inside must not hand out files elsewhere."""
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        raise DatasetError(f"{path} is a symlink to a file outside the data set {root}: refused")
+    return path
 
 
 def _existing_dir(path: str) -> Path:
@@ -412,7 +421,7 @@ def scan_folder(root: Path) -> list[str]:
         return json.loads(cache.read_text())
     except (OSError, ValueError):
         pass  # no cache yet (or a torn one): walk
-    files = sorted(path.relative_to(resolved).as_posix() for path in resolved.rglob("*")
+    files = sorted(_within(resolved, path).relative_to(resolved).as_posix() for path in resolved.rglob("*")
                    if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
     try:
         data = json.dumps(files).encode()
@@ -424,10 +433,12 @@ def scan_folder(root: Path) -> list[str]:
 
 def _lmdb_dir(root: Path, category: str) -> Path:
     if (root / "data.mdb").is_file():  # PATH is itself the *_lmdb environment
+        _within(root, root / "data.mdb")
         return root
-    env_dir = root / f"{category.removesuffix('_lmdb')}_lmdb"
+    env_dir = _within(root, root / f"{category.removesuffix('_lmdb')}_lmdb")
     if not env_dir.is_dir():
         raise DatasetError(f"LMDB directory does not exist: {env_dir}")
+    _within(root, env_dir / "data.mdb")
     return env_dir
 
 
@@ -462,16 +473,36 @@ def _cifar_dir(root: Path) -> Path:
     return nested if nested.is_dir() else root
 
 
+class CIFARUnpickler(pickle.Unpickler):
+    """Loads CIFAR-10's python batches and nothing else: a pickle may name any callable to run while it
+    loads (os.system, ...), so only the few a batch needs (a dict of bytes, lists and one uint8 ndarray,
+    as Python 2's cPickle or Python 3 with numpy 1 or 2 wrote it) are found; any other is refused."""
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # Python 3's protocol-2 form of bytes
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR-10 batch holds only arrays, "
+                                         "lists and bytes")
+        return super().find_class(module, name)
+
+
 def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DatasetError(f"CIFAR-10 batch file not found: {path}")
-    # pickle runs code from the file, which is why the API only accepts paths under its allowed data roots.
+    # Read only by the trainer (never the API); CIFARUnpickler refuses anything but CIFAR's own types.
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = CIFARUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError,
+            IndexError) as error:
         raise DatasetError(f"not a CIFAR-10 python batch file: {path} ({error})") from error
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"CIFAR-10 batch {path} has data of shape {data.shape}, expected (N, 3072)")

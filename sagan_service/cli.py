@@ -4,6 +4,7 @@ no servers)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import subprocess
@@ -36,6 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                   "(the API and every worker already run one)")
     reaper.set_defaults(func=run_reaper_command)
 
+    token = subparsers.add_parser("token", help="manage API tokens (README: Security)")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="create a token and print it (once: only its hash is kept)")
+    create.add_argument("--name", required=True, help="who it is for; the owner of the jobs it submits")
+    create.add_argument("--admin", action="store_true", help="sees and manages every owner's jobs")
+    create.set_defaults(func=run_token_create)
+    listing = token_commands.add_parser("list", help="list the tokens (names, admin, created)")
+    listing.set_defaults(func=run_token_list)
+    revoke = token_commands.add_parser("revoke", help="revoke a token (API processes forget it within "
+                                                      "SAGAN_TOKEN_CACHE_SECONDS)")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=run_token_revoke)
+
     up = subparsers.add_parser("up", help="run the whole service locally: API + one worker, no servers")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
@@ -61,22 +75,71 @@ def run_db_downgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_reaper_command(_args: argparse.Namespace) -> int:
-    import logging
+def _token_session():
+    from .db import make_engine, make_session_factory
 
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    run_db_upgrade(argparse.Namespace(revision="head"))  # the tokens table may be new
+    return make_session_factory(make_engine(settings.database))()
+
+
+def run_token_create(args: argparse.Namespace) -> int:
+    from .auth import TokenError, create_token
+
+    with _token_session() as session:
+        try:
+            token = create_token(session, name=args.name, admin=args.admin)
+        except TokenError as error:
+            print(f"sagan token create: {error}", file=sys.stderr)
+            return 2
+    print(token)
+    print(f"token for {args.name}{' (admin)' if args.admin else ''}: shown only now; send it as "
+          "`Authorization: Bearer <token>`", file=sys.stderr)
+    return 0
+
+
+def run_token_list(_args: argparse.Namespace) -> int:
+    from .auth import list_tokens
+
+    with _token_session() as session:
+        for row in list_tokens(session):
+            print(f"{row.name}	{'admin' if row.admin else 'user'}	{row.created_at:%Y-%m-%d %H:%M:%S}")
+    return 0
+
+
+def run_token_revoke(args: argparse.Namespace) -> int:
+    from .auth import revoke_token
+
+    with _token_session() as session:
+        if not revoke_token(session, name=args.name):
+            print(f"sagan token revoke: no token named {args.name!r}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def run_reaper_command(_args: argparse.Namespace) -> int:
+    from .logs import configure_logging
     from .reaper import run_reaper, stop_on_signals
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_reaper(Settings(), stop_on_signals())
+    settings = Settings()
+    configure_logging(settings)
+    run_reaper(settings, stop_on_signals())
     return 0
 
 
 def run_up(args: argparse.Namespace) -> int:
-    settings = Settings()
+    # Without SAGAN_AUTH, tokens are off only where no other machine can reach the port.
+    auth = os.environ.get("SAGAN_AUTH") or ("none" if _loopback(args.host) else "tokens")
+    settings = Settings(auth=auth)
     settings.home.mkdir(parents=True, exist_ok=True)
     # Children inherit SAGAN_HOME made absolute, so they all agree on one folder whatever their cwd.
-    env = {**os.environ, "SAGAN_HOME": str(settings.home)}
+    env = {**os.environ, "SAGAN_HOME": str(settings.home), "SAGAN_AUTH": settings.auth}
     run_db_upgrade(argparse.Namespace(revision="head"))
+    refusal = _unsafe_to_serve(args, settings)
+    if refusal:
+        print(f"sagan up: {refusal}", file=sys.stderr)
+        return 2
     sagan = [sys.executable, "-m", "sagan_core.cli"]
     children = [
         subprocess.Popen([*sagan, "api", "--host", args.host, "--port", str(args.port)], env=env),
@@ -107,6 +170,39 @@ def run_up(args: argparse.Namespace) -> int:
     return 0 if stop else 1
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _unsafe_to_serve(args: argparse.Namespace, settings: Settings) -> str | None:
+    """Why `sagan up` must not start as asked, or None."""
+    if settings.auth == "none" and not _loopback(args.host):
+        return (f"--host {args.host} lets other machines reach the service, and SAGAN_AUTH=none would let "
+                "anyone on them run jobs: set SAGAN_AUTH=tokens (the default off loopback) and create a token "
+                "with `sagan token create --name NAME --admin`")
+    if settings.auth == "tokens":
+        from .auth import list_tokens
+
+        with _token_session() as session:
+            if not list_tokens(session):
+                return ("SAGAN_AUTH=tokens but no API token exists, so nobody could use the service: create one "
+                        "with `sagan token create --name NAME --admin` (it prints the token once)")
+        if args.demo and not os.environ.get("SAGAN_TOKEN"):
+            return "--demo with SAGAN_AUTH=tokens submits its job with a token: set SAGAN_TOKEN to one"
+    return None
+
+
+def _client_headers() -> dict[str, str]:
+    """`sagan up`'s own requests (the demo): with tokens on, the one in SAGAN_TOKEN."""
+    token = os.environ.get("SAGAN_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _wait_until_healthy(base_url: str, children: list[subprocess.Popen], timeout_s: float = 60) -> None:
     import httpx
 
@@ -126,7 +222,8 @@ def _wait_until_healthy(base_url: str, children: list[subprocess.Popen], timeout
 def _submit_demo(base_url: str, settings: Settings) -> DemoWatch:
     import httpx
 
-    response = httpx.post(f"{base_url}/jobs", json={"kind": "train", "config": DEMO_CONFIG}, timeout=30)
+    response = httpx.post(f"{base_url}/jobs", json={"kind": "train", "config": DEMO_CONFIG}, timeout=30,
+                          headers=_client_headers())
     response.raise_for_status()
     job = response.json()
     samples = settings.home / "artifacts" / "jobs" / job["id"] / "samples"
@@ -151,8 +248,10 @@ class DemoWatch:
         import httpx
 
         try:
-            job = httpx.get(f"{self.base_url}/jobs/{self.job_id}", timeout=10).json()
-            evals = httpx.get(f"{self.base_url}/jobs/{self.job_id}/evals", timeout=10).json()["items"]
+            headers = _client_headers()
+            job = httpx.get(f"{self.base_url}/jobs/{self.job_id}", timeout=10, headers=headers).json()
+            evals = httpx.get(f"{self.base_url}/jobs/{self.job_id}/evals", timeout=10,
+                              headers=headers).json()["items"]
         except httpx.HTTPError:
             return False  # busy or restarting: look again later
         for record in evals[len(self.evals):]:

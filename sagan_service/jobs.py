@@ -21,6 +21,9 @@ Celery delivery or a worker that lost its lease becomes a no-op instead of a sec
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +34,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .models import TERMINAL, Artifact, Job, new_job_id, utcnow
+
+log = logging.getLogger(__name__)
+JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 class JobNotFound(LookupError):
@@ -49,14 +55,23 @@ class Lease:
     cancel_requested: bool
 
 
+def _owned_key(owner: str, idempotency_key: str) -> str:
+    """Idempotency keys are per owner, stored as the owner and the key's hash (which fit the column)."""
+    return f"{owner}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+
+
 def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str, max_attempts: int,
-               idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Insert a queued job; with an idempotency key already used, return that job and False instead."""
+               idempotency_key: str | None = None, owner: str = "local") -> tuple[Job, bool]:
+    """Insert a queued job; with an idempotency key already used, return that job and False instead.
+
+    Keys are per owner (stored as owner and the key's hash, which fit the column), so no owner is
+    handed another's job for a key they both chose."""
     if idempotency_key is not None:
+        idempotency_key = _owned_key(owner, idempotency_key)
         existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
         if existing is not None:
             return existing, False
-    job = Job(kind=kind, spec=spec, queue=queue, max_attempts=max_attempts, status="queued",
+    job = Job(kind=kind, spec=spec, queue=queue, max_attempts=max_attempts, status="queued", owner=owner,
               idempotency_key=idempotency_key, attempt=0, step=0, cancel_requested=False,
               total_steps=spec.get("steps"), dispatched_at=utcnow())  # the caller sends it next
     session.add(job)
@@ -73,16 +88,18 @@ def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str,
 
 
 def create_sweep(session: Session, *, spec: dict[str, Any], children: Sequence[tuple[str, dict[str, Any], str]],
-                 max_attempts: int, idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Insert a sweep and its queued children, (arm, train spec, queue) each, in one transaction; with an
-    idempotency key already used, return that job and False instead. The caller sends the children."""
+                 max_attempts: int, idempotency_key: str | None = None, owner: str = "local") -> tuple[Job, bool]:
+    """Insert a sweep and its queued children, (arm, train spec, queue) each, all the owner's, in one
+    transaction; with an idempotency key already used, return that job and False instead. The caller sends
+    the children."""
     if idempotency_key is not None:
+        idempotency_key = _owned_key(owner, idempotency_key)
         existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
         if existing is not None:
             return existing, False
     now = utcnow()
     # Never sent to a queue: dispatched_at stays null and claim_job / take_stale_queued skip sweeps.
-    sweep = Job(kind="sweep", spec=spec, queue="default", max_attempts=max_attempts, status="queued",
+    sweep = Job(kind="sweep", spec=spec, queue="default", max_attempts=max_attempts, status="queued", owner=owner,
                 idempotency_key=idempotency_key, attempt=0, step=0, cancel_requested=False,
                 total_steps=sum(child["steps"] for _, child, _ in children))
     session.add(sweep)
@@ -90,7 +107,7 @@ def create_sweep(session: Session, *, spec: dict[str, Any], children: Sequence[t
     # Ids made in one millisecond are not ordered: sorted, they list (and queue) the children in arm order.
     ids = sorted(new_job_id() for _ in children)
     session.add_all([Job(id=job_id, kind="train", spec=child, queue=queue, max_attempts=max_attempts,
-                         status="queued", parent_id=sweep.id, arm=arm, attempt=0, step=0, cancel_requested=False,
+                         status="queued", owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0, cancel_requested=False,
                          total_steps=child["steps"], dispatched_at=now)
                      for job_id, (arm, child, queue) in zip(ids, children)])
     try:
@@ -163,17 +180,22 @@ def _settle_parents(session: Session, job_ids: Iterable[str]) -> None:
         settle_sweep(session, job_id=parent_id)
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
+def get_job(session: Session, job_id: str, *, owner: str | None = None) -> Job:
+    """The job, or JobNotFound; with `owner`, another owner's job is not found either (the API answers
+    404 for both, so ids of other owners' jobs reveal nothing)."""
+    job = session.get(Job, job_id) if JOB_ID.match(job_id) else None
+    if job is None or (owner is not None and job.owner != owner):
         raise JobNotFound(job_id)
     return job
 
 
 def list_jobs(session: Session, *, status: str | None = None, kind: str | None = None,
-              before_id: str | None = None, limit: int = 50) -> list[Job]:
-    """Newest first. Ids are UUIDv7 (time-ordered), so `before_id` (the last id seen) is the cursor."""
+              before_id: str | None = None, limit: int = 50, owner: str | None = None) -> list[Job]:
+    """Newest first. Ids are UUIDv7 (time-ordered), so `before_id` (the last id seen) is the cursor.
+    With `owner`, only that owner's jobs."""
     query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     if status is not None:
         query = query.where(Job.status == status)
     if kind is not None:
@@ -269,10 +291,11 @@ def get_artifact(session: Session, *, job_id: str, kind: str, step: int) -> Arti
                                                  Artifact.step == step))
 
 
-def committed_checkpoint(session: Session, *, job_id: str, step: int | Literal["best"] | None) -> Artifact:
+def committed_checkpoint(session: Session, *, job_id: str, step: int | Literal["best"] | None,
+                         owner: str | None = None) -> Artifact:
     """The committed checkpoint a sampling or eval job reads (the latest when step is None, the best
-    evaluation's for "best"), or JobConflict."""
-    job = get_job(session, job_id)
+    evaluation's for "best"), or JobConflict; JobNotFound for another `owner`'s job."""
+    job = get_job(session, job_id, owner=owner)
     if job.kind != "train":
         raise JobConflict(f"job {job_id} is a {job.kind} job and has no checkpoints")
     if step == "best":
@@ -287,10 +310,10 @@ def committed_checkpoint(session: Session, *, job_id: str, step: int | Literal["
     return artifact
 
 
-def request_cancel(session: Session, *, job_id: str) -> Job:
+def request_cancel(session: Session, *, job_id: str, owner: str | None = None) -> Job:
     """A queued job is cancelled at once; a running one is flagged for its supervisor to stop. A sweep:
     the same for every child, and the sweep ends cancelled once they all stopped."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, owner=owner)
     if job.status in ("succeeded", "failed"):
         raise JobConflict(f"job {job_id} already {job.status}")
     now = utcnow()
@@ -326,7 +349,7 @@ def fail_queued(session: Session, *, job_id: str, error: str) -> None:
     """
     now = utcnow()
     session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                    .values(status="failed", error=error, finished_at=now, updated_at=now, idempotency_key=None)
+                    .values(status="failed", error=public_error(job_id, error), finished_at=now, updated_at=now, idempotency_key=None)
                     .execution_options(synchronize_session=False))
     session.commit()
     _settle_parents(session, [job_id])
@@ -335,7 +358,7 @@ def fail_queued(session: Session, *, job_id: str, error: str) -> None:
 def fail_queued_sweep(session: Session, *, job_id: str, error: str) -> None:
     """A sweep whose children could not all be sent: its queued children fail (the ones sent run on), the
     sweep fails once they are done, and its idempotency key is freed for the client's retry."""
-    now = utcnow()
+    now, error = utcnow(), public_error(job_id, error)
     session.execute(update(Job).where(Job.parent_id == job_id, Job.status == "queued")
                     .values(status="failed", error=error, finished_at=now, updated_at=now)
                     .execution_options(synchronize_session=False))
@@ -396,7 +419,8 @@ def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, er
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
-        .values(status=status, error=error, log_tail=log_tail, finished_at=now, updated_at=now,
+        .values(status=status, error=public_error(job_id, error), log_tail=log_tail, finished_at=now,
+                updated_at=now,
                 lease_owner=None, lease_expires_at=None, **progress)
         .execution_options(synchronize_session=False)
     )
@@ -404,6 +428,11 @@ def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, er
     if result.rowcount == 1:
         _settle_parents(session, [job_id])
     return result.rowcount == 1
+
+
+def expired_leases(session: Session, *, now: datetime) -> list[str]:
+    """Ids of running jobs whose lease expired before `now` (what reap_expired_leases will settle)."""
+    return list(session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)))
 
 
 def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[str]:
@@ -453,3 +482,47 @@ def take_stale_queued(session: Session, *, older_than: timedelta, now: datetime 
                                .returning(Job.id).execution_options(synchronize_session=False)))
     session.commit()
     return ids
+
+
+def active_counts(session: Session, *, owner: str) -> dict[str, int]:
+    """How many jobs `owner` has queued and running (the per-owner limits of POST /jobs)."""
+    rows = session.execute(select(Job.status, func.count()).where(Job.owner == owner,
+                                                                   Job.status.in_(("queued", "running")))
+                           .group_by(Job.status))
+    return {"queued": 0, "running": 0, **dict(rows.all())}
+
+
+# What a job's public `error` must not show: the SQL and parameters of a database error, SQLAlchemy's
+# help links, URLs (internal endpoints, credentials in them), IP addresses and server paths.
+_SQL_DETAILS = re.compile(r"\s*(\[SQL:|\[parameters:|\(Background on this error at:).*", re.DOTALL)
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+?(?=[\s,;)\]'\"]|$)")
+_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\",;()\[\]]+/)+([^\s/:'\",;()\[\]]*)")
+MAX_ERROR_CHARS = 1000
+
+
+def public_error(job_id: str, error: str | None) -> str | None:
+    """The plain message a job's `error` shows; the full text goes to the log. The one place every
+    recorded error passes (finish_job, fail_queued; the reaper's message is plain already)."""
+    if error is None:
+        return None
+    text = _SQL_DETAILS.sub("", error).strip().splitlines()[0] if error.strip() else ""
+    text = _URL.sub("<internal address>", text)
+    text = _ADDRESS.sub("<internal address>", text)
+    text = _PATH.sub(lambda match: f".../{match.group(1)}", text)[:MAX_ERROR_CHARS]
+    if text != error:
+        log.warning("job %s: error recorded as %r; in full: %s", job_id, text, error)
+    return text or "failed (see the service's log)"
+
+
+# Why failed jobs failed, for the service's metrics: the recorded message's source, by its wording.
+FAILURE_CAUSES = (("was unreachable for", "dependency_outage"), ("lease expired", "worker_lost"),
+                  ("could not reach the job queue", "queue_unreachable"), ("SAGAN_MAX_RUN_SECONDS", "time_limit"),
+                  ("artifacts could not be stored", "artifact_store"))
+
+
+def failure_cause(error: str | None) -> str:
+    """dependency_outage, worker_lost, queue_unreachable, time_limit, artifact_store, or training (the
+    training process itself failed: bad data, a crash, out of memory)."""
+    text = error or ""
+    return next((cause for needle, cause in FAILURE_CAUSES if needle in text), "training")

@@ -38,6 +38,9 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    # The token name that submitted it (sagan_service.auth); "local" with SAGAN_AUTH=none. Only its owner
+    # and admins see the job.
+    owner: Mapped[str] = mapped_column(String(64), index=True, default="local")
     queue: Mapped[str] = mapped_column(String(64), default="default")
     # train: the full TrainConfig dict; sample: {"job_id", "step", "n", "seed"} with the step resolved;
     # eval: {"job_id", "step", "dataset", "metrics", "n", "seed"}, the step resolved;
@@ -91,4 +94,15 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "sample" | "checkpoint"
     step: Mapped[int] = mapped_column(Integer)
     key: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """An API token: only its sha256 is stored (the token itself is printed once, at creation)."""
+
+    __tablename__ = "api_tokens"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

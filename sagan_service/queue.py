@@ -18,7 +18,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .jobs import get_job, note_waiting, reap_expired_leases, settle_open_sweeps, take_stale_queued
+from .jobs import (
+    expired_leases,
+    get_job,
+    note_waiting,
+    reap_expired_leases,
+    settle_open_sweeps,
+    take_stale_queued,
+)
+from .models import utcnow
+from .records import publish_job_record
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -26,6 +35,7 @@ if TYPE_CHECKING:
 
     from .models import Job
     from .settings import Settings
+    from .storage import ArtifactStore
 
 TASK_NAME = "sagan.run_job"
 QUEUES = ("default", "cpu", "gpu")
@@ -118,12 +128,17 @@ def _job_id_of(raw: bytes) -> str | None:
 
 
 def reaper_pass(session_factory: sessionmaker[Session], celery: Celery, *,
-                redispatch_after: timedelta) -> list[str]:
-    """Settle jobs whose lease expired, then (re)send every queued job whose message is due: the
-    ones just requeued, and any not seen in the broker for `redispatch_after` (its message was lost).
-    Unfinished sweeps are settled again too (their status is derived from their children's)."""
+                redispatch_after: timedelta, store: ArtifactStore | None = None) -> list[str]:
+    """Settle jobs whose lease expired (and update their job.json in `store`), then (re)send every queued
+    job whose message is due: the ones just requeued, and any not seen in the broker for
+    `redispatch_after` (its message was lost). Unfinished sweeps are settled again too (their status is
+    derived from their children's)."""
     with session_factory() as session:
-        requeued = reap_expired_leases(session)
+        now = utcnow()
+        expired = expired_leases(session, now=now) if store is not None else []
+        requeued = reap_expired_leases(session, now=now)
+        for job_id in expired:
+            publish_job_record(store, get_job(session, job_id))
         settle_open_sweeps(session)
         note_waiting(session, job_ids=waiting_job_ids(celery) or set())
         resent = take_stale_queued(session, older_than=redispatch_after)

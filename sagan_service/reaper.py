@@ -21,14 +21,17 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from .settings import Settings
+    from .storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 
-def reap_once(sessions: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
+def reap_once(sessions: sessionmaker[Session], celery: Celery, settings: Settings,
+              store: ArtifactStore | None = None) -> None:
     """One pass; a failure (database or broker away) is logged and the next pass tries again."""
     try:
-        sent = reaper_pass(sessions, celery, redispatch_after=timedelta(seconds=settings.redispatch_seconds))
+        sent = reaper_pass(sessions, celery, redispatch_after=timedelta(seconds=settings.redispatch_seconds),
+                           store=store)
         if sent:
             log.warning("sent to the queue again (lease expired or message lost): %s", ", ".join(sent))
     except Exception:
@@ -39,12 +42,13 @@ def run_reaper(settings: Settings, stop: threading.Event) -> None:
     """Pass every SAGAN_REAPER_SECONDS until `stop` is set."""
     from .db import make_engine, make_session_factory
     from .queue import make_celery
+    from .storage import open_store
 
     engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-reaper {os.getpid()}")
     try:
-        sessions, celery = make_session_factory(engine), make_celery(settings)
+        sessions, celery, store = make_session_factory(engine), make_celery(settings), open_store(settings)
         while not stop.is_set():
-            reap_once(sessions, celery, settings)
+            reap_once(sessions, celery, settings, store)
             stop.wait(settings.reaper_seconds)
     finally:
         engine.dispose()

@@ -9,6 +9,7 @@ which boto3 reads itself.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,43 @@ class Settings(BaseSettings):
     # checkpoint this long to reach the store before it hands the job back; keep it well below the
     # stop grace period of the container (docker-compose.yml: 2 minutes).
     shutdown_seconds: float = Field(60.0, gt=0)
+
+
+    # Security (README: Security). `tokens`: every request but /healthz, /readyz and the HTML shells needs
+    # `Authorization: Bearer <token>` (sagan token create); `none`: no checks, every job is owned by
+    # "local" (what `sagan up` uses on a loopback address).
+    auth: Literal["tokens", "none"] = "tokens"
+    # Whether /docs, /redoc and /openapi.json are served without a token.
+    docs_public: bool = True
+    # How long an API process trusts a token it looked up: a revoked token stops working within this.
+    token_cache_seconds: float = Field(5.0, ge=0)
+    # Lifetime of presigned artifact links (sample grids, checkpoints).
+    presign_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)
+    # Request bodies over this many bytes get 413.
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+
+    # Limits on what one POST /jobs may ask for (README: Security); 422 names the limit and the field.
+    max_conv_dim: int = Field(512, ge=8)  # g_conv_dim, d_conv_dim
+    max_z_dim: int = Field(1024, ge=1)
+    # The devices a worker has: nproc may not exceed it (a job asking for more would never start).
+    worker_devices: int = Field(8, ge=1)
+    # CPU cores a worker has: num_workers (data-loader processes per rank) may not exceed it.
+    worker_cores: int = Field(16, ge=1)
+    max_synthetic_size: int = Field(1_000_000, ge=1)
+    max_steps: int = Field(10_000_000, ge=1)
+    max_center_crop: int = Field(4096, ge=1)
+    max_eval_n: int = Field(100_000, ge=2)
+    # The estimated training memory per process (sagan_service/limits.py: estimate_training_bytes).
+    max_job_memory_gb: float = Field(64.0, gt=0)
+    # A training attempt running longer is stopped like a graceful stop (it checkpoints) and fails with a
+    # message saying so; 0 = no limit.
+    max_run_seconds: float = Field(7 * 24 * 3600.0, ge=0)
+    # A POST /jobs is refused with 429 while its owner has this many jobs queued, or running.
+    max_queued_per_owner: int = Field(50, ge=1)
+    max_running_per_owner: int = Field(8, ge=1)
+
+    # Log lines: `json` (one object per line, with the job id where there is one) or `text`.
+    log_format: Literal["json", "text"] = "text"
 
     @field_validator("home")
     @classmethod

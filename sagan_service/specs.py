@@ -48,13 +48,20 @@ def check_dataset_spec(spec: str, field: str, data_roots: list[Path]) -> None:
     except DatasetError as error:
         raise SpecError(field, f"{name}: {error}") from None
     for path in paths:
+        if "\0" in path:  # the OS refuses it (ValueError): a client's mistake, not the server's
+            raise SpecError(field, f"{name}: a path may not contain a NUL character")
         if not Path(path).is_absolute():  # the trainer runs elsewhere, in another directory
             raise SpecError(field, f"{name}: path {path} must be absolute")
-        resolved = Path(path).expanduser().resolve()
-        if not any(resolved.is_relative_to(root) for root in data_roots):
+        try:
+            resolved = Path(path).expanduser().resolve()
+            inside = any(resolved.is_relative_to(root) for root in data_roots)
+            exists = inside and resolved.exists()
+        except OSError as error:  # e.g. a name longer than the file system allows
+            raise SpecError(field, f"{name}: unusable path ({error.strerror})") from None
+        if not inside:
             raise SpecError(field, f"{name}: path {path} is outside the allowed data roots "
                                    f"(SAGAN_DATA_ROOTS={','.join(map(str, data_roots))})")
-        if not resolved.exists():
+        if not exists:
             raise SpecError(field, f"{name}: path does not exist: {path}")
 
 

@@ -7,6 +7,7 @@ Layout per job (keys relative to the store root):
     jobs/<id>/metrics.jsonl
     jobs/<id>/evals.jsonl                     a training job's evaluations, or an eval job's result
     jobs/<id>/logs/attempt-<k>.log
+    jobs/<id>/job.json                        what the folder is: kind, config, owner, status, times (records.py)
     stats/<entry name>                        cached real-data statistics, shared by every job on that data
 A checkpoint counts only once its COMMITTED marker exists: a single PUT is atomic, a directory is not.
 
@@ -74,6 +75,10 @@ def stats_key(entry_name: str) -> str:
     return f"stats/{entry_name}"
 
 
+def job_record_key(job_id: str) -> str:
+    return f"jobs/{job_id}/job.json"
+
+
 def log_key(job_id: str, attempt: int) -> str:
     return f"jobs/{job_id}/logs/attempt-{attempt}.log"
 
@@ -111,8 +116,9 @@ class ArtifactStore(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
-        """A URL a browser can GET directly, or None when the API must serve the object itself."""
+    def presigned_url(self, key: str) -> str | None:
+        """A URL a browser can GET directly (valid for SAGAN_PRESIGN_SECONDS), or None when the API must
+        serve the object itself."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -180,7 +186,7 @@ class LocalStore(ArtifactStore):
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+    def presigned_url(self, key: str) -> str | None:
         return None
 
     def delete(self, key: str) -> None:
@@ -197,8 +203,9 @@ class LocalStore(ArtifactStore):
 
 class S3Store(ArtifactStore):
     def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None,
-                 public_endpoint_url: str | None, max_attempts: int) -> None:
+                 public_endpoint_url: str | None, max_attempts: int, presign_seconds: int = 900) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.presign_seconds = presign_seconds
         self.endpoint_url = endpoint_url
         self.client = _s3_client(endpoint_url, max_attempts)
         # Presigned URLs sign the Host header: sign with the endpoint the browser will talk to.
@@ -270,9 +277,9 @@ class S3Store(ArtifactStore):
                 raise StoreUnavailable(self.describe(), "unreachable", error) from error
             raise
 
-    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+    def presigned_url(self, key: str) -> str | None:
         return self.public_client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s)
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=self.presign_seconds)
 
 
 def _s3_client(endpoint_url: str | None, max_attempts: int, timeout_s: float | None = None) -> Any:
@@ -312,5 +319,5 @@ def open_store(settings: Settings) -> ArtifactStore:
     if url.scheme == "s3":
         return S3Store(url.netloc, url.path, endpoint_url=settings.s3_endpoint_url,
                        public_endpoint_url=settings.s3_public_endpoint_url,
-                       max_attempts=settings.s3_max_attempts)
+                       max_attempts=settings.s3_max_attempts, presign_seconds=settings.presign_seconds)
     raise ValueError(f"SAGAN_ARTIFACTS_URL must be file:///dir or s3://bucket/prefix, got {settings.artifacts!r}")

@@ -32,7 +32,7 @@ AWS_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 # What a service of the stack must set: the embedded defaults (SQLite, file queue, local folder) are
 # useless across containers.
 STACK_FIELDS = {"home", "database_url", "broker_url", "artifacts_url", "s3_endpoint_url",
-                "s3_public_endpoint_url", "data_roots"}
+                "s3_public_endpoint_url", "data_roots", "auth"}
 SAGAN_SERVICES = ("api", "worker", "worker-cpu")
 HEALTHCHECKED = ("postgres", "redis", "minio", "api")
 

@@ -287,6 +287,50 @@ def test_cifar10_errors(tmp_path: Path) -> None:
         build_dataset(f"cifar10:{tmp_path / 'missing'}", 32)
 
 
+class CreatesAFile:
+    """What an attacker's batch file would hold: unpickling it calls pathlib.Path.touch on a path."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple:
+        return Path.touch, (self.target,)
+
+
+def test_cifar10_batches_are_read_without_running_code_from_them(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "evil")
+    target = tmp_path / "pwned"
+    (tmp_path / "evil" / "data_batch_4").write_bytes(pickle.dumps({b"data": CreatesAFile(target)}))
+    with pytest.raises(DatasetError, match="refused pathlib.*data_batch_4|data_batch_4.*refused pathlib"):
+        build_dataset(f"cifar10:{tmp_path / 'evil'}", 32)
+    assert not target.exists()
+    # Protocol 2 (bytes through _codecs.encode) and numpy's own forms still load.
+    write_cifar(tmp_path / "old")
+    for k in range(1, 6):
+        batch = {b"data": np.full((2, 3072), k, dtype=np.uint8), b"labels": [0, 1], b"batch_label": b"b"}
+        (tmp_path / "old" / f"data_batch_{k}").write_bytes(pickle.dumps(batch, protocol=2))
+    assert len(build_dataset(f"cifar10:{tmp_path / 'old'}", 32)) == 10
+
+
+def test_a_symlinked_file_leading_outside_the_data_set_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.png"
+    solid(RED).save(outside)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    solid(BLUE).save(folder / "a.png")
+    (folder / "inside.png").symlink_to(folder / "a.png")  # a link within the data set is fine
+    assert len(build_dataset(f"folder:{folder}", 32)) == 2
+    (folder / "b.png").symlink_to(outside)
+    with pytest.raises(DatasetError, match=f"{folder / 'b.png'} is a symlink to a file outside the data set"):
+        build_dataset(f"folder:{folder}", 32)
+    write_cifar(tmp_path / "cifar")
+    (tmp_path / "cifar" / "data_batch_1").unlink()
+    write_cifar(tmp_path / "elsewhere")
+    (tmp_path / "cifar" / "data_batch_1").symlink_to(tmp_path / "elsewhere" / "data_batch_1")
+    with pytest.raises(DatasetError, match="symlink to a file outside the data set"):
+        build_dataset(f"cifar10:{tmp_path / 'cifar'}", 32)
+
+
 # --- specs --------------------------------------------------------------------------------------------
 
 

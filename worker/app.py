@@ -12,8 +12,9 @@ import logging
 import uuid
 
 from celery import Celery
-from celery.signals import worker_shutdown, worker_shutting_down
+from celery.signals import setup_logging, worker_shutdown, worker_shutting_down
 
+from sagan_service.logs import configure_logging
 from sagan_service.models import Job
 from sagan_service.queue import TASK_NAME, dispatch, make_celery
 from sagan_service.settings import Settings
@@ -38,6 +39,11 @@ def create_worker_app(settings: Settings) -> Celery:
     def clean_up(**_: object) -> None:
         stop_flag.unlink(missing_ok=True)
 
+    def our_logging(loglevel: int | str | None = None, **_: object) -> None:
+        # A receiver of setup_logging replaces Celery's own: its lines and ours share SAGAN_LOG_FORMAT.
+        configure_logging(settings, loglevel or logging.INFO)
+
+    setup_logging.connect(our_logging, weak=False)
     worker_shutting_down.connect(tell_the_running_job, weak=False)
     worker_shutdown.connect(clean_up, weak=False)
     return app

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sagan_core import layout
 from sagan_core.metrics.runs import best_eval, read_jsonl
 from sagan_service import jobs
+from sagan_service.logs import JOB_ID
 from sagan_service.models import Job
 from sagan_service.settings import Settings
 from sagan_service.storage import (
@@ -105,6 +106,7 @@ class Outbox:
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        JOB_ID.set(self.job.id)  # a thread starts with an empty context: its lines carry the job's id too
         next_files = time.monotonic() + self.interval
         while True:
             try:

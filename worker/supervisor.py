@@ -9,6 +9,8 @@ the lease, copies progress into the row and reads the cancel flag. An attempt en
 - the worker is stopping (SIGTERM to `sagan worker`): the training gets SIGTERM, checkpoints where it
   is and exits; that checkpoint is stored and the job goes back to the queue without counting the
   attempt (jobs.hand_back), all within SAGAN_SHUTDOWN_SECONDS;
+- the attempt ran past SAGAN_MAX_RUN_SECONDS: stopped the same way (it checkpoints), then failed with a
+  message that says so (its checkpoints stay for sampling);
 - the lease is lost (the reaper gave the job away): the tree is stopped, the row left to its new owner;
 - the database or the store stays away past SAGAN_DEPENDENCY_OUTAGE_SECONDS, or the supervisor itself
   fails: failed, with the reason. Shorter outages are waited out while the training goes on.
@@ -38,7 +40,9 @@ from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.logs import job_context
 from sagan_service.models import TERMINAL, Job
+from sagan_service.records import publish_job_record
 from sagan_service.settings import Settings
 from sagan_service.storage import (
     ArtifactNotFound,
@@ -78,7 +82,13 @@ def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
     """Claim and run one attempt; return the final status, or None if there was nothing to do.
 
     The worker is stopping once `stop_flag` exists: then the job goes back to the queue ("queued"),
-    and `handed_back(job)` sends its message again."""
+    and `handed_back(job)` sends its message again. Every line logged meanwhile carries the job's id."""
+    with job_context(job_id):
+        return _run_job(job_id, settings, stop_flag, handed_back)
+
+
+def _run_job(job_id: str, settings: Settings, stop_flag: Path | None,
+             handed_back: Callable[[Job], None] | None) -> str | None:
     store = open_store(settings)  # before the claim: a misconfigured store must not strand a claimed job
     engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-worker {os.getpid()}")
     session_factory = make_session_factory(engine)
@@ -89,6 +99,7 @@ def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
         if job is None:
             log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
             return None
+        publish_job_record(store, job)
         workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
         try:
             status = Attempt(job, settings, store, session_factory, worker_id, workdir, stop_flag).run()
@@ -142,6 +153,8 @@ class Attempt:
         self.next_beat = 0.0
         self.stopping_since: float | None = None  # when the graceful stop began
         self.asked_to_stop: set[int] = set()
+        self.launched_at = 0.0
+        self.out_of_time = False  # stopped for running past SAGAN_MAX_RUN_SECONDS
 
     def run(self) -> str | None:
         try:
@@ -154,6 +167,7 @@ class Attempt:
                     status = HANDED_BACK
                 else:
                     self.process = self.launch(command)
+                    self.launched_at = time.monotonic()
                     self.tree = ProcessTree(self.process.pid)
                     status = self.supervise()
                 error = self.failure_reason() if status == "failed" else None
@@ -288,10 +302,12 @@ class Attempt:
                 raise self.outbox.error
             if returncode is not None:
                 self.stop()  # sweep up anything the tree left behind
+                if self.out_of_time and not self.worker_stopping():  # a run that just finished still succeeded
+                    return "succeeded" if returncode == 0 else "failed"
                 if self.stopping_since is not None or returncode == EXIT_STOPPED:
                     return HANDED_BACK
                 return "succeeded" if returncode == 0 else "failed"
-            if self.worker_stopping():
+            if self.worker_stopping() or self.past_run_time():
                 self.stop_gracefully()
             if time.monotonic() >= self.next_beat and self.beat().cancel_requested:
                 self.stop()
@@ -302,14 +318,24 @@ class Attempt:
     def worker_stopping(self) -> bool:
         return self.stop_flag is not None and self.stop_flag.exists()
 
+    def past_run_time(self) -> bool:
+        """Whether the attempt ran past SAGAN_MAX_RUN_SECONDS (then it is stopped like a graceful stop)."""
+        limit = self.settings.max_run_seconds
+        if not self.out_of_time and limit and time.monotonic() - self.launched_at > limit:
+            log.warning("job %s: past the maximum run time of %g s; the training checkpoints and stops",
+                        self.job.id, limit)
+            self.out_of_time = True
+        return self.out_of_time
+
     def stop_gracefully(self) -> None:
         """SIGTERM the trainer alone (under torchrun: torchrun, which passes it to every rank); it
         finishes its step, checkpoints and exits. Past two thirds of the shutdown time, kill it."""
         assert self.process is not None
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
-            log.warning("job %s: the worker is stopping; the training checkpoints and the job goes back "
-                        "to the queue", self.job.id)
+            if not self.out_of_time:
+                log.warning("job %s: the worker is stopping; the training checkpoints and the job goes back "
+                            "to the queue", self.job.id)
         if time.monotonic() - self.stopping_since > self.settings.shutdown_seconds * 2 / 3:
             log.warning("job %s: the training did not stop in time; killing it", self.job.id)
             self.stop()
@@ -429,7 +455,17 @@ class Attempt:
             log.warning("job %s: lease lost before the end; its new owner settles it", self.job.id)
             return None
         log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, status)
+        self.publish_record()
         return status
+
+    def publish_record(self) -> None:
+        """job.json after the attempt's state change; a database that went away meanwhile only leaves
+        the record behind (the row is what counts)."""
+        try:
+            with self.sessions() as session:
+                publish_job_record(self.store, jobs.get_job(session, self.job.id))
+        except Exception:  # the job is settled; its record is a convenience
+            log.warning("job %s: job.json not updated", self.job.id, exc_info=True)
 
     def log_tail(self) -> str:
         if not self.log_path.exists():
@@ -437,6 +473,9 @@ class Attempt:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
 
     def failure_reason(self) -> str:
+        if self.out_of_time:
+            kept = "; it saved a checkpoint where it stopped" if self.job.kind == "train" else ""
+            return f"stopped after the maximum run time of {self.settings.max_run_seconds:g} s (SAGAN_MAX_RUN_SECONDS){kept}"
         lines = [line for line in self.log_tail().splitlines() if line.strip()]
         errors = [line for line in lines if "Error" in line or "error:" in line]
         assert self.process is not None

@@ -92,9 +92,12 @@ class Service:
 
 
 class Api:
-    def __init__(self, base_url: str) -> None:
+    """A client of the API; with a token, every request sends it (SAGAN_AUTH=tokens, the API's default)."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
         self.base_url = base_url
-        self.client = httpx.Client(base_url=base_url, timeout=30)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=base_url, timeout=30, headers=headers)
 
     def job(self, job_id: str) -> dict[str, Any]:
         response = self.client.get(f"/jobs/{job_id}")
@@ -112,11 +115,25 @@ class Api:
 
 
 def start_api(env: dict[str, str], tmp: Path) -> tuple[Service, Api]:
+    """`sagan api` (tokens on) and a client holding a fresh admin token, so tests see every job."""
     port = free_port()
     service = Service(["api", "--port", str(port)], env, tmp / f"api-{port}.log")
-    api = Api(f"http://127.0.0.1:{port}")
-    wait_until_healthy(service, api)
-    return service, api
+    probe = Api(f"http://127.0.0.1:{port}")
+    wait_until_healthy(service, probe)  # `sagan api` migrated the database before it answers
+    return service, Api(probe.base_url, make_token(env, f"test-admin-{port}", admin=True))
+
+
+def make_token(env: dict[str, str], name: str, *, admin: bool = False) -> str:
+    """A token in the service's database (tests of the `sagan token` command itself use the command)."""
+    from sagan_service.auth import create_token
+    from sagan_service.db import make_engine, make_session_factory
+
+    engine = make_engine(env["SAGAN_DATABASE_URL"])
+    try:
+        with make_session_factory(engine)() as session:
+            return create_token(session, name=name, admin=admin)
+    finally:
+        engine.dispose()
 
 
 def wait_until_healthy(service: Service, api: Api, timeout: float = 60) -> None:

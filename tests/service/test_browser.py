@@ -13,7 +13,16 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import ROOT, subprocess_env
-from tests.service.conftest import FAST_TIMINGS, TINY, Api, Service, free_port, wait_for, wait_until_healthy
+from tests.service.conftest import (
+    FAST_TIMINGS,
+    TINY,
+    Api,
+    Service,
+    free_port,
+    make_token,
+    wait_for,
+    wait_until_healthy,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -255,3 +264,24 @@ def test_the_form_submits_a_study_as_a_sweep(page: Page, service: Api) -> None:
     # The sweep's base fields are the form's fields: the 422 shows beside steps, and nothing is created.
     expect(page.locator('[data-error-for="config.steps"]')).to_have_text("Input should be a valid integer")
     assert len(service.client.get("/jobs", params={"limit": 200}).json()["items"]) == before
+@pytest.mark.timeout(180)
+def test_with_tokens_the_page_asks_for_one_and_works_with_it(browser: Browser, api: Api,
+                                                             service_env: dict[str, str]) -> None:
+    """Against `sagan api` (SAGAN_AUTH=tokens): the open HTML shell shows the "enter a token" notice on the
+    API's 401, and lists the jobs once a token is saved in the page (it stays in localStorage)."""
+    job = api.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})
+    api.client.post(f"/jobs/{job['id']}/cancel")
+    context = browser.new_context(base_url=api.base_url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto("/")
+        expect(page.locator("#auth-notice")).to_be_visible()
+        expect(page.locator("#auth-notice")).to_contain_text("needs an API token")
+        page.fill("#token", make_token(service_env, "browser-user", admin=True))
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator(f'tr[data-id="{job["id"]}"]')).to_be_visible()
+        expect(page.locator("#auth-notice")).to_be_hidden()
+        page.goto(f"/ui/jobs/{job['id']}")  # the token is still there on the next page
+        expect(page.locator("#status")).to_have_text("cancelled")
+    finally:
+        context.close()

@@ -182,3 +182,41 @@ def test_a_job_seen_waiting_in_the_broker_is_not_resent(session: Session) -> Non
     later = utcnow() + timedelta(minutes=2)
     jobs.note_waiting(session, job_ids={waiting}, now=later)
     assert jobs.take_stale_queued(session, older_than=timedelta(minutes=1), now=later) == [lost]
+
+
+def test_another_owners_job_is_not_found_and_admins_see_all(session: Session) -> None:
+    alice = new_job(session, owner="alice")
+    bob = new_job(session, owner="bob")
+    assert jobs.get_job(session, alice, owner="alice").id == alice
+    assert jobs.get_job(session, alice).id == alice  # no owner filter: an admin
+    for call in (lambda: jobs.get_job(session, alice, owner="bob"),
+                 lambda: jobs.request_cancel(session, job_id=alice, owner="bob"),
+                 lambda: jobs.committed_checkpoint(session, job_id=alice, step=None, owner="bob"),
+                 lambda: jobs.get_job(session, "not-a-job-id\x00")):
+        with pytest.raises(jobs.JobNotFound):
+            call()
+    assert [job.id for job in jobs.list_jobs(session, owner="bob")] == [bob]
+    assert {job.id for job in jobs.list_jobs(session)} == {alice, bob}
+    assert jobs.active_counts(session, owner="alice") == {"queued": 1, "running": 0}
+    jobs.claim_job(session, job_id=alice, worker_id="w", lease_seconds=30)
+    assert jobs.active_counts(session, owner="alice") == {"queued": 0, "running": 1}
+
+
+def test_idempotency_keys_are_per_owner(session: Session) -> None:
+    first = new_job(session, owner="alice", idempotency_key="k")
+    again, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+                                     idempotency_key="k", owner="alice")
+    assert (again.id, created) == (first, False)
+    assert new_job(session, owner="bob", idempotency_key="k") != first
+
+
+def test_recorded_errors_are_plain_and_classified(session: Session) -> None:
+    job_id = new_job(session)
+    jobs.claim_job(session, job_id=job_id, worker_id="w", lease_seconds=30)
+    jobs.finish_job(session, job_id=job_id, worker_id="w", status="failed",
+                    error="OSError: cannot write /var/lib/sagan/work/x/out/a.pt\n[SQL: SELECT 1]")
+    error = jobs.get_job(session, job_id).error
+    assert error == "OSError: cannot write .../a.pt" and jobs.failure_cause(error) == "training"
+    assert jobs.failure_cause("worker lost (lease expired) on the last allowed attempt") == "worker_lost"
+    assert jobs.failure_cause("the artifact store (S3 at <internal address>, bucket b) was unreachable for 300 s") \
+        == "dependency_outage"

@@ -2,14 +2,40 @@
 "use strict";
 
 const sagan = (() => {
+  // The API token the user entered, kept in this browser only; sent as a Bearer header with every API
+  // request. The pages themselves are open (they hold no data); the REST API answers 401 without it.
+  const TOKEN_KEY = "sagan-token";
+  const token = () => localStorage.getItem(TOKEN_KEY) || "";
+  const authHeaders = () => (token() ? {Authorization: `Bearer ${token()}`} : {});
+
+  // A 401 shows the "enter a token" notice until a request gets through.
+  function authNeeded(needed) {
+    const box = document.getElementById("auth-notice");
+    if (box) box.hidden = !needed;
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const form = document.getElementById("token-form");
+    if (!form) return;
+    const input = document.getElementById("token");  // no name: it is not one of a page form's fields
+    input.value = token();
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const value = input.value.trim();
+      if (value) localStorage.setItem(TOKEN_KEY, value); else localStorage.removeItem(TOKEN_KEY);
+      location.reload();  // every script starts again with the token
+    });
+  });
+
   // Every page talks to the public REST API only, as curl would. Returns {status, ok, data}.
   async function api(path, {method = "GET", body, headers = {}} = {}) {
-    const init = {method, headers: {Accept: "application/json", ...headers}};
+    const init = {method, headers: {Accept: "application/json", ...authHeaders(), ...headers}};
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
     const response = await fetch(path, init);
+    authNeeded(response.status === 401);
     const text = await response.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch { data = {detail: text}; }
@@ -18,6 +44,7 @@ const sagan = (() => {
 
   // A readable message from an error body: FastAPI's detail is a string or a list of {loc, msg}.
   function errorText(result) {
+    if (result.status === 401) return "this service needs an API token: enter it in the Token field at the top right";
     const detail = result.data && result.data.detail;
     if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
     return detail ? String(detail) : `HTTP ${result.status}`;
@@ -33,7 +60,7 @@ const sagan = (() => {
     const sameOrigin = new URL(url, location.href).origin === location.origin;
     let src = url;
     if (sameOrigin) {
-      const response = await fetch(url);
+      const response = await fetch(url, {headers: authHeaders()});
       if (!response.ok || img.dataset.wanted !== key) return false;
       src = URL.createObjectURL(await response.blob());
       if (img.dataset.wanted !== key) {
@@ -173,5 +200,5 @@ const sagan = (() => {
     return {now: tick};
   }
 
-  return {api, errorText, clearErrors, showErrors, showImage, escape, evalText, age, duration, number, isActive, progress, setBar, setStatus, notice, poll};
+  return {api, authHeaders, errorText, clearErrors, showErrors, showImage, escape, evalText, age, duration, number, isActive, progress, setBar, setStatus, notice, poll};
 })();

@@ -267,6 +267,38 @@
     if ([...evalSelect.options].some((option) => option.value === picked)) evalSelect.value = picked;
     if (!evalForm.elements.metrics.value) evalForm.elements.metrics.value = (job.spec.eval_metrics || ["swd"]).join(",");
   }
+  // A checkpoint the API serves itself (a file:// store) needs the token, which a plain link does not send:
+  // fetch it with the token and save the blob. Presigned storage links (another origin) open directly.
+  $("checkpoint-rows").addEventListener("click", async (event) => {
+    const link = event.target.closest("a[download]");
+    if (!link || new URL(link.href).origin !== location.origin || link.dataset.blob) return;
+    event.preventDefault();
+    const response = await fetch(link.href, {headers: sagan.authHeaders()});
+    if (!response.ok) {
+      sagan.notice(`Could not download the checkpoint: HTTP ${response.status}`);
+      return;
+    }
+    const saved = document.createElement("a");
+    saved.href = URL.createObjectURL(await response.blob());
+    saved.download = link.download;
+    saved.dataset.blob = "true";
+    saved.click();
+    setTimeout(() => URL.revokeObjectURL(saved.href), 60000);
+  });
+  // The report, like a checkpoint, needs the token: fetched with it, shown from a blob in a new tab (opened
+  // first, while the click still counts as the user's, so no pop-up blocker stops it).
+  $("report-link").addEventListener("click", async (event) => {
+    event.preventDefault();
+    const tab = window.open("", "_blank");
+    const response = await fetch($("report-link").href, {headers: sagan.authHeaders()});
+    if (!response.ok) {
+      if (tab) tab.close();
+      sagan.notice(`Could not open the report: ${response.status === 409 ? "no arm has trained yet" : `HTTP ${response.status}`}`);
+      return;
+    }
+    const url = URL.createObjectURL(new Blob([await response.text()], {type: "text/html"}));
+    if (tab) tab.location = url; else location.assign(url);
+  });
   $("sample-form").elements.step.addEventListener("change", (event) => { event.target.dataset.chosen = event.target.value; });
 
   // Text as JSON where it is a number, else as typed: the API answers a 422 naming the field.

@@ -9,7 +9,6 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-# The file 0002_job_evaluations.py holds revision "0002".
 down_revision = "0002"
 branch_labels = None
 depends_on = None

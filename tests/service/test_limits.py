@@ -1,0 +1,181 @@
+"""No POST can take a machine down (the real API on Postgres, Redis and the S3 server): each server-side
+limit is a 422 naming the field and the setting, per-owner limits a 429, strict types, NUL bytes and huge
+values 4xx (never 500), big bodies 413, a 422 without the input; and the maximum run time ends a run
+with a checkpoint (embedded `sagan up`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sagan_core.config import make_config
+from sagan_service.limits import GIB, check_eval_limits, estimate_parameters, estimate_training_bytes
+from sagan_service.settings import Settings
+from sagan_service.specs import SpecError
+from tests.conftest import subprocess_env
+from tests.service.conftest import (
+    FAST_TIMINGS,
+    TINY,
+    Api,
+    Service,
+    free_port,
+    make_token,
+    start_api,
+    wait_until_healthy,
+)
+
+
+@pytest.mark.parametrize("preset", ["seed64", "sagan32", "sagan128", "debug32"])
+def test_the_memory_estimate_counts_the_models_parameters(preset: str) -> None:
+    from sagan_core import build_models
+
+    generator, discriminator = build_models(preset)
+    counted = sum(p.numel() for model in (generator, discriminator) for p in model.parameters())
+    assert estimate_parameters(make_config(preset).to_dict()) == pytest.approx(counted, rel=0.005)
+    # seed64 at its batch of 64: about a GiB; the limit's message names the estimate.
+    assert 0.5 * GIB < estimate_training_bytes(make_config("seed64").to_dict()) < 2 * GIB
+
+
+def problem(response) -> tuple[str, str]:
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    return ".".join(str(part) for part in detail["loc"][1:]), detail["msg"]
+
+
+@pytest.mark.parametrize(("config", "field", "setting"), [
+    ({"g_conv_dim": 100_000}, "config.g_conv_dim", "SAGAN_MAX_CONV_DIM"),
+    ({"d_conv_dim": 4096}, "config.d_conv_dim", "SAGAN_MAX_CONV_DIM"),
+    ({"z_dim": 10**6}, "config.z_dim", "SAGAN_MAX_Z_DIM"),
+    ({"nproc": 1000, "batch_size": 1000}, "config.nproc", "SAGAN_WORKER_DEVICES"),
+    ({"num_workers": 10**6}, "config.num_workers", "SAGAN_WORKER_CORES"),
+    ({"dataset": "synthetic:1000000000000"}, "config.dataset", "SAGAN_MAX_SYNTHETIC_SIZE"),
+    ({"eval_every": 10, "eval_dataset": "shapes:2000000"}, "config.eval_dataset", "SAGAN_MAX_SYNTHETIC_SIZE"),
+    ({"steps": 2**31 - 1}, "config.steps", "SAGAN_MAX_STEPS"),
+    ({"center_crop": 10_000}, "config.center_crop", "SAGAN_MAX_CENTER_CROP"),
+    ({"eval_n": 10**7}, "config.eval_n", "SAGAN_MAX_EVAL_N"),
+    ({"preset": "sagan128", "batch_size": 4096}, "config.batch_size", "SAGAN_MAX_JOB_MEMORY_GB"),
+])
+def test_each_limit_is_a_422_naming_the_field_and_the_setting(api: Api, config: dict, field: str,
+                                                              setting: str) -> None:
+    where, message = problem(api.client.post("/jobs", json={"kind": "train", "config": {**TINY, **config}}))
+    assert where == field and setting in message, message
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ('"steps": true', "config.steps"),
+    ('"g_lr": NaN', "config.g_lr"),
+    ('"d_lr": Infinity', "config.d_lr"),
+    ('"beta2": -Infinity', "config.beta2"),
+    ('"batch_size": 8.0', "config.batch_size"),
+])
+def test_booleans_are_not_numbers_and_rates_are_finite(api: Api, raw: str, field: str) -> None:
+    body = '{"kind": "train", "config": {"preset": "debug32", "dataset": "synthetic:64", ' + raw + "}}"
+    where, _ = problem(api.client.post("/jobs", content=body, headers={"content-type": "application/json"}))
+    assert where == field
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"kind": "sample", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000"}, "n": True}, "n"),
+    ({"kind": "sample", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000", "step": False}}, "source.step"),
+    ({"kind": "eval", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000"}, "n": 100.0}, "n"),
+])
+def test_sample_and_eval_bodies_are_strict_too(api: Api, body: dict, field: str) -> None:
+    where, _ = problem(api.client.post("/jobs", json=body))
+    assert where.removeprefix(f"{body['kind']}.") == field
+
+
+@pytest.mark.parametrize("dataset", [
+    "folder:/data/a\x00b", "synthetic:" + "9" * 300, "folder:/" + "a" * 100_000, "shapes:\x00",
+])
+def test_nul_bytes_and_huge_values_in_a_body_are_4xx(api: Api, dataset: str) -> None:
+    response = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": dataset}})
+    assert 400 <= response.status_code < 500, response.text
+    assert dataset not in response.text  # not echoed back
+
+
+@pytest.mark.parametrize("path", ["/jobs/abc%00def", "/jobs/abc%00def/samples", "/jobs?cursor=abc%00",
+                                  "/jobs/" + "x" * 5000, "/jobs?cursor=" + "0" * 5000])
+def test_nul_bytes_and_huge_ids_and_cursors_are_4xx(api: Api, path: str) -> None:
+    response = api.client.get(path)
+    assert response.status_code in (404, 422), response.text
+
+
+def test_nul_in_a_source_job_id_is_404(api: Api) -> None:
+    for kind in ("sample", "eval"):
+        response = api.client.post("/jobs", json={"kind": kind, "source": {"job_id": "ab\x00cd"}})
+        assert response.status_code == 404, response.text
+
+
+def test_a_body_over_the_limit_is_413(api: Api) -> None:
+    body = json.dumps({"kind": "train", "config": {**TINY, "dataset": "x" * 1_100_000}})
+    response = api.client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "SAGAN_MAX_BODY_BYTES" in response.text
+
+    def chunks():  # no Content-Length: the API counts what arrives
+        for _ in range(12):
+            yield b"x" * 100_000
+
+    chunked = api.client.post("/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_a_422_does_not_echo_the_input(api: Api) -> None:
+    secret = "hunter2-do-not-echo"
+    for body in ({"kind": "train", "config": secret}, {"kind": "sample", "source": {"job_id": 1}, "n": secret},
+                 {"kind": secret}):
+        response = api.client.post("/jobs", json=body)
+        assert response.status_code == 422 and secret not in response.text, response.text
+        assert all("input" not in item for item in response.json()["detail"])
+
+
+def test_per_owner_limits_are_429(service_env: dict[str, str], tmp_service: Path) -> None:
+    service, admin = start_api({**service_env, "SAGAN_MAX_QUEUED_PER_OWNER": "1",
+                                "SAGAN_MAX_RUNNING_PER_OWNER": "1"}, tmp_service)
+    dave = Api(admin.base_url, make_token(service_env, "dave"))
+    long = {"kind": "train", "config": {**TINY, "steps": 100_000}}
+    try:
+        first = dave.submit(long)
+        refused = dave.client.post("/jobs", json=long)
+        assert refused.status_code == 429, refused.text
+        assert "SAGAN_MAX_QUEUED_PER_OWNER" in refused.text or "SAGAN_MAX_RUNNING_PER_OWNER" in refused.text
+        assert admin.client.post(f"/jobs/{admin.submit(long)['id']}/cancel").status_code == 200  # others may
+        dave.client.post(f"/jobs/{first['id']}/cancel")
+        dave.wait_status(first["id"], {"cancelled"}, timeout=60)
+        assert dave.client.post("/jobs", json=long).status_code == 201
+    finally:
+        for job in dave.client.get("/jobs").json()["items"]:
+            dave.client.post(f"/jobs/{job['id']}/cancel")
+        service.stop()
+
+
+@pytest.mark.timeout(300)
+def test_the_maximum_run_time_ends_a_run_with_a_checkpoint(tmp_path: Path) -> None:
+    port = free_port()
+    env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
+    env.update(FAST_TIMINGS, SAGAN_HOME=str(tmp_path / "home"), SAGAN_MAX_RUN_SECONDS="30")
+    up = Service(["up", "--port", str(port)], env, tmp_path / "up.log")
+    api = Api(f"http://127.0.0.1:{port}")
+    try:
+        wait_until_healthy(up, api, timeout=90)
+        job = api.submit({"kind": "train", "config": {**TINY, "steps": 1_000_000, "checkpoint_every": 100_000}})
+        # 30 s from the launch: past the trainer's start (importing torch) even on a busy machine.
+        ended = api.wait_status(job["id"], {"failed", "succeeded", "cancelled"}, timeout=240)
+        assert ended["status"] == "failed" and "SAGAN_MAX_RUN_SECONDS" in ended["error"], ended
+        # The checkpoint of the step where it stopped (no regular one comes before step 100000) is stored.
+        step = ended["latest_checkpoint_step"]
+        assert step is not None and 0 < step < 100_000
+        assert api.client.get(f"/jobs/{job['id']}/checkpoints").json()["items"][-1]["step"] == step
+    finally:
+        up.stop()
+
+
+def test_eval_job_limits(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, max_eval_n=100, max_synthetic_size=1000)
+    spec = {"job_id": "x", "step": 10, "dataset": "synthetic:64", "metrics": ["swd"], "n": 100, "seed": 0}
+    check_eval_limits(spec, settings)
+    for changed, field in (({"n": 101}, "n"), ({"dataset": "shapes:1001"}, "dataset")):
+        with pytest.raises(SpecError) as refused:
+            check_eval_limits({**spec, **changed}, settings)
+        assert refused.value.field == field and "SAGAN_MAX_" in str(refused.value)
