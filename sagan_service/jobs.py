@@ -55,36 +55,19 @@ class Lease:
     cancel_requested: bool
 
 
-def _owned_key(owner: str, idempotency_key: str) -> str:
-    """Idempotency keys are per owner, stored as the owner and the key's hash (which fit the column)."""
-    return f"{owner}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-
-
 def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str, max_attempts: int,
                idempotency_key: str | None = None, owner: str = "local") -> tuple[Job, bool]:
     """Insert a queued job; with an idempotency key already used, return that job and False instead.
 
     Keys are per owner (stored as owner and the key's hash, which fit the column), so no owner is
     handed another's job for a key they both chose."""
-    if idempotency_key is not None:
-        idempotency_key = _owned_key(owner, idempotency_key)
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is not None:
-            return existing, False
-    job = Job(kind=kind, spec=spec, queue=queue, max_attempts=max_attempts, status="queued", owner=owner,
-              idempotency_key=idempotency_key, attempt=0, step=0, cancel_requested=False,
-              total_steps=spec.get("steps"), dispatched_at=utcnow())  # the caller sends it next
-    session.add(job)
-    try:
-        session.commit()
-    except IntegrityError:
-        # Two retries of the same POST raced past the lookup above: the unique key picks the winner.
-        session.rollback()
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is None:
-            raise
+    key = _owned_key(owner, idempotency_key) if idempotency_key is not None else None
+    if (existing := _job_with_key(session, key)) is not None:
         return existing, False
-    return job, True
+    job = Job(kind=kind, spec=spec, queue=queue, max_attempts=max_attempts, status="queued", owner=owner,
+              idempotency_key=key, attempt=0, step=0, cancel_requested=False,
+              total_steps=spec.get("steps"), dispatched_at=utcnow())  # the caller sends it next
+    return _insert_once(session, [job], key)
 
 
 def create_sweep(session: Session, *, spec: dict[str, Any], children: Sequence[tuple[str, dict[str, Any], str]],
@@ -92,33 +75,44 @@ def create_sweep(session: Session, *, spec: dict[str, Any], children: Sequence[t
     """Insert a sweep and its queued children, (arm, train spec, queue) each, all the owner's, in one
     transaction; with an idempotency key already used, return that job and False instead. The caller sends
     the children."""
-    if idempotency_key is not None:
-        idempotency_key = _owned_key(owner, idempotency_key)
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is not None:
-            return existing, False
+    key = _owned_key(owner, idempotency_key) if idempotency_key is not None else None
+    if (existing := _job_with_key(session, key)) is not None:
+        return existing, False
     now = utcnow()
     # Never sent to a queue: dispatched_at stays null and claim_job / take_stale_queued skip sweeps.
-    sweep = Job(kind="sweep", spec=spec, queue="default", max_attempts=max_attempts, status="queued", owner=owner,
-                idempotency_key=idempotency_key, attempt=0, step=0, cancel_requested=False,
+    sweep = Job(id=new_job_id(), kind="sweep", spec=spec, queue="default", max_attempts=max_attempts,
+                status="queued", owner=owner, idempotency_key=key, attempt=0, step=0, cancel_requested=False,
                 total_steps=sum(child["steps"] for _, child, _ in children))
-    session.add(sweep)
-    session.flush()  # its id, for the children
     # Ids made in one millisecond are not ordered: sorted, they list (and queue) the children in arm order.
     ids = sorted(new_job_id() for _ in children)
-    session.add_all([Job(id=job_id, kind="train", spec=child, queue=queue, max_attempts=max_attempts,
-                         status="queued", owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0, cancel_requested=False,
-                         total_steps=child["steps"], dispatched_at=now)
-                     for job_id, (arm, child, queue) in zip(ids, children)])
+    members = [Job(id=job_id, kind="train", spec=child, queue=queue, max_attempts=max_attempts, status="queued",
+                   owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0, cancel_requested=False,
+                   total_steps=child["steps"], dispatched_at=now)
+               for job_id, (arm, child, queue) in zip(ids, children)]
+    return _insert_once(session, [sweep, *members], key)
+
+
+def _owned_key(owner: str, idempotency_key: str) -> str:
+    return f"{owner}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+
+
+def _job_with_key(session: Session, key: str | None) -> Job | None:
+    return None if key is None else session.scalar(select(Job).where(Job.idempotency_key == key))
+
+
+def _insert_once(session: Session, rows: list[Job], key: str | None) -> tuple[Job, bool]:
+    """Commit the new rows (the first is the job asked for) and return it with True; if two retries of the
+    same POST raced past the key lookup, the unique key picks the winner, returned with False."""
+    session.add_all(rows)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        existing = _job_with_key(session, key)
         if existing is None:
             raise
         return existing, False
-    return sweep, True
+    return rows[0], True
 
 
 def sweep_children(session: Session, *, job_id: str) -> list[Job]:
