@@ -1,8 +1,10 @@
 """API latency under load: p50/p99 and throughput of POST /jobs and GET /jobs/{id}, 50 concurrent clients.
 
 Starts `sagan api` against Postgres (a throwaway schema) and Redis (db 6, flushed), with no worker, so
-the numbers are the API's alone. Auth is on (SAGAN_AUTH=tokens, the default): every request carries an
-admin token made for the run, and the per-owner queue limit is lifted (the run queues thousands of jobs). Prints one JSON line. For each request kind, two measurements:
+the numbers are the API's alone. Auth is on (SAGAN_AUTH=tokens, the default) with the default per-owner
+limits: GETs carry an admin token made for the run; POSTs go round a set of --owners user tokens, so that
+the thousands of jobs the run queues stay within each owner's queue limit (as many users would submit
+them). Prints one JSON line. For each request kind, two measurements:
   - "max":   each client sends its next request as soon as the last answers (closed loop): throughput.
   - "rate":  the clients together send --rate requests/s on a fixed schedule (open loop), latency
              counted from the scheduled send time, so a slow answer cannot hide the queue behind it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import os
 import random
@@ -37,11 +40,12 @@ REDIS = os.environ.get("SAGAN_BENCH_REDIS", "redis://127.0.0.1:6379/6")
 BODY = json.dumps({"kind": "train", "config": {"preset": "debug32", "dataset": "synthetic:64",
                                                "device": "cpu"}}).encode()
 CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
-AUTHORIZATION = {"header": ""}  # set once the run's token exists
+AUTHORIZATION = {"admin": "", "owners": itertools.cycle([""])}  # set once the run's tokens exist
 
 
 def http_request(method: str, path: str, body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n{AUTHORIZATION['header']}"
+    authorization = next(AUTHORIZATION["owners"]) if method == "POST" else AUTHORIZATION["admin"]
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n{authorization}"
     if body:
         head += "Content-Type: application/json\r\n"
     return head.encode() + b"\r\n" + body
@@ -93,19 +97,21 @@ async def create_jobs(port: int, count: int) -> list[str]:
     return ids
 
 
-def make_admin_token(database_url: str) -> str:
+def make_tokens(database_url: str, owners: int) -> tuple[str, list[str]]:
+    """An admin token and `owners` user tokens."""
     from sagan_service.auth import create_token
     from sagan_service.db import make_engine, make_session_factory
 
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:
-        token = create_token(session, name="bench", admin=True)
+        admin = create_token(session, name="bench", admin=True)
+        users = [create_token(session, name=f"bench-user-{i}", admin=False) for i in range(owners)]
     engine.dispose()
-    return token
+    return admin, users
 
 
 def measure(port: int, args: argparse.Namespace) -> dict:
-    ids = asyncio.run(create_jobs(port, 200))  # also warms imports and connection pools
+    ids = asyncio.run(create_jobs(port, 200))  # also warms imports and connection pools (GETs: admin sees all)
 
     def post() -> bytes:
         return http_request("POST", "/jobs", BODY)
@@ -130,6 +136,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500, help="open-loop GET rate, requests/s")
     parser.add_argument("--post-rate", type=float, default=100, help="open-loop POST rate, requests/s")
     parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--owners", type=int, default=300,
+                        help="user tokens the POSTs go round (each may queue SAGAN_MAX_QUEUED_PER_OWNER jobs, 50)")
     args = parser.parse_args()
 
     schema = f"sagan_bench_{uuid.uuid4().hex[:8]}"
@@ -139,7 +147,6 @@ def main() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "SAGAN_BROKER_URL": REDIS, "SAGAN_HOME": f"/tmp/{schema}", "SAGAN_AUTH": "tokens",
-           "SAGAN_MAX_QUEUED_PER_OWNER": str(10**9),
            "SAGAN_DATABASE_URL": f"{PG.replace('postgresql://', 'postgresql+psycopg://')}"
                                  f"?options=-csearch_path%3D{schema}"}
     api = subprocess.Popen([sys.executable, "-m", "sagan_core.cli", "api", "--port", str(port),
@@ -153,7 +160,9 @@ def main() -> None:
                         break
             except OSError:
                 time.sleep(0.2)
-        AUTHORIZATION["header"] = f"Authorization: Bearer {make_admin_token(env['SAGAN_DATABASE_URL'])}\r\n"
+        admin, users = make_tokens(env["SAGAN_DATABASE_URL"], args.owners)
+        AUTHORIZATION["admin"] = f"Authorization: Bearer {admin}\r\n"
+        AUTHORIZATION["owners"] = itertools.cycle([f"Authorization: Bearer {user}\r\n" for user in users])
         results = measure(port, args)
     finally:
         api.terminate()

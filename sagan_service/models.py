@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -34,13 +34,14 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_owner_status", "owner", "status"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
     # The token name that submitted it (sagan_service.auth); "local" with SAGAN_AUTH=none. Only its owner
-    # and admins see the job.
-    owner: Mapped[str] = mapped_column(String(64), index=True, default="local")
+    # and admins see the job. Indexed with the status: the per-owner limits count queued and running jobs.
+    owner: Mapped[str] = mapped_column(String(64), default="local")
     queue: Mapped[str] = mapped_column(String(64), default="default")
     # train: the full TrainConfig dict; sample: {"job_id", "step", "n", "seed"} with the step resolved;
     # eval: {"job_id", "step", "dataset", "metrics", "n", "seed"}, the step resolved;

@@ -197,9 +197,12 @@ def test_another_owners_job_is_not_found_and_admins_see_all(session: Session) ->
             call()
     assert [job.id for job in jobs.list_jobs(session, owner="bob")] == [bob]
     assert {job.id for job in jobs.list_jobs(session)} == {alice, bob}
-    assert jobs.active_counts(session, owner="alice") == {"queued": 1, "running": 0}
+    assert jobs.active_counts(session, owner="alice", up_to=5) == {"queued": 1, "running": 0}
     jobs.claim_job(session, job_id=alice, worker_id="w", lease_seconds=30)
-    assert jobs.active_counts(session, owner="alice") == {"queued": 0, "running": 1}
+    assert jobs.active_counts(session, owner="alice", up_to=5) == {"queued": 0, "running": 1}
+    for _ in range(3):
+        jobs.create_job(session, kind="train", spec={"steps": 1}, queue="cpu", max_attempts=1, owner="alice")
+    assert jobs.active_counts(session, owner="alice", up_to=2) == {"queued": 2, "running": 1}  # counted up to 2
 
 
 def test_idempotency_keys_are_per_owner(session: Session) -> None:

@@ -25,11 +25,11 @@ def upgrade() -> None:
     # Jobs from before owners existed belong to "local", the owner with SAGAN_AUTH=none; admins see them.
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("owner", sa.String(length=64), nullable=False, server_default="local"))
-        batch.create_index("ix_jobs_owner", ["owner"])
+        batch.create_index("ix_jobs_owner_status", ["owner", "status"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_index("ix_jobs_owner")
+        batch.drop_index("ix_jobs_owner_status")
         batch.drop_column("owner")
     op.drop_table("api_tokens")
