@@ -136,6 +136,9 @@ def test_per_owner_limits_are_429(service_env: dict[str, str], tmp_service: Path
     dave = Api(admin.base_url, make_token(service_env, "dave"))
     long = {"kind": "train", "config": {**TINY, "steps": 100_000}}
     try:
+        sweep = {"kind": "sweep", "base": {**TINY, "steps": 100_000}, "axes": {"d_norm": ["spectral", "batch"]}}
+        too_big = dave.client.post("/jobs", json=sweep)  # two children for one place in the queue
+        assert too_big.status_code == 429 and "SAGAN_MAX_QUEUED_PER_OWNER" in too_big.text, too_big.text
         first = dave.submit(long)
         refused = dave.client.post("/jobs", json=long)
         assert refused.status_code == 429, refused.text
