@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
@@ -71,22 +72,8 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
     job, created = jobs.create_job(session, kind=body.kind, spec=spec, queue=queue_for(body.kind, spec),
                                    max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
                                    owner=principal.name)
-    if not created and not _same_request(job, body, spec):
-        raise RequestValidationError([{
-            "loc": ["header", "idempotency-key"], "type": "value_error",
-            "msg": f"this Idempotency-Key was used for another request (job {job.id}); use a new key"}])
-    if created:
-        JOB_ID.set(job.id)
-        log.info("%s job submitted by %s", job.kind, job.owner)
-        try:
-            dispatch(celery, job)
-        except Exception as error:
-            log.exception("could not send job %s to the queue", job.id)
-            jobs.fail_queued(session, job_id=job.id, error=f"could not reach the job queue: {error}")
-            raise HTTPException(503, "the job queue is unreachable; try again shortly") from None
-    else:
-        response.status_code = 200
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+    _answer_replay_or_send(job, created, body, spec, request, response, celery, [job],
+                           give_up=lambda error: jobs.fail_queued(session, job_id=job.id, error=error))
     return JobPublic.from_job(job)
 
 
@@ -105,26 +92,37 @@ def _create_sweep(body: SweepJobCreate, request: Request, response: Response, se
     children = [(arm, config, queue_for("train", config)) for arm, config in configs]
     sweep, created = jobs.create_sweep(session, spec=spec, children=children, max_attempts=settings.max_attempts,
                                        idempotency_key=idempotency_key, owner=principal.name)
-    if not created and not _same_request(sweep, body, spec):
-        raise RequestValidationError([{
-            "loc": ["header", "idempotency-key"], "type": "value_error",
-            "msg": f"this Idempotency-Key was used for another request (job {sweep.id}); use a new key"}])
     members = jobs.sweep_children(session, job_id=sweep.id)
-    if created:
-        JOB_ID.set(sweep.id)
-        log.info("sweep of %d runs submitted by %s", len(members), sweep.owner)
-        try:
-            for child in members:
-                dispatch(celery, child)
-        except Exception as error:
-            log.exception("could not send the children of sweep %s to the queue", sweep.id)
-            jobs.fail_queued_sweep(session, job_id=sweep.id, error=f"could not reach the job queue: {error}")
-            raise HTTPException(503, "the job queue is unreachable; try again shortly") from None
-    else:
-        response.status_code = 200
-    response.headers["Location"] = str(request.url_for("get_job", job_id=sweep.id))
+    _answer_replay_or_send(sweep, created, body, spec, request, response, celery, members,
+                           give_up=lambda error: jobs.fail_queued_sweep(session, job_id=sweep.id, error=error))
     session.refresh(sweep)
     return JobPublic.from_job(sweep, children=members)
+
+
+def _answer_replay_or_send(job: Job, created: bool, body: JobCreate, spec: dict[str, Any],
+                           request: Request, response: Response, celery: CeleryDep, to_send: list[Job], *,
+                           give_up: Callable[[str], None]) -> None:
+    """What every POST /jobs ends with. A replayed Idempotency-Key answers 200 with its job, or 422 if it came
+    with another request. A new job's queue messages (the job's, or a sweep's children's) are sent; if the
+    queue is unreachable, give_up(error) settles what was not sent and the answer is 503 (the key is freed
+    for the client's retry)."""
+    if not created:
+        if not _same_request(job, body, spec):
+            raise RequestValidationError([{
+                "loc": ["header", "idempotency-key"], "type": "value_error",
+                "msg": f"this Idempotency-Key was used for another request (job {job.id}); use a new key"}])
+        response.status_code = 200
+    else:
+        JOB_ID.set(job.id)
+        log.info("%s job submitted by %s (%d queue messages)", job.kind, job.owner, len(to_send))
+        try:
+            for queued in to_send:
+                dispatch(celery, queued)
+        except Exception as error:
+            log.exception("could not send job %s to the queue", job.id)
+            give_up(f"could not reach the job queue: {error}")
+            raise HTTPException(503, "the job queue is unreachable; try again shortly") from None
+    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
 
 
 def _check_owner_limits(session: SessionDep, settings: SettingsDep, owner: str, *, adding: int = 1) -> None:
