@@ -123,6 +123,22 @@ def start_api(env: dict[str, str], tmp: Path) -> tuple[Service, Api]:
     return service, Api(probe.base_url, make_token(env, f"test-admin-{port}", admin=True))
 
 
+def start_up(tmp: Path, *args: str, timeout: float = 90, **settings: str) -> tuple[Service, Api]:
+    """An embedded `sagan up` (its own state under tmp, no SAGAN_* setting from outside but the fast timings
+    and `settings`, e.g. SAGAN_LOG_FORMAT="json"), answering /healthz. The caller stops it."""
+    port = free_port()
+    env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
+    env.update(FAST_TIMINGS, SAGAN_HOME=str(tmp / "home"), **settings)
+    up = Service(["up", "--port", str(port), *args], env, tmp / "up.log")
+    api = Api(f"http://127.0.0.1:{port}")
+    try:
+        wait_until_healthy(up, api, timeout=timeout)
+    except BaseException:
+        up.stop()
+        raise
+    return up, api
+
+
 def make_token(env: dict[str, str], name: str, *, admin: bool = False) -> str:
     """A token in the service's database (tests of the `sagan token` command itself use the command)."""
     from sagan_service.auth import create_token

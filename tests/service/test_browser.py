@@ -12,16 +12,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT
 from tests.service.conftest import (
-    FAST_TIMINGS,
     TINY,
     Api,
-    Service,
-    free_port,
     make_token,
+    start_up,
     wait_for,
-    wait_until_healthy,
 )
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,14 +36,8 @@ TRAINING_S = 600
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    tmp = tmp_path_factory.mktemp("browser")
-    port = free_port()
-    env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
-    env.update(FAST_TIMINGS, SAGAN_HOME=str(tmp / "home"))
-    up = Service(["up", "--port", str(port)], env, tmp / "up.log")
-    api = Api(f"http://127.0.0.1:{port}")
+    up, api = start_up(tmp_path_factory.mktemp("browser"))
     try:
-        wait_until_healthy(up, api, timeout=90)
         yield api
     finally:
         up.stop()

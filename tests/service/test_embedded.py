@@ -15,18 +15,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import subprocess_env
-from tests.service.conftest import FAST_TIMINGS, TINY, Api, Service, free_port, wait_for
+from tests.service.conftest import TINY, start_up, wait_for
 
 
 @pytest.mark.timeout(240)
 def test_sagan_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
-    port = free_port()
-    env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
-    env.update(FAST_TIMINGS, SAGAN_HOME=str(tmp_path / "home"))
-    up = Service(["up", "--port", str(port), "--demo"], env, tmp_path / "up.log")
+    up, api = start_up(tmp_path, "--demo")
     try:
         match = wait_for(lambda: re.search(r"demo job: (\S+)", up.log_path.read_text()), 90, "the demo job URL")
-        api = Api(f"http://127.0.0.1:{port}")
         demo_id = match.group(1).rsplit("/", 1)[1]
         spec = api.job(demo_id)["spec"]
         assert (spec["preset"], spec["dataset"], spec["eval_metrics"]) == ("sagan32", "shapes", ["swd"])

@@ -14,16 +14,12 @@ from sagan_core.config import make_config
 from sagan_service.limits import GIB, check_eval_limits, estimate_parameters, estimate_training_bytes
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
-from tests.conftest import subprocess_env
 from tests.service.conftest import (
-    FAST_TIMINGS,
     TINY,
     Api,
-    Service,
-    free_port,
     make_token,
     start_api,
-    wait_until_healthy,
+    start_up,
 )
 
 
@@ -155,13 +151,8 @@ def test_per_owner_limits_are_429(service_env: dict[str, str], tmp_service: Path
 
 @pytest.mark.timeout(300)
 def test_the_maximum_run_time_ends_a_run_with_a_checkpoint(tmp_path: Path) -> None:
-    port = free_port()
-    env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
-    env.update(FAST_TIMINGS, SAGAN_HOME=str(tmp_path / "home"), SAGAN_MAX_RUN_SECONDS="30")
-    up = Service(["up", "--port", str(port)], env, tmp_path / "up.log")
-    api = Api(f"http://127.0.0.1:{port}")
+    up, api = start_up(tmp_path, SAGAN_MAX_RUN_SECONDS="30")
     try:
-        wait_until_healthy(up, api, timeout=90)
         job = api.submit({"kind": "train", "config": {**TINY, "steps": 1_000_000, "checkpoint_every": 100_000}})
         # 30 s from the launch: past the trainer's start (importing torch) even on a busy machine.
         ended = api.wait_status(job["id"], {"failed", "succeeded", "cancelled"}, timeout=240)

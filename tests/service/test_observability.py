@@ -9,19 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import subprocess_env
 from tests.service.conftest import (
     BUCKET,
-    FAST_TIMINGS,
     TINY,
     Api,
     S3Server,
-    Service,
     Workers,
-    free_port,
     make_token,
+    start_up,
     wait_for,
-    wait_until_healthy,
 )
 
 
@@ -78,13 +74,8 @@ def test_job_json_in_the_store_has_the_final_status(api: Api, finished: dict[str
 
 @pytest.mark.timeout(300)
 def test_json_log_lines_carry_the_job_id(tmp_path: Path) -> None:
-    port = free_port()
-    env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
-    env.update(FAST_TIMINGS, SAGAN_HOME=str(tmp_path / "home"), SAGAN_LOG_FORMAT="json")
-    up = Service(["up", "--port", str(port)], env, tmp_path / "up.log")
-    api = Api(f"http://127.0.0.1:{port}")
+    up, api = start_up(tmp_path, SAGAN_LOG_FORMAT="json")
     try:
-        wait_until_healthy(up, api, timeout=90)
         job = api.submit({"kind": "train", "config": TINY})
         assert api.wait_status(job["id"], {"succeeded", "failed"}, timeout=240)["status"] == "succeeded"
 
