@@ -126,6 +126,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers,
                                  device=args.device, inception_weights=args.inception_weights,
                                  cache=StatsCache(args.stats_cache))
+    if args.checkpoint_name:
+        record["checkpoint"] = args.checkpoint_name
     run_dir = run_dir_of(resolve_checkpoint(args.checkpoint))
     evals = args.evals or (run_dir / EVALS if run_dir is not None else None)
     if evals is not None:
@@ -293,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-n", "--n", type=int, help="number of samples (and real images)")
     evaluate.add_argument("--seed", type=int, help="noise seed (default: the run's seed, as its evaluations)")
     evaluate.add_argument("--evals", type=Path, help="JSONL file to append to (default: the run's evals.jsonl)")
+    evaluate.add_argument("--checkpoint-name", help="what the record calls the checkpoint (default: its path); "
+                                                    "the job service names the source job and step")
     _add_eval_options(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 

@@ -315,7 +315,12 @@ def open_store(settings: Settings) -> ArtifactStore:
     """The store SAGAN_ARTIFACTS_URL names."""
     url = urlparse(settings.artifacts)
     if url.scheme == "file":
-        return LocalStore(Path(unquote(url.path)))
+        root = Path(unquote(url.path))
+        # A fresh install has no folder until the first artifact: create it now, or readiness would report
+        # "not writable" until then. A parent that refuses is left for check() to report.
+        with contextlib.suppress(OSError):
+            root.mkdir(parents=True, exist_ok=True)
+        return LocalStore(root)
     if url.scheme == "s3":
         return S3Store(url.netloc, url.path, endpoint_url=settings.s3_endpoint_url,
                        public_endpoint_url=settings.s3_public_endpoint_url,

@@ -205,6 +205,8 @@ class Attempt:
             return [sys.executable, "-m", "sagan_core.cli", "eval", "--checkpoint", str(checkpoint),
                     "--dataset", spec["dataset"], "--metrics", ",".join(spec["metrics"]), "-n", str(spec["n"]),
                     "--seed", str(spec["seed"]), "--evals", str(self.out / layout.EVALS),
+                    # Not the path: this worker's work directory means nothing to whoever reads the result.
+                    "--checkpoint-name", f"job {spec['job_id']} step {spec['step']}",
                     "--stats-cache", str(self.stats_dir)]
         if self.job.kind == "sample":
             checkpoint = self.workdir / "model.pt"

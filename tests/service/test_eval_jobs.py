@@ -48,6 +48,7 @@ def test_an_eval_job_on_the_best_checkpoint_reads_the_shared_statistics(evaluate
     # found it there instead of reading the data again.
     assert result["real"]["cache"] == {"swd": "hit"}
     assert result["source"] == "eval" and result["step"] == best["step"]
+    assert result["checkpoint"] == f"job {evaluated['id']} step {best['step']}"  # not the worker's local path
     # The same weights and the same z as the training's own evaluation of that step.
     assert result["metrics"] == pytest.approx(best["metrics"], rel=1e-5)
     assert done["latest_eval"] == result and done["best_eval"] is None
