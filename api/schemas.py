@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from sagan_core.config import MAX_INT, EvalMetric, TrainConfig
+from sagan_core.config import MAX_INT, EvalMetric, TrainConfig, config_warnings
 from sagan_service.models import Job
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
@@ -145,6 +145,7 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     error: str | None
     log_tail: str | None
+    warnings: list[str] = Field(description="a training job's settings that the literature advises against")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -163,6 +164,7 @@ class JobPublic(BaseModel):
             attempt=job.attempt, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
             latest_checkpoint_step=job.latest_checkpoint_step, cancel_requested=job.cancel_requested,
             error=job.error, log_tail=job.log_tail, created_at=utc(job.created_at),
+            warnings=config_warnings(job.spec) if job.kind == "train" else [],
             started_at=utc(job.started_at), finished_at=utc(job.finished_at), updated_at=utc(job.updated_at),
             parent_id=job.parent_id, arm=job.arm,
             children=None if children is None else [

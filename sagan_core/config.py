@@ -294,6 +294,17 @@ def resnet_layout(imsize: int) -> tuple[list[int], list[tuple[int, bool]]]:
 FIELDS = TrainConfig.model_fields
 
 
+def config_warnings(config: Mapping[str, Any]) -> list[str]:
+    """Valid settings that the literature advises against, in plain words: the trainer prints them at the start
+    of its log and the job page shows them. Takes a config's mapping (TrainConfig.to_dict(), a job's spec)."""
+    warnings = []
+    if config.get("loss") == "wgan-gp" and config.get("d_norm") == "batch":
+        warnings.append("loss wgan-gp with d_norm batch: the gradient penalty is defined per sample, and a "
+                        "BatchNorm critic mixes the samples of a batch (the WGAN-GP paper rules it out); "
+                        "use d_norm none or spectral")
+    return warnings
+
+
 def build_config(values: Mapping[str, Any]) -> TrainConfig:
     """The one way to a config: PRESETS[values["preset"]] (default seed64), then `values` over it.
 

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import prune_checkpoints, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from .config import TrainConfig, build_config, read_config_file
+from .config import TrainConfig, build_config, config_warnings, read_config_file
 from .data import BadImageLog, ImageDataset, Skipped, SkipUnreadable, build_dataset, collate_readable
 from .dataspec import DatasetError
 from .layout import (
@@ -422,6 +422,8 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
                   if ctx.is_main else None)
         try:
             if writer is not None:
+                for warning in config_warnings(config.to_dict()):
+                    print(f"warning: {warning}", file=sys.stderr, flush=True)
                 writer.real_grid(dataset)
             if evaluator is not None and found is None:  # the untrained baseline, step 0
                 _evaluate(state, evaluator, writer)

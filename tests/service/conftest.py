@@ -220,6 +220,17 @@ class S3Server:
             self.start()
 
 
+@pytest.fixture
+def empty_schema_url(database_url: str) -> Iterator[str]:
+    """A database the migrations never ran on: no jobs table."""
+    schema = f"sagan_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    yield database_url.split("?")[0] + f"?options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     server = S3Server()

@@ -160,3 +160,15 @@ def test_health_and_docs(api: Api) -> None:
 def test_out_of_range_steps_in_paths_are_422(api: Api, path: str) -> None:
     response = api.client.get(path)
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["path", "step"]
+
+
+def test_a_valid_config_the_literature_advises_against_is_accepted_with_a_warning(api: Api) -> None:
+    # WGAN-GP's penalty is per sample; a BatchNorm critic mixes a batch's samples (the WGAN-GP paper, 4).
+    advised_against = api.submit({"kind": "train", "config": {**TINY, "steps": 1, "loss": "wgan-gp",
+                                                              "d_norm": "batch"}})
+    plain = api.submit({"kind": "train", "config": {**TINY, "steps": 1, "loss": "wgan-gp"}})
+    for job in (advised_against, plain):
+        api.client.post(f"/jobs/{job['id']}/cancel")
+    (warning,) = api.job(advised_against["id"])["warnings"]
+    assert "wgan-gp" in warning and "d_norm batch" in warning
+    assert api.job(plain["id"])["warnings"] == []

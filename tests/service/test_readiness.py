@@ -3,17 +3,14 @@ check. The app runs in-process here, against the real PostgreSQL, Redis and moto
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from sagan_service.settings import Settings
-from tests.service.conftest import PG_ADMIN_URL, Api, S3Server, free_port
+from tests.service.conftest import Api, S3Server, free_port
 
 
 @pytest.fixture
@@ -28,17 +25,6 @@ def readiness(settings: Settings) -> tuple[int, dict, int]:
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz")
         return ready.status_code, ready.json(), client.get("/healthz").status_code
-
-
-@pytest.fixture
-def empty_schema_url(database_url: str) -> Iterator[str]:
-    """A database the migrations never ran on: no jobs table."""
-    schema = f"sagan_empty_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
-    yield database_url.split("?")[0] + f"?options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def test_ready_when_every_part_answers(api: Api) -> None:

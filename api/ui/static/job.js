@@ -46,6 +46,8 @@
     $("cancel").disabled = job.cancel_requested;
     $("cancel").textContent = job.cancel_requested ? "Cancelling…" : "Cancel";
     renderFacts();
+    $("warnings").hidden = !job.warnings.length;
+    $("warnings").innerHTML = job.warnings.map((text) => `<li>warning: ${sagan.escape(text)}</li>`).join("");
     $("failure").hidden = !job.error;
     $("error").textContent = job.error || "";
     $("log").hidden = !job.log_tail;
