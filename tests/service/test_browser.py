@@ -192,6 +192,21 @@ def test_cancel_from_the_job_page(page: Page, service: Api) -> None:
     screenshot(page, "cancelled")
 
 
+def test_the_job_page_shows_a_configs_warning(page: Page, service: Api) -> None:
+    job = service.submit({"kind": "train", "config": {**TINY, "steps": 100_000, "loss": "wgan-gp",
+                                                      "d_norm": "batch"}})
+    page.goto(f"/ui/jobs/{job['id']}")
+    expect(page.locator("#warnings")).to_be_visible()
+    expect(page.locator("#warnings li")).to_have_text(re.compile("^warning: loss wgan-gp with d_norm batch"))
+    screenshot(page, "warning")
+    service.client.post(f"/jobs/{job['id']}/cancel")
+    plain = service.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})
+    page.goto(f"/ui/jobs/{plain['id']}")
+    expect(page.locator("#status")).to_have_text(re.compile("queued|running"))
+    expect(page.locator("#warnings")).to_be_hidden()
+    service.client.post(f"/jobs/{plain['id']}/cancel")
+
+
 @pytest.mark.timeout(120)
 def test_a_422_shows_beside_the_field_at_fault(page: Page, service: Api) -> None:
     page.goto("/ui/submit")
