@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, ParamSpec, TypeVar
 
+import anyio
 from celery import Celery
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.guards import Dependency
 from sagan_service import auth
 from sagan_service.auth import Principal
 from sagan_service.logs import JOB_ID
@@ -21,6 +24,7 @@ from sagan_service.storage import ArtifactStore
 async def get_session(request: Request) -> AsyncIterator[Session]:
     # A GET only reads: in autocommit mode it skips the BEGIN and ROLLBACK round trips, which were
     # a third of the cost of GET /jobs/{id}.
+    request.app.state.dependencies["database"].check()  # fail fast while the database is known to be down
     factory = request.app.state.read_sessions if request.method == "GET" else request.app.state.sessions
     # Async, so opening and closing need no trip through the thread pool: a Session does no I/O
     # until it is used, and closing one that committed or only read does none (a rollback after an
@@ -45,6 +49,44 @@ def in_thread(endpoint: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         return await run_in_threadpool(endpoint, *args, **kwargs)
 
     return run
+
+
+def in_thread_of(name: str) -> Callable[[Callable[P, R]], Callable[P, Awaitable[R]]]:
+    """`in_thread`, on the threads of dependency `name` (app.state.dependencies: "store", "broker") instead of
+    the shared pool, behind its breaker: a request arriving, or getting a thread, while the dependency is
+    known to be down gets a 503 at once, and the dependency's own failure (Dependency.failure) trips it."""
+
+    def decorate(endpoint: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+        signature = inspect.signature(endpoint)
+        # FastAPI gives the Request to one parameter only: the endpoint's own `request` if it has one.
+        own_request = "request" in signature.parameters
+
+        @functools.wraps(endpoint)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            request: Request = kwargs["request"] if own_request else kwargs.pop(_REQUEST)  # type: ignore[assignment]
+            dependency: Dependency = request.app.state.dependencies[name]
+            dependency.check()
+
+            def guarded() -> R:
+                dependency.check()  # it may have failed while this request waited for a thread
+                try:
+                    return endpoint(*args, **kwargs)
+                except dependency.failure:
+                    dependency.trip()
+                    raise
+
+            return await anyio.to_thread.run_sync(guarded, limiter=dependency.pool())
+
+        if not own_request:  # FastAPI reads the parameters from __signature__: add the one the wrapper needs
+            extra = inspect.Parameter(_REQUEST, inspect.Parameter.KEYWORD_ONLY, annotation=Request)
+            run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+                parameters=[*signature.parameters.values(), extra])
+        return run
+
+    return decorate
+
+
+_REQUEST = "guarded_request"
 
 
 def get_settings(request: Request) -> Settings:

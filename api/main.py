@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
@@ -19,14 +20,15 @@ from starlette.concurrency import run_in_threadpool
 
 from api import ui
 from api.deps import get_principal, job_log_context
+from api.guards import Dependency, DependencyDown
 from api.limits import BodyLimit
 from api.metrics import RequestLatency, make_registry
 from api.routes import health, monitoring, presets, studies
 from api.routes import jobs as job_routes
 from sagan_service.auth import TokenCache
-from sagan_service.db import make_engine, make_session_factory
+from sagan_service.db import make_engine, make_session_factory, no_answer
 from sagan_service.jobs import JobConflict, JobNotFound
-from sagan_service.queue import make_celery
+from sagan_service.queue import QueueUnavailable, make_celery
 from sagan_service.reaper import reap_once
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
@@ -41,12 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.database)  # migrated by `sagan api` before its workers start
+        # Migrated by `sagan api` before its workers start.
+        engine = make_engine(settings.database, timeout_s=settings.api_timeout_seconds)
         app.state.settings = settings
         app.state.sessions = make_session_factory(engine)
         app.state.read_sessions = make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
-        app.state.store = open_store(settings)
-        app.state.celery = make_celery(settings)
+        app.state.store = open_store(settings, for_requests=True)
+        app.state.celery = make_celery(settings, for_requests=True)
+        app.state.dependencies = make_dependencies(settings)
         app.state.tokens = TokenCache(settings.token_cache_seconds)
         app.state.metrics_registry, app.state.request_latency = make_registry(app.state.read_sessions)
         # Blocking work (database, S3) runs in a few threads: with the default 40, requests on a small
@@ -85,7 +89,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(SpecError, _invalid_spec)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(StoreUnavailable, _store_down)
+    app.add_exception_handler(QueueUnavailable, _queue_down)
+    app.add_exception_handler(DependencyDown, _dependency_down)
     return app
+
+
+def make_dependencies(settings: Settings) -> dict[str, Dependency]:
+    """The guarded dependencies (api/guards.py). Every route needs the database: its calls use the shared
+    api_threads, and its breaker trips where no answer came (_database_down), not on a statement timeout."""
+    threads, cooldown = settings.api_dependency_threads, settings.fail_fast_seconds
+    return {"store": Dependency("the artifact store", threads, cooldown, StoreUnavailable),
+            "broker": Dependency("the job queue", threads, cooldown, QueueUnavailable),
+            "database": Dependency("the database", None, cooldown, OperationalError)}
 
 
 def _add_private_docs(app: FastAPI, authenticated: list) -> None:
@@ -149,9 +164,24 @@ async def _invalid_spec(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-async def _database_down(_request: Request, error: Exception) -> JSONResponse:
+async def _database_down(request: Request, error: Exception) -> JSONResponse:
     log.error("database error: %s", error)
-    return JSONResponse({"detail": "database unavailable"}, status_code=503)
+    assert isinstance(error, OperationalError)
+    if no_answer(error):  # not a statement that timed out: that says nothing of the others
+        request.app.state.dependencies["database"].trip()
+    return JSONResponse({"detail": "database unavailable"}, status_code=503, headers={"Retry-After": "10"})
+
+
+async def _queue_down(_request: Request, error: Exception) -> JSONResponse:
+    log.error("job queue error: %s", error)
+    return JSONResponse({"detail": "the job queue is unreachable; try again shortly"}, status_code=503,
+                        headers={"Retry-After": "10"})
+
+
+async def _dependency_down(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DependencyDown)
+    return JSONResponse({"detail": str(error)}, status_code=503,
+                        headers={"Retry-After": str(math.ceil(error.retry_after))})
 
 
 async def _store_down(_request: Request, error: Exception) -> JSONResponse:

@@ -224,7 +224,6 @@ class StudyList(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
-    database: Literal["ok"]
 
 
 class Readiness(BaseModel):

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+import math
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, *, pre_ping: bool = False, application_name: str | None = None) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = False, application_name: str | None = None,
+                timeout_s: float | None = None) -> Engine:
     """`pre_ping`: test each pooled connection before use and reconnect if the server dropped it (the
     worker and the reaper: a round trip is nothing next to a job; the API goes without, see below).
-    `application_name`: shown in PostgreSQL's pg_stat_activity, so an operator sees who holds what."""
+    `application_name`: shown in PostgreSQL's pg_stat_activity, so an operator sees who holds what.
+    `timeout_s`: PostgreSQL's statement_timeout (a statement waiting on a lock counts) and the connect
+    timeout; None (migrations) waits."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         # API and worker write the same file: WAL lets readers run during a write, and the busy
@@ -18,9 +25,20 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
         return engine
     # No pool_pre_ping: it costs a round trip on every checkout. After a database restart the first
     # use of a stale connection fails (a 503 from the API) and SQLAlchemy then drops the whole pool.
-    connect_args = {} if application_name is None else {"application_name": application_name[:63]}
+    connect_args: dict[str, Any] = {} if application_name is None else {"application_name": application_name[:63]}
+    if timeout_s is not None:
+        # Server options go with the connection (no extra round trip); the URL's own (a search_path) stay.
+        options = make_url(url).query.get("options", "")
+        connect_args["options"] = f"{options} -c statement_timeout={round(timeout_s * 1000)}".strip()
+        connect_args["connect_timeout"] = max(2, math.ceil(timeout_s))  # libpq: whole seconds, at least 2
     return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_pre_ping=pre_ping,
                          connect_args=connect_args)
+
+
+def no_answer(error: OperationalError) -> bool:
+    """Whether the database gave no answer at all (no connection, a dropped one), rather than an error of one
+    statement (a statement timeout, a lock wait): only the first says the database is down."""
+    return getattr(error.orig, "sqlstate", None) is None
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

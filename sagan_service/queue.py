@@ -41,11 +41,23 @@ TASK_NAME = "sagan.run_job"
 QUEUES = ("default", "cpu", "gpu")
 
 
-def make_celery(settings: Settings) -> Celery:
+class QueueUnavailable(Exception):
+    """The broker did not take a job's message (the API answers 503)."""
+
+
+def make_celery(settings: Settings, *, for_requests: bool = False) -> Celery:
+    """`for_requests` (the API): a message is sent once, and the broker's socket has SAGAN_API_TIMEOUT_SECONDS
+    to connect and answer; a worker's consumer keeps the blocking reads and retries it needs."""
     from celery import Celery
 
     app = Celery("sagan", broker=settings.broker, set_as_current=False)
     transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if for_requests:
+        transport_options.update(socket_timeout=settings.api_timeout_seconds,
+                                 socket_connect_timeout=settings.api_timeout_seconds,
+                                 max_retries=0)  # one connection attempt, no back-off inside a request
+        # A message that cannot be sent now fails the request; the reaper resends what was lost.
+        app.conf.update(task_publish_retry=False, broker_connection_timeout=settings.api_timeout_seconds)
     if settings.broker.startswith("filesystem"):
         # The embedded default: messages are files under SAGAN_HOME, no broker server needed.
         folder = settings.home / "broker"
@@ -80,6 +92,15 @@ def queue_for(kind: str, spec: dict[str, Any]) -> str:
 
 def dispatch(celery: Celery, job: Job) -> None:
     celery.send_task(TASK_NAME, args=[job.id], queue=job.queue)
+
+
+def dispatch_all(celery: Celery, jobs: list[Job]) -> None:
+    """Send each job's message; QueueUnavailable if the broker takes one of them not."""
+    try:
+        for job in jobs:
+            dispatch(celery, job)
+    except Exception as error:  # kombu, redis-py and socket errors alike: the broker's
+        raise QueueUnavailable(str(error)) from error
 
 
 def check_broker(celery: Celery, timeout_s: float = 3.0) -> None:

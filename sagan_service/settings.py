@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(15.0, gt=0)
     # Threads per API process for blocking work (database, S3); see api/main.py.
     api_threads: int = Field(8, ge=1)
+    # The API's calls to a dependency (api/guards.py): the connect and read timeout of its S3 and broker
+    # calls and the database's statement timeout, in seconds; a request then answers 503 naming it.
+    api_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    # After such a failure the API answers 503 at once for this long instead of asking the dependency again.
+    fail_fast_seconds: float = Field(10.0, ge=0)
+    # Threads of each of the artifact store's and the broker's routes, apart from the api_threads that
+    # routes needing only the database use, so a hung store or broker cannot take those.
+    api_dependency_threads: int = Field(4, ge=1)
+    # PostgreSQL's statement_timeout for workers and the reaper (the API uses api_timeout_seconds); a
+    # statement stopped by it is an outage the worker rides out like any other.
+    statement_timeout_seconds: float = Field(30.0, gt=0)
     # A queued job whose message has not been seen in the broker for this long is sent again (the
     # message was lost: never sent, or lost with a broker restart). With Redis and the embedded queue
     # the reaper looks into the queues, so a job merely waiting its turn is never sent twice.

@@ -203,13 +203,14 @@ class LocalStore(ArtifactStore):
 
 class S3Store(ArtifactStore):
     def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None,
-                 public_endpoint_url: str | None, max_attempts: int, presign_seconds: int = 900) -> None:
+                 public_endpoint_url: str | None, max_attempts: int, presign_seconds: int = 900,
+                 timeout_s: float | None = None) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.presign_seconds = presign_seconds
         self.endpoint_url = endpoint_url
-        self.client = _s3_client(endpoint_url, max_attempts)
+        self.client = _s3_client(endpoint_url, max_attempts, timeout_s)
         # Presigned URLs sign the Host header: sign with the endpoint the browser will talk to.
-        self.public_client = (_s3_client(public_endpoint_url, max_attempts)
+        self.public_client = (_s3_client(public_endpoint_url, max_attempts, timeout_s)
                               if public_endpoint_url and public_endpoint_url != endpoint_url else self.client)
 
     def _key(self, key: str) -> str:
@@ -311,8 +312,9 @@ def _unreachable(error: BaseException) -> bool:
     return False
 
 
-def open_store(settings: Settings) -> ArtifactStore:
-    """The store SAGAN_ARTIFACTS_URL names."""
+def open_store(settings: Settings, *, for_requests: bool = False) -> ArtifactStore:
+    """The store SAGAN_ARTIFACTS_URL names. `for_requests` (the API): each S3 call is tried once with the
+    short SAGAN_API_TIMEOUT_SECONDS, so a request answers within seconds; workers retry and wait."""
     url = urlparse(settings.artifacts)
     if url.scheme == "file":
         root = Path(unquote(url.path))
@@ -324,5 +326,7 @@ def open_store(settings: Settings) -> ArtifactStore:
     if url.scheme == "s3":
         return S3Store(url.netloc, url.path, endpoint_url=settings.s3_endpoint_url,
                        public_endpoint_url=settings.s3_public_endpoint_url,
-                       max_attempts=settings.s3_max_attempts, presign_seconds=settings.presign_seconds)
+                       max_attempts=1 if for_requests else settings.s3_max_attempts,
+                       presign_seconds=settings.presign_seconds,
+                       timeout_s=settings.api_timeout_seconds if for_requests else None)
     raise ValueError(f"SAGAN_ARTIFACTS_URL must be file:///dir or s3://bucket/prefix, got {settings.artifacts!r}")

@@ -9,7 +9,16 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-from api.deps import CeleryDep, OwnerDep, PrincipalDep, SessionDep, SettingsDep, StoreDep, in_thread
+from api.deps import (
+    CeleryDep,
+    OwnerDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    in_thread,
+    in_thread_of,
+)
 from api.schemas import (
     MAX_STEP,
     ArtifactItem,
@@ -29,7 +38,7 @@ from api.schemas import (
 from sagan_service import jobs, limits
 from sagan_service.logs import JOB_ID
 from sagan_service.models import Artifact, Job
-from sagan_service.queue import dispatch, queue_for
+from sagan_service.queue import QueueUnavailable, dispatch_all, queue_for
 from sagan_service.records import publish_job_record
 from sagan_service.specs import eval_job_spec, validate_sweep, validate_train_config
 from sagan_service.storage import ArtifactNotFound, LocalStore, evals_key, metrics_key, real_grid_key
@@ -43,7 +52,7 @@ JOB_ID_PATTERN = jobs.JOB_ID.pattern
 
 @router.post("", response_model=JobPublic, status_code=201,
              responses={200: {"description": "an Idempotency-Key replay: the job the first POST made"}})
-@in_thread
+@in_thread_of("broker")
 def create_job(body: JobCreate, request: Request, response: Response, session: SessionDep,
                settings: SettingsDep, celery: CeleryDep, principal: PrincipalDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
@@ -116,12 +125,11 @@ def _answer_replay_or_send(job: Job, created: bool, body: JobCreate, spec: dict[
         JOB_ID.set(job.id)
         log.info("%s job submitted by %s (%d queue messages)", job.kind, job.owner, len(to_send))
         try:
-            for queued in to_send:
-                dispatch(celery, queued)
-        except Exception as error:
+            dispatch_all(celery, to_send)
+        except QueueUnavailable as error:
             log.exception("could not send job %s to the queue", job.id)
             give_up(f"could not reach the job queue: {error}")
-            raise HTTPException(503, "the job queue is unreachable; try again shortly") from None
+            raise  # a 503, and the broker's breaker trips (api/guards.py)
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
 
 
@@ -177,7 +185,7 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
 @router.get("/{job_id}/report", response_class=HTMLResponse,
             responses={200: {"content": {"text/html": {}}}, 409: {"description": "not a sweep, or no child "
                                                                                "has trained yet"}})
-@in_thread
+@in_thread_of("store")
 def get_report(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> HTMLResponse:
     """A sweep's comparison report: one self-contained HTML page (stored once the sweep has finished; while
     it runs, built from its children so far)."""
@@ -189,7 +197,7 @@ def get_report(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDe
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-@in_thread
+@in_thread_of("store")
 def cancel_job(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> JobPublic:
     """Cancel a job: a queued one at once, a running one within seconds (its processes are stopped); a sweep:
     every child."""
@@ -201,7 +209,7 @@ def cancel_job(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDe
 
 
 @router.get("/{job_id}/samples", response_model=ArtifactList)
-@in_thread
+@in_thread_of("store")
 def list_samples(job_id: str, request: Request, session: SessionDep, store: StoreDep, owner: OwnerDep) -> ArtifactList:
     """The job's sample grids; each `url` returns the PNG."""
     return _artifact_list(request, session, store, jobs.get_job(session, job_id, owner=owner).id, "sample",
@@ -210,7 +218,7 @@ def list_samples(job_id: str, request: Request, session: SessionDep, store: Stor
 
 @router.get("/{job_id}/samples/latest", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-@in_thread
+@in_thread_of("store")
 def get_latest_sample(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> Response:
     """The newest sample grid as a PNG."""
     samples = jobs.list_artifacts(session, job_id=jobs.get_job(session, job_id, owner=owner).id, kind="sample")
@@ -221,7 +229,7 @@ def get_latest_sample(job_id: str, session: SessionDep, store: StoreDep, owner: 
 
 @router.get("/{job_id}/samples/real", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-@in_thread
+@in_thread_of("store")
 def get_real_grid(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> Response:
     """Real training images (the first the run draws) in the grid the samples use, as a PNG."""
     key = real_grid_key(jobs.get_job(session, job_id, owner=owner).id)
@@ -232,14 +240,14 @@ def get_real_grid(job_id: str, session: SessionDep, store: StoreDep, owner: Owne
 
 @router.get("/{job_id}/samples/{step}", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-@in_thread
+@in_thread_of("store")
 def get_sample(job_id: str, step: StepPath, session: SessionDep, store: StoreDep, owner: OwnerDep) -> Response:
     """The sample grid of one step as a PNG."""
     return _object_response(store, _artifact(session, job_id, owner, "sample", step).key, "image/png")
 
 
 @router.get("/{job_id}/checkpoints", response_model=ArtifactList)
-@in_thread
+@in_thread_of("store")
 def list_checkpoints(job_id: str, request: Request, session: SessionDep, store: StoreDep,
                      owner: OwnerDep) -> ArtifactList:
     """The job's committed checkpoints; each `url` downloads the .pt file."""
@@ -248,7 +256,7 @@ def list_checkpoints(job_id: str, request: Request, session: SessionDep, store: 
 
 
 @router.get("/{job_id}/checkpoints/{step}", response_class=Response)
-@in_thread
+@in_thread_of("store")
 def get_checkpoint(job_id: str, step: StepPath, session: SessionDep, store: StoreDep, owner: OwnerDep) -> Response:
     """One committed checkpoint file (from S3: a redirect to a presigned URL)."""
     key = _artifact(session, job_id, owner, "checkpoint", step).key
@@ -259,7 +267,7 @@ def get_checkpoint(job_id: str, step: StepPath, session: SessionDep, store: Stor
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsList)
-@in_thread
+@in_thread_of("store")
 def get_metrics(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep,
                 after_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None) -> MetricsList:
     """The training metrics time series (rank 0's metrics.jsonl), oldest first; with `after_step`, only
@@ -270,7 +278,7 @@ def get_metrics(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerD
 
 
 @router.get("/{job_id}/evals", response_model=EvalList)
-@in_thread
+@in_thread_of("store")
 def get_evals(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> EvalList:
     """A training job's evaluations (every eval_every steps), or an eval job's result, oldest first."""
     jobs.get_job(session, job_id, owner=owner)
