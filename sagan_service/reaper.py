@@ -44,7 +44,8 @@ def run_reaper(settings: Settings, stop: threading.Event) -> None:
     from .queue import make_celery
     from .storage import open_store
 
-    engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-reaper {os.getpid()}")
+    engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-reaper {os.getpid()}",
+                         timeout_s=settings.statement_timeout_seconds)
     try:
         sessions, celery, store = make_session_factory(engine), make_celery(settings), open_store(settings)
         while not stop.is_set():

@@ -90,7 +90,8 @@ def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
 def _run_job(job_id: str, settings: Settings, stop_flag: Path | None,
              handed_back: Callable[[Job], None] | None) -> str | None:
     store = open_store(settings)  # before the claim: a misconfigured store must not strand a claimed job
-    engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-worker {os.getpid()}")
+    engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-worker {os.getpid()}",
+                         timeout_s=settings.statement_timeout_seconds)
     session_factory = make_session_factory(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
