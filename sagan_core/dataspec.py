@@ -1,4 +1,5 @@
-"""Dataset spec strings, parsed without torch: the API checks submitted specs with this alone.
+"""Dataset spec strings, parsed without torch: the API checks submitted specs with this alone. Also the data's
+fingerprint (for the real-statistics cache) and the folder cache that it and data.py's folder scan share.
 
 Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS[,CLASS...]` | `cifar10:PATH` (see data.py).
 """
