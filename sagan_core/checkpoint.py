@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig, build_config
+from .config import TrainConfig, build_config, saved_config
 from .files import atomic_write
 from .layout import (
     best_checkpoint,
@@ -103,7 +103,7 @@ class LoadedModel:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild G and D from a checkpoint alone, in eval mode; G carries the EMA weights if kept."""
     payload = read_checkpoint(path)
-    config = build_config(payload["config"])
+    config = build_config(saved_config(payload["config"]))
     generator, discriminator = build_generator(config), build_discriminator(config)
     ema = bool(payload.get("ema"))
     generator.load_state_dict(payload["ema"] if ema else payload["generator"])

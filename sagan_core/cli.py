@@ -14,9 +14,9 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from .config import FIELDS, TrainConfig, build_config, parse_flag, read_config_file
+from .config import FIELDS, ResizeMode, TrainConfig, build_config, parse_flag, read_config_file
 
 ENTRY_POINT_GROUP = "sagan.commands"
 
@@ -145,11 +145,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     plan = EvalPlan(tuple(args.metrics), n=args.n, dataset=args.dataset, imsize=args.imsize,
-                    center_crop=args.center_crop, batch_size=args.batch_size, num_workers=args.num_workers)
+                    center_crop=args.center_crop, resize_mode=args.resize_mode, batch_size=args.batch_size,
+                    num_workers=args.num_workers)
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=pick_device(args.device))
     evaluator = Evaluator(plan, ctx, cache=StatsCache(args.stats_cache), inception_weights=args.inception_weights)
     real, status = evaluator.real_statistics()
-    print(json.dumps({"dataset": args.dataset, "imsize": args.imsize, "n": real.count, "cache": status,
+    print(json.dumps({"dataset": args.dataset, "imsize": args.imsize, "resize_mode": args.resize_mode,
+                      "n": real.count, "cache": status,
                       "files": [str(evaluator.cache.path(key)) for key in evaluator.stats_keys().values()],
                       "seconds": round(time.perf_counter() - started, 2)}), flush=True)
     return 0
@@ -305,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--dataset", required=True, help="dataset spec")
     stats.add_argument("--imsize", type=int, required=True, choices=[32, 64, 128])
     stats.add_argument("--center-crop", type=int, help="centre crop in source pixels before resizing")
+    stats.add_argument("--resize-mode", choices=get_args(ResizeMode), default="squash",
+                       help="as the runs' resize_mode: crop (the paper128 and resnet presets) or squash (default)")
     stats.add_argument("-n", "--n", type=int, default=50_000, help="real images (default 50000, or all)")
     stats.add_argument("--metrics", type=_metric_list, default=["fid", "swd"],
                        help="whose statistics: any Inception metric (fid,kid,is,pr share one entry) and/or swd")

@@ -32,6 +32,8 @@ Rate = Annotated[float, Field(ge=0.0)]
 Norm = Literal["spectral", "batch", "none"]
 # Quality metrics (sagan_core.metrics): Inception-based fid, kid, is, pr and the backbone-free swd.
 EvalMetric = Literal["fid", "kid", "is", "pr", "swd"]
+# How a non-square image becomes square before resizing (data.build_dataset).
+ResizeMode = Literal["squash", "crop"]
 
 
 # Presets are plain overrides of the defaults above, named like torchtitan's model flavours.
@@ -55,6 +57,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "d_attention": [8], "batch_size": 8, "steps": 20, "log_every": 1,
                 "sample_every": 10, "checkpoint_every": 10, "num_workers": 0},
 }
+
+# The residual presets crop the largest centred square, as BigGAN, StudioGAN and the official ImageNet converter
+# do; the seed presets squash, as the reference's LSUN loader does (Resize((imsize, imsize))).
+for _name in ("paper128", "resnet64", "resnet32"):
+    PRESETS[_name]["resize_mode"] = "crop"
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -96,6 +103,10 @@ class TrainConfig(BaseModel):
     (for conditional models): shapes, folders with one sub-folder per class, cifar10, lsun with several classes"""
     center_crop: int | None = Field(None, ge=1, le=16384)
     """centre crop in source pixels before resizing (160 for aligned CelebA); null = none"""
+    resize_mode: ResizeMode = "squash"
+    """how a non-square image becomes square before resizing (after center_crop): crop (the largest centred
+    square, as BigGAN and the official ImageNet converter; the paper128 and resnet presets) | squash (the whole
+    image, distorted, as the reference's LSUN loader; the seed presets)"""
     max_bad_images: float = Field(0.001, ge=0.0, le=1.0)
     """largest fraction of unreadable images to skip before the run fails; 0 = fail on the first"""
 
@@ -321,6 +332,16 @@ def build_config(values: Mapping[str, Any]) -> TrainConfig:
         return TrainConfig.model_validate({**base, **values})
     except ValidationError as error:
         raise ConfigError([_issue(item) for item in error.errors()]) from None
+
+
+# What a config saved whole by an earlier version (a checkpoint's, a job's) ran with for a field it predates:
+# the behaviour from before the field, not its preset's current default.
+PREDATED_FIELDS: dict[str, Any] = {"resize_mode": "squash"}
+
+
+def saved_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config's values (give them to build_config) with the fields it predates set as it ran."""
+    return {**PREDATED_FIELDS, **values}
 
 
 def make_config(preset: str = "seed64", **overrides: Any) -> TrainConfig:

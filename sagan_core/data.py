@@ -13,16 +13,14 @@ the run past the config's max_bad_images, so a bad file never turns into a trace
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import math
 import os
 import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import torch
@@ -30,8 +28,16 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 from torchvision import transforms
 
-from .dataspec import DatasetError, parse_spec, split_lsun, synthetic_size
-from .files import atomic_write
+from .config import ResizeMode
+from .dataspec import (
+    DatasetError,
+    cached_json,
+    folder_cache_dir,
+    folder_state,
+    parse_spec,
+    split_lsun,
+    synthetic_size,
+)
 
 if TYPE_CHECKING:  # lmdb loads with the first LMDB data set: machines without it can use the other kinds
     import lmdb
@@ -40,7 +46,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NO_LABEL = -1  # label() of an unlabelled data set's items
-FOLDER_CACHE_ENV = "SAGAN_DATA_CACHE"
+RESIZE_MODES: tuple[ResizeMode, ...] = get_args(ResizeMode)
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -56,10 +62,13 @@ class ImageDataset(Dataset):
         return NO_LABEL
 
 
-def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None) -> ImageDataset:
-    """The dataset a spec names, yielding (3, imsize, imsize) float32 tensors in [-1, 1]."""
+def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
+                  resize_mode: ResizeMode = "squash") -> ImageDataset:
+    """The dataset a spec names, yielding (3, imsize, imsize) float32 tensors in [-1, 1]: each image centre-
+    cropped to `center_crop` pixels if set, then made square (resize_mode "crop": the largest centred square,
+    "squash": the whole image) and resized to imsize."""
     kind, arg = parse_spec(spec)
-    transform = _transform(imsize, center_crop)
+    transform = _transform(imsize, center_crop, resize_mode)
     if kind == "synthetic":
         return SyntheticShapes(synthetic_size(spec, arg), imsize, transform)
     if kind == "shapes":
@@ -394,41 +403,21 @@ def _existing_dir(path: str) -> Path:
     return root
 
 
-def folder_cache_dir() -> Path:
-    """Where folder scans are cached: $SAGAN_DATA_CACHE, else ~/.cache/sagan/folders (under $XDG_CACHE_HOME)."""
-    if os.environ.get(FOLDER_CACHE_ENV):
-        return Path(os.environ[FOLDER_CACHE_ENV])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "sagan" / "folders"
-
-
 def scan_folder(root: Path) -> list[str]:
     """The image files under root (relative, '/'-separated, sorted), walked once and then read from a cache.
 
     ImageNet's 1.28 M files take minutes to walk on network storage, and every job and rank would walk them
-    again. The cache file is keyed by the folder's resolved path and the modification times of the folder
-    and of its direct sub-folders (one stat each: adding or removing a file in a class folder changes them).
-    A change deeper down is not seen: delete the cache file (named in the folder cache directory by the key).
-    An unwritable cache directory only costs the walk.
+    again. The cache file is named by the folder's state (dataspec.folder_state: its resolved path and the
+    modification times of it and of its direct sub-folders), in the folder cache directory. A change deeper
+    down is not seen: delete the cache file (named there by the key).
     """
     resolved = root.resolve()
-    stamps = [f"{resolved}\0{resolved.stat().st_mtime_ns}"]
-    with os.scandir(resolved) as entries:
-        stamps += sorted(f"{entry.name}\0{entry.stat().st_mtime_ns}" for entry in entries if entry.is_dir())
-    key = hashlib.sha256("\n".join(stamps).encode()).hexdigest()
-    cache = folder_cache_dir() / f"{key}.json"
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass  # no cache yet (or a torn one): walk
-    files = sorted(_within(resolved, path).relative_to(resolved).as_posix() for path in resolved.rglob("*")
-                   if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
-    try:
-        data = json.dumps(files).encode()
-        atomic_write(cache, lambda f: f.write(data))
-    except OSError:
-        pass
-    return files
+    return cached_json(folder_cache_dir() / f"{folder_state(resolved)}.json", lambda: _image_files(resolved))
+
+
+def _image_files(resolved: Path) -> list[str]:
+    return sorted(_within(resolved, path).relative_to(resolved).as_posix() for path in resolved.rglob("*")
+                  if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
 
 
 def _lmdb_dir(root: Path, category: str) -> Path:
@@ -524,11 +513,20 @@ def _open_rgb(source: str | IO[bytes], name: str) -> Image.Image:
         raise UnreadableImage(name, str(error)) from error
 
 
-def _transform(imsize: int, center_crop: int | None) -> Transform:
+def _transform(imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> Transform:
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode {resize_mode!r}: choose from {', '.join(RESIZE_MODES)}")
     steps: list[Any] = [transforms.CenterCrop(center_crop)] if center_crop else []
+    if resize_mode == "crop":
+        steps.append(_largest_centred_square)
     steps += [transforms.Resize((imsize, imsize)), transforms.ToTensor(),
               transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
     return transforms.Compose(steps)
+
+
+def _largest_centred_square(image: Image.Image) -> Image.Image:
+    side = min(image.size)
+    return transforms.functional.center_crop(image, [side, side])
 
 
 def _random_colour(rng: random.Random) -> tuple[int, int, int]:

@@ -396,7 +396,8 @@ def build_evaluator(config: TrainConfig, ctx: DistContext) -> Evaluator | None:
     if config.eval_every == 0:
         return None
     plan = EvalPlan(tuple(config.eval_metrics), n=config.eval_n, dataset=config.eval_dataset or config.dataset,
-                    imsize=config.imsize, center_crop=config.center_crop, seed=config.seed,
+                    imsize=config.imsize, center_crop=config.center_crop, resize_mode=config.resize_mode,
+                    seed=config.seed,
                     num_workers=config.num_workers)
     return Evaluator(plan, ctx)
 
@@ -411,7 +412,8 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
     ctx = init_distributed(config.device)
     try:
         with main_rank_first(ctx):  # one walk of a folder per job: the other ranks read its cached list
-            dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop)
+            dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop,
+                                    resize_mode=config.resize_mode)
         config = with_classes(config, dataset)
         evaluator = build_evaluator(config, ctx)
         state = build_state(config, ctx, len(dataset))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sagan_core.config import ConfigError, TrainConfig, build_config
+from sagan_core.config import ConfigError, TrainConfig, build_config, saved_config
 from sagan_core.dataspec import DatasetError, dataset_paths
 from sagan_core.sweeps import SweepError, SweepRun, expand_sweep
 
@@ -69,12 +69,12 @@ def eval_job_spec(source_config: dict[str, Any], *, job_id: str, step: int, data
                   metrics: list[str] | None, n: int | None, data_roots: list[Path]) -> dict[str, Any]:
     """An eval job's spec: what it measures on the source training job's checkpoint at `step`; unset values
     come from the source's config (its eval_* fields and seed), so results compare with its own evaluations."""
-    config = build_config(source_config)
+    config = build_config(saved_config(source_config))
     if dataset is not None:
         check_dataset_spec(dataset, "dataset", data_roots)
     return {"job_id": job_id, "step": step, "dataset": dataset or config.eval_dataset or config.dataset,
             "metrics": metrics or config.eval_metrics, "n": n or config.eval_n, "seed": config.seed,
-            "imsize": config.imsize, "center_crop": config.center_crop}
+            "imsize": config.imsize, "center_crop": config.center_crop, "resize_mode": config.resize_mode}
 
 
 def validate_sweep(*, base: dict[str, Any], axes: dict[str, Any] | None, arms: list[Any] | None,

@@ -19,6 +19,7 @@ from sagan_core.config import (
     make_config,
     parse_flag,
     read_config_file,
+    saved_config,
 )
 from sagan_core.models import Discriminator, Generator
 
@@ -142,3 +143,16 @@ def test_trainer_reads_the_saved_json_through_the_same_function(tmp_path: Path) 
 def test_the_config_module_loads_no_torch() -> None:
     code = "import sys, sagan_core.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)
+
+
+def test_residual_presets_crop_non_square_images_and_the_seed_presets_squash() -> None:
+    for preset in ("paper128", "resnet64", "resnet32"):
+        assert make_config(preset).resize_mode == "crop", preset
+    for preset in ("seed64", "sagan32", "sagan128", "debug32"):
+        assert make_config(preset).resize_mode == "squash", preset
+    assert make_config("paper128", resize_mode="squash").resize_mode == "squash"
+    assert "resize_mode: Input should be 'squash' or 'crop'" in error_of({"resize_mode": "pad"})
+    # A config saved (in a checkpoint, by the job service) before the field existed ran squashed.
+    older = {name: value for name, value in make_config("paper128").to_dict().items() if name != "resize_mode"}
+    assert build_config(saved_config(older)).resize_mode == "squash"
+    assert build_config(saved_config(make_config("paper128").to_dict())).resize_mode == "crop"

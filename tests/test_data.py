@@ -23,7 +23,7 @@ from sagan_core.data import (
 )
 from sagan_core.dataspec import DEFAULT_SYNTHETIC_SIZE, DatasetError, dataset_paths
 
-RED, BLUE = (255, 0, 0), (0, 0, 255)
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
 def solid(colour: tuple[int, int, int], size: tuple[int, int] = (20, 12)) -> Image.Image:
@@ -103,15 +103,36 @@ def test_folder_finds_images_recursively_in_sorted_order(image_folder: Path) -> 
     assert len(build_dataset(f"folder:{image_folder}", 64)) == 4
 
 
-def test_folder_center_crop_happens_before_resize(tmp_path: Path) -> None:
+@pytest.mark.parametrize("resize_mode", ["squash", "crop"])
+def test_folder_center_crop_happens_before_resize(tmp_path: Path, resize_mode: str) -> None:
     # A blue 64x64 frame around a red 32x32 centre: cropping 32 leaves only red.
     image = solid(BLUE, (64, 64))
     image.paste(solid(RED, (32, 32)), (16, 16))
     image.save(tmp_path / "framed.png")
-    assert_colour(build_dataset(f"folder:{tmp_path}", 16, center_crop=32)[0], RED, atol=1e-6)
-    uncropped = build_dataset(f"folder:{tmp_path}", 16)[0]
+    spec = f"folder:{tmp_path}"
+    assert_colour(build_dataset(spec, 16, center_crop=32, resize_mode=resize_mode)[0], RED, atol=1e-6)
+    uncropped = build_dataset(spec, 16, resize_mode=resize_mode)[0]
     assert_colour(uncropped[:, 6:10, 6:10], RED, atol=1e-6)
     assert_colour(uncropped[:, :2, :2], BLUE, atol=1e-6)
+    assert torch.equal(uncropped, build_dataset(spec, 16)[0])  # a square image is the same in both modes
+
+
+@pytest.mark.parametrize("size", [(64, 32), (32, 64)], ids=["wide", "tall"])
+def test_a_non_square_image_is_cropped_to_its_centre_or_squashed(tmp_path: Path, size: tuple[int, int]) -> None:
+    # Red first quarter, green middle half, blue last quarter along the long side.
+    long_side, short_side = max(size), min(size)
+    image = solid(GREEN, size)
+    quarter = (long_side // 4, short_side) if size[0] > size[1] else (short_side, long_side // 4)
+    image.paste(solid(RED, quarter), (0, 0))
+    image.paste(solid(BLUE, quarter), (size[0] - quarter[0], size[1] - quarter[1]))
+    image.save(tmp_path / "band.png")
+    cropped = build_dataset(f"folder:{tmp_path}", 16, resize_mode="crop")[0]
+    assert_colour(cropped, GREEN, atol=1e-6)  # the largest centred square is the green middle alone
+    squashed = build_dataset(f"folder:{tmp_path}", 16, resize_mode="squash")[0]
+    along = squashed if size[0] > size[1] else squashed.transpose(1, 2)  # the long side as the last axis
+    assert_colour(along[:, :, :3], RED, atol=1e-6)
+    assert_colour(along[:, :, 6:10], GREEN, atol=1e-6)
+    assert_colour(along[:, :, -3:], BLUE, atol=1e-6)
 
 
 @pytest.mark.parametrize("content", [b"definitely not an image",

@@ -4,8 +4,12 @@ random weights, the weights check and the real-statistics cache."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,7 @@ from sagan_core.data import build_dataset
 from sagan_core.dataspec import dataset_fingerprint
 from sagan_core.metrics import scores, swd
 from sagan_core.metrics.backbones import InceptionV3
-from sagan_core.metrics.cache import StatsCache
+from sagan_core.metrics.cache import STATS_VERSIONS, StatsCache, stats_keys
 from sagan_core.metrics.evaluate import REAL_ORDER_STREAM, EvalPlan, Evaluator
 from sagan_core.metrics.weights import (
     SHA256,
@@ -210,6 +214,54 @@ def test_the_cache_key_follows_the_data_contents(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8), "blue").save(folder / "b.png")
     assert dataset_fingerprint(f"folder:{folder}") != before
     assert dataset_fingerprint("synthetic:64") != dataset_fingerprint("synthetic:65")
+
+
+def test_a_second_fingerprint_of_a_folder_stats_none_of_its_files(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    for name in ("n01", "n02"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), "red").save(folder / name / f"{i}.png")
+    spec = f"folder:{folder}"
+    first = dataset_fingerprint(spec)
+    touched: list[Path] = []
+    real_stat, real_scandir = os.stat, os.scandir
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: touched.append(Path(path)) or real_stat(path, *a, **k))
+    monkeypatch.setattr(os, "scandir", lambda path=".": touched.append(Path(path)) or real_scandir(path))
+    assert dataset_fingerprint(spec) == first  # another evaluation, job or rank
+    monkeypatch.undo()
+    assert touched and not [path for path in touched if path.is_file()]  # the folder's own stamps only
+    Image.new("RGB", (8, 8), "blue").save(folder / "n02" / "3.png")  # the class folder's mtime changes
+    assert dataset_fingerprint(spec) != first
+
+
+def test_the_cache_key_holds_the_preprocessing_and_a_version_for_every_part() -> None:
+    def keys(**preprocessing):
+        return stats_keys(("fid", "swd"), dataset="synthetic:64", imsize=32, n=16, inception=("inception", "abc"),
+                          **{"center_crop": None, "resize_mode": "squash", **preprocessing})
+
+    plain = keys()
+    for part in ("inception", "swd"):
+        assert plain[part].version == STATS_VERSIONS[part]
+        names = {plain[part].name, keys(resize_mode="crop")[part].name, keys(center_crop=24)[part].name}
+        assert len(names) == 3, part
+
+
+def test_an_entry_under_the_old_key_format_is_not_read(tmp_path: Path) -> None:
+    cache = StatsCache(tmp_path)
+    keys = stats_keys(("fid", "swd"), dataset="synthetic:64", imsize=32, center_crop=None, resize_mode="squash",
+                      n=16, inception=("inception", "abc"))
+    for key in keys.values():
+        # The entry as the code before resize_mode and the versions named and wrote it.
+        old = json.dumps({name: value for name, value in asdict(key).items()
+                          if name not in ("resize_mode", "version")}, sort_keys=True)
+        old_path = tmp_path / f"{key.backbone}-32px-n16-{hashlib.sha256(old.encode()).hexdigest()[:20]}.npz"
+        np.savez(old_path, key=np.array(old), count=np.array(16))
+        assert cache.path(key) != old_path and cache.load(key) is None
+        shutil.copy(old_path, cache.path(key))  # not even when copied to the new name
+        assert cache.load(key) is None
 
 
 def test_a_wrong_or_missing_weights_file_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from sagan_core import layout
+from sagan_core.config import saved_config
 from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
@@ -217,7 +218,7 @@ class Attempt:
             return [sys.executable, "-m", "sagan_core.cli", "sample", "--checkpoint", str(checkpoint),
                     "-n", str(spec["n"]), "--seed", str(spec["seed"]), *by_class, "-o", str(self.out / "grid.png")]
         config_path = self.workdir / "config.json"
-        config_path.write_text(json.dumps(spec))
+        config_path.write_text(json.dumps(saved_config(spec)))  # a job stored before a field runs as it would have
         # --hold-checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
         trainer = ["-m", "sagan_core.train", "--config", str(config_path), "--out", str(self.out),
                    "--hold-checkpoints"]
@@ -257,7 +258,7 @@ class Attempt:
     def stats_keys(self) -> list[StatsKey]:
         """The cache entries the job's evaluations read. A missing or wrong Inception weights file fails the
         job here, once, with the message that says what to do (InceptionWeightsError)."""
-        spec = self.job.spec
+        spec = saved_config(self.job.spec)  # a job stored before resize_mode existed squashes
         if self.job.kind == "eval":
             metrics, dataset, n = spec["metrics"], spec["dataset"], spec["n"]
         elif self.job.kind == "train" and spec.get("eval_every", 0) > 0:
@@ -269,7 +270,7 @@ class Attempt:
             weights = resolve_inception_weights(self.settings.inception_weights)
             inception = (weights.backbone, weights.sha256)
         return list(stats_keys(metrics, dataset=dataset, imsize=spec["imsize"], center_crop=spec["center_crop"],
-                               n=n, inception=inception).values())
+                               resize_mode=spec["resize_mode"], n=n, inception=inception).values())
 
     def continue_log(self) -> None:
         """An attempt handed back by a stopping worker runs again under the same number: append to its log."""

@@ -1,7 +1,8 @@
 """Real-data statistics, computed once per (data, backbone) and reused by every later evaluation.
 
 An entry is keyed by the data set spec, a fingerprint of its contents (dataspec.dataset_fingerprint), the
-image size and crop, the backbone with its weights' sha256, and the number of real images; its file name
+preprocessing (image size, center_crop, resize_mode), the backbone with its weights' sha256 and its part's
+version (STATS_VERSIONS), and the number of real images; its file name
 is derived from that key, so the service's worker can name the entries a job needs without loading torch
 (standard library and NumPy only). Locally the entries live in a folder: `--stats-cache DIR`, else
 $SAGAN_STATS_CACHE, else `~/.cache/sagan/stats` (under $XDG_CACHE_HOME if set), shared by all runs.
@@ -23,8 +24,11 @@ from ..files import atomic_write
 
 ENV_VAR = "SAGAN_STATS_CACHE"
 INCEPTION_METRICS = frozenset({"fid", "kid", "is", "pr"})
-# The SWD's real side: Laplacian-pyramid patch descriptors (see swd.py); bump the version if they change.
+# The SWD's real side: Laplacian-pyramid patch descriptors (see swd.py).
 SWD_BACKBONE = "laplacian-patches-7x7x128-v1"
+# Bump a part's version when its entries would hold something else under the same key (the real images'
+# preprocessing or the features change): the older entries are then never read. 2: resize_mode joined the key.
+STATS_VERSIONS = {"inception": 2, "swd": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +37,11 @@ class StatsKey:
     fingerprint: str
     imsize: int
     center_crop: int | None
+    resize_mode: str
     backbone: str
     weights_sha256: str | None
     n: int
+    version: int
 
     @property
     def name(self) -> str:
@@ -44,19 +50,21 @@ class StatsKey:
         return f"{self.backbone}-{self.imsize}px-n{self.n}-{digest}.npz"
 
 
-def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop: int | None, n: int,
-               inception: tuple[str, str | None] | None) -> dict[str, StatsKey]:
+def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop: int | None, resize_mode: str,
+               n: int, inception: tuple[str, str | None] | None) -> dict[str, StatsKey]:
     """The entries an evaluation of `metrics` needs, by part: "inception" (keyed by the backbone's name and
     weights sha256, given as `inception`) and/or "swd"."""
     metrics = set(metrics)
-    fingerprint = dataset_fingerprint(dataset)
-    keys = {}
+    backbones: dict[str, tuple[str, str | None]] = {}
     if metrics & INCEPTION_METRICS:
         assert inception is not None, "Inception metrics need the backbone's name and weights sha256"
-        keys["inception"] = StatsKey(dataset, fingerprint, imsize, center_crop, *inception, n)
+        backbones["inception"] = inception
     if "swd" in metrics:
-        keys["swd"] = StatsKey(dataset, fingerprint, imsize, center_crop, SWD_BACKBONE, None, n)
-    return keys
+        backbones["swd"] = (SWD_BACKBONE, None)
+    fingerprint = dataset_fingerprint(dataset)
+    return {part: StatsKey(dataset, fingerprint, imsize, center_crop, resize_mode, backbone, sha256, n,
+                           STATS_VERSIONS[part])
+            for part, (backbone, sha256) in backbones.items()}
 
 
 def default_cache_dir() -> Path:

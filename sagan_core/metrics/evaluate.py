@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..config import ResizeMode
 from ..layout import resolve_checkpoint
 from ..parallel import DistContext, broadcast_flags, gather_rows, pick_device, share
 from ..sampling import evaluation_mode, indexed_labels, indexed_noise, to_uint8
@@ -44,6 +45,7 @@ class EvalPlan:
     dataset: str
     imsize: int
     center_crop: int | None = None
+    resize_mode: ResizeMode = "squash"
     seed: int = 0
     batch_size: int = 64
     num_workers: int = 0
@@ -182,7 +184,7 @@ class Evaluator:
         plan = self.plan
         inception = None if self.backbone is None else (self.backbone.name, self.backbone.weights_sha256)
         return stats_keys(plan.metrics, dataset=plan.dataset, imsize=plan.imsize, center_crop=plan.center_crop,
-                          n=plan.n, inception=inception)
+                          resize_mode=plan.resize_mode, n=plan.n, inception=inception)
 
     def _store(self, keys: dict[str, StatsKey], computed: Features) -> dict[str, dict[str, np.ndarray]]:
         entries = {}
@@ -205,7 +207,8 @@ class Evaluator:
         from ..data import build_dataset  # only on a cache miss: a cached evaluation never opens the data
 
         plan = self.plan
-        dataset = build_dataset(plan.dataset, plan.imsize, center_crop=plan.center_crop)
+        dataset = build_dataset(plan.dataset, plan.imsize, center_crop=plan.center_crop,
+                                resize_mode=plan.resize_mode)
         return dataset, torch.randperm(len(dataset), generator=seeded(REAL_ORDER_STREAM))[:plan.n]
 
     def _loaded(self, dataset: Dataset, order: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -279,7 +282,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None
     config = model.config
     plan = EvalPlan(tuple(metrics or config.eval_metrics), n=n or config.eval_n,
                     dataset=dataset or config.eval_dataset or config.dataset, imsize=config.imsize,
-                    center_crop=config.center_crop, seed=config.seed if seed is None else seed,
+                    center_crop=config.center_crop, resize_mode=config.resize_mode,
+                    seed=config.seed if seed is None else seed,
                     batch_size=batch_size, num_workers=num_workers)
     evaluator = Evaluator(plan, ctx, cache=cache, inception_weights=inception_weights)
     record = evaluator.evaluate(model.generator, config.z_dim)

@@ -40,7 +40,7 @@ def test_an_eval_job_on_the_best_checkpoint_reads_the_shared_statistics(evaluate
     job = api.submit({"kind": "eval", "source": {"job_id": evaluated["id"], "step": "best"}})
     assert job["kind"] == "eval" and job["spec"] == {
         "job_id": evaluated["id"], "step": best["step"], "dataset": "synthetic:64", "metrics": ["swd"], "n": 32,
-        "seed": 0, "imsize": 32, "center_crop": None}
+        "seed": 0, "imsize": 32, "center_crop": None, "resize_mode": "squash"}
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=180)
     assert done["status"] == "succeeded", done
     (result,) = api.client.get(f"/jobs/{job['id']}/evals").json()["items"]
