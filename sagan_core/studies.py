@@ -103,6 +103,12 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
 )}
 
 
+def compute_spent(step: int, *, n_critic: int, batch_size: int) -> dict[str, int]:
+    """What a run has spent by G step `step`: its G updates, D updates (n_critic per G step) and the real images
+    D drew (a global batch per D update). metrics.jsonl records them; the report plots against images seen."""
+    return {"g_updates": step, "d_updates": step * n_critic, "images_seen": step * n_critic * batch_size}
+
+
 def get_study(name: str) -> Study:
     """The named study; ValueError listing the names otherwise."""
     try:
