@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import FIELDS, MAX_INT, ConfigError, TrainConfig, build_config
+from .exits import EXIT_DIVERGED, EXIT_STOPPED
 from .layout import latest_checkpoint, step_of, sweep_run_name
 from .studies import get_study
 
 DEFAULT_MAX_ARMS = 64
 # Arm names become directory names and store keys: no path separators, no spaces.
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}")
-EXIT_STOPPED = 75  # the trainer's status after a SIGTERM (it saved a checkpoint; --resume continues)
 
 
 class SweepError(ValueError):
@@ -248,7 +248,8 @@ def run_sweep(runs: Sequence[SweepRun], out: Path, *, parallel: int = 1,
                 del running[name]
                 statuses[name] = code
                 took = time.monotonic() - started
-                what = {0: "finished", EXIT_STOPPED: "stopped (resume by running the sweep again)"}.get(
+                what = {0: "finished", EXIT_STOPPED: "stopped (resume by running the sweep again)",
+                        EXIT_DIVERGED: "DIVERGED (see its train.log; its latest checkpoint is finite)"}.get(
                     code, f"FAILED with exit status {code} (see its train.log)")
                 log(f"{name}: {what} after {took:.0f} s")
     finally:
