@@ -60,7 +60,7 @@ class GeneratorBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, num_classes: int, *, upsample: bool = True) -> None:
         super().__init__()
-        self.scale = 2 if upsample else 1
+        self.upsample = upsample
         self.bn1 = ConditionalBatchNorm(in_channels, num_classes)
         self.conv1 = _sn_conv(in_channels, out_channels, 3)
         self.bn2 = ConditionalBatchNorm(out_channels, num_classes)
@@ -68,11 +68,11 @@ class GeneratorBlock(nn.Module):
         self.shortcut = _sn_conv(in_channels, out_channels, 1) if upsample else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=self.scale, mode="nearest")
+        h = F.relu(self.bn1(x, y))
+        if self.upsample:
+            h, x = F.interpolate(h, scale_factor=2, mode="nearest"), F.interpolate(x, scale_factor=2, mode="nearest")
         h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
-        if self.shortcut is None:
-            return h + x
-        return h + self.shortcut(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
+        return h + (x if self.shortcut is None else self.shortcut(x))
 
 
 class DiscriminatorBlock(nn.Module):

@@ -106,7 +106,7 @@ def expand_sweep(*, base: Mapping[str, Any] | None = None, axes: Mapping[str, An
 
 
 def _scaled(factors: Mapping[str, float], steps: int) -> dict[str, int]:
-    """Studies.Arm.relative_to_steps resolved for a run of `steps` G steps: whole steps, at least 1."""
+    """studies.Arm.relative_to_steps resolved for a run of `steps` G steps: whole steps, at least 1."""
     return {field: max(1, round(factor * steps)) for field, factor in factors.items()}
 
 

@@ -531,8 +531,8 @@ def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
     check_every_step = state.ctx.device.type == "cpu" and not state.ctx.distributed
     while state.step < config.steps:
         if stop.agreed():
+            watch.check(weights=True)  # before the checkpoint below
             # A checkpoint where it stopped, unless this step has one already (or nothing was trained).
-            watch.check(weights=True)
             if writer is not None and state.step > first_step and state.step % config.checkpoint_every:
                 writer.checkpoint()
             if writer is not None:

@@ -193,9 +193,10 @@ def test_an_invalid_sweep_creates_nothing(api: Api, database_url: str, body: dic
 def test_studies_are_listed(api: Api) -> None:
     studies = {study["name"]: study for study in api.client.get("/studies").json()["items"]}
     assert set(studies) == {"normalization", "ttur", "attention", "attention128", "hyperparams"}
-    arms = {arm["name"]: arm["config"] for arm in studies["ttur"]["arms"]}
-    assert arms["equal-ncritic5"] == {"g_lr": 1e-4, "d_lr": 1e-4, "n_critic": 5}
-    assert studies["attention128"]["base"] == "sagan128"
+    arms = {arm["name"]: arm for arm in studies["ttur"]["arms"]}
+    assert arms["equal-ncritic5"]["config"] == {"g_lr": 1e-4, "d_lr": 1e-4, "n_critic": 5}
+    assert arms["equal-ncritic5-matched"]["relative_to_steps"] == {"steps": 0.2}  # a fifth of the sweep's steps
+    assert studies["attention128"]["base"] == "paper128"
 
 
 def test_a_report_needs_a_sweep(api: Api, workers: Workers) -> None:
