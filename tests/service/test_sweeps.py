@@ -102,7 +102,8 @@ def test_a_two_arm_sweep_runs_its_children_and_stores_a_report(api: Api, workers
     assert "<td>plain</td>" in page and "<td>attn</td>" in page and "<th>best swd</th>" in page
     assert "Sweep succeeded: 2 of 2 runs finished" in page
     images = _images(page)
-    assert len(images) == 6 and all(image.format == "PNG" for image in images)  # 3 figures, real + 2 grids
+    # 4 figures (metrics, losses, metrics against images seen, gammas), real + 2 grids
+    assert len(images) == 7 and all(image.format == "PNG" for image in images)
 
 
 def _keys(s3_server: S3Server, job_id: str) -> set[str]:
