@@ -209,6 +209,9 @@ class PresetList(BaseModel):
 class StudyArm(BaseModel):
     name: str
     config: dict[str, Any] = Field(description="the TrainConfig fields this arm sets over the base")
+    relative_to_steps: dict[str, float] = Field(
+        default_factory=dict, description="fields this arm sets to that multiple of the sweep's `steps` (so that "
+                                          "arms compare at equal compute: images seen, D updates)")
 
 
 class Study(BaseModel):

@@ -185,9 +185,11 @@ def cmd_study_list(_args: argparse.Namespace) -> int:
     for study in STUDIES.values():
         print(f"{study.name}  (base {study.base}; {len(study.arms)} arms)\n  {study.question}")
         for arm in study.arms:
-            settings = ", ".join(f"{field}={json.dumps(value)}" for field, value in arm.config.items())
-            print(f"    {arm.name:<16} {settings}")
-    print("(g_attention/d_attention: null = the seed's placement, after the last two blocks; [] = none)")
+            settings = [f"{field}={json.dumps(value)}" for field, value in arm.config.items()]
+            settings += [f"{field}={factor:g} x steps" for field, factor in arm.relative_to_steps.items()]
+            print(f"    {arm.name:<22} {', '.join(settings)}")
+    print("(g_attention/d_attention: null = the seed's placement, after the last two blocks; [] = none;\n"
+          " `x steps`: that multiple of the sweep's steps, so the arms compare at equal compute)")
     return 0
 
 

@@ -136,6 +136,12 @@ class TrainConfig(BaseModel):
     """discriminator feature-map sizes with self-attention ([] or 'none' = no attention); null = the
     seed's placement, after the last two discriminator blocks at any imsize (resnet: one at
     min(32, imsize/2))"""
+    g_residual: list[Annotated[int, Field(ge=1)]] = []
+    """generator feature-map sizes with an extra residual block (same width, no upsampling) after the block
+    that makes them; resnet only: the paper's Table 1 control for attention at that size"""
+    d_residual: list[Annotated[int, Field(ge=1)]] = []
+    """discriminator feature-map sizes with an extra residual block (same width, no downsampling) after the
+    first block of that size; resnet only: the paper's Table 1 control for attention at that size"""
     g_norm: Norm = "spectral"
     """generator normalisation: spectral (SN + BatchNorm, the seed) | batch | none; resnet: spectral only"""
     d_norm: Norm = "spectral"
@@ -253,10 +259,14 @@ class TrainConfig(BaseModel):
                     raise _FieldIssue(name, f"the resnet arch supports only {wanted}")
         elif self.num_classes:
             raise _FieldIssue("num_classes", "a conditional model needs arch resnet")
+        if self.arch != "resnet" and (self.g_residual or self.d_residual):
+            raise _FieldIssue("g_residual" if self.g_residual else "d_residual", "residual blocks need arch resnet")
         # dcgan is always unconditional, so there is nothing to take from the data set.
         placement: dict[str, Any] = {"num_classes": 0} if self.arch == "dcgan" else {}
         for name, allowed in (("g_attention", generator_resolutions(self.imsize, self.arch)),
-                              ("d_attention", discriminator_resolutions(self.imsize, self.arch))):
+                              ("d_attention", discriminator_resolutions(self.imsize, self.arch)),
+                              ("g_residual", generator_resolutions(self.imsize, self.arch)),
+                              ("d_residual", discriminator_resolutions(self.imsize, self.arch))):
             chosen = getattr(self, name)
             if chosen is None:  # the seed's placement after the last two blocks; the paper's 32x32 for resnet
                 chosen = [min(32, self.imsize // 2)] if self.arch == "resnet" else allowed[-2:]
@@ -264,7 +274,7 @@ class TrainConfig(BaseModel):
             if bad:
                 raise _FieldIssue(name, f"no feature map of size {bad} at imsize {self.imsize}; "
                                         f"choose from {allowed}")
-            placement[name] = sorted(set(chosen), reverse=name == "d_attention")
+            placement[name] = sorted(set(chosen), reverse=name.startswith("d_"))
         # Stored resolved, so a saved config says exactly where attention sits.
         return self.model_copy(update=placement)
 

@@ -3,8 +3,9 @@
 The runs are grouped into arms (a sweep's run `<arm>-s<seed>` belongs to `<arm>`). The page holds a table
 of each arm's final and best quality metrics (from evals.jsonl) and final losses as mean ± std over its
 seeds, curves of every metric, of D's and G's losses, of D's outputs on real and fake images and of every
-attention layer's gamma against the step, the last sample grid of every run, and the config fields the
-arms differ in. Images are inline base64 PNGs: the page needs no network and no other file.
+attention layer's gamma against the step, the metrics (or losses) again against the real images seen (arms
+with other batch sizes or n_critic spend other compute per step), the last sample grid of every run, and the
+config fields the arms differ in. Images are inline base64 PNGs: the page needs no network and no other file.
 
 Plots are matplotlib figures drawn on its Agg canvas (no pyplot, no display). The runs come from local run
 directories (`load_run`) or from anything else that fills `RunRecord`s (the job service's stored files).
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import FIELDS
 from .layout import EVALS, METRICS, arm_of, real_grid_path, samples, step_of
 from .metrics.runs import read_jsonl
+from .studies import compute_spent
 
 # Quality metrics a table shows, in this order, and whether higher is better (HEADLINE's numbers).
 QUALITY = {"fid": False, "kid": False, "is": True, "precision": True, "recall": True, "f_score": True,
@@ -132,7 +135,15 @@ def run_summary(run: RunRecord, metrics: Sequence[str]) -> dict[str, float | Non
         values = [record[key] for record in tail if key in record]
         row[key] = statistics.fmean(values) if values else None
     row["step"] = max((record["step"] for record in run.metrics), default=None)
+    spent = {} if row["step"] is None else _spent(run, row["step"])
+    row["d_updates"], row["images_seen"] = spent.get("d_updates"), spent.get("images_seen")
     return row
+
+
+def _spent(run: RunRecord, step: int) -> dict[str, int]:
+    """compute_spent for a step of this run (its config is the same at every step)."""
+    return compute_spent(step, **{name: run.config.get(name, FIELDS[name].default)
+                                  for name in ("n_critic", "batch_size")})
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float | None, int] | None:
@@ -205,16 +216,18 @@ def _arm_curve(group: Sequence[RunRecord], key: str, *, smooth: bool) -> tuple[l
 
 
 def _plot(ax: Any, arms: dict[str, list[RunRecord]], key: str, *, smooth: bool, colors: dict[str, Any],
-          linestyle: str = "-", label_suffix: str = "", band: bool = True) -> bool:
+          linestyle: str = "-", label_suffix: str = "", band: bool = True, x: str = "step") -> bool:
+    """An arm's mean (and the band of its seeds) against `x`: the G step, or `images_seen` or `d_updates`."""
     drew = False
     for arm, group in arms.items():
         curve = _arm_curve(group, key, smooth=smooth)
         if curve is None:
             continue
         steps, mean, low, high = curve
-        ax.plot(steps, mean, linestyle, color=colors[arm], label=f"{arm}{label_suffix}", linewidth=1.5)
+        xs = steps if x == "step" else [_spent(group[0], step)[x] for step in steps]
+        ax.plot(xs, mean, linestyle, color=colors[arm], label=f"{arm}{label_suffix}", linewidth=1.5)
         if band and len(group) > 1:
-            ax.fill_between(steps, low, high, color=colors[arm], alpha=0.15, linewidth=0)
+            ax.fill_between(xs, low, high, color=colors[arm], alpha=0.15, linewidth=0)
         drew = True
     return drew
 
@@ -272,6 +285,7 @@ def _curve_figures(arms: dict[str, list[RunRecord]], metrics: Sequence[str]) -> 
     axes[2].legend(fontsize=7, ncol=2)
     figures.append((("Losses and D's mean raw output (logit) on real and fake images, a moving average over a "
                     "fiftieth of the logged steps; the mean over seeds, the band their range."), _figure_png(figure)))
+    figures.append(_compute_figure(arms, metrics, colors))
     layers = _gamma_layers(runs)
     if layers:
         figure, axes = _new_figure(len(layers), columns=4, size=(4.0, 3.0))
@@ -283,6 +297,20 @@ def _curve_figures(arms: dict[str, list[RunRecord]], metrics: Sequence[str]) -> 
         figures.append((("Each attention layer's gamma (the weight of attention's output in the residual; it starts "
                         "at 0) against the step, for the arms that have that layer."), _figure_png(figure)))
     return figures
+
+
+def _compute_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], colors: dict[str, Any]
+                    ) -> tuple[str, bytes]:
+    """The quality metrics (without evaluations: the losses) against the real images D drew."""
+    keys = [(f"eval.{name}", f"{name} ({'higher' if QUALITY[name] else 'lower'} is better)", False)
+            for name in metrics] or [("d_loss", "D loss", True), ("g_loss", "G loss", True)]
+    figure, axes = _new_figure(len(keys))
+    for ax, (key, title, smooth) in zip(axes, keys):
+        _plot(ax, arms, key, smooth=smooth, colors=colors, x="images_seen")
+        ax.set(title=title, xlabel="real images seen")
+        ax.legend(fontsize=8)
+    return (("Against the real images D drew (G steps x n_critic x batch size), where arms with other batch sizes "
+             "or n_critic compare at equal compute; the mean over seeds, the band their range."), _figure_png(figure))
 
 
 def summary_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], *, title: str) -> bytes:
@@ -361,12 +389,15 @@ def _summary_table(arms: dict[str, list[RunRecord]], summaries: dict[str, dict[s
         ranked = [(cell[column][0], arm) for arm, cell in cells.items() if cell[column] is not None]
         if len(ranked) > 1:
             best[column] = (max(ranked) if higher else min(ranked))[1]
-    head = "".join(f"<th>{html.escape(column)}</th>" for column in ["arm", "seeds", "steps", *columns])
+    spent = ("step", "d_updates", "images_seen")  # G steps, D updates, real images: each arm's compute
+    head = "".join(f"<th>{html.escape(column)}</th>"
+                   for column in ["arm", "seeds", "steps", "D updates", "images seen", *columns])
     rows = []
     for arm, group in arms.items():
-        steps = sorted({summaries[run.name]["step"] for run in group}, key=lambda step: step or 0)
-        row = [f"<td>{html.escape(arm)}</td>", f"<td>{len(group)}</td>",
-               f"<td>{' / '.join(str(step) for step in steps)}</td>"]
+        row = [f"<td>{html.escape(arm)}</td>", f"<td>{len(group)}</td>"]
+        for key in spent:
+            values = sorted({summaries[run.name][key] for run in group}, key=lambda value: value or 0)
+            row.append(f"<td>{' / '.join(str(value) for value in values)}</td>")
         for column in columns:
             text = _format(cells[arm][column])
             row.append(f"<td><b>{text}</b></td>" if best.get(column) == arm else f"<td>{text}</td>")

@@ -4,6 +4,9 @@ G: SN-linear z -> 4x4 feature map, residual up-blocks with (class-)conditional B
 BN -> ReLU -> SN-conv 3x3 -> tanh. D: an optimised first block, residual down-blocks, pooled self-attention,
 ReLU, sum pooling, SN-linear to one logit plus the projection <h, SN-embedding(y)> when conditional.
 
+g_residual / d_residual add a same-width residual block (no resampling) at the listed feature-map sizes: the
+paper's Table 1 compares attention at a size with such a block there.
+
 num_classes 0 is the unconditional variant: plain affine BatchNorm in G and no projection in D. Every weight
 starts Xavier-uniform (TF's xavier_initializer, which the official code uses for convs, linears and the
 embedding), biases at 0, per-class BN gains at 1 and biases at 0, attention's gamma at 0.
@@ -51,20 +54,25 @@ class ConditionalBatchNorm(nn.Module):
 
 
 class GeneratorBlock(nn.Module):
-    """cBN -> ReLU -> nearest 2x -> conv 3x3 -> cBN -> ReLU -> conv 3x3, plus nearest 2x -> conv 1x1."""
+    """cBN -> ReLU -> nearest 2x -> conv 3x3 -> cBN -> ReLU -> conv 3x3, plus nearest 2x -> conv 1x1.
 
-    def __init__(self, in_channels: int, out_channels: int, num_classes: int) -> None:
+    `upsample=False` (the extra block of g_residual, same width): no 2x, and the identity as the shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int, *, upsample: bool = True) -> None:
         super().__init__()
+        self.upsample = upsample
         self.bn1 = ConditionalBatchNorm(in_channels, num_classes)
         self.conv1 = _sn_conv(in_channels, out_channels, 3)
         self.bn2 = ConditionalBatchNorm(out_channels, num_classes)
         self.conv2 = _sn_conv(out_channels, out_channels, 3)
-        self.shortcut = _sn_conv(in_channels, out_channels, 1)
+        self.shortcut = _sn_conv(in_channels, out_channels, 1) if upsample else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
+        h = F.relu(self.bn1(x, y))
+        if self.upsample:
+            h, x = F.interpolate(h, scale_factor=2, mode="nearest"), F.interpolate(x, scale_factor=2, mode="nearest")
         h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
-        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return h + (x if self.shortcut is None else self.shortcut(x))
 
 
 class DiscriminatorBlock(nn.Module):
@@ -125,10 +133,14 @@ class ResNetGenerator(nn.Module):
         self.linear = spectral_norm(nn.Linear(config.z_dim, 4 * 4 * channels[0]))
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
+        self.residual = nn.ModuleDict()  # g_residual's extra blocks, before attention at the same size
         resolution = 4
         for in_channels, out_channels in pairwise(channels):
             self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes))
             resolution *= 2
+            if resolution in config.g_residual:
+                self.residual[str(len(self.blocks) - 1)] = GeneratorBlock(out_channels, out_channels, self.num_classes,
+                                                                          upsample=False)
             if resolution in config.g_attention:
                 self.attention[str(len(self.blocks) - 1)] = PooledSelfAttention(out_channels)
         self.bn = nn.BatchNorm2d(channels[-1])  # unconditional, with its affine, as the official code
@@ -142,6 +154,8 @@ class ResNetGenerator(nn.Module):
         h = self.linear(z).view(z.shape[0], self.start_channels, 4, 4)  # (B, C0, 4, 4)
         for index, block in enumerate(self.blocks):
             h = block(h, y)
+            if str(index) in self.residual:
+                h = self.residual[str(index)](h, y)
             if str(index) in self.attention:
                 h = self.attention[str(index)](h)
         return torch.tanh(self.to_rgb(F.relu(self.bn(h))))
@@ -156,6 +170,7 @@ class ResNetDiscriminator(nn.Module):
         self.num_classes = int(config.num_classes or 0)
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
+        self.residual = nn.ModuleDict()  # d_residual's extra blocks, before attention at the same size
         resolution, in_channels, placed = config.imsize, 3, set()
         for index, (multiple, downsample) in enumerate(plan):
             out_channels = multiple * config.d_conv_dim
@@ -163,8 +178,11 @@ class ResNetDiscriminator(nn.Module):
                                else DiscriminatorBlock(in_channels, out_channels, downsample=downsample))
             resolution //= 2 if downsample else 1
             # After the first block of a listed size: the blocks without downsampling repeat a size.
-            if resolution in config.d_attention and resolution not in placed:
-                self.attention[str(index)] = PooledSelfAttention(out_channels)
+            if resolution not in placed:
+                if resolution in config.d_residual:
+                    self.residual[str(index)] = DiscriminatorBlock(out_channels, out_channels, downsample=False)
+                if resolution in config.d_attention:
+                    self.attention[str(index)] = PooledSelfAttention(out_channels)
                 placed.add(resolution)
             in_channels = out_channels
         self.linear = spectral_norm(nn.Linear(in_channels, 1))
@@ -179,6 +197,8 @@ class ResNetDiscriminator(nn.Module):
         h = x
         for index, block in enumerate(self.blocks):
             h = block(h)
+            if str(index) in self.residual:
+                h = self.residual[str(index)](h)
             if str(index) in self.attention:
                 h = self.attention[str(index)](h)
         h = F.relu(h).sum(dim=(2, 3))  # (B, C): sum pooling, as the official code (not a mean)

@@ -6,6 +6,9 @@ and seed. Every run's config is built and validated before the first one starts;
 `SweepError` naming the arm and the field. Precedence for each run: the base preset (the study's unless
 the base names one) < the base's fields < the arm's fields < the seed.
 
+A study arm's `relative_to_steps` fields are set last, as that multiple of the run's resolved `steps`
+(studies.py: compute-matched arms).
+
 `run_sweep` trains the runs of a sweep on this machine, one `sagan train` process each, into
 `<out>/<arm>-s<seed>/`, a given number at a time; a run whose directory already holds its last step is
 skipped and an interrupted one resumes, so a stopped sweep continues where it was.
@@ -29,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import FIELDS, MAX_INT, ConfigError, TrainConfig, build_config
+from .exits import EXIT_DIVERGED, EXIT_STOPPED
 from .layout import latest_checkpoint, step_of, sweep_run_name
 from .studies import get_study
 
 DEFAULT_MAX_ARMS = 64
 # Arm names become directory names and store keys: no path separators, no spaces.
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}")
-EXIT_STOPPED = 75  # the trainer's status after a SIGTERM (it saved a checkpoint; --resume continues)
 
 
 class SweepError(ValueError):
@@ -79,10 +82,11 @@ def expand_sweep(*, base: Mapping[str, Any] | None = None, axes: Mapping[str, An
             raise SweepError("study", "expected a study name")
         base.setdefault("preset", chosen.base)
         arm_list = [(arm.name, dict(arm.config)) for arm in chosen.arms]
+        relative = {arm.name: dict(arm.relative_to_steps) for arm in chosen.arms}
     elif arms is not None:
-        arm_list = _explicit_arms(arms)
+        arm_list, relative = _explicit_arms(arms), {}
     else:
-        arm_list = _grid(axes, seeds=len(seed_list), max_arms=max_arms)
+        arm_list, relative = _grid(axes, seeds=len(seed_list), max_arms=max_arms), {}
     _check_size(len(arm_list), len(seed_list), max_arms)
     try:
         build_config(base)
@@ -93,10 +97,17 @@ def expand_sweep(*, base: Mapping[str, Any] | None = None, axes: Mapping[str, An
         for seed in seed_list:
             try:
                 config = build_config({**base, **overrides, "seed": seed})
+                if relative.get(arm):  # a study arm's fields that scale with the run's steps
+                    config = build_config({**config.to_dict(), **_scaled(relative[arm], config.steps)})
             except ConfigError as error:
                 raise SweepError(error.field, error.issues[0][1], arm=arm) from None
             runs.append(SweepRun(arm=arm, seed=seed, config=config))
     return runs
+
+
+def _scaled(factors: Mapping[str, float], steps: int) -> dict[str, int]:
+    """studies.Arm.relative_to_steps resolved for a run of `steps` G steps: whole steps, at least 1."""
+    return {field: max(1, round(factor * steps)) for field, factor in factors.items()}
 
 
 def _explicit_arms(arms: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -248,7 +259,8 @@ def run_sweep(runs: Sequence[SweepRun], out: Path, *, parallel: int = 1,
                 del running[name]
                 statuses[name] = code
                 took = time.monotonic() - started
-                what = {0: "finished", EXIT_STOPPED: "stopped (resume by running the sweep again)"}.get(
+                what = {0: "finished", EXIT_STOPPED: "stopped (resume by running the sweep again)",
+                        EXIT_DIVERGED: "DIVERGED (see its train.log; its latest checkpoint is finite)"}.get(
                     code, f"FAILED with exit status {code} (see its train.log)")
                 log(f"{name}: {what} after {took:.0f} s")
     finally:

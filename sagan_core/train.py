@@ -12,6 +12,9 @@ one process with the same batch_size.
 SIGTERM stops a run cleanly: the current step finishes, every rank agrees on that step (a CPU
 all-reduce of the flag before each step), rank 0 saves a checkpoint there, and the process exits with
 EXIT_STOPPED (75); `--resume` continues from it as if nothing happened.
+
+A run whose losses or weights turn NaN or infinite stops with `diverged at step N (d_loss nan)` and
+EXIT_DIVERGED (65), every rank together, without writing a checkpoint of the diverged state (DivergenceWatch).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .checkpoint import prune_checkpoints, read_checkpoint, restore_rng_state, r
 from .config import TrainConfig, build_config, config_warnings, read_config_file
 from .data import BadImageLog, ImageDataset, Skipped, SkipUnreadable, build_dataset, collate_readable
 from .dataspec import DatasetError
+from .exits import EXIT_DIVERGED, EXIT_STOPPED
 from .layout import (
     EVALS,
     METRICS,
@@ -64,9 +68,7 @@ from .parallel import (
 )
 from .sampling import fixed_noise, generate, grid_labels, write_grid
 from .seeding import seeded
-
-# EX_TEMPFAIL: stopped by SIGTERM with a checkpoint at the step it stopped; run again with --resume.
-EXIT_STOPPED = 75
+from .studies import compute_spent
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -340,7 +342,9 @@ class RunWriter:
     def log(self, stats: dict[str, float], img_per_s: float) -> None:
         state = self.state
         gammas = {**attention_gammas(state.generator, "g"), **attention_gammas(state.discriminator, "d")}
-        record = {"step": state.step, "total_steps": state.config.steps, **stats, "gamma": gammas,
+        # The compute spent so far, so that arms with other batch sizes or n_critic compare at equal cost.
+        spent = compute_spent(state.step, n_critic=state.config.n_critic, batch_size=state.config.batch_size)
+        record = {"step": state.step, "total_steps": state.config.steps, **stats, **spent, "gamma": gammas,
                   "img_per_s": round(img_per_s, 2), "lr": state.g_optimizer.param_groups[0]["lr"],
                   "bad_images": state.bad_images.count, "time": time.time()}
         self.metrics.write(json.dumps(record) + "\n")
@@ -464,6 +468,55 @@ class StopOnSigterm:
         return any_rank(self.requested, self.ctx, self.group)
 
 
+class Diverged(RuntimeError):
+    """The losses or weights turned NaN or infinite: training on would only train garbage."""
+
+
+class DivergenceWatch:
+    """Notes every step's stats on the device (no host sync, so a GPU keeps its queue) and reads them in
+    `check`, which every rank calls at the same steps: all of them raise Diverged together when any rank saw
+    a non-finite stat. With `weights`, before a checkpoint, it also checks every weight: the step's last
+    update can make them non-finite while its stats, computed before that update, are still finite."""
+
+    def __init__(self, state: TrainState, group: Any) -> None:
+        self.state, self.group = state, group
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.names: list[str] = []
+
+    def note(self, stats: dict[str, torch.Tensor]) -> None:
+        self.names = list(stats)
+        self.pending.append((self.state.step, torch.stack(list(stats.values())).float()))
+
+    def check(self, *, weights: bool = False) -> None:
+        found = self._first_non_finite()
+        if found is None and weights:
+            found = self._non_finite_weights()
+        if any_rank(found is not None, self.state.ctx, self.group):
+            # The earliest step any rank saw (under DDP one rank's NaN reaches the others a step later).
+            step, what = min(verdict for verdict in all_gather_objects(found, self.state.ctx) if verdict)
+            raise Diverged(f"diverged at step {step} ({what})")
+
+    def _first_non_finite(self) -> tuple[int, str] | None:
+        if not self.pending:
+            return None
+        values = torch.stack([stats for _, stats in self.pending]).cpu()
+        steps = [step for step, _ in self.pending]
+        self.pending = []
+        bad = (~torch.isfinite(values)).nonzero()
+        if not len(bad):
+            return None
+        row, column = bad[0].tolist()  # row-major: the first step, then its first stat
+        return steps[row], f"{self.names[column]} {values[row, column].item()}"
+
+    def _non_finite_weights(self) -> tuple[int, str] | None:
+        state = self.state
+        for name, model in (("generator", state.generator), ("discriminator", state.discriminator),
+                            ("ema", state.ema)):
+            if model is not None and not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
+                return state.step, f"{name} weights not finite"
+        return None
+
+
 def _evaluate(state: TrainState, evaluator: Evaluator, writer: RunWriter | None) -> None:
     """Every rank generates its share; rank 0 records the result."""
     record = evaluator.evaluate(state.ema if state.ema is not None else state.generator, state.config.z_dim)
@@ -477,8 +530,12 @@ def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
     progress = _progress_bar(state, writer)
     window_start, window_steps = time.perf_counter(), 0
     first_step = state.step
+    watch = DivergenceWatch(state, stop.group)
+    # Reading the stats every step costs a CPU process nothing; a GPU reads them where it waits anyway.
+    check_every_step = state.ctx.device.type == "cpu" and not state.ctx.distributed
     while state.step < config.steps:
         if stop.agreed():
+            watch.check(weights=True)  # before the checkpoint below
             # A checkpoint where it stopped, unless this step has one already (or nothing was trained).
             if writer is not None and state.step > first_step and state.step % config.checkpoint_every:
                 writer.checkpoint()
@@ -486,13 +543,21 @@ def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
                 print(f"stopped by SIGTERM at step {state.step}; continue with --resume", file=sys.stderr)
             break
         stats = train_step(state, batches)
+        watch.note(stats)
         window_steps += 1
         last = state.step == config.steps
-        if evaluator is not None and (state.step % config.eval_every == 0 or last):
+        evaluating = evaluator is not None and (state.step % config.eval_every == 0 or last)
+        logging_now = state.step % config.log_every == 0 or last
+        sampling = state.step % config.sample_every == 0 or last
+        saving = state.step % config.checkpoint_every == 0 or last
+        # Before anything is written: no grid, evaluation or checkpoint (a new best saves one) of a diverged
+        # state, so `latest` and `best` stay finite.
+        if check_every_step or evaluating or logging_now or sampling or saving:
+            watch.check(weights=evaluating or saving)
+        if evaluating:
             evaluation_start = time.perf_counter()
             _evaluate(state, evaluator, writer)
             window_start += time.perf_counter() - evaluation_start  # img/s counts training time only
-        logging_now = state.step % config.log_every == 0 or last
         # A collective under DDP: there only on log steps, which wait for every rank anyway.
         if logging_now or not state.ctx.distributed:
             for message in share_bad_images(state).values():
@@ -509,9 +574,9 @@ def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
             window_start, window_steps = time.perf_counter(), 0
         if writer is not None:
             progress.update(1)
-            if state.step % config.sample_every == 0 or last:
+            if sampling:
                 writer.sample()
-            if state.step % config.checkpoint_every == 0 or last:
+            if saving:
                 writer.checkpoint()
     progress.close()
 
@@ -539,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Diverged as error:
+        print(f"error: {error}", file=sys.stderr)  # `latest` is the last checkpoint, all of it finite
+        return EXIT_DIVERGED
     return EXIT_STOPPED if state.step < config.steps else 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sagan_core.report import build_report, load_run
+from sagan_core.report import RunRecord, _colors, _plot, build_report, group_arms, load_run
 from sagan_core.sweeps import SweepError, check_run_dirs, expand_sweep
 
 from .conftest import subprocess_env
@@ -83,9 +83,12 @@ def test_report_compares_both_arms_with_inline_images(sweep_dir: Path, tmp_path:
     assert re.search(r"<td>g_attention</td><td>\[\] \(none\)</td><td>\[16\]</td>", page)
     assert "<td>d_norm</td>" not in page
     assert "http://" not in page and "https://" not in page  # nothing to fetch
+    # Each arm's compute: 4 G steps = 4 D updates of 8 real images; and the curves against it.
+    assert re.search(r"<td>plain</td><td>1</td><td>4</td><td>4</td><td>32</td>", page)
+    assert "<th>images seen</th>" in page and "Against the real images D drew" in page
     images = _images(page)
-    # metric curves, losses, gammas; the real grid and one grid per run
-    assert len(images) == 6
+    # metric curves, losses, metric curves against images seen, gammas; the real grid and one grid per run
+    assert len(images) == 7
     assert all(image.format == "PNG" and image.width > 100 for image in images)
     summary = Image.open(output.with_suffix(".png"))
     assert summary.format == "PNG" and summary.width > 1000
@@ -103,12 +106,30 @@ def test_a_folder_of_runs_groups_seeds_and_works_without_evaluations(sweep_dir: 
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "r.html").read_text()
     assert re.search(r"<td>plain</td><td>2</td>", page) and re.search(r"<td>attn</td><td>1</td>", page)
-    assert len(_images(page)) == 7
+    assert len(_images(page)) == 8
 
     no_evals = [load_run(runs / "plain-s1")]
     page, figure = build_report(no_evals, title="losses only")
     assert "No run has evaluations" in page and "<th>d_loss</th>" in page and "final swd" not in page
     assert Image.open(io.BytesIO(figure)).format == "PNG"
+
+
+def test_compute_matched_arms_line_up_against_images_seen() -> None:
+    from matplotlib.figure import Figure
+
+    def run(arm: str, batch_size: int, steps: int) -> RunRecord:
+        return RunRecord(name=f"{arm}-s0", config={"batch_size": batch_size, "n_critic": 1, "seed": 0},
+                         metrics=[{"step": step, "d_loss": 1.0 / step, "g_loss": 1.0, "d_out_real": 0.0,
+                                  "d_out_fake": 0.0} for step in range(1, steps + 1)], evals=[])
+
+    # batch32 trains twice the steps of the seed's batch of 64: the same 256 images, which the x axis shows.
+    arms = group_arms([run("batch32", 32, 8), run("seed", 64, 4)])
+    ax = Figure().add_subplot()
+    _plot(ax, arms, "d_loss", smooth=False, colors=_colors(list(arms)), x="images_seen")
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [list(range(32, 257, 32)), list(range(64, 257, 64))]
+    page, _ = build_report([run("batch32", 32, 8), run("seed", 64, 4)], title="compute")
+    assert "<td>batch32</td><td>1</td><td>8</td><td>8</td><td>256</td>" in page
+    assert "<td>seed</td><td>1</td><td>4</td><td>4</td><td>256</td>" in page
 
 
 def test_report_of_a_folder_that_holds_no_run_fails_clearly(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from sagan_core.studies import STUDIES, get_study
+from sagan_core.config import ConfigError, make_config
+from sagan_core.studies import STUDIES, compute_spent, get_study
 from sagan_core.sweeps import SweepError, expand_sweep
 
 from .conftest import subprocess_env
@@ -30,11 +31,21 @@ def test_normalization_study() -> None:
     assert _differing_fields("normalization") == {"g_norm", "d_norm"}
 
 
+def _spent(config) -> dict[str, int]:
+    return compute_spent(config.steps, n_critic=config.n_critic, batch_size=config.batch_size)
+
+
 def test_ttur_study() -> None:
-    assert _arm_values("ttur", ("d_lr", "g_lr", "n_critic")) == {
-        "ttur": (4e-4, 1e-4, 1), "equal-1e-4": (1e-4, 1e-4, 1), "equal-4e-4": (4e-4, 4e-4, 1),
-        "equal-ncritic5": (1e-4, 1e-4, 5)}
-    assert _differing_fields("ttur") == {"d_lr", "g_lr", "n_critic"}
+    assert _arm_values("ttur", ("d_lr", "g_lr", "n_critic", "steps"), steps=1000) == {
+        "ttur": (4e-4, 1e-4, 1, 1000), "equal-1e-4": (1e-4, 1e-4, 1, 1000), "equal-4e-4": (4e-4, 4e-4, 1, 1000),
+        "equal-ncritic5": (1e-4, 1e-4, 5, 1000), "equal-ncritic5-matched": (1e-4, 1e-4, 5, 200)}
+    assert _differing_fields("ttur") == {"d_lr", "g_lr", "n_critic", "steps"}
+    spent = {run.arm: _spent(run.config) for run in expand_sweep(study="ttur", base={"steps": 1000})}
+    # The matched arm draws the images and makes the D updates of the n_critic-1 arms, in a fifth of G's steps.
+    assert spent["equal-ncritic5-matched"] == {"g_updates": 200, "d_updates": 1000, "images_seen": 64_000}
+    assert spent["ttur"] == {"g_updates": 1000, "d_updates": 1000, "images_seen": 64_000}
+    assert spent["equal-ncritic5"]["d_updates"] == 5000  # the unmatched arm: equal G steps, 5x D's work
+    assert get_study("ttur").arms[-1].to_dict()["relative_to_steps"] == {"steps": 0.2}
 
 
 def test_attention_study_at_the_seeds_size_and_at_32() -> None:
@@ -47,18 +58,56 @@ def test_attention_study_at_the_seeds_size_and_at_32() -> None:
     assert _differing_fields("attention") == {"g_attention", "d_attention"}
 
 
-def test_attention128_study_is_the_papers_placements() -> None:
-    assert get_study("attention128").base == "sagan128"
-    assert _arm_values("attention128", ("imsize", "g_attention", "d_attention")) == {
-        "none": (128, [], []), "feat8": (128, [8], [8]), "feat16": (128, [16], [16]),
-        "feat32": (128, [32], [32]), "feat64": (128, [64], [64])}
+def test_attention128_study_is_table_1_on_the_residual_128_model() -> None:
+    assert get_study("attention128").base == "paper128"
+    values = _arm_values("attention128", ("arch", "imsize", "g_attention", "d_attention", "g_residual",
+                                          "d_residual"))
+    assert values == {"none": ("resnet", 128, [], [], [], []),
+                      **{f"feat{size}": ("resnet", 128, [size], [size], [], []) for size in (8, 16, 32, 64)},
+                      **{f"residual-feat{size}": ("resnet", 128, [], [], [size], [size]) for size in (8, 16, 32, 64)}}
     # feat64 has no 64-pixel map at 32x32: the error names the arm and the field.
     with pytest.raises(SweepError) as raised:
-        expand_sweep(study="attention128", base={"preset": "sagan32"})
-    assert (raised.value.arm, raised.value.field) == ("feat32", "g_attention")
+        expand_sweep(study="attention128", base={"preset": "resnet32"})
+    assert (raised.value.arm, raised.value.field) == ("feat32", "d_attention")
 
 
-def test_hyperparams_study_is_one_factor_at_a_time() -> None:
+def test_attention128_arms_build_their_blocks_at_128_unconditional_too() -> None:
+    import torch
+
+    from sagan_core.layers import PooledSelfAttention
+    from sagan_core.models import build_models
+    from sagan_core.resnet import DiscriminatorBlock, GeneratorBlock
+
+    def count(model: torch.nn.Module, kind: type) -> int:
+        return sum(isinstance(module, kind) for module in model.modules())
+
+    # Small widths keep it fast; num_classes 0 is the unconditional model an unlabelled data set gives.
+    runs = {run.arm: run.config for run in expand_sweep(study="attention128",
+                                                        base={"g_conv_dim": 8, "d_conv_dim": 8, "num_classes": 0})}
+    plain_g, plain_d = build_models(runs["none"])
+    for arm, extra_blocks, attention in (("none", 0, 0), ("feat32", 0, 1), ("residual-feat32", 1, 0),
+                                         ("residual-feat8", 1, 0)):
+        generator, discriminator = build_models(runs[arm])
+        assert count(generator, GeneratorBlock) == count(plain_g, GeneratorBlock) + extra_blocks, arm
+        assert count(discriminator, DiscriminatorBlock) == count(plain_d, DiscriminatorBlock) + extra_blocks, arm
+        assert (count(generator, PooledSelfAttention), count(discriminator, PooledSelfAttention)) == (attention,) * 2
+        with torch.no_grad():
+            images = generator.eval()(torch.randn(2, runs[arm].z_dim))
+            assert images.shape == (2, 3, 128, 128) and discriminator(images).shape == (2,)
+    generator, discriminator = build_models(runs["residual-feat32"])
+    # The control sits where feat32's attention would: after G's block making 32x32, D's first 32x32 block.
+    assert list(generator.residual) == list(build_models(runs["feat32"])[0].attention) == ["2"]
+    assert list(discriminator.residual) == list(build_models(runs["feat32"])[1].attention) == ["1"]
+
+
+def test_residual_controls_need_the_residual_model_and_a_feature_map_of_that_size() -> None:
+    with pytest.raises(ConfigError, match="g_residual: residual blocks need arch resnet"):
+        make_config("sagan128", g_residual=[32])
+    with pytest.raises(ConfigError, match=r"d_residual: no feature map of size \[128\]"):
+        make_config("paper128", d_residual=[128])
+
+
+def test_hyperparams_study_is_one_factor_at_a_time_at_equal_images_seen() -> None:
     values = _arm_values("hyperparams", ("beta1", "batch_size", "lr_decay", "g_lr", "d_lr"))
     assert values == {"seed": (0.0, 64, None, 1e-4, 4e-4), "beta1-0.5": (0.5, 64, None, 1e-4, 4e-4),
                       "batch32": (0.0, 32, None, 1e-4, 4e-4), "batch128": (0.0, 128, None, 1e-4, 4e-4),
@@ -66,6 +115,19 @@ def test_hyperparams_study_is_one_factor_at_a_time() -> None:
     for arm, (beta1, batch, decay, *_rates) in values.items():
         if arm != "seed":  # exactly one factor away from the seed arm
             assert [beta1 != 0.0, batch != 64, decay is not None].count(True) == 1, arm
+    runs = {run.arm: run.config for run in expand_sweep(study="hyperparams", base={"steps": 1000})}
+    assert {arm: config.steps for arm, config in runs.items()} == {
+        "seed": 1000, "beta1-0.5": 1000, "batch32": 2000, "batch128": 500, "lr-decay": 1000}
+    assert {_spent(config)["images_seen"] for config in runs.values()} == {64_000}
+
+
+@pytest.mark.parametrize("steps", [200, 1000, 100_000])
+def test_the_decay_interval_scales_with_the_run(steps: int) -> None:
+    # A twentieth of the run: 19 decays at any length (the default interval of 1000 never decays a short run).
+    decay = next(run.config for run in expand_sweep(study="hyperparams", base={"steps": steps})
+                 if run.arm == "lr-decay")
+    assert decay.lr_decay_every == steps // 20
+    assert (steps - 1) // decay.lr_decay_every == 19
 
 
 def test_every_study_expands_on_its_base_with_seeds() -> None:
@@ -78,7 +140,10 @@ def test_every_study_expands_on_its_base_with_seeds() -> None:
 
 def test_base_fields_apply_under_the_arms() -> None:
     runs = expand_sweep(study="ttur", base={"preset": "sagan32", "dataset": "shapes", "steps": 7, "d_lr": 1.0})
-    assert {(run.config.imsize, run.config.dataset, run.config.steps) for run in runs} == {(32, "shapes", 7)}
+    assert {(run.config.imsize, run.config.dataset) for run in runs} == {(32, "shapes")}
+    # A fifth of 7 steps, rounded (at least 1): a compute-matched arm is exact for steps a multiple of 20.
+    assert {run.arm: run.config.steps for run in runs} == {"ttur": 7, "equal-1e-4": 7, "equal-4e-4": 7,
+                                                           "equal-ncritic5": 7, "equal-ncritic5-matched": 1}
     assert {run.config.d_lr for run in runs} == {4e-4, 1e-4}  # the arms' rates win over the base's
 
 
@@ -147,4 +212,5 @@ def test_study_list_command_shows_every_study_and_arm() -> None:
         assert study.question in result.stdout
         for arm in study.arms:
             assert f"    {arm.name} " in result.stdout
-    assert 'equal-ncritic5   g_lr=0.0001, d_lr=0.0001, n_critic=5' in result.stdout
+    assert 'equal-ncritic5         g_lr=0.0001, d_lr=0.0001, n_critic=5\n' in result.stdout
+    assert 'equal-ncritic5-matched g_lr=0.0001, d_lr=0.0001, n_critic=5, steps=0.2 x steps' in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,12 +21,23 @@ from sagan_core import load_checkpoint
 from sagan_core.checkpoint import read_checkpoint, save_checkpoint
 from sagan_core.config import build_config, make_config
 from sagan_core.data import build_dataset
-from sagan_core.layout import checkpoints, latest_checkpoint, mark_taken, sample_path, taken_marker
+from sagan_core.layout import (
+    checkpoints,
+    latest_checkpoint,
+    mark_taken,
+    sample_path,
+    samples,
+    step_of,
+    taken_marker,
+)
 from sagan_core.models import build_discriminator, build_generator
 from sagan_core.parallel import init_distributed
 from sagan_core.sampling import sample_to_png
 from sagan_core.train import (
+    EXIT_DIVERGED,
     EXIT_STOPPED,
+    Diverged,
+    DivergenceWatch,
     build_state,
     fake_classes,
     noise,
@@ -52,6 +64,14 @@ def test_run_directory_has_metrics_samples_and_checkpoints(tmp_path: Path) -> No
     model = load_checkpoint(tmp_path)
     assert model.step == 4 and not model.generator.training
     assert model.config.steps == 4
+
+
+def test_metrics_record_the_compute_spent(tmp_path: Path) -> None:
+    # 2 D updates per G step, each drawing a global batch of 8 real images.
+    train(tiny_config(steps=3, n_critic=2, batch_size=8), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["g_updates"], r["d_updates"], r["images_seen"]) for r in records] == [(1, 2, 16), (2, 4, 32),
+                                                                                    (3, 6, 48)]
 
 
 def test_real_grid_shows_the_images_the_run_draws_first(tmp_path: Path) -> None:
@@ -132,6 +152,66 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_there_and_resume_continu
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, stopped_at + 3))
+
+
+# Rates this large blow debug32 up within a few steps: losses of 1e28, then NaN.
+DIVERGING = {"g_lr": 1e6, "d_lr": 1e6, "steps": 40, "checkpoint_every": 2, "sample_every": 2,
+             "keep_checkpoints": 40}
+
+
+def _diverged_at(stderr: str) -> int:
+    found = re.search(r"diverged at step (\d+) \((d_loss|g_loss|d_out_real|d_out_fake) (nan|inf|-inf)\)", stderr)
+    assert found, stderr
+    return int(found[1])
+
+
+def _assert_nothing_written_past(run: Path, diverged_at: int) -> None:
+    """Every checkpoint is of a step before the divergence and finite, `latest` the newest of them."""
+    saved = [read_checkpoint(path) for path in checkpoints(run)]
+    assert saved and all(payload["step"] < diverged_at for payload in saved)
+    assert read_checkpoint(run)["step"] == max(payload["step"] for payload in saved)
+    for payload in saved:
+        for name, value in _flatten({key: payload[key] for key in ("generator", "discriminator")}):
+            assert torch.isfinite(value).all(), name
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) < diverged_at and max(map(step_of, samples(run))) < diverged_at
+
+
+def test_a_diverging_run_stops_at_once_keeping_the_last_finite_checkpoint(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_config(**DIVERGING).to_dict()))
+    result = subprocess.run([sys.executable, "-m", "sagan_core.train", "--config", str(config_file),
+                             "--out", str(tmp_path / "run")], env=subprocess_env(), capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == EXIT_DIVERGED, result.stderr
+    diverged_at = _diverged_at(result.stderr)
+    assert 2 < diverged_at < 10 and "Traceback" not in result.stderr
+    _assert_nothing_written_past(tmp_path / "run", diverged_at)
+
+
+def test_two_ranks_stop_together_when_the_run_diverges(tmp_path: Path) -> None:
+    # Under DDP the stats are read on log, sample and checkpoint steps only; both ranks exit, none hangs.
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_config(**DIVERGING, log_every=2).to_dict()))
+    result = subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file),
+                             "--nproc", "2", "--out", str(tmp_path / "run")], env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode != 0
+    diverged_at = _diverged_at(result.stderr)
+    assert result.stderr.count(f"error: diverged at step {diverged_at} ") == 2, result.stderr  # both ranks
+    _assert_nothing_written_past(tmp_path / "run", diverged_at)
+
+
+def test_non_finite_weights_with_finite_stats_are_caught_before_a_checkpoint() -> None:
+    state, batches = _state()
+    watch = DivergenceWatch(state, None)
+    watch.note(train_step(state, batches))
+    watch.check(weights=True)  # a healthy step passes
+    with torch.no_grad():
+        next(state.discriminator.parameters())[0].fill_(float("inf"))
+    watch.check()  # the stats alone cannot show it
+    with pytest.raises(Diverged, match=r"^diverged at step 1 \(discriminator weights not finite\)$"):
+        watch.check(weights=True)
 
 
 def test_held_checkpoints_wait_for_their_taken_marker_before_rotation(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ The loop polls the training directory and hands every new sample grid and checkp
 which stores them in order from its own thread, with the metrics, the evaluations and new real-data
 statistics (worker/outbox.py); every heartbeat interval it renews
 the lease, copies progress into the row and reads the cancel flag. An attempt ends when
-- the training exits: succeeded or failed, once everything it wrote is stored;
+- the training exits: succeeded or failed, once everything it wrote is stored (a training that diverged
+  fails with its "diverged at step N" message and is not retried: it would diverge again);
 - a cancel arrives: the whole process tree is stopped (SIGTERM, SIGKILL after the grace period);
 - the worker is stopping (SIGTERM to `sagan worker`): the training gets SIGTERM, checkpoints where it
   is and exits; that checkpoint is stored and the job goes back to the queue without counting the
@@ -37,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sagan_core import layout
 from sagan_core.config import saved_config
+from sagan_core.exits import EXIT_STOPPED
 from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
@@ -64,9 +66,6 @@ from .processes import ProcessTree, children
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
-# The trainer's exit status after a SIGTERM stop with a checkpoint (sagan_core.train.EXIT_STOPPED; the
-# worker does not import the trainer, which loads torch).
-EXIT_STOPPED = 75
 HANDED_BACK = "queued"
 
 
@@ -471,19 +470,24 @@ class Attempt:
         except Exception:  # the job is settled; its record is a convenience
             log.warning("job %s: job.json not updated", self.job.id, exc_info=True)
 
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+
     def log_tail(self) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+        return "\n".join(self.log_lines()[-LOG_TAIL_LINES:])
 
     def failure_reason(self) -> str:
         if self.out_of_time:
             kept = "; it saved a checkpoint where it stopped" if self.job.kind == "train" else ""
             return f"stopped after the maximum run time of {self.settings.max_run_seconds:g} s (SAGAN_MAX_RUN_SECONDS){kept}"
-        lines = [line for line in self.log_tail().splitlines() if line.strip()]
-        errors = [line for line in lines if "Error" in line or "error:" in line]
+        lines = [line for line in self.log_lines() if line.strip()]
+        # The trainer's own "error: ..." first, from the whole log: under torchrun its report of the failed
+        # ranks (about 40 lines) follows it. Then any error line of the tail, then the tail's last line.
+        own = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        tail = lines[-LOG_TAIL_LINES:]
+        errors = [line for line in tail if "Error" in line or "error:" in line]
         assert self.process is not None
-        return (errors or lines or [""])[-1].strip() or f"exit code {self.process.returncode}"
+        return (own or errors or tail or [""])[-1].strip() or f"exit code {self.process.returncode}"
 
 
 def _plain(error: BaseException) -> str:

@@ -12,5 +12,5 @@ router = APIRouter(prefix="/studies", tags=["config"])
 def list_studies() -> StudyList:
     """The named studies a sweep's `study` picks: each one's base preset, question and arms."""
     return StudyList(items=[Study(name=study.name, base=study.base, question=study.question,
-                                  arms=[StudyArm(name=arm.name, config=dict(arm.config)) for arm in study.arms])
+                                  arms=[StudyArm(**arm.to_dict()) for arm in study.arms])
                             for study in STUDIES.values()])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 
 import httpx
@@ -88,6 +89,21 @@ def test_two_process_ddp_job(api: Api, workers: Workers) -> None:
     assert done["status"] == "succeeded", done
     assert done["latest_checkpoint_step"] == 10
     assert [m["step"] for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 11))
+
+
+@pytest.mark.timeout(180)
+def test_a_diverging_job_fails_with_its_step_once_keeping_a_finite_checkpoint(api: Api, workers: Workers) -> None:
+    # Rates of 1e6 blow debug32 up within a few steps. Two ranks: torchrun's report of the failed ranks
+    # follows the trainer's message in the log, and the error is still the trainer's.
+    config = {**TINY, "nproc": 2, "g_lr": 1e6, "d_lr": 1e6, "checkpoint_every": 2, "log_every": 2}
+    job = api.submit({"kind": "train", "config": config})
+    done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=150)
+    assert done["status"] == "failed", done
+    found = re.fullmatch(r"diverged at step (\d+) \((d_loss|g_loss|d_out_real|d_out_fake) (nan|inf|-inf)\)",
+                         done["error"])
+    assert found, done["error"]
+    assert done["attempt"] == 1  # failed for good, not queued again: it would diverge again
+    assert done["latest_checkpoint_step"] is not None and done["latest_checkpoint_step"] < int(found[1])
 
 
 @pytest.mark.timeout(120)

@@ -102,7 +102,8 @@ def test_a_two_arm_sweep_runs_its_children_and_stores_a_report(api: Api, workers
     assert "<td>plain</td>" in page and "<td>attn</td>" in page and "<th>best swd</th>" in page
     assert "Sweep succeeded: 2 of 2 runs finished" in page
     images = _images(page)
-    assert len(images) == 6 and all(image.format == "PNG" for image in images)  # 3 figures, real + 2 grids
+    # 4 figures (metrics, losses, metrics against images seen, gammas), real + 2 grids
+    assert len(images) == 7 and all(image.format == "PNG" for image in images)
 
 
 def _keys(s3_server: S3Server, job_id: str) -> set[str]:
@@ -193,9 +194,10 @@ def test_an_invalid_sweep_creates_nothing(api: Api, database_url: str, body: dic
 def test_studies_are_listed(api: Api) -> None:
     studies = {study["name"]: study for study in api.client.get("/studies").json()["items"]}
     assert set(studies) == {"normalization", "ttur", "attention", "attention128", "hyperparams"}
-    arms = {arm["name"]: arm["config"] for arm in studies["ttur"]["arms"]}
-    assert arms["equal-ncritic5"] == {"g_lr": 1e-4, "d_lr": 1e-4, "n_critic": 5}
-    assert studies["attention128"]["base"] == "sagan128"
+    arms = {arm["name"]: arm for arm in studies["ttur"]["arms"]}
+    assert arms["equal-ncritic5"]["config"] == {"g_lr": 1e-4, "d_lr": 1e-4, "n_critic": 5}
+    assert arms["equal-ncritic5-matched"]["relative_to_steps"] == {"steps": 0.2}  # a fifth of the sweep's steps
+    assert studies["attention128"]["base"] == "paper128"
 
 
 def test_a_report_needs_a_sweep(api: Api, workers: Workers) -> None:
