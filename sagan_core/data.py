@@ -30,10 +30,13 @@ from torchvision import transforms
 
 from .config import ResizeMode
 from .dataspec import (
+    CIFAR_BATCHES,
     DatasetError,
     cached_json,
+    cifar_dir,
     folder_cache_dir,
     folder_state,
+    lmdb_env_dir,
     parse_spec,
     split_lsun,
     synthetic_size,
@@ -43,7 +46,6 @@ if TYPE_CHECKING:  # lmdb loads with the first LMDB data set: machines without i
     import lmdb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NO_LABEL = -1  # label() of an unlabelled data set's items
 RESIZE_MODES: tuple[ResizeMode, ...] = get_args(ResizeMode)
@@ -84,7 +86,8 @@ def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
             return LMDBImages(_lmdb_dir(_existing_dir(root), category), transform)
         return LSUNCategories([LMDBImages(_lmdb_dir(_existing_dir(root), name), transform) for name in categories],
                               tuple(categories))
-    return CIFAR10Images(_cifar_dir(_existing_dir(arg)), transform)
+    root = _existing_dir(arg)
+    return CIFAR10Images(_within(root, cifar_dir(root)), transform)
 
 
 class UnreadableImage(DatasetError):
@@ -421,10 +424,11 @@ def _image_files(resolved: Path) -> list[str]:
 
 
 def _lmdb_dir(root: Path, category: str) -> Path:
-    if (root / "data.mdb").is_file():  # PATH is itself the *_lmdb environment
+    env_dir = lmdb_env_dir(root, category)
+    if env_dir == root:  # PATH is itself the *_lmdb environment
         _within(root, root / "data.mdb")
         return root
-    env_dir = _within(root, root / f"{category.removesuffix('_lmdb')}_lmdb")
+    _within(root, env_dir)
     if not env_dir.is_dir():
         raise DatasetError(f"LMDB directory does not exist: {env_dir}")
     _within(root, env_dir / "data.mdb")
@@ -455,11 +459,6 @@ def _environment(path: Path) -> lmdb.Environment:
         # Read-only without locks, readahead or meminit: many reader processes over a static file.
         _envs[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
     return _envs[key]
-
-
-def _cifar_dir(root: Path) -> Path:
-    nested = root / "cifar-10-batches-py"  # the directory the official tarball unpacks to
-    return nested if nested.is_dir() else root
 
 
 class CIFARUnpickler(pickle.Unpickler):

@@ -22,6 +22,7 @@ DEFAULT_SYNTHETIC_SIZE = 10_000
 # Bump when the built-in data sets draw differently: cached real statistics of the old drawing then stop matching.
 SYNTHETIC_VERSION = 1
 FOLDER_CACHE_ENV = "SAGAN_DATA_CACHE"
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))  # CIFAR-10's training split
 
 
 class DatasetError(ValueError):
@@ -74,6 +75,38 @@ def split_lsun(spec: str, arg: str) -> tuple[str, str]:
         raise DatasetError(f"malformed dataset spec {spec!r}: expected lsun:PATH:CLASS, "
                            "e.g. lsun:/data/lsun:church_outdoor_train")
     return root, category
+
+
+def cifar_dir(root: Path) -> Path:
+    """The folder holding CIFAR-10's batches: ROOT/cifar-10-batches-py (where the official tarball unpacks)
+    if there is one, else ROOT."""
+    nested = root / "cifar-10-batches-py"
+    return nested if nested.is_dir() else root
+
+
+def lmdb_env_dir(root: Path, category: str) -> Path:
+    """An LSUN category's LMDB environment: ROOT itself when it holds data.mdb, else ROOT/CATEGORY_lmdb."""
+    if (root / "data.mdb").is_file():
+        return root
+    return root / f"{category.removesuffix('_lmdb')}_lmdb"
+
+
+def read_locations(spec: str) -> list[Path]:
+    """Where a data set's files are read, named as on disk before any link is followed: the spec's path and
+    what is read inside it (CIFAR-10's batch folder and batches, each LSUN category's LMDB folder and data
+    file), so that a link anywhere on the way is seen where each one really is. A folder's images are
+    checked as it is walked (sagan_core.data refuses links leading out of the folder)."""
+    kind, arg = parse_spec(spec)
+    if kind in BUILT_IN:
+        return []
+    if kind == "cifar10":
+        batches = cifar_dir(Path(arg))
+        return [Path(arg), batches, *(batches / name for name in CIFAR_BATCHES)]
+    if kind == "lsun":
+        root, categories = split_lsun(spec, arg)
+        envs = [lmdb_env_dir(Path(root), category) for category in categories.split(",")]
+        return [Path(root), *envs, *(env / "data.mdb" for env in envs)]
+    return [Path(arg)]
 
 
 def dataset_fingerprint(spec: str) -> str:

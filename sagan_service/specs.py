@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sagan_core.config import ConfigError, TrainConfig, build_config, saved_config
-from sagan_core.dataspec import DatasetError, dataset_paths
+from sagan_core.dataspec import DatasetError, dataset_paths, read_locations
 from sagan_core.sweeps import SweepError, SweepRun, expand_sweep
 
 
@@ -63,6 +63,21 @@ def check_dataset_spec(spec: str, field: str, data_roots: list[Path]) -> None:
                                    f"(SAGAN_DATA_ROOTS={','.join(map(str, data_roots))})")
         if not exists:
             raise SpecError(field, f"{name}: path does not exist: {path}")
+    _check_read_locations(spec, field, name, data_roots)
+
+
+def _check_read_locations(spec: str, field: str, name: str, data_roots: list[Path]) -> None:
+    """What the data set reads inside its path (CIFAR-10's batches, LSUN's LMDB folders) must really lie under
+    the roots too: `cifar10:ROOT/x` whose `x/cifar-10-batches-py` is a link to elsewhere is refused."""
+    for location in read_locations(spec):
+        try:
+            real = location.resolve()
+            escapes = location.exists() and not any(real.is_relative_to(root) for root in data_roots)
+        except OSError as error:
+            raise SpecError(field, f"{name}: unusable path ({error.strerror})") from None
+        if escapes:
+            raise SpecError(field, f"{name}: {location} is a link leading outside the allowed data roots "
+                                   f"(SAGAN_DATA_ROOTS={','.join(map(str, data_roots))})")
 
 
 def eval_job_spec(source_config: dict[str, Any], *, job_id: str, step: int, dataset: str | None,

@@ -47,6 +47,7 @@ from sagan_service.logs import job_context
 from sagan_service.models import TERMINAL, Job
 from sagan_service.records import publish_job_record
 from sagan_service.settings import Settings
+from sagan_service.specs import check_dataset_spec
 from sagan_service.storage import (
     ArtifactNotFound,
     ArtifactStore,
@@ -195,10 +196,21 @@ class Attempt:
 
     # -- preparing and launching -------------------------------------------------------------
 
+    def check_data_roots(self) -> None:
+        """The job's data sets against this worker's SAGAN_DATA_ROOTS, as the API checked them at submission:
+        a link may have been made or changed since, and this is the machine that opens them."""
+        spec = self.job.spec
+        fields = {"train": ("dataset", "eval_dataset"), "eval": ("dataset",)}.get(self.job.kind, ())
+        for field in fields:
+            if spec.get(field) is not None:
+                check_dataset_spec(spec[field], f"config.{field}" if self.job.kind == "train" else field,
+                                   self.settings.allowed_data_roots)
+
     def prepare(self) -> list[str]:
         """Write the inputs into the work directory and return the command to run."""
         spec = self.job.spec
         self.continue_log()
+        self.check_data_roots()
         self.fetch_stats()
         if self.job.kind == "eval":
             checkpoint = self.workdir / "model.pt"

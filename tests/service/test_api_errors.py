@@ -87,6 +87,48 @@ def test_dataset_inside_the_data_roots_is_checked_for_existence(api: Api, servic
     assert detail_field(response) == "config.dataset" and "nothing-here" in response.text
 
 
+def cifar_batches(folder: Path) -> Path:
+    """A folder with CIFAR-10's batch files (their contents do not matter: only paths are checked here)."""
+    folder.mkdir(parents=True)
+    for index in range(1, 6):
+        (folder / f"data_batch_{index}").write_bytes(b"not read")
+    return folder
+
+
+def lsun_environment(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "data.mdb").write_bytes(b"not read")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "lsun"])
+def test_a_data_set_reading_through_a_link_to_outside_the_roots_is_refused(
+        api: Api, service_env: dict, tmp_path: Path, kind: str) -> None:
+    # The spec's own path lies inside the roots; what it reads inside it is a link to elsewhere.
+    inside = Path(service_env["SAGAN_DATA_ROOTS"]) / f"linked-{kind}-{tmp_path.name}"
+    inside.mkdir()
+    if kind == "cifar10":
+        (inside / "cifar-10-batches-py").symlink_to(cifar_batches(tmp_path / "outside"))
+        spec = f"cifar10:{inside}"
+    else:
+        (inside / "church_lmdb").symlink_to(lsun_environment(tmp_path / "outside"))
+        spec = f"lsun:{inside}:church"
+    response = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": spec}})
+    assert detail_field(response) == "config.dataset"
+    assert "is a link leading outside the allowed data roots" in response.text, response.text
+    # The same layout with the link's target inside the roots is accepted.
+    target = Path(service_env["SAGAN_DATA_ROOTS"]) / f"target-{kind}-{tmp_path.name}"
+    if kind == "cifar10":
+        (inside / "cifar-10-batches-py").unlink()
+        (inside / "cifar-10-batches-py").symlink_to(cifar_batches(target))
+    else:
+        (inside / "church_lmdb").unlink()
+        (inside / "church_lmdb").symlink_to(lsun_environment(target))
+    accepted = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": spec, "steps": 1}})
+    assert accepted.status_code == 201, accepted.text
+    api.client.post(f"/jobs/{accepted.json()['id']}/cancel")
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"kind": "train", "config": {}, "extra": 1}, "train.extra"),
     ({"kind": "sample", "source": {"job_id": "x"}, "n": 0}, "sample.n"),

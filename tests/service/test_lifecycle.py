@@ -9,6 +9,7 @@ import io
 import os
 import re
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from PIL import Image
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.specs import validate_train_config
-from tests.service.conftest import TINY, Api, Service, Workers, pids_mentioning, wait_for
+from tests.service.conftest import TINY, Api, Service, Workers, pids_mentioning, start_api, wait_for
 
 
 def fetch_png(url: str, api: Api) -> Image.Image:
@@ -186,3 +187,26 @@ def test_a_persistent_s3_error_fails_the_job_with_its_reason(api: Api, workers: 
     finally:
         broken.stop()
         workers.start()
+
+
+@pytest.mark.timeout(180)
+def test_the_worker_checks_the_data_roots_again_when_it_opens_the_data(
+        api: Api, workers: Workers, service_env: dict, tmp_path: Path) -> None:
+    # An API whose roots also cover `outside` accepts a data set leading there; the worker's roots (the
+    # deployment's SAGAN_DATA_ROOTS) do not, so it refuses to open it: links change after submission, and the
+    # worker is the machine that reads the files.
+    from tests.service.test_api_errors import cifar_batches
+
+    outside = cifar_batches(tmp_path / "outside")
+    inside = Path(service_env["SAGAN_DATA_ROOTS"]) / f"relinked-{tmp_path.name}"
+    inside.mkdir()
+    (inside / "cifar-10-batches-py").symlink_to(outside)
+    wider = {**service_env, "SAGAN_DATA_ROOTS": f"{service_env['SAGAN_DATA_ROOTS']},{outside}"}
+    service, lenient = start_api(wider, tmp_path)
+    try:
+        job = lenient.submit({"kind": "train", "config": {**TINY, "dataset": f"cifar10:{inside}", "steps": 1}})
+    finally:
+        service.stop()
+    done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=120)
+    assert done["status"] == "failed" and done["attempt"] == 1, done
+    assert "is a link leading outside the allowed data roots" in done["error"], done["error"]
