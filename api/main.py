@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
@@ -130,12 +132,24 @@ async def _reap_until(stop: asyncio.Event, app: FastAPI) -> None:
             await asyncio.wait_for(stop.wait(), app.state.settings.reaper_seconds)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class ErrorResponse(JSONResponse):
+    """A JSON answer whose text may quote the request (a field name, an arm's name): a lone surrogate there
+    ("\\ud800" is valid JSON but no character) becomes U+FFFD instead of failing the answer with a 500."""
+
+    def render(self, content: object) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return _SURROGATE.sub("\ufffd", text).encode()
+
+
 async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
     """FastAPI's 422 without the `input` it would echo (a client's secret or a megabyte of text would come
     back, and land in whatever logs the answer)."""
     assert isinstance(error, RequestValidationError)
     detail = [_without_input(item) for item in error.errors()]
-    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+    return ErrorResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
 
 def _without_input(item: dict) -> dict:
@@ -161,7 +175,7 @@ async def _invalid_spec(_request: Request, error: Exception) -> JSONResponse:
     # The same shape as FastAPI's own validation errors, so clients parse one format.
     assert isinstance(error, SpecError)
     detail = [{"loc": ["body", *error.loc], "msg": str(error), "type": "value_error"}]
-    return JSONResponse({"detail": detail}, status_code=422)
+    return ErrorResponse({"detail": detail}, status_code=422)
 
 
 async def _database_down(request: Request, error: Exception) -> JSONResponse:

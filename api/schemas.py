@@ -44,7 +44,7 @@ class SampleJobCreate(BaseModel):
     kind: Literal["sample"]
     source: SampleSource
     n: int = Field(64, ge=1, le=1024)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_INT)
     classes: list[Annotated[int, Field(ge=0, le=MAX_INT)]] | None = Field(
         None, min_length=1, max_length=1024,
         description="conditional models: one grid row per listed class, per_class images each (n is then unused)")

@@ -158,7 +158,7 @@ class TrainConfig(BaseModel):
     """global batch size, split evenly over processes"""
     steps: Count = 100_000
     """generator steps to train"""
-    n_critic: Count = 1
+    n_critic: int = Field(1, ge=1, le=100)
     """discriminator steps per generator step"""
     g_lr: Rate = 1e-4
     """generator learning rate"""
@@ -188,7 +188,7 @@ class TrainConfig(BaseModel):
     """steps between 8x8 sample grids"""
     checkpoint_every: Count = 1000
     """steps between checkpoints"""
-    keep_checkpoints: Count = 3
+    keep_checkpoints: int = Field(3, ge=1, le=1000)
     """how many recent checkpoints to keep on disk"""
     num_workers: NonNegative = 2
     """data-loader worker processes per rank"""

@@ -149,6 +149,9 @@ def _grid(axes: Any, *, seeds: int, max_arms: int) -> list[tuple[str, dict[str, 
             raise SweepError("seed", "set the sweep's seeds, not a seed axis")
         if not isinstance(values, list) or not values:
             raise SweepError(field, "an axis is a non-empty list of values")
+        if not all(_config_value(value) for value in values):
+            # Config values are at most a list of scalars (g_attention); deeper nesting is no value of any field.
+            raise SweepError(field, "an axis value is a number, text, true, false, null or a list of those")
     if not axes:
         return [("base", {})]
     # Before the product is built: a grid can be astronomically large.
@@ -162,6 +165,12 @@ def _grid(axes: Any, *, seeds: int, max_arms: int) -> list[tuple[str, dict[str, 
     if len(set(names)) != len(names):
         raise SweepError("axes", "two values of an axis give the same arm name")
     return arms
+
+
+def _config_value(value: Any, *, nested: bool = False) -> bool:
+    if isinstance(value, list):
+        return not nested and all(_config_value(item, nested=True) for item in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _value_name(value: Any) -> str:

@@ -33,6 +33,7 @@ def check_train_limits(config: dict[str, Any], settings: Settings) -> None:
     _at_most(config, "nproc", settings.worker_devices, "SAGAN_WORKER_DEVICES")
     _at_most(config, "num_workers", settings.worker_cores, "SAGAN_WORKER_CORES")
     _at_most(config, "steps", settings.max_steps, "SAGAN_MAX_STEPS")
+    _check_work(config, settings)
     _at_most(config, "eval_n", settings.max_eval_n, "SAGAN_MAX_EVAL_N")
     if config.get("center_crop") is not None:
         _at_most(config, "center_crop", settings.max_center_crop, "SAGAN_MAX_CENTER_CROP")
@@ -46,6 +47,24 @@ def check_train_limits(config: dict[str, Any], settings: Settings) -> None:
                         f"{need / GIB:.1f} GiB per process, over this service's limit of "
                         f"{settings.max_job_memory_gb:g} GiB (SAGAN_MAX_JOB_MEMORY_GB); use a smaller batch, "
                         "width, z_dim or image size, or more processes (nproc)")
+
+
+def _check_work(config: dict[str, Any], settings: Settings) -> None:
+    """What a run costs beyond its G steps: n_critic D steps each (SAGAN_MAX_STEPS bounds those too), and the
+    samples of all its evaluations (step 0, every eval_every steps and the last: SAGAN_MAX_EVAL_SAMPLES)."""
+    d_steps = config["steps"] * config["n_critic"]
+    if d_steps > settings.max_steps:
+        raise SpecError("config.n_critic", f"n_critic: steps {config['steps']} x n_critic {config['n_critic']} = "
+                                           f"{d_steps} discriminator steps, over this service's limit of "
+                                           f"{settings.max_steps} (SAGAN_MAX_STEPS)")
+    if config["eval_every"]:
+        evaluations = config["steps"] // config["eval_every"] + 2  # the untrained step 0 and the last, at most
+        samples = evaluations * config["eval_n"]
+        if samples > settings.max_eval_samples:
+            raise SpecError("config.eval_every",
+                            f"eval_every: {evaluations} evaluations of eval_n {config['eval_n']} samples = {samples} "
+                            f"samples, over this service's limit of {settings.max_eval_samples} "
+                            "(SAGAN_MAX_EVAL_SAMPLES); evaluate less often or on fewer samples")
 
 
 def check_eval_limits(spec: dict[str, Any], settings: Settings) -> None:

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     max_steps: int = Field(10_000_000, ge=1)
     max_center_crop: int = Field(4096, ge=1)
     max_eval_n: int = Field(100_000, ge=2)
+    # All the evaluation samples of one training run (evaluations x eval_n).
+    max_eval_samples: int = Field(10_000_000, ge=2)
     # The estimated training memory per process (sagan_service/limits.py: estimate_training_bytes).
     max_job_memory_gb: float = Field(64.0, gt=0)
     # A training attempt running longer is stopped like a graceful stop (it checkpoints) and fails with a
