@@ -19,11 +19,9 @@ from torchvision.utils import make_grid
 
 from .checkpoint import load_checkpoint
 from .files import atomic_write
-from .seeding import seeded
+from .seeding import Stream, seeded
 
 NOISE_BLOCK = 1024
-NOISE_STREAM = -1  # negative: apart from the trainer's (seed, step, slot) draws
-LABEL_STREAM = -2
 GRID_ROWS = 8
 
 
@@ -36,13 +34,13 @@ def indexed_noise(seed: int, start: int, count: int, z_dim: int) -> torch.Tensor
     """z_i for i in [start, start + count): a function of (seed, i) alone, drawn in blocks of NOISE_BLOCK, so
     any batch size, rank split or later call sees the same z for sample i (evaluations compare the same z)."""
     return _indexed(start, count, (z_dim,), lambda block: torch.randn(
-        NOISE_BLOCK, z_dim, generator=seeded(seed, NOISE_STREAM, block)))
+        NOISE_BLOCK, z_dim, generator=seeded(Stream.EVAL_NOISE, seed, block)))
 
 
 def indexed_labels(seed: int, start: int, count: int, num_classes: int) -> torch.Tensor:
     """Sample i's class, uniform over num_classes, for i in [start, start + count): like indexed_noise."""
     return _indexed(start, count, (), lambda block: torch.randint(
-        num_classes, (NOISE_BLOCK,), generator=seeded(seed, LABEL_STREAM, block)))
+        num_classes, (NOISE_BLOCK,), generator=seeded(Stream.EVAL_LABELS, seed, block)))
 
 
 def _indexed(start: int, count: int, shape: tuple[int, ...],

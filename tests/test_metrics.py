@@ -19,7 +19,7 @@ from sagan_core.dataspec import dataset_fingerprint
 from sagan_core.metrics import scores, swd
 from sagan_core.metrics.backbones import InceptionV3
 from sagan_core.metrics.cache import StatsCache
-from sagan_core.metrics.evaluate import REAL_ORDER_STREAM, EvalPlan, Evaluator
+from sagan_core.metrics.evaluate import EvalPlan, Evaluator
 from sagan_core.metrics.weights import (
     SHA256,
     InceptionWeights,
@@ -29,7 +29,7 @@ from sagan_core.metrics.weights import (
 from sagan_core.models import Generator
 from sagan_core.parallel import init_distributed
 from sagan_core.sampling import indexed_noise, to_uint8
-from sagan_core.seeding import seeded
+from sagan_core.seeding import Stream, seeded
 
 from .conftest import subprocess_env, tiny_config
 
@@ -172,7 +172,7 @@ def test_pipeline_fid_equals_a_direct_computation_on_the_same_features(tmp_path:
     with torch.no_grad():
         fake = backbone(to_uint8(generator(indexed_noise(0, 0, 96, config.z_dim))))["pool"]
     dataset = build_dataset("synthetic:64", 32)
-    order = torch.randperm(64, generator=seeded(REAL_ORDER_STREAM))  # all 64: n exceeds the data set
+    order = torch.randperm(64, generator=seeded(Stream.REAL_ORDER, 0))  # all 64: n exceeds the data set
     real = backbone(to_uint8(torch.stack([dataset[int(i)] for i in order])))["pool"]
     assert record["real"]["n"] == 64
     assert record["metrics"]["fid"] == pytest.approx(_scipy_fid(fake.double().numpy(), real.double().numpy()),

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..layout import resolve_checkpoint
 from ..parallel import DistContext, broadcast_flags, gather_rows, pick_device, share
 from ..sampling import evaluation_mode, indexed_labels, indexed_noise, to_uint8
-from ..seeding import seeded
+from ..seeding import Stream, seeded
 from . import swd
 from .cache import INCEPTION_METRICS, StatsCache, StatsKey, stats_keys
 from .weights import resolve_inception_weights
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from .backbones import Backbone
 
 METRICS = ("fid", "kid", "is", "pr", "swd")
-REAL_ORDER_STREAM = -4  # seeded() stream of the real images' order
 SWD_SEED = 0  # patch positions and projection directions: the same in every evaluation
 
 
@@ -206,7 +205,7 @@ class Evaluator:
 
         plan = self.plan
         dataset = build_dataset(plan.dataset, plan.imsize, center_crop=plan.center_crop)
-        return dataset, torch.randperm(len(dataset), generator=seeded(REAL_ORDER_STREAM))[:plan.n]
+        return dataset, torch.randperm(len(dataset), generator=seeded(Stream.REAL_ORDER, 0))[:plan.n]
 
     def _loaded(self, dataset: Dataset, order: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         mine = share(len(order), self.ctx)

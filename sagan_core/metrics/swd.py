@@ -17,14 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..seeding import seeded
+from ..seeding import Stream, seeded
 
 PATCH = 7
 PATCHES_PER_IMAGE = 128
 DIRECTION_REPEATS, DIRECTIONS_PER_REPEAT = 4, 128
 MIN_RESOLUTION = 16
 MAX_IMAGES = 4096
-PATCH_STREAM, DIRECTION_STREAM = -2, -3  # seeded() streams, apart from the trainer's and the eval noise's
 
 _TAPS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
 _KERNEL = (_TAPS[:, None] * _TAPS[None, :] / 256.0).expand(3, 1, 5, 5).contiguous()  # cv2.pyrDown's filter
@@ -74,7 +73,7 @@ def descriptors(images: torch.Tensor, indices: list[int], seed: int) -> list[tor
         size = level.shape[-1]
         # (B, 128, 2) centres, at least `half` pixels from each border (ProGAN's randint(H, S - H)).
         centres = torch.stack([torch.randint(half, size - half, (PATCHES_PER_IMAGE, 2),
-                                             generator=seeded(seed, PATCH_STREAM, size, index))
+                                             generator=seeded(Stream.SWD_PATCHES, seed, size, index))
                                for index in indices]).to(level.device)
         rows = (centres[..., 0, None] + offsets.to(level.device))[:, :, None, :, None]  # (B, 128, 1, 7, 1)
         cols = (centres[..., 1, None] + offsets.to(level.device))[:, :, None, None, :]  # (B, 128, 1, 1, 7)
@@ -99,7 +98,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int, level: int) 
     distances = []
     for repeat in range(DIRECTION_REPEATS):
         directions = torch.randn(a.shape[1], DIRECTIONS_PER_REPEAT,
-                                 generator=seeded(seed, DIRECTION_STREAM, level, repeat))
+                                 generator=seeded(Stream.SWD_DIRECTIONS, seed, level, repeat))
         directions = (directions / directions.norm(dim=0, keepdim=True)).numpy()
         # (directions, N) with contiguous rows, sorted by NumPy: about 10x faster than torch.sort on a CPU.
         projected_a = np.sort(directions.T @ a.T, axis=1)
