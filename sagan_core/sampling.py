@@ -30,17 +30,19 @@ def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
-def indexed_noise(seed: int, start: int, count: int, z_dim: int) -> torch.Tensor:
-    """z_i for i in [start, start + count): a function of (seed, i) alone, drawn in blocks of NOISE_BLOCK, so
-    any batch size, rank split or later call sees the same z for sample i (evaluations compare the same z)."""
+def indexed_noise(seed: int, start: int, count: int, z_dim: int, stream: Stream = Stream.EVAL_NOISE) -> torch.Tensor:
+    """z_i for i in [start, start + count): a function of (stream, seed, i) alone, drawn in blocks of
+    NOISE_BLOCK, so any batch size, rank split or later call sees the same z for sample i (evaluations compare
+    the same z)."""
     return _indexed(start, count, (z_dim,), lambda block: torch.randn(
-        NOISE_BLOCK, z_dim, generator=seeded(Stream.EVAL_NOISE, seed, block)))
+        NOISE_BLOCK, z_dim, generator=seeded(stream, seed, block)))
 
 
-def indexed_labels(seed: int, start: int, count: int, num_classes: int) -> torch.Tensor:
+def indexed_labels(seed: int, start: int, count: int, num_classes: int,
+                   stream: Stream = Stream.EVAL_LABELS) -> torch.Tensor:
     """Sample i's class, uniform over num_classes, for i in [start, start + count): like indexed_noise."""
     return _indexed(start, count, (), lambda block: torch.randint(
-        num_classes, (NOISE_BLOCK,), generator=seeded(Stream.EVAL_LABELS, seed, block)))
+        num_classes, (NOISE_BLOCK,), generator=seeded(stream, seed, block)))
 
 
 def _indexed(start: int, count: int, shape: tuple[int, ...],

@@ -29,6 +29,8 @@ class Stream(IntEnum):
     REAL_ORDER = 6  # the evaluation's real images: (seed,)
     SWD_PATCHES = 7  # SWD patch positions: (seed, level size, image index)
     SWD_DIRECTIONS = 8  # SWD projection directions: (seed, level size, repeat)
+    HELD_OUT_NOISE = 9  # a held-out evaluation's z (`sagan eval`): (seed, block)
+    HELD_OUT_LABELS = 10  # a held-out evaluation's classes: (seed, block)
 
 
 def seeded(stream: Stream, seed: int, *indices: int) -> torch.Generator:

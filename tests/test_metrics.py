@@ -4,6 +4,7 @@ random weights, the weights check and the real-statistics cache."""
 from __future__ import annotations
 
 import hashlib
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from sagan_core.dataspec import dataset_fingerprint
 from sagan_core.metrics import scores, swd
 from sagan_core.metrics.backbones import InceptionV3
 from sagan_core.metrics.cache import StatsCache
-from sagan_core.metrics.evaluate import EvalPlan, Evaluator
+from sagan_core.metrics.evaluate import SAMPLES, EvalPlan, Evaluator
+from sagan_core.metrics.runs import best_eval, improves
 from sagan_core.metrics.weights import (
     SHA256,
     InceptionWeights,
@@ -116,6 +118,44 @@ def test_swd_separates_real_from_noise_and_is_deterministic() -> None:
     assert real_vs_real["swd"] * 5 < real_vs_noise["swd"], (real_vs_real, real_vs_noise)
     assert _swd(first, first)["swd"] == 0.0
     assert _swd(first, second) == real_vs_real  # seeded: the same number every time
+
+
+def test_the_held_out_sample_has_other_z_and_other_real_images() -> None:
+    held_out_noise = SAMPLES["held-out"][0]
+    assert not torch.equal(indexed_noise(0, 0, 8, 4, held_out_noise), indexed_noise(0, 0, 8, 4))
+    real = {stream: set(Evaluator(EvalPlan(("swd",), n=32, dataset="synthetic:64", imsize=32, stream=stream),
+                                  init_distributed("cpu"))._real_images()[1].tolist()) for stream in SAMPLES}
+    assert len(real["selection"]) == len(real["held-out"]) == 32 and not real["selection"] & real["held-out"]
+    with pytest.raises(ValueError, match="stream"):
+        EvalPlan(("swd",), n=32, dataset="synthetic:64", imsize=32, stream="test")
+
+
+def test_swd_of_constant_images_is_finite() -> None:
+    real = _real_images(range(64))
+    flat = torch.full_like(real, 128)  # a collapsed generator: one grey image
+    scores_flat = _swd(real, flat)
+    assert all(math.isfinite(value) for value in scores_flat.values()), scores_flat
+    assert scores_flat["swd"] > _swd(real, _real_images(range(64, 128)))["swd"]
+    assert _swd(flat, flat)["swd"] == 0.0
+
+
+def test_a_nan_or_infinite_score_ranks_below_every_finite_one() -> None:
+    nan, inf = float("nan"), float("inf")
+    for metrics in (["fid"], ["is"]):  # lower and higher is better
+        assert improves(metrics, 5.0, nan) and improves(metrics, 5.0, inf) and improves(metrics, 5.0, -inf)
+        assert not improves(metrics, nan, 5.0) and not improves(metrics, inf, 5.0)
+        assert not improves(metrics, nan, nan) and not improves(metrics, inf, nan)  # equals: the earliest stays
+        assert improves(metrics, nan, None)  # something beats nothing
+    assert improves(["fid"], 3.0, 5.0) and improves(["is"], 5.0, 3.0)
+
+    def records(*values: float) -> list[dict]:
+        return [{"step": step, "source": "train", "metrics": {"fid": value, "is": value}}
+                for step, value in enumerate(values)]
+
+    assert best_eval(records(nan, 5.0, 3.0), ["fid"])["step"] == 2
+    assert best_eval(records(nan, 5.0, 3.0), ["is"])["step"] == 1
+    assert best_eval(records(3.0, inf), ["is"])["step"] == 0
+    assert best_eval(records(nan, nan), ["fid"])["step"] == 0
 
 
 def test_swd_descriptors_do_not_depend_on_the_batch_an_image_is_in() -> None:

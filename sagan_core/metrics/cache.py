@@ -1,7 +1,8 @@
 """Real-data statistics, computed once per (data, backbone) and reused by every later evaluation.
 
 An entry is keyed by the data set spec, a fingerprint of its contents (dataspec.dataset_fingerprint), the
-image size and crop, the backbone with its weights' sha256, and the number of real images; its file name
+image size and crop, the backbone with its weights' sha256, the number of real images and which of them (the
+selection or the held-out sample); its file name
 is derived from that key, so the service's worker can name the entries a job needs without loading torch
 (standard library and NumPy only). Locally the entries live in a folder: `--stats-cache DIR`, else
 $SAGAN_STATS_CACHE, else `~/.cache/sagan/stats` (under $XDG_CACHE_HOME if set), shared by all runs.
@@ -36,6 +37,7 @@ class StatsKey:
     backbone: str
     weights_sha256: str | None
     n: int
+    stream: str = "selection"  # which n real images: see evaluate.SAMPLES
 
     @property
     def name(self) -> str:
@@ -45,7 +47,7 @@ class StatsKey:
 
 
 def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop: int | None, n: int,
-               inception: tuple[str, str | None] | None) -> dict[str, StatsKey]:
+               inception: tuple[str, str | None] | None, stream: str = "selection") -> dict[str, StatsKey]:
     """The entries an evaluation of `metrics` needs, by part: "inception" (keyed by the backbone's name and
     weights sha256, given as `inception`) and/or "swd"."""
     metrics = set(metrics)
@@ -53,9 +55,9 @@ def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop
     keys = {}
     if metrics & INCEPTION_METRICS:
         assert inception is not None, "Inception metrics need the backbone's name and weights sha256"
-        keys["inception"] = StatsKey(dataset, fingerprint, imsize, center_crop, *inception, n)
+        keys["inception"] = StatsKey(dataset, fingerprint, imsize, center_crop, *inception, n, stream)
     if "swd" in metrics:
-        keys["swd"] = StatsKey(dataset, fingerprint, imsize, center_crop, SWD_BACKBONE, None, n)
+        keys["swd"] = StatsKey(dataset, fingerprint, imsize, center_crop, SWD_BACKBONE, None, n, stream)
     return keys
 
 

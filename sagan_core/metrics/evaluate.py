@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 
 METRICS = ("fid", "kid", "is", "pr", "swd")
 SWD_SEED = 0  # patch positions and projection directions: the same in every evaluation
+# An evaluation's sample, by name: its z and class streams, and whether its real images come from the start or
+# the end of the one seeded order. Training evaluations pick the best checkpoint on "selection"; `sagan eval`
+# scores checkpoints on "held-out" by default, so the best's number is not the one it was picked by (other z,
+# and other real images when the data set holds at least 2n; a smaller one's real sides overlap).
+SAMPLES = {"selection": (Stream.EVAL_NOISE, Stream.EVAL_LABELS, False),
+           "held-out": (Stream.HELD_OUT_NOISE, Stream.HELD_OUT_LABELS, True)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +52,11 @@ class EvalPlan:
     seed: int = 0
     batch_size: int = 64
     num_workers: int = 0
+    stream: str = "selection"  # a key of SAMPLES
 
     def __post_init__(self) -> None:
+        if self.stream not in SAMPLES:
+            raise ValueError(f"stream: {self.stream!r} is not one of {', '.join(SAMPLES)}")
         unknown = [name for name in self.metrics if name not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(f"metrics: unknown {unknown} (choose from {', '.join(METRICS)})" if unknown
@@ -133,7 +142,8 @@ class Evaluator:
             return None
         plan = self.plan
         record: dict[str, Any] = {
-            "metrics": self._scores(fake, real), "n": plan.n, "seed": plan.seed, "dataset": plan.dataset,
+            "metrics": self._scores(fake, real), "n": plan.n, "seed": plan.seed, "stream": plan.stream,
+            "dataset": plan.dataset,
             "imsize": plan.imsize, "sampling": "eval mode (BatchNorm running statistics), float32, uint8 images",
             "real": {"n": real.count, "cache": cache_status}}
         if self.backbone is not None:
@@ -181,7 +191,7 @@ class Evaluator:
         plan = self.plan
         inception = None if self.backbone is None else (self.backbone.name, self.backbone.weights_sha256)
         return stats_keys(plan.metrics, dataset=plan.dataset, imsize=plan.imsize, center_crop=plan.center_crop,
-                          n=plan.n, inception=inception)
+                          n=plan.n, inception=inception, stream=plan.stream)
 
     def _store(self, keys: dict[str, StatsKey], computed: Features) -> dict[str, dict[str, np.ndarray]]:
         entries = {}
@@ -200,12 +210,14 @@ class Evaluator:
         return entries
 
     def _real_images(self) -> tuple[Dataset, torch.Tensor]:
-        """The data set and the indices of its evaluation images: a seeded random n of them, or all."""
+        """The data set and the indices of its evaluation images: a seeded random n of them (the first n of
+        one order, or the last n for the held-out sample), or all."""
         from ..data import build_dataset  # only on a cache miss: a cached evaluation never opens the data
 
         plan = self.plan
         dataset = build_dataset(plan.dataset, plan.imsize, center_crop=plan.center_crop)
-        return dataset, torch.randperm(len(dataset), generator=seeded(Stream.REAL_ORDER, 0))[:plan.n]
+        order = torch.randperm(len(dataset), generator=seeded(Stream.REAL_ORDER, 0))
+        return dataset, (order.flip(0) if SAMPLES[plan.stream][2] else order)[:plan.n]
 
     def _loaded(self, dataset: Dataset, order: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         mine = share(len(order), self.ctx)
@@ -226,13 +238,15 @@ class Evaluator:
     def _generated(self, generator: nn.Module, z_dim: int) -> Iterator[tuple[int, torch.Tensor]]:
         mine = share(self.plan.n, self.ctx)
         device = next(generator.parameters()).device
+        noise_stream, label_stream, _ = SAMPLES[self.plan.stream]
         with evaluation_mode(generator), torch.no_grad():
             for first in range(mine.start, mine.stop, self.plan.batch_size):
                 count = min(self.plan.batch_size, mine.stop - first)
-                z = indexed_noise(self.plan.seed, first, count, z_dim).to(device)
+                z = indexed_noise(self.plan.seed, first, count, z_dim, noise_stream).to(device)
                 # A conditional generator's classes are drawn from (seed, i) too: uniform over its classes.
                 num_classes = getattr(generator, "num_classes", 0)
-                y = () if not num_classes else (indexed_labels(self.plan.seed, first, count, num_classes).to(device),)
+                y = () if not num_classes else (
+                    indexed_labels(self.plan.seed, first, count, num_classes, label_stream).to(device),)
                 yield first, to_uint8(generator(z, *y).float())
 
     def _collect(self, batches: Iterator[tuple[int, torch.Tensor]], total: int, *, inception: bool,
@@ -267,9 +281,10 @@ class Evaluator:
 def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None = None, n: int | None = None,
                         dataset: str | None = None, seed: int | None = None, batch_size: int = 64,
                         num_workers: int = 0, device: str = "auto", inception_weights: str | None = None,
-                        cache: StatsCache | None = None) -> dict[str, Any]:
+                        cache: StatsCache | None = None, stream: str = "held-out") -> dict[str, Any]:
     """Evaluate a checkpoint (`FILE.pt`, `RUN`, `RUN:STEP` or `RUN:best`) in this process; unset arguments
-    come from its config (eval_metrics, eval_n, eval_dataset or dataset, seed: the training evaluations')."""
+    come from its config (eval_metrics, eval_n, eval_dataset or dataset, seed: the training evaluations').
+    By default on the held-out sample, not the one training evaluations picked the best checkpoint by."""
     from ..checkpoint import load_checkpoint
 
     path = resolve_checkpoint(checkpoint)
@@ -279,7 +294,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None
     plan = EvalPlan(tuple(metrics or config.eval_metrics), n=n or config.eval_n,
                     dataset=dataset or config.eval_dataset or config.dataset, imsize=config.imsize,
                     center_crop=config.center_crop, seed=config.seed if seed is None else seed,
-                    batch_size=batch_size, num_workers=num_workers)
+                    batch_size=batch_size, num_workers=num_workers, stream=stream)
     evaluator = Evaluator(plan, ctx, cache=cache, inception_weights=inception_weights)
     record = evaluator.evaluate(model.generator, config.z_dim)
     assert record is not None  # one rank

@@ -24,6 +24,7 @@ PATCHES_PER_IMAGE = 128
 DIRECTION_REPEATS, DIRECTIONS_PER_REPEAT = 4, 128
 MIN_RESOLUTION = 16
 MAX_IMAGES = 4096
+STD_FLOOR = 1e-8  # far below any non-constant set's std (0..255 pixel values)
 
 _TAPS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
 _KERNEL = (_TAPS[:, None] * _TAPS[None, :] / 256.0).expand(3, 1, 5, 5).contiguous()  # cv2.pyrDown's filter
@@ -85,9 +86,10 @@ def descriptors(images: torch.Tensor, indices: list[int], seed: int) -> list[tor
 
 
 def _normalised(descriptors: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 7, 7) -> (N, 147), each colour channel to zero mean and unit (population) std over the set."""
+    """(N, 3, 7, 7) -> (N, 147), each colour channel to zero mean and unit (population) std over the set.
+    A constant channel (a collapsed generator's flat images) has std 0: it stays 0 rather than 0/0 = NaN."""
     mean = descriptors.mean(dim=(0, 2, 3), keepdim=True)
-    std = descriptors.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    std = descriptors.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(STD_FLOOR)
     return ((descriptors - mean) / std).reshape(descriptors.shape[0], -1)
 
 
