@@ -39,10 +39,14 @@ def indexed_noise(seed: int, start: int, count: int, z_dim: int, stream: Stream 
 
 
 def indexed_labels(seed: int, start: int, count: int, num_classes: int,
-                   stream: Stream = Stream.EVAL_LABELS) -> torch.Tensor:
-    """Sample i's class, uniform over num_classes, for i in [start, start + count): like indexed_noise."""
-    return _indexed(start, count, (), lambda block: torch.randint(
-        num_classes, (NOISE_BLOCK,), generator=seeded(stream, seed, block)))
+                   stream: Stream = Stream.EVAL_LABELS, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample i's class for i in [start, start + count), like indexed_noise: uniform over num_classes, or with
+    probabilities proportional to `weights` (num_classes of them; an evaluation's data's class frequencies)."""
+    if weights is None:
+        return _indexed(start, count, (), lambda block: torch.randint(
+            num_classes, (NOISE_BLOCK,), generator=seeded(stream, seed, block)))
+    return _indexed(start, count, (), lambda block: torch.multinomial(
+        weights.double(), NOISE_BLOCK, replacement=True, generator=seeded(stream, seed, block)))
 
 
 def _indexed(start: int, count: int, shape: tuple[int, ...],

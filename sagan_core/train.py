@@ -162,6 +162,9 @@ def with_classes(config: TrainConfig, dataset: ImageDataset) -> TrainConfig:
     if classes and dataset.num_classes > classes:
         raise DatasetError(f"data set {config.dataset} has {dataset.num_classes} classes, "
                            f"more than num_classes {classes}")
+    if classes and dataset.num_classes < classes:  # classes no image has: G would learn them from nothing
+        raise DatasetError(f"num_classes is {classes} but data set {config.dataset} has only "
+                           f"{dataset.num_classes} classes")
     return config if classes == config.num_classes else config.model_copy(update={"num_classes": classes})
 
 

@@ -14,6 +14,8 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
 from sagan_core.data import build_dataset
 from sagan_core.dataspec import dataset_fingerprint
@@ -28,9 +30,9 @@ from sagan_core.metrics.weights import (
     InceptionWeightsError,
     resolve_inception_weights,
 )
-from sagan_core.models import Generator
+from sagan_core.models import Generator, build_generator
 from sagan_core.parallel import init_distributed
-from sagan_core.sampling import indexed_noise, to_uint8
+from sagan_core.sampling import indexed_labels, indexed_noise, to_uint8
 from sagan_core.seeding import Stream, seeded
 
 from .conftest import subprocess_env, tiny_config
@@ -128,6 +130,47 @@ def test_the_held_out_sample_has_other_z_and_other_real_images() -> None:
     assert len(real["selection"]) == len(real["held-out"]) == 32 and not real["selection"] & real["held-out"]
     with pytest.raises(ValueError, match="stream"):
         EvalPlan(("swd",), n=32, dataset="synthetic:64", imsize=32, stream="test")
+
+
+def class_folder(root: Path, sizes: dict[str, int]) -> Path:
+    """A folder data set with one sub-folder (class) per entry of `sizes`, that many 32x32 images each."""
+    for name, size in sizes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(size):
+            Image.new("RGB", (32, 32), (25 * i, 100, len(name) * 40)).save(root / name / f"{i}.png")
+    return root
+
+
+class LabelLog(nn.Module):
+    """A conditional generator that keeps the classes it is asked for."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator, self.num_classes, self.labels = generator, generator.num_classes, []
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.labels.append(y)
+        return self.generator(z, y)
+
+
+def test_generated_classes_follow_the_data_class_mix(tmp_path: Path) -> None:
+    spec = f"folder:{class_folder(tmp_path / 'data', {'a': 2, 'bb': 8})}"
+    assert build_dataset(spec, 32).class_counts() == [2, 8]
+    labels = indexed_labels(0, 0, 20_000, 2, weights=torch.tensor([2.0, 8.0]))
+    assert labels.float().mean().item() == pytest.approx(0.8, abs=0.01)
+    config = tiny_config(arch="resnet", attention="pooled", num_classes=2, dataset=spec)
+    torch.manual_seed(0)
+    generator = LabelLog(build_generator(config))
+    plan = EvalPlan(("swd",), n=600, dataset=spec, imsize=32, batch_size=200)
+    record = Evaluator(plan, init_distributed("cpu"), cache=StatsCache(tmp_path / "cache")).evaluate(
+        generator, config.z_dim)
+    assert record["class_mix"] == [0.2, 0.8]
+    drawn = torch.cat(generator.labels)
+    assert len(drawn) == 600 and drawn.float().mean().item() == pytest.approx(0.8, abs=0.05)  # not 50/50
+    # The second evaluation reads the counts from the cache with the real statistics.
+    again = Evaluator(plan, init_distributed("cpu"), cache=StatsCache(tmp_path / "cache")).evaluate(
+        generator, config.z_dim)
+    assert again["real"]["cache"] == {"swd": "hit"} and again["class_mix"] == [0.2, 0.8]
 
 
 def test_swd_of_constant_images_is_finite() -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..layout import resolve_checkpoint
-from ..parallel import DistContext, broadcast_flags, gather_rows, pick_device, share
+from ..parallel import DistContext, all_gather_objects, broadcast_flags, gather_rows, pick_device, share
 from ..sampling import evaluation_mode, indexed_labels, indexed_noise, to_uint8
 from ..seeding import Stream, seeded
 from . import swd
@@ -74,6 +74,7 @@ class Features:
     patches: list[torch.Tensor] | None = None  # per pyramid level (M * 128, 3, 7, 7)
     statistics: dict[str, np.ndarray] | None = None  # FID's mu and sigma
     count: int = 0
+    class_counts: list[int] | None = None  # real side: the whole data set's items per class ([] unlabelled)
 
 
 @dataclass
@@ -137,7 +138,8 @@ class Evaluator:
         """The record of one evaluation on rank 0 (None on other ranks); every rank must call it."""
         started = time.perf_counter()
         real, cache_status = self.real_statistics()
-        fake = self.generated_features(generator, z_dim)
+        class_mix = self.class_mix(generator, real)
+        fake = self.generated_features(generator, z_dim, class_mix)
         if not self.ctx.is_main:
             return None
         plan = self.plan
@@ -149,6 +151,8 @@ class Evaluator:
         if self.backbone is not None:
             record["backbone"] = self.backbone.name
             record["inception_weights_sha256"] = self.backbone.weights_sha256
+        if class_mix is not None:
+            record["class_mix"] = [round(float(share), 6) for share in class_mix]
         if real.patches is not None:
             record["swd_images"] = min(real.count, fake.count, swd.MAX_IMAGES)
         record["seconds"] = round(time.perf_counter() - started, 2)
@@ -172,6 +176,7 @@ class Evaluator:
             computed = self._collect(self._loaded(dataset, order), len(order), inception=missing[0],
                                      patches=missing[1], logits=False)
             if computed is not None:  # rank 0
+                computed.class_counts = dataset.class_counts()
                 entries.update(self._store(keys, computed))
         if not self.ctx.is_main:
             return Features(), {}
@@ -183,6 +188,7 @@ class Evaluator:
         if (entry := entries.get("swd")) is not None:
             real.patches = [torch.from_numpy(entry[f"patches_{size}"]) for size in swd.resolutions(plan.imsize)]
             real.count = int(entry["count"])
+        real.class_counts = next(iter(entries.values()))["class_counts"].tolist()
         return real, {part: "miss" if missing[index] else "hit"
                       for index, part in enumerate(("inception", "swd")) if part in keys}
 
@@ -195,16 +201,16 @@ class Evaluator:
 
     def _store(self, keys: dict[str, StatsKey], computed: Features) -> dict[str, dict[str, np.ndarray]]:
         entries = {}
-        count = np.array(computed.count)
+        count, class_counts = np.array(computed.count), np.array(computed.class_counts, dtype=np.int64)
         if computed.pool is not None:
             from .scores import frechet_statistics
 
             entries["inception"] = {"pool": computed.pool.numpy(), **frechet_statistics(computed.pool),
-                                    "count": count}
+                                    "count": count, "class_counts": class_counts}
         if computed.patches is not None:
             entries["swd"] = {**{f"patches_{size}": level.numpy() for size, level
                                  in zip(swd.resolutions(self.plan.imsize), computed.patches, strict=True)},
-                              "count": count}
+                              "count": count, "class_counts": class_counts}
         for part, entry in entries.items():
             self.cache.save(keys[part], entry)
         return entries
@@ -230,12 +236,31 @@ class Evaluator:
 
     # -- the generated side ------------------------------------------------------------------
 
-    def generated_features(self, generator: nn.Module, z_dim: int) -> Features | None:
-        """The plan's n samples' features, on rank 0 (None elsewhere); every rank must call it."""
-        return self._collect(self._generated(generator, z_dim), self.plan.n, inception=self.backbone is not None,
-                             patches="swd" in self.plan.metrics, logits="is" in self.plan.metrics)
+    def class_mix(self, generator: nn.Module, real: Features) -> torch.Tensor | None:
+        """A conditional generator's class probabilities in evaluations: the evaluation data's class
+        frequencies, as its real side has them (uniform if it is unlabelled); None if unconditional. Every rank
+        must call it (rank 0 read the counts with the real statistics)."""
+        num_classes = getattr(generator, "num_classes", 0)
+        if not num_classes:
+            return None
+        counts = all_gather_objects(real.class_counts, self.ctx)[0] or [1] * num_classes
+        if len(counts) > num_classes:
+            raise ValueError(f"data set {self.plan.dataset} has {len(counts)} classes, more than the generator's "
+                             f"num_classes {num_classes}")
+        weights = torch.zeros(num_classes, dtype=torch.float64)
+        weights[:len(counts)] = torch.tensor(counts, dtype=torch.float64)
+        return weights / weights.sum()
 
-    def _generated(self, generator: nn.Module, z_dim: int) -> Iterator[tuple[int, torch.Tensor]]:
+    def generated_features(self, generator: nn.Module, z_dim: int,
+                           class_mix: torch.Tensor | None = None) -> Features | None:
+        """The plan's n samples' features, on rank 0 (None elsewhere); every rank must call it. A conditional
+        generator's classes follow `class_mix` (default uniform)."""
+        return self._collect(self._generated(generator, z_dim, class_mix), self.plan.n,
+                             inception=self.backbone is not None, patches="swd" in self.plan.metrics,
+                             logits="is" in self.plan.metrics)
+
+    def _generated(self, generator: nn.Module, z_dim: int,
+                   class_mix: torch.Tensor | None) -> Iterator[tuple[int, torch.Tensor]]:
         mine = share(self.plan.n, self.ctx)
         device = next(generator.parameters()).device
         noise_stream, label_stream, _ = SAMPLES[self.plan.stream]
@@ -243,10 +268,10 @@ class Evaluator:
             for first in range(mine.start, mine.stop, self.plan.batch_size):
                 count = min(self.plan.batch_size, mine.stop - first)
                 z = indexed_noise(self.plan.seed, first, count, z_dim, noise_stream).to(device)
-                # A conditional generator's classes are drawn from (seed, i) too: uniform over its classes.
+                # A conditional generator's classes are drawn from (seed, i) too, with the class mix's odds.
                 num_classes = getattr(generator, "num_classes", 0)
-                y = () if not num_classes else (
-                    indexed_labels(self.plan.seed, first, count, num_classes, label_stream).to(device),)
+                y = () if not num_classes else (indexed_labels(self.plan.seed, first, count, num_classes,
+                                                               label_stream, class_mix).to(device),)
                 yield first, to_uint8(generator(z, *y).float())
 
     def _collect(self, batches: Iterator[tuple[int, torch.Tensor]], total: int, *, inception: bool,
