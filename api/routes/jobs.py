@@ -171,7 +171,7 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
     children with their status, progress and best evaluation."""
     job = jobs.get_job(session, job_id, owner=owner)
     children = jobs.sweep_children(session, job_id=job.id) if job.kind == "sweep" else None
-    return JobPublic.from_job(job, children=children)
+    return JobPublic.from_job(job, children=children, best_held_out_eval=jobs.best_held_out_eval(session, job))
 
 
 @router.get("/{job_id}/report", response_class=HTMLResponse,
