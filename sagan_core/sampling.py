@@ -155,9 +155,9 @@ def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, s
 def sample_to_dir(checkpoint: str | Path, out_dir: str | Path, *, n: int, seed: int = 0, device: str = "cpu",
                   batch_size: int = 256, classes: list[int] | None = None, per_class: int | None = None) -> Path:
     """Write n samples as out_dir/<i>.png, batch by batch (memory does not grow with n); image i comes from
-    indexed_noise(seed, i), the z an evaluation with this seed uses for its sample i, and for a conditional
-    model from indexed_labels(seed, i), its class there, unless classes/per_class choose them (then n is
-    their count)."""
+    indexed_noise(seed, i), the z a (selection) evaluation with this seed uses for its sample i, and for a
+    conditional model from indexed_labels(seed, i), uniform (an evaluation weights it by its data's class
+    mix), unless classes/per_class choose them (then n is their count)."""
     if n < 1:
         raise ValueError("n must be >= 1")
     model = load_checkpoint(checkpoint, device=device)

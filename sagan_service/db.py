@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from sagan_core.metrics.runs import json_safe
 
 
 def make_engine(url: str, *, pre_ping: bool = False, application_name: str | None = None) -> Engine:
@@ -11,7 +16,8 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
     worker and the reaper: a round trip is nothing next to a job; the API goes without, see below).
     `application_name`: shown in PostgreSQL's pg_stat_activity, so an operator sees who holds what."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               json_serializer=_strict_json)
         # API and worker write the same file: WAL lets readers run during a write, and the busy
         # timeout above makes a writer wait for the lock instead of failing.
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -20,7 +26,13 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
     # use of a stale connection fails (a 503 from the API) and SQLAlchemy then drops the whole pool.
     connect_args = {} if application_name is None else {"application_name": application_name[:63]}
     return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_pre_ping=pre_ping,
-                         connect_args=connect_args)
+                         connect_args=connect_args, json_serializer=_strict_json)
+
+
+def _strict_json(value: Any) -> str:
+    """JSON columns without NaN or infinities (stored as null): PostgreSQL's json type refuses them, and a
+    collapsed run's evaluation holds them."""
+    return json.dumps(json_safe(value))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

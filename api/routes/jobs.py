@@ -26,6 +26,7 @@ from api.schemas import (
     SweepJobCreate,
     utc,
 )
+from sagan_core.metrics.runs import json_safe
 from sagan_service import jobs, limits
 from sagan_service.logs import JOB_ID
 from sagan_service.models import Artifact, Job
@@ -282,7 +283,8 @@ def _jsonl(store: StoreDep, key: str) -> list[dict]:
         data = store.get_bytes(key)
     except ArtifactNotFound:
         return []
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    # NaN and infinities (a diverged run's losses or scores) as null: JSON responses cannot hold them.
+    return [json_safe(json.loads(line)) for line in data.decode().splitlines() if line.strip()]
 
 
 def _artifact(session: SessionDep, job_id: str, owner: str | None, kind: str, step: int) -> Artifact:

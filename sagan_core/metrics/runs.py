@@ -50,6 +50,18 @@ def best_eval(records: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str
     return best
 
 
+def json_safe(value: Any) -> Any:
+    """value with every NaN or infinite float as None, for strict JSON: PostgreSQL's json type and HTTP
+    responses refuse NaN, so a collapsed run's score would otherwise fail the write or the response."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The complete lines of a JSONL file (a writer may be mid-line); [] if there is none."""
     try:
