@@ -138,6 +138,9 @@ class JobPublic(BaseModel):
     latest_eval: dict[str, Any] | None = Field(description="the newest evaluation (an eval job: its result)")
     best_eval: dict[str, Any] | None = Field(description="a training job's best evaluation by its first "
                                                          "eval metric; its checkpoint is committed")
+    best_held_out_eval: dict[str, Any] | None = Field(
+        None, description="in GET /jobs/{id}: the newest held-out evaluation (an eval job's) of the best "
+                          "checkpoint, beside best_eval, the selection score it was picked by")
     attempt: int
     max_attempts: int
     resumed_from_step: int | None = Field(description="checkpoint step the current attempt resumed from")
@@ -156,11 +159,12 @@ class JobPublic(BaseModel):
                                                                 "arm by arm and seed by seed")
 
     @classmethod
-    def from_job(cls, job: Job, children: list[Job] | None = None) -> JobPublic:
+    def from_job(cls, job: Job, children: list[Job] | None = None,
+                 best_held_out_eval: dict[str, Any] | None = None) -> JobPublic:
         return cls(
             id=job.id, kind=job.kind, status=job.status, queue=job.queue, spec=job.spec,
             progress=Progress(step=job.step, total_steps=job.total_steps), metrics=job.metrics,
-            latest_eval=job.latest_eval, best_eval=job.best_eval,
+            latest_eval=job.latest_eval, best_eval=job.best_eval, best_held_out_eval=best_held_out_eval,
             attempt=job.attempt, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
             latest_checkpoint_step=job.latest_checkpoint_step, cancel_requested=job.cancel_requested,
             error=job.error, log_tail=job.log_tail, created_at=utc(job.created_at),

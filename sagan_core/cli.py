@@ -125,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record = evaluate_checkpoint(args.checkpoint, metrics=args.metrics, n=args.n, dataset=args.dataset,
                                  seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers,
                                  device=args.device, inception_weights=args.inception_weights,
-                                 cache=StatsCache(args.stats_cache))
+                                 cache=StatsCache(args.stats_cache), stream=args.stream)
     if args.checkpoint_name:
         record["checkpoint"] = args.checkpoint_name
     run_dir = run_dir_of(resolve_checkpoint(args.checkpoint))
@@ -146,7 +146,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     plan = EvalPlan(tuple(args.metrics), n=args.n, dataset=args.dataset, imsize=args.imsize,
                     center_crop=args.center_crop, resize_mode=args.resize_mode, batch_size=args.batch_size,
-                    num_workers=args.num_workers)
+                    num_workers=args.num_workers, stream=args.stream)
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=pick_device(args.device))
     evaluator = Evaluator(plan, ctx, cache=StatsCache(args.stats_cache), inception_weights=args.inception_weights)
     real, status = evaluator.real_statistics()
@@ -167,8 +167,11 @@ def _metric_list(text: str) -> list[str]:
     return names
 
 
-def _add_eval_options(parser: argparse.ArgumentParser) -> None:
-    """Options that `sagan eval` and `sagan stats` share."""
+def _add_eval_options(parser: argparse.ArgumentParser, stream: str) -> None:
+    """Options that `sagan eval` and `sagan stats` share; `stream` is the default sample."""
+    parser.add_argument("--stream", choices=["held-out", "selection"], default=stream,
+                        help="which sample: held-out (other z and real images than training evaluations pick the "
+                             f"best checkpoint by) or selection (theirs); default {stream}")
     parser.add_argument("--batch-size", type=int, default=64, help="images per generator/feature batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loader workers for the real images")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -301,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--evals", type=Path, help="JSONL file to append to (default: the run's evals.jsonl)")
     evaluate.add_argument("--checkpoint-name", help="what the record calls the checkpoint (default: its path); "
                                                     "the job service names the source job and step")
-    _add_eval_options(evaluate)
+    _add_eval_options(evaluate, "held-out")
     evaluate.set_defaults(func=cmd_eval)
 
     stats = commands.add_parser("stats", help="precompute the real-data statistics evaluations use",
@@ -314,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("-n", "--n", type=int, default=50_000, help="real images (default 50000, or all)")
     stats.add_argument("--metrics", type=_metric_list, default=["fid", "swd"],
                        help="whose statistics: any Inception metric (fid,kid,is,pr share one entry) and/or swd")
-    _add_eval_options(stats)
+    _add_eval_options(stats, "selection")
     stats.set_defaults(func=cmd_stats)
 
     sweep = commands.add_parser(

@@ -63,6 +63,14 @@ class ImageDataset(Dataset):
         """Item index's class in [0, num_classes), or NO_LABEL."""
         return NO_LABEL
 
+    def class_counts(self) -> list[int]:
+        """The number of items of each class (num_classes of them; [] if unlabelled), from the labels alone:
+        no image is decoded."""
+        if not self.num_classes:
+            return []
+        labels = np.fromiter((self.label(i) for i in range(len(self))), dtype=np.int64, count=len(self))
+        return np.bincount(labels, minlength=self.num_classes).tolist()
+
 
 def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
                   resize_mode: ResizeMode = "squash") -> ImageDataset:

@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import FIELDS
 from .layout import EVALS, METRICS, arm_of, real_grid_path, samples, step_of
-from .metrics.runs import read_jsonl
+from .metrics.runs import best_eval, rank, read_jsonl
 from .studies import compute_spent
 
 # Quality metrics a table shows, in this order, and whether higher is better (HEADLINE's numbers).
@@ -120,15 +120,27 @@ def _train_evals(run: RunRecord) -> list[dict[str, Any]]:
     return [record for record in run.evals if record.get("source", "train") == "train"]
 
 
+def held_out_of_best(run: RunRecord) -> dict[str, Any] | None:
+    """The newest held-out evaluation (`sagan eval`, source "eval") of the run's best checkpoint (by its first
+    eval metric, on the selection sample), or None."""
+    best = best_eval(run.evals, run.config.get("eval_metrics") or ["swd"])
+    held_out = [record for record in run.evals if best is not None and record.get("source") == "eval"
+                and record.get("stream") == "held-out" and record.get("step") == best["step"]]
+    return held_out[-1] if held_out else None
+
+
 def run_summary(run: RunRecord, metrics: Sequence[str]) -> dict[str, float | None]:
-    """One run's numbers for the table: `final <m>` and `best <m>` per quality metric (the last evaluation and
-    the best one), the final losses and D outputs, and the last step."""
+    """One run's numbers for the table: `final <m>`, `best <m>` and `held-out <m>` per quality metric (the last
+    evaluation, the best one, and the best checkpoint's held-out evaluation), the final losses and D outputs,
+    and the last step."""
     row: dict[str, float | None] = {}
     evals = _train_evals(run)
+    held_out = (held_out_of_best(run) or {}).get("metrics", {})
     for name in metrics:
         values = [record["metrics"][name] for record in evals if name in record.get("metrics", {})]
         row[f"final {name}"] = values[-1] if values else None
-        row[f"best {name}"] = (max(values) if QUALITY[name] else min(values)) if values else None
+        row[f"best {name}"] = min(values, key=lambda value: rank(value, QUALITY[name])) if values else None
+        row[f"held-out {name}"] = held_out.get(name)
     logged = [record for record in run.metrics if "d_loss" in record]
     tail = logged[-max(1, math.ceil(len(logged) * FINAL_SHARE)):] if logged else []
     for key in ("d_loss", "g_loss", "d_out_real", "d_out_fake"):
@@ -147,10 +159,14 @@ def _spent(run: RunRecord, step: int) -> dict[str, int]:
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float | None, int] | None:
-    """(mean, sample std or None for one value, count) of the values that are there; None if none is."""
-    present = [value for value in values if value is not None and math.isfinite(value)]
+    """(mean, sample std or None for one value, count) of the values that are there; None if none is. A NaN
+    or infinite value (a diverged seed) makes the mean NaN or infinite, with no std: hiding it would
+    show the other seeds' mean as the arm's."""
+    present = [value for value in values if value is not None]
     if not present:
         return None
+    if not all(math.isfinite(value) for value in present):
+        return statistics.fmean(present), None, len(present)
     return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None, len(present)
 
 
@@ -360,9 +376,12 @@ def build_report(runs: Sequence[RunRecord], *, title: str, question: str | None 
     arms = group_arms(runs)
     metrics = quality_metrics(runs)
     summaries = {run.name: run_summary(run, metrics) for run in runs}
-    columns = ([f"final {name}" for name in metrics] + [f"best {name}" for name in metrics]
+    held_out = [f"held-out {name}" for name in metrics
+                if any(summary[f"held-out {name}"] is not None for summary in summaries.values())]
+    columns = ([f"final {name}" for name in metrics] + [f"best {name}" for name in metrics] + held_out
                + ["d_loss", "g_loss", "d_out_real", "d_out_fake"])
-    directions = {**{f"final {m}": QUALITY[m] for m in metrics}, **{f"best {m}": QUALITY[m] for m in metrics}}
+    directions = {f"{kind} {m}": QUALITY[m] for kind in ("final", "best", "held-out") for m in metrics}
+    directions = {column: higher for column, higher in directions.items() if column in columns}
     cells = {arm: {column: mean_std([summaries[run.name][column] for run in group]) for column in columns}
              for arm, group in arms.items()}
     parts = [f"<h1>{html.escape(title)}</h1>"]
@@ -372,7 +391,10 @@ def build_report(runs: Sequence[RunRecord], *, title: str, question: str | None 
                  + ("Quality metrics from the training evaluations (evals.jsonl)." if metrics else
                     "No run has evaluations (eval_every = 0): the table compares losses only.")
                  + " Mean ± sample std over seeds; final losses and D outputs are the mean of the last "
-                   f"{FINAL_SHARE:.0%} of the logged steps; the best value of each column is in bold.</p>")
+                   f"{FINAL_SHARE:.0%} of the logged steps; the best value of each column is in bold."
+                 + (" <code>held-out</code>: the best checkpoint's score on the held-out sample (other z and real "
+                    "images, <code>sagan eval RUN:best</code>), beside <code>best</code>, the score it was picked "
+                    "by." if held_out else "") + "</p>")
     parts.append(_summary_table(arms, summaries, columns, cells, directions))
     parts.append(_differences_table(arms))
     for caption, png in _curve_figures(arms, metrics):
@@ -388,7 +410,9 @@ def _summary_table(arms: dict[str, list[RunRecord]], summaries: dict[str, dict[s
     for column, higher in directions.items():
         ranked = [(cell[column][0], arm) for arm, cell in cells.items() if cell[column] is not None]
         if len(ranked) > 1:
-            best[column] = (max(ranked) if higher else min(ranked))[1]
+            value, arm = min(ranked, key=lambda item: rank(item[0], higher))
+            if math.isfinite(value):  # a NaN or infinite arm ranks last, never in bold
+                best[column] = arm
     spent = ("step", "d_updates", "images_seen")  # G steps, D updates, real images: each arm's compute
     head = "".join(f"<th>{html.escape(column)}</th>"
                    for column in ["arm", "seeds", "steps", "D updates", "images seen", *columns])

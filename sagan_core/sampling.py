@@ -19,11 +19,9 @@ from torchvision.utils import make_grid
 
 from .checkpoint import load_checkpoint
 from .files import atomic_write
-from .seeding import seeded
+from .seeding import Stream, seeded
 
 NOISE_BLOCK = 1024
-NOISE_STREAM = -1  # negative: apart from the trainer's (seed, step, slot) draws
-LABEL_STREAM = -2
 GRID_ROWS = 8
 
 
@@ -32,17 +30,23 @@ def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
-def indexed_noise(seed: int, start: int, count: int, z_dim: int) -> torch.Tensor:
-    """z_i for i in [start, start + count): a function of (seed, i) alone, drawn in blocks of NOISE_BLOCK, so
-    any batch size, rank split or later call sees the same z for sample i (evaluations compare the same z)."""
+def indexed_noise(seed: int, start: int, count: int, z_dim: int, stream: Stream = Stream.EVAL_NOISE) -> torch.Tensor:
+    """z_i for i in [start, start + count): a function of (stream, seed, i) alone, drawn in blocks of
+    NOISE_BLOCK, so any batch size, rank split or later call sees the same z for sample i (evaluations compare
+    the same z)."""
     return _indexed(start, count, (z_dim,), lambda block: torch.randn(
-        NOISE_BLOCK, z_dim, generator=seeded(seed, NOISE_STREAM, block)))
+        NOISE_BLOCK, z_dim, generator=seeded(stream, seed, block)))
 
 
-def indexed_labels(seed: int, start: int, count: int, num_classes: int) -> torch.Tensor:
-    """Sample i's class, uniform over num_classes, for i in [start, start + count): like indexed_noise."""
-    return _indexed(start, count, (), lambda block: torch.randint(
-        num_classes, (NOISE_BLOCK,), generator=seeded(seed, LABEL_STREAM, block)))
+def indexed_labels(seed: int, start: int, count: int, num_classes: int,
+                   stream: Stream = Stream.EVAL_LABELS, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample i's class for i in [start, start + count), like indexed_noise: uniform over num_classes, or with
+    probabilities proportional to `weights` (num_classes of them; an evaluation's data's class frequencies)."""
+    if weights is None:
+        return _indexed(start, count, (), lambda block: torch.randint(
+            num_classes, (NOISE_BLOCK,), generator=seeded(stream, seed, block)))
+    return _indexed(start, count, (), lambda block: torch.multinomial(
+        weights.double(), NOISE_BLOCK, replacement=True, generator=seeded(stream, seed, block)))
 
 
 def _indexed(start: int, count: int, shape: tuple[int, ...],
@@ -151,9 +155,9 @@ def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, s
 def sample_to_dir(checkpoint: str | Path, out_dir: str | Path, *, n: int, seed: int = 0, device: str = "cpu",
                   batch_size: int = 256, classes: list[int] | None = None, per_class: int | None = None) -> Path:
     """Write n samples as out_dir/<i>.png, batch by batch (memory does not grow with n); image i comes from
-    indexed_noise(seed, i), the z an evaluation with this seed uses for its sample i, and for a conditional
-    model from indexed_labels(seed, i), its class there, unless classes/per_class choose them (then n is
-    their count)."""
+    indexed_noise(seed, i), the z a (selection) evaluation with this seed uses for its sample i, and for a
+    conditional model from indexed_labels(seed, i), uniform (an evaluation weights it by its data's class
+    mix), unless classes/per_class choose them (then n is their count)."""
     if n < 1:
         raise ValueError("n must be >= 1")
     model = load_checkpoint(checkpoint, device=device)

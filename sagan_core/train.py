@@ -67,7 +67,7 @@ from .parallel import (
     wrap_ddp,
 )
 from .sampling import fixed_noise, generate, grid_labels, write_grid
-from .seeding import seeded
+from .seeding import Stream, seeded
 from .studies import compute_spent
 
 
@@ -90,7 +90,7 @@ class StepBatchSampler(Sampler[list[int]]):
         while True:
             if batch // per_epoch != epoch:
                 epoch = batch // per_epoch
-                order = torch.randperm(self.size, generator=seeded(self.seed, epoch))
+                order = torch.randperm(self.size, generator=seeded(Stream.EPOCH_ORDER, self.seed, epoch))
             first = batch % per_epoch * self.global_batch
             yield order[first:first + self.global_batch][self.local].tolist()
             batch += 1
@@ -155,11 +155,6 @@ def build_state(config: TrainConfig, ctx: DistContext, dataset_size: int) -> Tra
                       g_optimizer, d_optimizer, ema, BadImageLog(dataset_size, config.max_bad_images))
 
 
-# Tag the gradient penalty's and the generator's class draws apart from z's, seeded by (seed, step, slot) alone.
-PENALTY_STREAM = 1
-LABEL_STREAM = 2
-
-
 def with_classes(config: TrainConfig, dataset: ImageDataset) -> TrainConfig:
     """config with num_classes resolved against the training data (null = the data set's own number), so the
     saved config, and every checkpoint, says what the model is; a conditional model needs labels that fit."""
@@ -169,6 +164,9 @@ def with_classes(config: TrainConfig, dataset: ImageDataset) -> TrainConfig:
     if classes and dataset.num_classes > classes:
         raise DatasetError(f"data set {config.dataset} has {dataset.num_classes} classes, "
                            f"more than num_classes {classes}")
+    if classes and dataset.num_classes < classes:  # classes no image has: G would learn them from nothing
+        raise DatasetError(f"num_classes is {classes} but data set {config.dataset} has only "
+                           f"{dataset.num_classes} classes")
     return config if classes == config.num_classes else config.model_copy(update={"num_classes": classes})
 
 
@@ -177,7 +175,7 @@ def fake_classes(config: TrainConfig, ctx: DistContext, step: int, slot: int) ->
     if not config.num_classes:
         return None
     classes = torch.randint(config.num_classes, (config.batch_size,),
-                            generator=seeded(config.seed, step, slot, LABEL_STREAM))
+                            generator=seeded(Stream.TRAIN_LABELS, config.seed, step, slot))
     return _rank_share(classes, ctx)
 
 
@@ -188,13 +186,13 @@ def labelled(y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
 
 def noise(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
     """This rank's slice of the global z for (step, slot); slot n_critic is the G step's."""
-    z = torch.randn(config.batch_size, config.z_dim, generator=seeded(config.seed, step, slot))
+    z = torch.randn(config.batch_size, config.z_dim, generator=seeded(Stream.TRAIN_NOISE, config.seed, step, slot))
     return _rank_share(z, ctx)
 
 
 def penalty_weights(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
     """This rank's slice of the global interpolation weights alpha (B,) of the gradient penalty."""
-    alpha = torch.rand(config.batch_size, generator=seeded(config.seed, step, slot, PENALTY_STREAM))
+    alpha = torch.rand(config.batch_size, generator=seeded(Stream.PENALTY, config.seed, step, slot))
     return _rank_share(alpha, ctx)
 
 
@@ -360,7 +358,8 @@ class RunWriter:
             return
         # The same replacement of unreadable images as the batches (which also count them).
         readable = SkipUnreadable(dataset, self.state.bad_images.tries)
-        first = torch.randperm(len(dataset), generator=seeded(self.state.config.seed, 0))[:64].tolist()
+        epoch_zero = seeded(Stream.EPOCH_ORDER, self.state.config.seed, 0)  # the order the batches start from
+        first = torch.randperm(len(dataset), generator=epoch_zero)[:64].tolist()
         images = [image for image, _, _ in map(readable.__getitem__, first) if image is not None]
         if images:  # none readable: the first batch fails the run, naming them
             write_grid(torch.stack(images), path)

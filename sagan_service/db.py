@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from sagan_core.metrics.runs import json_safe
 
 
 def make_engine(url: str, *, pre_ping: bool = False, application_name: str | None = None,
@@ -18,7 +21,8 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
     `timeout_s`: PostgreSQL's statement_timeout (a statement waiting on a lock counts) and the connect
     timeout; None (migrations) waits."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               json_serializer=_strict_json)
         # API and worker write the same file: WAL lets readers run during a write, and the busy
         # timeout above makes a writer wait for the lock instead of failing.
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -32,7 +36,13 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
         connect_args["options"] = f"{options} -c statement_timeout={round(timeout_s * 1000)}".strip()
         connect_args["connect_timeout"] = max(2, math.ceil(timeout_s))  # libpq: whole seconds, at least 2
     return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_pre_ping=pre_ping,
-                         connect_args=connect_args)
+                         connect_args=connect_args, json_serializer=_strict_json)
+
+
+def _strict_json(value: Any) -> str:
+    """JSON columns without NaN or infinities (stored as null): PostgreSQL's json type refuses them, and a
+    collapsed run's evaluation holds them."""
+    return json.dumps(json_safe(value))
 
 
 def no_answer(error: OperationalError) -> bool:

@@ -286,6 +286,20 @@ def get_artifact(session: Session, *, job_id: str, kind: str, step: int) -> Arti
                                                  Artifact.step == step))
 
 
+def best_held_out_eval(session: Session, job: Job) -> dict[str, Any] | None:
+    """The newest held-out evaluation of a training job's best checkpoint (a succeeded eval job's result,
+    `"stream": "held-out"`), shown beside the selection score it was picked by; None if there is none."""
+    if job.kind != "train" or job.best_eval is None:
+        return None
+    query = (select(Job.spec, Job.latest_eval).where(Job.kind == "eval", Job.status == "succeeded",
+                                                     Job.spec["job_id"].as_string() == job.id)
+             .order_by(Job.id.desc()))
+    for spec, result in session.execute(query):
+        if spec.get("step") == job.best_eval["step"] and (result or {}).get("stream") == "held-out":
+            return result
+    return None
+
+
 def committed_checkpoint(session: Session, *, job_id: str, step: int | Literal["best"] | None,
                          owner: str | None = None) -> Artifact:
     """The committed checkpoint a sampling or eval job reads (the latest when step is None, the best

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -17,23 +18,26 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
 from sagan_core.data import build_dataset
 from sagan_core.dataspec import dataset_fingerprint
 from sagan_core.metrics import scores, swd
 from sagan_core.metrics.backbones import InceptionV3
 from sagan_core.metrics.cache import STATS_VERSIONS, StatsCache, stats_keys
-from sagan_core.metrics.evaluate import REAL_ORDER_STREAM, EvalPlan, Evaluator
+from sagan_core.metrics.evaluate import SAMPLES, EvalPlan, Evaluator
+from sagan_core.metrics.runs import best_eval, improves
 from sagan_core.metrics.weights import (
     SHA256,
     InceptionWeights,
     InceptionWeightsError,
     resolve_inception_weights,
 )
-from sagan_core.models import Generator
+from sagan_core.models import Generator, build_generator
 from sagan_core.parallel import init_distributed
-from sagan_core.sampling import indexed_noise, to_uint8
-from sagan_core.seeding import seeded
+from sagan_core.sampling import indexed_labels, indexed_noise, to_uint8
+from sagan_core.seeding import Stream, seeded
 
 from .conftest import subprocess_env, tiny_config
 
@@ -122,6 +126,85 @@ def test_swd_separates_real_from_noise_and_is_deterministic() -> None:
     assert _swd(first, second) == real_vs_real  # seeded: the same number every time
 
 
+def test_the_held_out_sample_has_other_z_and_other_real_images() -> None:
+    held_out_noise = SAMPLES["held-out"][0]
+    assert not torch.equal(indexed_noise(0, 0, 8, 4, held_out_noise), indexed_noise(0, 0, 8, 4))
+    real = {stream: set(Evaluator(EvalPlan(("swd",), n=32, dataset="synthetic:64", imsize=32, stream=stream),
+                                  init_distributed("cpu"))._real_images()[1].tolist()) for stream in SAMPLES}
+    assert len(real["selection"]) == len(real["held-out"]) == 32 and not real["selection"] & real["held-out"]
+    with pytest.raises(ValueError, match="stream"):
+        EvalPlan(("swd",), n=32, dataset="synthetic:64", imsize=32, stream="test")
+
+
+def class_folder(root: Path, sizes: dict[str, int]) -> Path:
+    """A folder data set with one sub-folder (class) per entry of `sizes`, that many 32x32 images each."""
+    for name, size in sizes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(size):
+            Image.new("RGB", (32, 32), (25 * i, 100, len(name) * 40)).save(root / name / f"{i}.png")
+    return root
+
+
+class LabelLog(nn.Module):
+    """A conditional generator that keeps the classes it is asked for."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator, self.num_classes, self.labels = generator, generator.num_classes, []
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.labels.append(y)
+        return self.generator(z, y)
+
+
+def test_generated_classes_follow_the_data_class_mix(tmp_path: Path) -> None:
+    spec = f"folder:{class_folder(tmp_path / 'data', {'a': 2, 'bb': 8})}"
+    assert build_dataset(spec, 32).class_counts() == [2, 8]
+    labels = indexed_labels(0, 0, 20_000, 2, weights=torch.tensor([2.0, 8.0]))
+    assert labels.float().mean().item() == pytest.approx(0.8, abs=0.01)
+    config = tiny_config(arch="resnet", attention="pooled", num_classes=2, dataset=spec)
+    torch.manual_seed(0)
+    generator = LabelLog(build_generator(config))
+    plan = EvalPlan(("swd",), n=600, dataset=spec, imsize=32, batch_size=200)
+    record = Evaluator(plan, init_distributed("cpu"), cache=StatsCache(tmp_path / "cache")).evaluate(
+        generator, config.z_dim)
+    assert record["class_mix"] == [0.2, 0.8]
+    drawn = torch.cat(generator.labels)
+    assert len(drawn) == 600 and drawn.float().mean().item() == pytest.approx(0.8, abs=0.05)  # not 50/50
+    # The second evaluation reads the counts from the cache with the real statistics.
+    again = Evaluator(plan, init_distributed("cpu"), cache=StatsCache(tmp_path / "cache")).evaluate(
+        generator, config.z_dim)
+    assert again["real"]["cache"] == {"swd": "hit"} and again["class_mix"] == [0.2, 0.8]
+
+
+def test_swd_of_constant_images_is_finite() -> None:
+    real = _real_images(range(64))
+    flat = torch.full_like(real, 128)  # a collapsed generator: one grey image
+    scores_flat = _swd(real, flat)
+    assert all(math.isfinite(value) for value in scores_flat.values()), scores_flat
+    assert scores_flat["swd"] > _swd(real, _real_images(range(64, 128)))["swd"]
+    assert _swd(flat, flat)["swd"] == 0.0
+
+
+def test_a_nan_or_infinite_score_ranks_below_every_finite_one() -> None:
+    nan, inf = float("nan"), float("inf")
+    for metrics in (["fid"], ["is"]):  # lower and higher is better
+        assert improves(metrics, 5.0, nan) and improves(metrics, 5.0, inf) and improves(metrics, 5.0, -inf)
+        assert not improves(metrics, nan, 5.0) and not improves(metrics, inf, 5.0)
+        assert not improves(metrics, nan, nan) and not improves(metrics, inf, nan)  # equals: the earliest stays
+        assert improves(metrics, nan, None)  # something beats nothing
+    assert improves(["fid"], 3.0, 5.0) and improves(["is"], 5.0, 3.0)
+
+    def records(*values: float) -> list[dict]:
+        return [{"step": step, "source": "train", "metrics": {"fid": value, "is": value}}
+                for step, value in enumerate(values)]
+
+    assert best_eval(records(nan, 5.0, 3.0), ["fid"])["step"] == 2
+    assert best_eval(records(nan, 5.0, 3.0), ["is"])["step"] == 1
+    assert best_eval(records(3.0, inf), ["is"])["step"] == 0
+    assert best_eval(records(nan, nan), ["fid"])["step"] == 0
+
+
 def test_swd_descriptors_do_not_depend_on_the_batch_an_image_is_in() -> None:
     images = _real_images(range(10), imsize=64)
     whole = swd.descriptors(images, list(range(10)), 3)
@@ -176,7 +259,7 @@ def test_pipeline_fid_equals_a_direct_computation_on_the_same_features(tmp_path:
     with torch.no_grad():
         fake = backbone(to_uint8(generator(indexed_noise(0, 0, 96, config.z_dim))))["pool"]
     dataset = build_dataset("synthetic:64", 32)
-    order = torch.randperm(64, generator=seeded(REAL_ORDER_STREAM))  # all 64: n exceeds the data set
+    order = torch.randperm(64, generator=seeded(Stream.REAL_ORDER, 0))  # all 64: n exceeds the data set
     real = backbone(to_uint8(torch.stack([dataset[int(i)] for i in order])))["pool"]
     assert record["real"]["n"] == 64
     assert record["metrics"]["fid"] == pytest.approx(_scipy_fid(fake.double().numpy(), real.double().numpy()),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sagan_core.report import RunRecord, _colors, _plot, build_report, group_arms, load_run
+from sagan_core.report import RunRecord, _colors, _plot, build_report, group_arms, load_run, run_summary
 from sagan_core.sweeps import SweepError, check_run_dirs, expand_sweep
 
 from .conftest import subprocess_env
@@ -172,3 +172,33 @@ def _mentions(pid: str, text: str) -> bool:
         return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _evaluated_run(name: str, *fids: float) -> RunRecord:
+    return RunRecord(name=name, config={"seed": 0}, metrics=[{"step": 1, "d_loss": 1.0, "g_loss": 1.0}],
+                     evals=[{"step": step, "source": "train", "metrics": {"fid": fid}}
+                            for step, fid in enumerate(fids)])
+
+
+def test_a_nan_arm_ranks_last_and_a_nan_step_is_never_the_best() -> None:
+    # A collapsed run: NaN at step 0, then finite; its best is the finite one, not the NaN.
+    assert run_summary(_evaluated_run("a-s0", float("nan"), 50.0, 45.0), ["fid"])["best fid"] == 45.0
+    runs = [_evaluated_run("good-s0", 90.0, 80.0), _evaluated_run("collapsed-s0", 90.0, float("nan")),
+            _evaluated_run("diverged-s0", 90.0, float("inf"))]
+    page, _png = build_report(runs, title="t")
+    final_cells = {arm: re.search(rf"<tr><td>{arm}</td>(?:<td>[^<]*</td>){{2}}(<td>(?:<b>)?[^<]*)", page)[1]
+                   for arm in ("good", "collapsed", "diverged")}
+    assert final_cells == {"good": "<td><b>80", "collapsed": "<td>nan", "diverged": "<td>inf"}
+
+
+def test_the_best_checkpoints_held_out_score_stands_beside_its_selection_score() -> None:
+    run = _evaluated_run("a-s0", 90.0, 60.0, 70.0)
+    held_out = {"step": 1, "source": "eval", "stream": "held-out", "metrics": {"fid": 66.5}}
+    other_step = {"step": 2, "source": "eval", "stream": "held-out", "metrics": {"fid": 1.0}}
+    run = RunRecord(name=run.name, config={"seed": 0, "eval_metrics": ["fid"]}, metrics=run.metrics,
+                    evals=[*run.evals, held_out, other_step])
+    summary = run_summary(run, ["fid"])
+    assert (summary["best fid"], summary["held-out fid"]) == (60.0, 66.5)
+    page, _png = build_report([run], title="t")
+    assert "<th>best fid</th><th>held-out fid</th>" in page
+    assert "<td>60</td><td>66.5</td>" in page

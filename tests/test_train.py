@@ -519,5 +519,7 @@ def test_conditional_model_needs_labelled_data(tmp_path: Path) -> None:
         train(tiny_config(**{**CONDITIONAL, "dataset": "synthetic:64", "num_classes": 4}), tmp_path)
     with pytest.raises(ValueError, match="has 3 classes, more than num_classes 2"):
         train(tiny_config(**{**CONDITIONAL, "num_classes": 2}), tmp_path)
+    with pytest.raises(ValueError, match="num_classes is 5 but data set shapes:64 has only 3 classes"):
+        train(tiny_config(**{**CONDITIONAL, "num_classes": 5}), tmp_path)
     unconditional = _state(**{**CONDITIONAL, "dataset": "synthetic:64"})[0]
     assert unconditional.config.num_classes == 0 and unconditional.discriminator.embedding is None

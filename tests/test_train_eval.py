@@ -17,6 +17,7 @@ from sagan_core import load_checkpoint
 from sagan_core.checkpoint import save_checkpoint
 from sagan_core.cli import main
 from sagan_core.layout import best_checkpoint, checkpoints, latest_checkpoint, point_best
+from sagan_core.metrics.evaluate import evaluate_checkpoint
 from sagan_core.metrics.runs import best_eval, read_jsonl
 from sagan_core.sampling import generate, indexed_labels, indexed_noise, to_uint8
 from sagan_core.train import train
@@ -112,17 +113,29 @@ def test_evaluation_with_two_ranks_equals_one(tmp_path: Path) -> None:
 def test_sagan_eval_and_stats_from_the_command_line(tmp_path: Path, capsys, stats_cache: Path) -> None:
     run = tmp_path / "run"
     train(tiny_config(steps=2, **EVAL), run)
-    assert main(["stats", "--dataset", "synthetic:64", "--imsize", "32", "-n", "40", "--metrics", "swd"]) == 0
+    assert main(["stats", "--dataset", "synthetic:64", "--imsize", "32", "-n", "40", "--metrics", "swd",
+                 "--stream", "held-out"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["cache"] == {"swd": "miss"} and stats["n"] == 40
     assert Path(stats["files"][0]).parent == stats_cache
     assert main(["eval", "--checkpoint", f"{run}:best", "--metrics", "swd", "-n", "40", "--device", "cpu"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["real"]["cache"] == {"swd": "hit"}  # precomputed by `sagan stats`
+    assert record["stream"] == "held-out"
     assert record["source"] == "eval" and record["step"] == best_eval(_evals(run), ["swd"])["step"]
     assert _evals(run)[-1] == record  # appended to the run's evals.jsonl
     assert main(["eval", "--checkpoint", f"{run}:7", "--metrics", "swd"]) == 2
     assert "step-7.pt" in capsys.readouterr().err
+
+
+def test_evaluating_the_best_checkpoint_uses_the_held_out_sample_by_default(tmp_path: Path) -> None:
+    train(tiny_config(steps=2, **EVAL), tmp_path)
+    picked_by = best_eval(_evals(tmp_path), ["swd"])
+    held_out = evaluate_checkpoint(f"{tmp_path}:best", device="cpu")
+    selection = evaluate_checkpoint(f"{tmp_path}:best", device="cpu", stream="selection")
+    assert (picked_by["stream"], held_out["stream"], selection["stream"]) == ("selection", "held-out", "selection")
+    assert selection["metrics"] == pytest.approx(picked_by["metrics"], rel=1e-6)  # the number it was picked by
+    assert held_out["metrics"]["swd"] != pytest.approx(selection["metrics"]["swd"], rel=1e-3)
 
 
 @pytest.mark.parametrize("model", [{}, CONDITIONAL], ids=["unconditional", "conditional"])

@@ -272,8 +272,10 @@ class Attempt:
         spec = saved_config(self.job.spec)  # a job stored before resize_mode existed squashes
         if self.job.kind == "eval":
             metrics, dataset, n = spec["metrics"], spec["dataset"], spec["n"]
+            stream = "held-out"  # `sagan eval`'s default
         elif self.job.kind == "train" and spec.get("eval_every", 0) > 0:
             metrics, dataset, n = spec["eval_metrics"], spec["eval_dataset"] or spec["dataset"], spec["eval_n"]
+            stream = "selection"
         else:
             return []
         inception = None
@@ -281,7 +283,7 @@ class Attempt:
             weights = resolve_inception_weights(self.settings.inception_weights)
             inception = (weights.backbone, weights.sha256)
         return list(stats_keys(metrics, dataset=dataset, imsize=spec["imsize"], center_crop=spec["center_crop"],
-                               resize_mode=spec["resize_mode"], n=n, inception=inception).values())
+                               resize_mode=spec["resize_mode"], n=n, inception=inception, stream=stream).values())
 
     def continue_log(self) -> None:
         """An attempt handed back by a stopping worker runs again under the same number: append to its log."""

@@ -35,6 +35,7 @@ from api.schemas import (
     SweepJobCreate,
     utc,
 )
+from sagan_core.metrics.runs import json_safe
 from sagan_service import jobs, limits
 from sagan_service.logs import JOB_ID
 from sagan_service.models import Artifact, Job
@@ -179,7 +180,7 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
     children with their status, progress and best evaluation."""
     job = jobs.get_job(session, job_id, owner=owner)
     children = jobs.sweep_children(session, job_id=job.id) if job.kind == "sweep" else None
-    return JobPublic.from_job(job, children=children)
+    return JobPublic.from_job(job, children=children, best_held_out_eval=jobs.best_held_out_eval(session, job))
 
 
 @router.get("/{job_id}/report", response_class=HTMLResponse,
@@ -290,7 +291,8 @@ def _jsonl(store: StoreDep, key: str) -> list[dict]:
         data = store.get_bytes(key)
     except ArtifactNotFound:
         return []
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    # NaN and infinities (a diverged run's losses or scores) as null: JSON responses cannot hold them.
+    return [json_safe(json.loads(line)) for line in data.decode().splitlines() if line.strip()]
 
 
 def _artifact(session: SessionDep, job_id: str, owner: str | None, kind: str, step: int) -> Artifact:

@@ -2,7 +2,8 @@
 
 An entry is keyed by the data set spec, a fingerprint of its contents (dataspec.dataset_fingerprint), the
 preprocessing (image size, center_crop, resize_mode), the backbone with its weights' sha256 and its part's
-version (STATS_VERSIONS), and the number of real images; its file name
+version (STATS_VERSIONS), the number of real images and which of them (the selection or the held-out
+sample); its file name
 is derived from that key, so the service's worker can name the entries a job needs without loading torch
 (standard library and NumPy only). Locally the entries live in a folder: `--stats-cache DIR`, else
 $SAGAN_STATS_CACHE, else `~/.cache/sagan/stats` (under $XDG_CACHE_HOME if set), shared by all runs.
@@ -42,6 +43,7 @@ class StatsKey:
     weights_sha256: str | None
     n: int
     version: int
+    stream: str = "selection"  # which n real images: see evaluate.SAMPLES
 
     @property
     def name(self) -> str:
@@ -51,7 +53,7 @@ class StatsKey:
 
 
 def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop: int | None, resize_mode: str,
-               n: int, inception: tuple[str, str | None] | None) -> dict[str, StatsKey]:
+               n: int, inception: tuple[str, str | None] | None, stream: str = "selection") -> dict[str, StatsKey]:
     """The entries an evaluation of `metrics` needs, by part: "inception" (keyed by the backbone's name and
     weights sha256, given as `inception`) and/or "swd"."""
     metrics = set(metrics)
@@ -63,7 +65,7 @@ def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop
         backbones["swd"] = (SWD_BACKBONE, None)
     fingerprint = dataset_fingerprint(dataset)
     return {part: StatsKey(dataset, fingerprint, imsize, center_crop, resize_mode, backbone, sha256, n,
-                           STATS_VERSIONS[part])
+                           STATS_VERSIONS[part], stream)
             for part, (backbone, sha256) in backbones.items()}
 
 

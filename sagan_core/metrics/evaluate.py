@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import ResizeMode
 from ..layout import resolve_checkpoint
-from ..parallel import DistContext, broadcast_flags, gather_rows, pick_device, share
+from ..parallel import DistContext, all_gather_objects, broadcast_flags, gather_rows, pick_device, share
 from ..sampling import evaluation_mode, indexed_labels, indexed_noise, to_uint8
-from ..seeding import seeded
+from ..seeding import Stream, seeded
 from . import swd
 from .cache import INCEPTION_METRICS, StatsCache, StatsKey, stats_keys
 from .weights import resolve_inception_weights
@@ -32,8 +32,13 @@ if TYPE_CHECKING:
     from .backbones import Backbone
 
 METRICS = ("fid", "kid", "is", "pr", "swd")
-REAL_ORDER_STREAM = -4  # seeded() stream of the real images' order
 SWD_SEED = 0  # patch positions and projection directions: the same in every evaluation
+# An evaluation's sample, by name: its z and class streams, and whether its real images come from the start or
+# the end of the one seeded order. Training evaluations pick the best checkpoint on "selection"; `sagan eval`
+# scores checkpoints on "held-out" by default, so the best's number is not the one it was picked by (other z,
+# and other real images when the data set holds at least 2n; a smaller one's real sides overlap).
+SAMPLES = {"selection": (Stream.EVAL_NOISE, Stream.EVAL_LABELS, False),
+           "held-out": (Stream.HELD_OUT_NOISE, Stream.HELD_OUT_LABELS, True)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +54,11 @@ class EvalPlan:
     seed: int = 0
     batch_size: int = 64
     num_workers: int = 0
+    stream: str = "selection"  # a key of SAMPLES
 
     def __post_init__(self) -> None:
+        if self.stream not in SAMPLES:
+            raise ValueError(f"stream: {self.stream!r} is not one of {', '.join(SAMPLES)}")
         unknown = [name for name in self.metrics if name not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(f"metrics: unknown {unknown} (choose from {', '.join(METRICS)})" if unknown
@@ -68,6 +76,7 @@ class Features:
     patches: list[torch.Tensor] | None = None  # per pyramid level (M * 128, 3, 7, 7)
     statistics: dict[str, np.ndarray] | None = None  # FID's mu and sigma
     count: int = 0
+    class_counts: list[int] | None = None  # real side: the whole data set's items per class ([] unlabelled)
 
 
 @dataclass
@@ -131,17 +140,21 @@ class Evaluator:
         """The record of one evaluation on rank 0 (None on other ranks); every rank must call it."""
         started = time.perf_counter()
         real, cache_status = self.real_statistics()
-        fake = self.generated_features(generator, z_dim)
+        class_mix = self.class_mix(generator, real)
+        fake = self.generated_features(generator, z_dim, class_mix)
         if not self.ctx.is_main:
             return None
         plan = self.plan
         record: dict[str, Any] = {
-            "metrics": self._scores(fake, real), "n": plan.n, "seed": plan.seed, "dataset": plan.dataset,
+            "metrics": self._scores(fake, real), "n": plan.n, "seed": plan.seed, "stream": plan.stream,
+            "dataset": plan.dataset,
             "imsize": plan.imsize, "sampling": "eval mode (BatchNorm running statistics), float32, uint8 images",
             "real": {"n": real.count, "cache": cache_status}}
         if self.backbone is not None:
             record["backbone"] = self.backbone.name
             record["inception_weights_sha256"] = self.backbone.weights_sha256
+        if class_mix is not None:
+            record["class_mix"] = [round(float(share), 6) for share in class_mix]
         if real.patches is not None:
             record["swd_images"] = min(real.count, fake.count, swd.MAX_IMAGES)
         record["seconds"] = round(time.perf_counter() - started, 2)
@@ -165,6 +178,7 @@ class Evaluator:
             computed = self._collect(self._loaded(dataset, order), len(order), inception=missing[0],
                                      patches=missing[1], logits=False)
             if computed is not None:  # rank 0
+                computed.class_counts = dataset.class_counts()
                 entries.update(self._store(keys, computed))
         if not self.ctx.is_main:
             return Features(), {}
@@ -176,6 +190,7 @@ class Evaluator:
         if (entry := entries.get("swd")) is not None:
             real.patches = [torch.from_numpy(entry[f"patches_{size}"]) for size in swd.resolutions(plan.imsize)]
             real.count = int(entry["count"])
+        real.class_counts = next(iter(entries.values()))["class_counts"].tolist()
         return real, {part: "miss" if missing[index] else "hit"
                       for index, part in enumerate(("inception", "swd")) if part in keys}
 
@@ -184,32 +199,34 @@ class Evaluator:
         plan = self.plan
         inception = None if self.backbone is None else (self.backbone.name, self.backbone.weights_sha256)
         return stats_keys(plan.metrics, dataset=plan.dataset, imsize=plan.imsize, center_crop=plan.center_crop,
-                          resize_mode=plan.resize_mode, n=plan.n, inception=inception)
+                          resize_mode=plan.resize_mode, n=plan.n, inception=inception, stream=plan.stream)
 
     def _store(self, keys: dict[str, StatsKey], computed: Features) -> dict[str, dict[str, np.ndarray]]:
         entries = {}
-        count = np.array(computed.count)
+        count, class_counts = np.array(computed.count), np.array(computed.class_counts, dtype=np.int64)
         if computed.pool is not None:
             from .scores import frechet_statistics
 
             entries["inception"] = {"pool": computed.pool.numpy(), **frechet_statistics(computed.pool),
-                                    "count": count}
+                                    "count": count, "class_counts": class_counts}
         if computed.patches is not None:
             entries["swd"] = {**{f"patches_{size}": level.numpy() for size, level
                                  in zip(swd.resolutions(self.plan.imsize), computed.patches, strict=True)},
-                              "count": count}
+                              "count": count, "class_counts": class_counts}
         for part, entry in entries.items():
             self.cache.save(keys[part], entry)
         return entries
 
     def _real_images(self) -> tuple[Dataset, torch.Tensor]:
-        """The data set and the indices of its evaluation images: a seeded random n of them, or all."""
+        """The data set and the indices of its evaluation images: a seeded random n of them (the first n of
+        one order, or the last n for the held-out sample), or all."""
         from ..data import build_dataset  # only on a cache miss: a cached evaluation never opens the data
 
         plan = self.plan
         dataset = build_dataset(plan.dataset, plan.imsize, center_crop=plan.center_crop,
                                 resize_mode=plan.resize_mode)
-        return dataset, torch.randperm(len(dataset), generator=seeded(REAL_ORDER_STREAM))[:plan.n]
+        order = torch.randperm(len(dataset), generator=seeded(Stream.REAL_ORDER, 0))
+        return dataset, (order.flip(0) if SAMPLES[plan.stream][2] else order)[:plan.n]
 
     def _loaded(self, dataset: Dataset, order: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         mine = share(len(order), self.ctx)
@@ -222,21 +239,42 @@ class Evaluator:
 
     # -- the generated side ------------------------------------------------------------------
 
-    def generated_features(self, generator: nn.Module, z_dim: int) -> Features | None:
-        """The plan's n samples' features, on rank 0 (None elsewhere); every rank must call it."""
-        return self._collect(self._generated(generator, z_dim), self.plan.n, inception=self.backbone is not None,
-                             patches="swd" in self.plan.metrics, logits="is" in self.plan.metrics)
+    def class_mix(self, generator: nn.Module, real: Features) -> torch.Tensor | None:
+        """A conditional generator's class probabilities in evaluations: the evaluation data's class
+        frequencies, as its real side has them (uniform if it is unlabelled); None if unconditional. Every rank
+        must call it (rank 0 read the counts with the real statistics)."""
+        num_classes = getattr(generator, "num_classes", 0)
+        if not num_classes:
+            return None
+        counts = all_gather_objects(real.class_counts, self.ctx)[0] or [1] * num_classes
+        if len(counts) > num_classes:
+            raise ValueError(f"data set {self.plan.dataset} has {len(counts)} classes, more than the generator's "
+                             f"num_classes {num_classes}")
+        weights = torch.zeros(num_classes, dtype=torch.float64)
+        weights[:len(counts)] = torch.tensor(counts, dtype=torch.float64)
+        return weights / weights.sum()
 
-    def _generated(self, generator: nn.Module, z_dim: int) -> Iterator[tuple[int, torch.Tensor]]:
+    def generated_features(self, generator: nn.Module, z_dim: int,
+                           class_mix: torch.Tensor | None = None) -> Features | None:
+        """The plan's n samples' features, on rank 0 (None elsewhere); every rank must call it. A conditional
+        generator's classes follow `class_mix` (default uniform)."""
+        return self._collect(self._generated(generator, z_dim, class_mix), self.plan.n,
+                             inception=self.backbone is not None, patches="swd" in self.plan.metrics,
+                             logits="is" in self.plan.metrics)
+
+    def _generated(self, generator: nn.Module, z_dim: int,
+                   class_mix: torch.Tensor | None) -> Iterator[tuple[int, torch.Tensor]]:
         mine = share(self.plan.n, self.ctx)
         device = next(generator.parameters()).device
+        noise_stream, label_stream, _ = SAMPLES[self.plan.stream]
         with evaluation_mode(generator), torch.no_grad():
             for first in range(mine.start, mine.stop, self.plan.batch_size):
                 count = min(self.plan.batch_size, mine.stop - first)
-                z = indexed_noise(self.plan.seed, first, count, z_dim).to(device)
-                # A conditional generator's classes are drawn from (seed, i) too: uniform over its classes.
+                z = indexed_noise(self.plan.seed, first, count, z_dim, noise_stream).to(device)
+                # A conditional generator's classes are drawn from (seed, i) too, with the class mix's odds.
                 num_classes = getattr(generator, "num_classes", 0)
-                y = () if not num_classes else (indexed_labels(self.plan.seed, first, count, num_classes).to(device),)
+                y = () if not num_classes else (indexed_labels(self.plan.seed, first, count, num_classes,
+                                                               label_stream, class_mix).to(device),)
                 yield first, to_uint8(generator(z, *y).float())
 
     def _collect(self, batches: Iterator[tuple[int, torch.Tensor]], total: int, *, inception: bool,
@@ -271,9 +309,10 @@ class Evaluator:
 def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None = None, n: int | None = None,
                         dataset: str | None = None, seed: int | None = None, batch_size: int = 64,
                         num_workers: int = 0, device: str = "auto", inception_weights: str | None = None,
-                        cache: StatsCache | None = None) -> dict[str, Any]:
+                        cache: StatsCache | None = None, stream: str = "held-out") -> dict[str, Any]:
     """Evaluate a checkpoint (`FILE.pt`, `RUN`, `RUN:STEP` or `RUN:best`) in this process; unset arguments
-    come from its config (eval_metrics, eval_n, eval_dataset or dataset, seed: the training evaluations')."""
+    come from its config (eval_metrics, eval_n, eval_dataset or dataset, seed: the training evaluations').
+    By default on the held-out sample, not the one training evaluations picked the best checkpoint by."""
     from ..checkpoint import load_checkpoint
 
     path = resolve_checkpoint(checkpoint)
@@ -284,7 +323,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None
                     dataset=dataset or config.eval_dataset or config.dataset, imsize=config.imsize,
                     center_crop=config.center_crop, resize_mode=config.resize_mode,
                     seed=config.seed if seed is None else seed,
-                    batch_size=batch_size, num_workers=num_workers)
+                    batch_size=batch_size, num_workers=num_workers, stream=stream)
     evaluator = Evaluator(plan, ctx, cache=cache, inception_weights=inception_weights)
     record = evaluator.evaluate(model.generator, config.z_dim)
     assert record is not None  # one rank

@@ -3,12 +3,14 @@
 evals.jsonl holds one JSON object per evaluation: `step`, `source` ("train" for the trainer's, "eval" for
 `sagan eval`'s), `metrics` and what they were computed with. The run's best checkpoint is the one of the best
 training evaluation by the first of `eval_metrics`: lower FID, KID and SWD are better, higher IS and
-precision/recall F-score.
+precision/recall F-score; a NaN or infinite score (a collapsed or diverged generator's) ranks below every
+finite one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,17 @@ def headline(metrics: Sequence[str], record: dict[str, Any]) -> float | None:
     return record.get("metrics", {}).get(HEADLINE[metrics[0]][0])
 
 
+def rank(value: float, higher_is_better: bool) -> tuple[int, float]:
+    """A sort key of a score, smaller is better: finite scores in the metric's direction, then NaN and the
+    infinities, all equal (a NaN compares false with everything, so plain < or min() would let it win)."""
+    if not math.isfinite(value):
+        return 1, 0.0
+    return 0, -value if higher_is_better else value
+
+
 def improves(metrics: Sequence[str], new: float, old: float | None) -> bool:
     higher_is_better = HEADLINE[metrics[0]][1]
-    return old is None or (new > old if higher_is_better else new < old)
+    return old is None or rank(new, higher_is_better) < rank(old, higher_is_better)
 
 
 def best_eval(records: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any] | None:
@@ -38,6 +48,18 @@ def best_eval(records: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str
         if record.get("source") == "train" and value is not None and improves(metrics, value, best_value):
             best, best_value = record, value
     return best
+
+
+def json_safe(value: Any) -> Any:
+    """value with every NaN or infinite float as None, for strict JSON: PostgreSQL's json type and HTTP
+    responses refuse NaN, so a collapsed run's score would otherwise fail the write or the response."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..seeding import seeded
+from ..seeding import Stream, seeded
 
 PATCH = 7
 PATCHES_PER_IMAGE = 128
 DIRECTION_REPEATS, DIRECTIONS_PER_REPEAT = 4, 128
 MIN_RESOLUTION = 16
 MAX_IMAGES = 4096
-PATCH_STREAM, DIRECTION_STREAM = -2, -3  # seeded() streams, apart from the trainer's and the eval noise's
+STD_FLOOR = 1e-8  # far below any non-constant set's std (0..255 pixel values)
 
 _TAPS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
 _KERNEL = (_TAPS[:, None] * _TAPS[None, :] / 256.0).expand(3, 1, 5, 5).contiguous()  # cv2.pyrDown's filter
@@ -74,7 +74,7 @@ def descriptors(images: torch.Tensor, indices: list[int], seed: int) -> list[tor
         size = level.shape[-1]
         # (B, 128, 2) centres, at least `half` pixels from each border (ProGAN's randint(H, S - H)).
         centres = torch.stack([torch.randint(half, size - half, (PATCHES_PER_IMAGE, 2),
-                                             generator=seeded(seed, PATCH_STREAM, size, index))
+                                             generator=seeded(Stream.SWD_PATCHES, seed, size, index))
                                for index in indices]).to(level.device)
         rows = (centres[..., 0, None] + offsets.to(level.device))[:, :, None, :, None]  # (B, 128, 1, 7, 1)
         cols = (centres[..., 1, None] + offsets.to(level.device))[:, :, None, None, :]  # (B, 128, 1, 1, 7)
@@ -86,9 +86,10 @@ def descriptors(images: torch.Tensor, indices: list[int], seed: int) -> list[tor
 
 
 def _normalised(descriptors: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 7, 7) -> (N, 147), each colour channel to zero mean and unit (population) std over the set."""
+    """(N, 3, 7, 7) -> (N, 147), each colour channel to zero mean and unit (population) std over the set.
+    A constant channel (a collapsed generator's flat images) has std 0: it stays 0 rather than 0/0 = NaN."""
     mean = descriptors.mean(dim=(0, 2, 3), keepdim=True)
-    std = descriptors.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    std = descriptors.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(STD_FLOOR)
     return ((descriptors - mean) / std).reshape(descriptors.shape[0], -1)
 
 
@@ -99,7 +100,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int, level: int) 
     distances = []
     for repeat in range(DIRECTION_REPEATS):
         directions = torch.randn(a.shape[1], DIRECTIONS_PER_REPEAT,
-                                 generator=seeded(seed, DIRECTION_STREAM, level, repeat))
+                                 generator=seeded(Stream.SWD_DIRECTIONS, seed, level, repeat))
         directions = (directions / directions.norm(dim=0, keepdim=True)).numpy()
         # (directions, N) with contiguous rows, sorted by NumPy: about 10x faster than torch.sort on a CPU.
         projected_a = np.sort(directions.T @ a.T, axis=1)

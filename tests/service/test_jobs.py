@@ -235,3 +235,19 @@ def test_recorded_errors_are_plain_and_classified(session: Session) -> None:
     assert jobs.failure_cause("worker lost (lease expired) on the last allowed attempt") == "worker_lost"
     assert jobs.failure_cause("the artifact store (S3 at <internal address>, bucket b) was unreachable for 300 s") \
         == "dependency_outage"
+
+
+def test_a_nan_evaluation_is_stored_as_null_in_postgres(database_url: str) -> None:
+    # PostgreSQL's json type refuses NaN: a collapsed run's evaluation must not fail the job row's update.
+    engine = make_engine(database_url)
+    upgrade(engine)
+    try:
+        with make_session_factory(engine)() as session:
+            job_id = new_job(session)
+            assert jobs.claim_job(session, job_id=job_id, worker_id="w", lease_seconds=60) is not None
+            nan = {"step": 0, "source": "train", "metrics": {"swd": float("nan"), "fid": float("inf"), "kid": 1.5}}
+            assert jobs.record_evals(session, job_id=job_id, worker_id="w", latest=nan, best=None)
+            session.expire_all()
+            assert jobs.get_job(session, job_id).latest_eval["metrics"] == {"swd": None, "fid": None, "kid": 1.5}
+    finally:
+        engine.dispose()

@@ -70,6 +70,8 @@
     }
     for (const name of ["d_loss", "g_loss"]) if (metrics[name] != null) facts.push([name, sagan.number(metrics[name])]);
     if (job.best_eval) facts.push(["Best evaluation", sagan.evalText(job.best_eval)]);
+    // The score the best checkpoint was picked by is biased; an eval job's held-out score of it is not.
+    if (job.best_held_out_eval) facts.push(["Best, held-out", sagan.evalText(job.best_held_out_eval)]);
     if (job.latest_checkpoint_step != null) facts.push(["Latest checkpoint", `step ${sagan.number(job.latest_checkpoint_step)}`]);
     if (job.kind === "sample") {
       facts.push(["Source", `<a href="/ui/jobs/${encodeURIComponent(job.spec.job_id)}">${sagan.escape(job.spec.job_id.slice(0, 8))}</a> at step ${sagan.number(job.spec.step)}`]);
