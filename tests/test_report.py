@@ -186,7 +186,8 @@ def test_a_nan_arm_ranks_last_and_a_nan_step_is_never_the_best() -> None:
     runs = [_evaluated_run("good-s0", 90.0, 80.0), _evaluated_run("collapsed-s0", 90.0, float("nan")),
             _evaluated_run("diverged-s0", 90.0, float("inf"))]
     page, _png = build_report(runs, title="t")
-    final_cells = {arm: re.search(rf"<tr><td>{arm}</td>(?:<td>[^<]*</td>){{2}}(<td>(?:<b>)?[^<]*)", page)[1]
+    # After arm, seeds, steps, D updates and images seen: the first quality column.
+    final_cells = {arm: re.search(rf"<tr><td>{arm}</td>(?:<td>[^<]*</td>){{4}}(<td>(?:<b>)?[^<]*)", page)[1]
                    for arm in ("good", "collapsed", "diverged")}
     assert final_cells == {"good": "<td><b>80", "collapsed": "<td>nan", "diverged": "<td>inf"}
 
