@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import ScalarSelect
@@ -501,6 +501,18 @@ def _bounded_count(status: str) -> ScalarSelect[int]:
 
 # Built once: every POST runs it, and building it per call cost more CPU than the job's INSERT.
 _ACTIVE_COUNTS = select(_bounded_count("queued"), _bounded_count("running"))
+
+
+def hold_admissions(session: Session, *, owner: str) -> None:
+    """Until this session's transaction ends, no other request of `owner` gets past this: a POST counts the
+    owner's jobs and inserts its own in one transaction after it, so the per-owner limits hold exactly under
+    concurrent POSTs. PostgreSQL: a transaction-scoped advisory lock on the owner; SQLite: its write lock,
+    taken now (BEGIN IMMEDIATE) instead of at the insert, when another request may have counted meanwhile."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+    else:
+        key = int.from_bytes(hashlib.sha256(f"owner:{owner}".encode()).digest()[:8], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def active_counts(session: Session, *, owner: str, up_to: int) -> dict[str, int]:

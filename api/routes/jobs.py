@@ -138,6 +138,7 @@ def _check_owner_limits(session: SessionDep, settings: SettingsDep, owner: str, 
     """429 when `adding` more queued jobs would take the owner past SAGAN_MAX_QUEUED_PER_OWNER, or while
     SAGAN_MAX_RUNNING_PER_OWNER of theirs run. (An Idempotency-Key replay is checked too: a client retrying
     at its limit waits like any other.)"""
+    jobs.hold_admissions(session, owner=owner)  # until the caller's insert commits
     counts = jobs.active_counts(session, owner=owner, up_to=max(settings.max_queued_per_owner,
                                                                 settings.max_running_per_owner))
     if counts["queued"] + adding > settings.max_queued_per_owner:

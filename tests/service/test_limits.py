@@ -6,6 +6,7 @@ with a checkpoint (embedded `sagan up`)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,28 @@ def test_per_owner_limits_are_429(service_env: dict[str, str], tmp_service: Path
     finally:
         for job in dave.client.get("/jobs").json()["items"]:
             dave.client.post(f"/jobs/{job['id']}/cancel")
+        service.stop()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_the_per_owner_queue_limit_is_exact_under_concurrent_posts(service_env: dict[str, str], tmp_path: Path,
+                                                                   database: str) -> None:
+    # A broker database no worker reads, so the jobs stay queued and count.
+    env = {**service_env, "SAGAN_MAX_QUEUED_PER_OWNER": "5", "SAGAN_BROKER_URL": "redis://127.0.0.1:6379/13"}
+    if database == "sqlite":
+        env["SAGAN_DATABASE_URL"] = f"sqlite:///{tmp_path / 'jobs.db'}"
+    service, admin = start_api(env, tmp_path)
+    erin = Api(admin.base_url, make_token(env, f"erin-{tmp_path.name}"))
+    body = {"kind": "train", "config": {**TINY, "steps": 10}}
+    try:
+        with ThreadPoolExecutor(30) as pool:
+            codes = sorted(pool.map(lambda _: erin.client.post("/jobs", json=body).status_code, range(30)))
+        assert codes == [201] * 5 + [429] * 25
+        assert len(erin.client.get("/jobs").json()["items"]) == 5
+    finally:
+        for job in erin.client.get("/jobs").json()["items"]:
+            erin.client.post(f"/jobs/{job['id']}/cancel")
         service.stop()
 
 
