@@ -32,6 +32,8 @@ def detail_field(response: httpx.Response) -> str:
     ({"dataset": "cifar10"}, "config.dataset"),
     ({"dataset": "folder:relative/images"}, "config.dataset"),
     ({"steps": 10**20}, "config.steps"),
+    ({"n_critic": 2**31 - 1}, "config.n_critic"),
+    ({"keep_checkpoints": 2**31 - 1}, "config.keep_checkpoints"),
     ({"seed": 2**31}, "config.seed"),
 ])
 def test_invalid_train_config_names_the_field(api: Api, config: dict, field: str) -> None:
@@ -127,6 +129,26 @@ def test_a_data_set_reading_through_a_link_to_outside_the_roots_is_refused(
     accepted = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": spec, "steps": 1}})
     assert accepted.status_code == 201, accepted.text
     api.client.post(f"/jobs/{accepted.json()['id']}/cancel")
+
+
+def nested_list(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("body", "field", "quoted"), [
+    ({"kind": "train", "config": {"\ud800": 1}}, "config.\ufffd", "\ufffd: unknown config field"),
+    ({"kind": "sweep", "base": TINY, "arms": [{"name": "\ud800", "config": {}}]}, "arms.\ufffd.name", "arm \ufffd"),
+    ({"kind": "sweep", "base": TINY, "axes": {"g_lr": nested_list(900)}}, "axes.g_lr", "an axis value is"),
+    ({"kind": "sample", "source": {"job_id": "x"}, "seed": 2**64}, "sample.seed", "less than or equal"),
+])
+def test_input_that_gave_500_or_a_failing_job_is_422(api: Api, body: dict, field: str, quoted: str) -> None:
+    # Sent as JSON text: httpx cannot encode a lone surrogate itself, json.dumps escapes it ("\ud800").
+    response = api.client.post("/jobs", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert detail_field(response) == field
+    assert quoted in response.json()["detail"][0]["msg"]
 
 
 @pytest.mark.parametrize(("body", "field"), [

@@ -52,6 +52,9 @@ def problem(response) -> tuple[str, str]:
     ({"steps": 2**31 - 1}, "config.steps", "SAGAN_MAX_STEPS"),
     ({"center_crop": 10_000}, "config.center_crop", "SAGAN_MAX_CENTER_CROP"),
     ({"eval_n": 10**7}, "config.eval_n", "SAGAN_MAX_EVAL_N"),
+    # Work past the G steps: D steps (n_critic 100 on 10^6 steps) and all the evaluations' samples.
+    ({"steps": 1_000_000, "n_critic": 100}, "config.n_critic", "SAGAN_MAX_STEPS"),
+    ({"steps": 1000, "eval_every": 1, "eval_n": 100_000}, "config.eval_every", "SAGAN_MAX_EVAL_SAMPLES"),
     ({"preset": "sagan128", "batch_size": 4096}, "config.batch_size", "SAGAN_MAX_JOB_MEMORY_GB"),
 ])
 def test_each_limit_is_a_422_naming_the_field_and_the_setting(api: Api, config: dict, field: str,
