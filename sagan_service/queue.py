@@ -67,6 +67,7 @@ def make_celery(settings: Settings, *, for_requests: bool = False) -> Celery:
                                  processed_folder=str(folder / "processed"), store_processed=False,
                                  polling_interval=0.2,  # the default 1 s would delay every job
                                  control_folder=str(folder / "control"))
+        app.conf.broker_transport = "sagan_service.fifo_transport:Transport"  # first in, first out
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
