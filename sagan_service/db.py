@@ -9,20 +9,23 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from sagan_core.metrics.runs import json_safe
 
 
 def make_engine(url: str, *, pre_ping: bool = False, application_name: str | None = None,
-                timeout_s: float | None = None) -> Engine:
+                timeout_s: float | None = None, pooled: bool = True) -> Engine:
     """`pre_ping`: test each pooled connection before use and reconnect if the server dropped it (the
     worker and the reaper: a round trip is nothing next to a job; the API goes without, see below).
     `application_name`: shown in PostgreSQL's pg_stat_activity, so an operator sees who holds what.
     `timeout_s`: PostgreSQL's statement_timeout (a statement waiting on a lock counts) and the connect
-    timeout; None (migrations) waits."""
+    timeout; None (migrations) waits. `pooled=False`: a connection per use, none kept open (a process that
+    forks children must not hand them its connections)."""
+    pool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               json_serializer=_strict_json)
+                               json_serializer=_strict_json, **pool)
         # API and worker write the same file: WAL lets readers run during a write, and the busy
         # timeout above makes a writer wait for the lock instead of failing.
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -35,8 +38,9 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
         options = make_url(url).query.get("options", "")
         connect_args["options"] = f"{options} -c statement_timeout={round(timeout_s * 1000)}".strip()
         connect_args["connect_timeout"] = max(2, math.ceil(timeout_s))  # libpq: whole seconds, at least 2
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_pre_ping=pre_ping,
-                         connect_args=connect_args, json_serializer=_strict_json)
+    sizes = {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800} if pooled else {}
+    return create_engine(url, pool_pre_ping=pre_ping, connect_args=connect_args, json_serializer=_strict_json,
+                         **sizes, **pool)
 
 
 def _strict_json(value: Any) -> str:

@@ -175,6 +175,11 @@ def _settle_parents(session: Session, job_ids: Iterable[str]) -> None:
         settle_sweep(session, job_id=parent_id)
 
 
+def is_queued(session: Session, *, job_id: str) -> bool:
+    """Whether a job waits to be run (what a worker asks before it spends a process on a message)."""
+    return session.execute(select(Job.status).where(Job.id == job_id)).scalar() == "queued"
+
+
 def get_job(session: Session, job_id: str, *, owner: str | None = None) -> Job:
     """The job, or JobNotFound; with `owner`, another owner's job is not found either (the API answers
     404 for both, so ids of other owners' jobs reveal nothing)."""

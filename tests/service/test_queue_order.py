@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+import redis
+
 from sagan_service.queue import dispatch_all, make_celery
 from sagan_service.settings import Settings
+from tests.service.conftest import TINY, Service, start_api
 
 
 @dataclass
@@ -32,3 +37,27 @@ def test_the_embedded_queue_is_first_in_first_out(tmp_path: Path) -> None:
                 body = base64.b64decode(body)
             taken.append(json.loads(body)[0][0])
     assert taken == sent
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_drops_the_messages_of_cancelled_jobs_without_a_child_process(service_env: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    # A broker database of its own, so that only this test's worker reads these messages.
+    env = {**service_env, "SAGAN_BROKER_URL": "redis://127.0.0.1:6379/12"}
+    redis.Redis.from_url(env["SAGAN_BROKER_URL"]).flushdb()
+    service, api = start_api(env, tmp_path)
+    worker = None
+    try:
+        cancelled = [api.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})["id"] for _ in range(8)]
+        for job_id in cancelled:  # cancelled in the queue: their messages stay in the broker
+            assert api.client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+        worker = Service(["worker", "--loglevel", "INFO"], env, tmp_path / "worker.log")
+        real = api.submit({"kind": "train", "config": {**TINY, "steps": 2}})
+        assert api.wait_status(real["id"], {"succeeded", "failed"}, timeout=180)["status"] == "succeeded"
+        log = worker.log_path.read_text()
+        assert sorted(re.findall(r"job (\S+) is not queued any more", log)) == sorted(cancelled), log[-3000:]
+        assert "duplicate delivery or cancelled" not in log  # no pool child was started for any of them
+    finally:
+        if worker is not None:
+            worker.stop()
+        service.stop()
