@@ -356,17 +356,15 @@ def request_cancel(session: Session, *, job_id: str, owner: str | None = None) -
     return job
 
 
-def fail_queued(session: Session, *, job_id: str, error: str) -> None:
-    """queued -> failed, for a job that never reached the queue.
-
-    Its idempotency key is freed: the client got an error, not this job, so its retry must submit.
-    """
-    now = utcnow()
-    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                    .values(status="failed", error=public_error(job_id, error), finished_at=now, updated_at=now, idempotency_key=None)
-                    .execution_options(synchronize_session=False))
+def withdraw_unsent(session: Session, *, job_id: str) -> None:
+    """Forget a job (or a sweep and its children) none of whose queue messages could be sent: the client got
+    a 503, not this job, so no list shows it, and its idempotency key goes with it for the retry. Only rows
+    still queued go: a job a worker took meanwhile (its message did go out after all) stays and runs."""
+    queued = Job.status == "queued"
+    session.execute(delete(Job).where(Job.parent_id == job_id, queued).execution_options(synchronize_session=False))
+    children = select(Job.id).where(Job.parent_id == job_id).exists()
+    session.execute(delete(Job).where(Job.id == job_id, queued, ~children).execution_options(synchronize_session=False))
     session.commit()
-    _settle_parents(session, [job_id])
 
 
 def fail_queued_sweep(session: Session, *, job_id: str, error: str) -> None:
@@ -539,7 +537,7 @@ MAX_ERROR_CHARS = 1000
 
 def public_error(job_id: str, error: str | None) -> str | None:
     """The plain message a job's `error` shows; the full text goes to the log. The one place every
-    recorded error passes (finish_job, fail_queued; the reaper's message is plain already)."""
+    recorded error passes (finish_job, fail_queued_sweep; the reaper's message is plain already)."""
     if error is None:
         return None
     text = _SQL_DETAILS.sub("", error).strip().splitlines()[0] if error.strip() else ""

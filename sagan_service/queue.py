@@ -42,7 +42,11 @@ QUEUES = ("default", "cpu", "gpu")
 
 
 class QueueUnavailable(Exception):
-    """The broker did not take a job's message (the API answers 503)."""
+    """The broker did not take a job's message (the API answers 503); `sent` messages before it went out."""
+
+    def __init__(self, message: str, sent: int) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 def make_celery(settings: Settings, *, for_requests: bool = False) -> Celery:
@@ -97,11 +101,11 @@ def dispatch(celery: Celery, job: Job) -> None:
 
 def dispatch_all(celery: Celery, jobs: list[Job]) -> None:
     """Send each job's message; QueueUnavailable if the broker takes one of them not."""
-    try:
-        for job in jobs:
+    for sent, job in enumerate(jobs):
+        try:
             dispatch(celery, job)
-    except Exception as error:  # kombu, redis-py and socket errors alike: the broker's
-        raise QueueUnavailable(str(error)) from error
+        except Exception as error:  # kombu, redis-py and socket errors alike: the broker's
+            raise QueueUnavailable(str(error), sent) from error
 
 
 def check_broker(celery: Celery, timeout_s: float = 3.0) -> None:

@@ -83,7 +83,7 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
                                    max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
                                    owner=principal.name)
     _answer_replay_or_send(job, created, body, spec, request, response, celery, [job],
-                           give_up=lambda error: jobs.fail_queued(session, job_id=job.id, error=error))
+                           give_up=lambda _: jobs.withdraw_unsent(session, job_id=job.id))
     return JobPublic.from_job(job)
 
 
@@ -104,14 +104,14 @@ def _create_sweep(body: SweepJobCreate, request: Request, response: Response, se
                                        idempotency_key=idempotency_key, owner=principal.name)
     members = jobs.sweep_children(session, job_id=sweep.id)
     _answer_replay_or_send(sweep, created, body, spec, request, response, celery, members,
-                           give_up=lambda error: jobs.fail_queued_sweep(session, job_id=sweep.id, error=error))
+                           give_up=lambda error: _give_up_sweep(session, sweep, error))
     session.refresh(sweep)
     return JobPublic.from_job(sweep, children=members)
 
 
 def _answer_replay_or_send(job: Job, created: bool, body: JobCreate, spec: dict[str, Any],
                            request: Request, response: Response, celery: CeleryDep, to_send: list[Job], *,
-                           give_up: Callable[[str], None]) -> None:
+                           give_up: Callable[[QueueUnavailable], None]) -> None:
     """What every POST /jobs ends with. A replayed Idempotency-Key answers 200 with its job, or 422 if it came
     with another request. A new job's queue messages (the job's, or a sweep's children's) are sent; if the
     queue is unreachable, give_up(error) settles what was not sent and the answer is 503 (the key is freed
@@ -129,9 +129,17 @@ def _answer_replay_or_send(job: Job, created: bool, body: JobCreate, spec: dict[
             dispatch_all(celery, to_send)
         except QueueUnavailable as error:
             log.exception("could not send job %s to the queue", job.id)
-            give_up(f"could not reach the job queue: {error}")
+            give_up(error)
             raise  # a 503, and the broker's breaker trips (api/guards.py)
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+
+
+def _give_up_sweep(session: SessionDep, sweep: Job, error: QueueUnavailable) -> None:
+    """No child sent: the sweep was never the client's (withdrawn). Some sent: those run on, the rest fail."""
+    if error.sent == 0:
+        jobs.withdraw_unsent(session, job_id=sweep.id)
+    else:
+        jobs.fail_queued_sweep(session, job_id=sweep.id, error=f"could not reach the job queue: {error}")
 
 
 def _check_owner_limits(session: SessionDep, settings: SettingsDep, owner: str, *, adding: int = 1) -> None:

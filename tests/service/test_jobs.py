@@ -149,14 +149,30 @@ def test_finish_records_the_final_progress(session: Session) -> None:
     assert (job.status, job.step, job.total_steps, job.metrics) == ("succeeded", 10, 10, final)
 
 
-def test_a_job_that_never_reached_the_queue_frees_its_idempotency_key(session: Session) -> None:
-    """The client got a 503, not this job: its retry with the same key must make a new one."""
+def test_a_job_that_never_reached_the_queue_is_withdrawn_with_its_idempotency_key(session: Session) -> None:
+    """The client got a 503, not this job: no list shows it, and its retry with the same key makes a new one."""
     first = new_job(session, idempotency_key="k")
-    jobs.fail_queued(session, job_id=first, error="could not reach the job queue")
+    jobs.withdraw_unsent(session, job_id=first)
     job, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
                                    idempotency_key="k")
     assert created and job.id != first
-    assert jobs.get_job(session, first).status == "failed"
+    with pytest.raises(jobs.JobNotFound):
+        jobs.get_job(session, first)
+    # A job a worker took meanwhile (its message went out after all) stays.
+    taken = new_job(session)
+    jobs.claim_job(session, job_id=taken, worker_id="w", lease_seconds=30)
+    jobs.withdraw_unsent(session, job_id=taken)
+    assert jobs.get_job(session, taken).status == "running"
+
+
+def test_a_sweep_none_of_whose_children_was_sent_is_withdrawn_whole(session: Session) -> None:
+    sweep, _ = jobs.create_sweep(session, spec={}, children=[("a", {"steps": 1}, "cpu"), ("b", {"steps": 1}, "cpu")],
+                                 max_attempts=1, idempotency_key="s")
+    jobs.withdraw_unsent(session, job_id=sweep.id)
+    assert jobs.list_jobs(session, limit=10) == []  # neither the sweep nor a child is left
+    job, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+                                   idempotency_key="s")
+    assert created
 
 
 def test_hand_back_requeues_without_counting_the_attempt(session: Session) -> None:
