@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, make_config
-from .layers import make_attention, maybe_spectral
+from .layers import estimate_spectral_norms, make_attention, maybe_spectral
 
 
 class Generator(nn.Module):
@@ -49,6 +49,7 @@ class Generator(nn.Module):
             in_channels, channels = channels, channels // 2
         layers["to_rgb"] = nn.Sequential(nn.ConvTranspose2d(in_channels, 3, 4, 2, 1), nn.Tanh())
         self.main = nn.Sequential(layers)
+        estimate_spectral_norms(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.main(z.view(z.shape[0], -1, 1, 1))
@@ -79,6 +80,7 @@ class Discriminator(nn.Module):
             in_channels, channels = channels, channels * 2
         layers["to_logit"] = nn.Conv2d(in_channels, 1, 4)
         self.main = nn.Sequential(layers)
+        estimate_spectral_norms(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).flatten()

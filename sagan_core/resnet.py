@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, resnet_layout
-from .layers import PooledSelfAttention, spectral_norm
+from .layers import PooledSelfAttention, estimate_spectral_norms, spectral_norm
 
 
 def _sn_conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
@@ -104,13 +104,15 @@ class OptimizedBlock(nn.Module):
 
 def _xavier_init(module: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every conv, linear and embedding that spectral norm wraps
-    (the official initialiser); BN tables and attention's gamma keep their own starts."""
+    (the official initialiser), then spectral norm's u, v fitted to them; BN tables and attention's gamma
+    keep their own starts."""
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)) and hasattr(layer, "parametrizations"):
             with torch.no_grad():
                 nn.init.xavier_uniform_(layer.parametrizations.weight.original)
             if getattr(layer, "bias", None) is not None:
                 nn.init.zeros_(layer.bias)
+    estimate_spectral_norms(module)
 
 
 class ResNetGenerator(nn.Module):
