@@ -282,12 +282,13 @@ def resnet_layout(imsize: int) -> tuple[list[int], list[tuple[int, bool]]]:
 
     Returns (G channels from the 4x4 start through each up-block; D (channels, downsamples) per block).
     128 is the official code (G 16 16 8 4 2 1, D 1 2 4 8 16 16, the last without pooling); 64 is
-    BigGAN-PyTorch's 64x64 layout; 32 is the SNGAN CIFAR-10 ResNet (G 256 wide, D 128 wide at ch 64).
+    BigGAN-PyTorch's arch[64] (G 16 16 8 4 2, ending at 2 ch, not 1; D 1 2 4 8 16, the last without pooling);
+    32 is the SNGAN CIFAR-10 ResNet (G 256 wide, D 128 wide at ch 64).
     """
     if imsize == 128:
         return [16, 16, 8, 4, 2, 1], [(1, True), (2, True), (4, True), (8, True), (16, True), (16, False)]
     if imsize == 64:
-        return [16, 8, 4, 2, 1], [(1, True), (2, True), (4, True), (8, True), (16, False)]
+        return [16, 16, 8, 4, 2], [(1, True), (2, True), (4, True), (8, True), (16, False)]
     return [4, 4, 4, 4], [(2, True), (2, True), (2, False), (2, False)]
 
 

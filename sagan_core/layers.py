@@ -10,7 +10,6 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 
-
 # Power iterations that fit u, v to a model's initial weights: at least torch's 15 (what its spectral_norm runs
 # at creation), then until sigma moves by under ESTIMATE_TOLERANCE (relative) from one iteration to the next.
 # 15 alone leave a wide random matrix (no gap below its top singular value) up to 8 % off; this gets within 2 %
