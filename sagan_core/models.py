@@ -40,7 +40,7 @@ class Generator(nn.Module):
             conv = nn.ConvTranspose2d(in_channels, channels, 4, 1 if first else 2, 0 if first else 1)
             block = [maybe_spectral(conv, spectral)]
             if batchnorm:
-                block.append(nn.BatchNorm2d(channels))
+                block.append(nn.BatchNorm2d(channels, momentum=config.bn_momentum))
             block.append(nn.ReLU())
             layers[f"block{index}"] = nn.Sequential(*block)
             resolution = 4 if first else resolution * 2
@@ -71,7 +71,7 @@ class Discriminator(nn.Module):
         for index in range(1, int(math.log2(config.imsize)) - 1):
             block = [maybe_spectral(nn.Conv2d(in_channels, channels, 4, 2, 1), spectral)]
             if config.d_norm == "batch" and index > 1:
-                block.append(nn.BatchNorm2d(channels))
+                block.append(nn.BatchNorm2d(channels, momentum=config.bn_momentum))
             block.append(nn.LeakyReLU(0.1))
             layers[f"block{index}"] = nn.Sequential(*block)
             resolution //= 2

@@ -32,10 +32,10 @@ class ConditionalBatchNorm(nn.Module):
     """BatchNorm without its own affine, then a gain and bias per class (the official code's (classes, C)
     gamma and beta tables, so 2 x C x classes parameters). With num_classes 0, ordinary affine BatchNorm."""
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, momentum: float = 0.1) -> None:
         super().__init__()
         self.conditional = num_classes > 0
-        self.bn = nn.BatchNorm2d(channels, affine=not self.conditional)
+        self.bn = nn.BatchNorm2d(channels, affine=not self.conditional, momentum=momentum)
         if self.conditional:
             self.gain = nn.Embedding(num_classes, channels)
             self.bias = nn.Embedding(num_classes, channels)
@@ -53,11 +53,11 @@ class ConditionalBatchNorm(nn.Module):
 class GeneratorBlock(nn.Module):
     """cBN -> ReLU -> nearest 2x -> conv 3x3 -> cBN -> ReLU -> conv 3x3, plus nearest 2x -> conv 1x1."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int, bn_momentum: float = 0.1) -> None:
         super().__init__()
-        self.bn1 = ConditionalBatchNorm(in_channels, num_classes)
+        self.bn1 = ConditionalBatchNorm(in_channels, num_classes, bn_momentum)
         self.conv1 = _sn_conv(in_channels, out_channels, 3)
-        self.bn2 = ConditionalBatchNorm(out_channels, num_classes)
+        self.bn2 = ConditionalBatchNorm(out_channels, num_classes, bn_momentum)
         self.conv2 = _sn_conv(out_channels, out_channels, 3)
         self.shortcut = _sn_conv(in_channels, out_channels, 1)
 
@@ -129,11 +129,13 @@ class ResNetGenerator(nn.Module):
         self.attention = nn.ModuleDict()
         resolution = 4
         for in_channels, out_channels in pairwise(channels):
-            self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes))
+            self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes, config.bn_momentum))
             resolution *= 2
             if resolution in config.g_attention:
                 self.attention[str(len(self.blocks) - 1)] = PooledSelfAttention(out_channels)
-        self.bn = nn.BatchNorm2d(channels[-1])  # unconditional, with its affine, as the official code
+        final_momentum = config.bn_momentum if config.bn_momentum_final is None else config.bn_momentum_final
+        # Unconditional, with its affine, as the official code.
+        self.bn = nn.BatchNorm2d(channels[-1], momentum=final_momentum)
         self.to_rgb = _sn_conv(channels[-1], 3, 3)
         _xavier_init(self)
 
