@@ -109,10 +109,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if args.npz is not None:
             raise ValueError("--npz holds every image in memory: use it without --out-dir")
         print(sample_to_dir(args.checkpoint, args.out_dir, n=args.n, seed=args.seed, device=args.device,
-                            classes=args.classes, per_class=args.per_class))
+                            classes=args.classes, per_class=args.per_class, standing_stats=args.standing_stats))
     if args.out_dir is None or args.output is not None:
         print(sample_to_png(args.checkpoint, args.output or Path("samples.png"), n=args.n, seed=args.seed,
-                            npz=args.npz, device=args.device, classes=args.classes, per_class=args.per_class))
+                            npz=args.npz, device=args.device, classes=args.classes, per_class=args.per_class,
+                            standing_stats=args.standing_stats))
     return 0
 
 
@@ -125,7 +126,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record = evaluate_checkpoint(args.checkpoint, metrics=args.metrics, n=args.n, dataset=args.dataset,
                                  seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers,
                                  device=args.device, inception_weights=args.inception_weights,
-                                 cache=StatsCache(args.stats_cache), stream=args.stream)
+                                 cache=StatsCache(args.stats_cache), stream=args.stream,
+                                 standing_stats=args.standing_stats)
     if args.checkpoint_name:
         record["checkpoint"] = args.checkpoint_name
     run_dir = run_dir_of(resolve_checkpoint(args.checkpoint))
@@ -165,6 +167,13 @@ def _metric_list(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"choose from {','.join(METRICS)} (got {text!r})")
     return names
+
+
+def _add_standing_stats_option(parser: argparse.ArgumentParser, batch: str) -> None:
+    parser.add_argument("--standing-stats", type=int, default=0, metavar="K",
+                        help="BatchNorm standing statistics (BigGAN): re-estimate G's BatchNorm statistics over K "
+                             f"batches of {batch} in train mode, then sample in eval mode; 0 = off (the "
+                             "running statistics)")
 
 
 def _add_eval_options(parser: argparse.ArgumentParser, stream: str) -> None:
@@ -290,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--per-class", type=int, metavar="K",
                         help="conditional models: K images of each class, all classes unless --classes (default 8)")
     sample.add_argument("--device", default="cpu", help="cpu or cuda")
+    _add_standing_stats_option(sample, "the checkpoint's batch_size")
     sample.set_defaults(func=cmd_sample)
 
     evaluate = commands.add_parser(
@@ -304,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--evals", type=Path, help="JSONL file to append to (default: the run's evals.jsonl)")
     evaluate.add_argument("--checkpoint-name", help="what the record calls the checkpoint (default: its path); "
                                                     "the job service names the source job and step")
+    _add_standing_stats_option(evaluate, "--batch-size")
     _add_eval_options(evaluate, "held-out")
     evaluate.set_defaults(func=cmd_eval)
 

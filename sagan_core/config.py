@@ -47,11 +47,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # residual G and D with pooled attention at 32x32, conditional BN and a projection D, batch 256 over
     # the ranks, Adam(0, 0.999). Classes come from the data set (1000 for ImageNet's folder layout).
     "paper128": {"imsize": 128, "arch": "resnet", "attention": "pooled", "num_classes": None, "batch_size": 256,
-                 "beta1": 0.0, "beta2": 0.999, "g_lr": 1e-4, "d_lr": 4e-4, "n_critic": 1, "loss": "hinge"},
+                 "beta1": 0.0, "beta2": 0.999, "g_lr": 1e-4, "d_lr": 4e-4, "n_critic": 1, "loss": "hinge",
+                 "bn_momentum": 0.001, "bn_momentum_final": 0.0001},
     # The same residual family at 64 (BigGAN-PyTorch's 64x64 widths) and 32 (the SNGAN CIFAR-10 ResNet widths:
     # 256 in G, 128 in D), with the paper's optimiser settings; conditional when the data set has labels.
-    "resnet64": {"imsize": 64, "arch": "resnet", "attention": "pooled", "num_classes": None, "beta2": 0.999},
-    "resnet32": {"imsize": 32, "arch": "resnet", "attention": "pooled", "num_classes": None, "beta2": 0.999},
+    "resnet64": {"imsize": 64, "arch": "resnet", "attention": "pooled", "num_classes": None, "beta2": 0.999,
+                 "bn_momentum": 0.001, "bn_momentum_final": 0.0001},
+    "resnet32": {"imsize": 32, "arch": "resnet", "attention": "pooled", "num_classes": None, "beta2": 0.999,
+                 "bn_momentum": 0.001, "bn_momentum_final": 0.0001},
     # Tiny and fast: what the tests and CPU demos train.
     "debug32": {"imsize": 32, "g_conv_dim": 16, "d_conv_dim": 16, "g_attention": [16],
                 "d_attention": [8], "batch_size": 8, "steps": 20, "log_every": 1,
@@ -148,6 +151,15 @@ class TrainConfig(BaseModel):
     """discriminator normalisation: spectral (the seed) | batch | none; resnet: spectral only"""
     attention: Literal["seed", "pooled"] = "seed"
     """attention form: seed (C/8 query/key, C value) | pooled (the paper's official code; resnet: pooled only)"""
+    # Two fields, not one with a fixed ratio: the official values differ by 10x for no rule, and a saved config
+    # should state what each BatchNorm used.
+    bn_momentum: float = Field(0.1, gt=0.0, le=1.0)
+    """BatchNorm's running-statistics momentum, as torch's (running = (1 - m) running + m batch; 1 - TF's decay),
+    for every BatchNorm but the residual G's final one: 0.1 (torch's default) in the dcgan presets, the official
+    code's 0.001 (decay 0.999, its conditional BNs) in paper128 and resnet*"""
+    bn_momentum_final: float | None = Field(None, gt=0.0, le=1.0)
+    """momentum of the residual G's final BatchNorm (before to_rgb); null = bn_momentum; paper128 and resnet*
+    use the official code's 0.0001 (decay 0.9999)"""
 
     # Optimisation (TTUR: D learns 4x faster than G)
     loss: Literal["hinge", "wgan-gp", "bce"] = "hinge"
@@ -303,12 +315,13 @@ def resnet_layout(imsize: int) -> tuple[list[int], list[tuple[int, bool]]]:
 
     Returns (G channels from the 4x4 start through each up-block; D (channels, downsamples) per block).
     128 is the official code (G 16 16 8 4 2 1, D 1 2 4 8 16 16, the last without pooling); 64 is
-    BigGAN-PyTorch's 64x64 layout; 32 is the SNGAN CIFAR-10 ResNet (G 256 wide, D 128 wide at ch 64).
+    BigGAN-PyTorch's arch[64] (G 16 16 8 4 2, ending at 2 ch, not 1; D 1 2 4 8 16, the last without pooling);
+    32 is the SNGAN CIFAR-10 ResNet (G 256 wide, D 128 wide at ch 64).
     """
     if imsize == 128:
         return [16, 16, 8, 4, 2, 1], [(1, True), (2, True), (4, True), (8, True), (16, True), (16, False)]
     if imsize == 64:
-        return [16, 8, 4, 2, 1], [(1, True), (2, True), (4, True), (8, True), (16, False)]
+        return [16, 16, 8, 4, 2], [(1, True), (2, True), (4, True), (8, True), (16, False)]
     return [4, 4, 4, 4], [(2, True), (2, True), (2, False), (2, False)]
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, make_config
-from .layers import make_attention, maybe_spectral
+from .layers import estimate_spectral_norms, make_attention, maybe_spectral
 
 
 class Generator(nn.Module):
@@ -40,7 +40,7 @@ class Generator(nn.Module):
             conv = nn.ConvTranspose2d(in_channels, channels, 4, 1 if first else 2, 0 if first else 1)
             block = [maybe_spectral(conv, spectral)]
             if batchnorm:
-                block.append(nn.BatchNorm2d(channels))
+                block.append(nn.BatchNorm2d(channels, momentum=config.bn_momentum))
             block.append(nn.ReLU())
             layers[f"block{index}"] = nn.Sequential(*block)
             resolution = 4 if first else resolution * 2
@@ -49,6 +49,7 @@ class Generator(nn.Module):
             in_channels, channels = channels, channels // 2
         layers["to_rgb"] = nn.Sequential(nn.ConvTranspose2d(in_channels, 3, 4, 2, 1), nn.Tanh())
         self.main = nn.Sequential(layers)
+        estimate_spectral_norms(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.main(z.view(z.shape[0], -1, 1, 1))
@@ -70,7 +71,7 @@ class Discriminator(nn.Module):
         for index in range(1, int(math.log2(config.imsize)) - 1):
             block = [maybe_spectral(nn.Conv2d(in_channels, channels, 4, 2, 1), spectral)]
             if config.d_norm == "batch" and index > 1:
-                block.append(nn.BatchNorm2d(channels))
+                block.append(nn.BatchNorm2d(channels, momentum=config.bn_momentum))
             block.append(nn.LeakyReLU(0.1))
             layers[f"block{index}"] = nn.Sequential(*block)
             resolution //= 2
@@ -79,6 +80,7 @@ class Discriminator(nn.Module):
             in_channels, channels = channels, channels * 2
         layers["to_logit"] = nn.Conv2d(in_channels, 1, 4)
         self.main = nn.Sequential(layers)
+        estimate_spectral_norms(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).flatten()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, resnet_layout
-from .layers import PooledSelfAttention, spectral_norm
+from .layers import PooledSelfAttention, estimate_spectral_norms, spectral_norm
 
 
 def _sn_conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
@@ -35,10 +35,10 @@ class ConditionalBatchNorm(nn.Module):
     """BatchNorm without its own affine, then a gain and bias per class (the official code's (classes, C)
     gamma and beta tables, so 2 x C x classes parameters). With num_classes 0, ordinary affine BatchNorm."""
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, momentum: float = 0.1) -> None:
         super().__init__()
         self.conditional = num_classes > 0
-        self.bn = nn.BatchNorm2d(channels, affine=not self.conditional)
+        self.bn = nn.BatchNorm2d(channels, affine=not self.conditional, momentum=momentum)
         if self.conditional:
             self.gain = nn.Embedding(num_classes, channels)
             self.bias = nn.Embedding(num_classes, channels)
@@ -58,12 +58,13 @@ class GeneratorBlock(nn.Module):
 
     `upsample=False` (the extra block of g_residual, same width): no 2x, and the identity as the shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_classes: int, *, upsample: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int, bn_momentum: float = 0.1, *,
+                 upsample: bool = True) -> None:
         super().__init__()
         self.upsample = upsample
-        self.bn1 = ConditionalBatchNorm(in_channels, num_classes)
+        self.bn1 = ConditionalBatchNorm(in_channels, num_classes, bn_momentum)
         self.conv1 = _sn_conv(in_channels, out_channels, 3)
-        self.bn2 = ConditionalBatchNorm(out_channels, num_classes)
+        self.bn2 = ConditionalBatchNorm(out_channels, num_classes, bn_momentum)
         self.conv2 = _sn_conv(out_channels, out_channels, 3)
         self.shortcut = _sn_conv(in_channels, out_channels, 1) if upsample else None
 
@@ -112,13 +113,15 @@ class OptimizedBlock(nn.Module):
 
 def _xavier_init(module: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every conv, linear and embedding that spectral norm wraps
-    (the official initialiser); BN tables and attention's gamma keep their own starts."""
+    (the official initialiser), then spectral norm's u, v fitted to them; BN tables and attention's gamma
+    keep their own starts."""
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)) and hasattr(layer, "parametrizations"):
             with torch.no_grad():
                 nn.init.xavier_uniform_(layer.parametrizations.weight.original)
             if getattr(layer, "bias", None) is not None:
                 nn.init.zeros_(layer.bias)
+    estimate_spectral_norms(module)
 
 
 class ResNetGenerator(nn.Module):
@@ -136,14 +139,16 @@ class ResNetGenerator(nn.Module):
         self.residual = nn.ModuleDict()  # g_residual's extra blocks, before attention at the same size
         resolution = 4
         for in_channels, out_channels in pairwise(channels):
-            self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes))
+            self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes, config.bn_momentum))
             resolution *= 2
             if resolution in config.g_residual:
-                self.residual[str(len(self.blocks) - 1)] = GeneratorBlock(out_channels, out_channels, self.num_classes,
-                                                                          upsample=False)
+                self.residual[str(len(self.blocks) - 1)] = GeneratorBlock(
+                    out_channels, out_channels, self.num_classes, config.bn_momentum, upsample=False)
             if resolution in config.g_attention:
                 self.attention[str(len(self.blocks) - 1)] = PooledSelfAttention(out_channels)
-        self.bn = nn.BatchNorm2d(channels[-1])  # unconditional, with its affine, as the official code
+        final_momentum = config.bn_momentum if config.bn_momentum_final is None else config.bn_momentum_final
+        # Unconditional, with its affine, as the official code.
+        self.bn = nn.BatchNorm2d(channels[-1], momentum=final_momentum)
         self.to_rgb = _sn_conv(channels[-1], 3, 3)
         _xavier_init(self)
 

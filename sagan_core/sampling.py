@@ -6,6 +6,7 @@ row, `sagan sample --classes/--per-class` picks them, and evaluations draw them 
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
-from .checkpoint import load_checkpoint
+from .checkpoint import LoadedModel, load_checkpoint
 from .files import atomic_write
 from .seeding import Stream, seeded
 
@@ -110,6 +111,44 @@ def generate(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None 
                           for chunk, y in zip(z.split(batch_size), labels.split(batch_size), strict=True)])
 
 
+@torch.no_grad()
+def standing_statistics(generator: nn.Module, z_dim: int, num_classes: int, batches: int, batch_size: int = 64,
+                        seed: int = 0) -> nn.Module:
+    """A copy of `generator`, in eval mode, whose BatchNorm running statistics are BigGAN's standing statistics:
+    reset, then the plain average (momentum None) of the batch statistics of `batches` train-mode forwards of
+    batch_size samples (z, and uniform classes for a conditional G, from `seed`). Spectral norm stays frozen.
+    Sampling then normalises with statistics of these very weights (an EMA G's running statistics come from
+    the trained G's, and momentum weights the last steps only). The source model is left untouched."""
+    if batches < 1:
+        raise ValueError(f"standing statistics need at least 1 batch, got {batches}")
+    model = copy.deepcopy(generator).eval()
+    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+        norm.train()
+    device = next(model.parameters()).device
+    random = seeded(Stream.STANDING_STATISTICS, seed)
+    for _ in range(batches):
+        z = torch.randn(batch_size, z_dim, generator=random)
+        y = () if not num_classes else (torch.randint(num_classes, (batch_size,), generator=random).to(device),)
+        model(z.to(device), *y)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    return model.eval()
+
+
+def _sampled_generator(model: LoadedModel, standing_stats: int) -> nn.Module:
+    """The checkpoint's G, or its copy with standing statistics over `standing_stats` batches of its config's
+    batch size (0 = off)."""
+    if not standing_stats:
+        return model.generator
+    config = model.config
+    return standing_statistics(model.generator, config.z_dim, config.num_classes or 0, standing_stats,
+                               config.batch_size, config.seed)
+
+
 def grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:
     """A PNG of the images in a grid (nrow per row), mapped from [-1, 1] to 0..255."""
     grid = make_grid(images, nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
@@ -126,11 +165,12 @@ def write_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 
 def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, seed: int = 0,
                   npz: str | Path | None = None, device: str = "cpu", classes: list[int] | None = None,
-                  per_class: int | None = None) -> Path:
+                  per_class: int | None = None, standing_stats: int = 0) -> Path:
     """Sample n images from a checkpoint into a grid PNG (and raw arrays into an .npz).
 
     A conditional model: with classes and/or per_class, per_class images (default 8) of each class (default
-    all), one class per row, n ignored; otherwise n images of classes 0, 1, 2, ... in turn."""
+    all), one class per row, n ignored; otherwise n images of classes 0, 1, 2, ... in turn. standing_stats K > 0:
+    BatchNorm uses standing statistics over K batches (standing_statistics) instead of its running ones."""
     if n < 1:
         raise ValueError("n must be >= 1")
     model = load_checkpoint(checkpoint, device=device)
@@ -142,7 +182,7 @@ def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, s
     elif num_classes:
         labels = torch.arange(n) % num_classes
     z = fixed_noise(n, model.config.z_dim, seed)
-    images = generate(model.generator, z, labels)
+    images = generate(_sampled_generator(model, standing_stats), z, labels)
     if npz is not None:
         uint8 = to_uint8(images).permute(0, 2, 3, 1)
         arrays = {"images": uint8.numpy(), "z": z.numpy(), "step": np.array(model.step)}
@@ -153,14 +193,16 @@ def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, s
 
 
 def sample_to_dir(checkpoint: str | Path, out_dir: str | Path, *, n: int, seed: int = 0, device: str = "cpu",
-                  batch_size: int = 256, classes: list[int] | None = None, per_class: int | None = None) -> Path:
+                  batch_size: int = 256, classes: list[int] | None = None, per_class: int | None = None,
+                  standing_stats: int = 0) -> Path:
     """Write n samples as out_dir/<i>.png, batch by batch (memory does not grow with n); image i comes from
     indexed_noise(seed, i), the z a (selection) evaluation with this seed uses for its sample i, and for a
     conditional model from indexed_labels(seed, i), uniform (an evaluation weights it by its data's class
-    mix), unless classes/per_class choose them (then n is their count)."""
+    mix), unless classes/per_class choose them (then n is their count). standing_stats as sample_to_png."""
     if n < 1:
         raise ValueError("n must be >= 1")
     model = load_checkpoint(checkpoint, device=device)
+    generator = _sampled_generator(model, standing_stats)
     num_classes = model.config.num_classes or 0
     chosen = chosen_labels(num_classes, classes, per_class)
     n = n if chosen is None else len(chosen)
@@ -171,7 +213,7 @@ def sample_to_dir(checkpoint: str | Path, out_dir: str | Path, *, n: int, seed: 
         count = min(batch_size, n - start)
         labels = (None if not num_classes else indexed_labels(seed, start, count, num_classes) if chosen is None
                   else chosen[start:start + count])
-        images = to_uint8(generate(model.generator, indexed_noise(seed, start, count, model.config.z_dim), labels))
+        images = to_uint8(generate(generator, indexed_noise(seed, start, count, model.config.z_dim), labels))
         for offset, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
             Image.fromarray(image).save(out_dir / f"{start + offset:0{width}d}.png")
     return out_dir

@@ -31,6 +31,7 @@ class Stream(IntEnum):
     SWD_DIRECTIONS = 8  # SWD projection directions: (seed, level size, repeat)
     HELD_OUT_NOISE = 9  # a held-out evaluation's z (`sagan eval`): (seed, block)
     HELD_OUT_LABELS = 10  # a held-out evaluation's classes: (seed, block)
+    STANDING_STATISTICS = 11  # standing statistics' z and classes, one generator for all K batches: (seed,)
 
 
 def seeded(stream: Stream, seed: int, *indices: int) -> torch.Generator:

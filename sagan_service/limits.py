@@ -7,12 +7,11 @@ over a limit is a SpecError (422) naming the field and the setting.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
-from sagan_core.config import discriminator_resolutions, generator_resolutions
 from sagan_core.dataspec import BUILT_IN, parse_spec, synthetic_size
+from sagan_core.model_size import discriminator_size, generator_size, parameter_count
 
 from .settings import Settings
 from .specs import SpecError
@@ -86,51 +85,17 @@ def check_dataset_size(spec: str, field: str, settings: Settings) -> None:
 
 def estimate_training_bytes(config: dict[str, Any]) -> int:
     """A rough upper estimate of one training process's memory: parameters × 16 bytes (weights, gradients,
-    Adam's moments, EMA) plus the images of its share of the batch × their activation elements × 12
-    bytes. G's activations are one image's feature maps (channels × size² per block) plus each attention
-    layer's size² × size² map; D's the same for its blocks, and D sees real and fake (2 × the batch).
+    Adam's moments, EMA) plus the images of its share of the batch × their activation elements × 12 bytes.
 
-    It follows the models' shapes (sagan_core.models): G starts at 4×4 with g_conv_dim × imsize/8
-    channels and halves them per doubling of the size; D mirrors it from d_conv_dim. Measured against
-    seed64: 7.0 M parameters estimated (G 3.83 M and D 3.18 M counted by torch)."""
-    imsize = config["imsize"]
-    g_sizes, g_channels, g_attention, d_sizes, d_channels, d_attention = _shapes(config)
-    g_acts = sum(c * s * s for c, s in zip(g_channels, g_sizes)) + 3 * imsize * imsize \
-        + sum(s**4 for s, _ in g_attention)
-    d_acts = 3 * imsize * imsize + sum(c * s * s for c, s in zip(d_channels, d_sizes)) \
-        + sum(s**4 for s, _ in d_attention)
+    Both from sagan_core.model_size, which follows config.arch (the DCGAN or the residual networks):
+    parameters exactly as torch counts them, activations as each conv's or linear's output map, the input
+    image and each attention map (N × N, or N × N/4 pooled) for one image; D sees real and fake (2 × the
+    batch). A residual model whose num_classes is null (taken from the data set at start) is counted without
+    class tables. seed64: 7.0 M parameters; paper128 with 1000 classes: 81.5 M."""
+    generator, discriminator = generator_size(config), discriminator_size(config)
     per_rank = math.ceil(config["batch_size"] / config["nproc"])
-    return estimate_parameters(config) * BYTES_PER_PARAMETER + per_rank * (g_acts + 2 * d_acts) * BYTES_PER_ACTIVATION
-
-
-def estimate_parameters(config: dict[str, Any]) -> int:
-    """G's and D's weights: their 4×4 convolutions and each attention layer's projections (C²·5/4 for the
-    C/8 query and key and the C value); biases and norms are left out (under 0.2 % of seed64)."""
-    z = config["z_dim"]
-    _, g_channels, g_attention, _, d_channels, d_attention = _shapes(config)
-    g_params = z * g_channels[0] * 16 + sum(16 * a * b for a, b in itertools.pairwise(g_channels)) \
-        + 16 * g_channels[-1] * 3
-    d_params = 16 * 3 * d_channels[0] + sum(16 * a * b for a, b in itertools.pairwise(d_channels)) \
-        + 16 * d_channels[-1]
-    return g_params + d_params + sum(c * c * 5 // 4 for _, c in g_attention + d_attention)
-
-
-def _shapes(config: dict[str, Any]) -> tuple[list[int], list[int], list[tuple[int, int]], list[int], list[int],
-                                              list[tuple[int, int]]]:
-    """Feature-map sizes, channels and attention layers of G (growing from 4×4) and D (shrinking to 4×4)."""
-    imsize = config["imsize"]
-    g_sizes = generator_resolutions(imsize)  # 4, 8, ..., imsize/2
-    g_channels = [config["g_conv_dim"] * (imsize // 8) // 2**i for i in range(len(g_sizes))]
-    d_sizes = discriminator_resolutions(imsize)  # imsize/2, ..., 4
-    d_channels = [config["d_conv_dim"] * 2**i for i in range(len(d_sizes))]
-    return (g_sizes, g_channels, _attention(config.get("g_attention"), g_sizes, g_channels),
-            d_sizes, d_channels, _attention(config.get("d_attention"), d_sizes, d_channels))
-
-
-def _attention(chosen: list[int] | None, sizes: list[int], channels: list[int]) -> list[tuple[int, int]]:
-    """(feature-map size, channels) of each attention layer; None = the seed's last two blocks."""
-    chosen = sizes[-2:] if chosen is None else chosen
-    return [(size, channel) for size, channel in zip(sizes, channels) if size in chosen]
+    activations = generator.activations + 2 * discriminator.activations
+    return parameter_count(config) * BYTES_PER_PARAMETER + per_rank * activations * BYTES_PER_ACTIVATION
 
 
 def _at_most(config: dict[str, Any], field: str, limit: int, setting: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sagan_core import build_models
-from sagan_core.config import make_config
+from sagan_core.config import PRESETS, make_config
 from sagan_core.layers import PooledSelfAttention, SelfAttention, SpectralNorm, differentiable_attention
 from sagan_core.models import count_trainable
 
@@ -133,3 +133,36 @@ def test_spectral_norm_normalises_along_dim0_and_freezes_in_eval() -> None:
     u_before = sn.u.clone()
     generator(torch.randn(2, 128))
     assert torch.equal(sn.u, u_before)
+
+
+def _sigma_errors(model: torch.nn.Module) -> dict[str, float]:
+    """Each spectral norm's relative error: its estimate u·Wv against W's true largest singular value."""
+    errors = {}
+    for name, layer in model.named_modules():
+        if hasattr(layer, "parametrizations"):
+            sn, raw = layer.parametrizations.weight[0], layer.parametrizations.weight.original.detach()
+            matrix = raw.reshape(raw.shape[0], -1)
+            true = torch.linalg.matrix_norm(matrix, ord=2).item()
+            errors[name] = abs(torch.dot(sn.u, torch.mv(matrix, sn.v)).item() - true) / true
+    return errors
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_spectral_norm_estimates_fit_the_initial_weights(preset: str) -> None:
+    # Every preset's architecture; conditional residual ones with 10 classes; the big ones narrowed (same layout,
+    # the true sigma's SVDs would take minutes).
+    overrides = ({"num_classes": 10} if PRESETS[preset].get("arch") == "resnet" else {}) | (
+        {"g_conv_dim": 32, "d_conv_dim": 32} if preset in ("paper128", "sagan128", "resnet64") else {})
+    torch.manual_seed(0)
+    for model in build_models(preset, **overrides):
+        errors = _sigma_errors(model)
+        assert errors and max(errors.values()) < 0.05, {k: round(v, 3) for k, v in errors.items() if v >= 0.05}
+
+
+@pytest.mark.parametrize("preset", ["resnet32", "resnet64"])
+def test_an_untrained_residual_generator_is_not_saturated_in_eval_mode(preset: str) -> None:
+    torch.manual_seed(0)
+    generator, _ = build_models(preset, num_classes=10)
+    with torch.no_grad():
+        images = generator.eval()(torch.randn(8, 128), torch.arange(8))
+    assert (images.abs() > 0.99).float().mean() < 0.5  # a stale sigma gave only -1 and 1

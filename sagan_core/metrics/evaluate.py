@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..config import ResizeMode
 from ..layout import resolve_checkpoint
 from ..parallel import DistContext, all_gather_objects, broadcast_flags, gather_rows, pick_device, share
-from ..sampling import evaluation_mode, indexed_labels, indexed_noise, to_uint8
+from ..sampling import evaluation_mode, indexed_labels, indexed_noise, standing_statistics, to_uint8
 from ..seeding import Stream, seeded
 from . import swd
 from .cache import INCEPTION_METRICS, StatsCache, StatsKey, stats_keys
@@ -55,6 +55,7 @@ class EvalPlan:
     batch_size: int = 64
     num_workers: int = 0
     stream: str = "selection"  # a key of SAMPLES
+    standing_stats: int = 0  # > 0: BatchNorm standing statistics over this many batches (sampling.py)
 
     def __post_init__(self) -> None:
         if self.stream not in SAMPLES:
@@ -140,15 +141,20 @@ class Evaluator:
         """The record of one evaluation on rank 0 (None on other ranks); every rank must call it."""
         started = time.perf_counter()
         real, cache_status = self.real_statistics()
+        plan = self.plan
+        statistics = "running statistics"
+        if plan.standing_stats:  # the same copy on every rank: its batches depend on the seed alone
+            generator = standing_statistics(generator, z_dim, getattr(generator, "num_classes", 0),
+                                            plan.standing_stats, plan.batch_size, plan.seed)
+            statistics = f"standing statistics over {plan.standing_stats} batches of {plan.batch_size}"
         class_mix = self.class_mix(generator, real)
         fake = self.generated_features(generator, z_dim, class_mix)
         if not self.ctx.is_main:
             return None
-        plan = self.plan
         record: dict[str, Any] = {
             "metrics": self._scores(fake, real), "n": plan.n, "seed": plan.seed, "stream": plan.stream,
             "dataset": plan.dataset,
-            "imsize": plan.imsize, "sampling": "eval mode (BatchNorm running statistics), float32, uint8 images",
+            "imsize": plan.imsize, "sampling": f"eval mode (BatchNorm {statistics}), float32, uint8 images",
             "real": {"n": real.count, "cache": cache_status}}
         if self.backbone is not None:
             record["backbone"] = self.backbone.name
@@ -309,10 +315,12 @@ class Evaluator:
 def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None = None, n: int | None = None,
                         dataset: str | None = None, seed: int | None = None, batch_size: int = 64,
                         num_workers: int = 0, device: str = "auto", inception_weights: str | None = None,
-                        cache: StatsCache | None = None, stream: str = "held-out") -> dict[str, Any]:
+                        cache: StatsCache | None = None, stream: str = "held-out",
+                        standing_stats: int = 0) -> dict[str, Any]:
     """Evaluate a checkpoint (`FILE.pt`, `RUN`, `RUN:STEP` or `RUN:best`) in this process; unset arguments
     come from its config (eval_metrics, eval_n, eval_dataset or dataset, seed: the training evaluations').
-    By default on the held-out sample, not the one training evaluations picked the best checkpoint by."""
+    By default on the held-out sample, not the one training evaluations picked the best checkpoint by.
+    standing_stats K > 0: G's BatchNorm uses standing statistics over K batches of batch_size."""
     from ..checkpoint import load_checkpoint
 
     path = resolve_checkpoint(checkpoint)
@@ -323,7 +331,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None
                     dataset=dataset or config.eval_dataset or config.dataset, imsize=config.imsize,
                     center_crop=config.center_crop, resize_mode=config.resize_mode,
                     seed=config.seed if seed is None else seed,
-                    batch_size=batch_size, num_workers=num_workers, stream=stream)
+                    batch_size=batch_size, num_workers=num_workers, stream=stream, standing_stats=standing_stats)
     evaluator = Evaluator(plan, ctx, cache=cache, inception_weights=inception_weights)
     record = evaluator.evaluate(model.generator, config.z_dim)
     assert record is not None  # one rank

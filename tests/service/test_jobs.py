@@ -170,7 +170,7 @@ def test_a_sweep_none_of_whose_children_was_sent_is_withdrawn_whole(session: Ses
                                  max_attempts=1, idempotency_key="s")
     jobs.withdraw_unsent(session, job_id=sweep.id)
     assert jobs.list_jobs(session, limit=10) == []  # neither the sweep nor a child is left
-    job, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+    _, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
                                    idempotency_key="s")
     assert created
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sagan_core.config import make_config
-from sagan_service.limits import GIB, check_eval_limits, estimate_parameters, estimate_training_bytes
+from sagan_service.limits import BYTES_PER_PARAMETER, GIB, check_eval_limits, estimate_training_bytes
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
 from tests.service.conftest import (
@@ -24,15 +24,20 @@ from tests.service.conftest import (
 )
 
 
-@pytest.mark.parametrize("preset", ["seed64", "sagan32", "sagan128", "debug32"])
-def test_the_memory_estimate_counts_the_models_parameters(preset: str) -> None:
+@pytest.mark.parametrize(("preset", "gib"), [("seed64", 1.2), ("sagan32", 0.154), ("sagan128", 14.3),
+                                             ("debug32", 0.0128), ("resnet32", 1.6), ("resnet64", 5.7),
+                                             ("paper128", 56.3)])
+def test_the_memory_estimate_follows_the_preset(preset: str, gib: float) -> None:
     from sagan_core import build_models
 
-    generator, discriminator = build_models(preset)
+    config = make_config(preset).to_dict()
+    # Each preset's own networks (a residual one without class tables while num_classes is null): every
+    # trainable parameter is in the estimate, and the whole estimate is this preset's, not another's.
+    generator, discriminator = build_models(preset, num_classes=config["num_classes"] or 0)
     counted = sum(p.numel() for model in (generator, discriminator) for p in model.parameters())
-    assert estimate_parameters(make_config(preset).to_dict()) == pytest.approx(counted, rel=0.005)
-    # seed64 at its batch of 64: about a GiB; the limit's message names the estimate.
-    assert 0.5 * GIB < estimate_training_bytes(make_config("seed64").to_dict()) < 2 * GIB
+    need = estimate_training_bytes(config)
+    assert need > counted * BYTES_PER_PARAMETER
+    assert need / GIB == pytest.approx(gib, rel=0.02)  # the limit's message names this estimate
 
 
 def problem(response) -> tuple[str, str]:
