@@ -40,7 +40,9 @@ def test_image_sizes(preset: str, size: int) -> None:
     generator, discriminator = build_models(preset, g_conv_dim=16, d_conv_dim=16)
     images = generator(torch.randn(2, 128))
     assert images.shape == (2, 3, size, size)
-    assert images.abs().max() <= 1.0
+    # Not "within tanh's range", which holds for any input: an image made of its z, not saturated at ±1.
+    assert (images.abs() < 0.99).float().mean() > 0.5
+    assert not torch.allclose(images[0], images[1], atol=1e-3)
     assert discriminator(images).shape == (2,)
 
 

@@ -44,7 +44,10 @@ def test_shapes_conditional_and_unconditional(preset: str, size: int, classes: i
     generator, discriminator = build_models(preset, num_classes=classes, g_conv_dim=8, d_conv_dim=8)
     z, y = torch.randn(2, 128), (torch.tensor([0, 4]) if classes else None)
     images = generator(z, y)
-    assert images.shape == (2, 3, size, size) and images.abs().max() <= 1
+    assert images.shape == (2, 3, size, size)
+    # Not "within tanh's range", which holds for any input: an image made of its z, not saturated at ±1.
+    assert (images.abs() < 0.99).float().mean() > 0.5
+    assert not torch.allclose(images[0], images[1], atol=1e-3)
     assert discriminator(images, y).shape == (2,)
     assert list(generator.attention) and list(discriminator.attention)
     if not classes:  # unconditional: plain affine BatchNorm, no projection
