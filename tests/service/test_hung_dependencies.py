@@ -44,7 +44,8 @@ def hung_listener() -> Iterator[int]:
 
 @contextlib.contextmanager
 def api_with(service_env: dict[str, str], tmp_path: Path, **settings: str) -> Iterator[Api]:
-    service, client = start_api({**service_env, **settings}, tmp_path)
+    # The default fail-fast window, so that the requests right after the hung ones are still refused at once.
+    service, client = start_api({**service_env, "SAGAN_FAIL_FAST_SECONDS": "10", **settings}, tmp_path)
     try:
         yield client
     finally:
@@ -106,6 +107,9 @@ def test_a_hung_artifact_store(service_env: dict[str, str], tmp_path: Path, job_
         assert refused.status_code == 503 and seconds < 1
         ready, seconds = timed(lambda: api.client.get("/readyz"))
         assert ready.status_code == 503 and ready.json()["store"] == "unreachable" and seconds < 1
+        # Submitting and cancelling need no store (a job's record is written when it can be).
+        fresh = api.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})
+        assert api.client.post(f"/jobs/{fresh['id']}/cancel").status_code == 200
 
 
 @pytest.mark.timeout(120)
