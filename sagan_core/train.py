@@ -601,12 +601,19 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         state = train(config, args.out, resume=args.resume, hold_checkpoints=args.hold_checkpoints)
     except (ValueError, FileNotFoundError) as error:  # DatasetError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
+        _report(error)
         return 2
     except Diverged as error:
-        print(f"error: {error}", file=sys.stderr)  # `latest` is the last checkpoint, all of it finite
+        _report(error)  # `latest` is the last checkpoint, all of it finite
         return EXIT_DIVERGED
     return EXIT_STOPPED if state.step < config.steps else 0
+
+
+def _report(error: BaseException) -> None:
+    # One write, line and newline together: under torchrun every rank reports the same error into one log, and
+    # print's two writes (text, then end) interleaved them into "error: Xerror: X" (seen in a service test).
+    sys.stderr.write(f"error: {error}\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

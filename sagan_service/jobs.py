@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, case, delete, func, select, text, update
+from sqlalchemy import Executable, bindparam, case, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import ScalarSelect
 
+from .db import run_and_commit
 from .models import TERMINAL, Artifact, Job, new_job_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -56,28 +57,73 @@ class Lease:
     cancel_requested: bool
 
 
+@dataclass(frozen=True)
+class OwnerLimits:
+    """SAGAN_MAX_QUEUED_PER_OWNER and SAGAN_MAX_RUNNING_PER_OWNER, as create_job and create_sweep check them."""
+
+    max_queued: int
+    max_running: int
+
+
+class OverLimit(Exception):
+    """Admitting `adding` more jobs would take `owner` past a limit; `queued` and `running` are theirs now."""
+
+    def __init__(self, owner: str, *, queued: int, running: int, adding: int, limits: OwnerLimits) -> None:
+        super().__init__(f"{owner}: {queued} queued, {running} running, {adding} more asked")
+        self.owner, self.queued, self.running, self.adding, self.limits = owner, queued, running, adding, limits
+
+
 def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str, max_attempts: int,
-               idempotency_key: str | None = None, owner: str = "local") -> tuple[Job, bool]:
+               idempotency_key: str | None = None, owner: str = "local",
+               limits: OwnerLimits | None = None) -> tuple[Job, bool]:
     """Insert a queued job; with an idempotency key already used, return that job and False instead.
+    With `limits`, OverLimit instead while the owner is at one of them (a replay too: a client retrying at
+    its limit waits like any other); the check and the insert are exact under concurrent POSTs.
 
     Keys are per owner (stored as owner and the key's hash, which fit the column), so no owner is
     handed another's job for a key they both chose."""
     key = _owned_key(owner, idempotency_key) if idempotency_key is not None else None
     if (existing := _job_with_key(session, key)) is not None:
+        if limits is not None:
+            _check_limits(owner, active_counts(session, owner=owner, up_to=_up_to(limits)), 1, limits)
         return existing, False
-    job = Job(kind=kind, spec=spec, queue=queue, max_attempts=max_attempts, status="queued", owner=owner,
-              idempotency_key=key, attempt=0, step=0, cancel_requested=False,
-              total_steps=spec.get("steps"), dispatched_at=utcnow())  # the caller sends it next
-    return _insert_once(session, [job], key)
+    now = utcnow()
+    values = {"id": new_job_id(), "kind": kind, "spec": spec, "queue": queue, "max_attempts": max_attempts,
+              "status": "queued", "owner": owner, "idempotency_key": key, "attempt": 0, "step": 0,
+              "cancel_requested": False, "total_steps": spec.get("steps"),
+              "dispatched_at": now,  # the caller sends it next
+              "created_at": now, "updated_at": now}
+    admission = limits or OwnerLimits(max_queued=_NO_LIMIT, max_running=_NO_LIMIT)
+    statements = [*_lock_admissions(session, owner),
+                  (_ACTIVE_COUNTS, {"owner": owner, "up_to": _up_to(admission)}),
+                  (_INSERT_ADMITTED, {**values, "adding": 1, "up_to": _up_to(admission),
+                                      "max_queued": admission.max_queued, "max_running": admission.max_running})]
+    try:
+        *_, counts, inserted = run_and_commit(session, statements)
+    except IntegrityError:  # two retries of the same POST raced past the key lookup: the unique key picked one
+        session.rollback()
+        if (existing := _job_with_key(session, key)) is None:
+            raise
+        return existing, False
+    if not inserted:
+        (queued, running), = counts
+        raise OverLimit(owner, queued=queued, running=running, adding=1, limits=admission)
+    return Job(**values), True
 
 
 def create_sweep(session: Session, *, spec: dict[str, Any], children: Sequence[tuple[str, dict[str, Any], str]],
-                 max_attempts: int, idempotency_key: str | None = None, owner: str = "local") -> tuple[Job, bool]:
+                 max_attempts: int, idempotency_key: str | None = None, owner: str = "local",
+                 limits: OwnerLimits | None = None) -> tuple[Job, bool]:
     """Insert a sweep and its queued children, (arm, train spec, queue) each, all the owner's, in one
-    transaction; with an idempotency key already used, return that job and False instead. The caller sends
-    the children."""
+    transaction; with an idempotency key already used, return that job and False instead. With `limits`,
+    OverLimit instead while the children would take the owner past one (checked as create_job does). The
+    caller sends the children."""
+    if limits is not None:
+        hold_admissions(session, owner=owner)  # until the insert commits
+        _check_limits(owner, active_counts(session, owner=owner, up_to=_up_to(limits)), len(children), limits)
     key = _owned_key(owner, idempotency_key) if idempotency_key is not None else None
     if (existing := _job_with_key(session, key)) is not None:
+        session.rollback()
         return existing, False
     now = utcnow()
     # Never sent to a queue: dispatched_at stays null and claim_job / take_stale_queued skip sweeps.
@@ -506,16 +552,44 @@ def _bounded_count(status: str) -> ScalarSelect[int]:
 _ACTIVE_COUNTS = select(_bounded_count("queued"), _bounded_count("running"))
 
 
+# A POST inserts its job only if the owner's counts, taken after the owner's lock, leave room for it.
+_ADMITTED_COLUMNS = ["id", "kind", "spec", "queue", "max_attempts", "status", "owner", "idempotency_key", "attempt",
+                     "step", "cancel_requested", "total_steps", "dispatched_at", "created_at", "updated_at"]
+_INSERT_ADMITTED = insert(Job).from_select(
+    _ADMITTED_COLUMNS,
+    select(*(bindparam(name, type_=Job.__table__.c[name].type) for name in _ADMITTED_COLUMNS)).where(
+        _bounded_count("queued") + bindparam("adding") <= bindparam("max_queued"),
+        _bounded_count("running") < bindparam("max_running")),
+).returning(Job.id)
+_NO_LIMIT = 2**31 - 1
+
+
 def hold_admissions(session: Session, *, owner: str) -> None:
     """Until this session's transaction ends, no other request of `owner` gets past this: a POST counts the
     owner's jobs and inserts its own in one transaction after it, so the per-owner limits hold exactly under
     concurrent POSTs. PostgreSQL: a transaction-scoped advisory lock on the owner; SQLite: its write lock,
     taken now (BEGIN IMMEDIATE) instead of at the insert, when another request may have counted meanwhile."""
+    for statement, parameters in _lock_admissions(session, owner):
+        session.execute(statement, parameters)
+
+
+def _lock_admissions(session: Session, owner: str) -> list[tuple[Executable, dict[str, Any]]]:
     if session.get_bind().dialect.name == "sqlite":
-        session.execute(text("BEGIN IMMEDIATE"))
-    else:
-        key = int.from_bytes(hashlib.sha256(f"owner:{owner}".encode()).digest()[:8], "big", signed=True)
-        session.execute(select(func.pg_advisory_xact_lock(key)))
+        return [(text("BEGIN IMMEDIATE"), {})]
+    key = int.from_bytes(hashlib.sha256(f"owner:{owner}".encode()).digest()[:8], "big", signed=True)
+    return [(_ADVISORY_LOCK, {"key": key})]
+
+
+_ADVISORY_LOCK = select(func.pg_advisory_xact_lock(bindparam("key")))
+
+
+def _up_to(limits: OwnerLimits) -> int:
+    return max(limits.max_queued, limits.max_running)
+
+
+def _check_limits(owner: str, counts: dict[str, int], adding: int, limits: OwnerLimits) -> None:
+    if counts["queued"] + adding > limits.max_queued or counts["running"] >= limits.max_running:
+        raise OverLimit(owner, queued=counts["queued"], running=counts["running"], adding=adding, limits=limits)
 
 
 def active_counts(session: Session, *, owner: str, up_to: int) -> dict[str, int]:

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
@@ -78,10 +79,10 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
     else:
         spec = validate_train_config(body.config, data_roots=settings.allowed_data_roots)
         limits.check_train_limits(spec, settings)
-    _check_owner_limits(session, settings, principal.name)
-    job, created = jobs.create_job(session, kind=body.kind, spec=spec, queue=queue_for(body.kind, spec),
-                                   max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
-                                   owner=principal.name)
+    with _owner_limits(settings) as owner_limits:
+        job, created = jobs.create_job(session, kind=body.kind, spec=spec, queue=queue_for(body.kind, spec),
+                                       max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
+                                       owner=principal.name, limits=owner_limits)
     _answer_replay_or_send(job, created, body, spec, request, response, celery, [job],
                            give_up=lambda _: jobs.withdraw_unsent(session, job_id=job.id))
     return JobPublic.from_job(job)
@@ -97,11 +98,12 @@ def _create_sweep(body: SweepJobCreate, request: Request, response: Response, se
     configs = [(run.arm, run.config.to_dict()) for run in runs]
     for _, config in configs:
         limits.check_train_limits(config, settings)
-    _check_owner_limits(session, settings, principal.name, adding=len(configs))
     spec = body.model_dump(exclude={"kind"})
     children = [(arm, config, queue_for("train", config)) for arm, config in configs]
-    sweep, created = jobs.create_sweep(session, spec=spec, children=children, max_attempts=settings.max_attempts,
-                                       idempotency_key=idempotency_key, owner=principal.name)
+    with _owner_limits(settings) as owner_limits:
+        sweep, created = jobs.create_sweep(session, spec=spec, children=children,
+                                           max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
+                                           owner=principal.name, limits=owner_limits)
     members = jobs.sweep_children(session, job_id=sweep.id)
     _answer_replay_or_send(sweep, created, body, spec, request, response, celery, members,
                            give_up=lambda error: _give_up_sweep(session, sweep, error))
@@ -142,22 +144,23 @@ def _give_up_sweep(session: SessionDep, sweep: Job, error: QueueUnavailable) -> 
         jobs.fail_queued_sweep(session, job_id=sweep.id, error=f"could not reach the job queue: {error}")
 
 
-def _check_owner_limits(session: SessionDep, settings: SettingsDep, owner: str, *, adding: int = 1) -> None:
-    """429 when `adding` more queued jobs would take the owner past SAGAN_MAX_QUEUED_PER_OWNER, or while
-    SAGAN_MAX_RUNNING_PER_OWNER of theirs run. (An Idempotency-Key replay is checked too: a client retrying
-    at its limit waits like any other.)"""
-    jobs.hold_admissions(session, owner=owner)  # until the caller's insert commits
-    counts = jobs.active_counts(session, owner=owner, up_to=max(settings.max_queued_per_owner,
-                                                                settings.max_running_per_owner))
-    if counts["queued"] + adding > settings.max_queued_per_owner:
-        raise HTTPException(429, f"{owner} has {counts['queued']} jobs queued and asks for {adding} more, over "
-                                 f"this service's limit (SAGAN_MAX_QUEUED_PER_OWNER="
-                                 f"{settings.max_queued_per_owner}); submit again when some have finished",
-                            headers={"Retry-After": "30"})
-    if counts["running"] >= settings.max_running_per_owner:
-        raise HTTPException(429, f"{owner} has {counts['running']} jobs running, this service's limit "
-                                 f"(SAGAN_MAX_RUNNING_PER_OWNER={settings.max_running_per_owner}); submit again "
-                                 "when some have finished", headers={"Retry-After": "30"})
+@contextmanager
+def _owner_limits(settings: SettingsDep) -> Iterator[jobs.OwnerLimits]:
+    """SAGAN_MAX_QUEUED_PER_OWNER and SAGAN_MAX_RUNNING_PER_OWNER, and the 429 for a job that would pass one:
+    past the queued limit with the jobs it adds, or while the running limit's count of the owner's jobs run.
+    (An Idempotency-Key replay is checked too: a client retrying at its limit waits like any other.)"""
+    try:
+        yield jobs.OwnerLimits(max_queued=settings.max_queued_per_owner, max_running=settings.max_running_per_owner)
+    except jobs.OverLimit as over:
+        if over.queued + over.adding > over.limits.max_queued:
+            detail = (f"{over.owner} has {over.queued} jobs queued and asks for {over.adding} more, over this "
+                      f"service's limit (SAGAN_MAX_QUEUED_PER_OWNER={over.limits.max_queued}); submit again when "
+                      "some have finished")
+        else:
+            detail = (f"{over.owner} has {over.running} jobs running, this service's limit "
+                      f"(SAGAN_MAX_RUNNING_PER_OWNER={over.limits.max_running}); submit again when some have "
+                      "finished")
+        raise HTTPException(429, detail, headers={"Retry-After": "30"}) from None
 
 
 def _same_request(job: Job, body: JobCreate, spec: dict[str, Any]) -> bool:

@@ -9,6 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sagan_service import jobs
@@ -267,3 +268,55 @@ def test_a_nan_evaluation_is_stored_as_null_in_postgres(database_url: str) -> No
             assert jobs.get_job(session, job_id).latest_eval["metrics"] == {"swd": None, "fid": None, "kid": 1.5}
     finally:
         engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_session(request: pytest.FixtureRequest, tmp_path: Path) -> Session:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("empty_schema_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    with make_session_factory(engine)() as session:
+        yield session
+    engine.dispose()
+
+
+def test_create_job_admits_within_the_owner_limits_and_replays_a_key(any_session: Session) -> None:
+    # On PostgreSQL the lock, counts and insert go in one pipelined round trip (db.run_and_commit); on SQLite
+    # one by one: the same rows, the same refusals.
+    session, limits = any_session, jobs.OwnerLimits(max_queued=2, max_running=1)
+    spec = {"steps": 7, "rate": 0.5, "nested": {"list": [1, 2]}}
+    first, created = jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
+                                     idempotency_key="k", limits=limits)
+    assert created and first.status == "queued" and first.total_steps == 7
+    stored = jobs.get_job(session, first.id)
+    assert (stored.spec, stored.queue, stored.owner, stored.max_attempts, stored.attempt) == (spec, "cpu", "carol", 3, 0)
+    assert stored.created_at is not None and stored.dispatched_at is not None
+    again, created = jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
+                                     idempotency_key="k", limits=limits)
+    assert (again.id, created) == (first.id, False)
+    assert jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
+                           limits=limits)[1]
+    with pytest.raises(jobs.OverLimit) as refused:
+        jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol", limits=limits)
+    assert (refused.value.queued, refused.value.running, refused.value.adding) == (2, 0, 1)
+    with pytest.raises(jobs.OverLimit):  # a replay at the limit waits like any other request
+        jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
+                        idempotency_key="k", limits=limits)
+    assert jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="dan",
+                           limits=limits)[1]  # another owner's limits are their own
+    jobs.claim_job(session, job_id=first.id, worker_id="w", lease_seconds=30)
+    with pytest.raises(jobs.OverLimit) as running:  # one place queued again, but the running limit is reached
+        jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol", limits=limits)
+    assert (running.value.queued, running.value.running) == (1, 1)
+    assert len(jobs.list_jobs(session, owner="carol")) == 2
+
+
+def test_a_database_error_in_the_one_trip_insert_is_sqlalchemys(any_session: Session) -> None:
+    # The API maps sqlalchemy's OperationalError to a 503 and trips its breaker on it: the pipelined path
+    # must raise the same types connection.execute would, not the driver's.
+    session = any_session
+    assert session.get_bind().dialect.driver in ("pysqlite", "psycopg")  # psycopg: the pipelined path
+    with pytest.raises(IntegrityError):  # max_attempts is NOT NULL
+        jobs.create_job(session, kind="train", spec={}, queue="cpu", max_attempts=None, owner="erin")  # type: ignore[arg-type]
+    session.rollback()
+    assert jobs.create_job(session, kind="train", spec={}, queue="cpu", max_attempts=1, owner="erin")[1]

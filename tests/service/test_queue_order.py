@@ -1,5 +1,6 @@
 """The embedded queue (the filesystem transport) hands messages out in the order they were sent, also the many
-that one request sends within a millisecond (a sweep's children, in arm order)."""
+that one request sends within a millisecond (a sweep's children, in arm order). With Redis, the message the API
+pushes itself is the one Celery would have sent."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from sagan_service.queue import dispatch_all, make_celery
+from sagan_service.queue import TASK_NAME, _job_id_of, dispatch_all, make_celery
 from sagan_service.settings import Settings
 from tests.service.conftest import TINY, Service, start_api
 
@@ -37,6 +38,27 @@ def test_the_embedded_queue_is_first_in_first_out(tmp_path: Path) -> None:
                 body = base64.b64decode(body)
             taken.append(json.loads(body)[0][0])
     assert taken == sent
+
+
+def test_a_message_pushed_to_redis_is_the_one_celery_sends() -> None:
+    url = "redis://127.0.0.1:6379/14"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    for for_requests in (True, False):  # the API's app, and the reaper's (which resends in the worker's settings)
+        celery = make_celery(Settings(broker_url=url), for_requests=for_requests)
+        celery.send_task(TASK_NAME, args=["job-a"], queue="gpu")
+        dispatch_all(celery, [QueuedJob("job-b", queue="gpu")])
+        ours, celerys = (json.loads(raw) for raw in client.lrange("gpu", 0, -1))  # LPUSH: the newest first
+        client.delete("gpu")
+        assert (_job_id_of(json.dumps(celerys).encode()), _job_id_of(json.dumps(ours).encode())) == ("job-a", "job-b")
+        for message in (ours, celerys):  # what differs by job, or by message
+            message["body"] = json.loads(base64.b64decode(message["body"]))
+            message["body"][0] = message["headers"]["argsrepr"] = None
+            for name in ("id", "root_id"):
+                message["headers"][name] = None
+            message["properties"]["correlation_id"] = message["properties"]["delivery_tag"] = None
+        assert ours["headers"] == celerys["headers"]
+        assert ours == celerys
 
 
 @pytest.mark.timeout(300)
