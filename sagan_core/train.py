@@ -291,6 +291,19 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         ema_buffer.copy_(buffer)
 
 
+def batch_loader(dataset: ImageDataset, config: TrainConfig, ctx: DistContext, *, start_batch: int,
+                 tries: int) -> DataLoader:
+    """The loader of this rank's real batches from global batch `start_batch` on, as (images, labels,
+    skipped): see StepBatchSampler and SkipUnreadable."""
+    # A packed set is read in this process: a batch is one copy out of a memory map, which loader workers
+    # would only add a copy through shared memory to.
+    workers = 0 if isinstance(dataset, PackedImages) else config.num_workers
+    return DataLoader(SkipUnreadable(dataset, tries), batch_sampler=StepBatchSampler(len(dataset), config, ctx,
+                                                                                     start_batch),
+                      collate_fn=collate_readable, num_workers=workers, pin_memory=ctx.device.type == "cuda",
+                      persistent_workers=workers > 0)
+
+
 def real_batches(dataset: ImageDataset, state: TrainState) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Resumable stream of real (images, labels) batches: starts where step `state.step` left off.
 
@@ -298,13 +311,8 @@ def real_batches(dataset: ImageDataset, state: TrainState) -> Iterator[tuple[tor
     state.bad_images; past its limit the run fails with a DatasetError naming them.
     """
     config, bad_images = state.config, state.bad_images
-    sampler = StepBatchSampler(len(dataset), config, state.ctx, state.step * config.n_critic)
-    # A packed set is read in this process: a batch is one copy out of a memory map, which loader workers
-    # would only add a copy through shared memory to.
-    workers = 0 if isinstance(dataset, PackedImages) else config.num_workers
-    loader = DataLoader(SkipUnreadable(dataset, bad_images.tries), batch_sampler=sampler,
-                        collate_fn=collate_readable, num_workers=workers,
-                        pin_memory=state.ctx.device.type == "cuda", persistent_workers=workers > 0)
+    loader = batch_loader(dataset, config, state.ctx, start_batch=state.step * config.n_critic,
+                          tries=bad_images.tries)
     for images, labels, skipped in loader:
         bad_images.record(skipped)
         bad_images.check()  # this rank's count is at most the run's, so this never fails too early
