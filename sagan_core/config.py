@@ -102,14 +102,20 @@ class TrainConfig(BaseModel):
     and the official code's settings), resnet32 and resnet64 (that residual family at 32 and 64 pixels),
     debug32 (tiny, for tests)"""
     dataset: str = Field("synthetic", max_length=4096)
-    """synthetic[:N] | shapes[:N] (built in) | folder:PATH | lsun:PATH:CLASS[,CLASS...] | cifar10:PATH; labelled
-    (for conditional models): shapes, folders with one sub-folder per class, cifar10, lsun with several classes"""
+    """synthetic[:N] | shapes[:N] (built in) | folder:PATH | lsun:PATH:CLASS[,CLASS...] | cifar10:PATH |
+    packed:PATH (a set `sagan data pack` wrote) | ds:ID (a data set of the job service); labelled (for
+    conditional models): shapes, folders with one sub-folder per class, cifar10, lsun with several classes, and
+    packed sets of those"""
     center_crop: int | None = Field(None, ge=1, le=16384)
     """centre crop in source pixels before resizing (160 for aligned CelebA); null = none"""
     resize_mode: ResizeMode = "squash"
     """how a non-square image becomes square before resizing (after center_crop): crop (the largest centred
     square, as BigGAN and the official ImageNet converter; the paper128 and resnet presets) | squash (the whole
     image, distorted, as the reference's LSUN loader; the seed presets)"""
+    shuffle: Literal["global", "blocks"] = "global"
+    """order of the images in an epoch: global (a permutation of the whole set) | blocks (packed: and ds: sets
+    only: the shards in a permuted order, the images shuffled within each 4 consecutive shards of it, so a
+    reader goes through a few shards at a time); both seeded by (seed, epoch)"""
     max_bad_images: float = Field(0.001, ge=0.0, le=1.0)
     """largest fraction of unreadable images to skip before the run fails; 0 = fail on the first"""
 
@@ -265,6 +271,13 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.batch_size % self.nproc:
             raise _FieldIssue("batch_size", f"{self.batch_size} does not divide evenly over nproc {self.nproc}")
+        packed = self.dataset.partition(":")[0] in ("packed", "ds")
+        if self.shuffle == "blocks" and not packed:
+            raise _FieldIssue("shuffle", "blocks needs a packed data set (packed:PATH or ds:ID): other data sets "
+                                         "have no shards")
+        if packed and self.center_crop:
+            raise _FieldIssue("center_crop", "a packed data set was cropped and resized when it was packed: "
+                                             "leave center_crop unset")
         if self.arch == "resnet":
             for name, wanted in (("g_norm", "spectral"), ("d_norm", "spectral"), ("attention", "pooled")):
                 if getattr(self, name) != wanted:

@@ -457,6 +457,10 @@ class PackedImages(ImageDataset):
     def label(self, index: int) -> int:
         return int(self.labels[index])
 
+    @property
+    def shard_counts(self) -> list[int]:
+        return [int(shard["count"]) for shard in self.index["shards"]]
+
     def class_counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=self.num_classes).tolist() if self.num_classes else []
 

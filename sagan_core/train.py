@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import signal
 import sys
@@ -79,16 +80,38 @@ from .seeding import Stream, seeded
 from .studies import compute_spent
 
 
+SHUFFLE_WINDOW = 4  # shuffle "blocks": images are shuffled within this many consecutive shards
+
+
+def epoch_order(size: int, seed: int, epoch: int, blocks: list[int] | None = None) -> torch.Tensor:
+    """The data order of an epoch, seeded by (seed, epoch): a permutation of all `size` items, or, given the
+    sizes of consecutive blocks (a packed set's shards, config shuffle "blocks"), the blocks in a permuted order
+    with the items shuffled within each window of SHUFFLE_WINDOW consecutive blocks of that order, so that a
+    reader goes through the set a few shards at a time."""
+    generator = seeded(Stream.EPOCH_ORDER, seed, epoch)
+    if blocks is None:
+        return torch.randperm(size, generator=generator)
+    starts = [0, *itertools.accumulate(blocks)]
+    shuffled = torch.randperm(len(blocks), generator=generator).tolist()
+    parts = []
+    for first in range(0, len(shuffled), SHUFFLE_WINDOW):
+        window = torch.cat([torch.arange(starts[block], starts[block + 1])
+                            for block in shuffled[first:first + SHUFFLE_WINDOW]])
+        parts.append(window[torch.randperm(len(window), generator=generator)])
+    return torch.cat(parts)
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """This rank's share of global batch b, for b = start, start + 1, ... forever.
 
-    Epoch e is a permutation seeded by (seed, e); the last incomplete global batch is dropped.
+    Epoch e's order is epoch_order(size, seed, e, blocks); the last incomplete global batch is dropped.
     """
 
-    def __init__(self, size: int, config: TrainConfig, ctx: DistContext, start_batch: int) -> None:
+    def __init__(self, size: int, config: TrainConfig, ctx: DistContext, start_batch: int,
+                 blocks: list[int] | None = None) -> None:
         if size < config.batch_size:
             raise DatasetError(f"data set has {size} images, fewer than batch_size {config.batch_size}")
-        self.size, self.seed, self.start = size, config.seed, start_batch
+        self.size, self.seed, self.start, self.blocks = size, config.seed, start_batch, blocks
         self.global_batch = config.batch_size
         self.local = ctx.batch_slice(config.batch_size)
 
@@ -98,10 +121,15 @@ class StepBatchSampler(Sampler[list[int]]):
         while True:
             if batch // per_epoch != epoch:
                 epoch = batch // per_epoch
-                order = torch.randperm(self.size, generator=seeded(Stream.EPOCH_ORDER, self.seed, epoch))
+                order = epoch_order(self.size, self.seed, epoch, self.blocks)
             first = batch % per_epoch * self.global_batch
             yield order[first:first + self.global_batch][self.local].tolist()
             batch += 1
+
+
+def shuffle_blocks(dataset: ImageDataset, config: TrainConfig) -> list[int] | None:
+    """The blocks epoch_order keeps together: a packed set's shard sizes under shuffle "blocks", else None."""
+    return dataset.shard_counts if config.shuffle == "blocks" and isinstance(dataset, PackedImages) else None
 
 
 @dataclass
@@ -298,8 +326,8 @@ def batch_loader(dataset: ImageDataset, config: TrainConfig, ctx: DistContext, *
     # A packed set is read in this process: a batch is one copy out of a memory map, which loader workers
     # would only add a copy through shared memory to.
     workers = 0 if isinstance(dataset, PackedImages) else config.num_workers
-    return DataLoader(SkipUnreadable(dataset, tries), batch_sampler=StepBatchSampler(len(dataset), config, ctx,
-                                                                                     start_batch),
+    sampler = StepBatchSampler(len(dataset), config, ctx, start_batch, shuffle_blocks(dataset, config))
+    return DataLoader(SkipUnreadable(dataset, tries), batch_sampler=sampler,
                       collate_fn=collate_readable, num_workers=workers, pin_memory=ctx.device.type == "cuda",
                       persistent_workers=workers > 0)
 
@@ -376,8 +404,8 @@ class RunWriter:
             return
         # The same replacement of unreadable images as the batches (which also count them).
         readable = SkipUnreadable(dataset, self.state.bad_images.tries)
-        epoch_zero = seeded(Stream.EPOCH_ORDER, self.state.config.seed, 0)  # the order the batches start from
-        first = torch.randperm(len(dataset), generator=epoch_zero)[:64].tolist()
+        config = self.state.config  # the order the batches start from: epoch 0's
+        first = epoch_order(len(dataset), config.seed, 0, shuffle_blocks(dataset, config))[:64].tolist()
         images = [image for image, _, _ in map(readable.__getitem__, first) if image is not None]
         if images:  # none readable: the first batch fails the run, naming them
             write_grid(torch.stack(images), path)

@@ -173,3 +173,28 @@ def test_sagan_data_pack_uploads_to_s3_with_the_index_last(tmp_path: Path) -> No
         assert index["count"] == 30
     finally:
         server.stop()
+
+
+def test_blocks_shuffle_reads_a_few_shards_at_a_time_in_a_seeded_order() -> None:
+    from sagan_core.train import SHUFFLE_WINDOW, epoch_order
+
+    blocks = [10] * 8
+    order = epoch_order(80, 3, 1, blocks)
+    assert sorted(order.tolist()) == list(range(80))
+    assert torch.equal(order, epoch_order(80, 3, 1, blocks)) and not torch.equal(order, epoch_order(80, 3, 2, blocks))
+    for window in order.split(SHUFFLE_WINDOW * 10):  # each 40 items are 4 whole shards
+        shards = torch.bincount(window // 10, minlength=8)
+        assert sorted(shards.tolist()) == [0] * 4 + [10] * 4
+    assert torch.equal(epoch_order(75, 3, 1), epoch_order(75, 3, 1, None))  # global: one permutation
+
+
+def test_shuffle_blocks_trains_on_a_packed_set_and_is_refused_elsewhere(tmp_path: Path) -> None:
+    from sagan_core.config import ConfigError
+
+    pack("shapes:64", tmp_path / "packed", imsize=32, shard_mb=16 * 32 * 32 * 3 / 2**20)
+    state = train(tiny_config(dataset=f"packed:{tmp_path / 'packed'}", shuffle="blocks", steps=2), tmp_path / "run")
+    assert state.step == 2
+    with pytest.raises(ConfigError, match="shuffle: blocks needs a packed data set"):
+        tiny_config(shuffle="blocks")
+    with pytest.raises(ConfigError, match="center_crop: a packed data set"):
+        tiny_config(dataset="ds:abc", center_crop=20)
