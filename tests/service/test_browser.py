@@ -291,3 +291,47 @@ def test_with_tokens_the_page_asks_for_one_and_works_with_it(browser: Browser, a
         expect(page.locator("#status")).to_have_text("cancelled")
     finally:
         context.close()
+
+
+def _shapes_archive(path: Path) -> Path:
+    """A zip of 24 drawings of the built-in shapes, one folder per shape: a labelled data set to upload."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from sagan_core.data import build_dataset
+
+    shapes = build_dataset("shapes:24", 48, pixels=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(len(shapes)):
+            encoded = io.BytesIO()
+            Image.fromarray(shapes[i]).save(encoded, format="PNG")
+            archive.writestr(f"{shapes.class_names[shapes.label(i)]}/{i}.png", encoded.getvalue())
+    return path
+
+
+@pytest.mark.timeout(2 * TRAINING_S)
+def test_upload_a_data_set_see_it_ready_and_offered_by_the_form(page: Page, service: Api, tmp_path: Path) -> None:
+    page.goto("/ui/datasets")
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    page.fill("#upload-form [name=name]", "three shapes")
+    page.set_input_files("#upload-form [name=file]", str(_shapes_archive(tmp_path / "shapes.zip")))
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-text")).to_contain_text("uploaded")
+    row = page.locator("#dataset-rows tr", has_text="three shapes")
+    expect(row.locator(".badge")).to_have_text("ready", timeout=TRAINING_S * 1000)
+    expect(row).to_contain_text("32px")
+    expect(row.locator(".thumb")).to_have_attribute("src", re.compile("^blob:"))
+    screenshot(page, "datasets")
+    dataset_id = row.get_attribute("data-id")
+    row.get_by_role("link", name="three shapes").click()
+    expect(page.locator("#name")).to_have_text("three shapes")
+    expect(page.locator("#classes li")).to_have_text(["circle", "square", "triangle"])
+    expect(page.locator("#preview-img")).to_have_attribute("src", re.compile("^blob:"))
+    expect(page.locator("#facts")).to_contain_text("24")
+    screenshot(page, "dataset")
+    page.goto("/ui/submit")
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    expect(page.locator(f'#ready-datasets option[value="ds:{dataset_id}"]')).to_have_count(1)
+    assert page.locator("[name=dataset]").get_attribute("list") == "ready-datasets"
