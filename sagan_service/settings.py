@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # checkpoint this long to reach the store before it hands the job back; keep it well below the
     # stop grace period of the container (docker-compose.yml: 2 minutes).
     shutdown_seconds: float = Field(60.0, gt=0)
+    # Where a worker keeps the packed data sets (ds:<id>, packed:s3://...) its jobs read, shared by every
+    # worker and job on the machine (worker/data_cache.py); None: SAGAN_HOME/data-cache.
+    data_cache_dir: Path | None = None
+    # Its size: the least recently used sets that no job is reading are evicted to stay below it.
+    data_cache_gb: float = Field(20.0, gt=0)
 
 
     # Security (README: Security). `tokens`: every request but /healthz, /readyz and the HTML shells needs
@@ -134,3 +139,7 @@ class Settings(BaseSettings):
     def work_dir(self) -> Path:
         """Where workers keep the training directories of running jobs."""
         return self.home / "work"
+
+    @property
+    def data_cache_root(self) -> Path:
+        return (self.data_cache_dir or self.home / "data-cache").expanduser().resolve()

@@ -9,6 +9,7 @@ Layout per job (keys relative to the store root):
     jobs/<id>/logs/attempt-<k>.log
     jobs/<id>/job.json                        what the folder is: kind, config, owner, status, times (records.py)
     stats/<entry name>                        cached real-data statistics, shared by every job on that data
+    datasets/<id>/<S>px/index.json, shard-*.npy, labels.npy   a data set's packed copy at S px (sagan_core.packed)
 A checkpoint counts only once its COMMITTED marker exists: a single PUT is atomic, a directory is not.
 
 A store that cannot be reached (S3: no connection, a timeout, a 5xx; a folder: not writable) raises
@@ -73,6 +74,15 @@ def report_figure_key(job_id: str) -> str:
 def stats_key(entry_name: str) -> str:
     """A real-statistics cache entry (sagan_core.metrics.cache.StatsKey.name); not per job: keyed by the data."""
     return f"stats/{entry_name}"
+
+
+def dataset_prefix(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}/"
+
+
+def packed_prefix(dataset_id: str, imsize: int) -> str:
+    """Where a data set's packed copy at one image size lies (sagan_core.packed: index.json and its files)."""
+    return f"{dataset_prefix(dataset_id)}{imsize}px/"
 
 
 def job_record_key(job_id: str) -> str:
