@@ -133,6 +133,8 @@ class DataCache:
             log.warning("%s: the cached %s does not match its sha256; fetching it again", self._where(prefix), name)
             missing.append((name, size, sha256))
         if missing:
+            for stale in directory.glob(".*.part*"):  # left by a fetch that died (this one holds the fetch lock)
+                stale.unlink(missing_ok=True)
             self._make_room(sum(size for _, size, _ in missing), keep=key)
             log.info("fetching %d files (%d bytes) of %s", len(missing), sum(s for _, s, _ in missing),
                      self._where(prefix))
