@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     # A POST /jobs is refused with 429 while its owner has this many jobs queued, or running.
     max_queued_per_owner: int = Field(50, ge=1)
     max_running_per_owner: int = Field(8, ge=1)
+    # Data sets (POST /datasets): an uploaded archive over this is refused with 413 while it streams in;
+    # the dataset job refuses an archive whose files would unpack to more than SAGAN_MAX_DATASET_GB, more
+    # than SAGAN_MAX_DATASET_FILES entries, or an entry that grows more than SAGAN_MAX_COMPRESSION_RATIO
+    # times (a zip bomb).
+    max_upload_gb: float = Field(10.0, gt=0)
+    max_dataset_gb: float = Field(50.0, gt=0)
+    max_dataset_files: int = Field(2_000_000, ge=1)
+    max_compression_ratio: float = Field(100.0, gt=1)
 
     # Log lines: `json` (one object per line, with the job id where there is one) or `text`.
     log_format: Literal["json", "text"] = "text"
