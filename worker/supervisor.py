@@ -63,6 +63,7 @@ from sagan_service.storage import (
 )
 from sagan_service.sweeps import store_report_if_finished
 
+from . import dataset_job
 from .data_cache import DataCache
 from .datasets import DATASET_FIELDS, in_store, resolve_dataset_specs
 from .outages import DependencyDown, Outage, describe_database, is_transient, retry
@@ -223,6 +224,8 @@ class Attempt:
         self.run_spec = spec = resolve_dataset_specs(self.job.spec, self.job.kind, store=self.store,
                                                      settings=self.settings, open_set=self.open_packed)
         self.fetch_stats()
+        if self.job.kind == "dataset":
+            return dataset_job.command(spec["dataset_id"], spec, self.workdir)
         if self.job.kind == "eval":
             checkpoint = self.workdir / "model.pt"
             self.from_store(lambda: self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint))
