@@ -20,7 +20,7 @@ import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, get_args
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -73,12 +73,20 @@ class ImageDataset(Dataset):
 
 
 def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
-                  resize_mode: ResizeMode = "squash") -> ImageDataset:
+                  resize_mode: ResizeMode = "squash", pixels: bool = False) -> ImageDataset:
     """The dataset a spec names, yielding (3, imsize, imsize) float32 tensors in [-1, 1]: each image centre-
     cropped to `center_crop` pixels if set, then made square (resize_mode "crop": the largest centred square,
-    "squash": the whole image) and resized to imsize."""
+    "squash": the whole image) and resized to imsize. `pixels`: yield the resized image as a uint8
+    (imsize, imsize, 3) array instead, before the float conversion (what `sagan data pack` stores)."""
     kind, arg = parse_spec(spec)
-    transform = _transform(imsize, center_crop, resize_mode)
+    if kind == "packed":
+        return PackedImages(_packed_dir(spec, arg), imsize, center_crop, pixels=pixels)
+    if kind == "ds":
+        raise DatasetError(f"{spec} is a data set of the job service: its worker fetches it and trains on the "
+                           "packed copy; outside the service, pack the source with `sagan data pack` and use "
+                           "packed:DIR")
+    transform = _image_stage(imsize, center_crop, resize_mode) if pixels else _transform(imsize, center_crop,
+                                                                                         resize_mode)
     if kind == "synthetic":
         return SyntheticShapes(synthetic_size(spec, arg), imsize, transform)
     if kind == "shapes":
@@ -96,6 +104,13 @@ def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
                               tuple(categories))
     root = _existing_dir(arg)
     return CIFAR10Images(_within(root, cifar_dir(root)), transform)
+
+
+def _packed_dir(spec: str, arg: str) -> Path:
+    if arg.startswith("s3://"):
+        raise DatasetError(f"{spec}: a packed set in an object store is fetched by the job service's worker; "
+                           "outside the service, copy it to a folder (e.g. `aws s3 sync`) and use packed:DIR")
+    return _existing_dir(arg)
 
 
 class UnreadableImage(DatasetError):
@@ -137,8 +152,20 @@ class SkipUnreadable(Dataset):
                 skipped[error.name] = str(error)
         return None, NO_LABEL, skipped
 
+    def __getitems__(self, indices: list[int]) -> ReadyBatch | list[tuple[torch.Tensor | None, int, Skipped]]:
+        # A data set that reads whole batches at once (a packed set: nothing to decode, nothing unreadable)
+        # hands the collate function a finished batch.
+        if isinstance(self.dataset, PackedImages):
+            return self.dataset.batch(indices)
+        return [self[index] for index in indices]
 
-def collate_readable(items: list[tuple[torch.Tensor | None, int, Skipped]]
+
+class ReadyBatch(NamedTuple):
+    images: torch.Tensor  # (B, 3, S, S) float32
+    labels: torch.Tensor  # (B,) int64
+
+
+def collate_readable(items: ReadyBatch | list[tuple[torch.Tensor | None, int, Skipped]]
                      ) -> tuple[torch.Tensor | None, torch.Tensor, Skipped]:
     """SkipUnreadable's items as (images (B, 3, S, S), or None if one is missing; labels (B,); everything
     skipped).
@@ -146,6 +173,8 @@ def collate_readable(items: list[tuple[torch.Tensor | None, int, Skipped]]
     The names travel with the batch because DataLoader workers are other processes: the main
     process is the one place that sees every skip.
     """
+    if isinstance(items, ReadyBatch):
+        return items.images, items.labels, {}
     skipped = {name: message for _, _, part in items for name, message in part.items()}
     labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
     if any(image is None for image, _, _ in items):
@@ -397,6 +426,67 @@ class CIFAR10Images(ImageDataset):
         return self.transform(Image.fromarray(self.images[index], "RGB"))
 
 
+class PackedImages(ImageDataset):
+    """A packed set (sagan_core.packed): shards of uint8 images read through memory maps, opened lazily in each
+    process. Reads whole batches at once (`batch`): one fancy index per shard and one float conversion."""
+
+    def __init__(self, root: Path, imsize: int, center_crop: int | None, *, pixels: bool = False) -> None:
+        from .packed import read_index
+
+        self.root, self.pixels = root, pixels
+        self.index = read_index(root)
+        packed_size = self.index["imsize"]
+        if imsize != packed_size:
+            raise DatasetError(f"packed:{root} holds {packed_size}px images; imsize {imsize} needs a set packed "
+                               f"at {imsize} (`sagan data pack ... --imsize {imsize}`)")
+        if center_crop:
+            raise DatasetError(f"packed:{root} was cropped and resized when packed ({self.index['preprocessing']}): "
+                               "center_crop must be unset")
+        self.num_classes = int(self.index["num_classes"])
+        self.class_names = tuple(self.index["class_names"])
+        self.files = [_within(root, root / shard["file"]) for shard in self.index["shards"]]
+        self.ends = np.cumsum([shard["count"] for shard in self.index["shards"]])
+        self.labels = np.load(_within(root, root / self.index["labels"]["file"]), allow_pickle=False)
+        if len(self.labels) != self.index["count"] or int(self.ends[-1]) != self.index["count"]:
+            raise DatasetError(f"packed:{root}: its shards or labels do not match its index's count")
+        self._shards: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.index["count"])
+
+    def label(self, index: int) -> int:
+        return int(self.labels[index])
+
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.labels, minlength=self.num_classes).tolist() if self.num_classes else []
+
+    def _shard(self, number: int) -> np.ndarray:
+        if number not in self._shards:  # a memory map per process (a DataLoader worker opens its own)
+            self._shards[number] = np.load(self.files[number], mmap_mode="r", allow_pickle=False)
+        return self._shards[number]
+
+    def pixels_of(self, indices: np.ndarray) -> np.ndarray:
+        """The uint8 images of `indices`, (len, S, S, 3), in that order."""
+        shard_of = np.searchsorted(self.ends, indices, side="right")
+        starts = np.concatenate([[0], self.ends[:-1]])
+        size = self.index["imsize"]
+        out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+        for number in np.unique(shard_of):
+            where = shard_of == number
+            out[where] = self._shard(int(number))[indices[where] - starts[number]]
+        return out
+
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(f"packed index {index} out of range [0, {len(self)})")
+        pixels = self.pixels_of(np.array([index]))[0]
+        return pixels if self.pixels else to_float(pixels)
+
+    def batch(self, indices: list[int]) -> ReadyBatch:
+        chosen = np.asarray(indices, dtype=np.int64)
+        return ReadyBatch(to_float(self.pixels_of(chosen)), torch.from_numpy(self.labels[chosen].astype(np.int64)))
+
+
 def _within(root: Path, path: Path) -> Path:
     """`path`, unless it is a symlink leading outside `root`: a data set names a directory (which the job
     service checks against its allowed data roots), and a link inside must not hand out files elsewhere."""
@@ -520,15 +610,28 @@ def _open_rgb(source: str | IO[bytes], name: str) -> Image.Image:
         raise UnreadableImage(name, str(error)) from error
 
 
-def _transform(imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> Transform:
+def _image_stage(imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> Callable[[Image.Image], np.ndarray]:
+    """An image as the uint8 (imsize, imsize, 3) array training sees before the float conversion."""
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode {resize_mode!r}: choose from {', '.join(RESIZE_MODES)}")
     steps: list[Any] = [transforms.CenterCrop(center_crop)] if center_crop else []
     if resize_mode == "crop":
         steps.append(_largest_centred_square)
-    steps += [transforms.Resize((imsize, imsize)), transforms.ToTensor(),
-              transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    steps += [transforms.Resize((imsize, imsize)), np.array]
     return transforms.Compose(steps)
+
+
+def to_float(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 images, (S, S, 3) or (N, S, S, 3), as float32 (3, S, S) or (N, 3, S, S) in [-1, 1]: the same
+    operations as torchvision's ToTensor then Normalize(0.5, 0.5), so a packed image equals its source's
+    bit for bit."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels))
+    tensor = tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
+    return tensor.contiguous().float().div_(255).sub_(0.5).div_(0.5)
+
+
+def _transform(imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> Transform:
+    return transforms.Compose([_image_stage(imsize, center_crop, resize_mode), to_float])
 
 
 def _largest_centred_square(image: Image.Image) -> Image.Image:

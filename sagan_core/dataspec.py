@@ -1,7 +1,9 @@
 """Dataset spec strings, parsed without torch: the API checks submitted specs with this alone. Also the data's
 fingerprint (for the real-statistics cache) and the folder cache that it and data.py's folder scan share.
 
-Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS[,CLASS...]` | `cifar10:PATH` (see data.py).
+Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS[,CLASS...]` | `cifar10:PATH` (see data.py),
+`packed:PATH` (a set `sagan data pack` wrote, see packed.py; `packed:s3://bucket/prefix` is fetched by the job
+service's worker) and `ds:ID` (a data set of the job service, which its worker resolves to a packed copy).
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .files import atomic_write
 
-KINDS = ("synthetic", "shapes", "folder", "lsun", "cifar10")
+KINDS = ("synthetic", "shapes", "folder", "lsun", "cifar10", "packed", "ds")
 BUILT_IN = ("synthetic", "shapes")  # drawn on the fly, no files; N images (default DEFAULT_SYNTHETIC_SIZE)
-SPEC_FORMS = "synthetic, synthetic:N, shapes, shapes:N, folder:PATH, lsun:PATH:CLASS[,CLASS...], cifar10:PATH"
+SPEC_FORMS = ("synthetic, synthetic:N, shapes, shapes:N, folder:PATH, lsun:PATH:CLASS[,CLASS...], cifar10:PATH, "
+              "packed:PATH, packed:s3://BUCKET/PREFIX, ds:ID")
+DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DEFAULT_SYNTHETIC_SIZE = 10_000
 # Bump when the built-in data sets draw differently: cached real statistics of the old drawing then stop matching.
 SYNTHETIC_VERSION = 1
@@ -38,7 +43,35 @@ def dataset_paths(spec: str) -> list[str]:
         return []
     if kind == "lsun":
         return [split_lsun(spec, arg)[0]]
+    if kind == "ds":
+        dataset_id(spec)
+        return []
+    if kind == "packed" and arg.startswith("s3://"):
+        s3_location(spec, arg)
+        return []
     return [arg]
+
+
+def dataset_id(spec: str) -> str:
+    """The id in `ds:ID`."""
+    arg = spec.partition(":")[2]
+    if not DATASET_ID.fullmatch(arg):
+        raise DatasetError(f"malformed dataset spec {spec!r}: ds:ID takes a data set id (letters, digits, - and _)")
+    return arg
+
+
+def s3_location(spec: str, arg: str) -> tuple[str, str]:
+    """(bucket, prefix without slashes at its ends) of `packed:s3://bucket/prefix`."""
+    bucket, _, prefix = arg.removeprefix("s3://").partition("/")
+    if not bucket or not prefix.strip("/"):
+        raise DatasetError(f"malformed dataset spec {spec!r}: expected packed:s3://BUCKET/PREFIX")
+    return bucket, prefix.strip("/")
+
+
+def is_remote(spec: str) -> bool:
+    """Whether a spec names data the job service's worker fetches (`ds:ID`, `packed:s3://...`), not a path."""
+    kind, _, arg = spec.partition(":")
+    return kind == "ds" or (kind == "packed" and arg.startswith("s3://"))
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -99,6 +132,10 @@ def read_locations(spec: str) -> list[Path]:
     kind, arg = parse_spec(spec)
     if kind in BUILT_IN:
         return []
+    if is_remote(spec):
+        return []
+    if kind == "packed":
+        return [Path(arg), Path(arg) / "index.json"]
     if kind == "cifar10":
         batches = cifar_dir(Path(arg))
         return [Path(arg), batches, *(batches / name for name in CIFAR_BATCHES)]
@@ -123,6 +160,12 @@ def dataset_fingerprint(spec: str) -> str:
         digest = hashlib.sha256(kind.encode())
         digest.update(f":{synthetic_size(spec, arg)}:v{SYNTHETIC_VERSION}".encode())
         return digest.hexdigest()
+    if kind == "packed" and not is_remote(spec):
+        from .packed import packed_fingerprint, read_index  # NumPy only
+
+        return packed_fingerprint(read_index(_existing(arg)))
+    if is_remote(spec):
+        raise DatasetError(f"{spec}: the job service's worker resolves it to a local packed:PATH first")
     roots = [_existing(root) for root in dataset_paths(spec)]
     if kind == "folder" and roots[0].is_dir():
         cache = folder_cache_dir() / f"{folder_state(roots[0])}-fingerprint.json"

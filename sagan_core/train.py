@@ -38,7 +38,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import prune_checkpoints, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, build_config, config_warnings, read_config_file
-from .data import BadImageLog, ImageDataset, Skipped, SkipUnreadable, build_dataset, collate_readable
+from .data import (
+    BadImageLog,
+    ImageDataset,
+    PackedImages,
+    Skipped,
+    SkipUnreadable,
+    build_dataset,
+    collate_readable,
+)
 from .dataspec import DatasetError
 from .exits import EXIT_DIVERGED, EXIT_STOPPED
 from .layout import (
@@ -291,10 +299,12 @@ def real_batches(dataset: ImageDataset, state: TrainState) -> Iterator[tuple[tor
     """
     config, bad_images = state.config, state.bad_images
     sampler = StepBatchSampler(len(dataset), config, state.ctx, state.step * config.n_critic)
+    # A packed set is read in this process: a batch is one copy out of a memory map, which loader workers
+    # would only add a copy through shared memory to.
+    workers = 0 if isinstance(dataset, PackedImages) else config.num_workers
     loader = DataLoader(SkipUnreadable(dataset, bad_images.tries), batch_sampler=sampler,
-                        collate_fn=collate_readable, num_workers=config.num_workers,
-                        pin_memory=state.ctx.device.type == "cuda",
-                        persistent_workers=config.num_workers > 0)
+                        collate_fn=collate_readable, num_workers=workers,
+                        pin_memory=state.ctx.device.type == "cuda", persistent_workers=workers > 0)
     for images, labels, skipped in loader:
         bad_images.record(skipped)
         bad_images.check()  # this rank's count is at most the run's, so this never fails too early

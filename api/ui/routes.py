@@ -34,6 +34,16 @@ async def submit_page(request: Request) -> Response:
     return templates.TemplateResponse(request, "submit.html", {"page": "submit", "form": form, "defaults": defaults})
 
 
+@router.get("/ui/datasets")
+async def datasets_page(request: Request) -> Response:
+    return templates.TemplateResponse(request, "datasets.html", {"page": "datasets"})
+
+
+@router.get("/ui/datasets/{dataset_id}")
+async def dataset_page(request: Request, dataset_id: str) -> Response:
+    return templates.TemplateResponse(request, "dataset.html", {"page": "dataset", "dataset_id": dataset_id})
+
+
 @router.get("/ui/static/{name}")
 def static_file(name: str, request: Request) -> Response:  # a thread: the first request reads and gzips
     return serve_asset(name, request)

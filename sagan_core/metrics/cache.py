@@ -64,7 +64,10 @@ def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop
     if "swd" in metrics:
         backbones["swd"] = (SWD_BACKBONE, None)
     fingerprint = dataset_fingerprint(dataset)
-    return {part: StatsKey(dataset, fingerprint, imsize, center_crop, resize_mode, backbone, sha256, n,
+    # A packed set's statistics are those of its content, wherever a copy of it lies (another folder, a worker's
+    # cache): its fingerprint says what it holds, so the key leaves out its path.
+    named = "packed" if dataset.startswith("packed:") else dataset
+    return {part: StatsKey(named, fingerprint, imsize, center_crop, resize_mode, backbone, sha256, n,
                            STATS_VERSIONS[part], stream)
             for part, (backbone, sha256) in backbones.items()}
 

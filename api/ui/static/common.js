@@ -137,6 +137,15 @@ const sagan = (() => {
     return Math.abs(value) >= 1000 || Math.abs(value) < 1e-3 ? value.toExponential(2) : value.toPrecision(digits);
   }
 
+  // A size in bytes as "1.2 MB" (powers of 1000, as disks and stores count).
+  function bytes(count) {
+    if (count == null) return "";
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let value = count, unit = 0;
+    while (value >= 1000 && unit < units.length - 1) { value /= 1000; unit += 1; }
+    return `${value.toFixed(unit && value < 10 ? 1 : 0)} ${units[unit]}`;
+  }
+
   // An evaluation record ({step, metrics: {swd: ..}}) as "swd 81.1 @ 1,000"; FID/KID/SWD lower is better.
   function evalText(record) {
     if (!record || !record.metrics) return "";
@@ -200,5 +209,5 @@ const sagan = (() => {
     return {now: tick};
   }
 
-  return {api, authHeaders, errorText, clearErrors, showErrors, showImage, escape, evalText, age, duration, number, isActive, progress, setBar, setStatus, notice, poll};
+  return {api, authHeaders, bytes, errorText, clearErrors, showErrors, showImage, escape, evalText, age, duration, number, isActive, progress, setBar, setStatus, notice, poll};
 })();

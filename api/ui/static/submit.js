@@ -111,6 +111,17 @@
       button.disabled = false;
     }
   });
+  // The ready data sets of the service as suggestions for the dataset fields (any spec may still be typed).
+  async function offerDatasets() {
+    const result = await sagan.api("/datasets");
+    const ready = result.ok ? (Array.isArray(result.data) ? result.data : result.data.items).filter((d) => d.status === "ready") : [];
+    const list = document.createElement("datalist");
+    list.id = "ready-datasets";
+    for (const dataset of ready) list.append(new Option(`${dataset.name} (${dataset.imsizes.map((size) => `${size}px`).join(", ")})`, `ds:${dataset.id}`));
+    form.append(list);
+    for (const name of ["dataset", "eval_dataset"]) byName.get(name)?.setAttribute("list", list.id);
+  }
+
   // Any change after an answer is a new request.
   form.addEventListener("input", () => { idempotencyKey = null; });
 
@@ -119,6 +130,7 @@
     for (const study of studies.ok ? studies.data.items : []) {
       document.getElementById("study").add(new Option(`${study.name}: ${study.arms.map((arm) => arm.name).join(", ")}`, study.name));
     }
+    await offerDatasets();
     const result = await sagan.api("/presets");
     if (result.ok) presets = Object.fromEntries(result.data.items.map((preset) => [preset.name, preset]));
     else sagan.notice(`Could not load the presets: ${sagan.errorText(result)}`);
