@@ -1,0 +1,168 @@
+"""Data sets through the real stack (API + Postgres + Redis + worker + moto S3): uploads that become ready or
+fail naming why, owners, deleting, and jobs on `ds:<id>`."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from sagan_core.metrics.cache import stats_keys
+from tests.service.conftest import BUCKET, TINY, Api, S3Server, Workers, make_token, wait_for
+
+PREFIX = "artifacts/"  # SAGAN_ARTIFACTS_URL's prefix in the bucket
+
+
+def png(color: tuple[int, int, int], size: int = 40) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zip_of(entries: dict[str, bytes], *, compress: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zipped:
+        for name, data in entries.items():
+            zipped.writestr(name, data)
+    return buffer.getvalue()
+
+
+TWO_CLASSES = {**{f"cats/{i}.png": png((200, 10 * i, 0)) for i in range(8)},
+               **{f"dogs/{i}.png": png((0, 10 * i, 200)) for i in range(8)},
+               "README.txt": b"two classes"}
+
+
+def upload(api: Api, data: bytes, *, name: str = "pets", filename: str = "pets.zip") -> dict[str, Any]:
+    response = api.client.post("/datasets", data={"name": name}, files={"file": (filename, data, "application/zip")})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "queued" and body["name"] == name
+    return body
+
+
+def wait_dataset(api: Api, dataset_id: str, timeout: float = 240) -> dict[str, Any]:
+    def settled() -> dict[str, Any] | None:
+        body = api.client.get(f"/datasets/{dataset_id}").json()
+        return body if body["status"] in ("ready", "failed") else None
+
+    return wait_for(settled, timeout, f"data set {dataset_id} to be ready or failed", interval=0.5)
+
+
+def store_keys(s3_server: S3Server, prefix: str) -> list[str]:
+    listed = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=PREFIX + prefix)
+    return [item["Key"].removeprefix(PREFIX) for item in listed.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def pets(api: Api, workers: Workers) -> dict[str, Any]:
+    return wait_dataset(api, upload(api, zip_of(TWO_CLASSES))["id"])
+
+
+@pytest.mark.timeout(300)
+def test_an_uploaded_zip_with_two_class_folders_becomes_ready(pets: dict[str, Any], api: Api, s3_server: S3Server,
+                                                              tmp_path: Path) -> None:
+    assert pets["status"] == "ready", pets
+    assert pets["images"] == 16 and pets["classes"] == ["cats", "dogs"]
+    assert pets["imsizes"] == [32]  # 40 px images: not upscaled to 64
+    assert pets["bad_images"] == {"README.txt": "not an image file (.txt)"}
+    assert pets["size_bytes"] > 16 * 32 * 32 * 3
+    preview = api.client.get(f"/datasets/{pets['id']}/preview")
+    assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG")
+    assert pets["preview_url"].endswith(f"/datasets/{pets['id']}/preview")
+    keys = store_keys(s3_server, f"datasets/{pets['id']}/")
+    assert f"datasets/{pets['id']}/32px/index.json" in keys and f"datasets/{pets['id']}/32px/labels.npy" in keys
+    assert f"datasets/{pets['id']}/32px/shard-00000.npy" in keys
+    # The real statistics, under the keys any worker computes from its own copy of the packed set.
+    index = s3_server.client().get_object(Bucket=BUCKET, Key=f"{PREFIX}datasets/{pets['id']}/32px/index.json")
+    (tmp_path / "index.json").write_bytes(index["Body"].read())
+    stored = set(store_keys(s3_server, "stats/"))
+    for stream in ("selection", "held-out"):
+        (key,) = stats_keys(["swd"], dataset=f"packed:{tmp_path}", imsize=32, center_crop=None, resize_mode="squash",
+                            n=10_000, inception=None, stream=stream).values()
+        assert f"stats/{key.name}" in stored
+    listed = api.client.get("/datasets").json()["items"]
+    assert pets["id"] in [item["id"] for item in listed]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("entries", "compress", "reason"), [
+    ({"cats/a.png": png((1, 2, 3)), "../x.png": png((1, 2, 3))}, False, "'../x.png' climbs out"),
+    ({"zeros/a.png": bytes(20 << 20)}, True, "'zeros/a.png'.*SAGAN_MAX_COMPRESSION_RATIO"),
+], ids=["traversal", "zip-bomb"])
+def test_a_refused_archive_fails_naming_the_entry(api: Api, workers: Workers, entries: dict[str, bytes],
+                                                  compress: bool, reason: str) -> None:
+    failed = wait_dataset(api, upload(api, zip_of(entries, compress=compress))["id"])
+    assert failed["status"] == "failed"
+    assert re.search(reason, failed["error"]), failed["error"]
+
+
+@pytest.mark.timeout(300)
+def test_a_symlink_entry_and_a_corrupt_zip_fail(api: Api, workers: Workers) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zipped:
+        info = zipfile.ZipInfo("cats/link.png")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zipped.writestr(info, "/etc/passwd")
+    linked = upload(api, buffer.getvalue())
+    corrupt = upload(api, b"PK\x03\x04 this is no zip" * 50)
+    assert "'cats/link.png' is a symbolic link" in wait_dataset(api, linked["id"])["error"]
+    failed = wait_dataset(api, corrupt["id"])
+    assert failed["status"] == "failed" and "not a readable zip or tar archive" in failed["error"]
+    # A job on a data set that is not ready is refused, naming it.
+    response = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": f"ds:{corrupt['id']}"}})
+    assert response.status_code == 422, response.text
+    assert f"data set {corrupt['id']} (pets) is failed, not ready" in json.dumps(response.json())
+
+
+def test_an_upload_that_is_no_archive_is_a_422(api: Api) -> None:
+    response = api.client.post("/datasets", data={"name": "x"}, files={"file": ("x.rar", b"123")})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "file"]
+    response = api.client.post("/datasets", json={"name": "x", "source": "folder:/etc"})
+    assert response.status_code == 422 and "outside the allowed data roots" in response.text
+
+
+def test_another_owners_data_set_is_not_found(pets: dict[str, Any], api: Api, service_env: dict[str, str]) -> None:
+    other = Api(api.base_url, make_token(service_env, "dataset-stranger"))
+    for method in ("GET", "DELETE"):
+        response = other.client.request(method, f"/datasets/{pets['id']}")
+        assert response.status_code == 404, response.text
+    assert other.client.get(f"/datasets/{pets['id']}/preview").status_code == 404
+    assert other.client.get("/datasets").json()["items"] == []
+    response = other.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": f"ds:{pets['id']}"}})
+    assert response.status_code == 422 and f"data set {pets['id']} not found" in response.text
+
+
+@pytest.mark.timeout(300)
+def test_a_data_set_in_use_cannot_be_deleted(api: Api, workers: Workers, s3_server: S3Server) -> None:
+    doomed = wait_dataset(api, upload(api, zip_of(TWO_CLASSES), name="doomed")["id"])
+    assert doomed["status"] == "ready", doomed
+    job = api.submit({"kind": "train", "config": {**TINY, "dataset": f"ds:{doomed['id']}", "steps": 100_000}})
+    response = api.client.delete(f"/datasets/{doomed['id']}")
+    assert response.status_code == 409 and job["id"] in response.text
+    assert api.client.get(f"/datasets/{doomed['id']}").json()["used_by"] == [job["id"]]
+    api.client.post(f"/jobs/{job['id']}/cancel")
+    api.wait_status(job["id"], {"cancelled"}, timeout=60)
+    assert api.client.delete(f"/datasets/{doomed['id']}").status_code == 204
+    assert store_keys(s3_server, f"datasets/{doomed['id']}/") == []
+    assert api.client.get(f"/datasets/{doomed['id']}").status_code == 404
+
+
+@pytest.mark.timeout(600)
+def test_a_conditional_training_and_an_eval_on_a_data_set(pets: dict[str, Any], api: Api) -> None:
+    """Needs the worker's resolution of ds:<id> (worker/datasets.py) and the packed loader."""
+    config = {**TINY, "dataset": f"ds:{pets['id']}", "num_classes": 2, "steps": 4, "batch_size": 8,
+              "eval_every": 4, "eval_metrics": ["swd"], "eval_n": 16}
+    trained = api.wait_status(api.submit({"kind": "train", "config": config})["id"], {"succeeded", "failed"}, 300)
+    assert trained["status"] == "succeeded", trained
+    evaluated = api.submit({"kind": "eval", "source": {"job_id": trained["id"]}})
+    done = api.wait_status(evaluated["id"], {"succeeded", "failed"}, 200)
+    assert done["status"] == "succeeded", done
+    used_by = api.client.get(f"/datasets/{pets['id']}").json()["used_by"]
+    assert trained["id"] in used_by
