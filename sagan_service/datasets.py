@@ -87,8 +87,8 @@ def delete_dataset(session: Session, dataset_id: str, *, owner: str | None = Non
     uses it or builds it."""
     dataset = get_dataset(session, dataset_id, owner=owner)
     build = session.get(Job, dataset.job_id) if dataset.job_id else None
-    if build is not None and build.status in ACTIVE:
-        raise jobs.JobConflict(f"data set {dataset_id} is being built by job {build.id}; cancel it first")
+    if public_status(dataset, build)[0] in ACTIVE:  # its job is still writing it
+        raise jobs.JobConflict(f"data set {dataset_id} is being built by job {dataset.job_id}; cancel it first")
     if using := jobs_using(session, dataset_id, active=True):
         raise jobs.JobConflict(f"data set {dataset_id} is in use by {len(using)} queued or running job(s): "
                                f"{', '.join(job.id for job in using[:5])}")

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from sagan_core.metrics.cache import stats_keys
-from tests.service.conftest import BUCKET, TINY, Api, S3Server, Workers, make_token, wait_for
+from tests.service.conftest import BUCKET, TINY, Api, S3Server, Service, Workers, make_token, wait_for
 
 PREFIX = "artifacts/"  # SAGAN_ARTIFACTS_URL's prefix in the bucket
 
@@ -155,14 +155,22 @@ def test_a_data_set_in_use_cannot_be_deleted(api: Api, workers: Workers, s3_serv
 
 
 @pytest.mark.timeout(600)
-def test_a_conditional_training_and_an_eval_on_a_data_set(pets: dict[str, Any], api: Api) -> None:
-    """Needs the worker's resolution of ds:<id> (worker/datasets.py) and the packed loader."""
-    config = {**TINY, "dataset": f"ds:{pets['id']}", "num_classes": 2, "steps": 4, "batch_size": 8,
-              "eval_every": 4, "eval_metrics": ["swd"], "eval_n": 16}
+def test_a_conditional_training_then_an_eval_on_another_worker(pets: dict[str, Any], api: Api, workers: Workers,
+                                                               service_env: dict[str, str], tmp_path: Path) -> None:
+    """The training's worker fetches the packed set into its data cache; then a second worker, with a cache
+    of its own, fetches it again for an eval job."""
+    config = {**TINY, "arch": "resnet", "attention": "pooled", "num_classes": None, "dataset": f"ds:{pets['id']}",
+              "steps": 4, "checkpoint_every": 4, "eval_every": 4, "eval_metrics": ["swd"], "eval_n": 16}
     trained = api.wait_status(api.submit({"kind": "train", "config": config})["id"], {"succeeded", "failed"}, 300)
     assert trained["status"] == "succeeded", trained
+    assert trained["spec"]["dataset"] == f"ds:{pets['id']}"  # the stored spec keeps what the user wrote
+    workers.current.stop()
+    cache = tmp_path / "second-cache"
+    workers.all.append(Service(["worker", "--loglevel", "WARNING"], {**service_env, "SAGAN_DATA_CACHE_DIR": str(cache)},
+                               tmp_path / "second-worker.log"))
     evaluated = api.submit({"kind": "eval", "source": {"job_id": trained["id"]}})
     done = api.wait_status(evaluated["id"], {"succeeded", "failed"}, 200)
     assert done["status"] == "succeeded", done
+    assert list(cache.rglob("index.json")), "the second worker read the set from its own cache"
     used_by = api.client.get(f"/datasets/{pets['id']}").json()["used_by"]
     assert trained["id"] in used_by
