@@ -24,14 +24,14 @@ from api import ui
 from api.deps import get_principal, job_log_context
 from api.guards import Dependency, DependencyDown
 from api.limits import BodyLimit
-from sagan_service.limits import GIB
 from api.metrics import RequestLatency, make_registry
-from api.routes import health, monitoring, presets, studies
 from api.routes import datasets as dataset_routes
+from api.routes import health, monitoring, presets, studies
 from api.routes import jobs as job_routes
 from sagan_service.auth import TokenCache
 from sagan_service.db import make_engine, make_session_factory, no_answer
 from sagan_service.jobs import JobConflict, JobNotFound
+from sagan_service.limits import GIB
 from sagan_service.queue import QueueUnavailable, make_celery
 from sagan_service.reaper import reap_once
 from sagan_service.settings import Settings

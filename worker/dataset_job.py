@@ -34,7 +34,14 @@ from sagan_service.db import make_engine, make_session_factory
 from sagan_service.limits import GIB
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError, check_dataset_spec
-from sagan_service.storage import ArtifactStore, S3Store, dataset_preview_key, open_store, packed_prefix, stats_key
+from sagan_service.storage import (
+    ArtifactStore,
+    S3Store,
+    dataset_preview_key,
+    open_store,
+    packed_prefix,
+    stats_key,
+)
 
 from .archives import ArchiveError, Limits, extract, safe_relative
 
@@ -169,7 +176,7 @@ def _default_imsizes(spec: str) -> list[int]:
             try:
                 with Image.open(path) as image:  # the header only
                     side = min(image.size)
-            except Exception:  # noqa: BLE001 (unreadable: the packer lists it)
+            except Exception:  # noqa: BLE001, S112 (unreadable: the packer lists it)
                 continue
             smallest = side if smallest is None else min(smallest, side)
     return [size for size in IMSIZES if size == IMSIZES[0] or (smallest or 0) >= size]

@@ -14,7 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from api.deps import CeleryDep, OwnerDep, PrincipalDep, SessionDep, SettingsDep, StoreDep, in_thread, in_thread_of
+from api.deps import (
+    CeleryDep,
+    OwnerDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    in_thread,
+    in_thread_of,
+)
 from api.routes.jobs import _object_response, _owner_limits
 from api.schemas import DatasetCreate, DatasetList, DatasetPublic
 from sagan_service import datasets
@@ -22,7 +31,7 @@ from sagan_service.limits import GIB
 from sagan_service.models import Dataset, Job, new_job_id
 from sagan_service.queue import QueueUnavailable, dispatch
 from sagan_service.specs import SpecError, check_dataset_spec
-from sagan_service.storage import dataset_preview_key, dataset_prefix
+from sagan_service.storage import dataset_prefix, dataset_preview_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/datasets", tags=["datasets"])
