@@ -1,4 +1,4 @@
-"""The `sagan` command: train, sample, eval, stats, sweep, study, report, import-checkpoint.
+"""The `sagan` command: train, sample, eval, stats, sweep, study, report, data pack, import-checkpoint.
 
 Other packages add subcommands (the service adds api, worker, up, db) through the entry-point
 group `sagan.commands`: each entry point is a `register(subparsers)` callable. This keeps the
@@ -8,6 +8,7 @@ library free of any import of the service.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import subprocess
@@ -271,6 +272,32 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from tqdm import tqdm
+
+    from .packed import pack, packed_size, upload
+
+    remote = args.out.startswith("s3://")
+    # An S3 target is packed in a local folder first (beside nothing: a temp folder), then uploaded, index last.
+    with tempfile.TemporaryDirectory(prefix="sagan-pack-") if remote else contextlib.nullcontext(args.out) as folder:
+        with tqdm(total=None, unit="img", desc=f"packing {args.spec}", disable=args.quiet) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            index = pack(args.spec, Path(folder), imsize=args.imsize, resize_mode=args.resize_mode,
+                         center_crop=args.center_crop, shard_mb=args.shard_mb, workers=args.workers,
+                         progress=progress)
+        if remote:
+            upload(Path(folder), args.out)
+    print(json.dumps({"out": args.out, "count": index["count"], "imsize": index["imsize"],
+                      "classes": index["class_names"], "shards": len(index["shards"]), "bytes": packed_size(index),
+                      "bad_images": index["bad_images"]}), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagan", description="Self-Attention GANs: train, sample, serve.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -366,6 +393,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
     report.add_argument("--title", help="the page's title")
     report.set_defaults(func=cmd_report)
+
+    data = commands.add_parser("data", help="prepare data sets").add_subparsers(dest="data_command", required=True)
+    packer = data.add_parser(
+        "pack", help="pack a data set into shards of pre-resized images (fast to read, random access)",
+        description="Turn a data set spec into a packed set: uint8 shards at one image size, labels and an index "
+                    "(sagan_core/packed.py). Train on it with --dataset packed:OUT. Resumable: a rerun into the "
+                    "same folder keeps the shards already written. Unreadable images are skipped and listed.")
+    packer.add_argument("spec", help="the source data set spec (folder:, lsun:, cifar10:, shapes, ...)")
+    packer.add_argument("--imsize", type=int, required=True, help="image size of the packed set")
+    packer.add_argument("--resize-mode", choices=get_args(ResizeMode), default="squash",
+                        help="as the runs' resize_mode (default squash)")
+    packer.add_argument("--center-crop", type=int, help="centre crop in source pixels before resizing")
+    packer.add_argument("--out", required=True, help="a folder, or s3://bucket/prefix (AWS_ENDPOINT_URL and the "
+                                                     "usual AWS credentials variables apply)")
+    packer.add_argument("--shard-mb", type=float, default=64, help="images per shard, in MB (default 64)")
+    packer.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: this one)")
+    packer.add_argument("--quiet", action="store_true", help="no progress bar")
+    packer.set_defaults(func=cmd_data_pack)
 
     imports = commands.add_parser("import-checkpoint", help="convert another implementation's weights")
     imports.add_argument("--format", required=True, choices=["heykeetae"],
