@@ -263,6 +263,12 @@ class DatasetCreate(BaseModel):
                                                      "smallest side of the images (at least 32)")
 
 
+class DatasetJob(BaseModel):
+    id: str
+    kind: Kind
+    status: Status
+
+
 class DatasetPublic(BaseModel):
     id: str
     name: str
@@ -277,17 +283,18 @@ class DatasetPublic(BaseModel):
     size_bytes: int | None = None
     job_id: str | None = Field(None, description="the job that builds it")
     preview_url: str | None = None
-    used_by: list[str] | None = Field(None, description="jobs that named it (ds:<id>), oldest first")
+    jobs: list[DatasetJob] | None = Field(None, description="the jobs that named it (ds:<id>), oldest first")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, *, status: str, error: str | None, preview_url: str | None = None,
-                     used_by: list[str] | None = None) -> DatasetPublic:
+                     jobs: list[Job] | None = None) -> DatasetPublic:
         return cls(id=dataset.id, name=dataset.name, owner=dataset.owner, status=status, source=dataset.source,
                    error=error, images=dataset.images, classes=dataset.classes, bad_images=dataset.bad_images,
                    imsizes=dataset.imsizes, size_bytes=dataset.size_bytes, job_id=dataset.job_id,
-                   preview_url=preview_url, used_by=used_by, created_at=utc(dataset.created_at),
+                   preview_url=preview_url, created_at=utc(dataset.created_at),
+                   jobs=None if jobs is None else [DatasetJob(id=job.id, kind=job.kind, status=job.status) for job in jobs],
                    updated_at=utc(dataset.updated_at))
 
 

@@ -216,6 +216,6 @@ def _not_found(dataset_id: str) -> HTTPException:
 def _public(request: Request, session: SessionDep, dataset: Dataset, job: Job | None, *,
             with_jobs: bool = True) -> DatasetPublic:
     status, error = datasets.public_status(dataset, job)
-    used_by = [used.id for used in datasets.jobs_using(session, dataset.id)] if with_jobs else None
+    using = datasets.jobs_using(session, dataset.id) if with_jobs else None
     preview = str(request.url_for("get_preview", dataset_id=dataset.id)) if status == "ready" else None
-    return DatasetPublic.from_dataset(dataset, status=status, error=error, preview_url=preview, used_by=used_by)
+    return DatasetPublic.from_dataset(dataset, status=status, error=error, preview_url=preview, jobs=using)

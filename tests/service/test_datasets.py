@@ -15,7 +15,17 @@ import pytest
 from PIL import Image
 
 from sagan_core.metrics.cache import stats_keys
-from tests.service.conftest import BUCKET, TINY, Api, S3Server, Service, Workers, make_token, wait_for
+from tests.service.conftest import (
+    BUCKET,
+    TINY,
+    Api,
+    S3Server,
+    Service,
+    Workers,
+    make_token,
+    start_api,
+    wait_for,
+)
 
 PREFIX = "artifacts/"  # SAGAN_ARTIFACTS_URL's prefix in the bucket
 
@@ -128,6 +138,47 @@ def test_an_upload_that_is_no_archive_is_a_422(api: Api) -> None:
     assert response.status_code == 422 and "outside the allowed data roots" in response.text
 
 
+@pytest.mark.timeout(300)
+def test_data_sets_registered_where_they_lie(api: Api, workers: Workers, s3_server: S3Server,
+                                             tmp_service: Path) -> None:
+    """JSON sources: an S3 prefix of the service's S3, and a folder under SAGAN_DATA_ROOTS."""
+    client = s3_server.client()
+    for name, data in TWO_CLASSES.items():
+        client.put_object(Bucket=BUCKET, Key=f"raw/pets/{name}", Body=data)
+    folder = tmp_service / "data" / "registered"
+    for name, data in TWO_CLASSES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    created = []
+    for source in (f"s3://{BUCKET}/raw/pets/", f"folder:{folder}"):
+        response = api.client.post("/datasets", json={"name": "registered", "source": source, "imsizes": [32]})
+        assert response.status_code == 201, response.text
+        created.append(response.json())
+    for dataset in created:
+        ready = wait_dataset(api, dataset["id"])
+        assert ready["status"] == "ready", ready
+        assert ready["images"] == 16 and ready["classes"] == ["cats", "dogs"] and ready["imsizes"] == [32]
+    assert created[0]["source"] == f"s3://{BUCKET}/raw/pets/"
+
+
+def test_an_upload_over_the_limit_is_a_413(service_env: dict[str, str], tmp_path: Path) -> None:
+    service, small = start_api({**service_env, "SAGAN_MAX_UPLOAD_GB": str(4096 / 2**30)}, tmp_path)
+    try:
+        archive = zip_of({f"{i}.png": png((i, i, i)) for i in range(40)})
+        response = small.client.post("/datasets", data={"name": "big"}, files={"file": ("big.zip", archive)})
+        assert response.status_code == 413 and "SAGAN_MAX_UPLOAD_GB" in response.text
+        # Sent chunked (no Content-Length): counted as it streams in.
+        boundary = "sagan-boundary"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nbig\r\n--{boundary}\r\n"
+                'Content-Disposition: form-data; name="file"; filename="big.zip"\r\n\r\n').encode()
+        chunks = iter([head, *(archive[i:i + 1024] for i in range(0, len(archive), 1024)), f"\r\n--{boundary}--\r\n".encode()])
+        response = small.client.post("/datasets", content=chunks,
+                                     headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert response.status_code == 413 and "SAGAN_MAX_UPLOAD_GB" in response.text
+    finally:
+        service.stop()
+
+
 def test_another_owners_data_set_is_not_found(pets: dict[str, Any], api: Api, service_env: dict[str, str]) -> None:
     other = Api(api.base_url, make_token(service_env, "dataset-stranger"))
     for method in ("GET", "DELETE"):
@@ -146,7 +197,8 @@ def test_a_data_set_in_use_cannot_be_deleted(api: Api, workers: Workers, s3_serv
     job = api.submit({"kind": "train", "config": {**TINY, "dataset": f"ds:{doomed['id']}", "steps": 100_000}})
     response = api.client.delete(f"/datasets/{doomed['id']}")
     assert response.status_code == 409 and job["id"] in response.text
-    assert api.client.get(f"/datasets/{doomed['id']}").json()["used_by"] == [job["id"]]
+    (using,) = api.client.get(f"/datasets/{doomed['id']}").json()["jobs"]
+    assert using["id"] == job["id"] and using["kind"] == "train" and using["status"] in ("queued", "running")
     api.client.post(f"/jobs/{job['id']}/cancel")
     api.wait_status(job["id"], {"cancelled"}, timeout=60)
     assert api.client.delete(f"/datasets/{doomed['id']}").status_code == 204
@@ -172,5 +224,5 @@ def test_a_conditional_training_then_an_eval_on_another_worker(pets: dict[str, A
     done = api.wait_status(evaluated["id"], {"succeeded", "failed"}, 200)
     assert done["status"] == "succeeded", done
     assert list(cache.rglob("index.json")), "the second worker read the set from its own cache"
-    used_by = api.client.get(f"/datasets/{pets['id']}").json()["used_by"]
-    assert trained["id"] in used_by
+    used_by = api.client.get(f"/datasets/{pets['id']}").json()["jobs"]
+    assert [job["id"] for job in used_by][-2:] == [trained["id"], evaluated["id"]]
