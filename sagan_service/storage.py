@@ -28,7 +28,7 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from sagan_core.files import atomic_write
@@ -121,6 +121,10 @@ class ArtifactStore(ABC):
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
+    def put_fileobj(self, key: str, source: BinaryIO) -> None:
+        """Store what `source` holds from its position on, read in parts (an upload being spooled)."""
+
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes, or ArtifactNotFound."""
 
@@ -181,6 +185,10 @@ class LocalStore(ArtifactStore):
 
     def put_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as source, self._writable():
+            atomic_write(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
+
+    def put_fileobj(self, key: str, source: BinaryIO) -> None:
+        with self._writable():
             atomic_write(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -254,6 +262,10 @@ class S3Store(ArtifactStore):
     def put_file(self, key: str, path: Path) -> None:
         with self._reachable():
             self.client.upload_file(str(path), self.bucket, self._key(key))
+
+    def put_fileobj(self, key: str, source: BinaryIO) -> None:
+        with self._reachable():  # a multipart upload for a large one: never whole in memory
+            self.client.upload_fileobj(source, self.bucket, self._key(key))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._reachable():

@@ -1,11 +1,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -55,7 +51,8 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
         name, archive = await _receive_upload(request, settings.max_upload_gb)
         try:
             key = f"{dataset_prefix(dataset_id)}source/{_archive_name(archive)}"
-            await run_in_threadpool(store.put_file, key, Path(archive.file.name))
+            archive.file.seek(0)
+            await run_in_threadpool(store.put_fileobj, key, archive.file)
         finally:
             archive.file.close()
         source, imsizes = f"upload:{key}", None
@@ -100,8 +97,8 @@ def _json_body(data: bytes) -> DatasetCreate:
 
 
 async def _receive_upload(request: Request, max_gb: float) -> tuple[str, UploadFile]:
-    """The form's `name` and its `file`, spooled to a named temporary file (never whole in memory); 413 as
-    soon as the body passes SAGAN_MAX_UPLOAD_GB."""
+    """The form's `name` and its `file`, spooled to a temporary file (never whole in memory); 413 as soon as
+    the body passes SAGAN_MAX_UPLOAD_GB."""
     limit = int(max_gb * GIB)
 
     async def counted() -> AsyncIterator[bytes]:
@@ -113,8 +110,8 @@ async def _receive_upload(request: Request, max_gb: float) -> tuple[str, UploadF
                                          "(SAGAN_MAX_UPLOAD_GB)")
             yield chunk
 
+    # Starlette spools the file part to disk past MultiPartParser.spool_max_size (1 MiB).
     parser = MultiPartParser(request.headers, counted(), max_files=1, max_fields=4)
-    parser.spool_max_size = 0  # to disk at once: put_file reads it by name
     try:
         form = await parser.parse()
     except MultiPartException as error:
@@ -129,21 +126,7 @@ async def _receive_upload(request: Request, max_gb: float) -> tuple[str, UploadF
     if _suffix(archive.filename or "") is None:
         _close_all(form)
         raise SpecError("file", f"file: {archive.filename!r} is not a .zip, .tar, .tar.gz or .tgz archive")
-    return name.strip(), _on_disk(archive)
-
-
-def _on_disk(archive: UploadFile) -> UploadFile:
-    """The spooled part as a named file (spool_max_size 0 rolled it over; an unnamed temporary file is
-    copied to a named one)."""
-    if isinstance(getattr(archive.file, "name", None), str) and os.path.exists(archive.file.name):
-        return archive
-    named = tempfile.NamedTemporaryFile(prefix="sagan-upload-")  # noqa: SIM115 (closed by the caller)
-    archive.file.seek(0)
-    shutil.copyfileobj(archive.file, named)
-    named.flush()
-    archive.file.close()
-    archive.file = named
-    return archive
+    return name.strip(), archive
 
 
 def _close_all(form: object) -> None:

@@ -226,3 +226,15 @@ def test_a_conditional_training_then_an_eval_on_another_worker(pets: dict[str, A
     assert list(cache.rglob("index.json")), "the second worker read the set from its own cache"
     used_by = api.client.get(f"/datasets/{pets['id']}").json()["jobs"]
     assert [job["id"] for job in used_by][-2:] == [trained["id"], evaluated["id"]]
+
+
+def test_a_local_store_lists_and_deletes_a_prefix(tmp_path: Path) -> None:
+    from sagan_service.storage import LocalStore
+
+    store = LocalStore(tmp_path)
+    store.put_fileobj("datasets/a/source/upload.zip", io.BytesIO(b"zip"))
+    store.put_bytes("datasets/a/32px/index.json", b"{}")
+    store.put_bytes("datasets/ab/preview.png", b"png")
+    assert store.list_keys("datasets/a/") == ["datasets/a/32px/index.json", "datasets/a/source/upload.zip"]
+    store.delete_prefix("datasets/a/")
+    assert store.list_keys("datasets/a/") == [] and store.exists("datasets/ab/preview.png")
