@@ -61,8 +61,13 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
         name, source, imsizes = body.name, body.source, body.imsizes
         if not source.startswith("s3://"):
             check_dataset_spec(source, "source", settings.allowed_data_roots)
-    return await run_in_threadpool(_create, request, session, settings, celery, principal.name, dataset_id, name,
-                                   source, imsizes)
+    try:
+        return await run_in_threadpool(_create, request, session, settings, celery, principal.name, dataset_id,
+                                       name, source, imsizes)
+    except HTTPException:  # over the owner's limits (429): no data set, so no archive either
+        if source.startswith("upload:"):
+            await run_in_threadpool(store.delete_prefix, dataset_prefix(dataset_id))
+        raise
 
 
 def _create(request: Request, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: str,

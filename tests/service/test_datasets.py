@@ -190,6 +190,13 @@ def test_another_owners_data_set_is_not_found(pets: dict[str, Any], api: Api, se
     assert response.status_code == 422 and f"data set {pets['id']} not found" in response.text
 
 
+def test_a_sweep_on_a_data_set_without_its_image_size_is_a_422(pets: dict[str, Any], api: Api) -> None:
+    response = api.client.post("/jobs", json={"kind": "sweep", "base": {**TINY, "dataset": f"ds:{pets['id']}"},
+                                              "axes": {"imsize": [32, 64]}})
+    assert response.status_code == 422, response.text
+    assert f"data set {pets['id']} (pets) is packed at 32 px, not at imsize 64" in response.text
+
+
 @pytest.mark.timeout(300)
 def test_a_data_set_in_use_cannot_be_deleted(api: Api, workers: Workers, s3_server: S3Server) -> None:
     doomed = wait_dataset(api, upload(api, zip_of(TWO_CLASSES), name="doomed")["id"])
