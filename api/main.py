@@ -25,11 +25,13 @@ from api.deps import get_principal, job_log_context
 from api.guards import Dependency, DependencyDown
 from api.limits import BodyLimit
 from api.metrics import RequestLatency, make_registry
+from api.routes import datasets as dataset_routes
 from api.routes import health, monitoring, presets, studies
 from api.routes import jobs as job_routes
 from sagan_service.auth import TokenCache
 from sagan_service.db import make_engine, make_session_factory, no_answer
 from sagan_service.jobs import JobConflict, JobNotFound
+from sagan_service.limits import GIB
 from sagan_service.queue import QueueUnavailable, make_celery
 from sagan_service.reaper import reap_once
 from sagan_service.settings import Settings
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticated = [Depends(get_principal)]  # a 401 unless SAGAN_AUTH=none
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
     app.include_router(job_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
+    app.include_router(dataset_routes.router, dependencies=authenticated)
     app.include_router(presets.router, dependencies=authenticated)
     app.include_router(studies.router, dependencies=authenticated)
     app.include_router(monitoring.router)  # its route asks for an admin token itself
@@ -83,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ui.router)
     if not settings.docs_public:
         _add_private_docs(app, authenticated)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       streamed={"/datasets": int(settings.max_upload_gb * GIB)})
     app.add_middleware(RequestLatency)  # outermost: a 413 is timed too
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(JobNotFound, _not_found)

@@ -8,11 +8,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from sagan_core.config import MAX_INT, EvalMetric, TrainConfig, config_warnings
-from sagan_service.models import Job
+from sagan_service.models import Dataset, Job
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Kind = Literal["train", "sample", "eval", "sweep"]
+Kind = Literal["train", "sample", "eval", "sweep", "dataset"]
+DatasetStatus = Literal["queued", "running", "ready", "failed"]
+Imsize = Literal[32, 64, 128]  # what the models are built for
 
 
 # The schema clients see is TrainConfig's, every field with its type, default and description. The body
@@ -245,3 +247,56 @@ def utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+class DatasetCreate(BaseModel):
+    """A data set read from where it lies: an S3 prefix of images, or a spec under SAGAN_DATA_ROOTS."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=255)
+    source: str = Field(min_length=1, max_length=4096,
+                        description="s3://bucket/prefix/ (the service's S3), or folder:/..., lsun:/..., cifar10:/... "
+                                    "under SAGAN_DATA_ROOTS")
+    imsizes: list[Imsize] | None = Field(None, min_length=1, max_length=3,
+                                         description="image sizes to pack; null = 32, 64 and 128 up to the "
+                                                     "smallest side of the images (at least 32)")
+
+
+class DatasetJob(BaseModel):
+    id: str
+    kind: Kind
+    status: Status
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    owner: str
+    status: DatasetStatus
+    source: str
+    error: str | None = None
+    images: int | None = None
+    classes: list[str] | None = None
+    bad_images: dict[str, str] | None = None
+    imsizes: list[int] | None = None
+    size_bytes: int | None = None
+    job_id: str | None = Field(None, description="the job that builds it")
+    preview_url: str | None = None
+    jobs: list[DatasetJob] | None = Field(None, description="the jobs that named it (ds:<id>), oldest first")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, *, status: str, error: str | None, preview_url: str | None = None,
+                     jobs: list[Job] | None = None) -> DatasetPublic:
+        return cls(id=dataset.id, name=dataset.name, owner=dataset.owner, status=status, source=dataset.source,
+                   error=error, images=dataset.images, classes=dataset.classes, bad_images=dataset.bad_images,
+                   imsizes=dataset.imsizes, size_bytes=dataset.size_bytes, job_id=dataset.job_id,
+                   preview_url=preview_url, created_at=utc(dataset.created_at),
+                   jobs=None if jobs is None else [DatasetJob(id=job.id, kind=job.kind, status=job.status) for job in jobs],
+                   updated_at=utc(dataset.updated_at))
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetPublic]

@@ -8,12 +8,24 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-KINDS = ("train", "sample", "eval", "sweep")
+KINDS = ("train", "sample", "eval", "sweep", "dataset")
+DATASET_STATUSES = ("queued", "running", "ready", "failed")
 
 
 def utcnow() -> datetime:
@@ -107,3 +119,28 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """A data set of the service (POST /datasets): its files under datasets/<id>/ in the artifact store, built
+    by the job `job_id` (kind "dataset"). Jobs name it `ds:<id>`."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    # queued and running follow its job; the dataset job sets ready (or failed, with `error`).
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    # "upload:<store key of the archive>" or a data set spec (folder:, lsun:, cifar10:, s3://...).
+    source: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    images: Mapped[int | None] = mapped_column(Integer)
+    classes: Mapped[list[str] | None] = mapped_column(JSON)
+    bad_images: Mapped[dict[str, Any] | None] = mapped_column()  # name -> why it was skipped
+    # Asked for (null: the default rule) until the job sets the sizes it packed.
+    imsizes: Mapped[list[int] | None] = mapped_column(JSON)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

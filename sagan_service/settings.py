@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # checkpoint this long to reach the store before it hands the job back; keep it well below the
     # stop grace period of the container (docker-compose.yml: 2 minutes).
     shutdown_seconds: float = Field(60.0, gt=0)
+    # Where a worker keeps the packed data sets (ds:<id>, packed:s3://...) its jobs read, shared by every
+    # worker and job on the machine (worker/data_cache.py); None: SAGAN_HOME/data-cache.
+    data_cache_dir: Path | None = None
+    # Its size: the least recently used sets that no job is reading are evicted to stay below it.
+    data_cache_gb: float = Field(20.0, gt=0)
 
 
     # Security (README: Security). `tokens`: every request but /healthz, /readyz and the HTML shells needs
@@ -105,6 +110,14 @@ class Settings(BaseSettings):
     # A POST /jobs is refused with 429 while its owner has this many jobs queued, or running.
     max_queued_per_owner: int = Field(50, ge=1)
     max_running_per_owner: int = Field(8, ge=1)
+    # Data sets (POST /datasets): an uploaded archive over this is refused with 413 while it streams in;
+    # the dataset job refuses an archive whose files would unpack to more than SAGAN_MAX_DATASET_GB, more
+    # than SAGAN_MAX_DATASET_FILES entries, or an entry that grows more than SAGAN_MAX_COMPRESSION_RATIO
+    # times (a zip bomb).
+    max_upload_gb: float = Field(10.0, gt=0)
+    max_dataset_gb: float = Field(50.0, gt=0)
+    max_dataset_files: int = Field(2_000_000, ge=1)
+    max_compression_ratio: float = Field(100.0, gt=1)
 
     # Log lines: `json` (one object per line, with the job id where there is one) or `text`.
     log_format: Literal["json", "text"] = "text"
@@ -134,3 +147,7 @@ class Settings(BaseSettings):
     def work_dir(self) -> Path:
         """Where workers keep the training directories of running jobs."""
         return self.home / "work"
+
+    @property
+    def data_cache_root(self) -> Path:
+        return (self.data_cache_dir or self.home / "data-cache").expanduser().resolve()

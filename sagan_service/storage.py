@@ -9,6 +9,9 @@ Layout per job (keys relative to the store root):
     jobs/<id>/logs/attempt-<k>.log
     jobs/<id>/job.json                        what the folder is: kind, config, owner, status, times (records.py)
     stats/<entry name>                        cached real-data statistics, shared by every job on that data
+    datasets/<id>/source/upload.<zip|tar|tar.gz>   an uploaded data set's archive, as it came
+    datasets/<id>/<S>px/index.json, shard-*.npy, labels.npy   a data set's packed copy at S px (sagan_core.packed)
+    datasets/<id>/preview.png                 a grid of its first images
 A checkpoint counts only once its COMMITTED marker exists: a single PUT is atomic, a directory is not.
 
 A store that cannot be reached (S3: no connection, a timeout, a 5xx; a folder: not writable) raises
@@ -25,7 +28,7 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from sagan_core.files import atomic_write
@@ -75,6 +78,19 @@ def stats_key(entry_name: str) -> str:
     return f"stats/{entry_name}"
 
 
+def dataset_prefix(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}/"
+
+
+def packed_prefix(dataset_id: str, imsize: int) -> str:
+    """Where a data set's packed copy at one image size lies (sagan_core.packed: index.json and its files)."""
+    return f"{dataset_prefix(dataset_id)}{imsize}px/"
+
+
+def dataset_preview_key(dataset_id: str) -> str:
+    return f"{dataset_prefix(dataset_id)}preview.png"
+
+
 def job_record_key(job_id: str) -> str:
     return f"jobs/{job_id}/job.json"
 
@@ -105,6 +121,10 @@ class ArtifactStore(ABC):
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
+    def put_fileobj(self, key: str, source: BinaryIO) -> None:
+        """Store what `source` holds from its position on, read in parts (an upload being spooled)."""
+
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes, or ArtifactNotFound."""
 
@@ -123,6 +143,14 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; a no-op when there is none."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder-like prefix ending in "/"), sorted."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key under `prefix` (a data set's folder)."""
 
     @abstractmethod
     def check(self) -> None:
@@ -159,6 +187,10 @@ class LocalStore(ArtifactStore):
         with open(path, "rb") as source, self._writable():
             atomic_write(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
 
+    def put_fileobj(self, key: str, source: BinaryIO) -> None:
+        with self._writable():
+            atomic_write(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
+
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._writable():
             atomic_write(self.path(key), lambda handle: handle.write(data))
@@ -193,6 +225,17 @@ class LocalStore(ArtifactStore):
         with self._writable():
             self.path(key).unlink(missing_ok=True)
 
+    def list_keys(self, prefix: str) -> list[str]:
+        folder = self.path(prefix)
+        if not folder.is_dir():
+            return []
+        root = self.root.resolve()
+        return sorted(path.relative_to(root).as_posix() for path in folder.rglob("*") if path.is_file())
+
+    def delete_prefix(self, prefix: str) -> None:
+        with self._writable():
+            shutil.rmtree(self.path(prefix), ignore_errors=True)
+
     def check(self) -> None:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StoreUnavailable(self.describe(), "not writable", OSError(f"no write access to {self.root}"))
@@ -219,6 +262,10 @@ class S3Store(ArtifactStore):
     def put_file(self, key: str, path: Path) -> None:
         with self._reachable():
             self.client.upload_file(str(path), self.bucket, self._key(key))
+
+    def put_fileobj(self, key: str, source: BinaryIO) -> None:
+        with self._reachable():  # a multipart upload for a large one: never whole in memory
+            self.client.upload_fileobj(source, self.bucket, self._key(key))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._reachable():
@@ -255,6 +302,22 @@ class S3Store(ArtifactStore):
     def delete(self, key: str) -> None:
         with self._reachable():
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys = []
+        with self._reachable():
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                               Prefix=self._key(prefix)):
+                keys += [item["Key"] for item in page.get("Contents", [])]
+        strip = len(self._key(""))
+        return sorted(key[strip:] for key in keys)
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = self.list_keys(prefix)
+        with self._reachable():
+            for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+                self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self._key(key)} for key in keys[start:start + 1000]], "Quiet": True})
 
     def check(self) -> None:
         with self._reachable():

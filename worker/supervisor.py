@@ -28,11 +28,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,6 +44,7 @@ from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.limits import GIB
 from sagan_service.logs import job_context
 from sagan_service.models import TERMINAL, Job
 from sagan_service.records import publish_job_record
@@ -61,11 +63,15 @@ from sagan_service.storage import (
 )
 from sagan_service.sweeps import store_report_if_finished
 
+from . import dataset_job
+from .data_cache import DataCache
+from .datasets import DATASET_FIELDS, in_store, resolve_dataset_specs
 from .outages import DependencyDown, Outage, describe_database, is_transient, retry
 from .outbox import Outbox
 from .processes import ProcessTree, children
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 LOG_TAIL_LINES = 40
 HANDED_BACK = "queued"
 
@@ -148,6 +154,10 @@ class Attempt:
         # Real-data statistics shared through the store (stats/<entry>): the ones there are fetched before
         # the job starts; the outbox stores new ones.
         self.stats_dir = workdir / "stats"
+        # The spec the job runs with: its data sets in a store replaced by their copies in the data cache,
+        # which `held` keeps in use (never evicted) until the attempt ends.
+        self.run_spec: dict[str, Any] = job.spec
+        self.held = contextlib.ExitStack()
         self.progress: dict[str, Any] = {}
         self.process: subprocess.Popen | None = None
         self.tree: ProcessTree | None = None
@@ -193,6 +203,7 @@ class Attempt:
         finally:
             if self.outbox is not None:
                 self.outbox.close()
+            self.held.close()
 
     # -- preparing and launching -------------------------------------------------------------
 
@@ -200,18 +211,21 @@ class Attempt:
         """The job's data sets against this worker's SAGAN_DATA_ROOTS, as the API checked them at submission:
         a link may have been made or changed since, and this is the machine that opens them."""
         spec = self.job.spec
-        fields = {"train": ("dataset", "eval_dataset"), "eval": ("dataset",)}.get(self.job.kind, ())
-        for field in fields:
-            if spec.get(field) is not None:
+        for field in DATASET_FIELDS.get(self.job.kind, ()):
+            if spec.get(field) is not None and not in_store(spec[field]):  # a store's set is no path here
                 check_dataset_spec(spec[field], f"config.{field}" if self.job.kind == "train" else field,
                                    self.settings.allowed_data_roots)
 
     def prepare(self) -> list[str]:
         """Write the inputs into the work directory and return the command to run."""
-        spec = self.job.spec
         self.continue_log()
         self.check_data_roots()
+        # Before fetch_stats: a packed set's statistics are keyed by its index, read from the local copy.
+        self.run_spec = spec = resolve_dataset_specs(self.job.spec, self.job.kind, store=self.store,
+                                                     settings=self.settings, open_set=self.open_packed)
         self.fetch_stats()
+        if self.job.kind == "dataset":
+            return dataset_job.command(spec["dataset_id"], spec, self.workdir)
         if self.job.kind == "eval":
             checkpoint = self.workdir / "model.pt"
             self.from_store(lambda: self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint))
@@ -243,6 +257,41 @@ class Attempt:
         self.restore(self.job.resumed_from_step)
         return [*command, "--resume"]
 
+    def open_packed(self, store: ArtifactStore, prefix: str) -> Path:
+        """Bring a packed set into the worker's data cache and hold it there until the attempt ends."""
+        outage = (self.store_outage if store is self.store
+                  else Outage(store.describe(), self.settings.dependency_outage_seconds))
+        # Plain sleeps while the store is away: this thread keeps the lease meanwhile (while_beating).
+        cache = DataCache(self.settings.data_cache_root, store, int(self.settings.data_cache_gb * GIB), outage,
+                          time.sleep)
+        return self.while_beating(lambda: self.held.enter_context(cache.use(prefix)))
+
+    def while_beating(self, call: Callable[[], T]) -> T:
+        """call() in a thread while this one renews the lease: fetching a large data set may take longer
+        than a lease. On a lost lease the call still runs to its end, so that what it took is in `held`
+        and released with it, never left locked."""
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = call()
+            except BaseException as error:  # noqa: BLE001 (re-raised in the calling thread)
+                outcome["error"] = error
+
+        thread = threading.Thread(target=run, name=f"prepare {self.job.id}", daemon=True)
+        thread.start()
+        try:
+            thread.join(self.settings.poll_seconds)
+            while thread.is_alive():
+                if time.monotonic() >= self.next_beat:
+                    self.beat()
+                thread.join(self.settings.poll_seconds)
+        finally:
+            thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
     def restore(self, step: int) -> None:
         """Lay out the last committed checkpoint (and the metrics and evaluations up to it) as the trainer
         left them, so its metrics.jsonl and evals.jsonl go on without a gap."""
@@ -269,7 +318,7 @@ class Attempt:
     def stats_keys(self) -> list[StatsKey]:
         """The cache entries the job's evaluations read. A missing or wrong Inception weights file fails the
         job here, once, with the message that says what to do (InceptionWeightsError)."""
-        spec = saved_config(self.job.spec)  # a job stored before resize_mode existed squashes
+        spec = saved_config(self.run_spec)  # a job stored before resize_mode existed squashes
         if self.job.kind == "eval":
             metrics, dataset, n = spec["metrics"], spec["dataset"], spec["n"]
             stream = "held-out"  # `sagan eval`'s default

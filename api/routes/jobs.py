@@ -38,6 +38,7 @@ from api.schemas import (
 )
 from sagan_core.metrics.runs import json_safe
 from sagan_service import jobs, limits
+from sagan_service.datasets import check_dataset_refs
 from sagan_service.logs import JOB_ID
 from sagan_service.models import Artifact, Job
 from sagan_service.queue import QueueUnavailable, dispatch_all, queue_for
@@ -76,9 +77,11 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
                              step=checkpoint.step, dataset=body.dataset, metrics=body.metrics, n=body.n,
                              data_roots=settings.allowed_data_roots)
         limits.check_eval_limits(spec, settings)
+        check_dataset_refs(session, {"dataset": spec["dataset"]}, owner=owner, imsize=spec["imsize"])
     else:
         spec = validate_train_config(body.config, data_roots=settings.allowed_data_roots)
         limits.check_train_limits(spec, settings)
+        _check_train_refs(session, spec, owner)
     with _owner_limits(settings) as owner_limits:
         job, created = jobs.create_job(session, kind=body.kind, spec=spec, queue=queue_for(body.kind, spec),
                                        max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
@@ -98,6 +101,7 @@ def _create_sweep(body: SweepJobCreate, request: Request, response: Response, se
     configs = [(run.arm, run.config.to_dict()) for run in runs]
     for _, config in configs:
         limits.check_train_limits(config, settings)
+        _check_train_refs(session, config, principal.owner_filter)
     spec = body.model_dump(exclude={"kind"})
     children = [(arm, config, queue_for("train", config)) for arm, config in configs]
     with _owner_limits(settings) as owner_limits:
@@ -109,6 +113,12 @@ def _create_sweep(body: SweepJobCreate, request: Request, response: Response, se
                            give_up=lambda error: _give_up_sweep(session, sweep, error))
     session.refresh(sweep)
     return JobPublic.from_job(sweep, children=members)
+
+
+def _check_train_refs(session: SessionDep, config: dict[str, Any], owner: str | None) -> None:
+    """A training config's `ds:<id>` data sets: the owner's, ready, packed at its imsize (else a 422)."""
+    check_dataset_refs(session, {"config.dataset": config["dataset"], "config.eval_dataset": config["eval_dataset"]},
+                       owner=owner, imsize=config["imsize"])
 
 
 def _answer_replay_or_send(job: Job, created: bool, body: JobCreate, spec: dict[str, Any],

@@ -1,0 +1,67 @@
+"""A job's data sets that lie in a store, turned into local packed copies before the job runs.
+
+`ds:<id>` (a data set of the job service: its packed copy at the job's image size lies under
+datasets/<id>/<S>px/ in the artifact store) and `packed:s3://bucket/prefix` (a packed set in any bucket of
+the worker's S3 endpoint) become `packed:<directory in the worker's data cache>`; other specs are read in
+place and stay as they are. The job's stored spec keeps what the user wrote: only the trainer's
+config.json and the eval command get the local path (and the real statistics' keys are computed on it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sagan_service.settings import Settings
+from sagan_service.storage import ArtifactStore, S3Store, packed_prefix
+
+from .data_cache import DataCacheError
+
+# The fields of a job's spec that name data sets, by job kind.
+DATASET_FIELDS = {"train": ("dataset", "eval_dataset"), "eval": ("dataset",)}
+SERVICE_DATASET, PACKED_S3 = "ds:", "packed:s3://"
+# Data set ids become store keys: nothing that could leave datasets/<id>/.
+DATASET_ID = re.compile(r"[0-9A-Za-z_-]+")
+
+
+def in_store(dataset: str) -> bool:
+    """Whether a spec names a set in a store rather than a path on this machine."""
+    return dataset.startswith((SERVICE_DATASET, PACKED_S3))
+
+
+def packed_location(dataset: str, imsize: int, *, store: ArtifactStore,
+                    settings: Settings) -> tuple[ArtifactStore, str] | None:
+    """The store and prefix of the packed set a spec names, or None for a spec read in place."""
+    if dataset.startswith(SERVICE_DATASET):
+        dataset_id = dataset.removeprefix(SERVICE_DATASET)
+        if not DATASET_ID.fullmatch(dataset_id):
+            raise DataCacheError(f"{dataset!r} is not a data set id")
+        return store, packed_prefix(dataset_id, imsize)
+    if dataset.startswith(PACKED_S3):
+        url = urlparse(dataset.removeprefix("packed:"))
+        # The artifact store's endpoint and credentials: the bucket is one more bucket of the same S3.
+        other = S3Store(url.netloc, "", endpoint_url=settings.s3_endpoint_url, public_endpoint_url=None,
+                        max_attempts=settings.s3_max_attempts)
+        return other, url.path.strip("/")
+    return None
+
+
+def resolve_dataset_specs(spec: dict[str, Any], kind: str, *, store: ArtifactStore, settings: Settings,
+                          open_set: Callable[[ArtifactStore, str], Path]) -> dict[str, Any]:
+    """A copy of a job's spec whose data sets in a store name their local copies: `open_set(store, prefix)`
+    brings one into the cache and returns its directory (the supervisor holds it there until the attempt
+    ends). One set named by two fields is opened once."""
+    resolved = dict(spec)
+    opened: dict[str, str] = {}
+    for field in DATASET_FIELDS.get(kind, ()):
+        dataset = spec.get(field)
+        if dataset is None:
+            continue
+        if dataset not in opened:
+            location = packed_location(dataset, spec["imsize"], store=store, settings=settings)
+            opened[dataset] = dataset if location is None else f"packed:{open_set(*location)}"
+        resolved[field] = opened[dataset]
+    return resolved
