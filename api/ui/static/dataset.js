@@ -27,7 +27,8 @@
       ["Spec", `ds:${dataset.id}`], ["Images", sagan.number(dataset.images)],
       ["Classes", dataset.classes && dataset.classes.length ? dataset.classes.length : "none"],
       ["Image sizes", (dataset.imsizes || []).map((size) => `${size}px`).join(", ")],
-      ["Stored", sagan.bytes(dataset.size_bytes)], ["Source", dataset.source],
+      ["Stored", sagan.bytes(dataset.size_bytes)],
+      ["Source", dataset.source.startsWith("upload:") ? "an uploaded archive" : dataset.source],
       ["Skipped files", Object.keys(dataset.bad_images || {}).length], ["Created", sagan.age(dataset.created_at)],
     ];
     document.getElementById("facts").innerHTML = facts.filter(([, value]) => value !== undefined && value !== null && value !== "")

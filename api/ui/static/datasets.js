@@ -36,7 +36,7 @@
       <td>${sagan.number(dataset.images)}</td><td>${classes}</td>
       <td>${sagan.escape((dataset.imsizes || []).map((size) => `${size}px`).join(", "))}</td>
       <td>${sagan.bytes(dataset.size_bytes)}</td>
-      <td><a href="${link}"><img class="thumb" alt="preview"></a></td><td>${sagan.age(dataset.created_at)}</td></tr>`;
+      <td><a href="${link}"><img class="thumb preview-thumb" alt="preview"></a></td><td>${sagan.age(dataset.created_at)}</td></tr>`;
   }
 
   form.addEventListener("submit", (event) => {
