@@ -104,7 +104,7 @@ class TrainConfig(BaseModel):
     dataset: str = Field("synthetic", max_length=4096)
     """synthetic[:N] | shapes[:N] (built in) | folder:PATH | lsun:PATH:CLASS[,CLASS...] | cifar10:PATH |
     packed:PATH (a set `sagan data pack` wrote) | ds:ID (a data set of the job service); labelled (for
-    conditional models): shapes, folders with one sub-folder per class, cifar10, lsun with several classes, and
+    conditional models): shapes, a folder with a folder per class, cifar10, lsun with several classes, and
     packed sets of those"""
     center_crop: int | None = Field(None, ge=1, le=16384)
     """centre crop in source pixels before resizing (160 for aligned CelebA); null = none"""
