@@ -4,8 +4,9 @@ size, from the same images stored four ways, and optionally the trainer's own im
   - folder:   a folder of PNGs (--source-px square images, one class folder per class);
   - lmdb:     an LMDB like LSUN's (WebP at --source-px), read through `lsun:`;
   - packed:   the same images packed by `sagan data pack` at --imsize, on local disk;
-  - s3-cold:  the packed set in an S3 server (moto on loopback), fetched into an empty folder then read:
-              seconds to the first batch (download + open) and img/s after it.
+  - s3-cold:  the packed set (or one of --cold-spec) in an S3 server (moto on loopback), fetched by the worker's
+              data cache into an empty folder, then read: seconds to the first batch (download, sha256 check,
+              open) and img/s after it.
 Prints one JSON line.
 
     python bench/data_loader.py [--images 4096] [--imsize 64] [--batch-size 64] [--workers 2] [--batches 60]
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sagan_core.config import make_config
 from sagan_core.data import build_dataset
-from sagan_core.packed import INDEX_FILE, index_files, pack, packed_size, read_index, upload
+from sagan_core.packed import pack, packed_size, read_index, upload
 from sagan_core.parallel import DistContext
 from sagan_core.train import batch_loader
 
@@ -89,10 +90,15 @@ def loader_rate(spec: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def s3_cold(packed: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Upload the packed set to moto's S3 server, then time a cold fetch (every file into an empty folder, with
-    boto3 as the worker's store does) and the loader from there."""
+    """Upload a packed set to moto's S3 server, then time what a worker with an empty cache does before its first
+    batch: the data cache's fetch (every file downloaded, its sha256 checked, renamed into place;
+    worker/data_cache.py) and the loader's first batch; then the loader's img/s from the cached copy."""
     import boto3
     from moto.server import ThreadedMotoServer
+
+    from sagan_service.storage import S3Store
+    from worker.data_cache import DataCache
+    from worker.outages import Outage
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -102,16 +108,15 @@ def s3_cold(packed: Path, args: argparse.Namespace) -> dict[str, Any]:
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"})
     try:
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="bench")
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
         upload(packed, "s3://bench/set")
+        store = S3Store("bench", "", endpoint_url=endpoint, public_endpoint_url=None, max_attempts=3)
         with tempfile.TemporaryDirectory(prefix="sagan-cold-") as cold:
+            cache = DataCache(Path(cold), store, 100 * 2**30, Outage("bench S3", 60))
             started = time.perf_counter()
-            client.download_file("bench", f"set/{INDEX_FILE}", f"{cold}/{INDEX_FILE}")
-            for name, _, _ in index_files(read_index(Path(cold))):
-                client.download_file("bench", f"set/{name}", f"{cold}/{name}")
+            directory = cache.fetch("set")
             fetched = time.perf_counter() - started
-            rate = loader_rate(f"packed:{cold}", args)
+            rate = loader_rate(f"packed:{directory}", args)
         return {"fetch_s": round(fetched, 3), "first_batch_s": round(fetched + rate["first_batch_s"], 3),
                 "img_per_s": rate["img_per_s"], "megabytes": round(packed_size(read_index(packed)) / 1e6, 1)}
     finally:
@@ -142,6 +147,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60, help="batches timed after the first")
     parser.add_argument("--train-steps", type=int, default=0, help="also time this many seed64 steps from the "
                                                                    "folder and the packed set (0: no)")
+    parser.add_argument("--cold-spec", help="the data set packed for the S3 case (default: the folder's images); "
+                                            "e.g. synthetic:87000 for about 1 GB at 64 px")
     parser.add_argument("--skip", default="", help="comma-separated cases to leave out (folder,lmdb,packed,s3)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -164,7 +171,12 @@ def main() -> None:
             if name not in skip:
                 result[name] = loader_rate(spec, args)
         if "s3" not in skip:
-            result["s3_cold"] = s3_cold(root / "packed", args)
+            cold = root / "packed"
+            if args.cold_spec:
+                cold = root / "packed-cold"
+                pack(args.cold_spec, cold, imsize=args.imsize, workers=args.workers)
+                result["cold_spec"] = args.cold_spec
+            result["s3_cold"] = s3_cold(cold, args)
         if "folder" in result and "packed" in result:
             result["packed_over_folder"] = round(result["packed"]["img_per_s"] / result["folder"]["img_per_s"], 1)
         if args.train_steps:
