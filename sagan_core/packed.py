@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .dataspec import DatasetError, dataset_fingerprint
-from .files import atomic_write
+from .files import atomic_write, file_sha256
 
 FORMAT, VERSION = "sagan-packed", 1
 INDEX_FILE = "index.json"
@@ -71,14 +71,6 @@ def packed_fingerprint(index: dict[str, Any]) -> str:
     content = {"count": index["count"], "preprocessing": index["preprocessing"],
                "files": [sha256 for _, _, sha256 in index_files(index)]}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pack(spec: str, out: Path, *, imsize: int, resize_mode: str = "squash", center_crop: int | None = None,
@@ -212,7 +204,7 @@ def _finish(out: Path, source: Any, key: dict[str, Any], done: list[dict[str, An
     for entry in done:
         if not entry["count"]:
             (out / entry["file"]).unlink(missing_ok=True)
-    index = {"format": FORMAT, "version": VERSION, "count": int(len(labels)), "imsize": key["preprocessing"]["imsize"],
+    index = {"format": FORMAT, "version": VERSION, "count": len(labels), "imsize": key["preprocessing"]["imsize"],
              "preprocessing": key["preprocessing"], "num_classes": source.num_classes,
              "class_names": list(source.class_names), "source": {"spec": key["spec"], "fingerprint": key["fingerprint"]},
              "shards": shards,

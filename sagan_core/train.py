@@ -79,7 +79,6 @@ from .sampling import fixed_noise, generate, grid_labels, write_grid
 from .seeding import Stream, seeded
 from .studies import compute_spent
 
-
 SHUFFLE_WINDOW = 4  # shuffle "blocks": images are shuffled within this many consecutive shards
 
 

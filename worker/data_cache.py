@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from sagan_core.files import atomic_write
+from sagan_core.files import atomic_write, file_sha256
 from sagan_core.packed import INDEX_FILE, index_files, packed_fingerprint, read_index
 from sagan_service.storage import ArtifactNotFound, ArtifactStore
 
@@ -127,7 +127,7 @@ class DataCache:
                 continue
             if verified.get(name) == [stat.st_size, stat.st_mtime_ns]:
                 continue
-            if stat.st_size == size and _sha256(path) == sha256:
+            if stat.st_size == size and file_sha256(path) == sha256:
                 verified[name] = [stat.st_size, stat.st_mtime_ns]
                 continue
             log.warning("%s: the cached %s does not match its sha256; fetching it again", self._where(prefix), name)
@@ -157,7 +157,7 @@ class DataCache:
             except ArtifactNotFound:
                 raise DataCacheError(f"{self._where(prefix)}: its index lists {name}, which the store "
                                      "does not have") from None
-            got = _sha256(part)
+            got = file_sha256(part)
             if got == sha256 and part.stat().st_size == size:
                 os.replace(part, path)
                 return path.stat()
@@ -220,14 +220,6 @@ def _try_locked(path: Path) -> Iterator[bool]:
             yield False
         else:
             yield True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _size(directory: Path) -> int:

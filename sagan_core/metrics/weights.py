@@ -8,10 +8,11 @@ Nothing here downloads it: its path comes from `--inception-weights` or `SAGAN_I
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..files import file_sha256
 
 ENV_VAR = "SAGAN_INCEPTION_WEIGHTS"
 FILE_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -53,14 +54,6 @@ def resolve_inception_weights(path: str | os.PathLike[str] | None = None) -> Inc
     if digest != SHA256:
         raise InceptionWeightsError(_help(f"{file} is not the FID Inception weights file: its sha256 is {digest}"))
     return InceptionWeights(file.resolve(), digest)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _help(problem: str) -> str:
