@@ -9,44 +9,32 @@ config.json and the eval command get the local path (and the real statistics' ke
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from sagan_core.dataspec import dataset_id, is_remote, parse_spec, s3_location
 from sagan_service.settings import Settings
 from sagan_service.storage import ArtifactStore, S3Store, packed_prefix
 
-from .data_cache import DataCacheError
-
 # The fields of a job's spec that name data sets, by job kind.
 DATASET_FIELDS = {"train": ("dataset", "eval_dataset"), "eval": ("dataset",)}
-SERVICE_DATASET, PACKED_S3 = "ds:", "packed:s3://"
-# Data set ids become store keys: nothing that could leave datasets/<id>/.
-DATASET_ID = re.compile(r"[0-9A-Za-z_-]+")
-
-
-def in_store(dataset: str) -> bool:
-    """Whether a spec names a set in a store rather than a path on this machine."""
-    return dataset.startswith((SERVICE_DATASET, PACKED_S3))
+in_store = is_remote  # a set in a store, not a path on this machine
 
 
 def packed_location(dataset: str, imsize: int, *, store: ArtifactStore,
                     settings: Settings) -> tuple[ArtifactStore, str] | None:
     """The store and prefix of the packed set a spec names, or None for a spec read in place."""
-    if dataset.startswith(SERVICE_DATASET):
-        dataset_id = dataset.removeprefix(SERVICE_DATASET)
-        if not DATASET_ID.fullmatch(dataset_id):
-            raise DataCacheError(f"{dataset!r} is not a data set id")
-        return store, packed_prefix(dataset_id, imsize)
-    if dataset.startswith(PACKED_S3):
-        url = urlparse(dataset.removeprefix("packed:"))
-        # The artifact store's endpoint and credentials: the bucket is one more bucket of the same S3.
-        other = S3Store(url.netloc, "", endpoint_url=settings.s3_endpoint_url, public_endpoint_url=None,
-                        max_attempts=settings.s3_max_attempts)
-        return other, url.path.strip("/")
-    return None
+    if not is_remote(dataset):
+        return None
+    kind, arg = parse_spec(dataset)
+    if kind == "ds":  # the id's syntax keeps the key inside datasets/<id>/
+        return store, packed_prefix(dataset_id(dataset), imsize)
+    bucket, prefix = s3_location(dataset, arg)
+    # The artifact store's endpoint and credentials: the bucket is one more bucket of the same S3.
+    other = S3Store(bucket, "", endpoint_url=settings.s3_endpoint_url, public_endpoint_url=None,
+                    max_attempts=settings.s3_max_attempts)
+    return other, prefix
 
 
 def resolve_dataset_specs(spec: dict[str, Any], kind: str, *, store: ArtifactStore, settings: Settings,
