@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from .config import FIELDS, ResizeMode, TrainConfig, build_config, parse_flag, read_config_file
+from .launch import training_launch
 
 ENTRY_POINT_GROUP = "sagan.commands"
 
@@ -85,15 +86,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    rank_args = ["-m", "sagan_core.train", "--config", str(config_path), "--out", str(out)]
-    rank_args += ["--resume"] if args.resume else []
-    if config.nproc == 1:
+    launch = training_launch(config_path, out, config.nproc, resume=args.resume)
+    if launch.nproc == 1:  # in this process: no second start of Python and torch
         from .train import main as train_main
 
-        return train_main(rank_args[2:])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={config.nproc}"]
-    return subprocess.call(torchrun + rank_args)
+        return train_main(list(launch.trainer_args))
+    return subprocess.call(launch.command)
 
 
 def _class_list(text: str) -> list[int]:

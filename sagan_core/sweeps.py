@@ -23,7 +23,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 
 from .config import FIELDS, MAX_INT, ConfigError, TrainConfig, build_config
 from .exits import EXIT_DIVERGED, EXIT_STOPPED
+from .launch import training_launch
 from .layout import latest_checkpoint, step_of, sweep_run_name
 from .studies import get_study
 
@@ -282,8 +282,7 @@ def _start(run: SweepRun, run_dir: Path, env: dict[str, str]) -> subprocess.Pope
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
     config_path.write_text(json.dumps(run.config.to_dict(), indent=2) + "\n")
-    command = [sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_path), "--out",
-               str(run_dir), "--resume"]
+    command = training_launch(config_path, run_dir, run.config.nproc, resume=True).command
     with open(run_dir / "train.log", "ab") as log_file:
         # Own process group: a Ctrl-C in the terminal reaches the sweep only, which stops each run with
         # SIGTERM (a checkpoint) instead of a KeyboardInterrupt (none).

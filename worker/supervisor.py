@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sagan_core import layout
 from sagan_core.config import saved_config
 from sagan_core.exits import EXIT_STOPPED
+from sagan_core.launch import training_launch
 from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
@@ -244,18 +245,11 @@ class Attempt:
                     "-n", str(spec["n"]), "--seed", str(spec["seed"]), *by_class, "-o", str(self.out / "grid.png")]
         config_path = self.workdir / "config.json"
         config_path.write_text(json.dumps(saved_config(spec)))  # a job stored before a field runs as it would have
-        # --hold-checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
-        trainer = ["-m", "sagan_core.train", "--config", str(config_path), "--out", str(self.out),
-                   "--hold-checkpoints"]
-        # One rank needs no rendezvous, and torchrun's launcher would add its own import of torch
-        # (about 2 s on a small CPU) to every job's start.
-        launcher = ([] if spec["nproc"] == 1 else
-                    ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(spec["nproc"])])
-        command = [sys.executable, *launcher, *trainer]
-        if self.job.resumed_from_step is None:
-            return command
-        self.restore(self.job.resumed_from_step)
-        return [*command, "--resume"]
+        resume = self.job.resumed_from_step is not None
+        if resume:
+            self.restore(self.job.resumed_from_step)
+        # hold_checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
+        return training_launch(config_path, self.out, spec["nproc"], resume=resume, hold_checkpoints=True).command
 
     def open_packed(self, store: ArtifactStore, prefix: str) -> Path:
         """Bring a packed set into the worker's data cache and hold it there until the attempt ends."""
