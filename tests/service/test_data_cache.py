@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sagan_core.dataspec import DatasetError
 from sagan_core.packed import INDEX_FILE, index_files, pack, read_index
 from sagan_service.settings import Settings
 from sagan_service.storage import S3Store, packed_prefix
@@ -229,7 +230,7 @@ def test_ds_and_packed_s3_specs_resolve_to_the_cached_copy(store: CountingStore,
     assert opened[-1] == ("other-bucket", "some/sets")
     in_place = {"dataset": "folder:/data/x", "eval_dataset": None, "imsize": IMSIZE}
     assert resolve_dataset_specs(in_place, "train", store=store, settings=settings, open_set=open_set) == in_place
-    with pytest.raises(DataCacheError, match="not a data set id"):
+    with pytest.raises(DatasetError, match="ds:ID takes a data set id"):
         resolve_dataset_specs({"dataset": "ds:../jobs", "imsize": IMSIZE}, "eval", store=store, settings=settings,
                               open_set=open_set)
 
