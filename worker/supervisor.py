@@ -24,9 +24,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -67,9 +65,9 @@ from sagan_service.sweeps import store_report_if_finished
 from . import dataset_job
 from .data_cache import DataCache
 from .datasets import DATASET_FIELDS, in_store, resolve_dataset_specs
+from .launcher import LocalLauncher
 from .outages import DependencyDown, Outage, describe_database, is_transient, retry
 from .outbox import Outbox
-from .processes import ProcessTree, children
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -160,12 +158,10 @@ class Attempt:
         self.run_spec: dict[str, Any] = job.spec
         self.held = contextlib.ExitStack()
         self.progress: dict[str, Any] = {}
-        self.process: subprocess.Popen | None = None
-        self.tree: ProcessTree | None = None
+        self.launcher: LocalLauncher | None = None
         self.outbox: Outbox | None = None
         self.next_beat = 0.0
         self.stopping_since: float | None = None  # when the graceful stop began
-        self.asked_to_stop: set[int] = set()
         self.launched_at = 0.0
         self.out_of_time = False  # stopped for running past SAGAN_MAX_RUN_SECONDS
 
@@ -179,9 +175,8 @@ class Attempt:
                 if self.worker_stopping():
                     status = HANDED_BACK
                 else:
-                    self.process = self.launch(command)
+                    self.launcher = self.launch(command)
                     self.launched_at = time.monotonic()
-                    self.tree = ProcessTree(self.process.pid)
                     status = self.supervise()
                 error = self.failure_reason() if status == "failed" else None
             except LeaseLost:
@@ -337,26 +332,22 @@ class Attempt:
         """A store call before the training runs, waited out (keeping the lease) if the store is away."""
         return retry(call, self.store_outage, self.wait_beating)
 
-    def launch(self, command: list[str]) -> subprocess.Popen:
+    def launch(self, command: list[str]) -> LocalLauncher:
         env = {**os.environ, "SAGAN_STATS_CACHE": str(self.stats_dir)}
         if self.settings.inception_weights is not None:
             env["SAGAN_INCEPTION_WEIGHTS"] = str(self.settings.inception_weights)
         if self.settings.gpus is not None and "CUDA_VISIBLE_DEVICES" not in env:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(self.settings.gpus))
-        guard = [sys.executable, "-m", "worker.guard", "--grace", str(self.settings.cancel_grace_seconds), "--"]
-        with open(self.log_path, "ab") as log_file:
-            # Its own session: the guard, and the trainer or torchrun, are one process group to signal.
-            return subprocess.Popen([*guard, *command], stdout=log_file, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env,
-                                    cwd=self.workdir)
+        return LocalLauncher.start(command, env=env, log_path=self.log_path, cwd=self.workdir,
+                                   grace_seconds=self.settings.cancel_grace_seconds)
 
     # -- supervising -------------------------------------------------------------------------
 
     def supervise(self) -> str:
         """Poll until the process tree exits, a cancel arrives or the worker stops; return the status."""
-        assert self.process is not None
+        assert self.launcher is not None
         while True:
-            returncode = self.process.poll()
+            returncode = self.launcher.poll()
             self.take_new_files()
             if self.outbox.error is not None:
                 raise self.outbox.error
@@ -388,9 +379,9 @@ class Attempt:
         return self.out_of_time
 
     def stop_gracefully(self) -> None:
-        """SIGTERM the trainer alone (under torchrun: torchrun, which passes it to every rank); it
-        finishes its step, checkpoints and exits. Past two thirds of the shutdown time, kill it."""
-        assert self.process is not None
+        """Ask the trainer to checkpoint and stop (LocalLauncher.ask_to_stop); past two thirds of the shutdown
+        time, kill it."""
+        assert self.launcher is not None
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
             if not self.out_of_time:
@@ -400,19 +391,14 @@ class Attempt:
             log.warning("job %s: the training did not stop in time; killing it", self.job.id)
             self.stop()
             return
-        # Not the group: data-loader workers in it would die and fail the step in progress. Every
-        # poll, in case the guard had not started its child yet.
-        for pid in set(children(self.process.pid)) - self.asked_to_stop:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            self.asked_to_stop.add(pid)
+        self.launcher.ask_to_stop()
 
     def beat(self) -> jobs.Lease:
         """Renew the lease and copy progress into the row. A database that cannot be reached is waited
         out (the lease may lapse meanwhile: then the reaper, not this worker, decides)."""
         self.next_beat = time.monotonic() + self.settings.heartbeat_seconds
-        if self.tree is not None:
-            self.tree.refresh()  # remember every process, so a re-parented one is still stopped
+        if self.launcher is not None:
+            self.launcher.refresh()
         self.progress = _last_line(self.out / layout.METRICS) or self.progress
         try:
             with self.sessions() as session:
@@ -448,13 +434,9 @@ class Attempt:
             time.sleep(min(left, self.settings.poll_seconds))
 
     def stop(self) -> None:
-        """SIGTERM every process of the tree (torchrun's ranks live in sessions of their own), SIGKILL
-        what is left after the grace period; a no-op once all are gone."""
-        if self.process is None or self.tree is None:
-            return
-        self.tree.terminate(self.settings.cancel_grace_seconds)
-        _signal_group(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        """Stop the whole process tree (LocalLauncher.stop); a no-op once it is gone or before it started."""
+        if self.launcher is not None:
+            self.launcher.stop()
 
     # -- handing files to the outbox, settling -------------------------------------------------
 
@@ -543,8 +525,8 @@ class Attempt:
         own = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
         tail = lines[-LOG_TAIL_LINES:]
         errors = [line for line in tail if "Error" in line or "error:" in line]
-        assert self.process is not None
-        return (own or errors or tail or [""])[-1].strip() or f"exit code {self.process.returncode}"
+        assert self.launcher is not None
+        return (own or errors or tail or [""])[-1].strip() or f"exit code {self.launcher.returncode}"
 
 
 def _plain(error: BaseException) -> str:
@@ -562,10 +544,3 @@ def _last_line(path: Path, tail_bytes: int = 65536) -> dict[str, Any]:
         return {}
     lines = data[: data.rfind(b"\n") + 1].splitlines()
     return json.loads(lines[-1]) if lines else {}
-
-
-def _signal_group(group: int, signum: int) -> None:
-    try:
-        os.killpg(group, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
