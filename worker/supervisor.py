@@ -65,18 +65,15 @@ from sagan_service.sweeps import store_report_if_finished
 from . import dataset_job
 from .data_cache import DataCache
 from .datasets import DATASET_FIELDS, in_store, resolve_dataset_specs
+from .heartbeat import Heartbeat, LeaseLost
 from .launcher import LocalLauncher
-from .outages import DependencyDown, Outage, describe_database, is_transient, retry
+from .outages import DependencyDown, Outage, describe_database, retry
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOG_TAIL_LINES = 40
 HANDED_BACK = "queued"
-
-
-class LeaseLost(Exception):
-    """The reaper gave the job away (this worker stalled): stop without touching the row."""
 
 
 class ShutdownOverdue(Exception):
@@ -160,7 +157,7 @@ class Attempt:
         self.progress: dict[str, Any] = {}
         self.launcher: LocalLauncher | None = None
         self.outbox: Outbox | None = None
-        self.next_beat = 0.0
+        self.heartbeat = Heartbeat(session_factory, job.id, worker_id, settings, self.database)
         self.stopping_since: float | None = None  # when the graceful stop began
         self.launched_at = 0.0
         self.out_of_time = False  # stopped for running past SAGAN_MAX_RUN_SECONDS
@@ -272,7 +269,7 @@ class Attempt:
         try:
             thread.join(self.settings.poll_seconds)
             while thread.is_alive():
-                if time.monotonic() >= self.next_beat:
+                if self.heartbeat.due():
                     self.beat()
                 thread.join(self.settings.poll_seconds)
         finally:
@@ -360,7 +357,7 @@ class Attempt:
                 return "succeeded" if returncode == 0 else "failed"
             if self.worker_stopping() or self.past_run_time():
                 self.stop_gracefully()
-            if time.monotonic() >= self.next_beat and self.beat().cancel_requested:
+            if self.heartbeat.due() and self.beat().cancel_requested:
                 self.stop()
                 self.take_new_files()
                 return "cancelled"
@@ -394,28 +391,11 @@ class Attempt:
         self.launcher.ask_to_stop()
 
     def beat(self) -> jobs.Lease:
-        """Renew the lease and copy progress into the row. A database that cannot be reached is waited
-        out (the lease may lapse meanwhile: then the reaper, not this worker, decides)."""
-        self.next_beat = time.monotonic() + self.settings.heartbeat_seconds
+        """Renew the lease with the training's latest progress (Heartbeat.beat)."""
         if self.launcher is not None:
             self.launcher.refresh()
         self.progress = _last_line(self.out / layout.METRICS) or self.progress
-        try:
-            with self.sessions() as session:
-                lease = jobs.heartbeat(session, job_id=self.job.id, worker_id=self.worker_id,
-                                       lease_seconds=self.settings.lease_seconds,
-                                       step=self.progress.get("step"),
-                                       total_steps=self.progress.get("total_steps"),
-                                       metrics=self.progress or None)
-        except Exception as error:
-            if not is_transient(error):
-                raise
-            self.next_beat = time.monotonic() + self.database.failed(error)
-            return jobs.Lease(held=True, cancel_requested=False)
-        self.database.recovered()
-        if not lease.held:
-            raise LeaseLost(self.job.id)
-        return lease
+        return self.heartbeat.beat(self.progress)
 
     def wait_storing(self, seconds: float) -> None:
         """wait_beating, unless the worker is stopping and its shutdown time is up (ShutdownOverdue)."""
@@ -429,7 +409,7 @@ class Attempt:
         """Sleep, renewing the lease when it is due."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            if time.monotonic() >= self.next_beat:
+            if self.heartbeat.due():
                 self.beat()
             time.sleep(min(left, self.settings.poll_seconds))
 
