@@ -31,6 +31,7 @@ from torchvision import transforms
 from .config import ResizeMode
 from .dataspec import (
     CIFAR_BATCHES,
+    IMAGE_EXTENSIONS,
     DatasetError,
     cached_json,
     cifar_dir,
@@ -45,7 +46,6 @@ from .dataspec import (
 if TYPE_CHECKING:  # lmdb loads with the first LMDB data set: machines without it can use the other kinds
     import lmdb
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NO_LABEL = -1  # label() of an unlabelled data set's items
 RESIZE_MODES: tuple[ResizeMode, ...] = get_args(ResizeMode)

@@ -27,6 +27,8 @@ DEFAULT_SYNTHETIC_SIZE = 10_000
 # Bump when the built-in data sets draw differently: cached real statistics of the old drawing then stop matching.
 SYNTHETIC_VERSION = 1
 FOLDER_CACHE_ENV = "SAGAN_DATA_CACHE"
+# The file names a folder data set reads as images (sagan_core.data; the service's dataset job keeps only these).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))  # CIFAR-10's training split
 
 

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sagan_core.dataspec import IMAGE_EXTENSIONS
 from sagan_service import datasets
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.limits import GIB
@@ -47,7 +48,6 @@ from .archives import ArchiveError, Limits, extract, safe_relative
 
 log = logging.getLogger(__name__)
 IMSIZES = (32, 64, 128)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what sagan_core.data reads
 PREVIEW_IMAGES = 64
 STATS_STREAMS = ("selection", "held-out")  # a training's evaluations, an eval job's
 
@@ -153,7 +153,7 @@ def _folder_spec(root: Path) -> tuple[str, dict[str, str]]:
         relative = path.relative_to(root)
         if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-        elif path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+        elif path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped[relative.as_posix()] = f"not an image file ({path.suffix or 'no extension'})"
             path.unlink()
     entries = [entry for entry in root.iterdir()] if root.is_dir() else []
@@ -172,7 +172,7 @@ def _default_imsizes(spec: str) -> list[int]:
 
     smallest = None
     for path in Path(spec.removeprefix("folder:")).rglob("*"):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
             try:
                 with Image.open(path) as image:  # the header only
                     side = min(image.size)
