@@ -48,14 +48,24 @@ def read_index(directory: Path) -> dict[str, Any]:
     """A packed set's index; DatasetError if the folder holds none (or not one this code reads)."""
     path = Path(directory) / INDEX_FILE
     try:
-        index = json.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{directory} is not a packed data set (no {INDEX_FILE}; `sagan data pack` writes one "
                            "last, so an interrupted pack has none)") from None
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise DatasetError(f"cannot read the packed index {path}: {error}") from None
+    return parse_index(data, str(path))
+
+
+def parse_index(data: bytes, where: str) -> dict[str, Any]:
+    """An index's bytes (read from `where`: a file or a store key) as its dict; DatasetError if it is not one
+    this code reads."""
+    try:
+        index = json.loads(data)
+    except ValueError as error:
+        raise DatasetError(f"cannot read the packed index {where}: {error}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
-        raise DatasetError(f"{path} is not a {FORMAT} version {VERSION} index")
+        raise DatasetError(f"{where} is not a {FORMAT} version {VERSION} index")
     return index
 
 

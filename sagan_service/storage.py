@@ -184,8 +184,8 @@ class LocalStore(ArtifactStore):
         return path
 
     def put_file(self, key: str, path: Path) -> None:
-        with open(path, "rb") as source, self._writable():
-            atomic_write(self.path(key), lambda handle: shutil.copyfileobj(source, handle))
+        with open(path, "rb") as source:
+            self.put_fileobj(key, source)
 
     def put_fileobj(self, key: str, source: BinaryIO) -> None:
         with self._writable():

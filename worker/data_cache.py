@@ -35,14 +35,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from sagan_core.files import atomic_write, file_sha256
-from sagan_core.packed import INDEX_FILE, index_files, packed_fingerprint, read_index
+from sagan_core.packed import INDEX_FILE, index_files, packed_fingerprint, parse_index
 from sagan_service.storage import ArtifactNotFound, ArtifactStore
 
 from .outages import Outage, retry
@@ -95,17 +94,15 @@ class DataCache:
         return retry(call, self.outage, self.wait)
 
     def _index(self, prefix: str) -> tuple[dict, bytes]:
-        """The set's index from the store, validated (read_index reads a directory: it is staged in one)."""
+        """The set's index from the store, validated."""
         try:
             data = self._from_store(lambda: self.store.get_bytes(prefix + INDEX_FILE))
         except ArtifactNotFound:
             raise DataCacheError(f"{self._where(prefix)} does not exist (no {INDEX_FILE})") from None
-        with tempfile.TemporaryDirectory(dir=self.root, prefix=".index-") as staging:
-            (Path(staging) / INDEX_FILE).write_bytes(data)
-            try:
-                index = read_index(Path(staging))
-            except ValueError as error:  # DatasetError
-                raise DataCacheError(f"{self._where(prefix)}: {error}") from None
+        try:
+            index = parse_index(data, prefix + INDEX_FILE)
+        except ValueError as error:  # DatasetError
+            raise DataCacheError(f"{self._where(prefix)}: {error}") from None
         for name, _, _ in index_files(index):
             # Names come from the store: a path in one must not write outside the set's directory.
             if name != Path(name).name or name.startswith(".") or name == INDEX_FILE:
