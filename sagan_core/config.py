@@ -224,7 +224,9 @@ class TrainConfig(BaseModel):
 
     # Execution
     nproc: Count = 1
-    """training processes (torchrun); batch_size is split over them"""
+    """training processes per machine (torchrun); batch_size is split over all nodes x nproc of them"""
+    nodes: Count = 1
+    """machines the run spans, nproc processes on each (more than 1: the job service runs it on Ray)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto | cpu | cuda"""
     amp: Literal["none", "bf16"] = "none"
@@ -269,8 +271,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.batch_size % self.nproc:
-            raise _FieldIssue("batch_size", f"{self.batch_size} does not divide evenly over nproc {self.nproc}")
+        if self.batch_size % (self.nproc * self.nodes):
+            over = f"nproc {self.nproc}" if self.nodes == 1 else f"nodes {self.nodes} x nproc {self.nproc} processes"
+            raise _FieldIssue("batch_size", f"{self.batch_size} does not divide evenly over {over}")
         packed = self.dataset.partition(":")[0] in ("packed", "ds")
         if self.shuffle == "blocks" and not packed:
             raise _FieldIssue("shuffle", "blocks needs a packed data set (packed:PATH or ds:ID): other data sets "

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     data_cache_dir: Path | None = None
     # Its size: the least recently used sets that no job is reading are evicted to stay below it.
     data_cache_gb: float = Field(20.0, gt=0)
+    # How a worker runs its jobs' trainings: `local` (torchrun on its own machine) or `ray` (submitted to the
+    # Ray cluster at ray_address; worker/ray_launcher.py). A job with nodes > 1 always goes to Ray.
+    launcher: Literal["local", "ray"] = "local"
+    # The Ray cluster's Jobs API address (its dashboard), e.g. http://ray-head:8265; None: no Ray.
+    ray_address: str | None = None
+    # How long a Ray job may wait for all its workers' resources (its placement group) before it fails as
+    # more than the cluster can hold; a lost Ray job (head restart, node loss) is an attempt that resumes.
+    ray_placement_timeout_seconds: float = Field(600.0, gt=0)
 
 
     # Security (README: Security). `tokens`: every request but /healthz, /readyz and the HTML shells needs
