@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, get_args
 
-from .config import FIELDS, ResizeMode, TrainConfig, build_config, parse_flag, read_config_file
+from .config import FIELDS, ConfigError, ResizeMode, TrainConfig, build_config, parse_flag, read_config_file
 from .launch import training_launch
 
 ENTRY_POINT_GROUP = "sagan.commands"
@@ -82,6 +82,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = resolve_config(args)
+    if config.nodes > 1:
+        why = (f"{config.nodes}: a run over several machines goes through the job service, on Ray "
+               "(SAGAN_RAY_ADDRESS); `sagan train` runs on this machine (nodes: 1)")
+        raise ConfigError([("nodes", why)])
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,13 +450,16 @@ def build_evaluator(config: TrainConfig, ctx: DistContext) -> Evaluator | None:
     return Evaluator(plan, ctx)
 
 
-def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
-          hold_checkpoints: bool = False) -> TrainState:
+def train(config: TrainConfig, out_dir: Path, *, resume: bool = False, hold_checkpoints: bool = False,
+          stop_requested: Callable[[], bool] | None = None) -> TrainState:
     """Train to config.steps, writing metrics, evaluations, samples and checkpoints into out_dir (rank 0).
 
-    A SIGTERM during the loop ends it early (state.step < config.steps) with a checkpoint at that step.
-    `hold_checkpoints`: see prune_checkpoints' `hold_untaken`.
+    A SIGTERM during the loop ends it early (state.step < config.steps) with a checkpoint at that step; so
+    does `stop_requested()` turning True on any rank (a launcher whose ranks are not processes it can signal,
+    such as Ray's workers). `hold_checkpoints`: see prune_checkpoints' `hold_untaken`. A process group that
+    already exists (Ray Train makes one) is joined as it is, and left for its maker to end.
     """
+    own_group = not torch.distributed.is_initialized()
     ctx = init_distributed(config.device)
     try:
         with main_rank_first(ctx):  # one walk of a folder per job: the other ranks read its cached list
@@ -478,22 +481,24 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False,
             if evaluator is not None and found is None:  # the untrained baseline, step 0
                 _evaluate(state, evaluator, writer)
             batches = real_batches(dataset, state)  # data-loader workers start here, before the handler
-            with StopOnSigterm(ctx) as stop:
+            with StopOnSigterm(ctx, stop_requested) as stop:
                 _loop(state, batches, writer, stop, evaluator)
         finally:
             if writer is not None:
                 writer.close()
         return state
     finally:
-        shutdown_distributed()
+        if own_group:
+            shutdown_distributed()
 
 
 class StopOnSigterm:
-    """SIGTERM sets a flag; `agreed()`, called by every rank before each step, is True on all of them
-    once any rank has it, so they all stop after the same step."""
+    """SIGTERM sets a flag (or `stop_requested()` says so); `agreed()`, called by every rank before each step,
+    is True on all of them once any rank has it, so they all stop after the same step."""
 
-    def __init__(self, ctx: DistContext) -> None:
+    def __init__(self, ctx: DistContext, stop_requested: Callable[[], bool] | None = None) -> None:
         self.ctx, self.requested, self.previous = ctx, False, None
+        self.stop_requested = stop_requested
         self.group = control_group(ctx)
 
     def __enter__(self) -> Self:
@@ -509,6 +514,8 @@ class StopOnSigterm:
         self.requested = True  # only a flag: the step in progress finishes first
 
     def agreed(self) -> bool:
+        if self.stop_requested is not None and not self.requested:
+            self.requested = self.stop_requested()
         return any_rank(self.requested, self.ctx, self.group)
 
 
@@ -641,10 +648,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep each checkpoint until a `<file>.taken` marker beside it says another "
                              "process has copied it (keep_checkpoints rotation skips it until then)")
     args = parser.parse_args(argv)
+    return run(lambda: build_config(read_config_file(args.config)), args.out, resume=args.resume,
+               hold_checkpoints=args.hold_checkpoints)
+
+
+def run(load_config: Callable[[], TrainConfig], out: Path, **options: Any) -> int:
+    """train(load_config(), out, **options) with its outcome as an exit status (sagan_core.launch's
+    EXIT_MEANINGS): what every launcher of a rank reports, be it this module's `main` or a Ray worker."""
     try:
-        config = build_config(read_config_file(args.config))
-        args.out.mkdir(parents=True, exist_ok=True)
-        state = train(config, args.out, resume=args.resume, hold_checkpoints=args.hold_checkpoints)
+        config = load_config()
+        out.mkdir(parents=True, exist_ok=True)
+        state = train(config, out, **options)
     except (ValueError, FileNotFoundError) as error:  # DatasetError is a ValueError
         _report(error)
         return 2

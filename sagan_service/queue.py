@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .storage import ArtifactStore
 
 TASK_NAME = "sagan.run_job"
-QUEUES = ("default", "cpu", "gpu")
+QUEUES = ("default", "cpu", "gpu", "ray")
 
 
 class QueueUnavailable(Exception):
@@ -93,7 +93,10 @@ def make_celery(settings: Settings, *, for_requests: bool = False) -> Celery:
 
 
 def queue_for(kind: str, spec: dict[str, Any]) -> str:
-    """GPU-only jobs go to `gpu`, CPU-only ones to `cpu`, the rest (device auto, sampling) to `default`."""
+    """Trainings over several machines go to `ray` (served by workers with SAGAN_RAY_ADDRESS), GPU-only jobs
+    to `gpu`, CPU-only ones to `cpu`, the rest (device auto, sampling) to `default`."""
+    if kind == "train" and spec.get("nodes", 1) > 1:
+        return "ray"
     device = spec.get("device", "auto") if kind == "train" else "auto"
     return {"cuda": "gpu", "cpu": "cpu"}.get(device, "default")
 

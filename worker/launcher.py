@@ -11,8 +11,25 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Protocol
 
 from .processes import ProcessTree, children
+
+
+class Launcher(Protocol):
+    """What the supervisor asks of whatever runs a job's processes: LocalLauncher here, RayLauncher
+    (worker/ray_launcher.py) on a Ray cluster."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def refresh(self) -> None: ...
+
+    def ask_to_stop(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class LocalLauncher:

@@ -62,7 +62,7 @@ class Stopped(Exception):
 
 class Outbox:
     def __init__(self, job: Job, settings: Settings, store: ArtifactStore, sessions: sessionmaker[Session],
-                 worker_id: str, folder: Path, run_dir: Path, log_path: Path, stats_dir: Path) -> None:
+                 worker_id: str, folder: Path, run_dir: Path, log_path: Path | None, stats_dir: Path) -> None:
         self.job, self.store, self.sessions, self.worker_id = job, store, sessions, worker_id
         self.folder, self.run_dir, self.log_path, self.stats_dir = folder, run_dir, log_path, stats_dir
         self.interval = settings.heartbeat_seconds
@@ -209,7 +209,10 @@ class Outbox:
                 self.stored_stats.add(path.name)
 
     def _store_log(self) -> None:
-        if self.log_path.exists() and self.stored_sizes.get("log") != (size := self.log_path.stat().st_size):
+        """The attempt's log; none for a Ray job's rank 0 (the supervisor stores that job's log from Ray's)."""
+        if self.log_path is None or not self.log_path.exists():
+            return
+        if self.stored_sizes.get("log") != (size := self.log_path.stat().st_size):
             key = log_key(self.job.id, self.job.attempt)
             self._retry(lambda: self.store.put_file(key, self.log_path), self.store_outage)
             self.stored_sizes["log"] = size

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -39,8 +40,6 @@ from sagan_core import layout
 from sagan_core.config import saved_config
 from sagan_core.exits import EXIT_STOPPED
 from sagan_core.launch import training_launch
-from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
-from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.limits import GIB
@@ -54,19 +53,17 @@ from sagan_service.storage import (
     ArtifactStore,
     StoreUnavailable,
     checkpoint_key,
-    evals_key,
     log_key,
-    metrics_key,
     open_store,
-    stats_key,
 )
 from sagan_service.sweeps import store_report_if_finished
 
 from . import dataset_job
 from .data_cache import DataCache
 from .datasets import DATASET_FIELDS, in_store, resolve_dataset_specs
+from .harvest import Harvester, evaluation_stats, fetch_stats, restore_run
 from .heartbeat import Heartbeat, LeaseLost
-from .launcher import LocalLauncher
+from .launcher import Launcher, LocalLauncher
 from .outages import DependencyDown, Outage, describe_database, retry
 from .outbox import Outbox
 
@@ -74,6 +71,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOG_TAIL_LINES = 40
 HANDED_BACK = "queued"
+RAY_LINE_PREFIX = re.compile(r"^\(\w+ pid=\d+(?:, ip=[\w.:]+)?\) ")
 
 
 class ShutdownOverdue(Exception):
@@ -144,9 +142,7 @@ class Attempt:
         self.log_path = workdir / f"attempt-{job.attempt}.log"
         self.database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
         self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
-        self.sample_versions: dict[str, tuple[int, int]] = {}
-        self.real_grid_taken = False
-        self.taken_step = job.resumed_from_step or 0  # the newest checkpoint handed to the outbox
+        self.harvester: Harvester | None = None
         # Real-data statistics shared through the store (stats/<entry>): the ones there are fetched before
         # the job starts; the outbox stores new ones.
         self.stats_dir = workdir / "stats"
@@ -155,7 +151,9 @@ class Attempt:
         self.run_spec: dict[str, Any] = job.spec
         self.held = contextlib.ExitStack()
         self.progress: dict[str, Any] = {}
-        self.launcher: LocalLauncher | None = None
+        self.launcher: Launcher | None = None
+        # A training with nodes > 1, or any training on a worker set to SAGAN_LAUNCHER=ray, runs on Ray.
+        self.on_ray = job.kind == "train" and (settings.launcher == "ray" or job.spec.get("nodes", 1) > 1)
         self.outbox: Outbox | None = None
         self.heartbeat = Heartbeat(session_factory, job.id, worker_id, settings, self.database)
         self.stopping_since: float | None = None  # when the graceful stop began
@@ -168,6 +166,10 @@ class Attempt:
                 self.out.mkdir(parents=True, exist_ok=True)
                 self.outbox = Outbox(self.job, self.settings, self.store, self.sessions, self.worker_id,
                                      self.workdir / "outbox", self.out, self.log_path, self.stats_dir)
+                # A sample job's one grid is taken at the end, an eval's result is a series; on Ray, rank 0
+                # takes its files itself.
+                if self.job.kind == "train" and not self.on_ray:
+                    self.harvester = Harvester(self.out, self.outbox, self.job.resumed_from_step)
                 command = self.prepare()
                 if self.worker_stopping():
                     status = HANDED_BACK
@@ -210,9 +212,15 @@ class Attempt:
                                    self.settings.allowed_data_roots)
 
     def prepare(self) -> list[str]:
-        """Write the inputs into the work directory and return the command to run."""
+        """Write the inputs into the work directory and return the command to run (none on Ray: its ranks
+        bring their data sets, statistics and checkpoint to their own machines)."""
         self.continue_log()
         self.check_data_roots()
+        if self.on_ray:
+            if self.settings.ray_address is None:
+                raise ValueError("this job runs on Ray (nodes > 1 or SAGAN_LAUNCHER=ray) but this worker has no "
+                                 "SAGAN_RAY_ADDRESS")
+            return []
         # Before fetch_stats: a packed set's statistics are keyed by its index, read from the local copy.
         self.run_spec = spec = resolve_dataset_specs(self.job.spec, self.job.kind, store=self.store,
                                                      settings=self.settings, open_set=self.open_packed)
@@ -239,7 +247,7 @@ class Attempt:
         config_path.write_text(json.dumps(saved_config(spec)))  # a job stored before a field runs as it would have
         resume = self.job.resumed_from_step is not None
         if resume:
-            self.restore(self.job.resumed_from_step)
+            restore_run(self.store, self.from_store, self.job.id, self.job.resumed_from_step, self.out)
         # hold_checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
         return training_launch(config_path, self.out, spec["nproc"], resume=resume, hold_checkpoints=True).command
 
@@ -278,47 +286,10 @@ class Attempt:
             raise outcome["error"]
         return outcome["value"]
 
-    def restore(self, step: int) -> None:
-        """Lay out the last committed checkpoint (and the metrics and evaluations up to it) as the trainer
-        left them, so its metrics.jsonl and evals.jsonl go on without a gap."""
-        checkpoint = layout.checkpoint_path(self.out, step)
-        self.from_store(lambda: self.store.download(checkpoint_key(self.job.id, step), checkpoint))
-        layout.point_latest(checkpoint)
-        layout.mark_taken(checkpoint)  # it is in the store already
-        for key, name in ((metrics_key(self.job.id), layout.METRICS), (evals_key(self.job.id), layout.EVALS)):
-            try:
-                lines = self.from_store(lambda key=key: self.store.get_bytes(key)).decode().splitlines()
-            except LookupError:
-                lines = []
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-            (self.out / name).write_text("".join(line + "\n" for line in kept))
-
     def fetch_stats(self) -> None:
         """Lay out the store's cached real statistics for the evaluations this job will run."""
-        self.stats_dir.mkdir(parents=True, exist_ok=True)
-        for entry in self.stats_keys():
-            with contextlib.suppress(ArtifactNotFound):
-                self.from_store(lambda entry=entry: self.store.download(stats_key(entry.name),
-                                                                        self.stats_dir / entry.name))
-
-    def stats_keys(self) -> list[StatsKey]:
-        """The cache entries the job's evaluations read. A missing or wrong Inception weights file fails the
-        job here, once, with the message that says what to do (InceptionWeightsError)."""
-        spec = saved_config(self.run_spec)  # a job stored before resize_mode existed squashes
-        if self.job.kind == "eval":
-            metrics, dataset, n = spec["metrics"], spec["dataset"], spec["n"]
-            stream = "held-out"  # `sagan eval`'s default
-        elif self.job.kind == "train" and spec.get("eval_every", 0) > 0:
-            metrics, dataset, n = spec["eval_metrics"], spec["eval_dataset"] or spec["dataset"], spec["eval_n"]
-            stream = "selection"
-        else:
-            return []
-        inception = None
-        if set(metrics) & INCEPTION_METRICS:
-            weights = resolve_inception_weights(self.settings.inception_weights)
-            inception = (weights.backbone, weights.sha256)
-        return list(stats_keys(metrics, dataset=dataset, imsize=spec["imsize"], center_crop=spec["center_crop"],
-                               resize_mode=spec["resize_mode"], n=n, inception=inception, stream=stream).values())
+        entries = evaluation_stats(self.job.kind, self.run_spec, self.settings.inception_weights)
+        fetch_stats(self.store, self.from_store, entries, self.stats_dir)
 
     def continue_log(self) -> None:
         """An attempt handed back by a stopping worker runs again under the same number: append to its log."""
@@ -329,7 +300,12 @@ class Attempt:
         """A store call before the training runs, waited out (keeping the lease) if the store is away."""
         return retry(call, self.store_outage, self.wait_beating)
 
-    def launch(self, command: list[str]) -> LocalLauncher:
+    def launch(self, command: list[str]) -> Launcher:
+        if self.on_ray:
+            from .ray_launcher import RayLauncher  # the optional `ray` extra: only where jobs run on Ray
+
+            return RayLauncher.start(self.job, settings=self.settings, store=self.store, worker_id=self.worker_id,
+                                     log_path=self.log_path, environ=dict(os.environ))
         env = {**os.environ, "SAGAN_STATS_CACHE": str(self.stats_dir)}
         if self.settings.inception_weights is not None:
             env["SAGAN_INCEPTION_WEIGHTS"] = str(self.settings.inception_weights)
@@ -394,8 +370,14 @@ class Attempt:
         """Renew the lease with the training's latest progress (Heartbeat.beat)."""
         if self.launcher is not None:
             self.launcher.refresh()
-        self.progress = _last_line(self.out / layout.METRICS) or self.progress
+        self.progress = self.latest_metrics() or self.progress
         return self.heartbeat.beat(self.progress)
+
+    def latest_metrics(self) -> dict[str, Any]:
+        """The training's last metrics line: from its run directory here, or as Ray's rank 0 stored it."""
+        if self.on_ray and self.launcher is not None:
+            return self.launcher.latest_metrics()  # type: ignore[attr-defined]
+        return _last_line(self.out / layout.METRICS)
 
     def wait_storing(self, seconds: float) -> None:
         """wait_beating, unless the worker is stopping and its shutdown time is up (ShutdownOverdue)."""
@@ -421,23 +403,8 @@ class Attempt:
     # -- handing files to the outbox, settling -------------------------------------------------
 
     def take_new_files(self) -> None:
-        assert self.outbox is not None
-        if self.job.kind != "train":
-            return  # a sample job's one grid is taken at the end; an eval job's result is a file the outbox stores
-        real_grid = layout.real_grid_path(self.out)
-        if not self.real_grid_taken and real_grid.exists():  # written once, atomically, at the start
-            self.outbox.add("real", 0, real_grid)
-            self.real_grid_taken = True
-        for path in layout.samples(self.out):
-            stat = path.stat()
-            if self.sample_versions.get(path.name) != (stat.st_mtime_ns, stat.st_size):
-                self.outbox.add("sample", layout.step_of(path), path)
-                self.sample_versions[path.name] = (stat.st_mtime_ns, stat.st_size)
-        for path in layout.checkpoints(self.out):  # complete files only: the trainer renames them in
-            if (step := layout.step_of(path)) > self.taken_step:
-                self.outbox.add("checkpoint", step, path)
-                layout.mark_taken(path)  # now the trainer may rotate its copy away
-                self.taken_step = step
+        if self.harvester is not None:
+            self.harvester.take_new_files()
 
     def store_the_rest(self, status: str, error: str | None) -> tuple[str, str | None]:
         """Wait until the outbox stored what the attempt produced (and the log); a succeeded job whose
@@ -465,7 +432,7 @@ class Attempt:
                     return jobs.hand_back(session, job_id=self.job.id, worker_id=self.worker_id)
                 return jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
                                        error=error, log_tail=self.log_tail() if status == "failed" else None,
-                                       metrics=_last_line(self.out / layout.METRICS) or self.progress or None)
+                                       metrics=self.latest_metrics() or self.progress or None)
 
         try:
             settled = retry(transition, self.database)
@@ -502,11 +469,16 @@ class Attempt:
         lines = [line for line in self.log_lines() if line.strip()]
         # The trainer's own "error: ..." first, from the whole log: under torchrun its report of the failed
         # ranks (about 40 lines) follows it. Then any error line of the tail, then the tail's last line.
-        own = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        own = [line.removeprefix("error: ") for line in map(_without_ray_prefix, lines) if line.startswith("error: ")]
         tail = lines[-LOG_TAIL_LINES:]
         errors = [line for line in tail if "Error" in line or "error:" in line]
         assert self.launcher is not None
         return (own or errors or tail or [""])[-1].strip() or f"exit code {self.launcher.returncode}"
+
+
+def _without_ray_prefix(line: str) -> str:
+    """A log line without the "(RayTrainWorker pid=N, ip=A) " that Ray puts before its workers' lines."""
+    return RAY_LINE_PREFIX.sub("", line)
 
 
 def _plain(error: BaseException) -> str:

@@ -1,0 +1,170 @@
+"""The `ray` launcher: a training job submitted to a Ray cluster's Jobs API, watched, stopped and read back.
+
+The Celery worker keeps what it does for a local job (the claim, the lease, the cancel flag, settling the row);
+the training runs on the cluster (worker/ray_job.py, worker/ray_rank.py), whose rank 0 stores the artifacts.
+Same interface as LocalLauncher, so the supervisor (worker/supervisor.py) decides when, whichever runs it.
+
+- The submission id is the job's id and attempt: a second submission of one attempt is refused by Ray, so a
+  redelivered message cannot start it twice. One that finished (a stopping worker handed the attempt back)
+  is deleted first; a Ray job of an earlier attempt still running (its worker died) is stopped first.
+- The log is Ray's job log, copied into the attempt's log file at every heartbeat; the progress is the last
+  line of the metrics rank 0 stores.
+- A stop is Ray's stop_job: SIGTERM to the driver, which has the ranks checkpoint; Ray kills it after
+  RAY_JOB_STOP_WAIT_TIME_S, which is the worker's shutdown window here (Ray's default is 3 s).
+- A cluster that cannot be reached for SAGAN_DEPENDENCY_OUTAGE_SECONDS fails the attempt (RayUnreachable);
+  the next attempt resumes from the last stored checkpoint, as does one whose Ray job was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from sagan_core.exits import EXIT_STOPPED
+from sagan_service.models import Job
+from sagan_service.settings import Settings
+from sagan_service.storage import ArtifactNotFound, ArtifactStore, StoreUnavailable, metrics_key
+
+log = logging.getLogger(__name__)
+# Ray's log lines carry ANSI colours around each worker's "(RayTrainWorker pid=N)" prefix.
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The settings a rank needs to reach what the worker reaches; machine-local ones (home, data roots, caches,
+# GPUs) stay the Ray node's own.
+PASSED_SETTINGS = ("database_url", "artifacts_url", "s3_endpoint_url", "s3_max_attempts", "heartbeat_seconds",
+                   "poll_seconds", "statement_timeout_seconds", "dependency_outage_seconds", "max_attempts",
+                   "ray_placement_timeout_seconds", "log_format")
+PASSED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
+
+
+class RayUnreachable(Exception):
+    """The Ray cluster's Jobs API did not answer for longer than the outage window."""
+
+
+def submission_id(job: Job) -> str:
+    return f"sagan-{job.id}-{job.attempt}"
+
+
+def ray_environment(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
+    """The environment of the Ray job: the worker's settings that reach the database and the store, its store
+    credentials, and Ray's stop wait raised to the worker's shutdown window."""
+    env = {f"SAGAN_{name.upper()}": str(value) for name in PASSED_SETTINGS
+           if (value := getattr(settings, name)) is not None}
+    env |= {name: environ[name] for name in PASSED_ENVIRONMENT if name in environ}
+    env["RAY_JOB_STOP_WAIT_TIME_S"] = str(int(max(settings.shutdown_seconds, settings.cancel_grace_seconds)))
+    return env
+
+
+class RayLauncher:
+    def __init__(self, client: JobSubmissionClient, job: Job, settings: Settings, store: ArtifactStore,
+                 log_path: Path) -> None:
+        self.client, self.job, self.settings, self.store = client, job, settings, store
+        self.submission_id = submission_id(job)
+        self.log_path = log_path
+        # An attempt handed back and run again appends to its log: Ray's log of this run goes after that.
+        self.log_prefix = log_path.read_bytes() if log_path.exists() else b""
+        self.returncode: int | None = None
+        self.stop_asked = False
+        self.unreachable_since: float | None = None
+
+    @classmethod
+    def start(cls, job: Job, *, settings: Settings, store: ArtifactStore, worker_id: str, log_path: Path,
+              environ: dict[str, str]) -> RayLauncher:
+        assert settings.ray_address is not None
+        launcher = cls(JobSubmissionClient(settings.ray_address), job, settings, store, log_path)
+        launcher._clear_the_way()
+        launcher.client.submit_job(
+            entrypoint=(f"python -m worker.ray_job --job-id {job.id} --worker-id {worker_id} "
+                        f"--stop-switch {launcher.submission_id}"),
+            submission_id=launcher.submission_id, runtime_env={"env_vars": ray_environment(settings, environ)},
+            metadata={"sagan_job": job.id, "attempt": str(job.attempt)})
+        log.info("job %s: submitted to Ray at %s as %s", job.id, settings.ray_address, launcher.submission_id)
+        return launcher
+
+    def _clear_the_way(self) -> None:
+        """Stop the Ray jobs of this job's earlier attempts that still run; delete this attempt's finished one."""
+        prefix = f"sagan-{self.job.id}-"
+        for info in self.client.list_jobs():
+            if not (info.submission_id or "").startswith(prefix):
+                continue
+            if info.submission_id != self.submission_id and not info.status.is_terminal():
+                log.warning("job %s: stopping Ray job %s of an earlier attempt", self.job.id, info.submission_id)
+                self.client.stop_job(info.submission_id)
+                self._wait_terminal(info.submission_id)
+            elif info.submission_id == self.submission_id and info.status.is_terminal():
+                self.client.delete_job(info.submission_id)
+
+    def _wait_terminal(self, sid: str) -> JobStatus:
+        deadline = time.monotonic() + self.settings.shutdown_seconds + self.settings.cancel_grace_seconds + 30
+        while not (status := self.client.get_job_status(sid)).is_terminal() and time.monotonic() < deadline:
+            time.sleep(self.settings.poll_seconds)
+        return status
+
+    def poll(self) -> int | None:
+        """The exit status once the Ray job ended (STOPPED: stopped with a checkpoint), else None."""
+        if self.returncode is not None:
+            return self.returncode
+        status = self._reachable(lambda: self.client.get_job_status(self.submission_id))
+        if status is None or not status.is_terminal():
+            return None
+        self.refresh()  # its last lines
+        self.returncode = self._exit_status(status)
+        return self.returncode
+
+    def _exit_status(self, status: JobStatus) -> int:
+        if status == JobStatus.SUCCEEDED:
+            return 0
+        if status == JobStatus.STOPPED:
+            return EXIT_STOPPED
+        code = self.client.get_job_info(self.submission_id).driver_exit_code
+        return code if code else 1  # a driver that died (lost head or node) has none
+
+    def _reachable(self, call: Any) -> Any:
+        """call(), or None while the cluster does not answer, up to the outage window (then RayUnreachable)."""
+        try:
+            result = call()
+        except Exception as error:
+            now = time.monotonic()
+            self.unreachable_since = self.unreachable_since or now
+            if now - self.unreachable_since > self.settings.dependency_outage_seconds:
+                raise RayUnreachable(f"the Ray cluster at {self.settings.ray_address} did not answer for "
+                                     f"{self.settings.dependency_outage_seconds:g} s: {error}") from error
+            log.warning("job %s: Ray at %s did not answer: %s", self.job.id, self.settings.ray_address, error)
+            return None
+        self.unreachable_since = None
+        return result
+
+    def refresh(self) -> None:
+        """Copy Ray's log of the job into the attempt's log file."""
+        logs = self._reachable(lambda: self.client.get_job_logs(self.submission_id))
+        if logs is not None:
+            self.log_path.write_bytes(self.log_prefix + ANSI.sub("", logs).encode())
+
+    def latest_metrics(self) -> dict[str, Any]:
+        """The last line of the metrics rank 0 stored, or {}."""
+        try:
+            data = self.store.get_bytes(metrics_key(self.job.id))
+        except (ArtifactNotFound, StoreUnavailable):  # none yet, or the store is away: the next beat
+            return {}
+        lines = data.splitlines()
+        return json.loads(lines[-1]) if lines else {}
+
+    def ask_to_stop(self) -> None:
+        """Have the ranks checkpoint and stop (once: the driver then has the stop wait to end)."""
+        if not self.stop_asked:
+            self.stop_asked = self._reachable(lambda: self.client.stop_job(self.submission_id)) is not None
+
+    def stop(self) -> None:
+        """Stop the Ray job and wait until Ray says it ended: its checkpoint stored, its actors gone."""
+        if self.returncode is not None:
+            return
+        self.ask_to_stop()
+        status = self._reachable(lambda: self._wait_terminal(self.submission_id))
+        if status is not None:
+            self.refresh()
+            self.returncode = self._exit_status(status)
