@@ -34,7 +34,9 @@ COPY requirements.txt ./
 # An extra index: torch from it ("+cpu"/"+cu130" sorts above the plain release), the rest as usual.
 RUN pip install --extra-index-url "$TORCH_INDEX_URL" -r requirements.txt
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# The dependencies and the `ray` extra: the Celery worker submits jobs to Ray's Jobs API with it, and the
+# Ray head and nodes of the compose profile `ray` (docs/ray.md) run them from this image.
+RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(project['dependencies'] + project['optional-dependencies']['ray']))" \
         > dependencies.txt \
     && pip install -r dependencies.txt
 

@@ -33,7 +33,10 @@ AWS_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 # useless across containers.
 STACK_FIELDS = {"home", "database_url", "broker_url", "artifacts_url", "s3_endpoint_url",
                 "s3_public_endpoint_url", "data_roots", "auth"}
-SAGAN_SERVICES = ("api", "worker", "worker-cpu")
+# The Ray head and nodes belong here too: a job's rank-0 process runs on them and stores its artifacts
+# (S3, PostgreSQL) with the worker's settings.
+RAY_SERVICES = ("ray-head", "ray-worker", "worker-ray")
+SAGAN_SERVICES = ("api", "worker", "worker-cpu", *RAY_SERVICES)
 HEALTHCHECKED = ("postgres", "redis", "minio", "api")
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -251,7 +254,7 @@ def test_depends_on_waits_for_health_and_for_the_bucket() -> None:
     assert api["postgres"]["condition"] == api["redis"]["condition"] == "service_healthy"
     assert api["createbuckets"]["condition"] == "service_completed_successfully"
     assert SERVICES["createbuckets"]["depends_on"]["minio"]["condition"] == "service_healthy"
-    for worker in ("worker", "worker-cpu"):
+    for worker in ("worker", "worker-cpu", "worker-ray"):
         # The API's command ran the migrations before it turned healthy.
         assert SERVICES[worker]["depends_on"]["api"]["condition"] == "service_healthy"
 
@@ -267,14 +270,16 @@ def test_commands_are_real_sagan_commands() -> None:
     serve_args = parser.parse_args(serve.removeprefix("exec ").split()[1:])
     assert (serve_args.command, serve_args.host, serve_args.port) == ("api", "0.0.0.0", 8000)
     served = set()
-    for worker in ("worker", "worker-cpu"):
+    for worker in ("worker", "worker-cpu", "worker-ray"):
         args = parser.parse_args(SERVICES[worker]["command"][1:])
         assert args.command == "worker"
         assert set(args.queues.split(",")) <= set(QUEUES)
         served |= set(args.queues.split(","))
     assert served == set(QUEUES)
-    # Without the CPU profile the GPU worker alone must take every queue, or CPU jobs wait forever.
-    assert set(parser.parse_args(SERVICES["worker"]["command"][1:]).queues.split(",")) == set(QUEUES)
+    # Without the CPU profile the GPU worker alone must take every queue, or CPU jobs wait forever; in the
+    # Ray profile (run with --scale worker=0) the same holds for the Ray worker.
+    for worker in ("worker", "worker-ray"):
+        assert set(parser.parse_args(SERVICES[worker]["command"][1:]).queues.split(",")) == set(QUEUES)
 
 
 def test_named_volumes_are_declared_and_used() -> None:
@@ -296,7 +301,8 @@ def test_named_volumes_are_declared_and_used() -> None:
 def test_workers_find_the_inception_weights_in_the_models_folder() -> None:
     from sagan_core.metrics.weights import FILE_NAME
 
-    for name in ("worker", "worker-cpu"):
+    # Ray nodes too: a job's evaluations run in its rank-0 process, on a Ray node.
+    for name in ("worker", "worker-cpu", *RAY_SERVICES):
         service = SERVICES[name]
         assert "./models:/models:ro" in service["volumes"], name  # MODELS_DIR's default
         assert service_env(name)["SAGAN_INCEPTION_WEIGHTS"] == f"/models/{FILE_NAME}", name
@@ -308,7 +314,7 @@ def test_workers_find_the_inception_weights_in_the_models_folder() -> None:
 
 def test_port_map() -> None:
     # Only what a person opens: Postgres and Redis stay inside the compose network.
-    assert published_ports() == {8000: "api", 9000: "minio", 9001: "minio"}
+    assert published_ports() == {8000: "api", 9000: "minio", 9001: "minio", 8265: "ray-head"}
     assert SERVICES["minio"]["command"][-2:] == ["--console-address", ":9001"]
     for port in SERVICES["api"]["ports"] + SERVICES["minio"]["ports"]:
         host, container = str(port).split(":")[-2:]
@@ -343,6 +349,84 @@ def test_pulled_images_are_pinned() -> None:
     for name, repository in (("minio", "quay.io/minio/minio"), ("createbuckets", "quay.io/minio/mc")):
         assert re.fullmatch(re.escape(repository) + r":RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ",
                             SERVICES[name]["image"])
+
+
+# -- the `ray` profile (docs/ray.md) -----------------------------------------------------------------
+
+
+def ray_start_options(service: str) -> dict:
+    """The options of a service's `ray start`, parsed by Ray's own command line: a flag it does not know
+    (a typo, one renamed by a Ray release) fails here instead of in a container that exits at start."""
+    scripts = pytest.importorskip("ray.scripts.scripts", reason="the `ray` extra is not installed")
+    command = SERVICES[service]["command"]
+    assert command[:2] == ["ray", "start"], service
+    return scripts.start.make_context("ray start", command[2:]).params
+
+
+def healthcheck_url(service: str) -> str:
+    (url,) = re.findall(r"http://[^'\"]+", " ".join(SERVICES[service]["healthcheck"]["test"][1:]))
+    return url
+
+
+def test_ray_profile_is_opt_in_and_runs_the_worker_image() -> None:
+    # `docker compose up` without the profile starts the one-machine stack as before.
+    in_profile = {name for name, service in SERVICES.items() if "ray" in service.get("profiles", [])}
+    assert in_profile == set(RAY_SERVICES)
+    # The head runs each job's driver and the nodes its ranks, with the code and the ray version the
+    # Celery worker submits with: one image, or the sides drift apart.
+    for name in RAY_SERVICES:
+        assert SERVICES[name]["build"] == SERVICES["worker"]["build"], name
+
+
+def test_the_ray_worker_submits_to_the_heads_jobs_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = stack_settings(monkeypatch, "worker-ray")
+    head = ray_start_options("ray-head")
+    assert settings.launcher == "ray"
+    # The Jobs API is served by the head's dashboard: the address must name the head's service and its
+    # dashboard port, and the dashboard must listen on more than the head container's loopback.
+    address = urlparse(settings.ray_address)
+    assert (address.scheme, address.hostname, address.port) == ("http", "ray-head", head["dashboard_port"])
+    assert head["head"] and head["dashboard_host"] == "0.0.0.0"
+    # Published for a person's browser on this machine alone: the Jobs API runs any command it is sent.
+    (port,) = SERVICES["ray-head"]["ports"]
+    interface, host_port, container_port = str(port).split(":")
+    assert interface == "127.0.0.1" and int(host_port) == int(container_port) == head["dashboard_port"]
+
+
+def test_ray_nodes_join_the_head_and_bring_gpus() -> None:
+    head, node = ray_start_options("ray-head"), ray_start_options("ray-worker")
+    # A node dialling another port than the head's GCS never joins; every job would wait out
+    # SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS and fail.
+    host, _, port = node["address"].rpartition(":")
+    assert (host, int(port)) == ("ray-head", head["port"]) and not node["head"]
+    assert head["block"] and node["block"], "without --block `ray start` returns and the container exits"
+    # GPU jobs need Ray nodes that see the GPUs the GPU worker would have had.
+    assert SERVICES["ray-worker"]["deploy"]["resources"] == SERVICES["worker"]["deploy"]["resources"]
+    assert int(SERVICES["ray-worker"]["deploy"]["replicas"]) >= 1
+
+
+def test_ray_healthchecks_ask_what_the_installed_ray_serves() -> None:
+    dashboard = pytest.importorskip("ray.dashboard", reason="the `ray` extra is not installed")
+    head, node = ray_start_options("ray-head"), ray_start_options("ray-worker")
+    head_url, node_url = urlparse(healthcheck_url("ray-head")), urlparse(healthcheck_url("ray-worker"))
+    # The Ray worker and the nodes wait for the head's check: it must ask the dashboard (the Jobs API),
+    # and a node's must ask its own dashboard agent.
+    assert (head_url.hostname, head_url.port) == ("127.0.0.1", head["dashboard_port"])
+    assert (node_url.hostname, node_url.port) == ("127.0.0.1", node["dashboard_agent_listen_port"])
+    # A route Ray no longer serves would leave the head unhealthy for ever and the Ray worker never started.
+    routes = "".join(path.read_text() for path in Path(dashboard.__file__).parent.rglob("*.py"))
+    for url in (head_url, node_url):
+        assert f'"{url.path}"' in routes, url.path
+
+
+def test_ray_guide_names_real_settings_and_the_profile() -> None:
+    guide = (ROOT / "docs" / "ray.md").read_text()
+    named = set(re.findall(r"\bSAGAN_[A-Z_]+\b", guide))
+    fields = {PREFIX + name.upper() for name in Settings.model_fields}
+    assert {"SAGAN_LAUNCHER", "SAGAN_RAY_ADDRESS", "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS"} <= named
+    assert named <= fields, f"docs/ray.md names settings that do not exist: {sorted(named - fields)}"
+    assert "docker compose --profile ray up" in guide
+    assert "docs/ray.md" in (ROOT / "README.md").read_text().split("## Run the full stack", 1)[1]
 
 
 # -- Dockerfiles ---------------------------------------------------------------------------------
@@ -394,6 +478,30 @@ def test_dockerfile_runs_as_non_root_with_dependencies_layered_first(image: str)
     first_source = min(copied[package] for package in packages)
     assert copied["requirements.txt"] < install_torch < copied["pyproject.toml"] < first_source
     assert first_source < install_package
+
+
+def ray_extra_declared() -> bool:
+    return "ray" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
+
+
+@pytest.mark.parametrize(("image", "extras"), [
+    ("api", []),
+    # TODO(issue 19): drop the skipif once pyproject.toml has the `ray` extra.
+    pytest.param("worker", ["ray"], marks=pytest.mark.skipif(not ray_extra_declared(),
+                                                               reason="pyproject.toml has no `ray` extra yet")),
+])
+def test_images_install_the_declared_dependencies(image: str, extras: list[str]) -> None:
+    # What pip installs is listed by a Python snippet that only a build runs (and CI builds no image): run
+    # it here, so a renamed extra or table fails now. The worker image carries the `ray` extra for the
+    # Celery worker (Jobs API client) and the Ray nodes; the API never talks to Ray.
+    (run,) = [args for keyword, args in instructions(DOCKERFILES[image])
+              if keyword == "RUN" and "> dependencies.txt" in args]
+    snippet = re.search(r'python -c "(.*?)" +>', run)[1]
+    listed = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, check=True).stdout.splitlines()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert listed == project["dependencies"] + [dep for extra in extras
+                                                for dep in project["optional-dependencies"][extra]]
 
 
 def test_torch_builds_match_the_base_images() -> None:
