@@ -448,6 +448,28 @@ def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
     return result.rowcount == 1
 
 
+def retry_lost(session: Session, *, job_id: str, worker_id: str, error: str) -> str | None:
+    """running -> queued for the lease owner whose launcher lost the run (a Ray job gone with its head or
+    node), as the reaper requeues a lost worker's job: the attempt counts, the next one resumes from the latest
+    committed checkpoint; out of attempts it fails with `error`, and a job flagged for cancelling is cancelled.
+    The new status, or None if the job was taken away."""
+    now = utcnow()
+    cancel, spent = Job.cancel_requested.is_(True), Job.attempt >= Job.max_attempts
+    status = case((cancel, "cancelled"), (spent, "failed"), else_="queued")
+    settled = case((cancel, now), (spent, now), else_=None)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+        .values(status=status, finished_at=settled, error=case((spent, public_error(job_id, error)), else_=None),
+                lease_owner=None, lease_expires_at=None, dispatched_at=now, updated_at=now)
+        .returning(Job.status).execution_options(synchronize_session=False)
+    )
+    new_status = result.scalar_one_or_none()
+    session.commit()
+    _settle_parents(session, [job_id])
+    return new_status
+
+
 def drop_old_checkpoints(session: Session, *, job_id: str, keep: int) -> list[int]:
     """Forget all but the newest `keep` committed checkpoints and the best evaluation's; return the steps
     to delete from the store.

@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     # Log lines: `json` (one object per line, with the job id where there is one) or `text`.
     log_format: Literal["json", "text"] = "text"
 
+    @field_validator("ray_address")
+    @classmethod
+    def _unset_when_empty(cls, value: str | None) -> str | None:
+        # docker-compose.yml passes `${RAY_ADDRESS:-}` to every service: empty where no Ray is in the stack.
+        return value or None
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

@@ -10,10 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from .processes import ProcessTree, children
+
+
+class RunLost(Exception):
+    """The launcher lost the run without it ending (a Ray job gone with the cluster's head or node): the attempt
+    is requeued to resume from the latest committed checkpoint, not failed (jobs.retry_lost)."""
 
 
 class Launcher(Protocol):
@@ -29,7 +36,8 @@ class Launcher(Protocol):
 
     def ask_to_stop(self) -> None: ...
 
-    def stop(self) -> None: ...
+    def stop(self, wait: Callable[[float], object]) -> None:
+        """Stop the processes and wait (calling `wait(seconds)`) until they have ended."""
 
 
 class LocalLauncher:
@@ -71,9 +79,10 @@ class LocalLauncher:
                 os.kill(pid, signal.SIGTERM)
             self.asked_to_stop.add(pid)
 
-    def stop(self) -> None:
+    def stop(self, wait: Callable[[float], object] = time.sleep) -> None:
         """SIGTERM every process of the tree (torchrun's ranks live in sessions of their own), SIGKILL what is
-        left after the grace period; a no-op once all are gone."""
+        left after the grace period; a no-op once all are gone. (It waits the grace period at most, well inside
+        a lease: `wait` is not needed.)"""
         self.tree.terminate(self.grace_seconds)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)

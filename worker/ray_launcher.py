@@ -11,8 +11,9 @@ Same interface as LocalLauncher, so the supervisor (worker/supervisor.py) decide
   line of the metrics rank 0 stores.
 - A stop is Ray's stop_job: SIGTERM to the driver, which has the ranks checkpoint; Ray kills it after
   RAY_JOB_STOP_WAIT_TIME_S, which is the worker's shutdown window here (Ray's default is 3 s).
-- A cluster that cannot be reached for SAGAN_DEPENDENCY_OUTAGE_SECONDS fails the attempt (RayUnreachable);
-  the next attempt resumes from the last stored checkpoint, as does one whose Ray job was lost.
+- A Ray job lost without an exit status (its driver died with the head or its node), or a cluster that cannot
+  be reached for SAGAN_DEPENDENCY_OUTAGE_SECONDS, is RunLost: the job is queued again (the attempt counts)
+  and the next attempt resumes from the last stored checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from sagan_service.models import Job
 from sagan_service.settings import Settings
 from sagan_service.storage import ArtifactNotFound, ArtifactStore, StoreUnavailable, metrics_key
 
+from .launcher import RunLost
+
 log = logging.getLogger(__name__)
 # Ray's log lines carry ANSI colours around each worker's "(RayTrainWorker pid=N)" prefix.
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -40,10 +44,6 @@ PASSED_SETTINGS = ("database_url", "artifacts_url", "s3_endpoint_url", "s3_max_a
                    "poll_seconds", "statement_timeout_seconds", "dependency_outage_seconds", "max_attempts",
                    "ray_placement_timeout_seconds", "log_format")
 PASSED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
-
-
-class RayUnreachable(Exception):
-    """The Ray cluster's Jobs API did not answer for longer than the outage window."""
 
 
 def submission_id(job: Job) -> str:
@@ -99,10 +99,11 @@ class RayLauncher:
             elif info.submission_id == self.submission_id and info.status.is_terminal():
                 self.client.delete_job(info.submission_id)
 
-    def _wait_terminal(self, sid: str) -> JobStatus:
+    def _wait_terminal(self, sid: str, wait: Callable[[float], object] = time.sleep) -> JobStatus:
+        """Until Ray says the job ended: at most its stop wait (RAY_JOB_STOP_WAIT_TIME_S) and a margin."""
         deadline = time.monotonic() + self.settings.shutdown_seconds + self.settings.cancel_grace_seconds + 30
         while not (status := self.client.get_job_status(sid)).is_terminal() and time.monotonic() < deadline:
-            time.sleep(self.settings.poll_seconds)
+            wait(self.settings.poll_seconds)
         return status
 
     def poll(self) -> int | None:
@@ -121,18 +122,22 @@ class RayLauncher:
             return 0
         if status == JobStatus.STOPPED:
             return EXIT_STOPPED
-        code = self.client.get_job_info(self.submission_id).driver_exit_code
-        return code if code else 1  # a driver that died (lost head or node) has none
+        info = self.client.get_job_info(self.submission_id)
+        # No exit status: its driver was gone with its head or node; a negative one: killed by a signal that
+        # was not our stop (the OOM killer, a node shut down).
+        if info.driver_exit_code is None or info.driver_exit_code < 0:
+            raise RunLost(f"the Ray job {self.submission_id} was lost: {info.message}")
+        return info.driver_exit_code or 1
 
     def _reachable(self, call: Any) -> Any:
-        """call(), or None while the cluster does not answer, up to the outage window (then RayUnreachable)."""
+        """call(), or None while the cluster does not answer, up to the outage window (then RunLost)."""
         try:
             result = call()
         except Exception as error:
             now = time.monotonic()
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since > self.settings.dependency_outage_seconds:
-                raise RayUnreachable(f"the Ray cluster at {self.settings.ray_address} did not answer for "
+                raise RunLost(f"the Ray cluster at {self.settings.ray_address} did not answer for "
                                      f"{self.settings.dependency_outage_seconds:g} s: {error}") from error
             log.warning("job %s: Ray at %s did not answer: %s", self.job.id, self.settings.ray_address, error)
             return None
@@ -159,12 +164,12 @@ class RayLauncher:
         if not self.stop_asked:
             self.stop_asked = self._reachable(lambda: self.client.stop_job(self.submission_id)) is not None
 
-    def stop(self) -> None:
+    def stop(self, wait: Callable[[float], object] = time.sleep) -> None:
         """Stop the Ray job and wait until Ray says it ended: its checkpoint stored, its actors gone."""
         if self.returncode is not None:
             return
         self.ask_to_stop()
-        status = self._reachable(lambda: self._wait_terminal(self.submission_id))
+        status = self._reachable(lambda: self._wait_terminal(self.submission_id, wait))
         if status is not None:
             self.refresh()
             self.returncode = self._exit_status(status)

@@ -63,7 +63,7 @@ from .data_cache import DataCache
 from .datasets import DATASET_FIELDS, in_store, resolve_dataset_specs
 from .harvest import Harvester, evaluation_stats, fetch_stats, restore_run
 from .heartbeat import Heartbeat, LeaseLost
-from .launcher import Launcher, LocalLauncher
+from .launcher import Launcher, LocalLauncher, RunLost
 from .outages import DependencyDown, Outage, describe_database, retry
 from .outbox import Outbox
 
@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOG_TAIL_LINES = 40
 HANDED_BACK = "queued"
+LOST = "lost"  # an attempt's status (never a job's) when its launcher lost the run: see jobs.retry_lost
 RAY_LINE_PREFIX = re.compile(r"^\(\w+ pid=\d+(?:, ip=[\w.:]+)?\) ")
 
 
@@ -180,6 +181,10 @@ class Attempt:
                 error = self.failure_reason() if status == "failed" else None
             except LeaseLost:
                 raise
+            except RunLost as lost:  # not the training's failure: the next attempt resumes where it got to
+                log.warning("job %s: %s", self.job.id, lost)
+                self.stop()
+                status, error = LOST, str(lost)
             except Exception as exc:  # any failure here must settle the row, not strand it "running"
                 log.exception("job %s failed in the supervisor", self.job.id)
                 self.stop()
@@ -396,9 +401,17 @@ class Attempt:
             time.sleep(min(left, self.settings.poll_seconds))
 
     def stop(self) -> None:
-        """Stop the whole process tree (LocalLauncher.stop); a no-op once it is gone or before it started."""
+        """Stop the job's processes (the launcher's stop); a no-op once they are gone or before they started.
+        A Ray job may take the worker's shutdown window to checkpoint and end: the lease is renewed meanwhile."""
         if self.launcher is not None:
-            self.launcher.stop()
+            self.launcher.stop(self.wait_keeping_lease)
+
+    def wait_keeping_lease(self, seconds: float) -> None:
+        """wait_beating while stopping: a lease or database lost meanwhile does not stop the stop."""
+        try:
+            self.wait_beating(seconds)
+        except (LeaseLost, DependencyDown):
+            time.sleep(seconds)
 
     # -- handing files to the outbox, settling -------------------------------------------------
 
@@ -426,13 +439,18 @@ class Attempt:
         return status, error
 
     def settle(self, status: str, error: str | None) -> str | None:
-        def transition() -> bool:
+        """Record how the attempt ended; the job's new status (LOST: queued again, or failed out of attempts),
+        or None if the row could not be or was no longer ours to settle."""
+        def transition() -> str | None:
             with self.sessions() as session:
                 if status == HANDED_BACK:
-                    return jobs.hand_back(session, job_id=self.job.id, worker_id=self.worker_id)
-                return jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
-                                       error=error, log_tail=self.log_tail() if status == "failed" else None,
-                                       metrics=self.latest_metrics() or self.progress or None)
+                    return status if jobs.hand_back(session, job_id=self.job.id, worker_id=self.worker_id) else None
+                if status == LOST:
+                    return jobs.retry_lost(session, job_id=self.job.id, worker_id=self.worker_id, error=error or "")
+                finished = jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
+                                           error=error, log_tail=self.log_tail() if status == "failed" else None,
+                                           metrics=self.latest_metrics() or self.progress or None)
+                return status if finished else None
 
         try:
             settled = retry(transition, self.database)
@@ -443,9 +461,10 @@ class Attempt:
         if not settled:
             log.warning("job %s: lease lost before the end; its new owner settles it", self.job.id)
             return None
-        log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, status)
+        log.info("job %s attempt %d: %s%s", self.job.id, self.job.attempt, status,
+                 f" ({error}), now {settled}" if status == LOST else "")
         self.publish_record()
-        return status
+        return settled
 
     def publish_record(self) -> None:
         """job.json after the attempt's state change; a database that went away meanwhile only leaves

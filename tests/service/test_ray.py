@@ -1,0 +1,211 @@
+"""Trainings on Ray: a real local Ray head (CPU workers, gloo), a real `sagan api` and `sagan worker`, PostgreSQL,
+Redis and the S3 server. The worker here serves only the `ray` queue; the session's worker never takes these."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from sagan_core.checkpoint import read_checkpoint
+from sagan_core.config import build_config
+from sagan_service.queue import dispatch, make_celery
+from sagan_service.settings import Settings
+from tests.conftest import subprocess_env
+from tests.service.conftest import (
+    BUCKET,
+    TINY,
+    Api,
+    S3Server,
+    Service,
+    free_port,
+    pids_mentioning,
+    start_api,
+    wait_for,
+)
+
+ray = pytest.importorskip("ray", reason="the `ray` extra (make install installs it)")
+
+# Two ranks on one machine: 2 CPUs for Ray Train's two workers (what `nodes: 2` asks of the cluster).
+RAY_CPUS = 2
+# debug32 on synthetic data, 2 × 1 process; a checkpoint every 3 steps, the last at step 6.
+CONFIG = {**TINY, "nodes": 2, "nproc": 1, "batch_size": 8, "steps": 6, "checkpoint_every": 3, "sample_every": 3,
+          "log_every": 1}
+TRAIN_PROCESSES = ("RayTrainWorker", "TrainController")
+
+
+@pytest.fixture(scope="module")
+def ray_head(service_env: dict[str, str]) -> Iterator[str]:
+    """`ray start --head --block` in a process group of its own; its Jobs API address. Its temp folder is short:
+    Ray's socket paths must fit in 107 bytes."""
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    port, dashboard = free_port(), free_port()
+    env = {**service_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(temp / "head.log", "wb") as log:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 "--num-cpus", str(RAY_CPUS), "--port", str(port), "--dashboard-host", "127.0.0.1",
+                                 "--dashboard-port", str(dashboard), "--include-dashboard", "true",
+                                 "--temp-dir", str(temp / "t")],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_for(lambda: _answers(f"{address}/api/version"), 90, "the Ray head's Jobs API")
+        yield address
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+        for pid in pids_mentioning(str(temp)):  # Ray's own daemons outlive `ray start` if it is killed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_env(service_env: dict[str, str], ray_head: str) -> dict[str, str]:
+    return {**service_env, "SAGAN_RAY_ADDRESS": ray_head, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "10",
+            "SAGAN_SHUTDOWN_SECONDS": "30"}
+
+
+@pytest.fixture(scope="module")
+def ray_api(ray_env: dict[str, str], tmp_service: Path) -> Iterator[Api]:
+    service, client = start_api(ray_env, tmp_service)
+    yield client
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_worker(ray_env: dict[str, str], tmp_service: Path, ray_api: Api) -> Iterator[Service]:
+    worker = Service(["worker", "--queues", "ray", "--loglevel", "INFO"], ray_env, tmp_service / "worker-ray.log")
+    yield worker
+    worker.stop()
+
+
+def ray_jobs_of(address: str, job_id: str) -> list[Any]:
+    from ray.job_submission import JobSubmissionClient
+
+    return [info for info in JobSubmissionClient(address).list_jobs()
+            if (info.submission_id or "").startswith(f"sagan-{job_id}-")]
+
+
+def stored_checkpoint(api: Api, job_id: str, step: int) -> dict[str, Any]:
+    response = api.client.get(f"/jobs/{job_id}/checkpoints/{step}", follow_redirects=True)
+    assert response.status_code == 200, response.text
+    return torch.load(io.BytesIO(response.content), map_location="cpu", weights_only=False)
+
+
+def test_a_two_node_job_trains_on_ray_like_torchrun_and_stores_its_artifacts_from_rank_0(
+        ray_api: Api, ray_worker: Service, ray_head: str, ray_env: dict[str, str], s3_server: S3Server,
+        tmp_path: Path) -> None:
+    job = ray_api.submit({"kind": "train", "config": CONFIG})
+    assert job["queue"] == "ray"
+    wait_for(lambda: ray_api.job(job["id"])["status"] == "running", 120, "the Ray worker to claim it")
+    # A redelivered message (what a lost acknowledgement causes) while the job runs: it must not start twice.
+    dispatch(make_celery(Settings(broker_url=ray_env["SAGAN_BROKER_URL"])), _row(ray_env, job["id"]))
+    done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=400)
+    assert done["status"] == "succeeded", done
+    assert [info.submission_id for info in ray_jobs_of(ray_head, job["id"])] == [f"sagan-{job['id']}-1"]
+
+    # Rank 0 stored the grids, the metrics and the checkpoints (with their rows), on its own.
+    assert [s["step"] for s in ray_api.client.get(f"/jobs/{job['id']}/samples").json()["items"]] == [3, 6]
+    assert [c["step"] for c in ray_api.client.get(f"/jobs/{job['id']}/checkpoints").json()["items"]] == [3, 6]
+    assert [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == [1, 2, 3, 4, 5, 6]
+    assert done["progress"]["step"] == 6
+    log = s3_server.client().get_object(Bucket=BUCKET, Key=f"artifacts/jobs/{job['id']}/logs/attempt-1.log")
+    assert "Started training worker group of size 2" in log["Body"].read().decode()  # Ray's log, as the job's
+
+    # Two Ray workers are torchrun's two ranks, batch for batch: the same weights, bit for bit.
+    config = build_config({**CONFIG, "nodes": 1, "nproc": 2})
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config.model_dump_json())
+    subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file),
+                    "--out", str(tmp_path / "torchrun")], check=True, env=subprocess_env(), timeout=300,
+                   capture_output=True)
+    on_ray, local = stored_checkpoint(ray_api, job["id"], 6), read_checkpoint(tmp_path / "torchrun")
+    for part in ("generator", "discriminator"):
+        assert all(torch.equal(on_ray[part][name], local[part][name]) for name in local[part]), part
+
+
+def _row(env: dict[str, str], job_id: str) -> Any:
+    from sagan_service import jobs
+    from sagan_service.db import make_engine, make_session_factory
+
+    engine = make_engine(env["SAGAN_DATABASE_URL"])
+    try:
+        with make_session_factory(engine)() as session:
+            row = jobs.get_job(session, job_id)
+            session.expunge(row)
+            return row
+    finally:
+        engine.dispose()
+
+
+def train_processes() -> list[int]:
+    return [pid for name in TRAIN_PROCESSES for pid in pids_mentioning(f"ray::{name}")]
+
+
+def test_a_killed_ray_worker_is_replaced_and_the_job_resumes_from_its_last_checkpoint(
+        ray_api: Api, ray_worker: Service, s3_server: S3Server) -> None:
+    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 400, "checkpoint_every": 20,
+                                                      "sample_every": 1000, "log_every": 10}})
+    wait_for(lambda: (ray_api.job(job["id"])["latest_checkpoint_step"] or 0) >= 20, 300, "a stored checkpoint")
+    ranks = pids_mentioning("ray::RayTrainWorker")
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[-1], signal.SIGKILL)
+    done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=500)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 1  # Ray started the worker group again inside the attempt
+    log = s3_server.client().get_object(Bucket=BUCKET, Key=f"artifacts/jobs/{job['id']}/logs/attempt-1.log")
+    assert log["Body"].read().decode().count("Started training worker group of size 2") == 2
+    # The second group went on from a stored checkpoint: the series has every step once.
+    steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
+    assert steps == list(range(10, 401, 10))
+
+
+def test_a_cancel_checkpoints_then_stops_the_ray_job_and_leaves_no_ray_worker(
+        ray_api: Api, ray_worker: Service, ray_head: str) -> None:
+    # No checkpoint is due before the end: the one stored is the cancel's own.
+    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 5000, "checkpoint_every": 5000,
+                                                      "sample_every": 5000, "log_every": 5}})
+    wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= 10, 300, "a few steps")
+    assert ray_api.client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    done = ray_api.wait_status(job["id"], {"cancelled", "failed", "succeeded"}, timeout=120)
+    assert done["status"] == "cancelled", done
+    stopped_at = done["latest_checkpoint_step"]
+    assert stopped_at is not None and 10 <= stopped_at < 5000
+    (info,) = ray_jobs_of(ray_head, job["id"])
+    assert info.status == "STOPPED"
+    wait_for(lambda: not train_processes(), 30, "Ray Train's workers and controller to go")
+
+
+def test_a_job_larger_than_the_cluster_fails_saying_so_instead_of_waiting(
+        ray_api: Api, ray_worker: Service) -> None:
+    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "nodes": RAY_CPUS + 1, "batch_size": 6}})
+    done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert done["status"] == "failed"
+    assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within 10 s "
+                             f"(SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
