@@ -18,6 +18,7 @@ Same interface as LocalLauncher, so the supervisor (worker/supervisor.py) decide
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -107,27 +108,33 @@ class RayLauncher:
         return status
 
     def poll(self) -> int | None:
-        """The exit status once the Ray job ended (STOPPED: stopped with a checkpoint), else None."""
+        """The exit status once the Ray job ended (STOPPED: stopped with a checkpoint), else None; RunLost if it
+        was lost."""
         if self.returncode is not None:
             return self.returncode
         status = self._reachable(lambda: self.client.get_job_status(self.submission_id))
         if status is None or not status.is_terminal():
             return None
-        self.refresh()  # its last lines
-        self.returncode = self._exit_status(status)
-        return self.returncode
+        return self._ended(status)
 
-    def _exit_status(self, status: JobStatus) -> int:
-        if status == JobStatus.SUCCEEDED:
-            return 0
-        if status == JobStatus.STOPPED:
-            return EXIT_STOPPED
+    def _ended(self, status: JobStatus) -> int:
+        """Keep the ended Ray job's last log lines and exit status; RunLost if it was lost."""
+        self.refresh()
         info = self.client.get_job_info(self.submission_id)
-        # No exit status: its driver was gone with its head or node; a negative one: killed by a signal that
-        # was not our stop (the OOM killer, a node shut down).
-        if info.driver_exit_code is None or info.driver_exit_code < 0:
-            raise RunLost(f"the Ray job {self.submission_id} was lost: {info.message}")
-        return info.driver_exit_code or 1
+        code = info.driver_exit_code
+        if status == JobStatus.SUCCEEDED:
+            self.returncode = 0
+        elif status == JobStatus.STOPPED:
+            self.returncode = EXIT_STOPPED
+        # No exit status: its driver was gone with its head or node; a negative one, or a shell's 128 + N: killed
+        # by a signal that was not our stop (the OOM killer, a node shut down). The trainer's own are 0-127.
+        elif code is None or not 0 <= code < 128:
+            self.returncode = -1
+            reason = (info.message or "").split(", last available logs")[0]
+            raise RunLost(f"the Ray job {self.submission_id} was lost ({reason})")
+        else:
+            self.returncode = code or 1
+        return self.returncode
 
     def _reachable(self, call: Any) -> Any:
         """call(), or None while the cluster does not answer, up to the outage window (then RunLost)."""
@@ -170,6 +177,6 @@ class RayLauncher:
             return
         self.ask_to_stop()
         status = self._reachable(lambda: self._wait_terminal(self.submission_id, wait))
-        if status is not None:
-            self.refresh()
-            self.returncode = self._exit_status(status)
+        if status is not None and status.is_terminal():
+            with contextlib.suppress(RunLost):  # it ended: how, poll says (a stop is no place to raise)
+                self._ended(status)

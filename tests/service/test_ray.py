@@ -87,7 +87,7 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def ray_env(service_env: dict[str, str], ray_head: str) -> dict[str, str]:
-    return {**service_env, "SAGAN_RAY_ADDRESS": ray_head, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "10",
+    return {**service_env, "SAGAN_RAY_ADDRESS": ray_head, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "30",
             "SAGAN_SHUTDOWN_SECONDS": "30"}
 
 
@@ -207,5 +207,23 @@ def test_a_job_larger_than_the_cluster_fails_saying_so_instead_of_waiting(
     job = ray_api.submit({"kind": "train", "config": {**CONFIG, "nodes": RAY_CPUS + 1, "batch_size": 6}})
     done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=180)
     assert done["status"] == "failed"
-    assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within 10 s "
+    assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within 30 s "
                              f"(SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
+
+
+def test_a_lost_ray_job_is_a_new_attempt_that_resumes_from_the_last_stored_checkpoint(
+        ray_api: Api, ray_worker: Service, ray_head: str) -> None:
+    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 400, "checkpoint_every": 20,
+                                                      "sample_every": 1000, "log_every": 10}})
+    wait_for(lambda: (ray_api.job(job["id"])["latest_checkpoint_step"] or 0) >= 20, 300, "a stored checkpoint")
+    # The driver killed as a lost node or head would take it: its Ray job ends without an exit status of its own.
+    for pid in pids_mentioning(f"worker.ray_job --job-id {job['id']}"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=500)
+    assert done["status"] == "succeeded", (done["error"], done["log_tail"])
+    assert done["attempt"] == 2 and done["resumed_from_step"] >= 20, done
+    assert [(info.submission_id, info.status) for info in ray_jobs_of(ray_head, job["id"])] == [
+        (f"sagan-{job['id']}-1", "FAILED"), (f"sagan-{job['id']}-2", "SUCCEEDED")]
+    steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
+    assert steps == list(range(10, 401, 10))
