@@ -11,7 +11,7 @@ OwnerOverLimit (429 with Retry-After), IdempotencyKeyReused (422 on the header),
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -72,9 +72,9 @@ class Submitter:
     principal: Principal
     idempotency_key: str | None = None
 
-    def train(self, config: Mapping[str, Any]) -> Submitted:
+    def train(self, config: dict[str, Any]) -> Submitted:
         """A training job of `config` (preset + overrides)."""
-        spec = validate_train_config(dict(config), data_roots=self.settings.allowed_data_roots)
+        spec = validate_train_config(config, data_roots=self.settings.allowed_data_roots)
         self._check_train(spec)
         return self._create("train", spec)
 

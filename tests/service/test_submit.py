@@ -106,7 +106,7 @@ def test_a_job_the_queue_did_not_take_is_withdrawn(session: Session, settings: S
     assert jobs.list_jobs(session) == []
     # A data set's build job waits for the reaper instead: the data set is there.
     _, job = submitter(session, settings).dataset(dataset_id="d" * 8, name="n", imsizes=None,
-                                                        upload_key="datasets/d/source/upload.zip")
+                                                  upload_key="datasets/d/source/upload.zip")
     assert jobs.get_job(session, job.id).status == "queued"
 
 
