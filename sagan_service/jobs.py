@@ -79,7 +79,8 @@ class OverLimit(Exception):
 def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_attempts: int,
                idempotency_key: str | None = None, owner: str = "local",
                limits: OwnerLimits | None = None) -> tuple[Job, bool]:
-    """Insert a queued job; with an idempotency key already used, return that job and False instead.
+    """Insert a queued job (its spec stored as spec.to_dict(), sagan_service.jobspec); with an idempotency key
+    already used, return that job and False instead.
     With `limits`, OverLimit instead while the owner is at one of them (a replay too: a client retrying at
     its limit waits like any other); the check and the insert are exact under concurrent POSTs.
 
@@ -117,7 +118,7 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
 def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[str, TrainConfig, str]],
                  max_attempts: int, idempotency_key: str | None = None, owner: str = "local",
                  limits: OwnerLimits | None = None) -> tuple[Job, bool]:
-    """Insert a sweep and its queued children, (arm, train spec, queue) each, all the owner's, in one
+    """Insert a sweep and its queued children, (arm, TrainConfig, queue) each, all the owner's, in one
     transaction; with an idempotency key already used, return that job and False instead. With `limits`,
     OverLimit instead while the children would take the owner past one (checked as create_job does). The
     caller sends the children."""
