@@ -37,6 +37,7 @@ from sagan_service.reaper import reap_once
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
 from sagan_service.storage import StoreUnavailable, open_store
+from sagan_service.submit import IdempotencyKeyReused, OwnerOverLimit
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(JobConflict, _conflict)
     app.add_exception_handler(SpecError, _invalid_spec)
+    app.add_exception_handler(IdempotencyKeyReused, _key_reused)
+    app.add_exception_handler(OwnerOverLimit, _over_owner_limit)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(StoreUnavailable, _store_down)
     app.add_exception_handler(QueueUnavailable, _queue_down)
@@ -180,6 +183,17 @@ async def _invalid_spec(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, SpecError)
     detail = [{"loc": ["body", *error.loc], "msg": str(error), "type": "value_error"}]
     return ErrorResponse({"detail": detail}, status_code=422)
+
+
+async def _key_reused(_request: Request, error: Exception) -> JSONResponse:
+    # Where FastAPI would put a fault in the Idempotency-Key header.
+    detail = [{"loc": ["header", "idempotency-key"], "type": "value_error", "msg": str(error)}]
+    return ErrorResponse({"detail": detail}, status_code=422)
+
+
+async def _over_owner_limit(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, OwnerOverLimit)
+    return JSONResponse({"detail": str(error)}, status_code=429, headers={"Retry-After": str(error.retry_after_s)})
 
 
 async def _database_down(request: Request, error: Exception) -> JSONResponse:

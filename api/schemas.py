@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from sagan_core.config import MAX_INT, EvalMetric, TrainConfig, config_warnings
+from sagan_service.jobspec import read_spec
 from sagan_service.models import Dataset, Job
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
@@ -174,7 +175,8 @@ class JobPublic(BaseModel):
             started_at=utc(job.started_at), finished_at=utc(job.finished_at), updated_at=utc(job.updated_at),
             parent_id=job.parent_id, arm=job.arm,
             children=None if children is None else [
-                SweepChild(id=child.id, arm=child.arm or "", seed=child.spec["seed"], status=child.status,
+                SweepChild(id=child.id, arm=child.arm or "", seed=read_spec("train", child.spec).seed,
+                           status=child.status,
                            progress=Progress(step=child.step, total_steps=child.total_steps),
                            best_eval=child.best_eval, error=child.error) for child in children])
 

@@ -1,6 +1,6 @@
 """Data sets of the service: their rows and every change to them, as jobs.py is for jobs.
 
-A data set is built by a job of kind "dataset" (spec {"dataset_id", "source", "imsizes"}), queued, leased,
+A data set is built by a job of kind "dataset" (its spec a jobspec.DatasetSpec), queued, leased,
 retried and cancelled like any job. Its row's status is queued until that job's process marks it running,
 then ready (with its counts) or failed (with the reason). A build job that fails or is cancelled before its
 process could say so leaves the row behind: its public status then follows the job (public_status).
@@ -9,12 +9,11 @@ Train, eval and sweep jobs name a data set `ds:<id>` (check_dataset_refs).
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from . import jobs
+from .jobspec import DatasetSpec
 from .models import Dataset, Job, utcnow
 from .specs import SpecError
 
@@ -26,20 +25,15 @@ class DatasetNotFound(LookupError):
     """No data set has this id (or it is another owner's)."""
 
 
-def dataset_job_spec(dataset_id: str, source: str, imsizes: list[int] | None) -> dict[str, Any]:
-    return {"dataset_id": dataset_id, "source": source, "imsizes": imsizes}
-
-
-def create_dataset(session: Session, *, dataset_id: str, owner: str, name: str, source: str,
-                   imsizes: list[int] | None, queue: str, max_attempts: int,
+def create_dataset(session: Session, *, spec: DatasetSpec, owner: str, name: str, queue: str, max_attempts: int,
                    limits: jobs.OwnerLimits | None = None) -> tuple[Dataset, Job]:
     """The data set's row and its queued build job (OverLimit as jobs.create_job says); the caller sends it.
     The job first: it is what the owner's limits admit."""
-    job, _ = jobs.create_job(session, kind="dataset", spec=dataset_job_spec(dataset_id, source, imsizes),
-                             queue=queue, max_attempts=max_attempts, owner=owner, limits=limits)
+    job, _ = jobs.create_job(session, kind="dataset", spec=spec, queue=queue, max_attempts=max_attempts,
+                             owner=owner, limits=limits)
     now = utcnow()
-    dataset = Dataset(id=dataset_id, owner=owner, name=name, status="queued", source=source, imsizes=imsizes,
-                      job_id=job.id, created_at=now, updated_at=now)
+    dataset = Dataset(id=spec.dataset_id, owner=owner, name=name, status="queued", source=spec.source,
+                      imsizes=spec.imsizes, job_id=job.id, created_at=now, updated_at=now)
     session.add(dataset)
     session.commit()
     return dataset, job

@@ -34,7 +34,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import ScalarSelect
 
+from sagan_core.config import TrainConfig
+
 from .db import run_and_commit
+from .jobspec import JobSpec, SweepSpec, read_spec
 from .models import TERMINAL, Artifact, Job, new_job_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -73,10 +76,11 @@ class OverLimit(Exception):
         self.owner, self.queued, self.running, self.adding, self.limits = owner, queued, running, adding, limits
 
 
-def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str, max_attempts: int,
+def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_attempts: int,
                idempotency_key: str | None = None, owner: str = "local",
                limits: OwnerLimits | None = None) -> tuple[Job, bool]:
-    """Insert a queued job; with an idempotency key already used, return that job and False instead.
+    """Insert a queued job (its spec stored as spec.to_dict(), sagan_service.jobspec); with an idempotency key
+    already used, return that job and False instead.
     With `limits`, OverLimit instead while the owner is at one of them (a replay too: a client retrying at
     its limit waits like any other); the check and the insert are exact under concurrent POSTs.
 
@@ -88,9 +92,9 @@ def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str,
             _check_limits(owner, active_counts(session, owner=owner, up_to=_up_to(limits)), 1, limits)
         return existing, False
     now = utcnow()
-    values = {"id": new_job_id(), "kind": kind, "spec": spec, "queue": queue, "max_attempts": max_attempts,
+    values = {"id": new_job_id(), "kind": kind, "spec": spec.to_dict(), "queue": queue, "max_attempts": max_attempts,
               "status": "queued", "owner": owner, "idempotency_key": key, "attempt": 0, "step": 0,
-              "cancel_requested": False, "total_steps": spec.get("steps"),
+              "cancel_requested": False, "total_steps": spec.steps if isinstance(spec, TrainConfig) else None,
               "dispatched_at": now,  # the caller sends it next
               "created_at": now, "updated_at": now}
     admission = limits or OwnerLimits(max_queued=_NO_LIMIT, max_running=_NO_LIMIT)
@@ -111,10 +115,10 @@ def create_job(session: Session, *, kind: str, spec: dict[str, Any], queue: str,
     return Job(**values), True
 
 
-def create_sweep(session: Session, *, spec: dict[str, Any], children: Sequence[tuple[str, dict[str, Any], str]],
+def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[str, TrainConfig, str]],
                  max_attempts: int, idempotency_key: str | None = None, owner: str = "local",
                  limits: OwnerLimits | None = None) -> tuple[Job, bool]:
-    """Insert a sweep and its queued children, (arm, train spec, queue) each, all the owner's, in one
+    """Insert a sweep and its queued children, (arm, TrainConfig, queue) each, all the owner's, in one
     transaction; with an idempotency key already used, return that job and False instead. With `limits`,
     OverLimit instead while the children would take the owner past one (checked as create_job does). The
     caller sends the children."""
@@ -127,14 +131,14 @@ def create_sweep(session: Session, *, spec: dict[str, Any], children: Sequence[t
         return existing, False
     now = utcnow()
     # Never sent to a queue: dispatched_at stays null and claim_job / take_stale_queued skip sweeps.
-    sweep = Job(id=new_job_id(), kind="sweep", spec=spec, queue="default", max_attempts=max_attempts,
+    sweep = Job(id=new_job_id(), kind="sweep", spec=spec.to_dict(), queue="default", max_attempts=max_attempts,
                 status="queued", owner=owner, idempotency_key=key, attempt=0, step=0, cancel_requested=False,
-                total_steps=sum(child["steps"] for _, child, _ in children))
+                total_steps=sum(child.steps for _, child, _ in children))
     # Ids made in one millisecond are not ordered: sorted, they list (and queue) the children in arm order.
     ids = sorted(new_job_id() for _ in children)
-    members = [Job(id=job_id, kind="train", spec=child, queue=queue, max_attempts=max_attempts, status="queued",
-                   owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0, cancel_requested=False,
-                   total_steps=child["steps"], dispatched_at=now)
+    members = [Job(id=job_id, kind="train", spec=child.to_dict(), queue=queue, max_attempts=max_attempts,
+                   status="queued", owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0,
+                   cancel_requested=False, total_steps=child.steps, dispatched_at=now)
                for job_id, (arm, child, queue) in zip(ids, children)]
     return _insert_once(session, [sweep, *members], key)
 
@@ -346,7 +350,7 @@ def best_held_out_eval(session: Session, job: Job) -> dict[str, Any] | None:
                                                      Job.spec["job_id"].as_string() == job.id)
              .order_by(Job.id.desc()))
     for spec, result in session.execute(query):
-        if spec.get("step") == job.best_eval["step"] and (result or {}).get("stream") == "held-out":
+        if read_spec("eval", spec).step == job.best_eval["step"] and (result or {}).get("stream") == "held-out":
             return result
     return None
 

@@ -8,11 +8,12 @@ over a limit is a SpecError (422) naming the field and the setting.
 from __future__ import annotations
 
 import math
-from typing import Any
 
+from sagan_core.config import TrainConfig
 from sagan_core.dataspec import BUILT_IN, parse_spec, synthetic_size
 from sagan_core.model_size import discriminator_size, generator_size, parameter_count
 
+from .jobspec import EvalSpec
 from .settings import Settings
 from .specs import SpecError
 
@@ -24,54 +25,54 @@ BYTES_PER_PARAMETER = 4 * 4
 BYTES_PER_ACTIVATION = 4 * 3
 
 
-def check_train_limits(config: dict[str, Any], settings: Settings) -> None:
-    """A validated training config (TrainConfig.to_dict()) against this deployment's limits."""
-    for field in ("g_conv_dim", "d_conv_dim"):
-        _at_most(config, field, settings.max_conv_dim, "SAGAN_MAX_CONV_DIM")
-    _at_most(config, "z_dim", settings.max_z_dim, "SAGAN_MAX_Z_DIM")
-    _at_most(config, "nproc", settings.worker_devices, "SAGAN_WORKER_DEVICES")
-    _at_most(config, "num_workers", settings.worker_cores, "SAGAN_WORKER_CORES")
-    _at_most(config, "steps", settings.max_steps, "SAGAN_MAX_STEPS")
+def check_train_limits(config: TrainConfig, settings: Settings) -> None:
+    """A validated training config against this deployment's limits."""
+    _at_most(config.g_conv_dim, "g_conv_dim", settings.max_conv_dim, "SAGAN_MAX_CONV_DIM")
+    _at_most(config.d_conv_dim, "d_conv_dim", settings.max_conv_dim, "SAGAN_MAX_CONV_DIM")
+    _at_most(config.z_dim, "z_dim", settings.max_z_dim, "SAGAN_MAX_Z_DIM")
+    _at_most(config.nproc, "nproc", settings.worker_devices, "SAGAN_WORKER_DEVICES")
+    _at_most(config.num_workers, "num_workers", settings.worker_cores, "SAGAN_WORKER_CORES")
+    _at_most(config.steps, "steps", settings.max_steps, "SAGAN_MAX_STEPS")
     _check_work(config, settings)
-    _at_most(config, "eval_n", settings.max_eval_n, "SAGAN_MAX_EVAL_N")
-    if config.get("center_crop") is not None:
-        _at_most(config, "center_crop", settings.max_center_crop, "SAGAN_MAX_CENTER_CROP")
-    check_dataset_size(config["dataset"], "config.dataset", settings)
-    if config.get("eval_dataset") is not None:
-        check_dataset_size(config["eval_dataset"], "config.eval_dataset", settings)
+    _at_most(config.eval_n, "eval_n", settings.max_eval_n, "SAGAN_MAX_EVAL_N")
+    if config.center_crop is not None:
+        _at_most(config.center_crop, "center_crop", settings.max_center_crop, "SAGAN_MAX_CENTER_CROP")
+    check_dataset_size(config.dataset, "config.dataset", settings)
+    if config.eval_dataset is not None:
+        check_dataset_size(config.eval_dataset, "config.eval_dataset", settings)
     need = estimate_training_bytes(config)
     if need > settings.max_job_memory_gb * GIB:
         raise SpecError("config.batch_size",
-                        f"batch_size: this model at batch size {config['batch_size']} needs an estimated "
+                        f"batch_size: this model at batch size {config.batch_size} needs an estimated "
                         f"{need / GIB:.1f} GiB per process, over this service's limit of "
                         f"{settings.max_job_memory_gb:g} GiB (SAGAN_MAX_JOB_MEMORY_GB); use a smaller batch, "
                         "width, z_dim or image size, or more processes (nproc)")
 
 
-def _check_work(config: dict[str, Any], settings: Settings) -> None:
+def _check_work(config: TrainConfig, settings: Settings) -> None:
     """What a run costs beyond its G steps: n_critic D steps each (SAGAN_MAX_STEPS bounds those too), and the
     samples of all its evaluations (step 0, every eval_every steps and the last: SAGAN_MAX_EVAL_SAMPLES)."""
-    d_steps = config["steps"] * config["n_critic"]
+    d_steps = config.steps * config.n_critic
     if d_steps > settings.max_steps:
-        raise SpecError("config.n_critic", f"n_critic: steps {config['steps']} x n_critic {config['n_critic']} = "
+        raise SpecError("config.n_critic", f"n_critic: steps {config.steps} x n_critic {config.n_critic} = "
                                            f"{d_steps} discriminator steps, over this service's limit of "
                                            f"{settings.max_steps} (SAGAN_MAX_STEPS)")
-    if config["eval_every"]:
-        evaluations = config["steps"] // config["eval_every"] + 2  # the untrained step 0 and the last, at most
-        samples = evaluations * config["eval_n"]
+    if config.eval_every:
+        evaluations = config.steps // config.eval_every + 2  # the untrained step 0 and the last, at most
+        samples = evaluations * config.eval_n
         if samples > settings.max_eval_samples:
             raise SpecError("config.eval_every",
-                            f"eval_every: {evaluations} evaluations of eval_n {config['eval_n']} samples = {samples} "
+                            f"eval_every: {evaluations} evaluations of eval_n {config.eval_n} samples = {samples} "
                             f"samples, over this service's limit of {settings.max_eval_samples} "
                             "(SAGAN_MAX_EVAL_SAMPLES); evaluate less often or on fewer samples")
 
 
-def check_eval_limits(spec: dict[str, Any], settings: Settings) -> None:
+def check_eval_limits(spec: EvalSpec, settings: Settings) -> None:
     """An eval job's resolved spec (sagan_service.specs.eval_job_spec): its sample count and data set."""
-    if spec["n"] > settings.max_eval_n:
-        raise SpecError("n", f"n: {spec['n']} is over this service's limit of {settings.max_eval_n} "
+    if spec.n > settings.max_eval_n:
+        raise SpecError("n", f"n: {spec.n} is over this service's limit of {settings.max_eval_n} "
                              "(SAGAN_MAX_EVAL_N)")
-    check_dataset_size(spec["dataset"], "dataset", settings)
+    check_dataset_size(spec.dataset, "dataset", settings)
 
 
 def check_dataset_size(spec: str, field: str, settings: Settings) -> None:
@@ -83,7 +84,7 @@ def check_dataset_size(spec: str, field: str, settings: Settings) -> None:
                                "images (SAGAN_MAX_SYNTHETIC_SIZE)")
 
 
-def estimate_training_bytes(config: dict[str, Any]) -> int:
+def estimate_training_bytes(config: TrainConfig) -> int:
     """A rough upper estimate of one training process's memory: parameters × 16 bytes (weights, gradients,
     Adam's moments, EMA) plus the images of its share of the batch × their activation elements × 12 bytes.
 
@@ -92,13 +93,14 @@ def estimate_training_bytes(config: dict[str, Any]) -> int:
     image and each attention map (N × N, or N × N/4 pooled) for one image; D sees real and fake (2 × the
     batch). A residual model whose num_classes is null (taken from the data set at start) is counted without
     class tables. seed64: 7.0 M parameters; paper128 with 1000 classes: 81.5 M."""
-    generator, discriminator = generator_size(config), discriminator_size(config)
-    per_rank = math.ceil(config["batch_size"] / config["nproc"])
+    values = config.to_dict()  # what sagan_core.model_size reads
+    generator, discriminator = generator_size(values), discriminator_size(values)
+    per_rank = math.ceil(config.batch_size / config.nproc)
     activations = generator.activations + 2 * discriminator.activations
-    return parameter_count(config) * BYTES_PER_PARAMETER + per_rank * activations * BYTES_PER_ACTIVATION
+    return parameter_count(values) * BYTES_PER_PARAMETER + per_rank * activations * BYTES_PER_ACTIVATION
 
 
-def _at_most(config: dict[str, Any], field: str, limit: int, setting: str) -> None:
-    if config[field] > limit:
-        raise SpecError(f"config.{field}", f"{field}: {config[field]} is over this service's limit of {limit} "
-                                           f"({setting})")
+def _at_most(value: int, field: str, limit: int, setting: str) -> None:
+    """A training config's `field` (its `value`) against `limit`; SpecError on config.<field>."""
+    if value > limit:
+        raise SpecError(f"config.{field}", f"{field}: {value} is over this service's limit of {limit} ({setting})")

@@ -20,6 +20,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sagan_core.config import TrainConfig
+
 from .jobs import (
     expired_leases,
     get_job,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from redis import Redis
     from sqlalchemy.orm import Session, sessionmaker
 
+    from .jobspec import JobSpec
     from .models import Job
     from .settings import Settings
     from .storage import ArtifactStore
@@ -92,12 +95,12 @@ def make_celery(settings: Settings, *, for_requests: bool = False) -> Celery:
     return app
 
 
-def queue_for(kind: str, spec: dict[str, Any]) -> str:
+def queue_for(spec: JobSpec) -> str:
     """Trainings over several machines go to `ray` (served by workers with SAGAN_RAY_ADDRESS), GPU-only jobs
     to `gpu`, CPU-only ones to `cpu`, the rest (device auto, sampling) to `default`."""
-    if kind == "train" and spec.get("nodes", 1) > 1:
+    if isinstance(spec, TrainConfig) and spec.nodes > 1:
         return "ray"
-    device = spec.get("device", "auto") if kind == "train" else "auto"
+    device = spec.device if isinstance(spec, TrainConfig) else "auto"
     return {"cuda": "gpu", "cpu": "cpu"}.get(device, "default")
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sagan_core.config import ConfigError, TrainConfig, build_config, saved_config
+from sagan_core.config import ConfigError, TrainConfig, build_config
 from sagan_core.dataspec import DatasetError, dataset_paths, read_locations
 from sagan_core.sweeps import SweepError, SweepRun, expand_sweep
+
+from .jobspec import EvalSpec
 
 
 class SpecError(ValueError):
@@ -20,8 +22,8 @@ class SpecError(ValueError):
         self.loc = loc if loc is not None else field.split(".")
 
 
-def validate_train_config(raw: dict[str, Any], *, data_roots: list[Path]) -> dict[str, Any]:
-    """The full config dict for a submitted config (preset + overrides), or SpecError.
+def validate_train_config(raw: dict[str, Any], *, data_roots: list[Path]) -> TrainConfig:
+    """The full config for a submitted config (preset + overrides), or SpecError.
 
     Neither torch nor the data set is touched: the data set's path is checked against the allowed
     roots (and that it exists), and the trainer opens it and names any broken file.
@@ -31,7 +33,7 @@ def validate_train_config(raw: dict[str, Any], *, data_roots: list[Path]) -> dic
     except ConfigError as error:
         raise SpecError(f"config.{error.field}", str(error)) from None
     _check_dataset(config, data_roots)
-    return config.to_dict()
+    return config
 
 
 def _check_dataset(config: TrainConfig, data_roots: list[Path]) -> None:
@@ -80,16 +82,16 @@ def _check_read_locations(spec: str, field: str, name: str, data_roots: list[Pat
                                    f"(SAGAN_DATA_ROOTS={','.join(map(str, data_roots))})")
 
 
-def eval_job_spec(source_config: dict[str, Any], *, job_id: str, step: int, dataset: str | None,
-                  metrics: list[str] | None, n: int | None, data_roots: list[Path]) -> dict[str, Any]:
-    """An eval job's spec: what it measures on the source training job's checkpoint at `step`; unset values
-    come from the source's config (its eval_* fields and seed), so results compare with its own evaluations."""
-    config = build_config(saved_config(source_config))
+def eval_job_spec(config: TrainConfig, *, job_id: str, step: int, dataset: str | None,
+                  metrics: list[str] | None, n: int | None, data_roots: list[Path]) -> EvalSpec:
+    """An eval job's spec: what it measures on the checkpoint at `step` of training job `job_id`, whose config
+    is `config`; unset values come from it (its eval_* fields and seed), so results compare with its own
+    evaluations."""
     if dataset is not None:
         check_dataset_spec(dataset, "dataset", data_roots)
-    return {"job_id": job_id, "step": step, "dataset": dataset or config.eval_dataset or config.dataset,
-            "metrics": metrics or config.eval_metrics, "n": n or config.eval_n, "seed": config.seed,
-            "imsize": config.imsize, "center_crop": config.center_crop, "resize_mode": config.resize_mode}
+    return EvalSpec(job_id=job_id, step=step, dataset=dataset or config.eval_dataset or config.dataset,
+                    metrics=metrics or config.eval_metrics, n=n or config.eval_n, seed=config.seed,
+                    imsize=config.imsize, center_crop=config.center_crop, resize_mode=config.resize_mode)
 
 
 def validate_sweep(*, base: dict[str, Any], axes: dict[str, Any] | None, arms: list[Any] | None,

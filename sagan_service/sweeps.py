@@ -18,6 +18,7 @@ from sagan_core.layout import sweep_run_name
 from sagan_core.studies import STUDIES
 
 from . import jobs
+from .jobspec import read_spec
 from .models import TERMINAL, Job
 from .storage import (
     ArtifactNotFound,
@@ -76,7 +77,7 @@ def build_sweep_report(session: Session, store: ArtifactStore, sweep: Job) -> tu
     runs = [run for child in children if (run := _run_record(session, store, child)) is not None]
     if not runs:
         raise NoRunsYet(f"no child of sweep {sweep.id} has trained yet")
-    study = STUDIES.get(sweep.spec.get("study") or "")
+    study = STUDIES.get(read_spec("sweep", sweep.spec).study or "")
     title = f"{study.name} study: sweep {sweep.id}" if study else f"sweep {sweep.id}"
     done = sum(child.status in TERMINAL for child in children)
     status = f"Sweep {sweep.status}: {done} of {len(children)} runs finished"
@@ -96,7 +97,8 @@ def _run_record(session: Session, store: ArtifactStore, child: Job) -> RunRecord
         return None
     grids = jobs.list_artifacts(session, job_id=child.id, kind="sample")
     last = grids[-1] if grids else None
-    return RunRecord(name=sweep_run_name(child.arm or child.id, child.spec["seed"]), config=child.spec,
+    seed = read_spec("train", child.spec).seed
+    return RunRecord(name=sweep_run_name(child.arm or child.id, seed), config=child.spec,
                      metrics=metrics, evals=_jsonl(store, evals_key(child.id)),
                      final_grid=_bytes(store, last.key) if last else None,
                      final_grid_step=last.step if last else None, real_grid=_bytes(store, real_grid_key(child.id)))

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -20,16 +20,15 @@ from api.deps import (
     in_thread,
     in_thread_of,
 )
-from api.routes.jobs import _object_response, _owner_limits
+from api.responses import object_response
 from api.schemas import DatasetCreate, DatasetList, DatasetPublic
 from sagan_service import datasets
 from sagan_service.limits import GIB
 from sagan_service.models import Dataset, Job, new_job_id
-from sagan_service.queue import QueueUnavailable, dispatch
-from sagan_service.specs import SpecError, check_dataset_spec
+from sagan_service.specs import SpecError
 from sagan_service.storage import dataset_prefix, dataset_preview_key
+from sagan_service.submit import OwnerOverLimit, Submitter
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 # What an upload may be, by its file name; the dataset job reads it by its content.
 ARCHIVE_SUFFIXES = {".zip": "upload.zip", ".tar": "upload.tar", ".tar.gz": "upload.tar.gz", ".tgz": "upload.tar.gz"}
@@ -47,40 +46,28 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
     """Add a data set: upload an archive (multipart `file` and `name`, at most SAGAN_MAX_UPLOAD_GB: 413
     beyond) or name one where it lies (JSON). 201 at once, queued: a dataset job validates and packs it."""
     dataset_id = new_job_id()
+    submitter = Submitter(session, settings, celery, principal)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         name, archive = await _receive_upload(request, settings.max_upload_gb)
+        key = f"{dataset_prefix(dataset_id)}source/{_archive_name(archive)}"
         try:
-            key = f"{dataset_prefix(dataset_id)}source/{_archive_name(archive)}"
             archive.file.seek(0)
             await run_in_threadpool(store.put_fileobj, key, archive.file)
         finally:
             archive.file.close()
-        source, imsizes = f"upload:{key}", None
-    else:
-        body = _json_body(await _read_limited(request, settings.max_body_bytes))
-        name, source, imsizes = body.name, body.source, body.imsizes
-        if not source.startswith("s3://"):
-            check_dataset_spec(source, "source", settings.allowed_data_roots)
-    try:
-        return await run_in_threadpool(_create, request, session, settings, celery, principal.name, dataset_id,
-                                       name, source, imsizes)
-    except HTTPException:  # over the owner's limits (429): no data set, so no archive either
-        if source.startswith("upload:"):
+        try:
+            return await run_in_threadpool(_create, request, session, partial(
+                submitter.dataset, dataset_id=dataset_id, name=name, imsizes=None, upload_key=key))
+        except OwnerOverLimit:  # no data set, so no archive either
             await run_in_threadpool(store.delete_prefix, dataset_prefix(dataset_id))
-        raise
+            raise
+    body = _json_body(await _read_limited(request, settings.max_body_bytes))
+    return await run_in_threadpool(_create, request, session, partial(
+        submitter.dataset, dataset_id=dataset_id, name=body.name, imsizes=body.imsizes, source=body.source))
 
 
-def _create(request: Request, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: str,
-            dataset_id: str, name: str, source: str, imsizes: list[int] | None) -> DatasetPublic:
-    with _owner_limits(settings) as limits:
-        dataset, job = datasets.create_dataset(session, dataset_id=dataset_id, owner=owner, name=name,
-                                               source=source, imsizes=imsizes, queue="default",
-                                               max_attempts=settings.max_attempts, limits=limits)
-    log.info("data set %s (%s) submitted by %s: job %s", dataset.id, source, owner, job.id)
-    try:
-        dispatch(celery, job)
-    except QueueUnavailable:  # the reaper sends a queued job whose message was lost again
-        log.exception("could not send dataset job %s to the queue; the reaper sends it later", job.id)
+def _create(request: Request, session: SessionDep, submit: Callable[[], tuple[Dataset, Job]]) -> DatasetPublic:
+    dataset, job = submit()
     return _public(request, session, dataset, job)
 
 
@@ -175,7 +162,7 @@ def get_preview(dataset_id: str, session: SessionDep, store: StoreDep, owner: Ow
     key = dataset_preview_key(_lookup(session, dataset_id, owner).id)
     if not store.exists(key):
         raise HTTPException(404, f"data set {dataset_id} has no preview yet")
-    return _object_response(store, key, "image/png")
+    return object_response(store, key, "image/png")
 
 
 @router.delete("/{dataset_id}", status_code=204, response_class=Response)

@@ -12,8 +12,10 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from sagan_core.config import make_config
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.jobspec import SweepSpec
 from sagan_service.migrate import downgrade, upgrade
 from sagan_service.models import Base, utcnow
 
@@ -27,7 +29,7 @@ def session(tmp_path: Path) -> Session:
 
 
 def new_job(session: Session, **kwargs) -> str:
-    job, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+    job, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=2,
                                    **kwargs)
     assert created
     return job.id
@@ -106,7 +108,7 @@ def test_checkpoint_pointer_only_moves_forward(session: Session) -> None:
 
 def test_idempotency_key_returns_the_first_job(session: Session) -> None:
     first = new_job(session, idempotency_key="abc")
-    job, created = jobs.create_job(session, kind="train", spec={}, queue="default", max_attempts=2,
+    job, created = jobs.create_job(session, kind="train", spec=make_config(), queue="default", max_attempts=2,
                                    idempotency_key="abc")
     assert (job.id, created) == (first, False)
 
@@ -154,7 +156,7 @@ def test_a_job_that_never_reached_the_queue_is_withdrawn_with_its_idempotency_ke
     """The client got a 503, not this job: no list shows it, and its retry with the same key makes a new one."""
     first = new_job(session, idempotency_key="k")
     jobs.withdraw_unsent(session, job_id=first)
-    job, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+    job, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=2,
                                    idempotency_key="k")
     assert created and job.id != first
     with pytest.raises(jobs.JobNotFound):
@@ -167,11 +169,12 @@ def test_a_job_that_never_reached_the_queue_is_withdrawn_with_its_idempotency_ke
 
 
 def test_a_sweep_none_of_whose_children_was_sent_is_withdrawn_whole(session: Session) -> None:
-    sweep, _ = jobs.create_sweep(session, spec={}, children=[("a", {"steps": 1}, "cpu"), ("b", {"steps": 1}, "cpu")],
+    sweep, _ = jobs.create_sweep(session, spec=SweepSpec(), children=[("a", make_config(steps=1), "cpu"),
+                                                              ("b", make_config(steps=1), "cpu")],
                                  max_attempts=1, idempotency_key="s")
     jobs.withdraw_unsent(session, job_id=sweep.id)
     assert jobs.list_jobs(session, limit=10) == []  # neither the sweep nor a child is left
-    _, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+    _, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=2,
                                    idempotency_key="s")
     assert created
 
@@ -230,13 +233,13 @@ def test_another_owners_job_is_not_found_and_admins_see_all(session: Session) ->
     jobs.claim_job(session, job_id=alice, worker_id="w", lease_seconds=30)
     assert jobs.active_counts(session, owner="alice", up_to=5) == {"queued": 0, "running": 1}
     for _ in range(3):
-        jobs.create_job(session, kind="train", spec={"steps": 1}, queue="cpu", max_attempts=1, owner="alice")
+        jobs.create_job(session, kind="train", spec=make_config(steps=1), queue="cpu", max_attempts=1, owner="alice")
     assert jobs.active_counts(session, owner="alice", up_to=2) == {"queued": 2, "running": 1}  # counted up to 2
 
 
 def test_idempotency_keys_are_per_owner(session: Session) -> None:
     first = new_job(session, owner="alice", idempotency_key="k")
-    again, created = jobs.create_job(session, kind="train", spec={"steps": 10}, queue="default", max_attempts=2,
+    again, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=2,
                                      idempotency_key="k", owner="alice")
     assert (again.id, created) == (first, False)
     assert new_job(session, owner="bob", idempotency_key="k") != first
@@ -284,12 +287,12 @@ def test_create_job_admits_within_the_owner_limits_and_replays_a_key(any_session
     # On PostgreSQL the lock, counts and insert go in one pipelined round trip (db.run_and_commit); on SQLite
     # one by one: the same rows, the same refusals.
     session, limits = any_session, jobs.OwnerLimits(max_queued=2, max_running=1)
-    spec = {"steps": 7, "rate": 0.5, "nested": {"list": [1, 2]}}
+    spec = make_config(steps=7, g_lr=0.5, g_attention=[8, 16])
     first, created = jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
                                      idempotency_key="k", limits=limits)
     assert created and first.status == "queued" and first.total_steps == 7
     stored = jobs.get_job(session, first.id)
-    assert (stored.spec, stored.queue, stored.owner, stored.max_attempts, stored.attempt) == (spec, "cpu", "carol", 3, 0)
+    assert (stored.spec, stored.queue, stored.owner, stored.max_attempts, stored.attempt) == (spec.to_dict(), "cpu", "carol", 3, 0)
     assert stored.created_at is not None and stored.dispatched_at is not None
     again, created = jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
                                      idempotency_key="k", limits=limits)
@@ -317,6 +320,6 @@ def test_a_database_error_in_the_one_trip_insert_is_sqlalchemys(any_session: Ses
     session = any_session
     assert session.get_bind().dialect.driver in ("pysqlite", "psycopg")  # psycopg: the pipelined path
     with pytest.raises(IntegrityError):  # max_attempts is NOT NULL
-        jobs.create_job(session, kind="train", spec={}, queue="cpu", max_attempts=None, owner="erin")  # type: ignore[arg-type]
+        jobs.create_job(session, kind="train", spec=make_config(), queue="cpu", max_attempts=None, owner="erin")  # type: ignore[arg-type]
     session.rollback()
-    assert jobs.create_job(session, kind="train", spec={}, queue="cpu", max_attempts=1, owner="erin")[1]
+    assert jobs.create_job(session, kind="train", spec=make_config(), queue="cpu", max_attempts=1, owner="erin")[1]

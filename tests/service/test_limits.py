@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sagan_core.config import make_config
+from sagan_service.jobspec import EvalSpec
 from sagan_service.limits import BYTES_PER_PARAMETER, GIB, check_eval_limits, estimate_training_bytes
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
@@ -30,10 +31,10 @@ from tests.service.conftest import (
 def test_the_memory_estimate_follows_the_preset(preset: str, gib: float) -> None:
     from sagan_core import build_models
 
-    config = make_config(preset).to_dict()
+    config = make_config(preset)
     # Each preset's own networks (a residual one without class tables while num_classes is null): every
     # trainable parameter is in the estimate, and the whole estimate is this preset's, not another's.
-    generator, discriminator = build_models(preset, num_classes=config["num_classes"] or 0)
+    generator, discriminator = build_models(preset, num_classes=config.num_classes or 0)
     counted = sum(p.numel() for model in (generator, discriminator) for p in model.parameters())
     need = estimate_training_bytes(config)
     assert need > counted * BYTES_PER_PARAMETER
@@ -198,9 +199,10 @@ def test_the_maximum_run_time_ends_a_run_with_a_checkpoint(tmp_path: Path) -> No
 
 def test_eval_job_limits(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, max_eval_n=100, max_synthetic_size=1000)
-    spec = {"job_id": "x", "step": 10, "dataset": "synthetic:64", "metrics": ["swd"], "n": 100, "seed": 0}
+    spec = EvalSpec(job_id="x", step=10, dataset="synthetic:64", metrics=["swd"], n=100, seed=0, imsize=32,
+                    center_crop=None)
     check_eval_limits(spec, settings)
     for changed, field in (({"n": 101}, "n"), ({"dataset": "shapes:1001"}, "dataset")):
         with pytest.raises(SpecError) as refused:
-            check_eval_limits({**spec, **changed}, settings)
+            check_eval_limits(spec.model_copy(update=changed), settings)
         assert refused.value.field == field and "SAGAN_MAX_" in str(refused.value)

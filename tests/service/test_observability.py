@@ -84,7 +84,7 @@ def test_json_log_lines_carry_the_job_id(tmp_path: Path) -> None:
             return [line for line in lines if line.get("job_id") == job["id"]]
 
         # The API's line (submitted) and the worker's (the supervisor settling the attempt).
-        lines = wait_for(lambda: (found := lines_of_the_job()) and {"api.routes.jobs", "worker.supervisor"}
+        lines = wait_for(lambda: (found := lines_of_the_job()) and {"sagan_service.submit", "worker.supervisor"}
                          <= {line["logger"] for line in found} and found, 30, "the job's log lines")
         assert all({"time", "level", "message", "process"} <= set(line) for line in lines)
         job_json = tmp_path / "home" / "artifacts" / "jobs" / job["id"] / "job.json"

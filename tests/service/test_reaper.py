@@ -46,7 +46,7 @@ class Stack:
 
     def submit(self, config: dict[str, Any], *, send: bool = True) -> str:
         spec = validate_train_config({**TINY, **config}, data_roots=[])
-        queue = {"cuda": "gpu", "cpu": "cpu"}.get(spec["device"], "default")
+        queue = {"cuda": "gpu", "cpu": "cpu"}.get(spec.device, "default")
         with self.sessions() as session:
             job, _ = jobs.create_job(session, kind="train", spec=spec, queue=queue, max_attempts=3)
         if send:
