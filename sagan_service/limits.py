@@ -31,6 +31,9 @@ def check_train_limits(config: TrainConfig, settings: Settings) -> None:
     _at_most(config.d_conv_dim, "d_conv_dim", settings.max_conv_dim, "SAGAN_MAX_CONV_DIM")
     _at_most(config.z_dim, "z_dim", settings.max_z_dim, "SAGAN_MAX_Z_DIM")
     _at_most(config.nproc, "nproc", settings.worker_devices, "SAGAN_WORKER_DEVICES")
+    if config.nodes > 1 and settings.ray_address is None:
+        raise SpecError("config.nodes", f"nodes: {config.nodes} machines need a Ray cluster, and this service has "
+                                        "none (SAGAN_RAY_ADDRESS is not set); use nodes: 1")
     _at_most(config.num_workers, "num_workers", settings.worker_cores, "SAGAN_WORKER_CORES")
     _at_most(config.steps, "steps", settings.max_steps, "SAGAN_MAX_STEPS")
     _check_work(config, settings)
@@ -95,7 +98,7 @@ def estimate_training_bytes(config: TrainConfig) -> int:
     class tables. seed64: 7.0 M parameters; paper128 with 1000 classes: 81.5 M."""
     values = config.to_dict()  # what sagan_core.model_size reads
     generator, discriminator = generator_size(values), discriminator_size(values)
-    per_rank = math.ceil(config.batch_size / config.nproc)
+    per_rank = math.ceil(config.batch_size / (config.nproc * config.nodes))
     activations = generator.activations + 2 * discriminator.activations
     return parameter_count(values) * BYTES_PER_PARAMETER + per_rank * activations * BYTES_PER_ACTIVATION
 

@@ -32,6 +32,7 @@ from typing import Any
 from sagan_core.dataspec import IMAGE_EXTENSIONS
 from sagan_service import datasets
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.jobspec import DatasetSpec
 from sagan_service.limits import GIB
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError, check_dataset_spec
@@ -56,10 +57,10 @@ class DatasetJobError(Exception):
     """Why the data set cannot be built, in plain words."""
 
 
-def command(dataset_id: str, spec: dict[str, Any], workdir: Path) -> list[str]:
-    """The supervisor's command line for the dataset job of `spec` (sagan_service.datasets.dataset_job_spec)."""
-    imsizes = ["--imsizes", ",".join(map(str, spec["imsizes"]))] if spec.get("imsizes") else []
-    return [sys.executable, "-m", "worker.dataset_job", "--dataset-id", dataset_id, "--source", spec["source"],
+def command(spec: DatasetSpec, workdir: Path) -> list[str]:
+    """The supervisor's command line for a dataset job (sagan_service.jobspec.DatasetSpec)."""
+    imsizes = ["--imsizes", ",".join(map(str, spec.imsizes))] if spec.imsizes else []
+    return [sys.executable, "-m", "worker.dataset_job", "--dataset-id", spec.dataset_id, "--source", spec.source,
             *imsizes, "--workdir", str(workdir / "dataset")]
 
 

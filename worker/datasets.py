@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
+from sagan_core.config import TrainConfig
 from sagan_core.dataspec import dataset_id, is_remote, parse_spec, s3_location
+from sagan_service.jobspec import EvalSpec, JobSpec
 from sagan_service.settings import Settings
 from sagan_service.storage import ArtifactStore, S3Store, packed_prefix
 
-# The fields of a job's spec that name data sets, by job kind.
-DATASET_FIELDS = {"train": ("dataset", "eval_dataset"), "eval": ("dataset",)}
 in_store = is_remote  # a set in a store, not a path on this machine
+S = TypeVar("S", bound=JobSpec)
 
 
 def packed_location(dataset: str, imsize: int, *, store: ArtifactStore,
@@ -37,19 +38,24 @@ def packed_location(dataset: str, imsize: int, *, store: ArtifactStore,
     return other, prefix
 
 
-def resolve_dataset_specs(spec: dict[str, Any], kind: str, *, store: ArtifactStore, settings: Settings,
-                          open_set: Callable[[ArtifactStore, str], Path]) -> dict[str, Any]:
+def dataset_fields(spec: JobSpec) -> dict[str, str]:
+    """The data sets a job's spec names, by field (a training's `dataset` and `eval_dataset`, an eval's
+    `dataset`); none for the other kinds."""
+    names = ("dataset", "eval_dataset") if isinstance(spec, TrainConfig) else ("dataset",) if isinstance(
+        spec, EvalSpec) else ()
+    return {name: value for name in names if (value := getattr(spec, name)) is not None}
+
+
+def resolve_dataset_specs(spec: S, *, store: ArtifactStore, settings: Settings,
+                          open_set: Callable[[ArtifactStore, str], Path]) -> S:
     """A copy of a job's spec whose data sets in a store name their local copies: `open_set(store, prefix)`
     brings one into the cache and returns its directory (the supervisor holds it there until the attempt
     ends). One set named by two fields is opened once."""
-    resolved = dict(spec)
+    resolved: dict[str, str] = {}
     opened: dict[str, str] = {}
-    for field in DATASET_FIELDS.get(kind, ()):
-        dataset = spec.get(field)
-        if dataset is None:
-            continue
+    for field, dataset in dataset_fields(spec).items():
         if dataset not in opened:
-            location = packed_location(dataset, spec["imsize"], store=store, settings=settings)
+            location = packed_location(dataset, spec.imsize, store=store, settings=settings)  # type: ignore[union-attr]
             opened[dataset] = dataset if location is None else f"packed:{open_set(*location)}"
         resolved[field] = opened[dataset]
-    return resolved
+    return spec.model_copy(update=resolved)

@@ -12,12 +12,13 @@ import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sagan_core import layout
-from sagan_core.config import saved_config
+from sagan_core.config import TrainConfig
 from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
+from sagan_service.jobspec import EvalSpec, JobSpec
 from sagan_service.storage import (
     ArtifactNotFound,
     ArtifactStore,
@@ -53,15 +54,14 @@ def restore_run(store: ArtifactStore, fetch: Fetch, job_id: str, step: int, out:
         (out / name).write_text("".join(line + "\n" for line in kept))
 
 
-def evaluation_stats(kind: str, spec: dict[str, Any], inception_weights: Path | None) -> list[StatsKey]:
+def evaluation_stats(spec: JobSpec, inception_weights: Path | None) -> list[StatsKey]:
     """The real-statistics cache entries a job's evaluations read. A missing or wrong Inception weights file
     fails the job here, once, with the message that says what to do (InceptionWeightsError)."""
-    spec = saved_config(spec)  # a job stored before resize_mode existed squashes
-    if kind == "eval":
-        metrics, dataset, n = spec["metrics"], spec["dataset"], spec["n"]
+    if isinstance(spec, EvalSpec):
+        metrics, dataset, n = spec.metrics, spec.dataset, spec.n
         stream = "held-out"  # `sagan eval`'s default
-    elif kind == "train" and spec.get("eval_every", 0) > 0:
-        metrics, dataset, n = spec["eval_metrics"], spec["eval_dataset"] or spec["dataset"], spec["eval_n"]
+    elif isinstance(spec, TrainConfig) and spec.eval_every > 0:
+        metrics, dataset, n = spec.eval_metrics, spec.eval_dataset or spec.dataset, spec.eval_n
         stream = "selection"
     else:
         return []
@@ -69,8 +69,8 @@ def evaluation_stats(kind: str, spec: dict[str, Any], inception_weights: Path | 
     if set(metrics) & INCEPTION_METRICS:
         weights = resolve_inception_weights(inception_weights)
         inception = (weights.backbone, weights.sha256)
-    return list(stats_keys(metrics, dataset=dataset, imsize=spec["imsize"], center_crop=spec["center_crop"],
-                           resize_mode=spec["resize_mode"], n=n, inception=inception, stream=stream).values())
+    return list(stats_keys(list(metrics), dataset=dataset, imsize=spec.imsize, center_crop=spec.center_crop,
+                           resize_mode=spec.resize_mode, n=n, inception=inception, stream=stream).values())
 
 
 def fetch_stats(store: ArtifactStore, fetch: Fetch, entries: list[StatsKey], stats_dir: Path) -> None:

@@ -26,8 +26,10 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from sagan_core import layout
+from sagan_core.config import TrainConfig
 from sagan_core.metrics.runs import best_eval, read_jsonl
 from sagan_service import jobs
+from sagan_service.jobspec import read_spec
 from sagan_service.logs import JOB_ID
 from sagan_service.models import Job
 from sagan_service.settings import Settings
@@ -66,7 +68,10 @@ class Outbox:
         self.job, self.store, self.sessions, self.worker_id = job, store, sessions, worker_id
         self.folder, self.run_dir, self.log_path, self.stats_dir = folder, run_dir, log_path, stats_dir
         self.interval = settings.heartbeat_seconds
-        self.keep = job.spec.get("keep_checkpoints") if job.kind == "train" else None
+        spec = read_spec(job.kind, job.spec)
+        self.keep = spec.keep_checkpoints if isinstance(spec, TrainConfig) else None
+        # What picks a training's best evaluation (its first metric); an eval job's result has no best.
+        self.eval_metrics = spec.eval_metrics if isinstance(spec, TrainConfig) else None
         self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
         self.db_outage = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
         self.items: queue.Queue[Any] = queue.Queue()
@@ -189,7 +194,7 @@ class Outbox:
         if size == 0 or (size == self.recorded_evals_size and not checkpoint_committed):
             return
         records = read_jsonl(path)
-        best = best_eval(records, self.job.spec.get("eval_metrics", [])) if self.job.kind == "train" else None
+        best = best_eval(records, self.eval_metrics) if self.eval_metrics is not None else None
 
         def record() -> None:
             with self.sessions() as session:

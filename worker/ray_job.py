@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError
@@ -22,9 +21,10 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from sagan_core.config import build_config, saved_config
+from sagan_core.config import TrainConfig
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.jobspec import read_spec
 from sagan_service.settings import Settings
 
 from .ray_rank import StopSwitch, rank_main
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-switch", required=True, help="name of the StopSwitch actor to create")
     args = parser.parse_args(argv)
     settings = Settings()
-    config = build_config(saved_config(_job_spec(settings, args.job_id)))
+    config = _job_config(settings, args.job_id)
     ray.init()
     workers = config.nodes * config.nproc
     resources = {"GPU": 1} if config.device == "cuda" else {"CPU": 1}
@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     return int(result.return_value)
 
 
-def _job_spec(settings: Settings, job_id: str) -> dict[str, Any]:
+def _job_config(settings: Settings, job_id: str) -> TrainConfig:
     engine = make_engine(settings.database, pooled=False, timeout_s=settings.statement_timeout_seconds)
     try:
         with make_session_factory(engine)() as session:
-            return jobs.get_job(session, job_id).spec
+            return read_spec("train", jobs.get_job(session, job_id).spec)
     finally:
         engine.dispose()
 

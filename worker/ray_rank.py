@@ -23,9 +23,9 @@ import ray
 import ray.train
 
 from sagan_core import train as trainer
-from sagan_core.config import build_config, saved_config
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.jobspec import read_spec
 from sagan_service.limits import GIB
 from sagan_service.logs import job_context
 from sagan_service.models import Job
@@ -84,9 +84,9 @@ class RankRun:
             step = self.job.latest_checkpoint_step
             if step is not None:
                 restore_run(self.store, self.fetch, self.job.id, step, self.out, series=self.rank == 0)
-            spec = resolve_dataset_specs(self.job.spec, "train", store=self.store, settings=self.settings,
-                                         open_set=self.open_packed)
-            fetch_stats(self.store, self.fetch, evaluation_stats("train", spec, self.settings.inception_weights),
+            spec = resolve_dataset_specs(read_spec("train", self.job.spec), store=self.store,
+                                         settings=self.settings, open_set=self.open_packed)
+            fetch_stats(self.store, self.fetch, evaluation_stats(spec, self.settings.inception_weights),
                         self.stats_dir)
             os.environ["SAGAN_STATS_CACHE"] = str(self.stats_dir)  # what the trainer's evaluator reads
             if self.settings.inception_weights is not None:
@@ -95,7 +95,7 @@ class RankRun:
                 outbox = Outbox(self.job, self.settings, self.store, self.sessions, self.worker_id,
                                 self.workdir / "outbox", self.out, None, self.stats_dir)
             with Harvesting(self.out, outbox, step, self.settings.poll_seconds):
-                status = trainer.run(lambda: build_config(saved_config(spec)), self.out, resume=step is not None,
+                status = trainer.run(lambda: spec, self.out, resume=step is not None,
                                      hold_checkpoints=outbox is not None, stop_requested=self.switch.is_set)
             if outbox is not None and not outbox.drain(float("inf")):  # it gives up past the outage window
                 raise RuntimeError(f"the artifacts could not be stored: {outbox.error}")

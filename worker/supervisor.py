@@ -37,11 +37,12 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from sagan_core import layout
-from sagan_core.config import saved_config
+from sagan_core.config import TrainConfig
 from sagan_core.exits import EXIT_STOPPED
 from sagan_core.launch import training_launch
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.jobspec import DatasetSpec, EvalSpec, JobSpec, SampleSpec, read_spec
 from sagan_service.limits import GIB
 from sagan_service.logs import job_context
 from sagan_service.models import TERMINAL, Job
@@ -60,7 +61,7 @@ from sagan_service.sweeps import store_report_if_finished
 
 from . import dataset_job
 from .data_cache import DataCache
-from .datasets import DATASET_FIELDS, in_store, resolve_dataset_specs
+from .datasets import dataset_fields, in_store, resolve_dataset_specs
 from .harvest import Harvester, evaluation_stats, fetch_stats, restore_run
 from .heartbeat import Heartbeat, LeaseLost
 from .launcher import Launcher, LocalLauncher, RunLost
@@ -147,14 +148,14 @@ class Attempt:
         # Real-data statistics shared through the store (stats/<entry>): the ones there are fetched before
         # the job starts; the outbox stores new ones.
         self.stats_dir = workdir / "stats"
-        # The spec the job runs with: its data sets in a store replaced by their copies in the data cache,
-        # which `held` keeps in use (never evicted) until the attempt ends.
-        self.run_spec: dict[str, Any] = job.spec
+        # The job's spec, typed (read in `run`, where a row that is no valid spec fails the job). It runs with
+        # its data sets in a store replaced by their copies in the data cache, which `held` keeps in use (never
+        # evicted) until the attempt ends.
+        self.spec: JobSpec | None = None
         self.held = contextlib.ExitStack()
         self.progress: dict[str, Any] = {}
         self.launcher: Launcher | None = None
-        # A training with nodes > 1, or any training on a worker set to SAGAN_LAUNCHER=ray, runs on Ray.
-        self.on_ray = job.kind == "train" and (settings.launcher == "ray" or job.spec.get("nodes", 1) > 1)
+        self.on_ray = False  # a training with nodes > 1, or any training where SAGAN_LAUNCHER=ray: see `run`
         self.outbox: Outbox | None = None
         self.heartbeat = Heartbeat(session_factory, job.id, worker_id, settings, self.database)
         self.stopping_since: float | None = None  # when the graceful stop began
@@ -165,13 +166,15 @@ class Attempt:
         try:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
+                self.spec = spec = read_spec(self.job.kind, self.job.spec)
+                self.on_ray = isinstance(spec, TrainConfig) and (self.settings.launcher == "ray" or spec.nodes > 1)
                 self.outbox = Outbox(self.job, self.settings, self.store, self.sessions, self.worker_id,
                                      self.workdir / "outbox", self.out, self.log_path, self.stats_dir)
                 # A sample job's one grid is taken at the end, an eval's result is a series; on Ray, rank 0
                 # takes its files itself.
-                if self.job.kind == "train" and not self.on_ray:
+                if isinstance(spec, TrainConfig) and not self.on_ray:
                     self.harvester = Harvester(self.out, self.outbox, self.job.resumed_from_step)
-                command = self.prepare()
+                command = self.prepare(spec)
                 if self.worker_stopping():
                     status = HANDED_BACK
                 else:
@@ -207,54 +210,58 @@ class Attempt:
 
     # -- preparing and launching -------------------------------------------------------------
 
-    def check_data_roots(self) -> None:
+    def check_data_roots(self, spec: JobSpec) -> None:
         """The job's data sets against this worker's SAGAN_DATA_ROOTS, as the API checked them at submission:
         a link may have been made or changed since, and this is the machine that opens them."""
-        spec = self.job.spec
-        for field in DATASET_FIELDS.get(self.job.kind, ()):
-            if spec.get(field) is not None and not in_store(spec[field]):  # a store's set is no path here
-                check_dataset_spec(spec[field], f"config.{field}" if self.job.kind == "train" else field,
+        for field, dataset in dataset_fields(spec).items():
+            if not in_store(dataset):  # a store's set is no path here
+                check_dataset_spec(dataset, f"config.{field}" if isinstance(spec, TrainConfig) else field,
                                    self.settings.allowed_data_roots)
 
-    def prepare(self) -> list[str]:
+    def prepare(self, spec: JobSpec) -> list[str]:
         """Write the inputs into the work directory and return the command to run (none on Ray: its ranks
         bring their data sets, statistics and checkpoint to their own machines)."""
         self.continue_log()
-        self.check_data_roots()
+        self.check_data_roots(spec)
         if self.on_ray:
             if self.settings.ray_address is None:
                 raise ValueError("this job runs on Ray (nodes > 1 or SAGAN_LAUNCHER=ray) but this worker has no "
                                  "SAGAN_RAY_ADDRESS")
             return []
         # Before fetch_stats: a packed set's statistics are keyed by its index, read from the local copy.
-        self.run_spec = spec = resolve_dataset_specs(self.job.spec, self.job.kind, store=self.store,
-                                                     settings=self.settings, open_set=self.open_packed)
-        self.fetch_stats()
-        if self.job.kind == "dataset":
-            return dataset_job.command(spec["dataset_id"], spec, self.workdir)
-        if self.job.kind == "eval":
-            checkpoint = self.workdir / "model.pt"
-            self.from_store(lambda: self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint))
+        spec = resolve_dataset_specs(spec, store=self.store, settings=self.settings, open_set=self.open_packed)
+        self.fetch_stats(spec)
+        if isinstance(spec, DatasetSpec):
+            return dataset_job.command(spec, self.workdir)
+        if isinstance(spec, EvalSpec):
+            checkpoint = self.fetch_checkpoint(spec.job_id, spec.step)
             return [sys.executable, "-m", "sagan_core.cli", "eval", "--checkpoint", str(checkpoint),
-                    "--dataset", spec["dataset"], "--metrics", ",".join(spec["metrics"]), "-n", str(spec["n"]),
-                    "--seed", str(spec["seed"]), "--evals", str(self.out / layout.EVALS),
+                    "--dataset", spec.dataset, "--metrics", ",".join(spec.metrics), "-n", str(spec.n),
+                    "--seed", str(spec.seed), "--evals", str(self.out / layout.EVALS),
                     # Not the path: this worker's work directory means nothing to whoever reads the result.
-                    "--checkpoint-name", f"job {spec['job_id']} step {spec['step']}",
+                    "--checkpoint-name", f"job {spec.job_id} step {spec.step}",
                     "--stats-cache", str(self.stats_dir)]
-        if self.job.kind == "sample":
-            checkpoint = self.workdir / "model.pt"
-            self.from_store(lambda: self.store.download(checkpoint_key(spec["job_id"], spec["step"]), checkpoint))
-            by_class = ((["--classes", ",".join(map(str, spec["classes"]))] if spec.get("classes") else [])
-                        + (["--per-class", str(spec["per_class"])] if spec.get("per_class") else []))
+        if isinstance(spec, SampleSpec):
+            checkpoint = self.fetch_checkpoint(spec.job_id, spec.step)
+            by_class = ((["--classes", ",".join(map(str, spec.classes))] if spec.classes else [])
+                        + (["--per-class", str(spec.per_class)] if spec.per_class else []))
             return [sys.executable, "-m", "sagan_core.cli", "sample", "--checkpoint", str(checkpoint),
-                    "-n", str(spec["n"]), "--seed", str(spec["seed"]), *by_class, "-o", str(self.out / "grid.png")]
+                    "-n", str(spec.n), "--seed", str(spec.seed), *by_class, "-o", str(self.out / "grid.png")]
+        if not isinstance(spec, TrainConfig):
+            raise TypeError(f"a {self.job.kind} job runs no process of its own")  # a sweep: its children run
         config_path = self.workdir / "config.json"
-        config_path.write_text(json.dumps(saved_config(spec)))  # a job stored before a field runs as it would have
+        config_path.write_text(json.dumps(spec.to_dict()))  # read_spec filled the fields an older row predates
         resume = self.job.resumed_from_step is not None
         if resume:
             restore_run(self.store, self.from_store, self.job.id, self.job.resumed_from_step, self.out)
         # hold_checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
-        return training_launch(config_path, self.out, spec["nproc"], resume=resume, hold_checkpoints=True).command
+        return training_launch(config_path, self.out, spec.nproc, resume=resume, hold_checkpoints=True).command
+
+    def fetch_checkpoint(self, job_id: str, step: int) -> Path:
+        """A training job's committed checkpoint, for a sample or an eval job."""
+        checkpoint = self.workdir / "model.pt"
+        self.from_store(lambda: self.store.download(checkpoint_key(job_id, step), checkpoint))
+        return checkpoint
 
     def open_packed(self, store: ArtifactStore, prefix: str) -> Path:
         """Bring a packed set into the worker's data cache and hold it there until the attempt ends."""
@@ -291,9 +298,9 @@ class Attempt:
             raise outcome["error"]
         return outcome["value"]
 
-    def fetch_stats(self) -> None:
+    def fetch_stats(self, spec: JobSpec) -> None:
         """Lay out the store's cached real statistics for the evaluations this job will run."""
-        entries = evaluation_stats(self.job.kind, self.run_spec, self.settings.inception_weights)
+        entries = evaluation_stats(spec, self.settings.inception_weights)
         fetch_stats(self.store, self.from_store, entries, self.stats_dir)
 
     def continue_log(self) -> None:
@@ -425,8 +432,8 @@ class Attempt:
         a finished training whose artifacts are not all stored by then goes back to the queue."""
         assert self.outbox is not None
         grid = self.out / "grid.png"
-        if self.job.kind == "sample" and status == "succeeded" and grid.exists():
-            self.outbox.add("sample", self.job.spec["step"], grid)
+        if isinstance(self.spec, SampleSpec) and status == "succeeded" and grid.exists():
+            self.outbox.add("sample", self.spec.step, grid)
         # The outbox itself gives up past the outage window, and wait_storing once a stop is overdue.
         timeout = self.settings.cancel_grace_seconds if status == "cancelled" else float("inf")
         try:

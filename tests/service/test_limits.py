@@ -52,6 +52,8 @@ def problem(response) -> tuple[str, str]:
     ({"d_conv_dim": 4096}, "config.d_conv_dim", "SAGAN_MAX_CONV_DIM"),
     ({"z_dim": 10**6}, "config.z_dim", "SAGAN_MAX_Z_DIM"),
     ({"nproc": 1000, "batch_size": 1000}, "config.nproc", "SAGAN_WORKER_DEVICES"),
+    # This API has no Ray cluster (tests/service/test_ray.py runs one that has).
+    ({"nodes": 2, "batch_size": 8}, "config.nodes", "SAGAN_RAY_ADDRESS"),
     ({"num_workers": 10**6}, "config.num_workers", "SAGAN_WORKER_CORES"),
     ({"dataset": "synthetic:1000000000000"}, "config.dataset", "SAGAN_MAX_SYNTHETIC_SIZE"),
     ({"eval_every": 10, "eval_dataset": "shapes:2000000"}, "config.eval_dataset", "SAGAN_MAX_SYNTHETIC_SIZE"),
