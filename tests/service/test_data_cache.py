@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from sagan_core.config import make_config
 from sagan_core.dataspec import DatasetError
 from sagan_core.packed import INDEX_FILE, index_files, pack, read_index
+from sagan_service.jobspec import EvalSpec
 from sagan_service.settings import Settings
 from sagan_service.storage import S3Store, packed_prefix
 from tests.service.conftest import BUCKET, TINY, Api, S3Server, Service, Workers, wait_for
@@ -216,22 +218,23 @@ def test_ds_and_packed_s3_specs_resolve_to_the_cached_copy(store: CountingStore,
         opened.append((where.bucket, prefix))
         return cache.fetch(prefix) if where is store else Path("/elsewhere")
 
-    train = {"dataset": f"ds:{dataset_id}", "eval_dataset": f"ds:{dataset_id}", "imsize": IMSIZE, "steps": 3}
-    resolved = resolve_dataset_specs(train, "train", store=store, settings=settings, open_set=open_set)
-    directory = Path(resolved["dataset"].removeprefix("packed:"))
-    assert resolved == {**train, "dataset": f"packed:{directory}", "eval_dataset": f"packed:{directory}"}
+    train = make_config("debug32", dataset=f"ds:{dataset_id}", eval_dataset=f"ds:{dataset_id}", steps=3)
+    resolved = resolve_dataset_specs(train, store=store, settings=settings, open_set=open_set)
+    directory = Path(resolved.dataset.removeprefix("packed:"))
+    assert resolved == train.model_copy(update={"dataset": f"packed:{directory}", "eval_dataset": f"packed:{directory}"})
     assert (directory / INDEX_FILE).read_bytes() == (packed_set / INDEX_FILE).read_bytes()
     assert opened == [(BUCKET, f"datasets/{dataset_id}/{IMSIZE}px/")]  # once for both fields
-    assert train["dataset"] == f"ds:{dataset_id}"  # the stored spec keeps what the user wrote
+    assert train.dataset == f"ds:{dataset_id}"  # the stored spec keeps what the user wrote
 
-    evaluation = {"dataset": "packed:s3://other-bucket/some/sets/", "imsize": IMSIZE}
-    assert resolve_dataset_specs(evaluation, "eval", store=store, settings=settings, open_set=open_set) == {
-        "dataset": "packed:/elsewhere", "imsize": IMSIZE}
+    evaluation = EvalSpec(job_id="j", step=3, dataset="packed:s3://other-bucket/some/sets/", metrics=["swd"], n=64,
+                          seed=0, imsize=IMSIZE, center_crop=None)
+    assert resolve_dataset_specs(evaluation, store=store, settings=settings, open_set=open_set) == \
+        evaluation.model_copy(update={"dataset": "packed:/elsewhere"})
     assert opened[-1] == ("other-bucket", "some/sets")
-    in_place = {"dataset": "folder:/data/x", "eval_dataset": None, "imsize": IMSIZE}
-    assert resolve_dataset_specs(in_place, "train", store=store, settings=settings, open_set=open_set) == in_place
+    in_place = make_config("debug32", dataset="folder:/data/x")
+    assert resolve_dataset_specs(in_place, store=store, settings=settings, open_set=open_set) == in_place
     with pytest.raises(DatasetError, match="ds:ID takes a data set id"):
-        resolve_dataset_specs({"dataset": "ds:../jobs", "imsize": IMSIZE}, "eval", store=store, settings=settings,
+        resolve_dataset_specs(evaluation.model_copy(update={"dataset": "ds:../jobs"}), store=store, settings=settings,
                               open_set=open_set)
 
 

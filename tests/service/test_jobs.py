@@ -323,3 +323,24 @@ def test_a_database_error_in_the_one_trip_insert_is_sqlalchemys(any_session: Ses
         jobs.create_job(session, kind="train", spec=make_config(), queue="cpu", max_attempts=None, owner="erin")  # type: ignore[arg-type]
     session.rollback()
     assert jobs.create_job(session, kind="train", spec=make_config(), queue="cpu", max_attempts=1, owner="erin")[1]
+
+
+def test_a_lost_run_is_requeued_counting_the_attempt_then_fails_when_attempts_are_spent(session: Session) -> None:
+    job_id = new_job(session)  # max_attempts=2
+    jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
+    jobs.record_artifact(session, job_id=job_id, kind="checkpoint", step=7, key="k7")
+    assert jobs.retry_lost(session, job_id=job_id, worker_id="b", error="gone") is None  # only the lease owner
+    assert jobs.retry_lost(session, job_id=job_id, worker_id="a", error="gone") == "queued"
+    again = jobs.claim_job(session, job_id=job_id, worker_id="b", lease_seconds=30)
+    assert (again.attempt, again.resumed_from_step) == (2, 7)  # it counted, and resumes from the checkpoint
+    assert jobs.retry_lost(session, job_id=job_id, worker_id="b", error="the Ray job was lost") == "failed"
+    job = jobs.get_job(session, job_id)
+    session.refresh(job)
+    assert (job.error, job.lease_owner) == ("the Ray job was lost", None) and job.finished_at is not None
+
+
+def test_a_lost_run_of_a_job_flagged_for_cancelling_is_cancelled(session: Session) -> None:
+    job_id = new_job(session)
+    jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
+    jobs.request_cancel(session, job_id=job_id)
+    assert jobs.retry_lost(session, job_id=job_id, worker_id="a", error="gone") == "cancelled"
