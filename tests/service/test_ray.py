@@ -87,7 +87,8 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def ray_env(service_env: dict[str, str], ray_head: str) -> dict[str, str]:
-    return {**service_env, "SAGAN_RAY_ADDRESS": ray_head, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "30",
+    # A lost Ray job's workers may take tens of seconds to go (its next attempt waits for their CPUs).
+    return {**service_env, "SAGAN_RAY_ADDRESS": ray_head, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "120",
             "SAGAN_SHUTDOWN_SECONDS": "30"}
 
 
@@ -116,6 +117,52 @@ def stored_checkpoint(api: Api, job_id: str, step: int) -> dict[str, Any]:
     response = api.client.get(f"/jobs/{job_id}/checkpoints/{step}", follow_redirects=True)
     assert response.status_code == 200, response.text
     return torch.load(io.BytesIO(response.content), map_location="cpu", weights_only=False)
+
+
+def test_a_stopping_worker_hands_its_ray_job_back_with_a_checkpoint_and_the_next_worker_resumes_it(
+        ray_api: Api, ray_env: dict[str, str], tmp_service: Path, ray_head: str) -> None:
+    # First in the module: its own workers only (the module's `ray_worker` does not exist yet). No checkpoint is
+    # due before the end: the one the job resumes from is the stop's own.
+    first = Service(["worker", "--queues", "ray"], ray_env, tmp_service / "worker-ray-first.log")
+    try:
+        job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 300, "checkpoint_every": 1000,
+                                                          "sample_every": 1000, "log_every": 5}})
+        wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= 10, 300, "a few steps")
+        first.process.send_signal(signal.SIGTERM)  # what `docker compose stop` does
+        first.process.wait(90)
+    finally:
+        first.stop()
+    handed_back = ray_api.job(job["id"])
+    assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back  # it does not count
+    stopped_at = handed_back["latest_checkpoint_step"]
+    assert stopped_at is not None and 10 <= stopped_at < 300
+    second = Service(["worker", "--queues", "ray"], ray_env, tmp_service / "worker-ray-second.log")
+    try:
+        done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=400)
+    finally:
+        second.stop()
+    assert done["status"] == "succeeded", (done["error"], done["log_tail"])
+    assert done["attempt"] == 1 and done["resumed_from_step"] == stopped_at
+    steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
+    assert steps == list(range(5, 301, 5))
+    # The same attempt ran twice on Ray: the handed-back run's finished Ray job was deleted for the second.
+    assert [(info.submission_id, info.status) for info in ray_jobs_of(ray_head, job["id"])] == [
+        (f"sagan-{job['id']}-1", "SUCCEEDED")]
+
+
+def test_a_job_larger_than_the_cluster_fails_saying_so_instead_of_waiting(
+        ray_api: Api, ray_env: dict[str, str], tmp_service: Path) -> None:
+    # Before the module's `ray_worker` exists: this worker, with a short placement timeout, takes the job.
+    worker = Service(["worker", "--queues", "ray"], {**ray_env, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "10"},
+                     tmp_service / "worker-ray-short.log")
+    try:
+        job = ray_api.submit({"kind": "train", "config": {**CONFIG, "nodes": RAY_CPUS + 1, "batch_size": 6}})
+        done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=180)
+    finally:
+        worker.stop()
+    assert done["status"] == "failed"
+    assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within 10 s "
+                             f"(SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
 
 
 def test_a_two_node_job_trains_on_ray_like_torchrun_and_stores_its_artifacts_from_rank_0(
@@ -200,15 +247,6 @@ def test_a_cancel_checkpoints_then_stops_the_ray_job_and_leaves_no_ray_worker(
     (info,) = ray_jobs_of(ray_head, job["id"])
     assert info.status == "STOPPED"
     wait_for(lambda: not train_processes(), 30, "Ray Train's workers and controller to go")
-
-
-def test_a_job_larger_than_the_cluster_fails_saying_so_instead_of_waiting(
-        ray_api: Api, ray_worker: Service) -> None:
-    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "nodes": RAY_CPUS + 1, "batch_size": 6}})
-    done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=180)
-    assert done["status"] == "failed"
-    assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within 30 s "
-                             f"(SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
 
 
 def test_a_lost_ray_job_is_a_new_attempt_that_resumes_from_the_last_stored_checkpoint(
