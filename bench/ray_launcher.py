@@ -98,8 +98,7 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "SAGAN_HOME": str(temp / "home"), "SAGAN_AUTH": "none", "SAGAN_BROKER_URL": REDIS,
-           "SAGAN_ARTIFACTS_URL": (temp / "artifacts").as_uri(), "SAGAN_HEARTBEAT_SECONDS": "1",
-           "SAGAN_POLL_SECONDS": "0.2", "RAY_USAGE_STATS_ENABLED": "0",
+           "SAGAN_ARTIFACTS_URL": (temp / "artifacts").as_uri(), "RAY_USAGE_STATS_ENABLED": "0",
            "SAGAN_RAY_ADDRESS": f"http://127.0.0.1:{dashboard}",
            "SAGAN_DATABASE_URL": f"{PG.replace('postgresql://', 'postgresql+psycopg://')}"
                                  f"?options=-csearch_path%3D{schema}"}

@@ -20,7 +20,7 @@ from ray.job_submission import JobStatus
 from sagan_core.exits import EXIT_STOPPED
 from sagan_service.settings import Settings
 from worker.launcher import RunLost
-from worker.ray_launcher import RayLauncher, ray_environment
+from worker.ray_launcher import STATUS_EVERY_S, RayLauncher, ray_environment
 
 
 @dataclass
@@ -92,7 +92,19 @@ def test_a_ray_job_that_ended_without_its_own_exit_status_is_a_lost_run(tmp_path
     assert api.stopped == []
 
 
-def test_an_unreachable_cluster_is_waited_out_then_a_lost_run(tmp_path: Path) -> None:
+def test_the_status_is_asked_of_ray_every_few_seconds_not_at_every_poll(tmp_path: Path) -> None:
+    api = FakeJobsApi({"sagan-j1-2": (JobStatus.RUNNING, None, "")})
+    ray_launcher = launcher(api, tmp_path)
+    assert ray_launcher.poll() is None
+    api.jobs["sagan-j1-2"] = (JobStatus.SUCCEEDED, 0, "")
+    assert ray_launcher.poll() is None  # within STATUS_EVERY_S: not asked again
+    ray_launcher.status_asked_at -= STATUS_EVERY_S
+    assert ray_launcher.poll() == 0
+
+
+def test_an_unreachable_cluster_is_waited_out_then_a_lost_run(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.ray_launcher.STATUS_EVERY_S", 0)
     api = FakeJobsApi({"sagan-j1-2": (JobStatus.RUNNING, None, "")}, down=True)
     ray_launcher = launcher(api, tmp_path, dependency_outage_seconds=0.05)
     assert ray_launcher.poll() is None  # within the outage window: still running as far as we know

@@ -44,6 +44,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PASSED_SETTINGS = ("database_url", "artifacts_url", "s3_endpoint_url", "s3_max_attempts", "heartbeat_seconds",
                    "poll_seconds", "statement_timeout_seconds", "dependency_outage_seconds", "max_attempts",
                    "ray_placement_timeout_seconds", "log_format")
+# How often the supervisor's poll asks Ray for the job's status: each answer costs the head's dashboard (on the
+# training's own cores, where the head is a node) a request; a waitpid costs the local launcher nothing.
+STATUS_EVERY_S = 2.0
 PASSED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 
 
@@ -72,6 +75,7 @@ class RayLauncher:
         self.returncode: int | None = None
         self.stop_asked = False
         self.unreachable_since: float | None = None
+        self.status_asked_at = -STATUS_EVERY_S
 
     @classmethod
     def start(cls, job: Job, *, settings: Settings, store: ArtifactStore, worker_id: str, log_path: Path,
@@ -112,6 +116,9 @@ class RayLauncher:
         was lost."""
         if self.returncode is not None:
             return self.returncode
+        if time.monotonic() - self.status_asked_at < STATUS_EVERY_S:
+            return None
+        self.status_asked_at = time.monotonic()
         status = self._reachable(lambda: self.client.get_job_status(self.submission_id))
         if status is None or not status.is_terminal():
             return None
