@@ -79,7 +79,8 @@ class SaganClient:
                     out.writelines(response.iter_bytes(1 << 20))
         except httpx.HTTPError as error:
             partial.unlink(missing_ok=True)
-            raise ClientError(f"download of {urlsplit(url).path} failed: {error or type(error).__name__}") from None
+            why = error or type(error).__name__
+            raise ClientError(f"download of {urlsplit(url).path} failed: {why}") from None
         os.replace(partial, target)
         return target
 

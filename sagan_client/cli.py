@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 200)")
     listing.set_defaults(func=_guarded(cmd_jobs_list))
     for name, func, text in (("show", cmd_jobs_show, "a job's status, progress, evaluations and error"),
-                             ("cancel", cmd_jobs_cancel, "cancel a job (a running one stops within seconds)")):
+                             ("cancel", cmd_jobs_cancel, "cancel a job (a running one stops in seconds)")):
         command = jobs.add_parser(name, parents=[server], help=text)
         command.add_argument("id", help="job id")
         command.set_defaults(func=_guarded(func))
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     waiting.add_argument("id", help="job id")
     _add_interval(waiting)
     waiting.set_defaults(func=_guarded(cmd_jobs_wait))
-    fetch = jobs.add_parser("download", parents=[server], help="a job's grids, metrics, evaluations and checkpoint",
+    fetch = jobs.add_parser("download", parents=[server], help="a job's grids, metrics, evals and checkpoint",
                             description="Into --out, laid out like a `sagan train` run directory: job.json, "
                                         "config.json, metrics.jsonl, evals.jsonl, samples/step-<n>.png, "
                                         "checkpoints/step-<n>.pt (and a sweep's report.html).")
@@ -89,15 +89,15 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=["train", "sample", "eval", "sweep"], default="train")
     parser.add_argument("--config", type=Path, help="YAML/JSON file of config fields (a sweep: its base)")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                        help="a config field, read as its flag (repeat for more; over --config and the flags)")
+                        help="a config field, read as its flag (repeat for more; over --config and flags)")
     parser.add_argument("--wait", action="store_true", help="then follow it as `sagan jobs wait`")
     _add_interval(parser)
     jobs = parser.add_argument_group("sample and eval jobs")
     jobs.add_argument("--source", metavar="JOB_ID", help="the training job whose checkpoint to use")
     jobs.add_argument("--step", type=_checkpoint_step, metavar="STEP|latest|best",
-                      help="its checkpoint (default latest; best: the best evaluation's, eval jobs only); an eval "
-                           "job's --eval-dataset, --eval-metrics and --eval-n default to the training's")
-    jobs.add_argument("-n", type=int, default=64, help="a sample job's images (default 64); --seed: their noise")
+                      help="its checkpoint (default latest; best: the best evaluation's, eval jobs only); an "
+                           "eval job's --eval-dataset, --eval-metrics and --eval-n default to the training's")
+    jobs.add_argument("-n", type=int, default=64, help="a sample job's images (default 64); --seed: noise")
     sweeps = parser.add_argument_group("sweeps (the config fields are the base of every arm)")
     form = sweeps.add_mutually_exclusive_group()
     form.add_argument("--study", help="a named study (GET /studies, `sagan study list`)")
@@ -105,7 +105,8 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
                       help="YAML/JSON file with `arms: [{name: ..., config: {...}}, ...]`")
     form.add_argument("--axis", type=_axis, action="append", metavar="FIELD=V1,V2",
                       help="a grid axis (repeat for more; a list field's values are separated by ';')")
-    sweeps.add_argument("--seeds", type=_seed_list, metavar="S1,S2", help="seeds of every arm (default: --seed or 0)")
+    sweeps.add_argument("--seeds", type=_seed_list, metavar="S1,S2",
+                        help="seeds of every arm (default: --seed or 0)")
     add_config_flags(parser)
     parser.set_defaults(func=_guarded(cmd_jobs_submit))
 

@@ -77,10 +77,11 @@ def job_rows(jobs: list[dict[str, Any]]) -> str:
 
 def job_facts(job: dict[str, Any]) -> str:
     """`sagan jobs show`: what the job page's summary says, one fact a line."""
+    sweep = job.get("parent_id") and f"{job['parent_id']}, arm {job['arm']}"
     facts: list[tuple[str, Any]] = [("id", job["id"]), ("kind", job["kind"]), ("status", job["status"]),
                                     ("progress", progress_text(job) or None),
                                     ("attempt", f"{job['attempt']} of {job['max_attempts']}"),
-                                    ("sweep", job.get("parent_id") and f"{job['parent_id']}, arm {job.get('arm')}"),
+                                    ("sweep", sweep),
                                     ("speed", (job.get("metrics") or {}).get("img_per_s")),
                                     ("latest evaluation", eval_text(job.get("latest_eval"))),
                                     ("best evaluation", eval_text(job.get("best_eval"))),
@@ -107,8 +108,10 @@ def dataset_facts(dataset: dict[str, Any]) -> str:
              ("source", dataset["source"]), ("images", dataset.get("images")),
              ("classes", ", ".join(dataset.get("classes") or []) or None),
              ("image sizes", ", ".join(str(size) for size in dataset.get("imsizes") or []) or None),
-             ("bytes", dataset.get("size_bytes")), ("unreadable images", len(dataset.get("bad_images") or {}) or None),
-             ("build job", dataset.get("job_id")), ("error", dataset.get("error")), ("created", dataset["created_at"])]
+             ("bytes", dataset.get("size_bytes")),
+             ("unreadable images", len(dataset.get("bad_images") or {}) or None),
+             ("build job", dataset.get("job_id")), ("error", dataset.get("error")),
+             ("created", dataset["created_at"])]
     lines = [f"{name + ':':<19}{number(value)}" for name, value in facts if value is not None]
     lines += [f"  used by {job['id']} ({job['kind']}, {job['status']})" for job in dataset.get("jobs") or []]
     return "\n".join(lines)

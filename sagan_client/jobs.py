@@ -19,8 +19,10 @@ from .display import progress_line
 FINAL = ("succeeded", "failed", "cancelled")
 # Config flags that mean the same in a sample or eval job as in a training (`--seed` of the noise, the
 # eval_* fields of an evaluation), as POST /jobs names them there.
-JOB_FIELDS = {"sample": {"seed": "seed"}, "eval": {"eval_dataset": "dataset", "eval_metrics": "metrics", "eval_n": "n"}}
-# While waiting, an API that answers 503 or not at all (a restart, a database outage) is asked again for this long.
+JOB_FIELDS = {"sample": {"seed": "seed"},
+              "eval": {"eval_dataset": "dataset", "eval_metrics": "metrics", "eval_n": "n"}}
+# While waiting, an API that answers 503 or not at all (a restart, a database outage) is asked again
+# for this long.
 WAIT_OUTAGE_SECONDS = 120
 
 
@@ -69,8 +71,8 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def _sweep_body(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     arms = read_config_file(args.arms).get("arms") if args.arms else None
-    body = {"kind": "sweep", "base": base, "study": args.study, "axes": dict(args.axis) if args.axis else None,
-            "arms": arms, "seeds": args.seeds}
+    body = {"kind": "sweep", "base": base, "study": args.study, "arms": arms, "seeds": args.seeds,
+            "axes": dict(args.axis) if args.axis else None}
     return {name: value for name, value in body.items() if value is not None}
 
 
@@ -138,7 +140,8 @@ def download(client: SaganClient, job: dict[str, Any], out: Path, checkpoint: st
     for sample in client.get(route("jobs", job_id, "samples"))["items"]:
         written.append(client.download(sample["url"], layout.sample_path(out, sample["step"])))
     if step is not None:
-        target = client.download(route("jobs", job_id, "checkpoints", str(step)), layout.checkpoint_path(out, step))
+        target = client.download(route("jobs", job_id, "checkpoints", str(step)),
+                                 layout.checkpoint_path(out, step))
         layout.point_latest(target)
         if job.get("best_eval") and job["best_eval"]["step"] == step:
             layout.point_best(target)

@@ -40,12 +40,13 @@ def sagan(api: Api, user: str, tmp_path: Path) -> Sagan:
     """Runs `sagan ARGS` with SAGAN_URL and SAGAN_TOKEN (the user's token unless `token` says otherwise;
     None: unset), its config folder under tmp_path and no service settings at all."""
 
-    def run(*args: str, url: str | None = api.base_url, token: str | None = user) -> subprocess.CompletedProcess:
+    def run(*args: str, url: str | None = api.base_url,
+            token: str | None = user) -> subprocess.CompletedProcess:
         env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
         env["SAGAN_CONFIG_DIR"] = str(tmp_path / "config")
         env.update({name: value for name, value in (("SAGAN_URL", url), ("SAGAN_TOKEN", token)) if value})
-        return subprocess.run([sys.executable, "-m", "sagan_core.cli", *args], check=False, env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "sagan_core.cli", *args], check=False, env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
     return run
 
@@ -58,10 +59,10 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def test_the_client_needs_neither_torch_nor_the_service() -> None:
-    code = ("import sys, sagan_client.cli; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sagan_service', 'api', 'worker'}))")
-    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
-                            check=True)
+    code = ("import sys, sagan_client.cli; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'sagan_service', 'api', 'worker'}))")
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True,
+                            text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
@@ -128,7 +129,8 @@ def test_login_writes_a_private_file_that_is_used_without_the_environment(sagan:
     assert "items" in json.loads(listed.stdout)
     # The saved token goes to its own URL only: another one gets none (here, the same server by another name).
     elsewhere = api.base_url.replace("127.0.0.1", "localhost")
-    assert "this API needs a token" in one_error_line(sagan("jobs", "list", "--url", elsewhere, url=None, token=None))
+    line = one_error_line(sagan("jobs", "list", "--url", elsewhere, url=None, token=None))
+    assert "this API needs a token" in line
     line = one_error_line(sagan("jobs", "list", "--url", "http://127.0.0.1:9/", url=None, token=None))
     assert line.startswith("sagan jobs list: error: no answer from http://127.0.0.1:9")
 
@@ -145,7 +147,8 @@ def test_a_wrong_token_is_one_line(sagan: Sagan, api: Api, tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(180)
-def test_datasets_upload_list_show_and_delete(sagan: Sagan, api: Api, workers: Workers, tmp_path: Path) -> None:
+def test_datasets_upload_list_show_and_delete(sagan: Sagan, api: Api, workers: Workers,
+                                              tmp_path: Path) -> None:
     archive = tmp_path / "pets.zip"
     archive.write_bytes(zip_of(TWO_CLASSES))
     uploaded = sagan("datasets", "upload", str(archive), "--name", "pets")
@@ -153,7 +156,8 @@ def test_datasets_upload_list_show_and_delete(sagan: Sagan, api: Api, workers: W
     dataset_id = uploaded.stdout.strip()
     assert wait_dataset(api, dataset_id)["status"] == "ready"
 
-    assert dataset_id in [item["id"] for item in json.loads(sagan("datasets", "list", "--json").stdout)["items"]]
+    listed = json.loads(sagan("datasets", "list", "--json").stdout)["items"]
+    assert dataset_id in [item["id"] for item in listed]
     shown = sagan("datasets", "show", dataset_id).stdout
     assert re.search(r"^images: +16$", shown, re.MULTILINE) and "cats, dogs" in shown
     assert sagan("datasets", "delete", dataset_id).returncode == 0
