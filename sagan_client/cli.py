@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                  description="Upload an archive (class sub-folders make a labelled set); a "
                                              "dataset job packs it. Train on it with --dataset ds:<id>.")
     upload.add_argument("file", type=Path, help="the archive")
-    upload.add_argument("--name", help="the data set's name (default: the file's name)")
+    upload.add_argument("--name", help="the data set's name (default: the file's, less .zip, .tar, .tgz)")
     upload.set_defaults(func=_guarded(cmd_datasets_upload))
 
 
@@ -248,9 +248,14 @@ def cmd_datasets_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archive_stem(path: Path) -> str:
+    suffix = next((s for s in (".tar.gz", ".tgz", ".zip", ".tar") if path.name.lower().endswith(s)), "")
+    return path.name[:len(path.name) - len(suffix)] or path.name
+
+
 def cmd_datasets_upload(args: argparse.Namespace) -> int:
     with _connect(args) as client, open(args.file, "rb") as archive:
-        dataset = client.request("POST", "/datasets", data={"name": args.name or args.file.name},
+        dataset = client.request("POST", "/datasets", data={"name": args.name or _archive_stem(args.file)},
                                  files={"file": (args.file.name, archive)}).json()
     _output(args.json, dataset, dataset["id"])
     return 0

@@ -77,17 +77,19 @@ def job_rows(jobs: list[dict[str, Any]]) -> str:
 
 def job_facts(job: dict[str, Any]) -> str:
     """`sagan jobs show`: what the job page's summary says, one fact a line."""
-    sweep = job.get("parent_id") and f"{job['parent_id']}, arm {job['arm']}"
-    facts: list[tuple[str, Any]] = [("id", job["id"]), ("kind", job["kind"]), ("status", job["status"]),
-                                    ("progress", progress_text(job) or None),
-                                    ("attempt", f"{job['attempt']} of {job['max_attempts']}"),
-                                    ("sweep", sweep),
-                                    ("speed", (job.get("metrics") or {}).get("img_per_s")),
-                                    ("latest evaluation", eval_text(job.get("latest_eval"))),
-                                    ("best evaluation", eval_text(job.get("best_eval"))),
-                                    ("latest checkpoint", job.get("latest_checkpoint_step")),
-                                    ("created", job["created_at"]), ("started", job.get("started_at")),
-                                    ("finished", job.get("finished_at")), ("error", job.get("error"))]
+    speed = (job.get("metrics") or {}).get("img_per_s")
+    facts: list[tuple[str, Any]] = [
+        ("id", job["id"]), ("kind", job["kind"]), ("status", job["status"]),
+        ("progress", progress_text(job) or None),
+        # A sweep's attempts are its children's.
+        ("attempt", None if job["kind"] == "sweep" else f"{job['attempt']} of {job['max_attempts']}"),
+        ("sweep", job.get("parent_id") and f"{job['parent_id']}, arm {job['arm']}"),
+        ("speed", speed and f"{number(speed)} img/s"),
+        ("latest evaluation", eval_text(job.get("latest_eval"))),
+        ("best evaluation", eval_text(job.get("best_eval"))),
+        ("latest checkpoint", job.get("latest_checkpoint_step")),
+        ("created", job["created_at"]), ("started", job.get("started_at")),
+        ("finished", job.get("finished_at")), ("error", job.get("error"))]
     facts += [("warning", warning) for warning in job.get("warnings") or []]
     lines = [f"{name + ':':<19}{number(value)}" for name, value in facts if value not in (None, "")]
     for child in job.get("children") or []:
