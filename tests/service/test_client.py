@@ -12,11 +12,13 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import httpx
 import pytest
 
+from sagan_client.api import error_message
 from sagan_core.cli import ENTRY_POINT_GROUP
 from tests.conftest import subprocess_env
-from tests.service.conftest import TINY, Api, Workers, make_token, wait_for
+from tests.service.conftest import TINY, Api, Workers, make_token, start_api, wait_for
 from tests.service.test_datasets import TWO_CLASSES, wait_dataset, zip_of
 
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -114,6 +116,30 @@ def test_a_422_is_one_line_naming_the_field(sagan: Sagan) -> None:
     assert line.startswith("sagan jobs submit: error: g_conv_dim: must be a multiple of 8")
     line = one_error_line(sagan("jobs", "submit", "--set", "stepz=3"))  # caught here, before any request
     assert line == "sagan jobs submit: error: stepz: unknown config field"
+
+
+def test_a_429_is_the_servers_limit_and_when_to_retry(sagan: Sagan, service_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    service, limited = start_api({**service_env, "SAGAN_MAX_QUEUED_PER_OWNER": "1"}, tmp_path)
+    try:  # a sweep of two runs asks for two queued jobs at once
+        refused = sagan("jobs", "submit", "--kind", "sweep", *TINY_FLAGS, "--axis", "d_norm=spectral,batch",
+                        "--url", limited.base_url)
+    finally:
+        service.stop()
+    line = one_error_line(refused)
+    assert line.startswith("sagan jobs submit: error: client-user has 0 jobs queued and asks for 2 more")
+    assert "(SAGAN_MAX_QUEUED_PER_OWNER=1)" in line and line.endswith("(retry after 30 s)")
+
+
+@pytest.mark.parametrize(("status", "answer", "line"), [
+    (503, {"json": {"detail": "database unavailable"}, "headers": {"Retry-After": "10"}},
+     "database unavailable (retry after 10 s)"),
+    (422, {"json": {"detail": [{"loc": ["body", "arms", "wide", "g_conv_dim"], "msg": "too\nwide"}]}},
+     "g_conv_dim: too wide"),
+    (502, {"text": "<html>\n<h1>Bad gateway</h1></html>"}, "HTTP 502 Bad Gateway"),
+])
+def test_other_answers_are_one_line_in_the_servers_words(status: int, answer: dict, line: str) -> None:
+    assert error_message(httpx.Response(status, **answer)) == line
 
 
 def test_login_writes_a_private_file_that_is_used_without_the_environment(sagan: Sagan, api: Api, user: str,
