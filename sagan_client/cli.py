@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# `sagan train`'s config flags and `sagan sweep`'s readers of --axis and --seeds: one definition of each.
 from sagan_core.cli import _axis, _seed_list, add_config_flags
 
 from . import display
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("id", help="job id")
     fetch.add_argument("--out", type=Path, help="folder (default ./<id>)")
     fetch.add_argument("--checkpoint", default="latest", metavar="STEP|best|latest|none",
-                       help="which checkpoint of a training job (default latest)")
+                       help="which checkpoint of a training job (default latest: the newest, if any)")
     fetch.set_defaults(func=_guarded(cmd_jobs_download))
 
     datasets = subparsers.add_parser("datasets", help="data sets of the job service") \
@@ -136,6 +137,9 @@ def _guarded(command: Command) -> Command:
             name = " ".join(word for word in words if word)
             print(f"sagan {name}: error: {' '.join(str(error).split())}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # Ctrl-C in `wait`: the job goes on; no traceback
+            print(file=sys.stderr)
+            return 130
 
     return run
 

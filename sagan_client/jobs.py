@@ -106,14 +106,12 @@ def wait(client: SaganClient, job_id: str, interval: float, out: TextIO = sys.st
 
 
 def checkpoint_step(job: dict[str, Any], which: str) -> int | None:
-    """--checkpoint STEP|best|latest|none as a step (None: none wanted)."""
+    """--checkpoint STEP|best|latest|none as a step; None: none wanted, or `latest` of a job that has none
+    (yet), which downloads the rest."""
     if which == "none":
         return None
     if which == "latest":
-        step = job.get("latest_checkpoint_step")
-        if step is None:
-            raise ClientError(f"job {job['id']} has no committed checkpoint (yet)")
-        return step
+        return job.get("latest_checkpoint_step")
     if which == "best":
         if not job.get("best_eval"):
             raise ClientError(f"job {job['id']} has no evaluation, so no best checkpoint (set eval_every)")
