@@ -1,0 +1,154 @@
+"""What `sagan jobs` does over the REST API: the POST /jobs body from flags, waiting on a job, and
+downloading one into a folder laid out like a `sagan train` run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from sagan_core import layout
+from sagan_core.config import FIELDS, ConfigError, parse_flag, read_config_file
+
+from .api import ClientError, SaganClient, route
+from .display import progress_line
+
+FINAL = ("succeeded", "failed", "cancelled")
+# Config flags that mean the same in a sample or eval job as in a training (`--seed` of the noise, the
+# eval_* fields of an evaluation), as POST /jobs names them there.
+JOB_FIELDS = {"sample": {"seed": "seed"},
+              "eval": {"eval_dataset": "dataset", "eval_metrics": "metrics", "eval_n": "n"}}
+# While waiting, an API that answers 503 or not at all (a restart, a database outage) is asked again
+# for this long.
+WAIT_OUTAGE_SECONDS = 120
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """`--set FIELD=VALUE`: VALUE read as the field's `sagan train` flag would be (config.parse_flag)."""
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep:
+        raise ConfigError([(name or "set", f"expected FIELD=VALUE, got {text!r}")])
+    if name not in FIELDS:
+        raise ConfigError([(name, "unknown config field")])
+    return name, parse_flag(name, value)
+
+
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The --config file, then the config flags, then --set: unvalidated (the server validates them, with
+    its own limits, and a 422 names the field)."""
+    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    values.update({name: getattr(args, name) for name in FIELDS if hasattr(args, name)})
+    values.update(setting(text) for text in args.set or [])
+    return values
+
+
+def job_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /jobs body of `sagan jobs submit`."""
+    values = config_values(args)
+    if args.kind == "train":
+        return {"kind": "train", "config": values}
+    if args.kind == "sweep":
+        return _sweep_body(args, values)
+    if args.source is None:
+        raise ValueError(f"a {args.kind} job needs --source JOB_ID (a training job)")
+    allowed = JOB_FIELDS[args.kind]
+    stray = sorted(set(values) - set(allowed))
+    if stray:
+        takes = ", ".join(sorted(allowed))
+        raise ConfigError([(stray[0], f"is a training setting: a {args.kind} job takes only {takes}")])
+    if args.step == "best" and args.kind != "eval":
+        raise ValueError("--step best: only an eval job picks the best checkpoint")
+    body = {"kind": args.kind, "source": {"job_id": args.source, "step": args.step},
+            **{allowed[name]: value for name, value in values.items()}}
+    if args.kind == "sample":
+        body["n"] = args.n
+    return body
+
+
+def _sweep_body(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    arms = read_config_file(args.arms).get("arms") if args.arms else None
+    body = {"kind": "sweep", "base": base, "study": args.study, "arms": arms, "seeds": args.seeds,
+            "axes": dict(args.axis) if args.axis else None}
+    return {name: value for name, value in body.items() if value is not None}
+
+
+def wait(client: SaganClient, job_id: str, interval: float, out: TextIO = sys.stderr) -> dict[str, Any]:
+    """Poll the job until it ends, showing its progress line (rewritten in place on a terminal, else a new
+    line each time it changes); the job's final JSON."""
+    shown, outage_since = None, None
+    live = out.isatty()
+    while True:
+        try:
+            job = client.get(route("jobs", job_id))
+            outage_since = None
+        except ClientError as error:
+            if not error.transient or shown is None:  # a wrong URL or id fails at once
+                raise
+            outage_since = outage_since or time.monotonic()
+            if time.monotonic() - outage_since > WAIT_OUTAGE_SECONDS:
+                raise
+            time.sleep(interval)
+            continue
+        line = progress_line(job)
+        if line != shown:
+            out.write(f"\r\033[K{line}" if live else f"{line}\n")
+            out.flush()
+            shown = line
+        if job["status"] in FINAL:
+            if live:
+                out.write("\n")
+            return job
+        time.sleep(interval)
+
+
+def checkpoint_step(job: dict[str, Any], which: str) -> int | None:
+    """--checkpoint STEP|best|latest|none as a step; None: none wanted, or `latest` of a job that has none
+    (yet), which downloads the rest."""
+    if which == "none":
+        return None
+    if which == "latest":
+        return job.get("latest_checkpoint_step")
+    if which == "best":
+        if not job.get("best_eval"):
+            raise ClientError(f"job {job['id']} has no evaluation, so no best checkpoint (set eval_every)")
+        return job["best_eval"]["step"]
+    try:
+        return int(which)
+    except ValueError:
+        raise ValueError(f"--checkpoint: a step, best, latest or none (got {which!r})") from None
+
+
+def download(client: SaganClient, job: dict[str, Any], out: Path, checkpoint: str) -> list[Path]:
+    """The job's record (job.json), its config (config.json, as `sagan train` writes it), metrics.jsonl,
+    evals.jsonl, its sample grids, one checkpoint and a sweep's report: `sagan sample --checkpoint OUT` and
+    `sagan report OUT` read the folder as a run."""
+    job_id = job["id"]
+    step = checkpoint_step(job, checkpoint) if job["kind"] == "train" else None
+    out.mkdir(parents=True, exist_ok=True)
+    written = [_write(out / "job.json", json.dumps(job, indent=2) + "\n")]
+    if job["kind"] == "train":
+        written.append(_write(out / "config.json", json.dumps(job["spec"], indent=2) + "\n"))
+    for name, series in ((layout.METRICS, "metrics"), (layout.EVALS, "evals")):
+        items = client.get(route("jobs", job_id, series))["items"]
+        written.append(_write(out / name, "".join(json.dumps(item) + "\n" for item in items)))
+    for sample in client.get(route("jobs", job_id, "samples"))["items"]:
+        written.append(client.download(sample["url"], layout.sample_path(out, sample["step"])))
+    if step is not None:
+        target = client.download(route("jobs", job_id, "checkpoints", str(step)),
+                                 layout.checkpoint_path(out, step))
+        layout.point_latest(target)
+        if job.get("best_eval") and job["best_eval"]["step"] == step:
+            layout.point_best(target)
+        written.append(target)
+    if job["kind"] == "sweep" and job["status"] == "succeeded":
+        written.append(client.download(route("jobs", job_id, "report"), out / "report.html"))
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
