@@ -37,6 +37,7 @@ COPY sagan_core ./sagan_core
 COPY sagan_service ./sagan_service
 COPY api ./api
 COPY worker ./worker
+COPY sagan_client ./sagan_client
 RUN pip install --no-deps /tmp/build \
     && rm -rf /tmp/build
 
