@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 # `sagan train`'s config flags and `sagan sweep`'s readers of --axis and --seeds: one definition of each.
-from sagan_core.cli import _axis, _seed_list, add_config_flags
+from sagan_core.cli import add_config_flags, add_sweep_flags
 
 from . import display
 from .api import ClientError, SaganClient, route
@@ -100,14 +100,7 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
                            "eval job's --eval-dataset, --eval-metrics and --eval-n default to the training's")
     jobs.add_argument("-n", type=int, default=64, help="a sample job's images (default 64); --seed: noise")
     sweeps = parser.add_argument_group("sweeps (the config fields are the base of every arm)")
-    form = sweeps.add_mutually_exclusive_group()
-    form.add_argument("--study", help="a named study (GET /studies, `sagan study list`)")
-    form.add_argument("--arms", type=Path, metavar="FILE",
-                      help="YAML/JSON file with `arms: [{name: ..., config: {...}}, ...]`")
-    form.add_argument("--axis", type=_axis, action="append", metavar="FIELD=V1,V2",
-                      help="a grid axis (repeat for more; a list field's values are separated by ';')")
-    sweeps.add_argument("--seeds", type=_seed_list, metavar="S1,S2",
-                        help="seeds of every arm (default: --seed or 0)")
+    add_sweep_flags(sweeps, studies="GET /studies, `sagan study list`")
     add_config_flags(parser)
     parser.set_defaults(func=_guarded(cmd_jobs_submit))
 

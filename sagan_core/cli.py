@@ -249,6 +249,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sweep_flags(group: Any, *, studies: str) -> None:
+    """A sweep's form (--study, --arms or --axis) and --seeds: `sagan sweep`'s and the client's `jobs submit
+    --kind sweep`'s, read the same way. `studies`: where the study names are listed."""
+    form = group.add_mutually_exclusive_group()
+    form.add_argument("--study", help=f"a named study ({studies})")
+    form.add_argument("--arms", type=Path, metavar="FILE",
+                      help="YAML/JSON file with `arms: [{name: ..., config: {...}}, ...]`")
+    form.add_argument("--axis", type=_axis, action="append", metavar="FIELD=V1,V2",
+                      help="a grid axis (repeat for more; a list field's values are separated by ';')")
+    group.add_argument("--seeds", type=_seed_list, metavar="S1,S2", help="seeds of every arm (default: --seed or 0)")
+
+
 def _seed_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -366,14 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "train.log there), then write OUT/report.html and OUT/report.png. Finished runs are "
                     "skipped and stopped ones resume, so the same command continues a stopped sweep. "
                     "Precedence: the base preset < --config < flags < the arm's fields < the seed.")
-    form = sweep.add_mutually_exclusive_group()
-    form.add_argument("--study", help="a named study (sagan study list)")
-    form.add_argument("--arms", type=Path, metavar="FILE",
-                      help="YAML/JSON file with `arms: [{name: ..., config: {...}}, ...]`")
-    form.add_argument("--axis", type=_axis, action="append", metavar="FIELD=V1,V2",
-                      help="a grid axis (repeat for more; a list field's values are separated by ';')")
+    add_sweep_flags(sweep, studies="sagan study list")
     sweep.add_argument("--base", help="base preset (default: the study's, else seed64)")
-    sweep.add_argument("--seeds", type=_seed_list, metavar="S1,S2", help="seeds of every arm (default: --seed or 0)")
     sweep.add_argument("--out", type=Path, required=True, help="folder of the runs")
     sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="trainings at a time (default 1)")
     sweep.add_argument("--max-arms", type=int, default=64, metavar="N", help="most runs (arms x seeds), default 64")
