@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+PRIORITIES = ("low", "normal", "high")
 KINDS = ("train", "sample", "eval", "sweep", "dataset")
 DATASET_STATUSES = ("queued", "running", "ready", "failed")
 
@@ -46,7 +47,8 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_owner_status", "owner", "status"),)
+    __table_args__ = (Index("ix_jobs_owner_status", "owner", "status"),
+                      Index("ix_jobs_queue_status_priority", "queue", "status", "priority"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
     kind: Mapped[str] = mapped_column(String(16))
@@ -64,6 +66,8 @@ class Job(Base):
     # deletes its children.
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     arm: Mapped[str | None] = mapped_column(String(128))
+    # PRIORITIES' index: a free worker takes the highest first, then shares fairly between owners.
+    priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
