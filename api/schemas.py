@@ -9,13 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 
 from sagan_core.config import MAX_INT, EvalMetric, TrainConfig, config_warnings
 from sagan_service.jobspec import read_spec
-from sagan_service.models import Dataset, Job
+from sagan_service.models import PRIORITIES, Dataset, Job
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Kind = Literal["train", "sample", "eval", "sweep", "dataset"]
 DatasetStatus = Literal["queued", "running", "ready", "failed"]
 Imsize = Literal[32, 64, 128]  # what the models are built for
+Priority = Literal["low", "normal", "high"]  # sagan_service.models.PRIORITIES
+
+
+class JobOptions(BaseModel):
+    """What every kind of job may carry besides its own fields."""
+
+    priority: Priority = Field("normal", description="a free worker takes the highest first, then shares fairly "
+                                                     "between owners; high is for admins")
 
 
 # The schema clients see is TrainConfig's, every field with its type, default and description. The body
@@ -27,7 +35,7 @@ TrainConfigBody = Annotated[dict[str, Any], WithJsonSchema({
                    "100}; every field is optional (defaults shown are seed64's)."})]
 
 
-class TrainJobCreate(BaseModel):
+class TrainJobCreate(JobOptions):
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     kind: Literal["train"]
@@ -41,7 +49,7 @@ class SampleSource(BaseModel):
     step: int | None = Field(None, ge=0, le=MAX_STEP, description="a committed checkpoint step; null = the latest")
 
 
-class SampleJobCreate(BaseModel):
+class SampleJobCreate(JobOptions):
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     kind: Literal["sample"]
@@ -71,7 +79,7 @@ class EvalSource(BaseModel):
                           "job's best evaluation")
 
 
-class EvalJobCreate(BaseModel):
+class EvalJobCreate(JobOptions):
     """Measure a training job's checkpoint: `metrics` over `n` samples against `n` images of `dataset`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
@@ -92,7 +100,7 @@ ArmsBody = Annotated[list[Any], WithJsonSchema({
         "config": {"type": "object", "description": "TrainConfig fields over the base"}}}})]
 
 
-class SweepJobCreate(BaseModel):
+class SweepJobCreate(JobOptions):
     """One child `train` job per arm and seed: a grid over `axes`, a list of `arms` or a named `study` (give
     exactly one), times `seeds`. Every child is validated before any is created; a fault is a 422 whose `loc`
     names the arm and the field (`["body", "arms", <arm>, <field>]`)."""
@@ -133,6 +141,7 @@ class JobPublic(BaseModel):
     kind: Kind
     status: Status
     queue: str
+    priority: Priority
     spec: dict[str, Any] = Field(description="train: the full config; sample: the resolved source, n and seed; "
                                              "eval: the resolved source, dataset, metrics, n and seed; sweep: "
                                              "the request's base, study, axes, arms and seeds")
@@ -165,7 +174,8 @@ class JobPublic(BaseModel):
     def from_job(cls, job: Job, children: list[Job] | None = None,
                  best_held_out_eval: dict[str, Any] | None = None) -> JobPublic:
         return cls(
-            id=job.id, kind=job.kind, status=job.status, queue=job.queue, spec=job.spec,
+            id=job.id, kind=job.kind, status=job.status, queue=job.queue, priority=PRIORITIES[job.priority],
+            spec=job.spec,
             progress=Progress(step=job.step, total_steps=job.total_steps), metrics=job.metrics,
             latest_eval=job.latest_eval, best_eval=job.best_eval, best_held_out_eval=best_held_out_eval,
             attempt=job.attempt, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,

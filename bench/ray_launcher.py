@@ -17,57 +17,18 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
+from services import free_port, start, stop, throwaway_schema, wait_until
 
-PG = os.environ.get("SAGAN_BENCH_PG", "postgresql://root@127.0.0.1:5432/test")
 REDIS = os.environ.get("SAGAN_BENCH_REDIS", "redis://127.0.0.1:6379/7")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if value := predicate():
-                return value
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"waited {timeout:g} s for {what}")
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
 
 
 def run_job(client: httpx.Client, config: dict[str, Any], warmup: int) -> dict[str, float]:
@@ -90,18 +51,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the img/s median")
     args = parser.parse_args()
 
-    schema = f"sagan_bench_{uuid.uuid4().hex[:8]}"
     temp = Path(tempfile.mkdtemp(prefix="rayb", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    with psycopg.connect(PG, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
+    with throwaway_schema() as database_url:
+        runs = measure(args, temp, database_url)
+    shutil.rmtree(temp, ignore_errors=True)
+    ratio = statistics.mean(r["img_per_s"] for r in runs["ray"]) / statistics.mean(
+        r["img_per_s"] for r in runs["torchrun"])
+    print(json.dumps({"bench": "ray_launcher", "preset": "seed64", "batch_size": args.batch_size,
+                      "steps": args.steps, "processes": 2, "cpus": os.cpu_count(), **runs,
+                      "ray_over_torchrun_img_per_s": round(ratio, 3)}))
+
+
+def measure(args: argparse.Namespace, temp: Path, database_url: str) -> dict[str, list[dict[str, float]]]:
     api_port, ray_port, dashboard = free_port(), free_port(), free_port()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "SAGAN_HOME": str(temp / "home"), "SAGAN_AUTH": "none", "SAGAN_BROKER_URL": REDIS,
            "SAGAN_ARTIFACTS_URL": (temp / "artifacts").as_uri(), "RAY_USAGE_STATS_ENABLED": "0",
            "SAGAN_RAY_ADDRESS": f"http://127.0.0.1:{dashboard}",
-           "SAGAN_DATABASE_URL": f"{PG.replace('postgresql://', 'postgresql+psycopg://')}"
-                                 f"?options=-csearch_path%3D{schema}"}
+           "SAGAN_DATABASE_URL": database_url}
     sagan = [sys.executable, "-m", "sagan_core.cli"]
     processes = [start([str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port",
                         str(ray_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
@@ -129,14 +97,7 @@ def main() -> None:
         import redis
 
         redis.Redis.from_url(REDIS).flushdb()
-        with psycopg.connect(PG, autocommit=True) as connection:
-            connection.execute(f"DROP SCHEMA {schema} CASCADE")
-        shutil.rmtree(temp, ignore_errors=True)
-    ratio = statistics.mean(r["img_per_s"] for r in runs["ray"]) / statistics.mean(
-        r["img_per_s"] for r in runs["torchrun"])
-    print(json.dumps({"bench": "ray_launcher", "preset": "seed64", "batch_size": args.batch_size,
-                      "steps": args.steps, "processes": 2, "cpus": os.cpu_count(), **runs,
-                      "ray_over_torchrun_img_per_s": round(ratio, 3)}))
+    return runs
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Executable, bindparam, case, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from sagan_core.config import TrainConfig
@@ -76,7 +76,7 @@ class OverLimit(Exception):
         self.owner, self.queued, self.running, self.adding, self.limits = owner, queued, running, adding, limits
 
 
-def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_attempts: int,
+def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_attempts: int, priority: int = 1,
                idempotency_key: str | None = None, owner: str = "local",
                limits: OwnerLimits | None = None) -> tuple[Job, bool]:
     """Insert a queued job (its spec stored as spec.to_dict(), sagan_service.jobspec); with an idempotency key
@@ -93,7 +93,7 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
         return existing, False
     now = utcnow()
     values = {"id": new_job_id(), "kind": kind, "spec": spec.to_dict(), "queue": queue, "max_attempts": max_attempts,
-              "status": "queued", "owner": owner, "idempotency_key": key, "attempt": 0, "step": 0,
+              "priority": priority, "status": "queued", "owner": owner, "idempotency_key": key, "attempt": 0, "step": 0,
               "cancel_requested": False, "total_steps": spec.steps if isinstance(spec, TrainConfig) else None,
               "dispatched_at": now,  # the caller sends it next
               "created_at": now, "updated_at": now}
@@ -116,7 +116,7 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
 
 
 def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[str, TrainConfig, str]],
-                 max_attempts: int, idempotency_key: str | None = None, owner: str = "local",
+                 max_attempts: int, priority: int = 1, idempotency_key: str | None = None, owner: str = "local",
                  limits: OwnerLimits | None = None) -> tuple[Job, bool]:
     """Insert a sweep and its queued children, (arm, TrainConfig, queue) each, all the owner's, in one
     transaction; with an idempotency key already used, return that job and False instead. With `limits`,
@@ -132,12 +132,12 @@ def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[
     now = utcnow()
     # Never sent to a queue: dispatched_at stays null and claim_job / take_stale_queued skip sweeps.
     sweep = Job(id=new_job_id(), kind="sweep", spec=spec.to_dict(), queue="default", max_attempts=max_attempts,
-                status="queued", owner=owner, idempotency_key=key, attempt=0, step=0, cancel_requested=False,
+                priority=priority, status="queued", owner=owner, idempotency_key=key, attempt=0, step=0, cancel_requested=False,
                 total_steps=sum(child.steps for _, child, _ in children))
     # Ids made in one millisecond are not ordered: sorted, they list (and queue) the children in arm order.
     ids = sorted(new_job_id() for _ in children)
     members = [Job(id=job_id, kind="train", spec=child.to_dict(), queue=queue, max_attempts=max_attempts,
-                   status="queued", owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0,
+                   priority=priority, status="queued", owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0,
                    cancel_requested=False, total_steps=child.steps, dispatched_at=now)
                for job_id, (arm, child, queue) in zip(ids, children)]
     return _insert_once(session, [sweep, *members], key)
@@ -225,9 +225,49 @@ def _settle_parents(session: Session, job_ids: Iterable[str]) -> None:
         settle_sweep(session, job_id=parent_id)
 
 
-def is_queued(session: Session, *, job_id: str) -> bool:
-    """Whether a job waits to be run (what a worker asks before it spends a process on a message)."""
-    return session.execute(select(Job.status).where(Job.id == job_id)).scalar() == "queued"
+def _takeable(ticket: str) -> list[Any]:
+    """Queued jobs that the message of job `ticket` may run: those of its queue (sweeps never run)."""
+    queue = select(Job.queue).where(Job.id == ticket).scalar_subquery()
+    return [Job.queue == queue, Job.status == "queued", Job.kind != "sweep"]
+
+
+def queue_has_work(session: Session, *, ticket: str) -> bool:
+    """Whether the message of job `ticket` would run a job now (what a worker asks before it spends a process
+    on it)."""
+    return session.scalar(select(select(Job.id).where(*_takeable(ticket)).exists())) is True
+
+
+_OTHER = aliased(Job)
+# How many jobs the candidate's owner runs now: fair share goes to the owner with the fewest,
+_OWNER_RUNNING = (select(func.count()).select_from(_OTHER)
+                  .where(_OTHER.owner == Job.owner, _OTHER.status == "running", _OTHER.kind != "sweep")
+                  .correlate(Job).scalar_subquery())
+# and between owners who run as many, to the one whose last job started longest ago (or never): taking turns.
+_OWNER_LAST_START = (select(func.max(_OTHER.started_at)).where(_OTHER.owner == Job.owner)
+                     .correlate(Job).scalar_subquery())
+_CLAIM_TRIES = 5
+
+
+def claim_next(session: Session, *, ticket: str, worker_id: str, lease_seconds: float) -> Job | None:
+    """Claim the job a free worker should run now, from the queue of job `ticket` whose message it took; None
+    if that queue has nothing queued.
+
+    A message is a ticket for one run on its queue, not for the job it names (every queued job has one, so
+    tickets and queued jobs stay in step; one left over runs nothing). The job is the highest priority's,
+    then that of the owner with the fewest running jobs, then of the owner whose last job started the
+    longest ago, then the oldest: ids sort by creation, so a sweep's children keep their arm order. Claims by several workers at once skip each other's candidates
+    (PostgreSQL's SKIP LOCKED; SQLite writes one at a time, and the loser of a race tries the next)."""
+    choose = (select(Job.id).where(*_takeable(ticket))
+              .order_by(Job.priority.desc(), _OWNER_RUNNING, _OWNER_LAST_START.asc().nulls_first(), Job.id).limit(1)
+              .with_for_update(skip_locked=True, of=Job))
+    for _ in range(_CLAIM_TRIES):
+        job_id = session.scalar(choose)
+        if job_id is None:
+            session.rollback()
+            return None
+        if (job := claim_job(session, job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds)) is not None:
+            return job
+    return None
 
 
 def get_job(session: Session, job_id: str, *, owner: str | None = None) -> Job:
@@ -256,7 +296,7 @@ def list_jobs(session: Session, *, status: str | None = None, kind: str | None =
 
 
 def claim_job(session: Session, *, job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
-    """queued -> running for this worker, or None if the job is not queued (a duplicate delivery)."""
+    """Job `job_id` queued -> running for this worker, or None if it is not queued (taken meanwhile)."""
     now = utcnow()
     result = session.execute(
         update(Job)
@@ -579,7 +619,7 @@ _ACTIVE_COUNTS = select(_bounded_count("queued"), _bounded_count("running"))
 
 
 # A POST inserts its job only if the owner's counts, taken after the owner's lock, leave room for it.
-_ADMITTED_COLUMNS = ["id", "kind", "spec", "queue", "max_attempts", "status", "owner", "idempotency_key", "attempt",
+_ADMITTED_COLUMNS = ["id", "kind", "spec", "queue", "max_attempts", "priority", "status", "owner", "idempotency_key", "attempt",
                      "step", "cancel_requested", "total_steps", "dispatched_at", "created_at", "updated_at"]
 _INSERT_ADMITTED = insert(Job).from_select(
     _ADMITTED_COLUMNS,

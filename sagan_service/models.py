@@ -48,7 +48,8 @@ class Base(DeclarativeBase):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_owner_status", "owner", "status"),
-                      Index("ix_jobs_queue_status_priority", "queue", "status", "priority"))
+                      Index("ix_jobs_queue_status_priority", "queue", "status", "priority"),
+                      Index("ix_jobs_owner_started_at", "owner", "started_at"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
     kind: Mapped[str] = mapped_column(String(16))

@@ -22,8 +22,9 @@ from . import datasets, jobs
 from .jobspec import DatasetSpec, JobSpec, SampleSpec, SweepSpec, read_spec
 from .limits import check_eval_limits, check_train_limits
 from .logs import JOB_ID
+from .models import PRIORITIES
 from .queue import QueueUnavailable, dispatch_all, queue_for
-from .specs import check_dataset_spec, eval_job_spec, validate_sweep, validate_train_config
+from .specs import SpecError, check_dataset_spec, eval_job_spec, validate_sweep, validate_train_config
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -64,13 +65,14 @@ class Submitted:
 @dataclass(frozen=True)
 class Submitter:
     """One request's submissions: for `principal` (the owner; its owner_filter: whose jobs and data sets it may
-    use), into this deployment (`settings`), once per `idempotency_key`."""
+    use), into this deployment (`settings`), once per `idempotency_key`, at `priority` (PRIORITIES)."""
 
     session: Session
     settings: Settings
     celery: Celery
     principal: Principal
     idempotency_key: str | None = None
+    priority: str = "normal"
 
     def train(self, config: dict[str, Any]) -> Submitted:
         """A training job of `config` (preset + overrides)."""
@@ -114,7 +116,7 @@ class Submitter:
         children = [(run.arm, run.config, queue_for(run.config)) for run in runs]
         with self._owner_limits() as limits:
             sweep, created = jobs.create_sweep(self.session, spec=spec, children=children,
-                                               max_attempts=self.settings.max_attempts,
+                                               max_attempts=self.settings.max_attempts, priority=self._priority(),
                                                idempotency_key=self.idempotency_key, owner=self.principal.name,
                                                limits=limits)
         members = jobs.sweep_children(self.session, job_id=sweep.id)
@@ -159,12 +161,18 @@ class Submitter:
         withdrawn (the client's retry with the same key makes a new one)."""
         with self._owner_limits() as limits:
             job, created = jobs.create_job(self.session, kind=kind, spec=spec, queue=queue_for(spec),
-                                           max_attempts=self.settings.max_attempts,
+                                           max_attempts=self.settings.max_attempts, priority=self._priority(),
                                            idempotency_key=self.idempotency_key, owner=self.principal.name,
                                            limits=limits)
         self._replay_or_send(job, created, kind, spec, [job], any_step=any_step,
                              give_up=lambda _: jobs.withdraw_unsent(self.session, job_id=job.id))
         return Submitted(job, created)
+
+    def _priority(self) -> int:
+        """The requested priority's level; high only for admins (it overtakes every owner's work)."""
+        if self.priority == "high" and not self.principal.admin:
+            raise SpecError("priority", "priority high is for admins; use low or normal")
+        return PRIORITIES.index(self.priority)
 
     def _replay_or_send(self, job: Job, created: bool, kind: str, spec: JobSpec, to_send: list[Job], *,
                         give_up: Callable[[QueueUnavailable], None], any_step: bool = False) -> None:

@@ -33,7 +33,8 @@ def create_worker_app(settings: Settings) -> Celery:
 
     @app.task(name=TASK_NAME, ignore_result=True, Request=dropping_stale_messages(settings))
     def run_job_task(job_id: str) -> None:
-        """Run one attempt of a job; a job that is not queued any more makes this a no-op."""
+        """Run one attempt of the job to run next on the queue of `job_id` (usually that job; a queue with
+        nothing queued makes this a no-op)."""
         run_job(job_id, settings, stop_flag=stop_flag, handed_back=lambda job: send_again(app, job))
 
     def tell_the_running_job(**_: object) -> None:  # in the main process, from its signal handler
@@ -53,8 +54,8 @@ def create_worker_app(settings: Settings) -> Celery:
 
 
 def dropping_stale_messages(settings: Settings) -> type[Request]:
-    """A Request that drops the message of a job that is no longer queued (cancelled in the queue, or done by
-    another delivery) in the worker's main process, before a pool child is forked for it: a child costs seconds
+    """A Request that drops a message while its queue has nothing queued (its job cancelled in the queue, or
+    run by another message: jobs.claim_next) in the worker's main process, before a pool child is forked for it: a child costs seconds
     (max_tasks_per_child=1), and fifty cancelled jobs held the next real one back for minutes. Celery asks
     `revoked()` right before it hands a message to the pool; a drop is announced like a revoke (acknowledged,
     never run). When the database cannot say, the message goes on to the child, which checks again."""
@@ -62,12 +63,12 @@ def dropping_stale_messages(settings: Settings) -> type[Request]:
     sessions = make_session_factory(make_engine(settings.database, pooled=False,
                                                 timeout_s=settings.statement_timeout_seconds))
 
-    def still_queued(job_id: str) -> bool:
+    def has_work(ticket: str) -> bool:
         try:
             with sessions() as session:
-                return jobs.is_queued(session, job_id=job_id)
+                return jobs.queue_has_work(session, ticket=ticket)
         except Exception:  # any database trouble: let the child decide, as before
-            log.warning("job %s: could not look at its status before running it", job_id, exc_info=True)
+            log.warning("job %s: could not look at its queue before running its message", ticket, exc_info=True)
             return True
 
     class DroppingStaleMessages(Request):
@@ -75,10 +76,10 @@ def dropping_stale_messages(settings: Settings) -> type[Request]:
             if super().revoked():
                 return True
             job_id = self.args[0] if self.args else None
-            if not isinstance(job_id, str) or still_queued(job_id):
+            if not isinstance(job_id, str) or has_work(job_id):
                 return False
-            log.info("job %s is not queued any more: its message is dropped without running it", job_id)
-            self._announce_revoked("the job is not queued", terminated=False, signum=None, expired=False)
+            log.info("the queue of job %s has nothing queued: its message is dropped without running it", job_id)
+            self._announce_revoked("nothing queued", terminated=False, signum=None, expired=False)
             return True
 
     return DroppingStaleMessages

@@ -80,18 +80,13 @@ class ShutdownOverdue(Exception):
     """The worker is stopping and its shutdown time is up: stop waiting for the store."""
 
 
-def run_job(job_id: str, settings: Settings, *, stop_flag: Path | None = None,
+def run_job(ticket: str, settings: Settings, *, stop_flag: Path | None = None,
             handed_back: Callable[[Job], None] | None = None) -> str | None:
-    """Claim and run one attempt; return the final status, or None if there was nothing to do.
+    """Claim the job to run now from the queue of job `ticket`, whose message this is (jobs.claim_next), and
+    run one attempt of it; return the final status, or None if there was nothing to do.
 
     The worker is stopping once `stop_flag` exists: then the job goes back to the queue ("queued"),
     and `handed_back(job)` sends its message again. Every line logged meanwhile carries the job's id."""
-    with job_context(job_id):
-        return _run_job(job_id, settings, stop_flag, handed_back)
-
-
-def _run_job(job_id: str, settings: Settings, stop_flag: Path | None,
-             handed_back: Callable[[Job], None] | None) -> str | None:
     store = open_store(settings)  # before the claim: a misconfigured store must not strand a claimed job
     engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-worker {os.getpid()}",
                          timeout_s=settings.statement_timeout_seconds)
@@ -99,21 +94,22 @@ def _run_job(job_id: str, settings: Settings, stop_flag: Path | None,
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
     try:
-        job = retry(lambda: _claim(session_factory, job_id, worker_id, settings.lease_seconds), database)
+        job = retry(lambda: _claim(session_factory, ticket, worker_id, settings.lease_seconds), database)
         if job is None:
-            log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
+            log.info("the queue of job %s has nothing queued (a duplicate or a cancelled job's message)", ticket)
             return None
-        publish_job_record(store, job)
-        workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
-        try:
-            status = Attempt(job, settings, store, session_factory, worker_id, workdir, stop_flag).run()
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if status == HANDED_BACK and handed_back is not None:
-            handed_back(job)
-        if status in TERMINAL and job.parent_id is not None:
-            _report_finished_sweep(session_factory, store, job.parent_id)
-        return status
+        with job_context(job.id):
+            publish_job_record(store, job)
+            workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
+            try:
+                status = Attempt(job, settings, store, session_factory, worker_id, workdir, stop_flag).run()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            if status == HANDED_BACK and handed_back is not None:
+                handed_back(job)
+            if status in TERMINAL and job.parent_id is not None:
+                _report_finished_sweep(session_factory, store, job.parent_id)
+            return status
     finally:
         engine.dispose()
 
@@ -129,9 +125,9 @@ def _report_finished_sweep(sessions: sessionmaker[Session], store: ArtifactStore
         log.exception("sweep %s: could not store its report; the API builds it on request", sweep_id)
 
 
-def _claim(sessions: sessionmaker[Session], job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
+def _claim(sessions: sessionmaker[Session], ticket: str, worker_id: str, lease_seconds: float) -> Job | None:
     with sessions() as session:
-        return jobs.claim_job(session, job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds)
+        return jobs.claim_next(session, ticket=ticket, worker_id=worker_id, lease_seconds=lease_seconds)
 
 
 class Attempt:

@@ -116,6 +116,13 @@ def test_owners_see_only_their_jobs_and_admins_see_all(api: Api, service_env: di
         second = bob.client.post("/jobs", json={"kind": "train", "config": LONG}, headers=key)
         made += [first["id"], second.json()["id"]]
         assert second.status_code == 201 and second.json()["id"] != first["id"]
+        # Priority high overtakes every owner's work: admins only.
+        refused = alice.client.post("/jobs", json={"kind": "sweep", "base": LONG, "arms": [{"name": "a"}],
+                                                   "priority": "high"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "priority"]
+        urgent = api.submit({"kind": "train", "config": LONG, "priority": "high"})
+        made.append(urgent["id"])
+        assert (urgent["priority"], alice.job(job["id"])["priority"]) == ("high", "normal")
     finally:
         for job_id in made:
             api.client.post(f"/jobs/{job_id}/cancel")
