@@ -15,7 +15,7 @@ import redis
 
 from sagan_service.queue import TASK_NAME, _job_id_of, dispatch_all, make_celery
 from sagan_service.settings import Settings
-from tests.service.conftest import TINY, Service, start_api
+from tests.service.conftest import TINY, Service, start_api, wait_for
 
 
 @dataclass
@@ -62,10 +62,10 @@ def test_a_message_pushed_to_redis_is_the_one_celery_sends() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_a_worker_drops_the_messages_of_cancelled_jobs_without_a_child_process(service_env: dict[str, str],
-                                                                              tmp_path: Path) -> None:
-    # A broker database of its own, so that only this test's worker reads these messages.
-    env = {**service_env, "SAGAN_BROKER_URL": "redis://127.0.0.1:6379/12"}
+def test_a_worker_drops_messages_without_a_child_process_once_nothing_is_queued(
+        service_env: dict[str, str], empty_schema_url: str, tmp_path: Path) -> None:
+    # A database and a broker of its own, so that only this test's worker reads these messages and jobs.
+    env = {**service_env, "SAGAN_DATABASE_URL": empty_schema_url, "SAGAN_BROKER_URL": "redis://127.0.0.1:6379/12"}
     redis.Redis.from_url(env["SAGAN_BROKER_URL"]).flushdb()
     service, api = start_api(env, tmp_path)
     worker = None
@@ -73,12 +73,16 @@ def test_a_worker_drops_the_messages_of_cancelled_jobs_without_a_child_process(s
         cancelled = [api.submit({"kind": "train", "config": {**TINY, "steps": 100_000}})["id"] for _ in range(8)]
         for job_id in cancelled:  # cancelled in the queue: their messages stay in the broker
             assert api.client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
-        worker = Service(["worker", "--loglevel", "INFO"], env, tmp_path / "worker.log")
         real = api.submit({"kind": "train", "config": {**TINY, "steps": 2}})
+        worker = Service(["worker", "--loglevel", "INFO"], env, tmp_path / "worker.log")
         assert api.wait_status(real["id"], {"succeeded", "failed"}, timeout=180)["status"] == "succeeded"
-        log = worker.log_path.read_text()
-        assert sorted(re.findall(r"job (\S+) is not queued any more", log)) == sorted(cancelled), log[-3000:]
-        assert "duplicate delivery or cancelled" not in log  # no pool child was started for any of them
+        # A message is a ticket for its queue (jobs.claim_next): the first one ran the real job, and the 8
+        # others, its own among them, found nothing queued.
+        log = wait_for(lambda: (text := worker.log_path.read_text()).count("its message is dropped") == 8 and text,
+                       30, "the 8 messages left to be dropped")
+        dropped = re.findall(r"the queue of job (\S+) has nothing queued: its message is dropped", log)
+        assert len(dropped) == 8 and set(dropped) <= {*cancelled, real["id"]}, log[-3000:]
+        assert "(a duplicate or a cancelled job's message)" not in log  # no pool child was started for them
     finally:
         if worker is not None:
             worker.stop()
