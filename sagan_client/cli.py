@@ -20,7 +20,7 @@ from sagan_core.cli import add_config_flags, add_sweep_flags
 from . import display
 from .api import ClientError, SaganClient, route
 from .credentials import Server, resolve_server, save_login
-from .jobs import download, job_body, wait
+from .jobs import download, job_body, wait, write_job_report
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -68,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("--checkpoint", default="latest", metavar="STEP|best|latest|none",
                        help="which checkpoint of a training job (default latest: the newest, if any)")
     fetch.set_defaults(func=_guarded(cmd_jobs_download))
+    _add_shortcuts(jobs, server)
 
     datasets = subparsers.add_parser("datasets", help="data sets of the job service") \
         .add_subparsers(dest="datasets_command", metavar="COMMAND", required=True)
@@ -92,6 +93,9 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
                         help="a config field, read as its flag (repeat for more; over --config and flags)")
     parser.add_argument("--wait", action="store_true", help="then follow it as `sagan jobs wait`")
+    parser.add_argument("--priority", choices=["low", "normal", "high"],
+                        help="a free worker takes the highest first, then shares fairly between owners "
+                             "(default normal; high: admins only)")
     _add_interval(parser)
     jobs = parser.add_argument_group("sample and eval jobs")
     jobs.add_argument("--source", metavar="JOB_ID", help="the training job whose checkpoint to use")
@@ -103,6 +107,32 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
     add_sweep_flags(sweeps, studies="GET /studies, `sagan study list`")
     add_config_flags(parser)
     parser.set_defaults(func=_guarded(cmd_jobs_submit))
+
+
+def _add_shortcuts(jobs: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`sagan jobs sample|eval|report ID`: a sample or eval job of a training job, waited for, with its result;
+    a job's report page."""
+    sample = jobs.add_parser("sample", parents=[server], help="a grid of samples from a training job's checkpoint",
+                             description="Submit a sample job of training job ID, wait for it, and save its "
+                                         "grid (as `sagan jobs submit --kind sample --source ID --wait`).")
+    sample.add_argument("-n", type=int, default=64, help="images (default 64)")
+    sample.add_argument("--out", type=Path, help="the grid's PNG (default ./<sample job id>.png)")
+    evaluation = jobs.add_parser("eval", parents=[server], help="measure a training job's checkpoint",
+                                 description="Submit an eval job of training job ID, wait for it, and print its "
+                                             "metrics; unset --eval-* values are the training's.")
+    for parser, kind, fields in ((sample, "sample", ["seed"]), (evaluation, "eval", ["eval_dataset", "eval_metrics",
+                                                                                      "eval_n"])):
+        parser.add_argument("source", metavar="ID", help="the training job")
+        parser.add_argument("--step", type=_checkpoint_step, metavar="STEP|latest|best",
+                            help="its checkpoint (default latest; best: the best evaluation's, eval only)")
+        add_config_flags(parser, fields, title="as in `sagan train`")
+        _add_interval(parser)
+        parser.set_defaults(func=_guarded(cmd_jobs_shortcut), kind=kind, config=None, set=None, priority=None)
+    report = jobs.add_parser("report", parents=[server], help="a job's HTML report (a sweep's comparison, or one "
+                                                              "training's curves, grids and evaluations)")
+    report.add_argument("id", help="job id")
+    report.add_argument("--out", type=Path, help="the page (default ./<id>-report.html)")
+    report.set_defaults(func=_guarded(cmd_jobs_report))
 
 
 def _add_interval(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +220,30 @@ def _finish(job: dict[str, Any], as_json: bool) -> int:
     if as_json:
         _print_json(job)
     return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_jobs_shortcut(args: argparse.Namespace) -> int:
+    """`sagan jobs sample|eval ID`: submit, wait, then the grid saved or the metrics printed."""
+    with _connect(args) as client:
+        job = client.post("/jobs", job_body(args))
+        print(job["id"], file=sys.stderr, flush=True)
+        job = wait(client, job["id"], args.interval)
+        if job["status"] != "succeeded":
+            raise ClientError(f"{args.kind} job {job['id']} {job['status']}: {job.get('error') or 'no error given'}")
+        if args.kind == "sample":
+            out = client.download(route("jobs", job["id"], "samples", "latest"), args.out or Path(f"{job['id']}.png"))
+            _output(args.json, {"job": job["id"], "file": str(out)}, str(out))
+        else:
+            _output(args.json, job, display.eval_text(job["latest_eval"]) or "no metrics")
+    return 0
+
+
+def cmd_jobs_report(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        job = client.get(route("jobs", args.id))
+        out = write_job_report(client, job, args.out or Path(f"{job['id']}-report.html"))
+    _output(args.json, {"job": job["id"], "file": str(out)}, str(out))
+    return 0
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:

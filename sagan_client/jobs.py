@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,7 +48,12 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def job_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The POST /jobs body of `sagan jobs submit`."""
+    """The POST /jobs body of `sagan jobs submit` (and of its sample and eval shortcuts)."""
+    options = {"priority": args.priority} if args.priority else {}
+    return {**_kind_body(args), **options}
+
+
+def _kind_body(args: argparse.Namespace) -> dict[str, Any]:
     values = config_values(args)
     if args.kind == "train":
         return {"kind": "train", "config": values}
@@ -152,3 +158,18 @@ def download(client: SaganClient, job: dict[str, Any], out: Path, checkpoint: st
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def write_job_report(client: SaganClient, job: dict[str, Any], out: Path) -> Path:
+    """A sweep's report as the server builds it; a training job's, built here from its downloaded run (curves,
+    final grid, evaluations) by `sagan report`'s code."""
+    if job["kind"] == "sweep":
+        return client.download(route("jobs", job["id"], "report"), out)
+    if job["kind"] != "train":
+        raise ClientError(f"job {job['id']} is a {job['kind']} job: reports are of training jobs and sweeps")
+    from sagan_core.report import load_run, write_report  # matplotlib: only for this command
+
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = Path(folder) / job["id"]
+        download(client, job, run_dir, "none")
+        return write_report([load_run(run_dir)], out, title=f"Job {job['id']}")

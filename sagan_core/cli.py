@@ -13,6 +13,7 @@ import functools
 import json
 import subprocess
 import sys
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, get_args
@@ -23,11 +24,14 @@ from .launch import training_launch
 ENTRY_POINT_GROUP = "sagan.commands"
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One kebab-case flag per TrainConfig field, its help from the field; unset flags stay out of the
-    namespace. Values are read by config.parse_flag and validated by build_config, like a file's."""
-    group = parser.add_argument_group("config fields (override --preset and --config; defaults are seed64's)")
-    for name, field in FIELDS.items():
+def add_config_flags(parser: argparse.ArgumentParser, fields: Iterable[str] | None = None,
+                     title: str = "config fields (override --preset and --config; defaults are seed64's)") -> None:
+    """One kebab-case flag per TrainConfig field (or per one of `fields`), its help from the field; unset flags
+    stay out of the namespace. Values are read by config.parse_flag and validated by build_config, like a
+    file's."""
+    group = parser.add_argument_group(title)
+    for name in fields or FIELDS:
+        field = FIELDS[name]
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

@@ -68,7 +68,7 @@ def test_the_client_needs_neither_torch_nor_the_service() -> None:
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_submit_wait_list_show_and_download(sagan: Sagan, workers: Workers, tmp_path: Path) -> None:
     submitted = sagan("jobs", "submit", *TINY_FLAGS, "--steps", "20", "--set", "sample_every=10",
                       "--wait", "--interval", "0.3")
@@ -94,6 +94,26 @@ def test_submit_wait_list_show_and_download(sagan: Sagan, workers: Workers, tmp_
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-20.pt"
     assert json.loads((out / "config.json").read_text())["steps"] == 20
     assert (out / "evals.jsonl").read_text() == ""  # no eval_every: no evaluations
+
+    # The shortcuts: a grid of the job's checkpoint saved, its evaluation printed, its report written.
+    grid = sagan("jobs", "sample", job_id, "-n", "4", "--seed", "3", "--out", "grid.png", "--interval", "0.3")
+    assert grid.returncode == 0, grid.stderr
+    assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    measured = sagan("jobs", "eval", job_id, "--eval-metrics", "swd", "--eval-n", "64", "--interval", "0.3")
+    assert measured.returncode == 0 and re.match(r"^swd \d", measured.stdout), measured.stderr
+    report = sagan("jobs", "report", job_id)
+    assert report.returncode == 0, report.stderr
+    assert "<html" in (tmp_path / f"{job_id}-report.html").read_text()
+
+
+@pytest.mark.timeout(60)
+def test_a_low_priority_job_and_a_refused_high_one(sagan: Sagan, api: Api) -> None:
+    low = sagan("jobs", "submit", *TINY_FLAGS, "--steps", "100000", "--priority", "low", "--json")
+    job = json.loads(low.stdout)
+    api.client.post(f"/jobs/{job['id']}/cancel")
+    assert job["priority"] == "low"
+    assert one_error_line(sagan("jobs", "submit", *TINY_FLAGS, "--priority", "high")) == (
+        "sagan jobs submit: error: priority high is for admins; use low or normal")
 
 
 @pytest.mark.timeout(120)
