@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 
 from sagan_core.config import MAX_INT, EvalMetric, TrainConfig, config_warnings
 from sagan_service.jobspec import read_spec
-from sagan_service.models import Dataset, Job
+from sagan_service.models import Dataset, Job, WebhookDelivery
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -27,7 +27,20 @@ TrainConfigBody = Annotated[dict[str, Any], WithJsonSchema({
                    "100}; every field is optional (defaults shown are seed64's)."})]
 
 
-class TrainJobCreate(BaseModel):
+class WebhookTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(max_length=2048, description="http(s) URL on a host SAGAN_WEBHOOK_HOSTS lists; each status "
+                                                  "change is POSTed to it, signed (README: Webhooks)")
+
+
+class Notifying(BaseModel):
+    """What every job body may carry: URLs told of each status change of the job."""
+
+    notify: list[WebhookTarget] = Field(default_factory=list, max_length=5)
+
+
+class TrainJobCreate(Notifying):
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     kind: Literal["train"]
@@ -41,7 +54,7 @@ class SampleSource(BaseModel):
     step: int | None = Field(None, ge=0, le=MAX_STEP, description="a committed checkpoint step; null = the latest")
 
 
-class SampleJobCreate(BaseModel):
+class SampleJobCreate(Notifying):
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     kind: Literal["sample"]
@@ -71,7 +84,7 @@ class EvalSource(BaseModel):
                           "job's best evaluation")
 
 
-class EvalJobCreate(BaseModel):
+class EvalJobCreate(Notifying):
     """Measure a training job's checkpoint: `metrics` over `n` samples against `n` images of `dataset`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
@@ -92,7 +105,7 @@ ArmsBody = Annotated[list[Any], WithJsonSchema({
         "config": {"type": "object", "description": "TrainConfig fields over the base"}}}})]
 
 
-class SweepJobCreate(BaseModel):
+class SweepJobCreate(Notifying):
     """One child `train` job per arm and seed: a grid over `axes`, a list of `arms` or a named `study` (give
     exactly one), times `seeds`. Every child is validated before any is created; a fault is a 422 whose `loc`
     names the arm and the field (`["body", "arms", <arm>, <field>]`)."""
@@ -302,3 +315,32 @@ class DatasetPublic(BaseModel):
 
 class DatasetList(BaseModel):
     items: list[DatasetPublic]
+
+
+class DeliveryPublic(BaseModel):
+    """One status change of a job and its delivery to one notify URL."""
+
+    sequence: int = Field(description="the job's status changes, counted from 1")
+    status: Status
+    url: str
+    state: Literal["pending", "delivered", "failed"] = Field(description="failed: no more attempts")
+    attempts: int
+    answer_code: int | None = Field(description="the last attempt's HTTP status; null: no answer")
+    answer: str | None = Field(description="the start of the last answer's body, or why there was none")
+    answered_at: datetime | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def from_delivery(cls, delivery: WebhookDelivery) -> DeliveryPublic:
+        state = ("delivered" if delivery.delivered_at is not None
+                 else "pending" if delivery.next_attempt_at is not None else "failed")
+        return cls(sequence=delivery.sequence, status=delivery.status, url=delivery.url, state=state,
+                   attempts=delivery.attempts, answer_code=delivery.answer_code, answer=delivery.answer,
+                   answered_at=utc(delivery.answered_at), delivered_at=utc(delivery.delivered_at),
+                   next_attempt_at=utc(delivery.next_attempt_at), created_at=utc(delivery.created_at))
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryPublic] = Field(description="in sequence order")
