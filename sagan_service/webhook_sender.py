@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import aliased
@@ -106,8 +107,8 @@ def _record(session: Session, row: Row[Any], answer: Answer, settings: Settings)
         attempts=attempts, answer_code=answer.code, answer=answer.text, answered_at=now,
         delivered_at=now if answer.delivered else None,
         next_attempt_at=now + backoff(attempts, settings.webhook_backoff_seconds) if retry else None))
-    if not answer.delivered:
-        log.warning("webhook %s to %s: %s%s", event_id(row.job_id, row.sequence), row.url,
+    if not answer.delivered:  # the host only: a URL's path or query may hold the receiver's own secret
+        log.warning("webhook %s to %s: %s%s", event_id(row.job_id, row.sequence), urlsplit(row.url).hostname,
                     answer.code or "no answer", "" if retry else f"; given up after {attempts} attempts")
 
 

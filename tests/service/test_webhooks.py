@@ -25,6 +25,7 @@ from sagan_service import jobs
 from sagan_service.auth import create_token
 from sagan_service.cli import run_token_create, run_token_secret
 from sagan_service.db import make_engine, make_session_factory
+from sagan_service.jobspec import SweepSpec
 from sagan_service.migrate import upgrade
 from sagan_service.models import WebhookDelivery
 from sagan_service.settings import Settings
@@ -135,6 +136,18 @@ def test_each_status_change_is_recorded_once_per_url_in_its_transaction(session:
     jobs.reap_expired_leases(session, now=jobs.utcnow() + timedelta(seconds=1))
     assert [status for _, status, _ in events(session, cancelled.id)] == ["cancelled"]
     assert [status for _, status, _ in events(session, lost.id)] == ["running", "failed"]
+
+
+def test_a_sweeps_events_are_its_own_status(session: Session) -> None:
+    sweep, _ = jobs.create_sweep(session, spec=SweepSpec(), children=[("a", make_config(steps=1), "cpu"),
+                                                                      ("b", make_config(steps=1), "cpu")],
+                                 max_attempts=1, notify=["http://127.0.0.1/s"])
+    first, second = jobs.sweep_children(session, job_id=sweep.id)
+    for child in (first, second):
+        assert jobs.claim_job(session, job_id=child.id, worker_id="w", lease_seconds=30)
+        assert jobs.finish_job(session, job_id=child.id, worker_id="w", status="succeeded")
+    assert [status for _, status, _ in events(session, sweep.id)] == ["running", "succeeded"]
+    assert events(session, first.id) == []  # its children's own changes are not the sweep's URLs' business
 
 
 def test_each_owner_signs_with_its_own_secret(session: Session, tmp_path: Path) -> None:
