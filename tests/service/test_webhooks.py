@@ -11,6 +11,7 @@ import stat
 import threading
 from argparse import Namespace
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +30,7 @@ from sagan_service.jobspec import SweepSpec
 from sagan_service.migrate import upgrade
 from sagan_service.models import WebhookDelivery
 from sagan_service.settings import Settings
-from sagan_service.webhook_sender import backoff
+from sagan_service.webhook_sender import backoff, deliver_due
 from sagan_service.webhooks import (
     EVENT_HEADER,
     SIGNATURE_HEADER,
@@ -233,6 +234,30 @@ class Receiver:
         with self.changed:
             assert self.changed.wait_for(lambda: predicate(self.received), timeout), self.received
             return list(self.received)
+
+
+def test_the_sender_checks_the_host_again_and_gives_up_after_the_attempts(session: Session, tmp_path: Path) -> None:
+    receiver = Receiver(fail_first={"/down": 99})
+    urls = [receiver.url("/down"), "http://10.0.0.1/x"]  # the second's host is no longer allowed
+    job, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=3,
+                             notify=urls)
+    jobs.claim_job(session, job_id=job.id, worker_id="w", lease_seconds=30)
+    settings = Settings(home=tmp_path, webhook_hosts="127.0.0.1", webhook_attempts=2, webhook_backoff_seconds=0.01,
+                        webhook_secret=SecretStr(SECRET))
+    sessions = make_session_factory(session.get_bind())
+
+    def settled() -> list[tuple]:
+        with ThreadPoolExecutor(2) as pool:
+            deliver_due(sessions, settings, pool)
+        with sessions() as reader:
+            rows = list_deliveries(reader, job_id=job.id)
+        return [(row.url, row.attempts, row.answer_code, row.answer) for row in rows
+                if row.next_attempt_at is None] if all(row.next_attempt_at is None for row in rows) else []
+
+    given_up = {url: rest for url, *rest in wait_for(settled, 10, "both deliveries to be given up", interval=0.02)}
+    assert given_up[urls[0]] == [2, 500, "no"]
+    assert given_up[urls[1]][:2] == [2, None] and "not one this service calls" in given_up[urls[1]][2]
+    assert [r.code for r in receiver.received] == [500, 500]
 
 
 @pytest.fixture(scope="module")
