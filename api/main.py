@@ -28,6 +28,7 @@ from api.metrics import RequestLatency, make_registry
 from api.routes import datasets as dataset_routes
 from api.routes import health, monitoring, presets, studies
 from api.routes import jobs as job_routes
+from api.routes import webhooks as webhook_routes
 from sagan_service.auth import TokenCache
 from sagan_service.db import make_engine, make_session_factory, no_answer
 from sagan_service.jobs import JobConflict, JobNotFound
@@ -38,6 +39,7 @@ from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
 from sagan_service.storage import StoreUnavailable, open_store
 from sagan_service.submit import IdempotencyKeyReused, OwnerOverLimit
+from sagan_service.webhook_sender import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         stop_reaper = asyncio.Event()
         reaper = asyncio.create_task(_reap_until(stop_reaper, app))
+        sender = WebhookSender.start(app.state.sessions, settings)  # a thread: a slow receiver holds up no request
         # Everything built so far lives as long as the process: keep it out of the collector's scans,
         # which otherwise stall a request now and then (the p99 of GET /jobs/{id}).
         gc.freeze()
         yield
         stop_reaper.set()
         await reaper  # a pass in flight finishes before the engine goes
+        if sender is not None:
+            await run_in_threadpool(sender.stop)
         engine.dispose()
 
     docs = {} if settings.docs_public else {"docs_url": None, "redoc_url": None, "openapi_url": None}
@@ -78,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticated = [Depends(get_principal)]  # a 401 unless SAGAN_AUTH=none
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
     app.include_router(job_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
+    app.include_router(webhook_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(dataset_routes.router, dependencies=authenticated)
     app.include_router(presets.router, dependencies=authenticated)
     app.include_router(studies.router, dependencies=authenticated)

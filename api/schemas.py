@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 
 from sagan_core.config import MAX_INT, EvalMetric, TrainConfig, config_warnings
 from sagan_service.jobspec import read_spec
-from sagan_service.models import PRIORITIES, Dataset, Job
+from sagan_service.models import PRIORITIES, Dataset, Job, WebhookDelivery
 
 MAX_STEP = MAX_INT  # steps are 32-bit integer columns
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -19,13 +19,6 @@ Imsize = Literal[32, 64, 128]  # what the models are built for
 Priority = Literal["low", "normal", "high"]  # sagan_service.models.PRIORITIES
 
 
-class JobOptions(BaseModel):
-    """What every kind of job may carry besides its own fields."""
-
-    priority: Priority = Field("normal", description="a free worker takes the highest first, then shares fairly "
-                                                     "between owners; high is for admins")
-
-
 # The schema clients see is TrainConfig's, every field with its type, default and description. The body
 # itself stays a plain mapping here: a preset's values sit between those defaults and what a client
 # sends, so sagan_core.config.build_config (the CLI's and the trainer's way in) validates it.
@@ -33,6 +26,22 @@ TrainConfigBody = Annotated[dict[str, Any], WithJsonSchema({
     **TrainConfig.model_json_schema(),
     "description": "`sagan train` fields over the preset's values, e.g. {\"preset\": \"debug32\", \"steps\": "
                    "100}; every field is optional (defaults shown are seed64's)."})]
+
+
+class WebhookTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(max_length=2048, description="http(s) URL on a host SAGAN_WEBHOOK_HOSTS lists; each status "
+                                                  "change is POSTed to it, signed (README: Webhooks)")
+
+
+class JobOptions(BaseModel):
+    """What every kind of job may carry besides its own fields."""
+
+    priority: Priority = Field("normal", description="a free worker takes the highest first, then shares fairly "
+                                                     "between owners; high is for admins")
+    notify: list[WebhookTarget] = Field(default_factory=list, max_length=5,
+                                        description="URLs told of each status change of the job")
 
 
 class TrainJobCreate(JobOptions):
@@ -312,3 +321,32 @@ class DatasetPublic(BaseModel):
 
 class DatasetList(BaseModel):
     items: list[DatasetPublic]
+
+
+class DeliveryPublic(BaseModel):
+    """One status change of a job and its delivery to one notify URL."""
+
+    sequence: int = Field(description="the job's status changes, counted from 1")
+    status: Status
+    url: str
+    state: Literal["pending", "delivered", "failed"] = Field(description="failed: no more attempts")
+    attempts: int
+    answer_code: int | None = Field(description="the last attempt's HTTP status; null: no answer")
+    answer: str | None = Field(description="the start of the last answer's body, or why there was none")
+    answered_at: datetime | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def from_delivery(cls, delivery: WebhookDelivery) -> DeliveryPublic:
+        state = ("delivered" if delivery.delivered_at is not None
+                 else "pending" if delivery.next_attempt_at is not None else "failed")
+        return cls(sequence=delivery.sequence, status=delivery.status, url=delivery.url, state=state,
+                   attempts=delivery.attempts, answer_code=delivery.answer_code, answer=delivery.answer,
+                   answered_at=utc(delivery.answered_at), delivered_at=utc(delivery.delivered_at),
+                   next_attempt_at=utc(delivery.next_attempt_at), created_at=utc(delivery.created_at))
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryPublic] = Field(description="in sequence order")

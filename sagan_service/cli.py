@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                       "SAGAN_TOKEN_CACHE_SECONDS)")
     revoke.add_argument("name")
     revoke.set_defaults(func=run_token_revoke)
+    secret = token_commands.add_parser("secret", help="print the secret that signs NAME's webhooks (README: "
+                                                      "Webhooks); `local`: SAGAN_AUTH=none's")
+    secret.add_argument("name")
+    secret.set_defaults(func=run_token_secret)
 
     up = subparsers.add_parser("up", help="run the whole service locally: API + one worker, no servers")
     up.add_argument("--host", default="127.0.0.1")
@@ -95,7 +99,8 @@ def run_token_create(args: argparse.Namespace) -> int:
             return 2
     print(token)
     print(f"token for {args.name}{' (admin)' if args.admin else ''}: shown only now; send it as "
-          "`Authorization: Bearer <token>`", file=sys.stderr)
+          "`Authorization: Bearer <token>`; its webhooks' signing secret: "
+          f"`sagan token secret {args.name}`", file=sys.stderr)
     return 0
 
 
@@ -115,6 +120,18 @@ def run_token_revoke(args: argparse.Namespace) -> int:
         if not revoke_token(session, name=args.name):
             print(f"sagan token revoke: no token named {args.name!r}", file=sys.stderr)
             return 1
+    return 0
+
+
+def run_token_secret(args: argparse.Namespace) -> int:
+    from .webhooks import owner_secret
+
+    with _token_session() as session:
+        secret = owner_secret(session, args.name, Settings())
+    if secret is None:
+        print(f"sagan token secret: no token named {args.name!r}", file=sys.stderr)
+        return 1
+    print(secret)
     return 0
 
 

@@ -39,6 +39,7 @@ from sagan_core.config import TrainConfig
 from .db import run_and_commit
 from .jobspec import JobSpec, SweepSpec, read_spec
 from .models import TERMINAL, Artifact, Job, new_job_id, utcnow
+from .webhooks import record_status_changes
 
 log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -78,7 +79,7 @@ class OverLimit(Exception):
 
 def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_attempts: int, priority: int = 1,
                idempotency_key: str | None = None, owner: str = "local",
-               limits: OwnerLimits | None = None) -> tuple[Job, bool]:
+               limits: OwnerLimits | None = None, notify: Sequence[str] = ()) -> tuple[Job, bool]:
     """Insert a queued job (its spec stored as spec.to_dict(), sagan_service.jobspec); with an idempotency key
     already used, return that job and False instead.
     With `limits`, OverLimit instead while the owner is at one of them (a replay too: a client retrying at
@@ -95,6 +96,7 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
     values = {"id": new_job_id(), "kind": kind, "spec": spec.to_dict(), "queue": queue, "max_attempts": max_attempts,
               "priority": priority, "status": "queued", "owner": owner, "idempotency_key": key, "attempt": 0, "step": 0,
               "cancel_requested": False, "total_steps": spec.steps if isinstance(spec, TrainConfig) else None,
+              "notify": list(notify) or None,
               "dispatched_at": now,  # the caller sends it next
               "created_at": now, "updated_at": now}
     admission = limits or OwnerLimits(max_queued=_NO_LIMIT, max_running=_NO_LIMIT)
@@ -117,7 +119,7 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
 
 def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[str, TrainConfig, str]],
                  max_attempts: int, priority: int = 1, idempotency_key: str | None = None, owner: str = "local",
-                 limits: OwnerLimits | None = None) -> tuple[Job, bool]:
+                 limits: OwnerLimits | None = None, notify: Sequence[str] = ()) -> tuple[Job, bool]:
     """Insert a sweep and its queued children, (arm, TrainConfig, queue) each, all the owner's, in one
     transaction; with an idempotency key already used, return that job and False instead. With `limits`,
     OverLimit instead while the children would take the owner past one (checked as create_job does). The
@@ -132,8 +134,9 @@ def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[
     now = utcnow()
     # Never sent to a queue: dispatched_at stays null and claim_job / take_stale_queued skip sweeps.
     sweep = Job(id=new_job_id(), kind="sweep", spec=spec.to_dict(), queue="default", max_attempts=max_attempts,
-                priority=priority, status="queued", owner=owner, idempotency_key=key, attempt=0, step=0, cancel_requested=False,
-                total_steps=sum(child.steps for _, child, _ in children))
+                priority=priority, status="queued", owner=owner, idempotency_key=key, attempt=0, step=0,
+                cancel_requested=False, total_steps=sum(child.steps for _, child, _ in children),
+                notify=list(notify) or None)
     # Ids made in one millisecond are not ordered: sorted, they list (and queue) the children in arm order.
     ids = sorted(new_job_id() for _ in children)
     members = [Job(id=job_id, kind="train", spec=child.to_dict(), queue=queue, max_attempts=max_attempts,
@@ -204,6 +207,7 @@ def settle_sweep(session: Session, *, job_id: str) -> str | None:
         values["finished_at"] = now
     session.execute(update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL)).values(**values)
                     .execution_options(synchronize_session=False))
+    record_status_changes(session, Job.id == job_id)
     session.commit()
     return status
 
@@ -306,6 +310,7 @@ def claim_job(session: Session, *, job_id: str, worker_id: str, lease_seconds: f
                 resumed_from_step=Job.latest_checkpoint_step, started_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
+    record_status_changes(session, Job.id == job_id)
     session.commit()
     if result.rowcount != 1:
         return None
@@ -437,6 +442,7 @@ def request_cancel(session: Session, *, job_id: str, owner: str | None = None) -
                             finished_at=case((queued, now), else_=Job.finished_at),
                             cancel_requested=True, updated_at=now)
                     .execution_options(synchronize_session=False))
+    record_status_changes(session, target)
     session.commit()
     if job.kind == "sweep":
         settle_sweep(session, job_id=job_id)
@@ -464,6 +470,7 @@ def fail_queued_sweep(session: Session, *, job_id: str, error: str) -> None:
     session.execute(update(Job).where(Job.parent_id == job_id, Job.status == "queued")
                     .values(status="failed", error=error, finished_at=now, updated_at=now)
                     .execution_options(synchronize_session=False))
+    record_status_changes(session, Job.parent_id == job_id)
     session.execute(update(Job).where(Job.id == job_id).values(error=error, idempotency_key=None, updated_at=now)
                     .execution_options(synchronize_session=False))
     session.commit()
@@ -487,6 +494,7 @@ def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
                 lease_owner=None, lease_expires_at=None, dispatched_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
+    record_status_changes(session, Job.id == job_id)
     session.commit()
     _settle_parents(session, [job_id])
     return result.rowcount == 1
@@ -509,6 +517,7 @@ def retry_lost(session: Session, *, job_id: str, worker_id: str, error: str) -> 
         .returning(Job.status).execution_options(synchronize_session=False)
     )
     new_status = result.scalar_one_or_none()
+    record_status_changes(session, Job.id == job_id)
     session.commit()
     _settle_parents(session, [job_id])
     return new_status
@@ -548,6 +557,7 @@ def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, er
                 lease_owner=None, lease_expires_at=None, **progress)
         .execution_options(synchronize_session=False)
     )
+    record_status_changes(session, Job.id == job_id)
     session.commit()
     if result.rowcount == 1:
         _settle_parents(session, [job_id])
@@ -580,6 +590,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
     requeued = session.scalars(update(Job).where(*expired).values(status="queued", dispatched_at=now, **released)
                                .returning(Job.id).execution_options(synchronize_session=False))
     ids = list(requeued)
+    record_status_changes(session, Job.id.in_(settled + ids))
     session.commit()
     _settle_parents(session, settled)
     return ids
@@ -619,8 +630,9 @@ _ACTIVE_COUNTS = select(_bounded_count("queued"), _bounded_count("running"))
 
 
 # A POST inserts its job only if the owner's counts, taken after the owner's lock, leave room for it.
-_ADMITTED_COLUMNS = ["id", "kind", "spec", "queue", "max_attempts", "priority", "status", "owner", "idempotency_key", "attempt",
-                     "step", "cancel_requested", "total_steps", "dispatched_at", "created_at", "updated_at"]
+_ADMITTED_COLUMNS = ["id", "kind", "spec", "queue", "max_attempts", "priority", "status", "owner", "idempotency_key",
+                     "attempt", "step", "cancel_requested", "total_steps", "notify", "dispatched_at", "created_at",
+                     "updated_at"]
 _INSERT_ADMITTED = insert(Job).from_select(
     _ADMITTED_COLUMNS,
     select(*(bindparam(name, type_=Job.__table__.c[name].type) for name in _ADMITTED_COLUMNS)).where(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 import uuid
 from datetime import UTC, datetime
@@ -69,6 +70,8 @@ class Job(Base):
     arm: Mapped[str | None] = mapped_column(String(128))
     # PRIORITIES' index: a free worker takes the highest first, then shares fairly between owners.
     priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The URLs told of each status change (sagan_service.webhooks); null (SQL NULL, not JSON null): none.
+    notify: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
 
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
@@ -123,6 +126,8 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Signs the webhooks of this owner's jobs (HMAC-SHA256), so it is kept in the clear: `sagan token secret`.
+    webhook_secret: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -149,3 +154,26 @@ class Dataset(Base):
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WebhookDelivery(Base):
+    """A job's `sequence`-th status change, to POST to one of its notify URLs (sagan_service.webhooks): written
+    in the transition's transaction, then sent, in sequence order per job and URL, by the webhook sender."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "url", "sequence"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    sequence: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)  # the exact body signed and sent, the same on every attempt
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When to try (again); null once delivered or given up, so only pending rows are in the index.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    answer_code: Mapped[int | None] = mapped_column(Integer)  # the last attempt's HTTP status; null: no answer
+    answer: Mapped[str | None] = mapped_column(Text)  # its first characters, or why there was none
+    answered_at: Mapped[datetime | None] = mapped_column()
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,4 +1,5 @@
-"""The reaper: requeues jobs whose worker died and resends lost queue messages (queue.reaper_pass).
+"""The reaper: requeues jobs whose worker died and resends lost queue messages (queue.reaper_pass); beside
+it, the webhook sender (webhook_sender.py) POSTs jobs' status changes.
 
 It runs in every API process and beside every worker (`sagan worker` starts `sagan reaper` as a
 companion process), so jobs are recovered while any one of them is up; `sagan reaper` also runs alone.
@@ -43,14 +44,18 @@ def run_reaper(settings: Settings, stop: threading.Event) -> None:
     from .db import make_engine, make_session_factory
     from .queue import make_celery
     from .storage import open_store
+    from .webhook_sender import WebhookSender
 
     engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-reaper {os.getpid()}",
                          timeout_s=settings.statement_timeout_seconds)
     try:
         sessions, celery, store = make_session_factory(engine), make_celery(settings), open_store(settings)
+        sender = WebhookSender.start(sessions, settings)
         while not stop.is_set():
             reap_once(sessions, celery, settings, store)
             stop.wait(settings.reaper_seconds)
+        if sender is not None:
+            sender.stop()
     finally:
         engine.dispose()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -126,6 +126,20 @@ class Settings(BaseSettings):
     max_dataset_gb: float = Field(50.0, gt=0)
     max_dataset_files: int = Field(2_000_000, ge=1)
     max_compression_ratio: float = Field(100.0, gt=1)
+
+    # Webhooks (README: Webhooks): comma-separated host names, IP addresses or networks (10.0.0.0/8) that a
+    # job's notify URLs may name; empty: a job with `notify` is refused. A listed name that resolves to a
+    # private or loopback address is reached only where that address (or its network) is listed too.
+    webhook_hosts: str = ""
+    # Signs the webhooks of owner "local" (SAGAN_AUTH=none); unset: one generated into SAGAN_HOME/webhook-secret.
+    # Token owners' secrets are in api_tokens (`sagan token secret NAME`).
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)  # connect and read, per attempt
+    # Attempts per event and URL; retries wait SAGAN_WEBHOOK_BACKOFF_SECONDS, doubling each time (at most an hour).
+    webhook_attempts: int = Field(10, ge=1)
+    webhook_backoff_seconds: float = Field(5.0, gt=0)
+    # How often the sender (beside every reaper) looks for events due.
+    webhook_poll_seconds: float = Field(1.0, gt=0)
 
     # Log lines: `json` (one object per line, with the job id where there is one) or `text`.
     log_format: Literal["json", "text"] = "text"

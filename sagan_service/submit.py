@@ -25,6 +25,7 @@ from .logs import JOB_ID
 from .models import PRIORITIES
 from .queue import QueueUnavailable, dispatch_all, queue_for
 from .specs import SpecError, check_dataset_spec, eval_job_spec, validate_sweep, validate_train_config
+from .webhooks import TargetRefused, WebhookHosts, check_url
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -65,7 +66,8 @@ class Submitted:
 @dataclass(frozen=True)
 class Submitter:
     """One request's submissions: for `principal` (the owner; its owner_filter: whose jobs and data sets it may
-    use), into this deployment (`settings`), once per `idempotency_key`, at `priority` (PRIORITIES)."""
+    use), into this deployment (`settings`), once per `idempotency_key`, at `priority` (PRIORITIES); its jobs
+    tell `notify`'s URLs of each status change (sagan_service.webhooks)."""
 
     session: Session
     settings: Settings
@@ -73,6 +75,7 @@ class Submitter:
     principal: Principal
     idempotency_key: str | None = None
     priority: str = "normal"
+    notify: tuple[str, ...] = ()
 
     def train(self, config: dict[str, Any]) -> Submitted:
         """A training job of `config` (preset + overrides)."""
@@ -114,11 +117,12 @@ class Submitter:
             self._check_train(run.config)
         spec = SweepSpec(base=base, axes=axes, arms=arms, study=study, seeds=seeds)
         children = [(run.arm, run.config, queue_for(run.config)) for run in runs]
+        notify = self._notify_urls()
         with self._owner_limits() as limits:
             sweep, created = jobs.create_sweep(self.session, spec=spec, children=children,
                                                max_attempts=self.settings.max_attempts, priority=self._priority(),
                                                idempotency_key=self.idempotency_key, owner=self.principal.name,
-                                               limits=limits)
+                                               limits=limits, notify=notify)
         members = jobs.sweep_children(self.session, job_id=sweep.id)
         self._replay_or_send(sweep, created, "sweep", spec, members,
                              give_up=lambda error: _give_up_sweep(self.session, sweep, error))
@@ -159,11 +163,12 @@ class Submitter:
     def _create(self, kind: str, spec: JobSpec, *, any_step: bool = False) -> Submitted:
         """Create (or find, for a replayed key) one job of `spec` and send it; a job that could not be sent is
         withdrawn (the client's retry with the same key makes a new one)."""
+        notify = self._notify_urls()
         with self._owner_limits() as limits:
             job, created = jobs.create_job(self.session, kind=kind, spec=spec, queue=queue_for(spec),
                                            max_attempts=self.settings.max_attempts, priority=self._priority(),
                                            idempotency_key=self.idempotency_key, owner=self.principal.name,
-                                           limits=limits)
+                                           limits=limits, notify=notify)
         self._replay_or_send(job, created, kind, spec, [job], any_step=any_step,
                              give_up=lambda _: jobs.withdraw_unsent(self.session, job_id=job.id))
         return Submitted(job, created)
@@ -173,6 +178,17 @@ class Submitter:
         if self.priority == "high" and not self.principal.admin:
             raise SpecError("priority", "priority high is for admins; use low or normal")
         return PRIORITIES.index(self.priority)
+
+    def _notify_urls(self) -> list[str]:
+        """The request's notify URLs, each one this service may call (SAGAN_WEBHOOK_HOSTS), or SpecError naming
+        it (`notify.<i>.url`)."""
+        hosts = WebhookHosts.parse(self.settings.webhook_hosts)
+        for index, url in enumerate(self.notify):
+            try:
+                check_url(url, hosts)
+            except TargetRefused as error:
+                raise SpecError(f"notify.{index}.url", str(error)) from None
+        return list(self.notify)
 
     def _replay_or_send(self, job: Job, created: bool, kind: str, spec: JobSpec, to_send: list[Job], *,
                         give_up: Callable[[QueueUnavailable], None], any_step: bool = False) -> None:

@@ -54,7 +54,9 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
     """Submit a training, sampling, eval or sweep job; 201 with its Location. A value over one of this
     service's limits is a 422 naming it; 429 while the owner has too many jobs queued or running."""
-    submitted = _submit(Submitter(session, settings, celery, principal, idempotency_key, body.priority), body)
+    notify = tuple(target.url for target in body.notify)
+    submitted = _submit(Submitter(session, settings, celery, principal, idempotency_key, body.priority, notify),
+                        body)
     if not submitted.created:
         response.status_code = 200
     response.headers["Location"] = str(request.url_for("get_job", job_id=submitted.job.id))
