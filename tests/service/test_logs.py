@@ -18,11 +18,22 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.cli import GRACEFUL_SHUTDOWN_SECONDS
 from sagan_service.logs import job_context
 from sagan_service.redact import REDACTED, Redactor, secret_values
 from sagan_service.storage import LocalStore, S3Store, log_key
 from tests.conftest import subprocess_env
-from tests.service.conftest import BUCKET, TINY, Api, S3Server, Workers, make_token, start_up
+from tests.service.conftest import (
+    BUCKET,
+    TINY,
+    Api,
+    S3Server,
+    Workers,
+    make_token,
+    start_api,
+    start_up,
+    wait_for,
+)
 from worker.supervisor import job_lines_into
 
 # A run long enough to follow (cancelled by the test), whose trainer prints a line at its start: the
@@ -102,6 +113,7 @@ class Follower:
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
         self.seen: list[str] = []
         self.status: int | None = None
+        self.error: httpx.HTTPError | None = None
         self.ended = threading.Event()
         self.thread = threading.Thread(target=self._read, args=(api, job_id, params), daemon=True)
         self.thread.start()
@@ -113,6 +125,8 @@ class Follower:
                 self.status = response.status_code
                 for line in response.iter_lines():
                     self.lines.put((time.monotonic(), line))
+        except httpx.HTTPError as error:  # cut off
+            self.error = error
         finally:
             self.ended.set()
 
@@ -245,6 +259,25 @@ def test_sagan_jobs_logs_follow_prints_lines_while_the_job_runs(
     done = subprocess.run([sys.executable, "-m", "sagan_core.cli", "jobs", "logs", running["id"], "--attempt", "2"],
                           check=False, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.strip().endswith("no attempt 2 (attempts so far: 1)"), done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_an_open_follower_does_not_keep_a_stopping_api_alive(
+        api: Api, service_env: dict[str, str], tmp_path: Path) -> None:
+    """A followed log lasts as long as its job: a stopping API cuts it after its graceful shutdown time."""
+    service, own = start_api(service_env, tmp_path)
+    job = api.submit({"kind": "train", "config": LONG})  # queued or running: followed either way
+    try:
+        follower = Follower(own, job["id"])
+        wait_for(lambda: follower.status == 200, 30, "the follower's answer")
+        began = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        service.process.wait(GRACEFUL_SHUTDOWN_SECONDS + 20)
+        assert follower.ended.wait(10)
+        print(f"the API stopped {time.monotonic() - began:.1f} s after SIGTERM with a follower open")
+    finally:
+        service.stop()
+        api.client.post(f"/jobs/{job['id']}/cancel")
 
 
 # -- the embedded `sagan up` ---------------------------------------------------------------------------------
