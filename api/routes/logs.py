@@ -66,10 +66,9 @@ async def get_log(job_id: str, request: Request, owner: OwnerDep,
         lines = _follow(request, job_id, owner, attempt or state.latest, offset, into_next=attempt is None)
         return StreamingResponse(lines, media_type=TEXT, headers=STREAM_HEADERS)
     number = attempt or state.latest
-    data = await _stored_log(request=request, job_id=job_id, attempt=number, offset=offset) if number else b""
-    servable = _servable(data, running=state.running(number))
-    return PlainTextResponse(redact_bytes(data[:servable]), media_type=TEXT,
-                             headers={OFFSET_HEADER: str(offset + servable)})
+    text, read = await _stored_log(request=request, job_id=job_id, attempt=number, offset=offset,
+                                      running=state.running(number))
+    return PlainTextResponse(text, media_type=TEXT, headers={OFFSET_HEADER: str(offset + read)})
 
 
 async def _follow(request: Request, job_id: str, owner: str | None, attempt: int, offset: int, *,
@@ -81,16 +80,15 @@ async def _follow(request: Request, job_id: str, owner: str | None, attempt: int
     while not await request.is_disconnected():
         try:
             state = await _attempts(request=request, job_id=job_id, owner=owner)
-            data = (await _stored_log(request=request, job_id=job_id, attempt=attempt, offset=offset)
-                    if attempt else b"")
+            text, read = await _stored_log(request=request, job_id=job_id, attempt=attempt, offset=offset,
+                                                 running=state.running(attempt))
         except (OperationalError, StoreUnavailable, DependencyDown):
             await asyncio.sleep(POLL_SECONDS)
             continue
-        servable = _servable(data, running=state.running(attempt))
-        if servable:
-            offset += servable
-            yield redact_bytes(data[:servable])
-        if servable == len(data) and not state.running(attempt):  # all of an attempt that is over
+        if read:
+            offset += read
+            yield text
+        if not state.running(attempt):  # what was read is all of it: the attempt is over
             if state.latest > attempt and (into_next or not attempt):  # a (first or next) attempt began
                 attempt, offset = attempt + 1, 0
                 if attempt > 1:
@@ -100,12 +98,6 @@ async def _follow(request: Request, job_id: str, owner: str | None, attempt: int
             if state.status in TERMINAL or (attempt and not into_next):
                 return
         await asyncio.sleep(POLL_SECONDS)
-
-
-def _servable(data: bytes, *, running: bool) -> int:
-    """How much of `data` to send: of an attempt still running, the complete lines only (a line is redacted
-    whole, and the next read starts on a line's first byte); of one that is over, everything."""
-    return data.rfind(b"\n") + 1 if running else len(data)
 
 
 @in_thread
@@ -118,9 +110,13 @@ def _attempts(request: Request, job_id: str, owner: str | None) -> Attempts:
 
 
 @in_thread_of("store")
-def _stored_log(request: Request, job_id: str, attempt: int, offset: int) -> bytes:
-    """The stored log from `offset` on; b"" while none is stored (the attempt stored no line yet)."""
+def _stored_log(request: Request, job_id: str, attempt: int, offset: int, running: bool) -> tuple[bytes, int]:
+    """The stored log from `offset` on, redacted: (the text to send, the stored bytes it covers). Of an attempt still running, its complete lines only (a line is redacted whole, and the next
+    read starts on a line's first byte); of one that is over, everything. Attempt 0 (none yet), or an
+    attempt that stored no line yet: nothing."""
     try:
-        return request.app.state.store.get_bytes_from(log_key(job_id, attempt), offset)
+        data = request.app.state.store.get_bytes_from(log_key(job_id, attempt), offset) if attempt else b""
     except ArtifactNotFound:
-        return b""
+        data = b""
+    read = data.rfind(b"\n") + 1 if running else len(data)
+    return redact_bytes(data[:read]), read  # in this thread: redacting a long log takes a while

@@ -32,8 +32,9 @@
       for (;;) {
         const {done, value} = await reader.read();
         if (done) break;
-        append(decoder.decode(value, {stream: true}));
-        if (live) addAttempts(text.textContent);
+        const chunk = decoder.decode(value, {stream: true});
+        append(chunk);
+        if (live) addAttempts(chunk);
       }
       append(decoder.decode());
       state.textContent = text.textContent ? (live ? "The job has ended." : "") : "No log.";
@@ -45,8 +46,8 @@
   }
 
   // The select lists "latest (live)" and every attempt so far; a followed log announces a new attempt.
-  function addAttempts(log) {
-    const started = [...log.matchAll(/^--- attempt (\d+) ---$/gm)].map((match) => Number(match[1]));
+  function addAttempts(chunk) {
+    const started = [...chunk.matchAll(/^--- attempt (\d+) ---$/gm)].map((match) => Number(match[1]));
     setAttempts(Math.max(select.options.length - 1, ...started));
   }
 
