@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+# A stopping API waits this long for the requests in flight, then cuts them: a followed log (GET
+# /jobs/{id}/logs?follow=true, a job page's log pane) lasts as long as its job and would hold it for that long.
+GRACEFUL_SHUTDOWN_SECONDS = 15
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("api", help="serve the job REST API")
@@ -25,5 +29,6 @@ def run_api(args: argparse.Namespace) -> int:
 
     # No per-request access log (CPU on every request; a proxy in front logs requests); errors still log.
     uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                access_log=False, log_config=uvicorn_log_config(Settings()))
+                access_log=False, log_config=uvicorn_log_config(Settings()),
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     return 0

@@ -28,6 +28,7 @@ from api.metrics import RequestLatency, make_registry
 from api.routes import datasets as dataset_routes
 from api.routes import health, monitoring, presets, studies
 from api.routes import jobs as job_routes
+from api.routes import logs as log_routes
 from api.routes import webhooks as webhook_routes
 from sagan_service.auth import TokenCache
 from sagan_service.db import make_engine, make_session_factory, no_answer
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
     app.include_router(job_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(webhook_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
+    app.include_router(log_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(dataset_routes.router, dependencies=authenticated)
     app.include_router(presets.router, dependencies=authenticated)
     app.include_router(studies.router, dependencies=authenticated)

@@ -4,6 +4,7 @@ in the server's own words (ClientError)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
@@ -83,6 +84,21 @@ class SaganClient:
             raise ClientError(f"download of {urlsplit(url).path} failed: {why}") from None
         os.replace(partial, target)
         return target
+
+    def stream(self, path: str, **params: Any) -> Iterator[bytes]:
+        """An answer's body in parts as they arrive (a followed log); no read timeout, since a quiet
+        stream may send nothing for minutes."""
+        url = self._absolute(path)
+        timeout = httpx.Timeout(self.http.timeout.connect, read=None)
+        try:
+            with self.http.stream("GET", url, headers=self._headers(url), timeout=timeout,
+                                  params={k: v for k, v in params.items() if v is not None}) as response:
+                if response.is_error:
+                    response.read()
+                    raise ClientError(error_message(response), response.status_code)
+                yield from response.iter_raw()
+        except httpx.HTTPError as error:
+            raise ClientError(f"the stream from {self.url} broke off: {error or type(error).__name__}") from None
 
     def _absolute(self, path_or_url: str) -> str:
         return path_or_url if "://" in path_or_url else self.url + path_or_url

@@ -20,7 +20,7 @@ from sagan_core.cli import add_config_flags, add_sweep_flags
 from . import display
 from .api import ClientError, SaganClient, route
 from .credentials import Server, resolve_server, save_login
-from .jobs import download, job_body, wait, write_job_report
+from .jobs import download, job_body, print_log, wait, write_job_report
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -54,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command = jobs.add_parser(name, parents=[server], help=text)
         command.add_argument("id", help="job id")
         command.set_defaults(func=_guarded(func))
+    logs = jobs.add_parser("logs", parents=[server], help="a job's log (-f: follow it while the job runs)",
+                           description="The latest attempt's log (trainer output and supervisor lines, secrets "
+                                       "redacted), or --attempt K's; with -f, new lines as they are written, "
+                                       "until the job ends.")
+    logs.add_argument("id", help="job id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
+    logs.add_argument("--attempt", type=int, metavar="K", help="an earlier attempt (default: the latest)")
+    logs.set_defaults(func=_guarded(cmd_jobs_logs))
     waiting = jobs.add_parser("wait", parents=[server], help="follow a job until it ends; exit status 0 only "
                                                              "if it succeeded")
     waiting.add_argument("id", help="job id")
@@ -257,6 +265,12 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         job = client.get(route("jobs", args.id))
     _output(args.json, job, display.job_facts(job))
+    return 0
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        print_log(client, args.id, attempt=args.attempt, follow=args.follow)
     return 0
 
 

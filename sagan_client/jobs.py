@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from sagan_core import layout
 from sagan_core.config import FIELDS, ConfigError, parse_flag, read_config_file
@@ -109,6 +109,15 @@ def wait(client: SaganClient, job_id: str, interval: float, out: TextIO = sys.st
                 out.write("\n")
             return job
         time.sleep(interval)
+
+
+def print_log(client: SaganClient, job_id: str, *, attempt: int | None, follow: bool,
+              out: BinaryIO | None = None) -> None:
+    """An attempt's log (default the latest) to `out` (stdout); `follow`: as it grows, until the job ends."""
+    out = out or sys.stdout.buffer
+    for part in client.stream(route("jobs", job_id, "logs"), attempt=attempt, follow=str(follow).lower()):
+        out.write(part)
+        out.flush()  # a followed line shows as it arrives, also through a pipe
 
 
 def checkpoint_step(job: dict[str, Any], which: str) -> int | None:

@@ -129,6 +129,11 @@ class ArtifactStore(ABC):
         """The object's bytes, or ArtifactNotFound."""
 
     @abstractmethod
+    def get_bytes_from(self, key: str, start: int) -> bytes:
+        """The object's bytes from offset `start` on (b"" when it is no longer), or ArtifactNotFound: what a
+        follower of a growing object (an attempt's log) has not read yet."""
+
+    @abstractmethod
     def download(self, key: str, path: Path) -> None:
         """Copy the object to a local file (written atomically), or ArtifactNotFound."""
 
@@ -208,6 +213,14 @@ class LocalStore(ArtifactStore):
         except FileNotFoundError as error:
             raise ArtifactNotFound(key) from error
 
+    def get_bytes_from(self, key: str, start: int) -> bytes:
+        try:
+            with open(self.path(key), "rb") as handle:
+                handle.seek(start)
+                return handle.read()
+        except FileNotFoundError as error:
+            raise ArtifactNotFound(key) from error
+
     def download(self, key: str, path: Path) -> None:
         source = self.path(key)
         if not source.is_file():
@@ -277,6 +290,18 @@ class S3Store(ArtifactStore):
                 return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey as error:
             raise ArtifactNotFound(key) from error
+
+    def get_bytes_from(self, key: str, start: int) -> bytes:
+        try:
+            with self._reachable():
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                              Range=f"bytes={start}-")["Body"].read()
+        except self.client.exceptions.NoSuchKey as error:
+            raise ArtifactNotFound(key) from error
+        except self.client.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "InvalidRange":  # nothing past `start` yet
+                return b""
+            raise
 
     def download(self, key: str, path: Path) -> None:
         if not self.exists(key):

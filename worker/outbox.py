@@ -32,6 +32,7 @@ from sagan_service import jobs
 from sagan_service.jobspec import read_spec
 from sagan_service.logs import JOB_ID
 from sagan_service.models import Job
+from sagan_service.redact import redact_bytes
 from sagan_service.settings import Settings
 from sagan_service.storage import (
     ArtifactStore,
@@ -46,6 +47,9 @@ from sagan_service.storage import (
 from .outages import Outage, describe_database, retry
 
 log = logging.getLogger(__name__)
+# The attempt's log is stored this often at most (or every heartbeat, if shorter) while it grows: a follower
+# of GET /jobs/{id}/logs sees a line within seconds. Each store rewrites the object whole (S3 has no append).
+LOG_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Outbox:
         self.job, self.store, self.sessions, self.worker_id = job, store, sessions, worker_id
         self.folder, self.run_dir, self.log_path, self.stats_dir = folder, run_dir, log_path, stats_dir
         self.interval = settings.heartbeat_seconds
+        self.log_interval = min(self.interval, LOG_SECONDS)
         spec = read_spec(job.kind, job.spec)
         self.keep = spec.keep_checkpoints if isinstance(spec, TrainConfig) else None
         # What picks a training's best evaluation (its first metric); an eval job's result has no best.
@@ -113,9 +118,10 @@ class Outbox:
     def _run(self) -> None:
         JOB_ID.set(self.job.id)  # a thread starts with an empty context: its lines carry the job's id too
         next_files = time.monotonic() + self.interval
+        next_log = time.monotonic() + self.log_interval
         while True:
             try:
-                item = self.items.get(timeout=max(0.0, next_files - time.monotonic()))
+                item = self.items.get(timeout=max(0.0, min(next_files, next_log) - time.monotonic()))
             except queue.Empty:
                 item = None
             if item is CLOSE or self.closing.is_set():
@@ -126,6 +132,9 @@ class Outbox:
                 if item is FLUSH or time.monotonic() >= next_files:
                     self._store_files()
                     next_files = time.monotonic() + self.interval
+                if item is FLUSH or time.monotonic() >= next_log:
+                    self._store_log(whole=item is FLUSH)
+                    next_log = time.monotonic() + self.log_interval
                 if item is FLUSH:
                     self.flushed.set()
             except Stopped:
@@ -167,7 +176,6 @@ class Outbox:
         self._store_evals()
         self._record_evals()
         self._store_stats()
-        self._store_log()
 
     def _store_metrics(self) -> None:
         if self.job.kind == "train":
@@ -213,14 +221,21 @@ class Outbox:
                     self._retry(lambda key=key, path=path: self.store.put_file(key, path), self.store_outage)
                 self.stored_stats.add(path.name)
 
-    def _store_log(self) -> None:
-        """The attempt's log; none for a Ray job's rank 0 (the supervisor stores that job's log from Ray's)."""
+    def _store_log(self, *, whole: bool) -> None:
+        """The attempt's log, redacted (sagan_service.redact), if it grew; none for a Ray job's rank 0 (the
+        supervisor stores that job's log from Ray's). While the attempt runs, its complete lines only: a line
+        is redacted whole, and the stored object only ever grows (a follower reads it from an offset).
+        `whole`: the attempt is over, its last line too."""
         if self.log_path is None or not self.log_path.exists():
             return
-        if self.stored_sizes.get("log") != (size := self.log_path.stat().st_size):
-            key = log_key(self.job.id, self.job.attempt)
-            self._retry(lambda: self.store.put_file(key, self.log_path), self.store_outage)
-            self.stored_sizes["log"] = size
+        if self.log_path.stat().st_size == self.stored_sizes.get("log"):  # all of it stored: no need to read it
+            return
+        data = self.log_path.read_bytes()
+        stored = data if whole else data[: data.rfind(b"\n") + 1]
+        if self.stored_sizes.get("log") != len(stored):
+            key, text = log_key(self.job.id, self.job.attempt), redact_bytes(stored)
+            self._retry(lambda: self.store.put_bytes(key, text), self.store_outage)
+            self.stored_sizes["log"] = len(stored)
 
     def _retry(self, call: Any, outage: Outage) -> Any:
         def wait(seconds: float) -> None:

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.jobspec import DatasetSpec, EvalSpec, JobSpec, SampleSpec, read_spec
 from sagan_service.limits import GIB
-from sagan_service.logs import job_context
+from sagan_service.logs import JOB_ID, TextFormatter, job_context
 from sagan_service.models import TERMINAL, Job
 from sagan_service.records import publish_job_record
 from sagan_service.settings import Settings
@@ -146,7 +146,7 @@ class Attempt:
         self.stats_dir = workdir / "stats"
         # The job's spec, typed (read in `run`, where a row that is no valid spec fails the job). It runs with
         # its data sets in a store replaced by their copies in the data cache, which `held` keeps in use (never
-        # evicted) until the attempt ends.
+        # evicted) until the attempt ends; it also ends the supervisor's lines going into the attempt's log.
         self.spec: JobSpec | None = None
         self.held = contextlib.ExitStack()
         self.progress: dict[str, Any] = {}
@@ -218,6 +218,11 @@ class Attempt:
         """Write the inputs into the work directory and return the command to run (none on Ray: its ranks
         bring their data sets, statistics and checkpoint to their own machines)."""
         self.continue_log()
+        if not self.on_ray:  # on Ray the launcher rewrites the log from Ray's own, which would drop these lines
+            self.held.enter_context(job_lines_into(self.log_path, self.job.id))
+        resumed = f", resuming from step {self.job.resumed_from_step}" if self.job.resumed_from_step is not None else ""
+        log.info("job %s attempt %d of %d on worker %s%s", self.job.id, self.job.attempt, self.job.max_attempts,
+                 self.worker_id, resumed)
         self.check_data_roots(spec)
         if self.on_ray:
             if self.settings.ray_address is None:
@@ -496,6 +501,23 @@ class Attempt:
         errors = [line for line in tail if "Error" in line or "error:" in line]
         assert self.launcher is not None
         return (own or errors or tail or [""])[-1].strip() or f"exit code {self.launcher.returncode}"
+
+
+@contextlib.contextmanager
+def job_lines_into(log_path: Path, job_id: str) -> Iterator[None]:
+    """Inside, every line this process logs about job `job_id` (its supervisor's, its outbox's: see
+    sagan_service.logs.JOB_ID) is appended to the attempt's log too, where the trainer's output goes (both
+    append, so lines interleave whole), as well as to the worker's own log."""
+    handler = logging.FileHandler(log_path, encoding="utf-8", delay=True)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(lambda _record: JOB_ID.get() == job_id)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _without_ray_prefix(line: str) -> str:
