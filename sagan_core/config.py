@@ -90,6 +90,23 @@ class _FieldIssue(ValueError):
         self.field = field
 
 
+DIFFAUG_OPERATIONS = ("color", "translation", "cutout")  # sagan_core.diffaug
+
+
+def diffaug_operations(policy: str) -> tuple[str, ...]:
+    """A `diffaug` value's operations in order: `none` -> (); ValueError for an unknown or repeated one."""
+    if policy == "none":
+        return ()
+    names = tuple(name.strip() for name in policy.split(","))
+    unknown = [name for name in names if name not in DIFFAUG_OPERATIONS]
+    if unknown:
+        raise ValueError(f"unknown operation {unknown[0]!r}: use none or a comma-separated list of "
+                         f"{', '.join(DIFFAUG_OPERATIONS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"an operation is listed twice in {policy!r}")
+    return names
+
+
 class TrainConfig(BaseModel):
     """Everything that defines a run. Defaults are the lab report's (the seed's) values."""
 
@@ -196,6 +213,12 @@ class TrainConfig(BaseModel):
     """EMA decay of generator weights for samples and checkpoints' generator (0 = off)"""
     ema_start: NonNegative = 0
     """step at which the EMA starts averaging (before it copies G)"""
+    diffaug: str = Field("none", max_length=64)
+    """differentiable augmentation of D's real and generated images (DiffAugment): none, or a comma-separated
+    list of color, translation, cutout; for small data sets (the seed: none)"""
+    train_images: Count | None = None
+    """train on this many images of the data set, the same ones for every seed (a seeded choice); null = all.
+    Evaluations still compare with the whole set (or eval_dataset)"""
 
     # Bookkeeping
     seed: NonNegative = 0
@@ -254,6 +277,11 @@ class TrainConfig(BaseModel):
         except DatasetError as error:
             raise ValueError(str(error)) from None
         return value
+
+    @field_validator("diffaug")
+    @classmethod
+    def _known_operations(cls, value: str) -> str:
+        return ",".join(diffaug_operations(value)) or "none"
 
     @field_validator("eval_metrics")
     @classmethod

@@ -42,6 +42,7 @@ from .dataspec import (
     split_lsun,
     synthetic_size,
 )
+from .seeding import Stream, seeded
 
 if TYPE_CHECKING:  # lmdb loads with the first LMDB data set: machines without it can use the other kinds
     import lmdb
@@ -70,6 +71,27 @@ class ImageDataset(Dataset):
             return []
         labels = np.fromiter((self.label(i) for i in range(len(self))), dtype=np.int64, count=len(self))
         return np.bincount(labels, minlength=self.num_classes).tolist()
+
+
+class SubsetImages(ImageDataset):
+    """`count` images of `dataset` (config train_images): a seeded choice that is the same for every run's
+    seed, kept in the data set's order, with its labels and classes."""
+
+    def __init__(self, dataset: ImageDataset, count: int) -> None:
+        if count > len(dataset):
+            raise DatasetError(f"train_images is {count} but the data set has only {len(dataset)} images")
+        chosen = torch.randperm(len(dataset), generator=seeded(Stream.TRAIN_SUBSET, 0))[:count]
+        self.dataset, self.indices = dataset, sorted(chosen.tolist())
+        self.num_classes, self.class_names = dataset.num_classes, dataset.class_names
+
+    def label(self, index: int) -> int:
+        return self.dataset.label(self.indices[index])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
 
 
 def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,

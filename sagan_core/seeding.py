@@ -32,6 +32,8 @@ class Stream(IntEnum):
     HELD_OUT_NOISE = 9  # a held-out evaluation's z (`sagan eval`): (seed, block)
     HELD_OUT_LABELS = 10  # a held-out evaluation's classes: (seed, block)
     STANDING_STATISTICS = 11  # standing statistics' z and classes, one generator for all K batches: (seed,)
+    DIFFAUG = 12  # DiffAugment's parameters of D's real or generated batch: (seed, step, slot, side)
+    TRAIN_SUBSET = 13  # which images train_images keeps: (0,), the same for every seed
 
 
 def seeded(stream: Stream, seed: int, *indices: int) -> torch.Generator:

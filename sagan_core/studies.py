@@ -134,6 +134,14 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
            # The lab report gives no decay interval: 19 decays over any run, to 0.95^19 = 0.38 of the rates.
            relative_to_steps={"batch32": {"steps": 2.0}, "batch128": {"steps": 0.5},
                               "lr-decay": {"lr_decay_every": 0.05}}),
+    # DiffAugment's question, on the data set the base names cut to 1k and 10k of its images (the same ones
+    # for every seed); evaluations compare with the whole set, so memorising the subset does not pay.
+    _study("diffaug", "sagan32",
+           "Does differentiable augmentation (color, translation, cutout on both D inputs) keep training on 1,000 "
+           "or 10,000 images from collapsing, and what does it cost when the data is plentiful?",
+           {f"{policy}-{size}": {"diffaug": value, "train_images": count}
+            for size, count in (("1k", 1_000), ("10k", 10_000))
+            for policy, value in (("none", "none"), ("on", "color,translation,cutout"))}),
 )}
 
 

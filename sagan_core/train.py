@@ -45,10 +45,12 @@ from .data import (
     PackedImages,
     Skipped,
     SkipUnreadable,
+    SubsetImages,
     build_dataset,
     collate_readable,
 )
 from .dataspec import DatasetError
+from .diffaug import FAKE, REAL, augment, draw
 from .exits import EXIT_DIVERGED, EXIT_STOPPED
 from .layout import (
     EVALS,
@@ -225,6 +227,16 @@ def noise(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.
     return _rank_share(z, ctx)
 
 
+def for_d(config: TrainConfig, ctx: DistContext, images: torch.Tensor, step: int, slot: int, side: int
+          ) -> torch.Tensor:
+    """What D sees of this rank's `images`: augmented by config.diffaug with the draws of (step, slot, side),
+    drawn over the global batch like z; the images themselves without it."""
+    if config.diffaug == "none":
+        return images
+    draws = draw(config.batch_size, config.imsize, seed=config.seed, step=step, slot=slot, side=side)
+    return augment(images, config.diffaug, draws.share(ctx.batch_slice(config.batch_size)))
+
+
 def penalty_weights(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
     """This rank's slice of the global interpolation weights alpha (B,) of the gradient penalty."""
     alpha = torch.rand(config.batch_size, generator=seeded(Stream.PENALTY, config.seed, step, slot))
@@ -278,16 +290,18 @@ def train_step(state: TrainState, real_batches: Iterator[tuple[torch.Tensor, tor
         fake_y = fake_classes(config, ctx, state.step, slot)
         with torch.no_grad(), autocast:  # the D step never backpropagates into G
             fake = state.generator(noise(config, ctx, state.step, slot), *labelled(fake_y))
+        real_seen = for_d(config, ctx, real, state.step, slot, REAL)
+        fake_seen = for_d(config, ctx, fake.to(real.dtype), state.step, slot, FAKE)
         with autocast:
-            d_real, d_fake = discriminate(state.discriminator_ddp, real, fake.to(real.dtype), real_y=real_y,
+            d_real, d_fake = discriminate(state.discriminator_ddp, real_seen, fake_seen, real_y=real_y,
                                           fake_y=fake_y, separate=config.d_norm == "batch")
             d_loss = d_loss_fn(d_real, d_fake)
             if config.loss == "wgan-gp":
                 # The penalty's double backward runs on the bare module (DDP cannot); its gradients
                 # still reach DDP's all-reduce, which hooks the parameters themselves.
                 alpha = penalty_weights(config, ctx, state.step, slot)
-                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real, fake, alpha,
-                                                                      labels=real_y)
+                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real_seen, fake_seen,
+                                                                      alpha, labels=real_y)
         state.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         state.d_optimizer.step()
@@ -297,7 +311,8 @@ def train_step(state: TrainState, real_batches: Iterator[tuple[torch.Tensor, tor
     g_y = labelled(fake_classes(config, ctx, state.step, config.n_critic))
     with autocast:
         fake = state.generator_ddp(noise(config, ctx, state.step, config.n_critic), *g_y)
-        g_loss = g_loss_fn(state.discriminator(fake, *g_y).float())
+        fake_seen = for_d(config, ctx, fake, state.step, config.n_critic, FAKE)
+        g_loss = g_loss_fn(state.discriminator(fake_seen, *g_y).float())
     state.g_optimizer.zero_grad(set_to_none=True)
     g_loss.backward()
     state.g_optimizer.step()
@@ -465,6 +480,8 @@ def train(config: TrainConfig, out_dir: Path, *, resume: bool = False, hold_chec
         with main_rank_first(ctx):  # one walk of a folder per job: the other ranks read its cached list
             dataset = build_dataset(config.dataset, config.imsize, center_crop=config.center_crop,
                                     resize_mode=config.resize_mode)
+        if config.train_images is not None:
+            dataset = SubsetImages(dataset, config.train_images)
         config = with_classes(config, dataset)
         evaluator = build_evaluator(config, ctx)
         state = build_state(config, ctx, len(dataset))

@@ -104,10 +104,11 @@ def _flatten(tree: object, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     return [(prefix, torch.tensor(float(tree)))] if isinstance(tree, (int, float)) else []
 
 
-@pytest.mark.parametrize("loss", ["hinge", "wgan-gp"])
-def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path: Path, loss: str) -> None:
+@pytest.mark.parametrize(("loss", "diffaug"), [("hinge", "none"), ("wgan-gp", "none"),
+                                               ("hinge", "color,translation,cutout")])
+def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path: Path, loss: str, diffaug: str) -> None:
     config = {"steps": 6, "checkpoint_every": 3, "lr_decay": 0.5, "lr_decay_every": 2, "ema_decay": 0.9,
-              "loss": loss}
+              "loss": loss, "diffaug": diffaug}
     train(tiny_config(**config), tmp_path / "straight")
     train(tiny_config(**{**config, "steps": 3}), tmp_path / "resumed")
     assert read_checkpoint(tmp_path / "resumed")["step"] == 3
@@ -401,11 +402,13 @@ def test_two_processes_pool_their_unreadable_images(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides", [{}, {"loss": "wgan-gp", "channels_last": True},
-                                       {"loss": "wgan-gp", "d_norm": "batch"}, CONDITIONAL],
-                         ids=["hinge", "wgan-gp", "wgan-gp-d_norm_batch", "conditional-resnet"])
+                                       {"loss": "wgan-gp", "d_norm": "batch"}, CONDITIONAL,
+                                       {"loss": "wgan-gp", "diffaug": "color,translation,cutout"}],
+                         ids=["hinge", "wgan-gp", "wgan-gp-d_norm_batch", "conditional-resnet", "wgan-gp-diffaug"])
 def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, overrides: dict) -> None:
     # wgan-gp: the penalty's interpolation weights must be the global batch's too. d_norm=batch: two
     # D forwards per backward, and the penalty's double backward through the all-reduce BatchNorm.
+    # diffaug: each rank augments its slice of the global batch with the global batch's draws.
     config = tiny_config(steps=1, batch_size=8, **overrides)
     train(config, tmp_path / "one")
     # The same process with another thread count sums in another order: how far float32 round-off alone
