@@ -25,6 +25,18 @@ SCALAR_TAGS = {"d_loss": "loss/d", "g_loss": "loss/g", "d_out_real": "d_out/real
 SAMPLES_TAG = "samples"
 
 
+def complete_records(data: bytes) -> bytes:
+    """The whole records at the start of an event file's bytes (a TFRecord: 8-byte little-endian length, 4-byte
+    CRC of it, the data, 4-byte CRC of the data), without a record the writer may be in the middle of."""
+    end = 0
+    while end + 12 <= len(data):
+        record_end = end + 12 + int.from_bytes(data[end:end + 8], "little") + 4
+        if record_end > len(data):
+            break
+        end = record_end
+    return data[:end]
+
+
 class TensorBoardLog:
     """One SummaryWriter on the run directory; every write is flushed, so a reader (the service's worker,
     which stores the files as they grow) sees each step as soon as the trainer logged it."""
