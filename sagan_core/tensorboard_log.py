@@ -19,10 +19,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-# The record fields of metrics.jsonl (RunWriter.log) and their tags.
+# The record fields of metrics.jsonl (RunWriter.log's, RunWriter.evaluation's) and their tags; the service's
+# MLflow runs (worker/mlflow_sync.py) name their metrics the same.
 SCALAR_TAGS = {"d_loss": "loss/d", "g_loss": "loss/g", "d_out_real": "d_out/real", "d_out_fake": "d_out/fake",
-               "img_per_s": "speed/img_per_s", "bad_images": "data/bad_images"}
+               "lr": "lr/g", "img_per_s": "speed/img_per_s", "bad_images": "data/bad_images"}
 SAMPLES_TAG = "samples"
+
+
+def record_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A metrics.jsonl record's numbers by tag: a training record's stats and gammas, an evaluation's metrics."""
+    scalars = {tag: record[field] for field, tag in SCALAR_TAGS.items() if field in record}
+    scalars.update({f"gamma/{name}": gamma for name, gamma in record.get("gamma", {}).items()})
+    scalars.update({f"eval/{name}": value for name, value in record.get("eval", {}).items()
+                    if isinstance(value, int | float)})
+    return scalars
 
 
 def complete_records(data: bytes) -> bytes:
@@ -55,23 +65,14 @@ class TensorBoardLog:
             return None
         return cls(SummaryWriter(str(run_dir), purge_step=purge_step))
 
-    def log(self, record: dict[str, Any], learning_rates: dict[str, float]) -> None:
-        """A metrics.jsonl training record (RunWriter.log's) and the learning rates by network (g, d)."""
-        step = record["step"]
-        for field, tag in SCALAR_TAGS.items():
-            if field in record:
-                self.writer.add_scalar(tag, record[field], step)
-        for name, gamma in record.get("gamma", {}).items():
-            self.writer.add_scalar(f"gamma/{name}", gamma, step)
-        for network, rate in learning_rates.items():
-            self.writer.add_scalar(f"lr/{network}", rate, step)
-        self.writer.flush()
-
-    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        """An evaluation's numbers (an evals.jsonl record's `metrics`)."""
-        for name, value in metrics.items():
-            if isinstance(value, int | float):
-                self.writer.add_scalar(f"eval/{name}", value, step)
+    def log(self, record: dict[str, Any], d_lr: float | None = None) -> None:
+        """A metrics.jsonl record (RunWriter.log's or RunWriter.evaluation's), with D's learning rate on a
+        training record (the record holds G's)."""
+        scalars = record_scalars(record)
+        if d_lr is not None:
+            scalars["lr/d"] = d_lr
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, record["step"])
         self.writer.flush()
 
     def grid(self, step: int, png: Path) -> None:

@@ -394,8 +394,7 @@ class RunWriter:
                   "bad_images": state.bad_images.count, "time": time.time()}
         self.metrics.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:
-            self.tensorboard.log(record, {"g": state.g_optimizer.param_groups[0]["lr"],
-                                          "d": state.d_optimizer.param_groups[0]["lr"]})
+            self.tensorboard.log(record, d_lr=state.d_optimizer.param_groups[0]["lr"])
 
     def sample(self) -> None:
         generator = self.state.ema if self.state.ema is not None else self.state.generator
@@ -433,10 +432,11 @@ class RunWriter:
         line = {"step": state.step, "source": "train",
                 "generator": "ema" if state.ema is not None else "generator", **record, "time": time.time()}
         append_jsonl(self.out_dir / EVALS, line)
-        self.metrics.write(json.dumps({"step": state.step, "total_steps": state.config.steps,
-                                       "eval": record["metrics"], "time": line["time"]}) + "\n")
+        metrics_line = {"step": state.step, "total_steps": state.config.steps, "eval": record["metrics"],
+                        "time": line["time"]}
+        self.metrics.write(json.dumps(metrics_line) + "\n")
         if self.tensorboard is not None:
-            self.tensorboard.evaluation(state.step, record["metrics"])
+            self.tensorboard.log(metrics_line)
         value = headline(metrics, line)
         if improves(metrics, value, self.best_value):
             self.best_value = value

@@ -45,6 +45,7 @@ from sagan_service.storage import (
     tensorboard_key,
 )
 
+from .mlflow_sync import mlflow_sync
 from .outages import Outage, describe_database, retry
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Outbox:
         self.recorded_evals_size = 0
         self.stored_stats: set[str] = set()
         self.names = itertools.count()
+        self.tracking = mlflow_sync(job, spec, settings, sessions, run_dir)  # None without an MLflow server
         self.folder.mkdir(parents=True, exist_ok=True)
         self.thread = threading.Thread(target=self._run, name=f"outbox-{job.id}", daemon=True)
         self.thread.start()
@@ -109,6 +111,8 @@ class Outbox:
         self.closing.set()
         self.items.put(CLOSE)
         self.thread.join(timeout=30)
+        if self.tracking is not None:
+            self.tracking.close()
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -151,6 +155,8 @@ class Outbox:
         item.path.unlink(missing_ok=True)
         if item.kind == "checkpoint":
             self._record_evals(checkpoint_committed=True)  # its evaluation may be the new best
+            if self.tracking is not None:
+                self.tracking.checkpoint_committed(item.step, key)
         if item.kind == "checkpoint" and self.keep:
             dropped = self._retry(self._drop_old_checkpoints, self.db_outage)
             for step in dropped:
