@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,13 @@ def test_a_resumed_run_continues_the_curves_without_duplicates(tmp_path: Path) -
     # Steps 3 and 4 are the resumed process's: the metrics.jsonl it rewrote says the same.
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [event.value for event in events.Scalars("loss/d")] == pytest.approx([r["d_loss"] for r in records])
+
+
+def test_without_tensorboard_a_run_warns_once_and_writes_no_event_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
+    train(tiny_config(steps=2), tmp_path)
+    assert not event_files(tmp_path)
+    assert (tmp_path / "metrics.jsonl").exists()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "tensorboard" in line]
+    assert warnings == ["warning: tensorboard is not installed: this run writes no TensorBoard event files"]
