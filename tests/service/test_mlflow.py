@@ -16,7 +16,7 @@ import pytest
 
 from sagan_client.api import SaganClient
 from sagan_client.jobs import download
-from tests.service.conftest import TINY, Api, Service, Workers, free_port, wait_for
+from tests.service.conftest import BUCKET, TINY, Api, Service, Workers, free_port, wait_for
 
 mlflow = pytest.importorskip("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -61,7 +61,8 @@ def own_worker(workers: Workers, service_env: dict[str, str], tmp_path: Path, **
 
 @pytest.mark.timeout(300)
 def test_a_sweep_is_a_parent_run_with_a_nested_run_per_child(
-        api: Api, workers: Workers, service_env: dict[str, str], mlflow_url: str, tmp_path: Path) -> None:
+        api: Api, workers: Workers, service_env: dict[str, str], s3_endpoint: str, mlflow_url: str,
+        tmp_path: Path) -> None:
     worker = own_worker(workers, service_env, tmp_path, SAGAN_MLFLOW_TRACKING_URI=mlflow_url,
                         SAGAN_MLFLOW_EXPERIMENT="sweeps")
     try:
@@ -104,6 +105,14 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_child(
         events.Reload()
         assert [event.step for event in events.Scalars("loss/d")] == [1, 2, 3, 4]
         assert [event.step for event in events.Images("samples")] == [2, 4]
+    # And TensorBoard reads the store itself: its S3 file system (boto3, the endpoint from S3_ENDPOINT, read when
+    # tensorboard is imported, hence a process of its own).
+    logdir = f"s3://{BUCKET}/artifacts/jobs/{done['children'][0]['id']}/tensorboard"
+    code = ("import sys; from tensorboard.backend.event_processing.event_accumulator import EventAccumulator as E; "
+            "e = E(sys.argv[1]); e.Reload(); print([s.step for s in e.Scalars('loss/d')])")
+    read = subprocess.run([sys.executable, "-c", code, logdir], env={**service_env, "S3_ENDPOINT": s3_endpoint},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert read.stdout.strip() == "[1, 2, 3, 4]", read.stderr
 
 
 @pytest.mark.timeout(180)
