@@ -1,22 +1,29 @@
 """Training jobs as MLflow runs (worker/mlflow_sync.py) against a real `mlflow server` this module starts
 (SQLite backend, artifacts in a temporary folder), and a sweep's TensorBoard files as `sagan jobs download`
-lays them out; an MLflow that cannot be reached fails no job."""
+lays them out and in the store; an MLflow that cannot be reached fails no job; a later attempt continues its
+job's run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from sagan_client.api import SaganClient
 from sagan_client.jobs import download
+from sagan_core.config import make_config
+from sagan_service.settings import Settings
 from tests.service.conftest import BUCKET, TINY, Api, Service, Workers, free_port, wait_for
+from worker.mlflow_sync import MlflowSync
 
 mlflow = pytest.importorskip("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -132,3 +139,37 @@ def test_an_unreachable_mlflow_fails_no_job(api: Api, workers: Workers, service_
         workers.start()
     log = worker.log_path.read_text()
     assert f"job {child['id']}: MLflow at http://127.0.0.1:" in log and "trying again" in log
+
+
+def test_a_later_attempt_continues_the_run_without_sending_a_step_twice(mlflow_url: str, tmp_path: Path) -> None:
+    """Two attempts of one job, as the outbox drives them: the second, resumed from step 2's checkpoint, trains
+    steps 3 and 4 again and goes on to 6."""
+    settings = Settings(mlflow_tracking_uri=mlflow_url, mlflow_experiment="attempts", heartbeat_seconds=0.2,
+                        home=tmp_path / "home")
+    job = SimpleNamespace(id="job-with-two-attempts", parent_id=None, arm=None, resumed_from_step=None)
+    status = {"now": "queued"}  # the first attempt was lost: the job is queued again
+
+    @contextmanager
+    def sessions() -> Iterator[SimpleNamespace]:
+        yield SimpleNamespace(get=lambda _model, _id: SimpleNamespace(status=status["now"]))
+
+    def attempt(run_dir: Path, steps: range, resumed_from_step: int | None) -> None:
+        run_dir.mkdir()
+        lines = [{"step": step, "d_loss": step / 10, "time": 1e9 + step} for step in steps]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        sync = MlflowSync(SimpleNamespace(**{**vars(job), "resumed_from_step": resumed_from_step}),
+                          make_config("debug32", steps=6), settings, sessions, run_dir)
+        sync.checkpoint_committed(steps[-1], f"jobs/{job.id}/checkpoints/step-{steps[-1]}/model.pt")
+        sync.close()
+
+    attempt(tmp_path / "first", range(1, 5), None)
+    status["now"] = "succeeded"
+    attempt(tmp_path / "second", range(1, 7), 2)  # restored up to 2, then 3..6 trained
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_url)
+    experiment = client.get_experiment_by_name("attempts").experiment_id
+    (run,) = client.search_runs([experiment], filter_string=f"tags.`sagan.job_id` = '{job.id}'")
+    history = client.get_metric_history(run.info.run_id, "loss/d")
+    assert [(m.step, m.value) for m in history] == [(step, step / 10) for step in range(1, 7)]
+    assert run.info.status == "FINISHED" and run.data.tags["sagan.synced_step"] == "6"
+    assert run.data.tags["sagan.checkpoint.latest"].endswith(f"/jobs/{job.id}/checkpoints/step-6/model.pt")
