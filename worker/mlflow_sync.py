@@ -40,9 +40,9 @@ LATEST_TAG, BEST_TAG = "sagan.checkpoint.latest", "sagan.checkpoint.best"
 RUN_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 METRICS_PER_BATCH, PARAMS_PER_BATCH = 1000, 100  # MLflow's limits per log_batch
 FINAL_TRIES = 3  # at the end of the attempt, before giving up on what is left
-# Defaults of the MLflow client's own retries: short, since this module retries (its defaults wait minutes).
-CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# Defaults for the MLflow client: no retries of its own (they wait minutes, and urllib3 logs a warning for each),
+# since this module tries again anyway, with its cursor; a short timeout.
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class MlflowSync:
