@@ -139,8 +139,10 @@ def checkpoint_step(job: dict[str, Any], which: str) -> int | None:
 
 def download(client: SaganClient, job: dict[str, Any], out: Path, checkpoint: str) -> list[Path]:
     """The job's record (job.json), its config (config.json, as `sagan train` writes it), metrics.jsonl,
-    evals.jsonl, its sample grids, one checkpoint and a sweep's report: `sagan sample --checkpoint OUT` and
-    `sagan report OUT` read the folder as a run."""
+    evals.jsonl, its sample grids, TensorBoard event files, one checkpoint and a sweep's report: `sagan sample
+    --checkpoint OUT` and `sagan report OUT` read the folder as a run. A sweep's children go into
+    `OUT/<arm>-s<seed>/` each (as `sagan sweep` lays them out), so `tensorboard --logdir OUT` shows one run per
+    arm and seed."""
     job_id = job["id"]
     step = checkpoint_step(job, checkpoint) if job["kind"] == "train" else None
     out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +154,9 @@ def download(client: SaganClient, job: dict[str, Any], out: Path, checkpoint: st
         written.append(_write(out / name, "".join(json.dumps(item) + "\n" for item in items)))
     for sample in client.get(route("jobs", job_id, "samples"))["items"]:
         written.append(client.download(sample["url"], layout.sample_path(out, sample["step"])))
+    if job["kind"] == "train":
+        for event_file in client.get(route("jobs", job_id, "tensorboard"))["items"]:
+            written.append(client.download(event_file["url"], out / event_file["name"]))
     if step is not None:
         target = client.download(route("jobs", job_id, "checkpoints", str(step)),
                                  layout.checkpoint_path(out, step))
@@ -161,6 +166,9 @@ def download(client: SaganClient, job: dict[str, Any], out: Path, checkpoint: st
         written.append(target)
     if job["kind"] == "sweep" and job["status"] == "succeeded":
         written.append(client.download(route("jobs", job_id, "report"), out / "report.html"))
+    for child in job.get("children") or []:
+        run_dir = out / layout.sweep_run_name(child["arm"], child["seed"])
+        written += download(client, client.get(route("jobs", child["id"])), run_dir, checkpoint)
     return written
 
 

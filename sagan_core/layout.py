@@ -9,6 +9,7 @@ service's worker); standard library only, so a process that must not load torch 
     checkpoints/step-<n>.pt.taken   another process has taken its copy (see save_checkpoint's hold)
     checkpoints/latest        the file name of the newest complete checkpoint
     checkpoints/best          the file name of the checkpoint with the best evaluation (never rotated away)
+    events.out.tfevents.*     TensorBoard event files (sagan_core.tensorboard_log), one per process that wrote
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 BEST = "best"
 TAKEN_SUFFIX = ".taken"
+EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
 def sample_path(run_dir: Path, step: int) -> Path:
@@ -46,6 +48,11 @@ def step_of(path: Path) -> int:
 def samples(run_dir: Path) -> list[Path]:
     """The run's sample grids, oldest first."""
     return sorted((Path(run_dir) / SAMPLES).glob("step-*.png"), key=step_of)
+
+
+def event_files(run_dir: Path) -> list[Path]:
+    """The run's TensorBoard event files, oldest first (their names start with the time they were opened)."""
+    return sorted(Path(run_dir).glob(EVENT_FILE_PREFIX + "*"))
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -80,6 +80,7 @@ from .parallel import (
 from .sampling import fixed_noise, generate, grid_labels, write_grid
 from .seeding import Stream, seeded
 from .studies import compute_spent
+from .tensorboard_log import TensorBoardLog
 
 SHUFFLE_WINDOW = 4  # shuffle "blocks": images are shuffled within this many consecutive shards
 
@@ -396,6 +397,7 @@ class RunWriter:
         self.checkpointed_step: int | None = None
         # Open for the whole run (line-buffered, so readers see each line); close() ends it.
         self.metrics = open(out_dir / METRICS, "a", buffering=1)  # noqa: SIM115
+        self.tensorboard = TensorBoardLog.open(out_dir, purge_step=last_kept + 1)
 
     def log(self, stats: dict[str, float], img_per_s: float) -> None:
         state = self.state
@@ -406,10 +408,14 @@ class RunWriter:
                   "img_per_s": round(img_per_s, 2), "lr": state.g_optimizer.param_groups[0]["lr"],
                   "bad_images": state.bad_images.count, "time": time.time()}
         self.metrics.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.log(record, d_lr=state.d_optimizer.param_groups[0]["lr"])
 
     def sample(self) -> None:
         generator = self.state.ema if self.state.ema is not None else self.state.generator
-        write_grid(generate(generator, self.sample_z, self.sample_y), sample_path(self.out_dir, self.state.step))
+        path = write_grid(generate(generator, self.sample_z, self.sample_y), sample_path(self.out_dir, self.state.step))
+        if self.tensorboard is not None:
+            self.tensorboard.grid(self.state.step, path)
 
     def real_grid(self, dataset: Dataset) -> None:
         """64 real images, the first the run draws, beside the samples for comparison; once per run."""
@@ -441,8 +447,11 @@ class RunWriter:
         line = {"step": state.step, "source": "train",
                 "generator": "ema" if state.ema is not None else "generator", **record, "time": time.time()}
         append_jsonl(self.out_dir / EVALS, line)
-        self.metrics.write(json.dumps({"step": state.step, "total_steps": state.config.steps,
-                                       "eval": record["metrics"], "time": line["time"]}) + "\n")
+        metrics_line = {"step": state.step, "total_steps": state.config.steps, "eval": record["metrics"],
+                        "time": line["time"]}
+        self.metrics.write(json.dumps(metrics_line) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.log(metrics_line)
         value = headline(metrics, line)
         if improves(metrics, value, self.best_value):
             self.best_value = value
@@ -452,6 +461,8 @@ class RunWriter:
 
     def close(self) -> None:
         self.metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def build_evaluator(config: TrainConfig, ctx: DistContext) -> Evaluator | None:

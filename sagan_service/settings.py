@@ -144,7 +144,12 @@ class Settings(BaseSettings):
     # Log lines: `json` (one object per line, with the job id where there is one) or `text`.
     log_format: Literal["json", "text"] = "text"
 
-    @field_validator("ray_address")
+    # An MLflow tracking server (e.g. http://mlflow:5000): each training job becomes a run of the experiment
+    # SAGAN_MLFLOW_EXPERIMENT, a sweep a parent run (worker/mlflow_sync.py; needs the `mlflow` extra).
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "sagan"
+
+    @field_validator("ray_address", "mlflow_tracking_uri")
     @classmethod
     def _unset_when_empty(cls, value: str | None) -> str | None:
         # docker-compose.yml passes `${RAY_ADDRESS:-}` to every service: empty where no Ray is in the stack.

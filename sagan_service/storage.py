@@ -6,6 +6,7 @@ Layout per job (keys relative to the store root):
     jobs/<id>/samples/real.png                (real training images, for comparison)
     jobs/<id>/metrics.jsonl
     jobs/<id>/evals.jsonl                     a training job's evaluations, or an eval job's result
+    jobs/<id>/tensorboard/events.out.tfevents.*   a training's TensorBoard event files (one run per job)
     jobs/<id>/logs/attempt-<k>.log
     jobs/<id>/job.json                        what the folder is: kind, config, owner, status, times (records.py)
     stats/<entry name>                        cached real-data statistics, shared by every job on that data
@@ -61,6 +62,15 @@ def metrics_key(job_id: str) -> str:
 
 def evals_key(job_id: str) -> str:
     return f"jobs/{job_id}/evals.jsonl"
+
+
+def tensorboard_prefix(job_id: str) -> str:
+    """The job's TensorBoard event files: `tensorboard --logdir` on it (or on jobs/) shows the run."""
+    return f"jobs/{job_id}/tensorboard/"
+
+
+def tensorboard_key(job_id: str, name: str) -> str:
+    return f"{tensorboard_prefix(job_id)}{name}"
 
 
 def report_key(job_id: str) -> str:

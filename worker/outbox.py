@@ -6,7 +6,7 @@ stores them in order: a sample grid, then its row; a checkpoint's metrics first 
 finds the series up to it), then the checkpoint, its commit marker and its row (the job's pointer
 moves), then the evaluations (the job row's latest and best: a best evaluation only once its
 checkpoint is committed), then keep_checkpoints rotation in the store, which keeps the best evaluation's
-checkpoint. The metrics and evaluation series, new real-data statistics (stats/<entry>, shared by every
+checkpoint. The metrics and evaluation series, the TensorBoard event files, new real-data statistics (stats/<entry>, shared by every
 job on the same data) and the attempt's log follow every few seconds. A store or database that cannot be reached is waited out with backoff while the
 training goes on and the outbox grows; past the outage window the thread stops and `error` says why.
 """
@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sagan_core import layout
 from sagan_core.config import TrainConfig
 from sagan_core.metrics.runs import best_eval, read_jsonl
+from sagan_core.tensorboard_log import complete_records
 from sagan_service import jobs
 from sagan_service.jobspec import read_spec
 from sagan_service.logs import JOB_ID
@@ -42,8 +43,10 @@ from sagan_service.storage import (
     real_grid_key,
     sample_key,
     stats_key,
+    tensorboard_key,
 )
 
+from .mlflow_sync import mlflow_sync
 from .outages import Outage, describe_database, retry
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ class Outbox:
         self.recorded_evals_size = 0
         self.stored_stats: set[str] = set()
         self.names = itertools.count()
+        self.tracking = mlflow_sync(job, spec, settings, sessions, run_dir)  # None without an MLflow server
         self.folder.mkdir(parents=True, exist_ok=True)
         self.thread = threading.Thread(target=self._run, name=f"outbox-{job.id}", daemon=True)
         self.thread.start()
@@ -112,6 +116,8 @@ class Outbox:
         self.closing.set()
         self.items.put(CLOSE)
         self.thread.join(timeout=30)
+        if self.tracking is not None:
+            self.tracking.close()
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -158,6 +164,8 @@ class Outbox:
         item.path.unlink(missing_ok=True)
         if item.kind == "checkpoint":
             self._record_evals(checkpoint_committed=True)  # its evaluation may be the new best
+            if self.tracking is not None:
+                self.tracking.checkpoint_committed(item.step, key)
         if item.kind == "checkpoint" and self.keep:
             dropped = self._retry(self._drop_old_checkpoints, self.db_outage)
             for step in dropped:
@@ -175,6 +183,7 @@ class Outbox:
         self._store_metrics()
         self._store_evals()
         self._record_evals()
+        self._store_event_files()
         self._store_stats()
 
     def _store_metrics(self) -> None:
@@ -193,6 +202,15 @@ class Outbox:
         if self.stored_sizes.get(name) != len(complete):
             self._retry(lambda: self.store.put_bytes(key, complete), self.store_outage)
             self.stored_sizes[name] = len(complete)
+
+    def _store_event_files(self) -> None:
+        """The trainer's TensorBoard event files, each again when it grew (its complete records only)."""
+        for path in layout.event_files(self.run_dir):
+            data = complete_records(path.read_bytes())
+            if self.stored_sizes.get(path.name) != len(data):
+                key = tensorboard_key(self.job.id, path.name)
+                self._retry(lambda key=key, data=data: self.store.put_bytes(key, data), self.store_outage)
+                self.stored_sizes[path.name] = len(data)
 
     def _record_evals(self, *, checkpoint_committed: bool = False) -> None:
         """Copy the newest and the best evaluation into the job's row when the file grew, or when a checkpoint

@@ -37,12 +37,20 @@ from sagan_core.metrics.runs import json_safe
 from sagan_service import jobs
 from sagan_service.models import Artifact
 from sagan_service.records import publish_job_record
-from sagan_service.storage import ArtifactNotFound, evals_key, metrics_key, real_grid_key
+from sagan_service.storage import (
+    ArtifactNotFound,
+    evals_key,
+    metrics_key,
+    real_grid_key,
+    tensorboard_key,
+    tensorboard_prefix,
+)
 from sagan_service.submit import Submitted, Submitter
 from sagan_service.sweeps import NoRunsYet, sweep_report
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 StepPath = Annotated[int, Path(ge=0, le=MAX_STEP)]
+EventFileName = Annotated[str, Path(pattern=r"^events\.out\.tfevents\.[A-Za-z0-9._-]+$", max_length=255)]
 JOB_ID_PATTERN = jobs.JOB_ID.pattern
 
 
@@ -179,6 +187,27 @@ def get_checkpoint(job_id: str, step: StepPath, session: SessionDep, store: Stor
     if url is not None:  # hundreds of MB: the client fetches it from S3, not through the API's memory
         return RedirectResponse(url, status_code=307)
     return object_response(store, key, "application/octet-stream")
+
+
+@router.get("/{job_id}/tensorboard")
+@in_thread_of("store")
+def list_event_files(job_id: str, request: Request, session: SessionDep, store: StoreDep,
+                     owner: OwnerDep) -> dict[str, list[dict[str, str]]]:
+    """A training's TensorBoard event files (`items`: name, url); `tensorboard --logdir` on a folder holding
+    them all shows the run."""
+    prefix = tensorboard_prefix(jobs.get_job(session, job_id, owner=owner).id)
+    names = [key.removeprefix(prefix) for key in store.list_keys(prefix)]
+    return {"items": [{"name": name, "url": store.presigned_url(prefix + name)
+                       or str(request.url_for("get_event_file", job_id=job_id, name=name))} for name in names]}
+
+
+@router.get("/{job_id}/tensorboard/{name}", response_class=Response)
+@in_thread_of("store")
+def get_event_file(job_id: str, name: EventFileName, session: SessionDep, store: StoreDep,
+                   owner: OwnerDep) -> Response:
+    """One TensorBoard event file."""
+    return object_response(store, tensorboard_key(jobs.get_job(session, job_id, owner=owner).id, name),
+                           "application/octet-stream")
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsList)
