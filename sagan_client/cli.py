@@ -70,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch = jobs.add_parser("download", parents=[server], help="a job's grids, metrics, evals and checkpoint",
                             description="Into --out, laid out like a `sagan train` run directory: job.json, "
                                         "config.json, metrics.jsonl, evals.jsonl, samples/step-<n>.png, "
-                                        "checkpoints/step-<n>.pt (and a sweep's report.html).")
+                                        "checkpoints/step-<n>.pt, TensorBoard event files; a sweep's "
+                                        "report.html and each child's run in <arm>-s<seed>/.")
     fetch.add_argument("id", help="job id")
     fetch.add_argument("--out", type=Path, help="folder (default ./<id>)")
     fetch.add_argument("--checkpoint", default="latest", metavar="STEP|best|latest|none",

@@ -61,6 +61,7 @@
     if (job.parent_id) {
       facts.push(["Sweep", `<a href="/ui/jobs/${encodeURIComponent(job.parent_id)}">${sagan.escape(job.parent_id.slice(0, 8))}</a>, arm ${sagan.escape(job.arm)}`]);
     }
+    if (job.priority !== "normal") facts.push(["Priority", sagan.escape(job.priority)]);
     if (job.resumed_from_step != null) facts.push(["Resumed from step", sagan.number(job.resumed_from_step)]);
     const metrics = job.metrics || {};
     if (metrics.img_per_s) facts.push(["Speed", `${sagan.number(metrics.img_per_s, 3)} img/s`]);
