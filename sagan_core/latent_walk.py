@@ -63,7 +63,8 @@ def walk(z_dim: int, seeds: tuple[int, int], frames: int, *, truncation: float |
 
 def write_walk(images: torch.Tensor, path: Path) -> Path:
     """The frames (K, 3, H, W) in [-1, 1] as an animated GIF (a path ending in .gif, looping) or else a PNG strip,
-    all frames in one row."""
+    all frames in one row. (Pillow's GIF writer merges identical consecutive frames into one longer frame, so a
+    walk between two equal seeds has fewer than K.)"""
     path = Path(path)
     if path.suffix.lower() != ".gif":
         return write_grid(images, path, nrow=len(images))
