@@ -500,14 +500,6 @@ class Attempt:
         return (own or errors or tail or [""])[-1].strip() or f"exit code {self.launcher.returncode}"
 
 
-def _sample_options(spec: SampleSpec) -> list[str]:
-    """`sagan sample`'s options for what a sample job asks besides n and seed (an interpolation: a PNG strip)."""
-    values = {"--classes": spec.classes, "--per-class": spec.per_class, "--truncation": spec.truncation,
-              "--interpolate": spec.interpolate, "--frames": spec.frames}
-    return [part for option, value in values.items() if value is not None
-            for part in (option, ",".join(map(str, value)) if isinstance(value, list) else str(value))]
-
-
 def _without_ray_prefix(line: str) -> str:
     """A log line without the "(RayTrainWorker pid=N, ip=A) " that Ray puts before its workers' lines."""
     return RAY_LINE_PREFIX.sub("", line)
@@ -528,3 +520,11 @@ def _last_line(path: Path, tail_bytes: int = 65536) -> dict[str, Any]:
         return {}
     lines = data[: data.rfind(b"\n") + 1].splitlines()
     return json.loads(lines[-1]) if lines else {}
+
+
+def _sample_options(spec: SampleSpec) -> list[str]:
+    """`sagan sample`'s options for what a sample job asks besides n and seed (an interpolation: a PNG strip)."""
+    values = {"--classes": spec.classes, "--per-class": spec.per_class, "--truncation": spec.truncation,
+              "--interpolate": spec.interpolate, "--frames": spec.frames}
+    return [part for option, value in values.items() if value is not None
+            for part in (option, ",".join(map(str, value)) if isinstance(value, list) else str(value))]

@@ -61,11 +61,11 @@
     if (job.parent_id) {
       facts.push(["Sweep", `<a href="/ui/jobs/${encodeURIComponent(job.parent_id)}">${sagan.escape(job.parent_id.slice(0, 8))}</a>, arm ${sagan.escape(job.arm)}`]);
     }
+    if (job.resumed_from_step != null) facts.push(["Resumed from step", sagan.number(job.resumed_from_step)]);
     // Lineage of continued trainings (POST /jobs/{id}/continue).
     const jobLink = (id) => `<a href="/ui/jobs/${encodeURIComponent(id)}">${sagan.escape(id.slice(0, 8))}</a>`;
     if (job.continued_from) facts.push(["Continued from", `${jobLink(job.continued_from)} at step ${sagan.number(job.continued_from_step)}`]);
     if (job.continued_by && job.continued_by.length) facts.push(["Continued by", job.continued_by.map(jobLink).join(", ")]);
-    if (job.resumed_from_step != null) facts.push(["Resumed from step", sagan.number(job.resumed_from_step)]);
     const metrics = job.metrics || {};
     if (metrics.img_per_s) facts.push(["Speed", `${sagan.number(metrics.img_per_s, 3)} img/s`]);
     if (job.status === "running" && metrics.img_per_s && job.progress.total_steps) {
