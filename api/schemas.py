@@ -71,11 +71,20 @@ class SampleJobCreate(JobOptions):
     per_class: int | None = Field(None, ge=1, le=1024,
                                   description="conditional models: images per class (default 8), of every class "
                                               "unless `classes` lists some")
+    truncation: float | None = Field(None, gt=0, le=100, description="BigGAN's truncation trick: every z entry "
+                                     "above this in magnitude is drawn again; null = none")
+    interpolate: list[Annotated[int, Field(ge=0, le=MAX_INT)]] | None = Field(
+        None, min_length=2, max_length=2, description="seeds [A, B]: instead of a grid, a strip of `frames` images "
+                                                      "along the latent walk from A's z to B's (conditional models: "
+                                                      "from the first of `classes` to the last, default class 0)")
+    frames: int = Field(8, ge=2, le=64, description="images of an `interpolate` walk")
 
     @model_validator(mode="after")
     def _bounded_grid(self) -> SampleJobCreate:
         if self.classes is not None and len(self.classes) * (self.per_class or 8) > 1024:
             raise ValueError("classes x per_class is more than 1024 images")
+        if self.interpolate is not None and (self.per_class is not None or len(self.classes or []) > 2):
+            raise ValueError("interpolate walks from one class to another: give at most 2 classes and no per_class")
         return self
 
 
@@ -127,6 +136,19 @@ class SweepJobCreate(JobOptions):
                                                       "seed or 0]")
 
 
+class ContinueCreate(JobOptions):
+    """A new training job that continues this one's: from its committed checkpoint at `step`, to `steps` in all,
+    with its config but for `config`'s fields (those a continued run may change: learning rates, EMA, evaluation,
+    cadence, devices; anything that shapes the model or data is a 422 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
+
+    steps: int = Field(ge=1, le=MAX_STEP, description="the new total, above the checkpoint's step")
+    step: Annotated[int, Field(ge=0, le=MAX_STEP)] | Literal["best"] | None = Field(
+        None, description="the checkpoint to continue from; null = the latest; \"best\" = the best evaluation's")
+    config: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields to change")
+
+
 JobCreate = Annotated[TrainJobCreate | SampleJobCreate | EvalJobCreate | SweepJobCreate, Field(discriminator="kind")]
 
 
@@ -176,12 +198,17 @@ class JobPublic(BaseModel):
     updated_at: datetime
     parent_id: str | None = Field(None, description="a sweep's child: the sweep")
     arm: str | None = Field(None, description="a sweep's child: its arm")
+    continued_from: str | None = Field(None, description="a continued training: the job it continues")
+    continued_from_step: int | None = Field(None, description="a continued training: the checkpoint step it "
+                                                              "started from")
+    continued_by: list[str] | None = Field(None, description="in GET /jobs/{id}: the jobs that continue this one")
     children: list[SweepChild] | None = Field(None, description="a sweep (in GET /jobs/{id}): its children, "
                                                                 "arm by arm and seed by seed")
 
     @classmethod
     def from_job(cls, job: Job, children: list[Job] | None = None,
-                 best_held_out_eval: dict[str, Any] | None = None) -> JobPublic:
+                 best_held_out_eval: dict[str, Any] | None = None,
+                 continued_by: list[str] | None = None) -> JobPublic:
         return cls(
             id=job.id, kind=job.kind, status=job.status, queue=job.queue, priority=PRIORITIES[job.priority],
             spec=job.spec,
@@ -192,7 +219,8 @@ class JobPublic(BaseModel):
             error=job.error, log_tail=job.log_tail, created_at=utc(job.created_at),
             warnings=config_warnings(job.spec) if job.kind == "train" else [],
             started_at=utc(job.started_at), finished_at=utc(job.finished_at), updated_at=utc(job.updated_at),
-            parent_id=job.parent_id, arm=job.arm,
+            parent_id=job.parent_id, arm=job.arm, continued_from=job.continued_from,
+            continued_from_step=job.continued_from_step, continued_by=continued_by,
             children=None if children is None else [
                 SweepChild(id=child.id, arm=child.arm or "", seed=read_spec("train", child.spec).seed,
                            status=child.status,

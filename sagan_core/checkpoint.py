@@ -11,6 +11,7 @@ only after that, so a kill at any moment leaves the previous "latest" intact.
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported checkpoint format {payload.get('format_version')!r}")
     return payload
+
+
+def adopt_checkpoint(source: Path, step: int, run_dir: Path) -> Path:
+    """Copy another run's checkpoint file (of `step`) into `run_dir` as its latest, so that resuming run_dir
+    restores all it holds (G, D, optimisers, EMA, RNG states, step) exactly as a resume of its own checkpoint
+    does: how a continued run (`sagan train --init-from`) starts."""
+    def copy(target_file: Any) -> None:
+        with open(source, "rb") as source_file:
+            shutil.copyfileobj(source_file, target_file)
+
+    target = checkpoint_path(run_dir, step)
+    atomic_write(target, copy)
+    point_latest(target)
+    return target
 
 
 @dataclass(frozen=True, slots=True)

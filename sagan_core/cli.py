@@ -18,8 +18,18 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, get_args
 
-from .config import FIELDS, ConfigError, ResizeMode, TrainConfig, build_config, parse_flag, read_config_file
+from .config import (
+    FIELDS,
+    ConfigError,
+    ResizeMode,
+    TrainConfig,
+    build_config,
+    continued_config,
+    parse_flag,
+    read_config_file,
+)
 from .launch import training_launch
+from .layout import latest_checkpoint
 
 ENTRY_POINT_GROUP = "sagan.commands"
 
@@ -77,15 +87,24 @@ def _config_schema() -> dict[str, Any]:
     return TrainConfig.model_json_schema()
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset defaults, then the --config file, then flags: one mapping for build_config."""
+def given_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The --config file's fields, then the flags over them: one mapping."""
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
     values.update({name: getattr(args, name) for name in FIELDS if hasattr(args, name)})
-    return build_config(values)
+    return values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config = resolve_config(args)
+    init_from = None
+    if args.init_from is None:
+        config = build_config(given_values(args))  # preset defaults, then the file, then flags
+    else:  # the source checkpoint's config, then the file and flags (only what a continued run may change)
+        from .checkpoint import read_checkpoint
+        from .layout import resolve_checkpoint
+
+        init_from = resolve_checkpoint(args.init_from)
+        source = read_checkpoint(init_from)
+        config = continued_config(source["config"], given_values(args), from_step=int(source["step"]))
     if config.nodes > 1:
         why = (f"{config.nodes}: a run over several machines goes through the job service, on Ray "
                "(SAGAN_RAY_ADDRESS); `sagan train` runs on this machine (nodes: 1)")
@@ -94,7 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    launch = training_launch(config_path, out, config.nproc, resume=args.resume)
+    if init_from is not None and latest_checkpoint(out) is None:  # a rerun resumes its own checkpoints instead
+        from .checkpoint import adopt_checkpoint
+
+        adopt_checkpoint(init_from, int(source["step"]), out)
+    resume = args.resume or init_from is not None
+    launch = training_launch(config_path, out, config.nproc, resume=resume)
     if launch.nproc == 1:  # in this process: no second start of Python and torch
         from .train import main as train_main
 
@@ -109,18 +133,36 @@ def _class_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated class numbers, got {text!r}") from None
 
 
+def _seed_pair(text: str) -> tuple[int, int]:
+    seeds = _seed_list(text)
+    if len(seeds) != 2:
+        raise argparse.ArgumentTypeError(f"expected two seeds A,B (got {text!r})")
+    return seeds[0], seeds[1]
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample_to_dir, sample_to_png
 
+    if args.interpolate is not None:
+        from .latent_walk import sample_walk
+
+        if args.out_dir is not None or args.npz is not None or args.per_class is not None:
+            raise ValueError("--interpolate writes one walk to -o: use it without --out-dir, --npz and --per-class")
+        print(sample_walk(args.checkpoint, args.output or Path("walk.gif"), seeds=args.interpolate,
+                          frames=args.frames, truncation=args.truncation, classes=args.classes, device=args.device,
+                          standing_stats=args.standing_stats))
+        return 0
     if args.out_dir is not None:
         if args.npz is not None:
             raise ValueError("--npz holds every image in memory: use it without --out-dir")
+        if args.truncation is not None:
+            raise ValueError("--truncation applies to a grid (-o) or a walk (--interpolate), not to --out-dir")
         print(sample_to_dir(args.checkpoint, args.out_dir, n=args.n, seed=args.seed, device=args.device,
                             classes=args.classes, per_class=args.per_class, standing_stats=args.standing_stats))
     if args.out_dir is None or args.output is not None:
         print(sample_to_png(args.checkpoint, args.output or Path("samples.png"), n=args.n, seed=args.seed,
                             npz=args.npz, device=args.device, classes=args.classes, per_class=args.per_class,
-                            standing_stats=args.standing_stats))
+                            standing_stats=args.standing_stats, truncation=args.truncation))
     return 0
 
 
@@ -326,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML/JSON file of config fields")
     train.add_argument("--out", type=Path, default=Path("runs/sagan"), help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--init-from", metavar="RUN[:STEP|:best]",
+                       help="continue another run: start from its checkpoint (latest unless named) and its config, "
+                            "with --steps (the new total) and what else a continued run may change (learning rates, "
+                            "EMA, evaluation, cadence, devices); the run's own checkpoints, once it has some, come "
+                            "first")
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -343,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="conditional models: one grid row per listed class (instead of -n)")
     sample.add_argument("--per-class", type=int, metavar="K",
                         help="conditional models: K images of each class, all classes unless --classes (default 8)")
+    sample.add_argument("--truncation", type=float, metavar="PSI",
+                        help="BigGAN's truncation trick: every z entry above PSI in magnitude is drawn again (a "
+                             "smaller PSI gives more typical, less varied images)")
+    sample.add_argument("--interpolate", type=_seed_pair, metavar="A,B",
+                        help="a latent walk from the z of seed A to seed B's (conditional models: from the first of "
+                             "--classes to the last, default class 0), as an animated GIF if -o ends in .gif "
+                             "(default walk.gif), else a PNG strip")
+    sample.add_argument("--frames", type=int, default=16, metavar="K", help="frames of --interpolate (default 16)")
     sample.add_argument("--device", default="cpu", help="cpu or cuda")
     _add_standing_stats_option(sample, "the checkpoint's batch_size")
     sample.set_defaults(func=cmd_sample)

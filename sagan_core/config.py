@@ -401,6 +401,34 @@ def build_config(values: Mapping[str, Any]) -> TrainConfig:
         raise ConfigError([_issue(item) for item in error.errors()]) from None
 
 
+# What a continued run (`sagan train --init-from`, POST /jobs/{id}/continue) may set otherwise than the run whose
+# checkpoint it starts from: how long and how fast it trains, its EMA, evaluations and bookkeeping, and where it
+# runs. Every other field shapes the model, the data or the objective that checkpoint was trained with.
+CONTINUE_FIELDS = frozenset({
+    "steps", "g_lr", "d_lr", "lr_decay", "lr_decay_every", "ema_decay", "ema_start",
+    "eval_every", "eval_metrics", "eval_n", "eval_dataset",
+    "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_workers",
+    "nproc", "nodes", "device", "amp", "channels_last", "compile",
+})
+
+
+def continued_config(source: Mapping[str, Any], changes: Mapping[str, Any], *, from_step: int) -> TrainConfig:
+    """The config of a run that continues, from its checkpoint at `from_step`, the run whose saved config is
+    `source`: `changes` over it. ConfigError naming the field if a change is invalid, touches a field outside
+    CONTINUE_FIELDS, or leaves `steps` (the new total) not above `from_step`."""
+    base = build_config(saved_config(source))
+    config = build_config({**base.to_dict(), **changes})
+    fixed = [name for name in FIELDS if name not in CONTINUE_FIELDS and getattr(config, name) != getattr(base, name)]
+    if fixed:
+        why = ("cannot change when continuing a run: it shapes the model, data or objective its checkpoint was "
+               f"trained with (these may change: {', '.join(sorted(CONTINUE_FIELDS))})")
+        raise ConfigError([(name, why) for name in fixed])
+    if config.steps <= from_step:
+        why = f"{config.steps} is not above the checkpoint's step {from_step}: give the new total"
+        raise ConfigError([("steps", why)])
+    return config
+
+
 # What a config saved whole by an earlier version (a checkpoint's, a job's) ran with for a field it predates:
 # the behaviour from before the field, not its preset's current default.
 PREDATED_FIELDS: dict[str, Any] = {"resize_mode": "squash"}

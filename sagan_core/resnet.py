@@ -49,8 +49,12 @@ class ConditionalBatchNorm(nn.Module):
         x = self.bn(x)
         if not self.conditional:
             return x
+        if y.is_floating_point():  # (B, classes) weights of a mix of classes (a walk between two): mixed rows
+            gain, bias = y @ self.gain.weight, y @ self.bias.weight
+        else:
+            gain, bias = self.gain(y), self.bias(y)
         # (B, C) -> (B, C, 1, 1)
-        return x * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+        return x * gain[:, :, None, None] + bias[:, :, None, None]
 
 
 class GeneratorBlock(nn.Module):
@@ -125,7 +129,7 @@ def _xavier_init(module: nn.Module) -> None:
 
 
 class ResNetGenerator(nn.Module):
-    """(z (B, z_dim), y (B,) class indices or None) -> images (B, 3, S, S) in [-1, 1]."""
+    """(z (B, z_dim), y (B,) class indices, (B, classes) class weights, or None) -> images (B, 3, S, S) in [-1, 1]."""
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()

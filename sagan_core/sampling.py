@@ -31,6 +31,22 @@ def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
+def truncated_noise(n: int, z_dim: int, seed: int, psi: float | None = None) -> torch.Tensor:
+    """z (n, z_dim) of `seed`, as fixed_noise draws it, with every entry whose magnitude exceeds psi
+    drawn again from the same stream until all lie within (BigGAN's truncation trick: a smaller psi trades
+    variety for typical images). Entries already within psi stay, so psi moves each sample as little as it can.
+    psi None: fixed_noise's z unchanged."""
+    stream = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, z_dim, generator=stream)
+    if psi is None:
+        return z
+    if not psi > 0:
+        raise ValueError(f"truncation must be above 0, got {psi}")
+    while (outside := z.abs() > psi).any():
+        z[outside] = torch.randn(int(outside.sum()), generator=stream)
+    return z
+
+
 def indexed_noise(seed: int, start: int, count: int, z_dim: int, stream: Stream = Stream.EVAL_NOISE) -> torch.Tensor:
     """z_i for i in [start, start + count): a function of (stream, seed, i) alone, drawn in blocks of
     NOISE_BLOCK, so any batch size, rank split or later call sees the same z for sample i (evaluations compare
@@ -139,7 +155,7 @@ def standing_statistics(generator: nn.Module, z_dim: int, num_classes: int, batc
     return model.eval()
 
 
-def _sampled_generator(model: LoadedModel, standing_stats: int) -> nn.Module:
+def sampled_generator(model: LoadedModel, standing_stats: int) -> nn.Module:
     """The checkpoint's G, or its copy with standing statistics over `standing_stats` batches of its config's
     batch size (0 = off)."""
     if not standing_stats:
@@ -165,12 +181,13 @@ def write_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 
 def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, seed: int = 0,
                   npz: str | Path | None = None, device: str = "cpu", classes: list[int] | None = None,
-                  per_class: int | None = None, standing_stats: int = 0) -> Path:
+                  per_class: int | None = None, standing_stats: int = 0, truncation: float | None = None) -> Path:
     """Sample n images from a checkpoint into a grid PNG (and raw arrays into an .npz).
 
     A conditional model: with classes and/or per_class, per_class images (default 8) of each class (default
     all), one class per row, n ignored; otherwise n images of classes 0, 1, 2, ... in turn. standing_stats K > 0:
-    BatchNorm uses standing statistics over K batches (standing_statistics) instead of its running ones."""
+    BatchNorm uses standing statistics over K batches (standing_statistics) instead of its running ones.
+    truncation psi: z truncated at psi (truncated_noise)."""
     if n < 1:
         raise ValueError("n must be >= 1")
     model = load_checkpoint(checkpoint, device=device)
@@ -181,8 +198,8 @@ def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, s
         n, nrow = len(labels), per_class or GRID_ROWS
     elif num_classes:
         labels = torch.arange(n) % num_classes
-    z = fixed_noise(n, model.config.z_dim, seed)
-    images = generate(_sampled_generator(model, standing_stats), z, labels)
+    z = truncated_noise(n, model.config.z_dim, seed, truncation)
+    images = generate(sampled_generator(model, standing_stats), z, labels)
     if npz is not None:
         uint8 = to_uint8(images).permute(0, 2, 3, 1)
         arrays = {"images": uint8.numpy(), "z": z.numpy(), "step": np.array(model.step)}
@@ -202,7 +219,7 @@ def sample_to_dir(checkpoint: str | Path, out_dir: str | Path, *, n: int, seed: 
     if n < 1:
         raise ValueError("n must be >= 1")
     model = load_checkpoint(checkpoint, device=device)
-    generator = _sampled_generator(model, standing_stats)
+    generator = sampled_generator(model, standing_stats)
     num_classes = model.config.num_classes or 0
     chosen = chosen_labels(num_classes, classes, per_class)
     n = n if chosen is None else len(chosen)

@@ -166,8 +166,8 @@ class TrainState:
     def restore(self, payload: dict[str, Any]) -> None:
         self.generator.load_state_dict(payload["generator"])
         self.discriminator.load_state_dict(payload["discriminator"])
-        if self.ema is not None and payload.get("ema"):
-            self.ema.load_state_dict(payload["ema"])
+        if self.ema is not None:  # a run continued with an EMA from one without: the average starts at G
+            self.ema.load_state_dict(payload.get("ema") or payload["generator"])
         self.g_optimizer.load_state_dict(payload["g_optimizer"])
         self.d_optimizer.load_state_dict(payload["d_optimizer"])
         restore_rng_state(payload["rng"])

@@ -79,9 +79,11 @@ class OverLimit(Exception):
 
 def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_attempts: int, priority: int = 1,
                idempotency_key: str | None = None, owner: str = "local",
-               limits: OwnerLimits | None = None, notify: Sequence[str] = ()) -> tuple[Job, bool]:
+               limits: OwnerLimits | None = None, notify: Sequence[str] = (),
+               continued_from: tuple[str, int] | None = None) -> tuple[Job, bool]:
     """Insert a queued job (its spec stored as spec.to_dict(), sagan_service.jobspec); with an idempotency key
-    already used, return that job and False instead.
+    already used, return that job and False instead. `continued_from`: (job id, step) of the committed checkpoint
+    a train job continues from.
     With `limits`, OverLimit instead while the owner is at one of them (a replay too: a client retrying at
     its limit waits like any other); the check and the insert are exact under concurrent POSTs.
 
@@ -97,6 +99,8 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
               "priority": priority, "status": "queued", "owner": owner, "idempotency_key": key, "attempt": 0, "step": 0,
               "cancel_requested": False, "total_steps": spec.steps if isinstance(spec, TrainConfig) else None,
               "notify": list(notify) or None,
+              "continued_from": continued_from and continued_from[0],
+              "continued_from_step": continued_from and continued_from[1],
               "dispatched_at": now,  # the caller sends it next
               "created_at": now, "updated_at": now}
     admission = limits or OwnerLimits(max_queued=_NO_LIMIT, max_running=_NO_LIMIT)
@@ -172,6 +176,13 @@ def _insert_once(session: Session, rows: list[Job], key: str | None) -> tuple[Jo
 def sweep_children(session: Session, *, job_id: str) -> list[Job]:
     """A sweep's children in the order they were created (arm by arm, seed by seed)."""
     return list(session.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.id)))
+
+
+def continuations(session: Session, *, job_id: str, owner: str | None = None) -> list[str]:
+    """The ids of the jobs that continue job `job_id`'s training (POST /jobs/{id}/continue), oldest first; with
+    `owner`, only that owner's."""
+    query = select(Job.id).where(Job.continued_from == job_id).order_by(Job.id)
+    return list(session.scalars(query if owner is None else query.where(Job.owner == owner)))
 
 
 def derive_sweep_status(children: Iterable[str], *, started: bool, cancel_requested: bool) -> str:
@@ -631,8 +642,8 @@ _ACTIVE_COUNTS = select(_bounded_count("queued"), _bounded_count("running"))
 
 # A POST inserts its job only if the owner's counts, taken after the owner's lock, leave room for it.
 _ADMITTED_COLUMNS = ["id", "kind", "spec", "queue", "max_attempts", "priority", "status", "owner", "idempotency_key",
-                     "attempt", "step", "cancel_requested", "total_steps", "notify", "dispatched_at", "created_at",
-                     "updated_at"]
+                     "attempt", "step", "cancel_requested", "total_steps", "notify", "continued_from",
+                     "continued_from_step", "dispatched_at", "created_at", "updated_at"]
 _INSERT_ADMITTED = insert(Job).from_select(
     _ADMITTED_COLUMNS,
     select(*(bindparam(name, type_=Job.__table__.c[name].type) for name in _ADMITTED_COLUMNS)).where(

@@ -2,8 +2,10 @@
 `jobs.spec` column by whoever runs or shows the job. Torch-free (the API imports it).
 
     kind      spec                           stored (jobs.spec)
-    train     sagan_core.config.TrainConfig  TrainConfig.to_dict(): the full config
-    sample    SampleSpec                     {job_id, step, n, seed} (+ classes, per_class when asked)
+    train     sagan_core.config.TrainConfig  TrainConfig.to_dict(): the full config (a continued job's source
+                                             checkpoint is no part of it: jobs.continued_from/_step)
+    sample    SampleSpec                     {job_id, step, n, seed} (+ classes, per_class, truncation,
+                                             interpolate, frames when asked)
     eval      EvalSpec                       {job_id, step, dataset, metrics, n, seed, imsize, center_crop,
                                               resize_mode}
     sweep     SweepSpec                      the request's {base, axes, arms, study, seeds}
@@ -47,11 +49,17 @@ class SampleSpec(_StoredSpec):
     seed: int
     classes: list[int] | None = None
     per_class: int | None = None
+    truncation: float | None = None  # BigGAN's truncation trick's psi (sagan_core.sampling.truncated_noise)
+    interpolate: list[int] | None = None  # seeds A, B: a strip of `frames` images along the walk between them
+    frames: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        # Only when asked, so an unconditional sample job's spec is what it always was.
-        return self.model_dump(mode="json", exclude={name for name in ("classes", "per_class")
+        # Only when asked, so a plain sample job's spec is what it always was.
+        return self.model_dump(mode="json", exclude={name for name in OPTIONAL_SAMPLE_FIELDS
                                                      if getattr(self, name) is None})
+
+
+OPTIONAL_SAMPLE_FIELDS = ("classes", "per_class", "truncation", "interpolate", "frames")
 
 
 class EvalSpec(_StoredSpec):

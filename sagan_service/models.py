@@ -68,6 +68,11 @@ class Job(Base):
     # deletes its children.
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     arm: Mapped[str | None] = mapped_column(String(128))
+    # A train job that continues another one's training (POST /jobs/{id}/continue): that job and the step of its
+    # committed checkpoint this one starts from. Lineage only, apart from parent_id, which sweeps own.
+    continued_from: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL", name="fk_jobs_continued_from"), index=True)
+    continued_from_step: Mapped[int | None] = mapped_column(Integer)
     # PRIORITIES' index: a free worker takes the highest first, then shares fairly between owners.
     priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # The URLs told of each status change (sagan_service.webhooks); null (SQL NULL, not JSON null): none.

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sagan_core.config import TrainConfig
+from sagan_core.config import ConfigError, TrainConfig, continued_config
 
 from . import datasets, jobs
 from .jobspec import DatasetSpec, JobSpec, SampleSpec, SweepSpec, read_spec
@@ -83,13 +83,34 @@ class Submitter:
         self._check_train(spec)
         return self._create("train", spec)
 
-    def sample(self, *, job_id: str, step: int | None, n: int, seed: int, classes: list[int] | None,
-               per_class: int | None) -> Submitted:
-        """A grid of `n` samples (per class: `per_class` of each of `classes`) from training job `job_id`'s
-        checkpoint at `step` (None: the latest)."""
+    def continue_training(self, *, job_id: str, step: int | Literal["best"] | None, steps: int,
+                          changes: dict[str, Any]) -> Submitted:
+        """A training job that continues training job `job_id` from its committed checkpoint at `step` (None: the
+        latest, "best": its best evaluation's) to `steps` in all, with the source's config but for `changes`,
+        which may touch only what a continued run may change (sagan_core.config.CONTINUE_FIELDS). The worker
+        starts it from that checkpoint as a resume (G, D, optimisers, EMA, RNG states, step)."""
         checkpoint = jobs.committed_checkpoint(self.session, job_id=job_id, step=step,
                                                owner=self.principal.owner_filter)
-        spec = SampleSpec(job_id=job_id, step=checkpoint.step, n=n, seed=seed, classes=classes, per_class=per_class)
+        source = jobs.get_job(self.session, job_id)
+        try:
+            config = continued_config(source.spec, {**changes, "steps": steps}, from_step=checkpoint.step)
+        except ConfigError as error:
+            raise SpecError("steps" if error.field == "steps" else f"config.{error.field}", str(error)) from None
+        spec = validate_train_config(config.to_dict(), data_roots=self.settings.allowed_data_roots)
+        self._check_train(spec)
+        return self._create("train", spec, continued_from=(job_id, checkpoint.step))
+
+    def sample(self, *, job_id: str, step: int | None, n: int, seed: int, classes: list[int] | None,
+               per_class: int | None, truncation: float | None = None,
+               interpolate: tuple[int, int] | None = None, frames: int | None = None) -> Submitted:
+        """A grid of `n` samples (per class: `per_class` of each of `classes`) from training job `job_id`'s
+        checkpoint at `step` (None: the latest), z truncated at `truncation`; or, with `interpolate` (seeds A, B),
+        a strip of `frames` images along the walk from A's z to B's (sagan_core.latent_walk)."""
+        checkpoint = jobs.committed_checkpoint(self.session, job_id=job_id, step=step,
+                                               owner=self.principal.owner_filter)
+        spec = SampleSpec(job_id=job_id, step=checkpoint.step, n=n, seed=seed, classes=classes, per_class=per_class,
+                          truncation=truncation, interpolate=None if interpolate is None else list(interpolate),
+                          frames=frames)
         # "The latest" may have moved on since the key's first request: a replay of it matches any step.
         return self._create("sample", spec, any_step=step is None)
 
@@ -160,7 +181,8 @@ class Submitter:
                                                    "config.eval_dataset": config.eval_dataset},
                                     owner=self.principal.owner_filter, imsize=config.imsize)
 
-    def _create(self, kind: str, spec: JobSpec, *, any_step: bool = False) -> Submitted:
+    def _create(self, kind: str, spec: JobSpec, *, any_step: bool = False,
+                continued_from: tuple[str, int] | None = None) -> Submitted:
         """Create (or find, for a replayed key) one job of `spec` and send it; a job that could not be sent is
         withdrawn (the client's retry with the same key makes a new one)."""
         notify = self._notify_urls()
@@ -168,7 +190,10 @@ class Submitter:
             job, created = jobs.create_job(self.session, kind=kind, spec=spec, queue=queue_for(spec),
                                            max_attempts=self.settings.max_attempts, priority=self._priority(),
                                            idempotency_key=self.idempotency_key, owner=self.principal.name,
-                                           limits=limits, notify=notify)
+                                           limits=limits, notify=notify, continued_from=continued_from)
+        source = (job.continued_from, job.continued_from_step) if job.continued_from_step is not None else None
+        if not created and source != continued_from:  # a replay of a key used to continue another checkpoint
+            raise IdempotencyKeyReused(job.id)
         self._replay_or_send(job, created, kind, spec, [job], any_step=any_step,
                              give_up=lambda _: jobs.withdraw_unsent(self.session, job_id=job.id))
         return Submitted(job, created)

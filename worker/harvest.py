@@ -1,7 +1,8 @@
 """A training's run directory and the store: what it is given before it starts, and what is taken from it.
 
 Before: the last committed checkpoint with the metrics and evaluations up to it (a resumed attempt goes on
-without a gap), and the real-data statistics its evaluations read. While it runs: every new sample grid and
+without a gap), or a continued job's source checkpoint (which it resumes from as from its own), and the
+real-data statistics its evaluations read. While it runs: every new sample grid and
 checkpoint, handed to the outbox (worker/outbox.py) that stores them in order. The supervisor does both beside
 a local training; a Ray job's rank 0 does them itself (worker/ray_rank.py), on whatever machine it runs.
 """
@@ -19,6 +20,7 @@ from sagan_core.config import TrainConfig
 from sagan_core.metrics.cache import INCEPTION_METRICS, StatsKey, stats_keys
 from sagan_core.metrics.weights import resolve_inception_weights
 from sagan_service.jobspec import EvalSpec, JobSpec
+from sagan_service.models import Job
 from sagan_service.storage import (
     ArtifactNotFound,
     ArtifactStore,
@@ -33,6 +35,18 @@ from .outbox import Outbox
 T = TypeVar("T")
 # A store call wrapped so that an unreachable store is waited out (Attempt.from_store, or a rank's retry).
 Fetch = Callable[[Callable[[], T]], T]
+
+
+def starting_checkpoint(job: Job, own_step: int | None) -> tuple[str, int] | None:
+    """(job id, step) of the committed checkpoint an attempt of `job` starts from: its own at `own_step`, or, for a
+    continued job without one of its own yet, its source's (jobs.continued_from); None: from scratch."""
+    if own_step is not None:
+        return job.id, own_step
+    if job.continued_from_step is None:
+        return None
+    if job.continued_from is None:  # the row's foreign key was cleared: its source job is gone
+        raise ValueError(f"the job this one continues (from its step {job.continued_from_step}) no longer exists")
+    return job.continued_from, job.continued_from_step
 
 
 def restore_run(store: ArtifactStore, fetch: Fetch, job_id: str, step: int, out: Path, *,

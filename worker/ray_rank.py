@@ -34,7 +34,7 @@ from sagan_service.storage import ArtifactStore, open_store
 
 from .data_cache import DataCache
 from .datasets import resolve_dataset_specs
-from .harvest import Harvester, evaluation_stats, fetch_stats, restore_run
+from .harvest import Harvester, evaluation_stats, fetch_stats, restore_run, starting_checkpoint
 from .outages import Outage, describe_database, retry
 from .outbox import Outbox
 
@@ -81,9 +81,11 @@ class RankRun:
         self.out.mkdir(parents=True)
         outbox: Outbox | None = None
         try:
-            step = self.job.latest_checkpoint_step
-            if step is not None:
-                restore_run(self.store, self.fetch, self.job.id, step, self.out, series=self.rank == 0)
+            start = starting_checkpoint(self.job, self.job.latest_checkpoint_step)
+            step = None if start is None else start[1]
+            if start is not None:  # a continued job's source: no series of that job's
+                restore_run(self.store, self.fetch, start[0], start[1], self.out,
+                            series=self.rank == 0 and start[0] == self.job.id)
             spec = resolve_dataset_specs(read_spec("train", self.job.spec), store=self.store,
                                          settings=self.settings, open_set=self.open_packed)
             fetch_stats(self.store, self.fetch, evaluation_stats(spec, self.settings.inception_weights),

@@ -62,7 +62,7 @@ from sagan_service.sweeps import store_report_if_finished
 from . import dataset_job
 from .data_cache import DataCache
 from .datasets import dataset_fields, in_store, resolve_dataset_specs
-from .harvest import Harvester, evaluation_stats, fetch_stats, restore_run
+from .harvest import Harvester, evaluation_stats, fetch_stats, restore_run, starting_checkpoint
 from .heartbeat import Heartbeat, LeaseLost
 from .launcher import Launcher, LocalLauncher, RunLost
 from .outages import DependencyDown, Outage, describe_database, retry
@@ -141,6 +141,7 @@ class Attempt:
         self.database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
         self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
         self.harvester: Harvester | None = None
+        self.start: tuple[str, int] | None = None  # a training's starting checkpoint (harvest.starting_checkpoint)
         # Real-data statistics shared through the store (stats/<entry>): the ones there are fetched before
         # the job starts; the outbox stores new ones.
         self.stats_dir = workdir / "stats"
@@ -169,7 +170,8 @@ class Attempt:
                 # A sample job's one grid is taken at the end, an eval's result is a series; on Ray, rank 0
                 # takes its files itself.
                 if isinstance(spec, TrainConfig) and not self.on_ray:
-                    self.harvester = Harvester(self.out, self.outbox, self.job.resumed_from_step)
+                    self.start = starting_checkpoint(self.job, self.job.resumed_from_step)
+                    self.harvester = Harvester(self.out, self.outbox, None if self.start is None else self.start[1])
                 command = self.prepare(spec)
                 if self.worker_stopping():
                     status = HANDED_BACK
@@ -244,17 +246,17 @@ class Attempt:
                     "--stats-cache", str(self.stats_dir)]
         if isinstance(spec, SampleSpec):
             checkpoint = self.fetch_checkpoint(spec.job_id, spec.step)
-            by_class = ((["--classes", ",".join(map(str, spec.classes))] if spec.classes else [])
-                        + (["--per-class", str(spec.per_class)] if spec.per_class else []))
             return [sys.executable, "-m", "sagan_core.cli", "sample", "--checkpoint", str(checkpoint),
-                    "-n", str(spec.n), "--seed", str(spec.seed), *by_class, "-o", str(self.out / "grid.png")]
+                    "-n", str(spec.n), "--seed", str(spec.seed), *_sample_options(spec),
+                    "-o", str(self.out / "grid.png")]
         if not isinstance(spec, TrainConfig):
             raise TypeError(f"a {self.job.kind} job runs no process of its own")  # a sweep: its children run
         config_path = self.workdir / "config.json"
         config_path.write_text(json.dumps(spec.to_dict()))  # read_spec filled the fields an older row predates
-        resume = self.job.resumed_from_step is not None
-        if resume:
-            restore_run(self.store, self.from_store, self.job.id, self.job.resumed_from_step, self.out)
+        if self.start is not None:  # its own checkpoint, or a continued job's source's (no series of that job's)
+            source, step = self.start
+            restore_run(self.store, self.from_store, source, step, self.out, series=source == self.job.id)
+        resume = self.start is not None
         # hold_checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
         return training_launch(config_path, self.out, spec.nproc, resume=resume, hold_checkpoints=True).command
 
@@ -540,3 +542,11 @@ def _last_line(path: Path, tail_bytes: int = 65536) -> dict[str, Any]:
         return {}
     lines = data[: data.rfind(b"\n") + 1].splitlines()
     return json.loads(lines[-1]) if lines else {}
+
+
+def _sample_options(spec: SampleSpec) -> list[str]:
+    """`sagan sample`'s options for what a sample job asks besides n and seed (an interpolation: a PNG strip)."""
+    values = {"--classes": spec.classes, "--per-class": spec.per_class, "--truncation": spec.truncation,
+              "--interpolate": spec.interpolate, "--frames": spec.frames}
+    return [part for option, value in values.items() if value is not None
+            for part in (option, ",".join(map(str, value)) if isinstance(value, list) else str(value))]

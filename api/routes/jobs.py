@@ -21,6 +21,7 @@ from api.schemas import (
     MAX_STEP,
     ArtifactItem,
     ArtifactList,
+    ContinueCreate,
     EvalJobCreate,
     EvalList,
     JobCreate,
@@ -65,6 +66,11 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
     notify = tuple(target.url for target in body.notify)
     submitted = _submit(Submitter(session, settings, celery, principal, idempotency_key, body.priority, notify),
                         body)
+    return _created(submitted, request, response)
+
+
+def _created(submitted: Submitted, request: Request, response: Response) -> JobPublic:
+    """The submitted job, 201 with its Location (200 for an Idempotency-Key replay)."""
     if not submitted.created:
         response.status_code = 200
     response.headers["Location"] = str(request.url_for("get_job", job_id=submitted.job.id))
@@ -75,12 +81,28 @@ def _submit(submitter: Submitter, body: JobCreate) -> Submitted:
     if isinstance(body, SweepJobCreate):
         return submitter.sweep(base=body.base, axes=body.axes, arms=body.arms, study=body.study, seeds=body.seeds)
     if isinstance(body, SampleJobCreate):
+        walk = None if body.interpolate is None else (body.interpolate[0], body.interpolate[1])
         return submitter.sample(job_id=body.source.job_id, step=body.source.step, n=body.n, seed=body.seed,
-                                classes=body.classes, per_class=body.per_class)
+                                classes=body.classes, per_class=body.per_class, truncation=body.truncation,
+                                interpolate=walk, frames=body.frames if walk else None)
     if isinstance(body, EvalJobCreate):
         return submitter.evaluation(job_id=body.source.job_id, step=body.source.step, dataset=body.dataset,
                                     metrics=body.metrics, n=body.n)
     return submitter.train(body.config)
+
+
+@router.post("/{job_id}/continue", response_model=JobPublic, status_code=201,
+             responses={200: {"description": "an Idempotency-Key replay: the job the first POST made"}})
+@in_thread_of("broker")
+def continue_job(job_id: str, body: ContinueCreate, request: Request, response: Response, session: SessionDep,
+                 settings: SettingsDep, celery: CeleryDep, principal: PrincipalDep,
+                 idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
+    """Continue a training job: a new one resumes from its checkpoint (G, D, optimisers, EMA, step) to `steps` in
+    all; 201 with its Location. Changing a field that shapes the model or data is a 422 naming it."""
+    submitter = Submitter(session, settings, celery, principal, idempotency_key, body.priority,
+                          tuple(target.url for target in body.notify))
+    submitted = submitter.continue_training(job_id=job_id, step=body.step, steps=body.steps, changes=body.config)
+    return _created(submitted, request, response)
 
 
 @router.get("", response_model=JobList)
@@ -102,7 +124,9 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
     children with their status, progress and best evaluation."""
     job = jobs.get_job(session, job_id, owner=owner)
     children = jobs.sweep_children(session, job_id=job.id) if job.kind == "sweep" else None
-    return JobPublic.from_job(job, children=children, best_held_out_eval=jobs.best_held_out_eval(session, job))
+    continued_by = jobs.continuations(session, job_id=job.id, owner=owner) if job.kind == "train" else None
+    return JobPublic.from_job(job, children=children, best_held_out_eval=jobs.best_held_out_eval(session, job),
+                              continued_by=continued_by)
 
 
 @router.get("/{job_id}/report", response_class=HTMLResponse,

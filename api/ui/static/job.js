@@ -63,6 +63,10 @@
     }
     if (job.priority !== "normal") facts.push(["Priority", sagan.escape(job.priority)]);
     if (job.resumed_from_step != null) facts.push(["Resumed from step", sagan.number(job.resumed_from_step)]);
+    // Lineage of continued trainings (POST /jobs/{id}/continue).
+    const jobLink = (id) => `<a href="/ui/jobs/${encodeURIComponent(id)}">${sagan.escape(id.slice(0, 8))}</a>`;
+    if (job.continued_from) facts.push(["Continued from", `${jobLink(job.continued_from)} at step ${sagan.number(job.continued_from_step)}`]);
+    if (job.continued_by && job.continued_by.length) facts.push(["Continued by", job.continued_by.map(jobLink).join(", ")]);
     const metrics = job.metrics || {};
     if (metrics.img_per_s) facts.push(["Speed", `${sagan.number(metrics.img_per_s, 3)} img/s`]);
     if (job.status === "running" && metrics.img_per_s && job.progress.total_steps) {
@@ -76,7 +80,9 @@
     if (job.latest_checkpoint_step != null) facts.push(["Latest checkpoint", `step ${sagan.number(job.latest_checkpoint_step)}`]);
     if (job.kind === "sample") {
       facts.push(["Source", `<a href="/ui/jobs/${encodeURIComponent(job.spec.job_id)}">${sagan.escape(job.spec.job_id.slice(0, 8))}</a> at step ${sagan.number(job.spec.step)}`]);
-      facts.push(["Images", `${job.spec.n}, seed ${job.spec.seed}`]);
+      facts.push(["Images", job.spec.interpolate ? `a walk of ${job.spec.frames} from seed ${job.spec.interpolate[0]} to ${job.spec.interpolate[1]}`
+        : `${job.spec.n}, seed ${job.spec.seed}`]);
+      if (job.spec.truncation != null) facts.push(["Truncation", `ψ ${sagan.number(job.spec.truncation)}`]);
     }
     if (job.kind === "eval") {
       facts.push(["Source", `<a href="/ui/jobs/${encodeURIComponent(job.spec.job_id)}">${sagan.escape(job.spec.job_id.slice(0, 8))}</a> at step ${sagan.number(job.spec.step)}`]);
