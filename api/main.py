@@ -25,6 +25,7 @@ from api.deps import get_principal, job_log_context
 from api.guards import Dependency, DependencyDown
 from api.limits import BodyLimit
 from api.metrics import RequestLatency, make_registry
+from api.routes import attention as attention_routes
 from api.routes import datasets as dataset_routes
 from api.routes import health, monitoring, presets, studies
 from api.routes import jobs as job_routes
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
     app.include_router(job_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(webhook_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
+    app.include_router(attention_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(dataset_routes.router, dependencies=authenticated)
     app.include_router(presets.router, dependencies=authenticated)
     app.include_router(studies.router, dependencies=authenticated)
