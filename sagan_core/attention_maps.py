@@ -91,9 +91,9 @@ def capture(model: LoadedModel, *, seed: int = 0, index: int = 0, label: int | N
     from .sampling import indexed_labels, indexed_noise, to_uint8
 
     num_classes = model.config.num_classes or 0
-    if label is not None and not 0 <= label < max(num_classes, 1):
-        raise ValueError(f"class {label}: this model has {num_classes or 'no'} classes"
-                         + (f" (0 to {num_classes - 1})" if num_classes else ""))
+    if label is not None and not 0 <= label < num_classes:
+        raise ValueError(f"class {label}: this model has " + (f"classes 0 to {num_classes - 1}" if num_classes
+                                                              else "no classes (it is unconditional)"))
     if num_classes and label is None:
         if image is not None:
             raise ValueError("a conditional D scores an image of a class: give --class")

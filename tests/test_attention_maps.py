@@ -117,6 +117,10 @@ def test_d_on_a_real_image(tmp_path: Path) -> None:
     conditional = loaded(*RESNET_CONDITIONAL)
     with pytest.raises(ValueError, match="give --class"):
         capture(conditional, image=picture)
+    with pytest.raises(ValueError, match="classes 0 to 2"):
+        capture(conditional, image=picture, label=3)
+    with pytest.raises(ValueError, match="no classes"):
+        capture(loaded(*DCGAN_SEED), image=picture, label=0)
     scored = capture(conditional, image=picture, label=2)
     assert [layer.name for layer in scored.layers] == ["d.attn16"] and scored.label == 2
     assert np.allclose(scored.layers[0].weights.sum(axis=1), 1, atol=1e-5)
