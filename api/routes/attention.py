@@ -5,7 +5,8 @@ runs `sagan attention --npz` in a child process, which stores every query's weig
 job's artifacts; that request and every later one for the same image, at any query point and layer, renders from
 the stored file with numpy and PIL in milliseconds. At most HELPERS children run at once, each within
 HELPER_TIMEOUT_S and on one thread: the host's cores serve requests, and at 64x64 the forwards take 0.1 s of a
-child's seconds, most of which go to starting Python and torch.
+child's seconds, most of which go to starting Python and torch. Those children wait on threads of their own,
+so a slow first request holds none of the store's threads (api/guards.py) or the shared ones.
 """
 
 from __future__ import annotations
@@ -14,21 +15,26 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+import anyio
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import OwnerDep, SessionDep, StoreDep, in_thread_of
 from sagan_core.config import MAX_INT
 from sagan_service import jobs
+from sagan_service.models import Artifact
 from sagan_service.storage import ArtifactNotFound, ArtifactStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-HELPERS = threading.BoundedSemaphore(2)  # torch processes at once: each holds a model (GBs for paper128)
+HELPERS = 2  # helper processes at once: each holds a model (GBs for paper128) and a core
 HELPER_TIMEOUT_S = 180
+_helper_threads: anyio.CapacityLimiter | None = None  # made on first use: it belongs to the running loop
 
 
 def attention_key(job_id: str, step: int, seed: int, index: int, label: int | None) -> str:
@@ -42,47 +48,72 @@ def attention_key(job_id: str, step: int, seed: int, index: int, label: int | No
                        404: {"description": "no such job, or no committed checkpoint at that step"},
                        422: {"description": "a query outside the image, an unknown layer or class"},
                        504: {"description": "the helper process ran out of time"}})
-@in_thread_of("store")
-def get_attention(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep,
-                  y: Annotated[int, Query(ge=0, le=4096, description="query row, in image pixels")],
-                  x: Annotated[int, Query(ge=0, le=4096, description="query column, in image pixels")],
-                  step: Annotated[int | None, Query(ge=0, le=MAX_INT, description="checkpoint; default the latest")] = None,
-                  seed: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
-                  index: Annotated[int, Query(ge=0, le=MAX_INT, description="image i of the seed, as "
-                                                                             "`sagan sample --out-dir`")] = 0,
-                  label: Annotated[int | None, Query(alias="class", ge=0, le=MAX_INT,
-                                                     description="conditional models: the image's class")] = None,
-                  layer: Annotated[str | None, Query(max_length=64, description="e.g. g.attn32; default every "
-                                                                                "layer, G's then D's")] = None,
-                  format: Literal["png", "json"] = "png") -> Response:
+async def get_attention(job_id: str, request: Request, session: SessionDep, store: StoreDep, owner: OwnerDep,
+                        y: Annotated[int, Query(ge=0, le=4096, description="query row, in image pixels")],
+                        x: Annotated[int, Query(ge=0, le=4096, description="query column, in image pixels")],
+                        step: Annotated[int | None, Query(ge=0, le=MAX_INT,
+                                                          description="checkpoint; default the latest")] = None,
+                        seed: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+                        index: Annotated[int, Query(ge=0, le=MAX_INT, description="image i of the seed, as "
+                                                                                   "`sagan sample --out-dir`")] = 0,
+                        label: Annotated[int | None, Query(alias="class", ge=0, le=MAX_INT,
+                                                           description="conditional models: the class")] = None,
+                        layer: Annotated[str | None, Query(max_length=64, description="e.g. g.attn32; default "
+                                                                                      "every layer")] = None,
+                        format: Literal["png", "json"] = "png") -> Response:
     """Where each attention layer looks from the query (y, x) of generated image `index` of `seed`: a PNG of
     the image and each layer's map over it (as `sagan attention`), or with `format=json` the raw maps."""
-    from sagan_core.attention_maps import from_npz, maps_json, render_png
+    checkpoint = await run_in_threadpool(_checkpoint, session, job_id, owner, step)
+    key = attention_key(checkpoint.job_id, checkpoint.step, seed, index, label)
+    data = await _read_stored(request=request, store=store, key=key)
+    if data is None:
+        global _helper_threads
+        _helper_threads = _helper_threads or anyio.CapacityLimiter(HELPERS)
+        data = await anyio.to_thread.run_sync(partial(_compute, store, checkpoint.key, seed, index, label),
+                                              limiter=_helper_threads)
+        await _store(request=request, store=store, key=key, data=data)
+    return await run_in_threadpool(_answer, data, checkpoint.step, seed, index, y, x, layer, format)
 
+
+def _checkpoint(session: Session, job_id: str, owner: str | None, step: int | None) -> Artifact:
+    """The job's committed checkpoint at `step`, or its latest; a 404 without one."""
     job = jobs.get_job(session, job_id, owner=owner)
-    checkpoints = jobs.list_artifacts(session, job_id=job.id, kind="checkpoint")
-    chosen = [item for item in checkpoints if step is None or item.step == step][-1:]
-    if not chosen:
+    found = [item for item in jobs.list_artifacts(session, job_id=job.id, kind="checkpoint")
+             if step is None or item.step == step]
+    if not found:
         raise HTTPException(404, f"job {job_id} has no checkpoint" + ("" if step is None else f" at step {step}"))
-    key = attention_key(job.id, chosen[0].step, seed, index, label)
+    return found[-1]
+
+
+@in_thread_of("store")
+def _read_stored(request: Request, store: ArtifactStore, key: str) -> bytes | None:
     try:
-        data = store.get_bytes(key)
+        return store.get_bytes(key)
     except ArtifactNotFound:
-        data = _compute(store, chosen[0].key, seed, index, label)
-        store.put_bytes(key, data)
+        return None
+
+
+@in_thread_of("store")
+def _store(request: Request, store: ArtifactStore, key: str, data: bytes) -> None:
+    store.put_bytes(key, data)
+
+
+def _answer(data: bytes, step: int, seed: int, index: int, y: int, x: int, layer: str | None,
+            format: str) -> Response:
+    from sagan_core.attention_maps import from_npz, maps_json, render_png  # numpy and PIL, on first use
+
     captured = from_npz(data)
     try:
         if format == "json":
-            return JSONResponse({"step": chosen[0].step, "seed": seed, "index": index,
-                                 **maps_json(captured, [(y, x)], layer)})
+            return JSONResponse({"step": step, "seed": seed, "index": index, **maps_json(captured, [(y, x)], layer)})
         return Response(render_png(captured, [(y, x)], layer), media_type="image/png")
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
 
 
 def _compute(store: ArtifactStore, checkpoint_key: str, seed: int, index: int, label: int | None) -> bytes:
-    """`sagan attention --npz` on the checkpoint, in a child process on the CPU."""
-    with HELPERS, tempfile.TemporaryDirectory(prefix="sagan-attention-") as folder:
+    """`sagan attention --npz` on the checkpoint, in a child process on one CPU thread."""
+    with tempfile.TemporaryDirectory(prefix="sagan-attention-") as folder:
         checkpoint, out = Path(folder) / "model.pt", Path(folder) / "attention.npz"
         store.download(checkpoint_key, checkpoint)
         command = [sys.executable, "-m", "sagan_core.cli", "attention", "--checkpoint", str(checkpoint),
