@@ -85,10 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
     app.include_router(job_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(webhook_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
-    app.include_router(attention_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(dataset_routes.router, dependencies=authenticated)
     app.include_router(presets.router, dependencies=authenticated)
     app.include_router(studies.router, dependencies=authenticated)
+    app.include_router(attention_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(monitoring.router)  # its route asks for an admin token itself
     # The web pages are open: HTML shells without data, whose scripts call the REST API with the token
     # the user entered (kept in the browser).
