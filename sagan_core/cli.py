@@ -300,6 +300,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
         raise ValueError("give --query Y,X (or --queries, or --npz for every query's weights)")
     captured = capture(load_checkpoint(args.checkpoint, device=args.device), seed=args.seed, index=args.index,
                        label=args.label, image=args.image)
+    if not captured.layers:
+        raise ValueError("this model has no attention layers (its g_attention and d_attention are empty)")
     captured.select(args.layer)  # an unknown --layer fails before anything is written
     if args.npz is not None:
         data = to_npz(captured)

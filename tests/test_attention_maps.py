@@ -165,4 +165,8 @@ def test_the_command_writes_the_figure_and_the_raw_maps(tmp_path: Path, capsys: 
     assert "no attention layer 'g.attn99' (this model's: g.attn16, d.attn8)" in capsys.readouterr().err
     assert main(["attention", "--checkpoint", str(run), "--query", "32,1", "-o", str(tmp_path / "no.png")]) == 2
     assert "outside the 32x32 image" in capsys.readouterr().err
+    save_run(tmp_path / "plain", make_config("debug32", num_classes=0, g_attention=[], d_attention=[]))
+    assert main(["attention", "--checkpoint", str(tmp_path / "plain"), "--query", "1,1",
+                 "-o", str(tmp_path / "no.png")]) == 2
+    assert "no attention layers" in capsys.readouterr().err
     assert not (tmp_path / "no.png").exists()
