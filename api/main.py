@@ -25,6 +25,7 @@ from api.deps import get_principal, job_log_context
 from api.guards import Dependency, DependencyDown
 from api.limits import BodyLimit
 from api.metrics import RequestLatency, make_registry
+from api.routes import attention as attention_routes
 from api.routes import datasets as dataset_routes
 from api.routes import health, monitoring, presets, studies
 from api.routes import jobs as job_routes
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dataset_routes.router, dependencies=authenticated)
     app.include_router(presets.router, dependencies=authenticated)
     app.include_router(studies.router, dependencies=authenticated)
+    app.include_router(attention_routes.router, dependencies=[*authenticated, Depends(job_log_context)])
     app.include_router(monitoring.router)  # its route asks for an admin token itself
     # The web pages are open: HTML shells without data, whose scripts call the REST API with the token
     # the user entered (kept in the browser).

@@ -1,4 +1,4 @@
-"""The `sagan` command: train, sample, eval, stats, sweep, study, report, data pack, import-checkpoint.
+"""The `sagan` command: train, sample, attention, eval, stats, sweep, study, report, data pack, import-checkpoint.
 
 Other packages add subcommands (the service adds api, worker, up, db) through the entry-point
 group `sagan.commands`: each entry point is a `register(subparsers)` callable. This keeps the
@@ -324,6 +324,40 @@ def _axis(text: str) -> tuple[str, list[Any]]:
     return name, [parse_flag(name, value) for value in values.split(",")]
 
 
+def _point(text: str) -> tuple[int, int]:
+    try:
+        y, x = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a point Y,X in image pixels, got {text!r}") from None
+    return y, x
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from .attention_maps import capture, maps_json, render_png, to_npz
+    from .checkpoint import load_checkpoint
+    from .files import atomic_write
+
+    queries = args.queries or ([args.query] if args.query else [])
+    if not queries and args.npz is None:
+        raise ValueError("give --query Y,X (or --queries, or --npz for every query's weights)")
+    captured = capture(load_checkpoint(args.checkpoint, device=args.device), seed=args.seed, index=args.index,
+                       label=args.label, image=args.image)
+    if not captured.layers:
+        raise ValueError("this model has no attention layers (its g_attention and d_attention are empty)")
+    captured.select(args.layer)  # an unknown --layer fails before anything is written
+    if args.npz is not None:
+        data = to_npz(captured)
+        print(atomic_write(args.npz, lambda f: f.write(data)))
+    if queries:
+        maps = maps_json(captured, queries, args.layer)  # checks every query is inside the image
+        if args.json is not None:
+            text = json.dumps(maps).encode()
+            print(atomic_write(args.json, lambda f: f.write(text)))
+        png = render_png(captured, queries, args.layer)
+        print(atomic_write(args.output, lambda f: f.write(png)))
+    return 0
+
+
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from .importers import import_checkpoint
 
@@ -478,6 +512,32 @@ def build_parser() -> argparse.ArgumentParser:
     packer.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: this one)")
     packer.add_argument("--quiet", action="store_true", help="no progress bar")
     packer.set_defaults(func=cmd_data_pack)
+
+    attention = commands.add_parser(
+        "attention", help="where each attention layer looks from a query point (the paper's Figures 1 and 5)",
+        description="Generate image --index of --seed (the z and class `sagan sample --out-dir` gives image "
+                    "i), or take a real --image, and draw for each query point one row: the image with the "
+                    "point, then each attention layer's weights over the key positions as a heat map on the "
+                    "image (g.attn<size>: G's layer at that feature-map size; d.attn<size>: D's, on the same "
+                    "image). Maps are upsampled by nearest neighbour: a key of the pooled form covers a 2x2 "
+                    "block of feature cells.")
+    attention.add_argument("--checkpoint", required=True, help="FILE.pt, RUN, RUN:STEP or RUN:best")
+    attention.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    attention.add_argument("--index", type=int, default=0, help="which image of the seed (default 0)")
+    attention.add_argument("--class", dest="label", type=int, metavar="C",
+                           help="conditional models: the image's class (default: the one drawn for --index)")
+    attention.add_argument("--image", type=Path, help="a real image file: D's attention on it (G is not run)")
+    points = attention.add_mutually_exclusive_group()
+    points.add_argument("--query", type=_point, metavar="Y,X", help="the query point, in image pixels")
+    points.add_argument("--queries", type=_point, nargs="+", metavar="Y,X", help="several points: a row each")
+    attention.add_argument("--layer", metavar="NAME", help="only this layer (e.g. g.attn32; default: every one)")
+    attention.add_argument("-o", "--output", type=Path, default=Path("attention.png"),
+                           help="the figure (default attention.png)")
+    attention.add_argument("--json", type=Path, help="also write the queries' raw maps as JSON here")
+    attention.add_argument("--npz", type=Path, help="write every query's weights of every layer here (what the "
+                                                    "job service caches)")
+    attention.add_argument("--device", default="cpu", help="cpu or cuda")
+    attention.set_defaults(func=cmd_attention)
 
     imports = commands.add_parser("import-checkpoint", help="convert another implementation's weights")
     imports.add_argument("--format", required=True, choices=["heykeetae"],

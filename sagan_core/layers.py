@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,24 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return out.squeeze(1)
 
 
+# Called by every attention forward while recording_attention is active (None otherwise: one global read per
+# forward), with the layer, its queries, keys and values as _attention sees them, and the query and key grids.
+AttentionRecorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]], None]
+_recorder: AttentionRecorder | None = None
+
+
+@contextmanager
+def recording_attention(recorder: AttentionRecorder) -> Iterator[None]:
+    """Inside this block each attention forward hands (layer, q, k, v, query (h, w), key (h, w)) to `recorder`
+    (sagan_core.attention_maps turns them into maps); the layers' math is unchanged."""
+    global _recorder
+    previous, _recorder = _recorder, recorder
+    try:
+        yield
+    finally:
+        _recorder = previous
+
+
 def differentiable_attention() -> AbstractContextManager:
     """Attention inside this block runs on SDPA's math kernel, whose backward is differentiable again.
 
@@ -124,6 +143,8 @@ class SelfAttention(nn.Module):
         q = self.query(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
         k = self.key(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
         v = self.value(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        if _recorder is not None:
+            _recorder(self, q, k, v, (h, w), (h, w))
         o = _attention(q, k, v).transpose(1, 2).reshape(b, c, h, w)
         return self.gamma * o + x
 
@@ -145,6 +166,8 @@ class PooledSelfAttention(nn.Module):
         q = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
         k = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/8)
         v = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/2)
+        if _recorder is not None:
+            _recorder(self, q, k, v, (h, w), (h // 2, w // 2))
         o = _attention(q, k, v).transpose(1, 2).reshape(b, c // 2, h, w)
         return self.gamma * self.out(o) + x
 

@@ -177,7 +177,7 @@
     {id: "quality", title: "Sample quality (evaluations during training)", lines: () => evals, series: numbers},
     {id: "losses", title: "D and G loss", series: (m) => ({d_loss: m.d_loss, g_loss: m.g_loss})},
     {id: "logits", title: "D output on real and fake (mean logit)", series: (m) => ({real: m.d_out_real, fake: m.d_out_fake})},
-    {id: "gamma", title: "Attention γ per layer", series: (m) => m.gamma || {}},
+    {id: "gamma", title: "Attention γ per layer", series: (m) => m.gamma || {}, link: ["#attention-section", "Attention maps"]},
     {id: "speed", title: "Throughput (img/s)", series: (m) => ({"img/s": m.img_per_s})},
     {id: "lr", title: "Learning rate (G)", series: (m) => ({lr: m.lr}), yaxis: {type: "log"}},
   ];
@@ -229,7 +229,8 @@
       card = document.createElement("div");
       card.className = "card";
       card.dataset.chart = chart.id;
-      card.innerHTML = `<div class="card-head"><h3>${chart.title}</h3><button type="button" class="expand">Expand</button></div><div class="chart"></div>`;
+      const link = chart.link ? `<a href="${chart.link[0]}" class="chart-link">${chart.link[1]}</a>` : "";
+      card.innerHTML = `<div class="card-head"><h3>${chart.title}</h3>${link}<button type="button" class="expand">Expand</button></div><div class="chart"></div>`;
       card.querySelector(".expand").addEventListener("click", () => expand(chart));
       $("charts").append(card);
     }
