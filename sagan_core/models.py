@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, make_config
-from .layers import estimate_spectral_norms, make_attention, maybe_spectral
+from .layers import (
+    PooledSelfAttention,
+    SelfAttention,
+    estimate_spectral_norms,
+    make_attention,
+    maybe_spectral,
+)
 
 
 class Generator(nn.Module):
@@ -115,9 +121,11 @@ def build_models(preset: str | TrainConfig = "seed64", **overrides: Any) -> tupl
 
 
 def attention_gammas(model: nn.Module, prefix: str) -> dict[str, float]:
-    """Each attention layer's gamma, keyed like 'g.attn32' (logged to follow attention's weight)."""
-    return {f"{prefix}.{name.rsplit('.', 1)[-1]}": module.gamma.item()
-            for name, module in model.named_modules() if name.rsplit(".", 1)[-1].startswith("attn")}
+    """Each attention layer's gamma, keyed like 'g.attn32' (logged to follow attention's weight): the DCGAN
+    models name their layers so, the residual ones' layers carry their `resolution` (resnet.attention_at)."""
+    return {f"{prefix}.attn{module.resolution}" if hasattr(module, "resolution")
+            else f"{prefix}.{name.rsplit('.', 1)[-1]}": module.gamma.item()
+            for name, module in model.named_modules() if isinstance(module, SelfAttention | PooledSelfAttention)}
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -57,6 +57,15 @@ class ConditionalBatchNorm(nn.Module):
         return x * gain[:, :, None, None] + bias[:, :, None, None]
 
 
+def attention_at(channels: int, resolution: int) -> PooledSelfAttention:
+    """The paper's attention layer at a feature map of `resolution` pixels, which it carries as an attribute:
+    its place in the model is a block index (the state dict's key), and its gamma is logged by size
+    (models.attention_gammas: g.attn32)."""
+    layer = PooledSelfAttention(channels)
+    layer.resolution = resolution
+    return layer
+
+
 class GeneratorBlock(nn.Module):
     """cBN -> ReLU -> nearest 2x -> conv 3x3 -> cBN -> ReLU -> conv 3x3, plus nearest 2x -> conv 1x1.
 
@@ -149,7 +158,7 @@ class ResNetGenerator(nn.Module):
                 self.residual[str(len(self.blocks) - 1)] = GeneratorBlock(
                     out_channels, out_channels, self.num_classes, config.bn_momentum, upsample=False)
             if resolution in config.g_attention:
-                self.attention[str(len(self.blocks) - 1)] = PooledSelfAttention(out_channels)
+                self.attention[str(len(self.blocks) - 1)] = attention_at(out_channels, resolution)
         final_momentum = config.bn_momentum if config.bn_momentum_final is None else config.bn_momentum_final
         # Unconditional, with its affine, as the official code.
         self.bn = nn.BatchNorm2d(channels[-1], momentum=final_momentum)
@@ -191,7 +200,7 @@ class ResNetDiscriminator(nn.Module):
                 if resolution in config.d_residual:
                     self.residual[str(index)] = DiscriminatorBlock(out_channels, out_channels, downsample=False)
                 if resolution in config.d_attention:
-                    self.attention[str(index)] = PooledSelfAttention(out_channels)
+                    self.attention[str(index)] = attention_at(out_channels, resolution)
                 placed.add(resolution)
             in_channels = out_channels
         self.linear = spectral_norm(nn.Linear(in_channels, 1))

@@ -7,7 +7,7 @@ import torch
 
 from sagan_core import build_models
 from sagan_core.config import ConfigError, make_config
-from sagan_core.models import count_trainable
+from sagan_core.models import attention_gammas, count_trainable
 from sagan_core.resnet import ConditionalBatchNorm, ResNetDiscriminator, ResNetGenerator
 
 
@@ -96,3 +96,12 @@ def test_num_classes_rules() -> None:
         make_config("resnet32", d_attention=[2])
     _, discriminator = build_models("resnet32", num_classes=0, d_attention=[8])
     assert isinstance(discriminator, ResNetDiscriminator) and list(discriminator.attention) == ["1"]
+
+
+def test_the_residual_models_log_each_attention_gamma_by_its_feature_map_size() -> None:
+    # Their layers sit in dicts keyed by block index; the metrics and the job page's gamma chart name them
+    # by size, as the DCGAN models' (g.attn32), or the chart (and its link to the attention maps) is empty.
+    config = make_config("paper128", num_classes=0, g_attention=[32, 64], d_attention=[16])
+    generator, discriminator = build_models(config)
+    assert set(attention_gammas(generator, "g")) == {"g.attn32", "g.attn64"}
+    assert attention_gammas(discriminator, "d") == {"d.attn16": 0.0}
