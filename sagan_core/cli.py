@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import subprocess
 import sys
@@ -32,6 +33,17 @@ from .launch import training_launch
 from .layout import latest_checkpoint
 
 ENTRY_POINT_GROUP = "sagan.commands"
+
+# The modules that only the `worker` extra installs (pyproject.toml): a command that imports one of them
+# in an install without it (`pip install '.[api]'`, the API image) says which extra it needs.
+WORKER_ONLY_MODULES = frozenset({"torch", "torchvision", "torch_fidelity", "tensorboard", "lmdb", "tqdm"})
+
+
+def require_worker_extra() -> None:
+    """For commands that train in child processes (`sagan worker`, `sagan up`): refuse at once, in main()'s
+    words, instead of failing each job later. Looks torch up without importing it (no CUDA in a Celery parent)."""
+    if importlib.util.find_spec("torch") is None:
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, fields: Iterable[str] | None = None,
@@ -562,6 +574,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"sagan {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in WORKER_ONLY_MODULES:
+            raise
+        print(f"sagan {args.command}: error: this command needs the worker extra ({error.name} is not "
+              "installed): pip install 'sagan-service[worker]'", file=sys.stderr)
         return 2
 
 
