@@ -28,9 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from .app import create_worker_app
-
     require_worker_extra()
+    from .app import create_worker_app
 
     overrides = {} if args.gpus is None else {"gpus": args.gpus}
     settings = Settings(**overrides)
