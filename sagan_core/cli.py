@@ -34,9 +34,19 @@ from .layout import latest_checkpoint
 
 ENTRY_POINT_GROUP = "sagan.commands"
 
-# The modules that only the `worker` extra installs (pyproject.toml): a command that imports one of them
-# in an install without it (`pip install '.[api]'`, the API image) says which extra it needs.
-WORKER_ONLY_MODULES = frozenset({"torch", "torchvision", "torch_fidelity", "tensorboard", "lmdb", "tqdm"})
+# Modules that only an extra of pyproject.toml installs (`worker`: torch; `api`: the service's stack): a
+# command that imports one where it is missing (the client's `pip install .`, the API image's `.[api]`)
+# says which extra it needs, in one line (main), instead of a traceback.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "torch_fidelity", "tensorboard", "lmdb", "tqdm"), "worker"),
+    **dict.fromkeys(("fastapi", "uvicorn", "sqlalchemy", "alembic", "psycopg", "celery", "kombu", "redis",
+                     "boto3", "botocore", "jinja2", "prometheus_client", "numpy", "PIL", "matplotlib"), "api"),
+}
+
+
+def extra_for(error: ModuleNotFoundError) -> str | None:
+    """The extra that installs the missing module, or None for a module no extra provides (a real bug)."""
+    return EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
 
 
 def require_worker_extra() -> None:
@@ -560,8 +570,27 @@ def build_parser() -> argparse.ArgumentParser:
     imports.set_defaults(func=cmd_import_checkpoint)
 
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        entry_point.load()(commands)
+        try:
+            register = entry_point.load()
+        except ModuleNotFoundError as error:  # e.g. `sagan worker` in a client-only install
+            if extra_for(error) is None:
+                raise
+            _register_missing(commands, entry_point.name, error)
+        else:
+            register(commands)
     return parser
+
+
+def _register_missing(commands: argparse._SubParsersAction, name: str, error: ModuleNotFoundError) -> None:
+    """A stand-in for a command whose module cannot load: running it reports the missing extra (main)."""
+    def refuse(args: argparse.Namespace) -> int:
+        raise error
+
+    # No prefix characters: every argument (--flags too) is taken as an operand, so none is refused first.
+    stand_in = commands.add_parser(name, help=f"(needs the {extra_for(error)} extra)", add_help=False,
+                                   prefix_chars="\0")
+    stand_in.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)
+    stand_in.set_defaults(func=refuse)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -576,10 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sagan {args.command}: error: {error}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in WORKER_ONLY_MODULES:
+        extra = extra_for(error)
+        if extra is None:
             raise
-        print(f"sagan {args.command}: error: this command needs the worker extra ({error.name} is not "
-              "installed): pip install 'sagan-service[worker]'", file=sys.stderr)
+        print(f"sagan {args.command}: error: this command needs the {extra} extra ({error.name} is not "
+              f"installed): pip install 'sagan-service[{extra}]'", file=sys.stderr)
         return 2
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sagan_core import cli
 from tests.conftest import ROOT
 from tests.service.conftest import free_port, wait_for
 
@@ -98,3 +99,23 @@ def test_sagan_api_serves_without_torch(api_url: str) -> None:
     for route in ("/healthz", "/readyz", "/jobs"):
         response = httpx.get(api_url + route, timeout=10)
         assert response.status_code == 200, (route, response.text)
+
+
+class MissingModule:
+    """An entry point whose module imports a package of an extra that is not installed."""
+
+    name = "worker"
+
+    def load(self) -> None:
+        raise ModuleNotFoundError("No module named 'sqlalchemy'", name="sqlalchemy")
+
+
+def test_a_command_that_cannot_load_stands_in_and_names_its_extra(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # The client-only install (`pip install .`): `sagan --help` still works, `sagan worker` says what is missing.
+    monkeypatch.setattr(cli, "entry_points", lambda group: [MissingModule()])
+    assert "(needs the api extra)" in cli.build_parser().format_help()
+    assert cli.main(["worker", "--queues", "cpu"]) == 2
+    assert capsys.readouterr().err.splitlines() == [(
+        "sagan worker: error: this command needs the api extra (sqlalchemy is not installed): "
+        "pip install 'sagan-service[api]'")]
