@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
-	$(PIP) install -q -e '.[test,ray,mlflow]'
+	$(PIP) install -q -e '.[api,worker,test,ray,mlflow]'
 	touch $@
 
 install: $(VENV)/.installed

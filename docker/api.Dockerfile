@@ -1,11 +1,7 @@
-# The API image (also the CPU worker's): Python 3.12 and the CPU build of the pinned torch.
-# The API imports torch only to check the data set of a submitted job (sagan_core.data); the CUDA
-# build would add gigabytes for nothing. Build from the repository root:
+# The API image: Python 3.12 and the `api` extra, without PyTorch (the API process never imports it;
+# tests/test_packaging.py runs `sagan api` from that extra alone). Build from the repository root:
 #   docker build -f docker/api.Dockerfile .
 FROM python:3.12.12-slim-bookworm
-
-# Where the pinned torch/torchvision of requirements.txt come from (their +cpu builds).
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -20,14 +16,10 @@ RUN python -m venv /opt/venv \
     && useradd --no-log-init --system --uid 10001 --gid sagan --create-home --home-dir /home/sagan sagan \
     && install -d -o sagan -g sagan /var/lib/sagan /data
 
-# Dependencies first, torch alone in its own layer: a change to the code (or to pyproject.toml)
-# does not download torch again.
+# Dependencies first: a change to the code does not install them again.
 WORKDIR /tmp/build
-COPY requirements.txt ./
-# An extra index: torch from it ("+cpu"/"+cu130" sorts above the plain release), the rest as usual.
-RUN pip install --extra-index-url "$TORCH_INDEX_URL" -r requirements.txt
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(project['dependencies'] + project['optional-dependencies']['api']))" \
         > dependencies.txt \
     && pip install -r dependencies.txt
 

@@ -1,7 +1,11 @@
-# The GPU worker image: the CUDA 13.0 runtime on Ubuntu 24.04 (Python 3.12) and the cu130 build of
-# the pinned torch, which needs an NVIDIA driver >= 580 on the host. Build from the repository root:
+# The worker image: the `worker` extra (the service's code and PyTorch) and the `ray` extra. By default the
+# GPU one: the CUDA 13.0 runtime on Ubuntu 24.04 (Python 3.12) and the cu130 build of the pinned torch,
+# which needs an NVIDIA driver >= 580 on the host. Build from the repository root:
 #   docker build -f docker/worker.Dockerfile .
-FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
+# The CPU worker (compose profile `cpu`) is the same file on plain Ubuntu with the +cpu build:
+#   --build-arg BASE_IMAGE=ubuntu:24.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 # Where the pinned torch/torchvision of requirements.txt come from: the CUDA 13.0 (+cu130) builds,
 # matching the base image.
@@ -34,9 +38,10 @@ COPY requirements.txt ./
 # An extra index: torch from it ("+cpu"/"+cu130" sorts above the plain release), the rest as usual.
 RUN pip install --extra-index-url "$TORCH_INDEX_URL" -r requirements.txt
 COPY pyproject.toml ./
-# The dependencies and the `ray` extra: the Celery worker submits jobs to Ray's Jobs API with it, and the
-# Ray head and nodes of the compose profile `ray` (docs/ray.md) run them from this image.
-RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(project['dependencies'] + project['optional-dependencies']['ray']))" \
+# The dependencies of the extras `api` and `worker` (which names `api` as sagan-service[api]: that line is
+# left out) and `ray`: the Celery worker submits jobs to Ray's Jobs API with it, and the Ray head and nodes
+# of the compose profile `ray` (docs/ray.md) run them from this image.
+RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = project['optional-dependencies']; print('\n'.join(dep for dep in project['dependencies'] + extras['api'] + extras['worker'] + extras['ray'] if not dep.startswith(project['name'])))" \
         > dependencies.txt \
     && pip install -r dependencies.txt
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import subprocess
 import sys
@@ -32,6 +33,27 @@ from .launch import training_launch
 from .layout import latest_checkpoint
 
 ENTRY_POINT_GROUP = "sagan.commands"
+
+# Modules that only an extra of pyproject.toml installs (`worker`: torch; `api`: the service's stack): a
+# command that imports one where it is missing (the client's `pip install .`, the API image's `.[api]`)
+# says which extra it needs, in one line (main), instead of a traceback.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "torch_fidelity", "tensorboard", "lmdb", "tqdm"), "worker"),
+    **dict.fromkeys(("fastapi", "uvicorn", "sqlalchemy", "alembic", "psycopg", "celery", "kombu", "redis",
+                     "boto3", "botocore", "jinja2", "prometheus_client", "numpy", "PIL", "matplotlib"), "api"),
+}
+
+
+def extra_for(error: ModuleNotFoundError) -> str | None:
+    """The extra that installs the missing module, or None for a module no extra provides (a real bug)."""
+    return EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
+
+
+def require_worker_extra() -> None:
+    """For commands that train in child processes (`sagan worker`, `sagan up`): refuse at once, in main()'s
+    words, instead of failing each job later. Looks torch up without importing it (no CUDA in a Celery parent)."""
+    if importlib.util.find_spec("torch") is None:
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, fields: Iterable[str] | None = None,
@@ -548,8 +570,27 @@ def build_parser() -> argparse.ArgumentParser:
     imports.set_defaults(func=cmd_import_checkpoint)
 
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        entry_point.load()(commands)
+        try:
+            register = entry_point.load()
+        except ModuleNotFoundError as error:  # e.g. `sagan worker` in a client-only install
+            if extra_for(error) is None:
+                raise
+            _register_missing(commands, entry_point.name, error)
+        else:
+            register(commands)
     return parser
+
+
+def _register_missing(commands: argparse._SubParsersAction, name: str, error: ModuleNotFoundError) -> None:
+    """A stand-in for a command whose module cannot load: running it reports the missing extra (main)."""
+    def refuse(args: argparse.Namespace) -> int:
+        raise error
+
+    # No prefix characters: every argument (--flags too) is taken as an operand, so none is refused first.
+    stand_in = commands.add_parser(name, help=f"(needs the {extra_for(error)} extra)", add_help=False,
+                                   prefix_chars="\0")
+    stand_in.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)
+    stand_in.set_defaults(func=refuse)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -562,6 +603,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"sagan {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        extra = extra_for(error)
+        if extra is None:
+            raise
+        print(f"sagan {args.command}: error: this command needs the {extra} extra ({error.name} is not "
+              f"installed): pip install 'sagan-service[{extra}]'", file=sys.stderr)
         return 2
 
 

@@ -146,6 +146,9 @@ def run_reaper_command(_args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from sagan_core.cli import require_worker_extra
+
+    require_worker_extra()  # `sagan up` runs a worker
     # Without SAGAN_AUTH, tokens are off only where no other machine can reach the port.
     auth = os.environ.get("SAGAN_AUTH") or ("none" if _loopback(args.host) else "tokens")
     settings = Settings(auth=auth)

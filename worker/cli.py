@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+from sagan_core.cli import require_worker_extra
 from sagan_service.queue import QUEUES
 from sagan_service.settings import Settings
 
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    require_worker_extra()
     from .app import create_worker_app
 
     overrides = {} if args.gpus is None else {"gpus": args.gpus}
