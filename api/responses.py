@@ -13,7 +13,7 @@ def object_response(store: ArtifactStore, key: str, media_type: str) -> Response
     try:
         if isinstance(store, LocalStore):  # streamed from disk, not read into memory
             if not store.exists(key):
-                raise ArtifactNotFound(key)
+                raise ArtifactNotFound(key)  # noqa: TRY301 (the same 404 as a store that lost the object)
             return FileResponse(store.path(key), media_type=media_type)
         return Response(store.get_bytes(key), media_type=media_type)
     except ArtifactNotFound:

@@ -221,7 +221,7 @@ def _series(run: RunRecord, key: str, *, smooth: bool) -> tuple[list[int], list[
 def _arm_curve(group: Sequence[RunRecord], key: str, *, smooth: bool) -> tuple[list[int], list[float], list[float],
                                                                                  list[float]] | None:
     """(steps, mean, low, high) over an arm's seeds at the steps all of them logged."""
-    per_run = [dict(zip(*_series(run, key, smooth=smooth))) for run in group]
+    per_run = [dict(zip(*_series(run, key, smooth=smooth), strict=True)) for run in group]
     per_run = [series for series in per_run if series]
     if not per_run:
         return None
@@ -284,14 +284,14 @@ def _curve_figures(arms: dict[str, list[RunRecord]], metrics: Sequence[str]) -> 
     figures = []
     if metrics:
         figure, axes = _new_figure(len(metrics))
-        for ax, name in zip(axes, metrics):
+        for ax, name in zip(axes, metrics, strict=False):
             _plot(ax, arms, f"eval.{name}", smooth=False, colors=colors)
             ax.set(title=f"{name} ({'higher' if QUALITY[name] else 'lower'} is better)", xlabel="step")
             ax.legend(fontsize=8)
         figures.append(("Quality metrics of the training evaluations: the mean over seeds, the band their range.",
                         _figure_png(figure)))
     figure, axes = _new_figure(3)
-    for ax, key, title in zip(axes, ("d_loss", "g_loss"), ("D loss", "G loss")):
+    for ax, key, title in zip(axes, ("d_loss", "g_loss"), ("D loss", "G loss"), strict=False):
         _plot(ax, arms, key, smooth=True, colors=colors)
         ax.set(title=title, xlabel="step")
         ax.legend(fontsize=8)
@@ -305,7 +305,7 @@ def _curve_figures(arms: dict[str, list[RunRecord]], metrics: Sequence[str]) -> 
     layers = _gamma_layers(runs)
     if layers:
         figure, axes = _new_figure(len(layers), columns=4, size=(4.0, 3.0))
-        for ax, layer in zip(axes, layers):
+        for ax, layer in zip(axes, layers, strict=False):
             _plot(ax, arms, f"gamma.{layer}", smooth=False, colors=colors)
             ax.set(title=f"gamma of {layer}", xlabel="step")
             ax.axhline(0, color="grey", linewidth=0.5)
@@ -321,7 +321,7 @@ def _compute_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], co
     keys = [(f"eval.{name}", f"{name} ({'higher' if QUALITY[name] else 'lower'} is better)", False)
             for name in metrics] or [("d_loss", "D loss", True), ("g_loss", "G loss", True)]
     figure, axes = _new_figure(len(keys))
-    for ax, (key, title, smooth) in zip(axes, keys):
+    for ax, (key, title, smooth) in zip(axes, keys, strict=False):
         _plot(ax, arms, key, smooth=smooth, colors=colors, x="images_seen")
         ax.set(title=title, xlabel="real images seen")
         ax.legend(fontsize=8)
@@ -360,7 +360,7 @@ def summary_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], *, 
     axes[0].legend(handles, labels, fontsize=8)
     if bottom is not None:
         grid_axes = bottom.subplots(1, len(grids), squeeze=False)[0]
-        for ax, (arm, png) in zip(grid_axes, grids.items()):
+        for ax, (arm, png) in zip(grid_axes, grids.items(), strict=False):
             ax.imshow(Image.open(io.BytesIO(png)).convert("RGB"))
             ax.set_title(f"{arm} (seed {arms[arm][0].seed}, step {arms[arm][0].final_grid_step})", fontsize=10)
             ax.axis("off")

@@ -158,7 +158,7 @@ def _grid(axes: Any, *, seeds: int, max_arms: int) -> list[tuple[str, dict[str, 
     _check_size(math.prod(len(values) for values in axes.values()), seeds, max_arms)
     arms = []
     for combination in itertools.product(*axes.values()):
-        overrides = dict(zip(axes, combination))
+        overrides = dict(zip(axes, combination, strict=True))
         name = ",".join(f"{field}={_value_name(value)}" for field, value in overrides.items())
         arms.append((name, overrides))
     names = [name for name, _ in arms]

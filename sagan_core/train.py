@@ -647,7 +647,7 @@ def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
             elapsed = time.perf_counter() - window_start
             img_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)
             if writer is not None:
-                writer.log(dict(zip(stats, values)), img_per_s)
+                writer.log(dict(zip(stats, values, strict=True)), img_per_s)
                 progress.set_postfix(d_loss=f"{values[0]:.3f}", g_loss=f"{values[1]:.3f}",
                                      img_s=f"{img_per_s:.1f}")
             window_start, window_steps = time.perf_counter(), 0

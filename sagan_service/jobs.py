@@ -146,7 +146,7 @@ def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[
     members = [Job(id=job_id, kind="train", spec=child.to_dict(), queue=queue, max_attempts=max_attempts,
                    priority=priority, status="queued", owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0,
                    cancel_requested=False, total_steps=child.steps, dispatched_at=now)
-               for job_id, (arm, child, queue) in zip(ids, children)]
+               for job_id, (arm, child, queue) in zip(ids, children, strict=True)]
     return _insert_once(session, [sweep, *members], key)
 
 

@@ -84,7 +84,8 @@ def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel() -> None:
     mean, std, size = scores.kid(x, y)  # subsets of all 60 rows: every subset gives the same estimate
     assert size == 60
     X, Y = x.double().numpy(), y.double().numpy()
-    kernel = lambda p, q: (p @ q.T / X.shape[1] + 1) ** 3
+    def kernel(p, q):
+        return (p @ q.T / X.shape[1] + 1) ** 3
     m = len(X)
     kxx, kyy, kxy = kernel(X, X), kernel(Y, Y), kernel(X, Y)
     mmd = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))

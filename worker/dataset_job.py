@@ -177,7 +177,7 @@ def _default_imsizes(spec: str) -> list[int]:
             try:
                 with Image.open(path) as image:  # the header only
                     side = min(image.size)
-            except Exception:  # noqa: BLE001, S112 (unreadable: the packer lists it)
+            except Exception:  # noqa: BLE001 (unreadable: the packer lists it)
                 continue
             smallest = side if smallest is None else min(smallest, side)
     return [size for size in IMSIZES if size == IMSIZES[0] or (smallest or 0) >= size]

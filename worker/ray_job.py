@@ -76,12 +76,13 @@ def _placeable(workers: int, resources: dict[str, float], timeout_s: float) -> b
     group = placement_group([resources] * workers, strategy="PACK")
     try:
         ray.get(group.ready(), timeout=timeout_s)
-        return True
     except GetTimeoutError:
         print(f"error: the Ray cluster could not place {workers} workers of {amount:g} {kind} each within "
               f"{timeout_s:g} s (SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {total:g} {kind} in all",
               file=sys.stderr, flush=True)
         return False
+    else:
+        return True
     finally:
         remove_placement_group(group)
 

@@ -77,18 +77,14 @@ class Service:
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def signal_group(self, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 20) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.signal_group(signal.SIGKILL)
         self.process.wait()
 
