@@ -67,7 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         stop_reaper = asyncio.Event()
         reaper = asyncio.create_task(_reap_until(stop_reaper, app))
-        sender = WebhookSender.start(app.state.sessions, settings)  # a thread: a slow receiver holds up no request
+        sender = WebhookSender.start(app.state.sessions,
+                                     settings)  # a thread: a slow receiver holds up no request
         # Everything built so far lives as long as the process: keep it out of the collector's scans,
         # which otherwise stall a request now and then (the p99 of GET /jobs/{id}).
         gc.freeze()
@@ -203,7 +204,8 @@ async def _key_reused(_request: Request, error: Exception) -> JSONResponse:
 
 async def _over_owner_limit(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, OwnerOverLimit)
-    return JSONResponse({"detail": str(error)}, status_code=429, headers={"Retry-After": str(error.retry_after_s)})
+    return JSONResponse({"detail": str(error)}, status_code=429,
+                        headers={"Retry-After": str(error.retry_after_s)})
 
 
 async def _database_down(request: Request, error: Exception) -> JSONResponse:

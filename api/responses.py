@@ -17,4 +17,5 @@ def object_response(store: ArtifactStore, key: str, media_type: str) -> Response
             return FileResponse(store.path(key), media_type=media_type)
         return Response(store.get_bytes(key), media_type=media_type)
     except ArtifactNotFound:
-        raise HTTPException(404, "this artifact is recorded but its file is gone from the artifact store") from None
+        raise HTTPException(404, "this artifact is recorded but its file is gone from the artifact "
+                                 "store") from None

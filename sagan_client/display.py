@@ -79,7 +79,8 @@ def job_facts(job: dict[str, Any]) -> str:
     """`sagan jobs show`: what the job page's summary says, one fact a line."""
     speed = (job.get("metrics") or {}).get("img_per_s")
     facts: list[tuple[str, Any]] = [
-        ("id", job["id"]), ("kind", job["kind"]), ("status", job["status"]), ("priority", job.get("priority")),
+        ("id", job["id"]), ("kind", job["kind"]), ("status", job["status"]),
+                                    ("priority", job.get("priority")),
         ("progress", progress_text(job) or None),
         # A sweep's attempts are its children's.
         ("attempt", None if job["kind"] == "sweep" else f"{job['attempt']} of {job['max_attempts']}"),

@@ -141,8 +141,8 @@ def download(client: SaganClient, job: dict[str, Any], out: Path, checkpoint: st
     """The job's record (job.json), its config (config.json, as `sagan train` writes it), metrics.jsonl,
     evals.jsonl, its sample grids, TensorBoard event files, one checkpoint and a sweep's report: `sagan sample
     --checkpoint OUT` and `sagan report OUT` read the folder as a run. A sweep's children go into
-    `OUT/<arm>-s<seed>/` each (as `sagan sweep` lays them out), so `tensorboard --logdir OUT` shows one run per
-    arm and seed."""
+    `OUT/<arm>-s<seed>/` each (as `sagan sweep` lays them out), so `tensorboard --logdir OUT` shows one run
+    per arm and seed."""
     job_id = job["id"]
     step = checkpoint_step(job, checkpoint) if job["kind"] == "train" else None
     out.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,8 @@ def prune_checkpoints(run_dir: Path, keep: int, *, hold_untaken: bool = False) -
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict. `path` is a .pt file, a run directory (its latest), `RUN:STEP` or `RUN:best`."""
+    """The raw checkpoint dict. `path` is a .pt file, a run directory (its latest), `RUN:STEP` or
+    `RUN:best`."""
     path = resolve_checkpoint(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")

@@ -162,7 +162,8 @@ def import_heykeetae(generator_path: Path, discriminator_path: Path, output: Pat
         "step": g_step if g_step is not None else (d_step or 0),
         "config": config.to_dict(),
         "generator": _convert(g_source, generator_path, Generator(config), _GENERATOR_RENAMES),
-        "discriminator": _convert(d_source, discriminator_path, Discriminator(config), _DISCRIMINATOR_RENAMES),
+        "discriminator": _convert(d_source, discriminator_path, Discriminator(config),
+                                  _DISCRIMINATOR_RENAMES),
         # Weights only: there is no optimiser, EMA or RNG state to resume training from.
         "ema": None,
         "g_optimizer": None,

@@ -11,10 +11,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 
-# Power iterations that fit u, v to a model's initial weights. torch's spectral_norm runs 15 at creation, which
-# leave a wide random matrix (no gap below its top singular value) up to 8 % off; 100 get within 2 %. A fixed
-# count, not "until sigma settles": a stopping test can stop one iteration apart under another thread count
-# (torchrun's ranks run one thread each), and u, v would differ far beyond round-off between 1 and N processes.
+# Power iterations that fit u, v to a model's initial weights. torch's spectral_norm runs 15 at creation,
+# which leave a wide random matrix (no gap below its top singular value) up to 8 % off; 100 get within 2 %. A
+# fixed count, not "until sigma settles": a stopping test can stop one iteration apart under another thread
+# count (torchrun's ranks run one thread each), and u, v would differ far beyond round-off between 1 and N
+# processes.
 ESTIMATE_ITERATIONS = 100
 
 
@@ -101,7 +102,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 # Called by every attention forward while recording_attention is active (None otherwise: one global read per
 # forward), with the layer, its queries, keys and values as _attention sees them, and the query and key grids.
-AttentionRecorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]], None]
+AttentionRecorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int],
+                              tuple[int, int]], None]
 _recorder: AttentionRecorder | None = None
 
 

@@ -130,7 +130,8 @@ def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, affine=child.affine)
+            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum,
+                                            affine=child.affine)
             replacement.load_state_dict(child.state_dict())
             setattr(model, name, replacement.to(child.running_mean.device))
         else:

@@ -1,8 +1,10 @@
-"""The paper's residual SAGAN (the authors' TensorFlow `generator_test` / `discriminator_test`), at 32, 64 and 128.
+"""The paper's residual SAGAN (the authors' TensorFlow `generator_test` / `discriminator_test`), at 32, 64 and
+128.
 
-G: SN-linear z -> 4x4 feature map, residual up-blocks with (class-)conditional BatchNorm, pooled self-attention,
-BN -> ReLU -> SN-conv 3x3 -> tanh. D: an optimised first block, residual down-blocks, pooled self-attention,
-ReLU, sum pooling, SN-linear to one logit plus the projection <h, SN-embedding(y)> when conditional.
+G: SN-linear z -> 4x4 feature map, residual up-blocks with (class-)conditional BatchNorm, pooled
+self-attention, BN -> ReLU -> SN-conv 3x3 -> tanh. D: an optimised first block, residual down-blocks, pooled
+self-attention, ReLU, sum pooling, SN-linear to one logit plus the projection <h, SN-embedding(y)> when
+conditional.
 
 g_residual / d_residual add a same-width residual block (no resampling) at the listed feature-map sizes: the
 paper's Table 1 compares attention at a size with such a block there.
@@ -84,7 +86,8 @@ class GeneratorBlock(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         h = F.relu(self.bn1(x, y))
         if self.upsample:
-            h, x = F.interpolate(h, scale_factor=2, mode="nearest"), F.interpolate(x, scale_factor=2, mode="nearest")
+            h, x = F.interpolate(h, scale_factor=2, mode="nearest"), F.interpolate(x, scale_factor=2,
+                                                                                   mode="nearest")
         h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
         return h + (x if self.shortcut is None else self.shortcut(x))
 
@@ -138,7 +141,8 @@ def _xavier_init(module: nn.Module) -> None:
 
 
 class ResNetGenerator(nn.Module):
-    """(z (B, z_dim), y (B,) class indices, (B, classes) class weights, or None) -> images (B, 3, S, S) in [-1, 1]."""
+    """(z (B, z_dim), y (B,) class indices, (B, classes) class weights, or None) -> images (B, 3, S, S) in
+    [-1, 1]."""
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
@@ -152,7 +156,8 @@ class ResNetGenerator(nn.Module):
         self.residual = nn.ModuleDict()  # g_residual's extra blocks, before attention at the same size
         resolution = 4
         for in_channels, out_channels in pairwise(channels):
-            self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes, config.bn_momentum))
+            self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes,
+                                              config.bn_momentum))
             resolution *= 2
             if resolution in config.g_residual:
                 self.residual[str(len(self.blocks) - 1)] = GeneratorBlock(
@@ -198,7 +203,8 @@ class ResNetDiscriminator(nn.Module):
             # After the first block of a listed size: the blocks without downsampling repeat a size.
             if resolution not in placed:
                 if resolution in config.d_residual:
-                    self.residual[str(index)] = DiscriminatorBlock(out_channels, out_channels, downsample=False)
+                    self.residual[str(index)] = DiscriminatorBlock(out_channels, out_channels,
+                                                                   downsample=False)
                 if resolution in config.d_attention:
                     self.attention[str(index)] = attention_at(out_channels, resolution)
                 placed.add(resolution)

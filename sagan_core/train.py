@@ -87,9 +87,9 @@ SHUFFLE_WINDOW = 4  # shuffle "blocks": images are shuffled within this many con
 
 def epoch_order(size: int, seed: int, epoch: int, blocks: list[int] | None = None) -> torch.Tensor:
     """The data order of an epoch, seeded by (seed, epoch): a permutation of all `size` items, or, given the
-    sizes of consecutive blocks (a packed set's shards, config shuffle "blocks"), the blocks in a permuted order
-    with the items shuffled within each window of SHUFFLE_WINDOW consecutive blocks of that order, so that a
-    reader goes through the set a few shards at a time."""
+    sizes of consecutive blocks (a packed set's shards, config shuffle "blocks"), the blocks in a permuted
+    order with the items shuffled within each window of SHUFFLE_WINDOW consecutive blocks of that order, so
+    that a reader goes through the set a few shards at a time."""
     generator = seeded(Stream.EPOCH_ORDER, seed, epoch)
     if blocks is None:
         return torch.randperm(size, generator=generator)
@@ -209,7 +209,8 @@ def with_classes(config: TrainConfig, dataset: ImageDataset) -> TrainConfig:
 
 
 def fake_classes(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor | None:
-    """This rank's slice of the generator's global classes for (step, slot), uniform; None if unconditional."""
+    """This rank's slice of the generator's global classes for (step, slot), uniform; None if
+    unconditional."""
     if not config.num_classes:
         return None
     classes = torch.randint(config.num_classes, (config.batch_size,),
@@ -224,7 +225,8 @@ def labelled(y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
 
 def noise(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
     """This rank's slice of the global z for (step, slot); slot n_critic is the G step's."""
-    z = torch.randn(config.batch_size, config.z_dim, generator=seeded(Stream.TRAIN_NOISE, config.seed, step, slot))
+    z = torch.randn(config.batch_size, config.z_dim,
+                    generator=seeded(Stream.TRAIN_NOISE, config.seed, step, slot))
     return _rank_share(z, ctx)
 
 
@@ -301,8 +303,8 @@ def train_step(state: TrainState, real_batches: Iterator[tuple[torch.Tensor, tor
                 # The penalty's double backward runs on the bare module (DDP cannot); its gradients
                 # still reach DDP's all-reduce, which hooks the parameters themselves.
                 alpha = penalty_weights(config, ctx, state.step, slot)
-                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real_seen, fake_seen,
-                                                                      alpha, labels=real_y)
+                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real_seen,
+                                                                      fake_seen, alpha, labels=real_y)
         state.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         state.d_optimizer.step()
@@ -381,7 +383,8 @@ class RunWriter:
     `best` pointer) come from the evaluations kept. `hold_checkpoints`: see prune_checkpoints' `hold_untaken`.
     """
 
-    def __init__(self, out_dir: Path, state: TrainState, *, resumed: bool, hold_checkpoints: bool = False) -> None:
+    def __init__(self, out_dir: Path, state: TrainState, *, resumed: bool,
+                 hold_checkpoints: bool = False) -> None:
         self.out_dir, self.state, self.hold_checkpoints = out_dir, state, hold_checkpoints
         # One class per row when conditional (spread over the classes); the same z for every step's grid.
         self.sample_y = grid_labels(state.config.num_classes or 0)
@@ -413,7 +416,8 @@ class RunWriter:
 
     def sample(self) -> None:
         generator = self.state.ema if self.state.ema is not None else self.state.generator
-        path = write_grid(generate(generator, self.sample_z, self.sample_y), sample_path(self.out_dir, self.state.step))
+        path = write_grid(generate(generator, self.sample_z, self.sample_y),
+                          sample_path(self.out_dir, self.state.step))
         if self.tensorboard is not None:
             self.tensorboard.grid(self.state.step, path)
 
@@ -466,10 +470,12 @@ class RunWriter:
 
 
 def build_evaluator(config: TrainConfig, ctx: DistContext) -> Evaluator | None:
-    """The run's evaluator when eval_every > 0; a missing Inception weights file fails here, before training."""
+    """The run's evaluator when eval_every > 0; a missing Inception weights file fails here, before
+    training."""
     if config.eval_every == 0:
         return None
-    plan = EvalPlan(tuple(config.eval_metrics), n=config.eval_n, dataset=config.eval_dataset or config.dataset,
+    plan = EvalPlan(tuple(config.eval_metrics), n=config.eval_n,
+                    dataset=config.eval_dataset or config.dataset,
                     imsize=config.imsize, center_crop=config.center_crop, resize_mode=config.resize_mode,
                     seed=config.seed,
                     num_workers=config.num_workers)

@@ -35,7 +35,8 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
         return engine
     # No pool_pre_ping: it costs a round trip on every checkout. After a database restart the first
     # use of a stale connection fails (a 503 from the API) and SQLAlchemy then drops the whole pool.
-    connect_args: dict[str, Any] = {} if application_name is None else {"application_name": application_name[:63]}
+    connect_args: dict[str,
+                       Any] = {} if application_name is None else {"application_name": application_name[:63]}
     if timeout_s is not None:
         # Server options go with the connection (no extra round trip); the URL's own (a search_path) stay.
         options = make_url(url).query.get("options", "")
@@ -72,7 +73,8 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def run_and_commit(session: Session, statements: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[tuple]]:
+def run_and_commit(session: Session,
+                   statements: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[tuple]]:
     """Execute (statement, parameters) pairs in order in the session's transaction, commit, and return each
     statement's rows.
 
@@ -91,7 +93,8 @@ def run_and_commit(session: Session, statements: Sequence[tuple[Executable, Mapp
     import psycopg
 
     raw = connection.connection.driver_connection
-    queries = [_driver_query(statement, parameters, connection.dialect) for statement, parameters in statements]
+    queries = [_driver_query(statement, parameters, connection.dialect) for statement,
+               parameters in statements]
     try:
         with raw.pipeline():
             cursors = [raw.execute(sql, values) for sql, values in queries]
@@ -112,7 +115,8 @@ def _driver_query(statement: Executable, parameters: Mapping[str, Any], dialect:
     connection.execute hands the driver."""
     sql, processors, compiled = _compiled(statement, dialect)
     values = compiled.construct_params(dict(parameters))
-    return sql, {name: processors[name](value) if name in processors else value for name, value in values.items()}
+    return sql, {name: processors[name](value) if name in processors else value for name,
+                 value in values.items()}
 
 
 @functools.cache

@@ -63,7 +63,8 @@ OPTIONAL_SAMPLE_FIELDS = ("classes", "per_class", "truncation", "interpolate", "
 
 
 class EvalSpec(_StoredSpec):
-    """Metrics of a training job's checkpoint, resolved against its config (sagan_service.specs.eval_job_spec)."""
+    """Metrics of a training job's checkpoint, resolved against its config
+    (sagan_service.specs.eval_job_spec)."""
 
     job_id: str
     step: int
@@ -89,8 +90,8 @@ class SweepSpec(_StoredSpec):
 
 
 class DatasetSpec(_StoredSpec):
-    """A data set's build: `source` (an upload's `upload:<key>`, an s3:// prefix or a spec) packed at `imsizes`
-    (None: the sizes the images allow)."""
+    """A data set's build: `source` (an upload's `upload:<key>`, an s3:// prefix or a spec) packed at
+    `imsizes` (None: the sizes the images allow)."""
 
     dataset_id: str
     source: str
@@ -117,7 +118,8 @@ def read_spec(kind: str, raw: Mapping[str, Any]) -> JobSpec: ...
 
 
 def read_spec(kind: str, raw: Mapping[str, Any]) -> JobSpec:
-    """The typed spec of a job of `kind` from its stored JSON (a row of any version); ValueError if it is none."""
+    """The typed spec of a job of `kind` from its stored JSON (a row of any version); ValueError if it is
+    none."""
     if kind == "train":
         return build_config(saved_config(raw))
     if kind not in _MODELS:

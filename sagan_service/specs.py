@@ -43,7 +43,8 @@ def _check_dataset(config: TrainConfig, data_roots: list[Path]) -> None:
 
 
 def check_dataset_spec(spec: str, field: str, data_roots: list[Path]) -> None:
-    """A dataset spec's syntax and paths: absolute, under the allowed roots, existing; SpecError on `field`."""
+    """A dataset spec's syntax and paths: absolute, under the allowed roots, existing; SpecError on
+    `field`."""
     name = field.rpartition(".")[2]
     try:
         paths = dataset_paths(spec)

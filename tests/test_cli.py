@@ -69,12 +69,13 @@ def test_train_then_sample(tmp_path: Path) -> None:
 
 def test_conditional_train_then_sample_by_class(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--preset", "resnet32", "--g-conv-dim", "8", "--d-conv-dim", "8", "--batch-size", "8",
-                 "--steps", "1", "--num-workers", "0", "--dataset", "shapes:32", "--device", "cpu",
+    assert main(["train", "--preset", "resnet32", "--g-conv-dim", "8", "--d-conv-dim", "8", "--batch-size",
+                 "8", "--steps", "1", "--num-workers", "0", "--dataset", "shapes:32", "--device", "cpu",
                  "--out", str(run)]) == 0
     assert read_config_file(run / "config.json")["num_classes"] is None  # as asked; the checkpoint has 3
     grid = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(run), "--classes", "2,0", "--per-class", "3", "-o", str(grid)]) == 0
+    assert main(["sample", "--checkpoint", str(run), "--classes", "2,0", "--per-class", "3", "-o",
+                 str(grid)]) == 0
     assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)
     out_dir = tmp_path / "each"
     assert main(["sample", "--checkpoint", str(run), "--per-class", "2", "--out-dir", str(out_dir)]) == 0

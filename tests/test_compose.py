@@ -247,7 +247,8 @@ def test_depends_on_waits_for_health_and_for_the_bucket() -> None:
         for target, spec in service.get("depends_on", {}).items():
             assert target in SERVICES, f"{name} depends on unknown {target}"
             if spec["condition"] == "service_healthy":
-                assert "healthcheck" in SERVICES[target], f"{name} waits for {target}, which has no healthcheck"
+                assert "healthcheck" in SERVICES[target], \
+                    f"{name} waits for {target}, which has no healthcheck"
             if spec["condition"] == "service_completed_successfully":
                 assert SERVICES[target].get("restart") == "no", f"{target} is not a one-shot service"
     api = SERVICES["api"]["depends_on"]
@@ -278,7 +279,8 @@ def test_commands_are_real_sagan_commands() -> None:
     assert served == set(QUEUES)
     # Without the CPU profile the GPU worker alone must take every queue but `ray` (it has no Ray address), or
     # CPU jobs wait forever; in the Ray profile (run with --scale worker=0) the Ray worker takes every queue.
-    assert set(parser.parse_args(SERVICES["worker"]["command"][1:]).queues.split(",")) == set(QUEUES) - {"ray"}
+    queues = parser.parse_args(SERVICES["worker"]["command"][1:]).queues
+    assert set(queues.split(",")) == set(QUEUES) - {"ray"}
     assert set(parser.parse_args(SERVICES["worker-ray"]["command"][1:]).queues.split(",")) == set(QUEUES)
 
 
@@ -506,7 +508,8 @@ def test_torch_builds_match_the_base_images() -> None:
     def base(path: Path) -> str:
         return next(args for keyword, args in instructions(path) if keyword == "FROM")
 
-    requires = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requires = SpecifierSet(project["requires-python"])
     worker_base = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(?:cudnn-)?runtime-ubuntu24\.04",
                                base(DOCKERFILES["worker"]))
     assert worker_base, base(DOCKERFILES["worker"])
@@ -516,7 +519,8 @@ def test_torch_builds_match_the_base_images() -> None:
     assert api_base and api_base[1] in requires
     assert arg(DOCKERFILES["api"], "TORCH_INDEX_URL").endswith("/cpu")
     pins = (ROOT / "requirements.txt").read_text()
-    assert re.search(r"^torch==\S+$", pins, re.MULTILINE) and re.search(r"^torchvision==\S+$", pins, re.MULTILINE)
+    assert re.search(r"^torch==\S+$", pins, re.MULTILINE) and re.search(r"^torchvision==\S+$", pins,
+                                                                        re.MULTILINE)
 
 
 def test_dockerignore_keeps_secrets_and_junk_out_but_not_what_the_images_copy() -> None:

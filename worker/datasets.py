@@ -55,7 +55,8 @@ def resolve_dataset_specs(spec: S, *, store: ArtifactStore, settings: Settings,
     opened: dict[str, str] = {}
     for field, dataset in dataset_fields(spec).items():
         if dataset not in opened:
-            location = packed_location(dataset, spec.imsize, store=store, settings=settings)  # type: ignore[union-attr]
+            location = packed_location(dataset, spec.imsize, store=store,
+                                       settings=settings)  # type: ignore[union-attr]
             opened[dataset] = dataset if location is None else f"packed:{open_set(*location)}"
         resolved[field] = opened[dataset]
     return spec.model_copy(update=resolved)

@@ -38,14 +38,15 @@ Fetch = Callable[[Callable[[], T]], T]
 
 
 def starting_checkpoint(job: Job, own_step: int | None) -> tuple[str, int] | None:
-    """(job id, step) of the committed checkpoint an attempt of `job` starts from: its own at `own_step`, or, for a
-    continued job without one of its own yet, its source's (jobs.continued_from); None: from scratch."""
+    """(job id, step) of the committed checkpoint an attempt of `job` starts from: its own at `own_step`, or,
+    for a continued job without one of its own yet, its source's (jobs.continued_from); None: from scratch."""
     if own_step is not None:
         return job.id, own_step
     if job.continued_from_step is None:
         return None
     if job.continued_from is None:  # the row's foreign key was cleared: its source job is gone
-        raise ValueError(f"the job this one continues (from its step {job.continued_from_step}) no longer exists")
+        raise ValueError(f"the job this one continues (from its step {job.continued_from_step}) no longer "
+                         "exists")
     return job.continued_from, job.continued_from_step
 
 

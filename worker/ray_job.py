@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: switch.set.remote())
     trainer = TorchTrainer(
         rank_main,
-        train_loop_config={"job_id": args.job_id, "worker_id": args.worker_id, "stop_switch": args.stop_switch},
+        train_loop_config={"job_id": args.job_id, "worker_id": args.worker_id,
+                           "stop_switch": args.stop_switch},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.device == "cuda"),
         torch_config=TorchConfig(backend="nccl" if config.device == "cuda" else "gloo"),
         run_config=RunConfig(name=args.stop_switch, storage_path=str(settings.work_dir / "ray"),

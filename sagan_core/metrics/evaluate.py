@@ -101,7 +101,8 @@ class _Collector:
         if self.swd_total is not None:
             rows = [row for row in range(images.shape[0]) if swd.selected(first_index + row, self.swd_total)]
             if rows:
-                self.patch_parts.append(swd.descriptors(images[rows], [first_index + r for r in rows], SWD_SEED))
+                self.patch_parts.append(swd.descriptors(images[rows], [first_index + r for r in rows],
+                                                        SWD_SEED))
 
     def gathered(self, ctx: DistContext, count: int) -> Features | None:
         """Every rank's features on rank 0 (None elsewhere); every rank must call it."""
@@ -176,7 +177,8 @@ class Evaluator:
         keys, entries = {}, {}
         if self.ctx.is_main:
             keys = self.stats_keys()
-            entries = {part: entry for part, key in keys.items() if (entry := self.cache.load(key)) is not None}
+            entries = {part: entry for part,
+                       key in keys.items() if (entry := self.cache.load(key)) is not None}
         missing = broadcast_flags([part in keys and part not in entries for part in ("inception", "swd")],
                                   self.ctx)
         if any(missing):
@@ -194,7 +196,8 @@ class Evaluator:
             real.statistics = {"mu": entry["mu"], "sigma": entry["sigma"]}
             real.count = int(entry["count"])
         if (entry := entries.get("swd")) is not None:
-            real.patches = [torch.from_numpy(entry[f"patches_{size}"]) for size in swd.resolutions(plan.imsize)]
+            real.patches = [torch.from_numpy(entry[f"patches_{size}"])
+                            for size in swd.resolutions(plan.imsize)]
             real.count = int(entry["count"])
         real.class_counts = next(iter(entries.values()))["class_counts"].tolist()
         return real, {part: "miss" if missing[index] else "hit"
@@ -204,7 +207,8 @@ class Evaluator:
         """The cache entries of this plan's real side, by part ("inception", "swd")."""
         plan = self.plan
         inception = None if self.backbone is None else (self.backbone.name, self.backbone.weights_sha256)
-        return stats_keys(plan.metrics, dataset=plan.dataset, imsize=plan.imsize, center_crop=plan.center_crop,
+        return stats_keys(plan.metrics, dataset=plan.dataset, imsize=plan.imsize,
+                          center_crop=plan.center_crop,
                           resize_mode=plan.resize_mode, n=plan.n, inception=inception, stream=plan.stream)
 
     def _store(self, keys: dict[str, StatsKey], computed: Features) -> dict[str, dict[str, np.ndarray]]:
@@ -247,14 +251,15 @@ class Evaluator:
 
     def class_mix(self, generator: nn.Module, real: Features) -> torch.Tensor | None:
         """A conditional generator's class probabilities in evaluations: the evaluation data's class
-        frequencies, as its real side has them (uniform if it is unlabelled); None if unconditional. Every rank
-        must call it (rank 0 read the counts with the real statistics)."""
+        frequencies, as its real side has them (uniform if it is unlabelled); None if unconditional. Every
+        rank must call it (rank 0 read the counts with the real statistics)."""
         num_classes = getattr(generator, "num_classes", 0)
         if not num_classes:
             return None
         counts = all_gather_objects(real.class_counts, self.ctx)[0] or [1] * num_classes
         if len(counts) > num_classes:
-            raise ValueError(f"data set {self.plan.dataset} has {len(counts)} classes, more than the generator's "
+            raise ValueError(f"data set {self.plan.dataset} has {len(counts)} classes, more than the "
+                             "generator's "
                              f"num_classes {num_classes}")
         weights = torch.zeros(num_classes, dtype=torch.float64)
         weights[:len(counts)] = torch.tensor(counts, dtype=torch.float64)
@@ -331,7 +336,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None
                     dataset=dataset or config.eval_dataset or config.dataset, imsize=config.imsize,
                     center_crop=config.center_crop, resize_mode=config.resize_mode,
                     seed=config.seed if seed is None else seed,
-                    batch_size=batch_size, num_workers=num_workers, stream=stream, standing_stats=standing_stats)
+                    batch_size=batch_size, num_workers=num_workers, stream=stream,
+                    standing_stats=standing_stats)
     evaluator = Evaluator(plan, ctx, cache=cache, inception_weights=inception_weights)
     record = evaluator.evaluate(model.generator, config.z_dim)
     assert record is not None  # one rank

@@ -94,7 +94,8 @@ def _normalised(descriptors: torch.Tensor) -> torch.Tensor:
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int, level: int) -> float:
-    """Mean 1-D Wasserstein-1 distance between two equally large descriptor sets over 512 random directions."""
+    """Mean 1-D Wasserstein-1 distance between two equally large descriptor sets over 512 random
+    directions."""
     assert a.shape == b.shape, (a.shape, b.shape)
     a, b = _normalised(a).numpy(), _normalised(b).numpy()
     distances = []
