@@ -74,18 +74,15 @@ class SampleJobCreate(JobOptions):
                     "unused)")
     per_class: int | None = Field(None, ge=1, le=1024,
                                   description="conditional models: images per class (default 8), of every "
-                                              "class "
-                                              "unless `classes` lists some")
+                                              "class unless `classes` lists some")
     truncation: float | None = Field(None, gt=0, le=100,
                                      description="BigGAN's truncation trick: every z entry "
                                      "above this in magnitude is drawn again; null = none")
     interpolate: list[Annotated[int, Field(ge=0, le=MAX_INT)]] | None = Field(
         None, min_length=2, max_length=2, description="seeds [A, B]: instead of a grid, a strip of `frames` "
-                                                      "images "
-                                                      "along the latent walk from A's z to B's (conditional "
-                                                      "models: "
-                                                      "from the first of `classes` to the last, default "
-                                                      "class 0)")
+                                                      "images along the latent walk from A's z to B's "
+                                                      "(conditional models: from the first of `classes` to "
+                                                      "the last, default class 0)")
     frames: int = Field(8, ge=2, le=64, description="images of an `interpolate` walk")
 
     @model_validator(mode="after")
@@ -191,8 +188,7 @@ class JobPublic(BaseModel):
     spec: dict[str,
                Any] = Field(description="train: the full config; sample: the resolved source, n and seed; "
                                              "eval: the resolved source, dataset, metrics, n and seed; "
-                                             "sweep: "
-                                             "the request's base, study, axes, arms and seeds")
+                                             "sweep: the request's base, study, axes, arms and seeds")
     progress: Progress
     metrics: dict[str, Any] | None = Field(description="rank 0's latest metrics line")
     latest_eval: dict[str, Any] | None = Field(description="the newest evaluation (an eval job: its result)")
@@ -284,8 +280,7 @@ class StudyArm(BaseModel):
     config: dict[str, Any] = Field(description="the TrainConfig fields this arm sets over the base")
     relative_to_steps: dict[str, float] = Field(
         default_factory=dict, description="fields this arm sets to that multiple of the sweep's `steps` (so "
-                                          "that "
-                                          "arms compare at equal compute: images seen, D updates)")
+                                          "that arms compare at equal compute: images seen, D updates)")
 
 
 class Study(BaseModel):
@@ -325,8 +320,7 @@ class DatasetCreate(BaseModel):
     name: str = Field(min_length=1, max_length=255)
     source: str = Field(min_length=1, max_length=4096,
                         description="s3://bucket/prefix/ (the service's S3), or folder:/..., lsun:/..., "
-                                    "cifar10:/... "
-                                    "under SAGAN_DATA_ROOTS")
+                                    "cifar10:/... under SAGAN_DATA_ROOTS")
     imsizes: list[Imsize] | None = Field(None, min_length=1, max_length=3,
                                          description="image sizes to pack; null = 32, 64 and 128 up to the "
                                                      "smallest side of the images (at least 32)")

@@ -56,9 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command.set_defaults(func=_guarded(func))
     logs = jobs.add_parser("logs", parents=[server], help="a job's log (-f: follow it while the job runs)",
                            description="The latest attempt's log (trainer output and supervisor lines, "
-                                       "secrets "
-                                       "redacted), or --attempt K's; with -f, new lines as they are written, "
-                                       "until the job ends.")
+                                       "secrets redacted), or --attempt K's; with -f, new lines as they are "
+                                       "written, until the job ends.")
     logs.add_argument("id", help="job id")
     logs.add_argument("-f", "--follow", action="store_true",
                       help="keep printing new lines until the job ends")
@@ -131,8 +130,7 @@ def _add_shortcuts(jobs: argparse._SubParsersAction, server: argparse.ArgumentPa
     sample.add_argument("--out", type=Path, help="the grid's PNG (default ./<sample job id>.png)")
     evaluation = jobs.add_parser("eval", parents=[server], help="measure a training job's checkpoint",
                                  description="Submit an eval job of training job ID, wait for it, and print "
-                                             "its "
-                                             "metrics; unset --eval-* values are the training's.")
+                                             "its metrics; unset --eval-* values are the training's.")
     for parser, kind, fields in ((sample, "sample", ["seed"]),
                                  (evaluation, "eval", ["eval_dataset", "eval_metrics",
                                                                                       "eval_n"])):

@@ -229,17 +229,15 @@ def _metric_list(text: str) -> list[str]:
 def _add_standing_stats_option(parser: argparse.ArgumentParser, batch: str) -> None:
     parser.add_argument("--standing-stats", type=int, default=0, metavar="K",
                         help="BatchNorm standing statistics (BigGAN): re-estimate G's BatchNorm statistics "
-                             "over K "
-                             f"batches of {batch} in train mode, then sample in eval mode; 0 = off (the "
-                             "running statistics)")
+                             f"over K batches of {batch} in train mode, then sample in eval mode; 0 = off "
+                             "(the running statistics)")
 
 
 def _add_eval_options(parser: argparse.ArgumentParser, stream: str) -> None:
     """Options that `sagan eval` and `sagan stats` share; `stream` is the default sample."""
     parser.add_argument("--stream", choices=["held-out", "selection"], default=stream,
                         help="which sample: held-out (other z and real images than training evaluations pick "
-                             "the "
-                             f"best checkpoint by) or selection (theirs); default {stream}")
+                             f"the best checkpoint by) or selection (theirs); default {stream}")
     parser.add_argument("--batch-size", type=int, default=64, help="images per generator/feature batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loader workers for the real images")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -421,12 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     train.add_argument("--init-from", metavar="RUN[:STEP|:best]",
                        help="continue another run: start from its checkpoint (latest unless named) and its "
-                            "config, "
-                            "with --steps (the new total) and what else a continued run may change (learning "
-                            "rates, "
-                            "EMA, evaluation, cadence, devices); the run's own checkpoints, once it has "
-                            "some, come "
-                            "first")
+                            "config, with --steps (the new total) and what else a continued run may change "
+                            "(learning rates, EMA, evaluation, cadence, devices); the run's own checkpoints, "
+                            "once it has some, come first")
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -448,13 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 8)")
     sample.add_argument("--truncation", type=float, metavar="PSI",
                         help="BigGAN's truncation trick: every z entry above PSI in magnitude is drawn again "
-                             "(a "
-                             "smaller PSI gives more typical, less varied images)")
+                             "(a smaller PSI gives more typical, less varied images)")
     sample.add_argument("--interpolate", type=_seed_pair, metavar="A,B",
                         help="a latent walk from the z of seed A to seed B's (conditional models: from the "
-                             "first of "
-                             "--classes to the last, default class 0), as an animated GIF if -o ends in .gif "
-                             "(default walk.gif), else a PNG strip")
+                             "first of --classes to the last, default class 0), as an animated GIF if -o "
+                             "ends in .gif (default walk.gif), else a PNG strip")
     sample.add_argument("--frames", type=int, default=16, metavar="K",
                         help="frames of --interpolate (default 16)")
     sample.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -519,10 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="compare runs in one HTML page",
                                  description="Write one self-contained HTML page comparing run directories "
-                                             "(a "
-                                             "sweep's <arm>-s<seed> runs are grouped by arm) and a summary "
-                                             "PNG "
-                                             "beside it.")
+                                             "(a sweep's <arm>-s<seed> runs are grouped by arm) and a "
+                                             "summary PNG beside it.")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="run directories, or folders of them (a sweep's --out)")
     report.add_argument("-o", "--output", type=Path, default=Path("report.html"),
@@ -535,10 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     packer = data.add_parser(
         "pack", help="pack a data set into shards of pre-resized images (fast to read, random access)",
         description="Turn a data set spec into a packed set: uint8 shards at one image size, labels and an "
-                    "index "
-                    "(sagan_core/packed.py). Train on it with --dataset packed:OUT. Resumable: a rerun into "
-                    "the "
-                    "same folder keeps the shards already written. Unreadable images are skipped and listed.")
+                    "index (sagan_core/packed.py). Train on it with --dataset packed:OUT. Resumable: a rerun "
+                    "into the same folder keeps the shards already written. Unreadable images are skipped "
+                    "and listed.")
     packer.add_argument("spec", help="the source data set spec (folder:, lsun:, cifar10:, shapes, ...)")
     packer.add_argument("--imsize", type=int, required=True, help="image size of the packed set")
     packer.add_argument("--resize-mode", choices=get_args(ResizeMode), default="squash",

@@ -431,8 +431,7 @@ def continued_config(source: Mapping[str, Any], changes: Mapping[str, Any], *, f
              and getattr(config, name) != getattr(base, name)]
     if fixed:
         why = ("cannot change when continuing a run: it shapes the model, data or objective its checkpoint "
-               "was "
-               f"trained with (these may change: {', '.join(sorted(CONTINUE_FIELDS))})")
+               f"was trained with (these may change: {', '.join(sorted(CONTINUE_FIELDS))})")
         raise ConfigError([(name, why) for name in fixed])
     if config.steps <= from_step:
         why = f"{config.steps} is not above the checkpoint's step {from_step}: give the new total"

@@ -22,8 +22,7 @@ from .files import atomic_write
 KINDS = ("synthetic", "shapes", "folder", "lsun", "cifar10", "packed", "ds")
 BUILT_IN = ("synthetic", "shapes")  # drawn on the fly, no files; N images (default DEFAULT_SYNTHETIC_SIZE)
 SPEC_FORMS = ("synthetic, synthetic:N, shapes, shapes:N, folder:PATH, lsun:PATH:CLASS[,CLASS...], "
-              "cifar10:PATH, "
-              "packed:PATH, packed:s3://BUCKET/PREFIX, ds:ID")
+              "cifar10:PATH, packed:PATH, packed:s3://BUCKET/PREFIX, ds:ID")
 DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DEFAULT_SYNTHETIC_SIZE = 10_000
 # Bump when the built-in data sets draw differently: cached real statistics of the old drawing then stop

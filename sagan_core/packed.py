@@ -52,8 +52,7 @@ def read_index(directory: Path) -> dict[str, Any]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{directory} is not a packed data set (no {INDEX_FILE}; `sagan data pack` writes "
-                           "one "
-                           "last, so an interrupted pack has none)") from None
+                           "one last, so an interrupted pack has none)") from None
     except OSError as error:
         raise DatasetError(f"cannot read the packed index {path}: {error}") from None
     return parse_index(data, str(path))

@@ -332,8 +332,7 @@ def _compute_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], co
         ax.set(title=title, xlabel="real images seen")
         ax.legend(fontsize=8)
     return (("Against the real images D drew (G steps x n_critic x batch size), where arms with other batch "
-             "sizes "
-             "or n_critic compare at equal compute; the mean over seeds, the band their range."),
+             "sizes or n_critic compare at equal compute; the mean over seeds, the band their range."),
             _figure_png(figure))
 
 
@@ -403,10 +402,8 @@ def build_report(runs: Sequence[RunRecord], *, title: str, question: str | None 
                  + " Mean ± sample std over seeds; final losses and D outputs are the mean of the last "
                    f"{FINAL_SHARE:.0%} of the logged steps; the best value of each column is in bold."
                  + (" <code>held-out</code>: the best checkpoint's score on the held-out sample (other z and "
-                    "real "
-                    "images, <code>sagan eval RUN:best</code>), beside <code>best</code>, the score it was "
-                    "picked "
-                    "by." if held_out else "") + "</p>")
+                    "real images, <code>sagan eval RUN:best</code>), beside <code>best</code>, the score it "
+                    "was picked by." if held_out else "") + "</p>")
     parts.append(_summary_table(arms, summaries, columns, cells, directions))
     parts.append(_differences_table(arms))
     for caption, png in _curve_figures(arms, metrics):

@@ -55,8 +55,7 @@ class Study:
             if set(arm.relative_to_steps) & set(arm.config) or not all(
                     factor > 0 for factor in arm.relative_to_steps.values()):
                 raise ValueError(f"study {self.name}, arm {arm.name}: relative_to_steps needs positive "
-                                 "factors "
-                                 "for fields the arm does not set")
+                                 "factors for fields the arm does not set")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "base": self.base, "question": self.question,
@@ -86,8 +85,7 @@ _TABLE1_SIZES = (8, 16, 32, 64)
 STUDIES: dict[str, Study] = {study.name: study for study in (
     _study("normalization", "seed64",
            "Does spectral normalisation in both networks (the seed) train better than SN in the "
-           "discriminator "
-           "only, batch norm in the discriminator, or no normalisation in the discriminator?",
+           "discriminator only, batch norm in the discriminator, or no normalisation in the discriminator?",
            {"sn-both": _SEED_NORMS,
             # G keeps its BatchNorm but loses SN: SN-GAN's setting, which the paper compares against.
             "sn-d-only": {"g_norm": "batch", "d_norm": "spectral"},
@@ -119,8 +117,8 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
     # validation naming the arm).
     _study("attention128", "paper128",
            "Where should attention sit at 128x128 (the paper's Table 1): at the 8, 16, 32 or 64 pixel "
-           "feature "
-           "maps of both networks, against no attention and against a residual block at the same place?",
+           "feature maps of both networks, against no attention and against a residual block at the same "
+           "place?",
            {"none": {"g_attention": [], "d_attention": [], "g_residual": [], "d_residual": []},
             **{f"feat{size}": {"g_attention": [size], "d_attention": [size], "g_residual": [],
                                "d_residual": []}
@@ -145,8 +143,7 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
     # for every seed); evaluations compare with the whole set, so memorising the subset does not pay.
     _study("diffaug", "sagan32",
            "Does differentiable augmentation (color, translation, cutout on both D inputs) keep training on "
-           "1,000 "
-           "or 10,000 images from collapsing, and what does it cost when the data is plentiful?",
+           "1,000 or 10,000 images from collapsing, and what does it cost when the data is plentiful?",
            {f"{policy}-{size}": {"diffaug": value, "train_images": count}
             for size, count in (("1k", 1_000), ("10k", 10_000))
             for policy, value in (("none", "none"), ("on", "color,translation,cutout"))}),

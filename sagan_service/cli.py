@@ -203,16 +203,14 @@ def _unsafe_to_serve(args: argparse.Namespace, settings: Settings) -> str | None
     if settings.auth == "none" and not _loopback(args.host):
         return (f"--host {args.host} lets other machines reach the service, and SAGAN_AUTH=none would let "
                 "anyone on them run jobs: set SAGAN_AUTH=tokens (the default off loopback) and create a "
-                "token "
-                "with `sagan token create --name NAME --admin`")
+                "token with `sagan token create --name NAME --admin`")
     if settings.auth == "tokens":
         from .auth import list_tokens
 
         with _token_session() as session:
             if not list_tokens(session):
                 return ("SAGAN_AUTH=tokens but no API token exists, so nobody could use the service: create "
-                        "one "
-                        "with `sagan token create --name NAME --admin` (it prints the token once)")
+                        "one with `sagan token create --name NAME --admin` (it prints the token once)")
         if args.demo and not os.environ.get("SAGAN_TOKEN"):
             return "--demo with SAGAN_AUTH=tokens submits its job with a token: set SAGAN_TOKEN to one"
     return None

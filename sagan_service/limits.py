@@ -67,8 +67,7 @@ def _check_work(config: TrainConfig, settings: Settings) -> None:
         if samples > settings.max_eval_samples:
             raise SpecError("config.eval_every",
                             f"eval_every: {evaluations} evaluations of eval_n {config.eval_n} samples = "
-                            f"{samples} "
-                            f"samples, over this service's limit of {settings.max_eval_samples} "
+                            f"{samples} samples, over this service's limit of {settings.max_eval_samples} "
                             "(SAGAN_MAX_EVAL_SAMPLES); evaluate less often or on fewer samples")
 
 

@@ -254,8 +254,7 @@ def _over_limit_message(over: jobs.OverLimit) -> str:
     if over.queued + over.adding > over.limits.max_queued:
         return (f"{over.owner} has {over.queued} jobs queued and asks for {over.adding} more, over this "
                 f"service's limit (SAGAN_MAX_QUEUED_PER_OWNER={over.limits.max_queued}); submit again when "
-                "some "
-                "have finished")
+                "some have finished")
     return (f"{over.owner} has {over.running} jobs running, this service's limit "
             f"(SAGAN_MAX_RUNNING_PER_OWNER={over.limits.max_running}); submit again when some have finished")
 

@@ -98,6 +98,5 @@ def test_the_service_side_imports_no_torch() -> None:
     """The API and the Celery parent use sagan_core's config and file helpers without loading torch
     (a CUDA context in a forked parent breaks its children)."""
     code = ("import sys, api.main, worker.app, worker.guard, sagan_service.reaper, sagan_service.specs, "
-            "sagan_service.storage; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+            "sagan_service.storage; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)

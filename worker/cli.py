@@ -17,8 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("worker", help="run a job worker (Celery)")
     parser.add_argument("--queues", default=None,
                         help=f"comma-separated queues to serve (default: all of {','.join(QUEUES)}; `ray` "
-                             "only "
-                             "where SAGAN_RAY_ADDRESS is set)")
+                             "only where SAGAN_RAY_ADDRESS is set)")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs its jobs may use (default: all it sees)")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--no-reaper", dest="reaper", action="store_false",

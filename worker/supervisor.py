@@ -236,8 +236,7 @@ class Attempt:
         if self.on_ray:
             if self.settings.ray_address is None:
                 raise ValueError("this job runs on Ray (nodes > 1 or SAGAN_LAUNCHER=ray) but this worker has "
-                                 "no "
-                                 "SAGAN_RAY_ADDRESS")
+                                 "no SAGAN_RAY_ADDRESS")
             return []
         # Before fetch_stats: a packed set's statistics are keyed by its index, read from the local copy.
         spec = resolve_dataset_specs(spec, store=self.store, settings=self.settings,

@@ -259,8 +259,7 @@ class Evaluator:
         counts = all_gather_objects(real.class_counts, self.ctx)[0] or [1] * num_classes
         if len(counts) > num_classes:
             raise ValueError(f"data set {self.plan.dataset} has {len(counts)} classes, more than the "
-                             "generator's "
-                             f"num_classes {num_classes}")
+                             f"generator's num_classes {num_classes}")
         weights = torch.zeros(num_classes, dtype=torch.float64)
         weights[:len(counts)] = torch.tensor(counts, dtype=torch.float64)
         return weights / weights.sum()

@@ -61,6 +61,5 @@ def resolve_inception_weights(path: str | os.PathLike[str] | None = None) -> Inc
 
 def _help(problem: str) -> str:
     return (f"{problem}. FID, KID, IS and precision/recall need {FILE_NAME} ({SIZE:,} bytes, sha256 "
-            f"{SHA256}; "
-            f"published at {SOURCE_URL}): put it on this machine and pass --inception-weights PATH or set "
-            f"{ENV_VAR}=PATH (the SWD metric needs no weights)")
+            f"{SHA256}; published at {SOURCE_URL}): put it on this machine and pass --inception-weights PATH "
+            f"or set {ENV_VAR}=PATH (the SWD metric needs no weights)")

@@ -119,8 +119,7 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_child(
     # when tensorboard is imported, hence a process of its own).
     logdir = f"s3://{BUCKET}/artifacts/jobs/{done['children'][0]['id']}/tensorboard"
     code = ("import sys; from tensorboard.backend.event_processing.event_accumulator import EventAccumulator "
-            "as E; "
-            "e = E(sys.argv[1]); e.Reload(); print([s.step for s in e.Scalars('loss/d')])")
+            "as E; e = E(sys.argv[1]); e.Reload(); print([s.step for s in e.Scalars('loss/d')])")
     read = subprocess.run([sys.executable, "-c", code, logdir],
                           env={**service_env, "S3_ENDPOINT": s3_endpoint},
                           capture_output=True, text=True, timeout=60, check=False)

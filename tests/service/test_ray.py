@@ -165,8 +165,7 @@ def test_a_job_larger_than_the_cluster_fails_saying_so_instead_of_waiting(
         worker.stop()
     assert done["status"] == "failed"
     assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within "
-                             "10 s "
-                             f"(SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
+                             f"10 s (SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
 
 
 def test_a_two_node_job_trains_on_ray_like_torchrun_and_stores_its_artifacts_from_rank_0(
