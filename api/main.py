@@ -10,6 +10,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
@@ -79,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(sender.stop)
         engine.dispose()
 
-    docs = {} if settings.docs_public else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs: dict[str, Any] = ({} if settings.docs_public
+                            else {"docs_url": None, "redoc_url": None, "openapi_url": None})
     app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan, **docs,
                   description="Submit SAGAN training and sampling jobs; follow their progress and artifacts. "
                               "Send `Authorization: Bearer <token>` (README: Security).")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -303,6 +303,14 @@ class Readiness(BaseModel):
     database: str = Field(description='"ok", or why not')
     broker: str = Field(description='"ok", or why not')
     store: str = Field(description='"ok", or why not (the artifact store)')
+
+
+@overload
+def utc(value: datetime) -> datetime: ...
+@overload
+def utc(value: None) -> None: ...
+@overload
+def utc(value: datetime | None) -> datetime | None: ...
 
 
 def utc(value: datetime | None) -> datetime | None:

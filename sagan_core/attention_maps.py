@@ -142,7 +142,7 @@ def _real_image(path: Path, imsize: int, resize_mode: str) -> torch.Tensor:
         side = min(picture.size)
         left, top = (picture.width - side) // 2, (picture.height - side) // 2
         picture = picture.crop((left, top, left + side, top + side))
-    array = np.asarray(picture.resize((imsize, imsize), Image.BICUBIC), dtype=np.float32)
+    array = np.asarray(picture.resize((imsize, imsize), Image.Resampling.BICUBIC), dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).div(127.5).sub(1)
 
 
@@ -159,7 +159,9 @@ def to_npz(captured: AttentionCapture) -> bytes:
                        for layer in captured.layers]}
     arrays = {f"weights{i}": layer.weights.astype(np.float16) for i, layer in enumerate(captured.layers)}
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, image=captured.image, meta=np.array(json.dumps(meta)), **arrays)
+    # numpy's stub lets **arrays fill the bool allow_pickle, hence the ignore
+    np.savez_compressed(buffer, image=captured.image, meta=np.array(json.dumps(meta)),
+                        **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

@@ -51,7 +51,9 @@ CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 NO_LABEL = -1  # label() of an unlabelled data set's items
 RESIZE_MODES: tuple[ResizeMode, ...] = get_args(ResizeMode)
 
-Transform = Callable[[Image.Image], torch.Tensor]
+PixelStage = Callable[[Image.Image], np.ndarray]
+# An image as training sees it, or (build_dataset's `pixels`) as the uint8 array `sagan data pack` stores.
+Transform = Callable[[Image.Image], torch.Tensor] | PixelStage
 
 
 class ImageDataset(Dataset):
@@ -63,6 +65,10 @@ class ImageDataset(Dataset):
     def label(self, index: int) -> int:
         """Item index's class in [0, num_classes), or NO_LABEL."""
         return NO_LABEL
+
+    if TYPE_CHECKING:  # every data set has a length (torch's Dataset declares none); only for mypy
+
+        def __len__(self) -> int: ...
 
     def class_counts(self) -> list[int]:
         """The number of items of each class (num_classes of them; [] if unlabelled), from the labels alone:
@@ -105,9 +111,8 @@ def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
         return PackedImages(_packed_dir(spec, arg), imsize, center_crop, pixels=pixels)
     if kind == "ds":
         raise DatasetError(f"{spec} is a data set of the job service: its worker fetches it and trains on "
-                           "the "
-                           "packed copy; outside the service, pack the source with `sagan data pack` and use "
-                           "packed:DIR")
+                           "the packed copy; outside the service, pack the source with `sagan data pack` and "
+                           "use packed:DIR")
     transform = _image_stage(imsize, center_crop, resize_mode) if pixels else _transform(imsize, center_crop,
                                                                                          resize_mode)
     if kind == "synthetic":
@@ -125,10 +130,9 @@ def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
         if len(categories) == 1:
             return LMDBImages(_lmdb_dir(_existing_dir(root), category), transform)
         return LSUNCategories([LMDBImages(_lmdb_dir(_existing_dir(root), name), transform)
-                               for name in categories],
-                              tuple(categories))
-    root = _existing_dir(arg)
-    return CIFAR10Images(_within(root, cifar_dir(root)), transform)
+                               for name in categories], tuple(categories))
+    cifar_root = _existing_dir(arg)
+    return CIFAR10Images(_within(cifar_root, cifar_dir(cifar_root)), transform)
 
 
 def _packed_dir(spec: str, arg: str) -> Path:
@@ -268,7 +272,7 @@ class SyntheticShapes(ImageDataset):
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         if not 0 <= index < self.size:
             raise IndexError(f"synthetic index {index} out of range [0, {self.size})")
         return self.transform(self._draw(random.Random(index)))
@@ -363,7 +367,8 @@ class ImageFolder(ImageDataset):
             self.class_names = tuple(names)
             self.num_classes = len(names)
             index = {name: i for i, name in enumerate(names)}
-            self.labels = np.array([index[top] for top in tops], dtype=np.int32)  # compact for 1.28 M files
+            # int32: compact for 1.28 M files
+            self.labels = np.array([index[top] for top in tops if top is not None], dtype=np.int32)
 
     def label(self, index: int) -> int:
         return int(self.labels[index]) if self.num_classes else NO_LABEL
@@ -371,7 +376,7 @@ class ImageFolder(ImageDataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         path = self.files[index]
         return self.transform(_open_rgb(path, path))
 
@@ -396,7 +401,7 @@ class LMDBImages(ImageDataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         key = self.keys[index]
         name = f"LMDB {self.path} key {key.decode('utf-8', 'backslashreplace')}"
         with _environment(self.path).begin() as txn:
@@ -421,7 +426,7 @@ class LSUNCategories(ImageDataset):
         part = int(np.searchsorted(self.ends, index, side="right"))
         return part, index - (int(self.ends[part - 1]) if part else 0)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         part, offset = self._locate(index)
         return self.parts[part][offset]
 
@@ -450,7 +455,7 @@ class CIFAR10Images(ImageDataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         return self.transform(Image.fromarray(self.images[index], "RGB"))
 
 
@@ -467,8 +472,7 @@ class PackedImages(ImageDataset):
         packed_size = self.index["imsize"]
         if imsize != packed_size:
             raise DatasetError(f"packed:{root} holds {packed_size}px images; imsize {imsize} needs a set "
-                               "packed "
-                               f"at {imsize} (`sagan data pack ... --imsize {imsize}`)")
+                               f"packed at {imsize} (`sagan data pack ... --imsize {imsize}`)")
         if center_crop:
             raise DatasetError(f"packed:{root} was cropped and resized when packed "
                                f"({self.index['preprocessing']}): "
@@ -647,8 +651,7 @@ def _open_rgb(source: str | IO[bytes], name: str) -> Image.Image:
         raise UnreadableImage(name, str(error)) from error
 
 
-def _image_stage(imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> Callable[[Image.Image],
-                                                                                            np.ndarray]:
+def _image_stage(imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> PixelStage:
     """An image as the uint8 (imsize, imsize, 3) array training sees before the float conversion."""
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode {resize_mode!r}: choose from {', '.join(RESIZE_MODES)}")

@@ -27,12 +27,15 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .dataspec import DatasetError, dataset_fingerprint
 from .files import atomic_write, file_sha256
+
+if TYPE_CHECKING:
+    from .config import ResizeMode
 
 FORMAT, VERSION = "sagan-packed", 1
 INDEX_FILE = "index.json"
@@ -84,8 +87,9 @@ def packed_fingerprint(index: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def pack(spec: str, out: Path, *, imsize: int, resize_mode: str = "squash", center_crop: int | None = None,
-         shard_mb: float = 64, workers: int = 0, progress: Progress | None = None) -> dict[str, Any]:
+def pack(spec: str, out: Path, *, imsize: int, resize_mode: ResizeMode = "squash",
+         center_crop: int | None = None, shard_mb: float = 64, workers: int = 0,
+         progress: Progress | None = None) -> dict[str, Any]:
     """Pack the data set `spec` into `out` at `imsize` and return the index.
 
     Items are preprocessed exactly as training reads the source (data.build_dataset's image stage), so
@@ -146,7 +150,7 @@ class _ShardReader:
     """Reads items of the source as uint8 arrays; built again in each worker process from the spec (a data set
     object need not be picklable)."""
 
-    def __init__(self, spec: str, imsize: int, center_crop: int | None, resize_mode: str) -> None:
+    def __init__(self, spec: str, imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> None:
         self.args = (spec, imsize, center_crop, resize_mode)
         self.source: Any = None
 

@@ -147,7 +147,7 @@ def run_summary(run: RunRecord, metrics: Sequence[str]) -> dict[str, float | Non
         values = [record[key] for record in tail if key in record]
         row[key] = statistics.fmean(values) if values else None
     row["step"] = max((record["step"] for record in run.metrics), default=None)
-    spent = {} if row["step"] is None else _spent(run, row["step"])
+    spent = {} if row["step"] is None else _spent(run, int(row["step"]))
     row["d_updates"], row["images_seen"] = spent.get("d_updates"), spent.get("images_seen")
     return row
 

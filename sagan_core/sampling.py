@@ -211,7 +211,8 @@ def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, s
         arrays = {"images": uint8.numpy(), "z": z.numpy(), "step": np.array(model.step)}
         if labels is not None:
             arrays["labels"] = labels.numpy()
-        atomic_write(Path(npz), lambda f: np.savez_compressed(f, **arrays))
+        # numpy's stub lets **arrays fill the bool allow_pickle, hence the ignore
+        atomic_write(Path(npz), lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
     return write_grid(images, Path(out_png), nrow=nrow)
 
 

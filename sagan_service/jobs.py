@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from sqlalchemy import Executable, bindparam, case, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -36,7 +36,7 @@ from sqlalchemy.sql.selectable import ScalarSelect
 
 from sagan_core.config import TrainConfig
 
-from .db import run_and_commit
+from .db import rows_matched, run_and_commit
 from .jobspec import JobSpec, SweepSpec, read_spec
 from .models import TERMINAL, Artifact, Job, new_job_id, utcnow
 from .webhooks import record_status_changes
@@ -244,8 +244,8 @@ def _settle_parents(session: Session, job_ids: Iterable[str]) -> None:
     ids = sorted(set(job_ids))
     if not ids:
         return
-    for parent_id in sorted(set(session.scalars(select(Job.parent_id).where(Job.id.in_(ids),
-                                                                             Job.parent_id.is_not(None))))):
+    parent_ids = session.scalars(select(Job.parent_id).where(Job.id.in_(ids), Job.parent_id.is_not(None)))
+    for parent_id in sorted({parent_id for parent_id in parent_ids if parent_id is not None}):
         settle_sweep(session, job_id=parent_id)
 
 
@@ -335,7 +335,7 @@ def claim_job(session: Session, *, job_id: str, worker_id: str, lease_seconds: f
     )
     record_status_changes(session, Job.id == job_id)
     session.commit()
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         return None
     _settle_parents(session, [job_id])
     job = get_job(session, job_id)
@@ -360,7 +360,7 @@ def heartbeat(session: Session, *, job_id: str, worker_id: str, lease_seconds: f
     result = session.execute(update(Job).where(*owned).values(**values)
                              .execution_options(synchronize_session=False))
     session.commit()
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         return Lease(held=False, cancel_requested=False)
     cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return Lease(held=True, cancel_requested=bool(cancel))
@@ -378,7 +378,7 @@ def record_evals(session: Session, *, job_id: str, worker_id: str, latest: dict[
                                                Job.lease_owner == worker_id)
                              .values(**values).execution_options(synchronize_session=False))
     session.commit()
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 def record_artifact(session: Session, *, job_id: str, kind: str, step: int, key: str) -> None:
@@ -437,10 +437,12 @@ def committed_checkpoint(session: Session, *, job_id: str, step: int | Literal["
             raise JobConflict(f"job {job_id} has no evaluated checkpoint yet (it evaluates every eval_every "
                               "steps)")
         step = job.best_eval["step"]
-    step = job.latest_checkpoint_step if step is None else step
-    artifact = None if step is None else get_artifact(session, job_id=job_id, kind="checkpoint", step=step)
+    wanted = job.latest_checkpoint_step if step is None else step
+    assert wanted != "best"  # resolved above
+    artifact = (None if wanted is None
+                else get_artifact(session, job_id=job_id, kind="checkpoint", step=wanted))
     if artifact is None:
-        which = "committed checkpoint" if step is None else f"committed checkpoint at step {step}"
+        which = "committed checkpoint" if wanted is None else f"committed checkpoint at step {wanted}"
         raise JobConflict(f"job {job_id} has no {which} yet")
     return artifact
 
@@ -526,7 +528,7 @@ def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
     record_status_changes(session, Job.id == job_id)
     session.commit()
     _settle_parents(session, [job_id])
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 def retry_lost(session: Session, *, job_id: str, worker_id: str, error: str) -> str | None:
@@ -589,9 +591,9 @@ def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, er
     )
     record_status_changes(session, Job.id == job_id)
     session.commit()
-    if result.rowcount == 1:
+    if rows_matched(result) == 1:
         _settle_parents(session, [job_id])
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 def expired_leases(session: Session, *, now: datetime) -> list[str]:
@@ -718,6 +720,14 @@ _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+?(?=[\s,;)\]'\"]|$)")
 _ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
 _PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\",;()\[\]]+/)+([^\s/:'\",;()\[\]]*)")
 MAX_ERROR_CHARS = 1000
+
+
+@overload
+def public_error(job_id: str, error: str) -> str: ...
+@overload
+def public_error(job_id: str, error: None) -> None: ...
+@overload
+def public_error(job_id: str, error: str | None) -> str | None: ...
 
 
 def public_error(job_id: str, error: str | None) -> str | None:

@@ -24,7 +24,7 @@ for train, pydantic's ValidationError for the others). How to store one: `spec.t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -124,4 +124,5 @@ def read_spec(kind: str, raw: Mapping[str, Any]) -> JobSpec:
         return build_config(saved_config(raw))
     if kind not in _MODELS:
         raise ValueError(f"no job kind {kind!r}")
-    return _MODELS[kind].model_validate(raw)
+    # model_validate returns the class it is called on; mypy sees only _MODELS' value type
+    return cast(JobSpec, _MODELS[kind].model_validate(raw))

@@ -216,8 +216,9 @@ def reaper_pass(session_factory: sessionmaker[Session], celery: Celery, *,
         now = utcnow()
         expired = expired_leases(session, now=now) if store is not None else []
         requeued = reap_expired_leases(session, now=now)
-        for job_id in expired:
-            publish_job_record(store, get_job(session, job_id))
+        if store is not None:  # without a store `expired` is empty
+            for job_id in expired:
+                publish_job_record(store, get_job(session, job_id))
         settle_open_sweeps(session)
         note_waiting(session, job_ids=waiting_job_ids(celery) or set())
         resent = take_stale_queued(session, older_than=redispatch_after)

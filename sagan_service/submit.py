@@ -11,12 +11,12 @@ OwnerOverLimit (429 with Retry-After), IdempotencyKeyReused (422 on the header),
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sagan_core.config import ConfigError, TrainConfig, continued_config
+from sagan_core.config import ConfigError, EvalMetric, TrainConfig, continued_config
 
 from . import datasets, jobs
 from .jobspec import DatasetSpec, JobSpec, SampleSpec, SweepSpec, read_spec
@@ -116,7 +116,7 @@ class Submitter:
         return self._create("sample", spec, any_step=step is None)
 
     def evaluation(self, *, job_id: str, step: int | Literal["best"] | None, dataset: str | None,
-                   metrics: list[str] | None, n: int | None) -> Submitted:
+                   metrics: list[EvalMetric] | None, n: int | None) -> Submitted:
         """`metrics` of training job `job_id`'s checkpoint at `step` (None: the latest, "best": its best
         evaluation's); unset values are the training job's (sagan_service.specs.eval_job_spec)."""
         checkpoint = jobs.committed_checkpoint(self.session, job_id=job_id, step=step,
@@ -153,7 +153,7 @@ class Submitter:
         self.session.refresh(sweep)
         return Submitted(sweep, created, members)
 
-    def dataset(self, *, dataset_id: str, name: str, imsizes: list[int] | None, source: str | None = None,
+    def dataset(self, *, dataset_id: str, name: str, imsizes: Sequence[int] | None, source: str | None = None,
                 upload_key: str | None = None) -> tuple[Dataset, Job]:
         """A data set and its queued build job, from the client's `source` (an s3:// prefix, which the job
         checks, or a spec under the data roots, checked here) or from the archive this request stored at
@@ -164,7 +164,8 @@ class Submitter:
             raise TypeError("give source or upload_key")
         elif not source.startswith("s3://"):
             check_dataset_spec(source, "source", self.settings.allowed_data_roots)
-        spec = DatasetSpec(dataset_id=dataset_id, source=source, imsizes=imsizes)
+        spec = DatasetSpec(dataset_id=dataset_id, source=source,
+                           imsizes=None if imsizes is None else list(imsizes))
         with self._owner_limits() as limits:
             dataset, job = datasets.create_dataset(self.session, spec=spec, owner=self.principal.name,
                                                    name=name, queue=queue_for(spec),

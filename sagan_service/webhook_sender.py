@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select, update
 from sqlalchemy.orm import aliased
 
+from .db import rows_matched
 from .models import Job, WebhookDelivery, utcnow
 from .webhooks import (
     EVENT_HEADER,
@@ -85,7 +86,7 @@ def deliver_due(sessions: sessionmaker[Session], settings: Settings, pool: Threa
     return sum(answer.delivered for answer in answers)
 
 
-def _take_due(session: Session, now: datetime, *, hold: timedelta) -> list[Row[Any]]:
+def _take_due(session: Session, now: datetime, *, hold: timedelta) -> list[Row[*tuple[Any, ...]]]:
     earlier = aliased(WebhookDelivery)
     held_back = select(earlier.id).where(earlier.job_id == WebhookDelivery.job_id,
                                          earlier.url == WebhookDelivery.url,
@@ -99,9 +100,9 @@ def _take_due(session: Session, now: datetime, *, hold: timedelta) -> list[Row[A
         .order_by(WebhookDelivery.id).limit(BATCH)).all()
     # Another sender may have taken some since: the UPDATE's row count says which are this one's.
     return [row for row in due
-            if session.execute(update(WebhookDelivery)
+            if rows_matched(session.execute(update(WebhookDelivery)
                                .where(WebhookDelivery.id == row.id, WebhookDelivery.next_attempt_at <= now)
-                               .values(next_attempt_at=now + hold)).rowcount == 1]
+                               .values(next_attempt_at=now + hold))) == 1]
 
 
 def _record(session: Session, row: Row[Any], answer: Answer, settings: Settings) -> None:

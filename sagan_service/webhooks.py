@@ -228,6 +228,6 @@ def _ip(host: str) -> IPAddress | None:
 
 def _resolve(host: str, port: int) -> list[str]:
     try:
-        return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+        return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
     except OSError as error:
         raise TargetRefused(f"{host} does not resolve: {error}") from None

@@ -94,8 +94,7 @@ def _over_budget(name: str, limits: Limits, total: int, archive_bytes: int) -> s
         return (f"unpacked size passes the limit of {limits.max_bytes} bytes (SAGAN_MAX_DATASET_GB) at entry "
                 f"{name!r}")
     return (f"entry {name!r}: the archive unpacks to more than {limits.max_ratio:g} times its "
-            f"{archive_bytes} bytes "
-            "(SAGAN_MAX_COMPRESSION_RATIO): refused as a possible zip bomb")
+            f"{archive_bytes} bytes (SAGAN_MAX_COMPRESSION_RATIO): refused as a possible zip bomb")
 
 
 def _read(source: IO[bytes], name: str) -> bytes:
@@ -159,6 +158,6 @@ def _tar_entries(archive: Path) -> Iterator[_Entry]:
                 else:
                     kind = "device or special file"
                 opened = tar.extractfile(member) if kind == "file" else None
-                yield _Entry(member.name, kind, opened)  # type: ignore[arg-type]
+                yield _Entry(member.name, kind, opened)
     except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise ArchiveError(f"the tar archive is corrupt or unreadable: {error}") from None

@@ -192,7 +192,7 @@ def _write_preview(packed: Path, index: dict[str, Any], out: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    images = []
+    images: list[np.ndarray] = []
     for shard in index["shards"]:
         array = np.load(packed / shard["file"], mmap_mode="r")
         images.extend(np.asarray(array[: PREVIEW_IMAGES - len(images)]))

@@ -10,6 +10,7 @@ a local training; a Ray job's rank 0 does them itself (worker/ray_rank.py), on w
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +63,7 @@ def restore_run(store: ArtifactStore, fetch: Fetch, job_id: str, step: int, out:
         return
     for key, name in ((metrics_key(job_id), layout.METRICS), (evals_key(job_id), layout.EVALS)):
         try:
-            lines = fetch(lambda key=key: store.get_bytes(key)).decode().splitlines()
+            lines = fetch(functools.partial(store.get_bytes, key)).decode().splitlines()
         except LookupError:
             lines = []
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
@@ -93,7 +94,7 @@ def fetch_stats(store: ArtifactStore, fetch: Fetch, entries: list[StatsKey], sta
     stats_dir.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         with contextlib.suppress(ArtifactNotFound):
-            fetch(lambda entry=entry: store.download(stats_key(entry.name), stats_dir / entry.name))
+            fetch(functools.partial(store.download, stats_key(entry.name), stats_dir / entry.name))
 
 
 class Harvester:

@@ -196,8 +196,8 @@ class MlflowSync:
         """The run's status once the job has one (a lost attempt's job is queued again: its run goes on); the
         sweep's run's once the sweep has ended."""
         with self.sessions() as session:
-            status = session.get(Job, self.job_id).status
-            parent_status = session.get(Job, self.parent_id).status if self.parent_id else None
+            status = session.get_one(Job, self.job_id).status
+            parent_status = session.get_one(Job, self.parent_id).status if self.parent_id else None
         if status in RUN_STATUS:
             self.client.set_terminated(self.run_id, RUN_STATUS[status])
         if self.parent_run_id is not None and parent_status in RUN_STATUS:

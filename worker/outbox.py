@@ -179,6 +179,7 @@ class Outbox:
 
     def _drop_old_checkpoints(self) -> list[int]:
         with self.sessions() as session:
+            assert self.keep is not None  # only called for a training's checkpoints
             return jobs.drop_old_checkpoints(session, job_id=self.job.id, keep=self.keep)
 
     def _store_files(self) -> None:

@@ -43,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     config = _job_config(settings, args.job_id)
     ray.init()
     workers = config.nodes * config.nproc
-    resources = {"GPU": 1} if config.device == "cuda" else {"CPU": 1}
+    resources: dict[str, float] = {"GPU": 1} if config.device == "cuda" else {"CPU": 1}
     if not _placeable(workers, resources, settings.ray_placement_timeout_seconds):
         return EXIT_UNPLACEABLE
     switch = StopSwitch.options(name=args.stop_switch).remote()  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, lambda *_: switch.set.remote())
+    # Ray Train v2 keeps rank 0's return value (Result.return_value); Ray's annotations predate it.
     trainer = TorchTrainer(
-        rank_main,
+        rank_main,  # type: ignore[arg-type]
         train_loop_config={"job_id": args.job_id, "worker_id": args.worker_id,
                            "stop_switch": args.stop_switch},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.device == "cuda"),
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         run_config=RunConfig(name=args.stop_switch, storage_path=str(settings.work_dir / "ray"),
                              failure_config=FailureConfig(max_failures=settings.max_attempts - 1)))
     result = trainer.fit()
-    return int(result.return_value)
+    return int(result.return_value)  # type: ignore[attr-defined]
 
 
 def _job_config(settings: Settings, job_id: str) -> TrainConfig:

@@ -98,15 +98,15 @@ class RayLauncher:
         one."""
         prefix = f"sagan-{self.job.id}-"
         for info in self.client.list_jobs():
-            if not (info.submission_id or "").startswith(prefix):
+            submission_id = info.submission_id
+            if submission_id is None or not submission_id.startswith(prefix):
                 continue
-            if info.submission_id != self.submission_id and not info.status.is_terminal():
-                log.warning("job %s: stopping Ray job %s of an earlier attempt", self.job.id,
-                            info.submission_id)
-                self.client.stop_job(info.submission_id)
-                self._wait_terminal(info.submission_id)
-            elif info.submission_id == self.submission_id and info.status.is_terminal():
-                self.client.delete_job(info.submission_id)
+            if submission_id != self.submission_id and not info.status.is_terminal():
+                log.warning("job %s: stopping Ray job %s of an earlier attempt", self.job.id, submission_id)
+                self.client.stop_job(submission_id)
+                self._wait_terminal(submission_id)
+            elif submission_id == self.submission_id and info.status.is_terminal():
+                self.client.delete_job(submission_id)
 
     def _wait_terminal(self, sid: str, wait: Callable[[float], object] = time.sleep) -> JobStatus:
         """Until Ray says the job ended: at most its stop wait (RAY_JOB_STOP_WAIT_TIME_S) and a margin."""

@@ -345,7 +345,7 @@ class Attempt:
 
     def supervise(self) -> str:
         """Poll until the process tree exits, a cancel arrives or the worker stops; return the status."""
-        assert self.launcher is not None
+        assert self.launcher is not None and self.outbox is not None
         while True:
             returncode = self.launcher.poll()
             self.take_new_files()

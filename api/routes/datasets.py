@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from functools import partial
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -96,7 +96,7 @@ async def _receive_upload(request: Request, max_gb: float) -> tuple[str, UploadF
     the body passes SAGAN_MAX_UPLOAD_GB."""
     limit = int(max_gb * GIB)
 
-    async def counted() -> AsyncIterator[bytes]:
+    async def counted() -> AsyncGenerator[bytes, None]:
         received = 0
         async for chunk in request.stream():
             received += len(chunk)

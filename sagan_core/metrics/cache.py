@@ -102,4 +102,5 @@ class StatsCache:
 
     def save(self, key: StatsKey, arrays: dict[str, np.ndarray]) -> Path:
         described = {"key": np.array(json.dumps(asdict(key), sort_keys=True)), **arrays}
-        return atomic_write(self.path(key), lambda f: np.savez(f, **described))
+        # numpy's stub lets **arrays fill the bool allow_pickle, hence the ignore
+        return atomic_write(self.path(key), lambda f: np.savez(f, **described))  # type: ignore[arg-type]
