@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .config import FIELDS
 from .layout import EVALS, METRICS, arm_of, real_grid_path, samples, step_of
@@ -348,7 +348,8 @@ def summary_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], *, 
 
     figure = Figure(figsize=(18, 8.5 if grids else 4.2), layout="constrained")
     figure.suptitle(title)
-    top, bottom = (figure.subfigures(2, 1, height_ratios=[1, 1.1]) if grids else (figure, None))
+    # subfigures(2, 1) is an array of two SubFigures; its annotation also allows a single one
+    top, bottom = (cast(Any, figure.subfigures(2, 1, height_ratios=[1, 1.1])) if grids else (figure, None))
     axes = top.subplots(1, 4)
     first = f"eval.{metrics[0]}" if metrics else "g_loss"
     _plot(axes[0], arms, first, smooth=not metrics, colors=colors)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, resnet_layout
-from .layers import PooledSelfAttention, estimate_spectral_norms, spectral_norm
+from .layers import PooledSelfAttention, estimate_spectral_norms, spectral_norm, weight_parametrizations
 
 
 def _sn_conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
@@ -51,6 +51,7 @@ class ConditionalBatchNorm(nn.Module):
         x = self.bn(x)
         if not self.conditional:
             return x
+        assert y is not None  # a conditional model is always given classes
         if y.is_floating_point():  # (B, classes) weights of a mix of classes (a walk between two): mixed rows
             gain, bias = y @ self.gain.weight, y @ self.bias.weight
         else:
@@ -134,9 +135,10 @@ def _xavier_init(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)) and hasattr(layer, "parametrizations"):
             with torch.no_grad():
-                nn.init.xavier_uniform_(layer.parametrizations.weight.original)
-            if getattr(layer, "bias", None) is not None:
-                nn.init.zeros_(layer.bias)
+                nn.init.xavier_uniform_(weight_parametrizations(layer).original)
+            bias = getattr(layer, "bias", None)
+            if bias is not None:
+                nn.init.zeros_(bias)
     estimate_spectral_norms(module)
 
 
@@ -146,6 +148,8 @@ class ResNetGenerator(nn.Module):
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
+        g_attention = config.g_attention
+        assert g_attention is not None  # TrainConfig fills the default placement
         widths, _ = resnet_layout(config.imsize)
         channels = [m * config.g_conv_dim for m in widths]
         self.z_dim, self.num_classes = config.z_dim, int(config.num_classes or 0)
@@ -162,7 +166,7 @@ class ResNetGenerator(nn.Module):
             if resolution in config.g_residual:
                 self.residual[str(len(self.blocks) - 1)] = GeneratorBlock(
                     out_channels, out_channels, self.num_classes, config.bn_momentum, upsample=False)
-            if resolution in config.g_attention:
+            if resolution in g_attention:
                 self.attention[str(len(self.blocks) - 1)] = attention_at(out_channels, resolution)
         final_momentum = config.bn_momentum if config.bn_momentum_final is None else config.bn_momentum_final
         # Unconditional, with its affine, as the official code.
@@ -189,12 +193,15 @@ class ResNetDiscriminator(nn.Module):
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
+        d_attention = config.d_attention
+        assert d_attention is not None  # TrainConfig fills the default placement
         _, plan = resnet_layout(config.imsize)
         self.num_classes = int(config.num_classes or 0)
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
         self.residual = nn.ModuleDict()  # d_residual's extra blocks, before attention at the same size
-        resolution, in_channels, placed = config.imsize, 3, set()
+        resolution: int = config.imsize
+        in_channels, placed = 3, set()
         for index, (multiple, downsample) in enumerate(plan):
             out_channels = multiple * config.d_conv_dim
             self.blocks.append(OptimizedBlock(out_channels) if index == 0
@@ -205,7 +212,7 @@ class ResNetDiscriminator(nn.Module):
                 if resolution in config.d_residual:
                     self.residual[str(index)] = DiscriminatorBlock(out_channels, out_channels,
                                                                    downsample=False)
-                if resolution in config.d_attention:
+                if resolution in d_attention:
                     self.attention[str(index)] = attention_at(out_channels, resolution)
                 placed.add(resolution)
             in_channels = out_channels

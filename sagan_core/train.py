@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from types import FrameType
+from typing import Any, Self, cast
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import prune_checkpoints, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, build_config, config_warnings, read_config_file
@@ -188,7 +189,9 @@ def build_state(config: TrainConfig, ctx: DistContext, dataset_size: int) -> Tra
     ema = copy.deepcopy(generator).requires_grad_(False) if config.ema_decay > 0 else None
     generator_ddp, discriminator_ddp = wrap_ddp(generator, ctx), wrap_ddp(discriminator, ctx)
     if config.compile:
-        generator_ddp, discriminator_ddp = torch.compile(generator_ddp), torch.compile(discriminator_ddp)
+        # torch.compile of a module returns an OptimizedModule (an nn.Module); its annotation: a callable
+        generator_ddp = cast(nn.Module, torch.compile(generator_ddp))
+        discriminator_ddp = cast(nn.Module, torch.compile(discriminator_ddp))
     return TrainState(config, ctx, generator, discriminator, generator_ddp, discriminator_ddp,
                       g_optimizer, d_optimizer, ema, BadImageLog(dataset_size, config.max_bad_images))
 
@@ -271,7 +274,8 @@ def discriminate(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tenso
         return discriminator(real, *labelled(real_y)).float(), discriminator(fake, *labelled(fake_y)).float()
     # One forward over real and fake: half the kernel launches, one spectral-norm power iteration
     # (where the reference runs two) and a single DDP forward per backward.
-    both_y = () if real_y is None else (torch.cat([real_y, fake_y]),)
+    assert (real_y is None) == (fake_y is None)  # a conditional model labels both sides
+    both_y = () if real_y is None or fake_y is None else (torch.cat([real_y, fake_y]),)
     d_real, d_fake = discriminator(torch.cat([real, fake]), *both_y).float().split(real.shape[0])
     return d_real, d_fake
 
@@ -421,7 +425,7 @@ class RunWriter:
         if self.tensorboard is not None:
             self.tensorboard.grid(self.state.step, path)
 
-    def real_grid(self, dataset: Dataset) -> None:
+    def real_grid(self, dataset: ImageDataset) -> None:
         """64 real images, the first the run draws, beside the samples for comparison; once per run."""
         path = real_grid_path(self.out_dir)
         if path.exists():
@@ -457,6 +461,7 @@ class RunWriter:
         if self.tensorboard is not None:
             self.tensorboard.log(metrics_line)
         value = headline(metrics, line)
+        assert value is not None  # every evaluation computes the first metric
         if improves(metrics, value, self.best_value):
             self.best_value = value
             point_best(self.checkpoint())
@@ -531,7 +536,8 @@ class StopOnSigterm:
     is True on all of them once any rank has it, so they all stop after the same step."""
 
     def __init__(self, ctx: DistContext, stop_requested: Callable[[], bool] | None = None) -> None:
-        self.ctx, self.requested, self.previous = ctx, False, None
+        self.ctx, self.requested = ctx, False
+        self.previous: Callable[[int, FrameType | None], Any] | int | None = None
         self.stop_requested = stop_requested
         self.group = control_group(ctx)
 
@@ -606,6 +612,7 @@ def _evaluate(state: TrainState, evaluator: Evaluator, writer: RunWriter | None)
     """Every rank generates its share; rank 0 records the result."""
     record = evaluator.evaluate(state.ema if state.ema is not None else state.generator, state.config.z_dim)
     if writer is not None:
+        assert record is not None  # the writer is rank 0's, which gets the record
         writer.evaluation(record)
 
 
@@ -641,6 +648,7 @@ def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
             watch.check(weights=evaluating or saving)
         if evaluating:
             evaluation_start = time.perf_counter()
+            assert evaluator is not None  # `evaluating` says so
             _evaluate(state, evaluator, writer)
             window_start += time.perf_counter() - evaluation_start  # img/s counts training time only
         # A collective under DDP: there only on log steps, which wait for every rank anyway.

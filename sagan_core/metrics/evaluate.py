@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .cache import INCEPTION_METRICS, StatsCache, StatsKey, stats_keys
 from .weights import resolve_inception_weights
 
 if TYPE_CHECKING:
+    from ..data import ImageDataset
     from .backbones import Backbone
 
 METRICS = ("fid", "kid", "is", "pr", "swd")
@@ -106,8 +107,9 @@ class _Collector:
 
     def gathered(self, ctx: DistContext, count: int) -> Features | None:
         """Every rank's features on rank 0 (None elsewhere); every rank must call it."""
-        def gather(parts: list[torch.Tensor]) -> torch.Tensor | None:
-            return gather_rows(torch.cat(parts) if parts else torch.empty(0), ctx)
+        def gather(parts: list[torch.Tensor]) -> torch.Tensor:
+            # gather_rows gives None off rank 0, where the features are thrown away (returned as None)
+            return cast(torch.Tensor, gather_rows(torch.cat(parts) if parts else torch.empty(0), ctx))
 
         features = Features(count=count)
         if self.backbone is not None:
@@ -152,6 +154,7 @@ class Evaluator:
         fake = self.generated_features(generator, z_dim, class_mix)
         if not self.ctx.is_main:
             return None
+        assert fake is not None  # rank 0 holds the gathered features
         record: dict[str, Any] = {
             "metrics": self._scores(fake, real), "n": plan.n, "seed": plan.seed, "stream": plan.stream,
             "dataset": plan.dataset,
@@ -177,8 +180,8 @@ class Evaluator:
         keys, entries = {}, {}
         if self.ctx.is_main:
             keys = self.stats_keys()
-            entries = {part: entry for part,
-                       key in keys.items() if (entry := self.cache.load(key)) is not None}
+            entries = {part: entry for part, key in keys.items()
+                       if (entry := self.cache.load(key)) is not None}
         missing = broadcast_flags([part in keys and part not in entries for part in ("inception", "swd")],
                                   self.ctx)
         if any(missing):
@@ -227,7 +230,7 @@ class Evaluator:
             self.cache.save(keys[part], entry)
         return entries
 
-    def _real_images(self) -> tuple[Dataset, torch.Tensor]:
+    def _real_images(self) -> tuple[ImageDataset, torch.Tensor]:
         """The data set and the indices of its evaluation images: a seeded random n of them (the first n of
         one order, or the last n for the held-out sample), or all."""
         from ..data import build_dataset  # only on a cache miss: a cached evaluation never opens the data
@@ -302,16 +305,21 @@ class Evaluator:
 
         wanted, out = set(self.plan.metrics), {}
         if "fid" in wanted:
+            assert fake.pool is not None and real.statistics is not None  # the backbone ran for "fid"
             out["fid"] = scores.fid(scores.frechet_statistics(fake.pool), real.statistics)
         if "kid" in wanted:
+            assert fake.pool is not None and real.pool is not None
             out["kid"], out["kid_std"], out["kid_subset_size"] = scores.kid(fake.pool, real.pool)
         if "is" in wanted:
+            assert fake.logits is not None
             out["is"], out["is_std"] = scores.inception_score(fake.logits)
         if "pr" in wanted:
+            assert fake.pool is not None and real.pool is not None
             precision, recall = scores.precision_recall(fake.pool, real.pool)
             out.update(precision=precision, recall=recall,
                        f_score=2 * precision * recall / max(precision + recall, 1e-12))
         if "swd" in wanted:
+            assert real.patches is not None and fake.patches is not None
             out.update(swd.swd(real.patches, fake.patches, self.plan.imsize, SWD_SEED))
         return out
 
