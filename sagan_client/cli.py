@@ -25,7 +25,7 @@ from .jobs import download, job_body, print_log, wait, write_job_report
 Command = Callable[[argparse.Namespace], int]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument("--url", help="the API's base URL (default $SAGAN_URL, else the `sagan login` file)")
     server.add_argument("--token", help="API token (default $SAGAN_TOKEN, else the `sagan login` file)")
@@ -119,7 +119,8 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_guarded(cmd_jobs_submit))
 
 
-def _add_shortcuts(jobs: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+def _add_shortcuts(jobs: argparse._SubParsersAction[argparse.ArgumentParser],
+                   server: argparse.ArgumentParser) -> None:
     """`sagan jobs sample|eval|report ID`: a sample or eval job of a training job, waited for, with its
     result; a job's report page."""
     sample = jobs.add_parser("sample", parents=[server],

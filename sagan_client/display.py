@@ -44,7 +44,8 @@ def eta_seconds(job: dict[str, Any]) -> float | None:
     total, batch = job["progress"]["total_steps"], job["spec"].get("batch_size")
     if job["status"] != "running" or not speed or not total or not isinstance(batch, int):
         return None
-    return max(0, total - job["progress"]["step"]) * batch / speed
+    seconds: float = max(0, total - job["progress"]["step"]) * batch / speed
+    return seconds
 
 
 def progress_line(job: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -264,7 +264,7 @@ def get_evals(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep
     return EvalList(items=_jsonl(store, evals_key(job_id)))
 
 
-def _jsonl(store: StoreDep, key: str) -> list[dict]:
+def _jsonl(store: StoreDep, key: str) -> list[dict[str, Any]]:
     try:
         data = store.get_bytes(key)
     except ArtifactNotFound:
