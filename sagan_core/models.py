@@ -130,8 +130,8 @@ def attention_gammas(model: nn.Module, prefix: str) -> dict[str, float]:
     models name their layers so, the residual ones' layers carry their `resolution` (resnet.attention_at)."""
     return {f"{prefix}.attn{module.resolution}" if hasattr(module, "resolution")
             else f"{prefix}.{name.rsplit('.', 1)[-1]}": module.gamma.item()
-            for name,
-            module in model.named_modules() if isinstance(module, SelfAttention | PooledSelfAttention)}
+            for name, module in model.named_modules()
+            if isinstance(module, SelfAttention | PooledSelfAttention)}
 
 
 def count_trainable(model: nn.Module) -> int:

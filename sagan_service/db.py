@@ -118,8 +118,8 @@ def _driver_query(statement: Executable, parameters: Mapping[str, Any], dialect:
     connection.execute hands the driver."""
     sql, processors, compiled = _compiled(statement, dialect)
     values = compiled.construct_params(dict(parameters))
-    return sql, {name: processors[name](value) if name in processors else value for name,
-                 value in values.items()}
+    return sql, {name: processors[name](value) if name in processors else value
+                 for name, value in values.items()}
 
 
 @functools.cache

@@ -156,7 +156,7 @@ def test_residual_presets_crop_non_square_images_and_the_seed_presets_squash() -
     assert make_config("paper128", resize_mode="squash").resize_mode == "squash"
     assert "resize_mode: Input should be 'squash' or 'crop'" in error_of({"resize_mode": "pad"})
     # A config saved (in a checkpoint, by the job service) before the field existed ran squashed.
-    older = {name: value for name,
-             value in make_config("paper128").to_dict().items() if name != "resize_mode"}
+    older = {name: value for name, value in make_config("paper128").to_dict().items()
+             if name != "resize_mode"}
     assert build_config(saved_config(older)).resize_mode == "squash"
     assert build_config(saved_config(make_config("paper128").to_dict())).resize_mode == "crop"

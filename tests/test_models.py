@@ -158,8 +158,8 @@ def test_spectral_norm_estimates_fit_the_initial_weights(preset: str) -> None:
     torch.manual_seed(0)
     for model in build_models(preset, **overrides):
         errors = _sigma_errors(model)
-        assert errors and max(errors.values()) < 0.05, {k: round(v, 3) for k,
-                                                        v in errors.items() if v >= 0.05}
+        assert errors and max(errors.values()) < 0.05, {k: round(v, 3)
+                                                        for k, v in errors.items() if v >= 0.05}
 
 
 @pytest.mark.parametrize("preset", ["resnet32", "resnet64"])

@@ -33,8 +33,8 @@ class FakeJobsApi:
     down: bool = False
 
     def list_jobs(self) -> list[Any]:
-        return [SimpleNamespace(submission_id=sid, status=status) for sid,
-                (status, _, _) in self.jobs.items()]
+        return [SimpleNamespace(submission_id=sid, status=status)
+                for sid, (status, _, _) in self.jobs.items()]
 
     def get_job_status(self, sid: str) -> JobStatus:
         if self.down:

@@ -481,8 +481,8 @@ def zero_gradient_parameters(model: torch.nn.Module, config, part: str) -> set[s
     out = probe(inputs, *labels)
     (out * torch.randn(out.shape, generator=generator, dtype=torch.float64)).sum().backward()
     largest = max(p.grad.abs().max().item() for p in probe.parameters() if p.grad is not None)
-    return {name for name,
-            p in probe.named_parameters() if p.grad is None or p.grad.abs().max() <= 1e-9 * largest}
+    return {name for name, p in probe.named_parameters()
+            if p.grad is None or p.grad.abs().max() <= 1e-9 * largest}
 
 
 def test_the_zero_gradient_probe_finds_exactly_the_biases_before_batchnorm_and_the_idle_attention() -> None:

@@ -125,8 +125,8 @@ def test_each_status_change_is_recorded_once_per_url_in_its_transaction(session:
     assert jobs.claim_job(session, job_id=job.id, worker_id="v", lease_seconds=30)
     assert jobs.finish_job(session, job_id=job.id, worker_id="v", status="succeeded")
     statuses = ["running", "queued", "running", "succeeded"]
-    assert events(session, job.id) == [(n, status, url) for n,
-                                       status in enumerate(statuses, 1) for url in urls]
+    assert events(session, job.id) == [(n, status, url)
+                                       for n, status in enumerate(statuses, 1) for url in urls]
     payload = json.loads(list_deliveries(session, job_id=job.id)[-1].payload)
     assert payload | {"occurred_at": None} == {
         "id": f"{job.id}.4", "type": "job.status", "job_id": job.id, "kind": "train", "status": "succeeded",
@@ -264,8 +264,8 @@ def test_the_sender_checks_the_host_again_and_gives_up_after_the_attempts(sessio
         return [(row.url, row.attempts, row.answer_code, row.answer) for row in rows
                 if row.next_attempt_at is None] if all(row.next_attempt_at is None for row in rows) else []
 
-    given_up = {url: rest for url,
-                *rest in wait_for(settled, 10, "both deliveries to be given up", interval=0.02)}
+    given_up = {url: rest
+                for url, *rest in wait_for(settled, 10, "both deliveries to be given up", interval=0.02)}
     assert given_up[urls[0]] == [2, 500, "no"]
     assert given_up[urls[1]][:2] == [2, None] and "not one this service calls" in given_up[urls[1]][2]
     assert [r.code for r in receiver.received] == [500, 500]
