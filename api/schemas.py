@@ -185,9 +185,8 @@ class JobPublic(BaseModel):
     status: Status
     queue: str
     priority: Priority
-    spec: dict[str,
-               Any] = Field(description="train: the full config; sample: the resolved source, n and seed; "
-                                             "eval: the resolved source, dataset, metrics, n and seed; "
+    spec: dict[str, Any] = Field(description="train: the full config; sample: the resolved source, n and "
+                                             "seed; eval: the resolved source, dataset, metrics, n and seed; "
                                              "sweep: the request's base, study, axes, arms and seeds")
     progress: Progress
     metrics: dict[str, Any] | None = Field(description="rank 0's latest metrics line")

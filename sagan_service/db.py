@@ -36,8 +36,8 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
         return engine
     # No pool_pre_ping: it costs a round trip on every checkout. After a database restart the first
     # use of a stale connection fails (a 503 from the API) and SQLAlchemy then drops the whole pool.
-    connect_args: dict[str,
-                       Any] = {} if application_name is None else {"application_name": application_name[:63]}
+    connect_args: dict[str, Any] = ({} if application_name is None
+                                    else {"application_name": application_name[:63]})
     if timeout_s is not None:
         # Server options go with the connection (no extra round trip); the URL's own (a search_path) stay.
         options = make_url(url).query.get("options", "")

@@ -100,9 +100,8 @@ def _limits(settings: Settings) -> Limits:
                   max_ratio=settings.max_compression_ratio)
 
 
-def _local_spec(source: str, workdir: Path, settings: Settings, store: ArtifactStore) -> tuple[str,
-                                                                                               dict[str,
-                                                                                                    str]]:
+def _local_spec(source: str, workdir: Path, settings: Settings,
+                store: ArtifactStore) -> tuple[str, dict[str, str]]:
     """A spec the packer reads on this machine, and the files skipped as not images (name -> why)."""
     if source.startswith("upload:"):
         key = source.removeprefix("upload:")

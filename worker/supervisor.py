@@ -142,8 +142,8 @@ class Attempt:
         self.database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
         self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
         self.harvester: Harvester | None = None
-        self.start: tuple[str,
-                          int] | None = None  # a training's starting checkpoint (harvest.starting_checkpoint)
+        # a training's starting checkpoint (harvest.starting_checkpoint)
+        self.start: tuple[str, int] | None = None
         # Real-data statistics shared through the store (stats/<entry>): the ones there are fetched before
         # the job starts; the outbox stores new ones.
         self.stats_dir = workdir / "stats"

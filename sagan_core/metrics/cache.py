@@ -53,9 +53,8 @@ class StatsKey:
 
 
 def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop: int | None,
-               resize_mode: str,
-               n: int, inception: tuple[str, str | None] | None, stream: str = "selection") -> dict[str,
-                                                                                                    StatsKey]:
+               resize_mode: str, n: int, inception: tuple[str, str | None] | None,
+               stream: str = "selection") -> dict[str, StatsKey]:
     """The entries an evaluation of `metrics` needs, by part: "inception" (keyed by the backbone's name and
     weights sha256, given as `inception`) and/or "swd"."""
     metrics = set(metrics)
