@@ -16,8 +16,12 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/sagan up --demo
 
-test: install
+# ruff's rules and mypy's files are set in pyproject.toml ([tool.ruff.lint], [tool.mypy]).
+lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 bench: install

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 # A stopping API waits this long for the requests in flight, then cuts them: a followed log (GET
-# /jobs/{id}/logs?follow=true, a job page's log pane) lasts as long as its job and would hold it for that long.
+# /jobs/{id}/logs?follow=true, a job page's log pane) lasts as long as its job and would hold it for that
+# long.
 GRACEFUL_SHUTDOWN_SECONDS = 15
 
 

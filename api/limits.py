@@ -62,6 +62,6 @@ async def _too_large(send: Send, max_bytes: int, setting: str) -> None:
     body = json.dumps({"detail": f"the request body is over this service's limit of {max_bytes} bytes "
                                  f"({setting})"}).encode()
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

@@ -10,6 +10,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         stop_reaper = asyncio.Event()
         reaper = asyncio.create_task(_reap_until(stop_reaper, app))
-        sender = WebhookSender.start(app.state.sessions, settings)  # a thread: a slow receiver holds up no request
+        sender = WebhookSender.start(app.state.sessions,
+                                     settings)  # a thread: a slow receiver holds up no request
         # Everything built so far lives as long as the process: keep it out of the collector's scans,
         # which otherwise stall a request now and then (the p99 of GET /jobs/{id}).
         gc.freeze()
@@ -78,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(sender.stop)
         engine.dispose()
 
-    docs = {} if settings.docs_public else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs: dict[str, Any] = ({} if settings.docs_public
+                            else {"docs_url": None, "redoc_url": None, "openapi_url": None})
     app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan, **docs,
                   description="Submit SAGAN training and sampling jobs; follow their progress and artifacts. "
                               "Send `Authorization: Bearer <token>` (README: Security).")
@@ -203,7 +206,8 @@ async def _key_reused(_request: Request, error: Exception) -> JSONResponse:
 
 async def _over_owner_limit(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, OwnerOverLimit)
-    return JSONResponse({"detail": str(error)}, status_code=429, headers={"Retry-After": str(error.retry_after_s)})
+    return JSONResponse({"detail": str(error)}, status_code=429,
+                        headers={"Retry-After": str(error.retry_after_s)})
 
 
 async def _database_down(request: Request, error: Exception) -> JSONResponse:

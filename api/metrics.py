@@ -54,6 +54,7 @@ class JobCollector(Collector):
         waits: dict[str, list[float]] = {}
         runs: dict[str, list[float]] = {}
         for kind, created, started, finished in times:
+            assert started is not None  # the query selects started jobs only
             waits.setdefault(kind, []).append((utc(started) - utc(created)).total_seconds())
             if finished is not None:
                 runs.setdefault(kind, []).append((utc(finished) - utc(started)).total_seconds())

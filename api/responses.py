@@ -13,8 +13,9 @@ def object_response(store: ArtifactStore, key: str, media_type: str) -> Response
     try:
         if isinstance(store, LocalStore):  # streamed from disk, not read into memory
             if not store.exists(key):
-                raise ArtifactNotFound(key)
+                raise ArtifactNotFound(key)  # noqa: TRY301 (the same 404 as a store that lost the object)
             return FileResponse(store.path(key), media_type=media_type)
         return Response(store.get_bytes(key), media_type=media_type)
     except ArtifactNotFound:
-        raise HTTPException(404, "this artifact is recorded but its file is gone from the artifact store") from None
+        raise HTTPException(404, "this artifact is recorded but its file is gone from the artifact "
+                                 "store") from None

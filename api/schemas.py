@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -31,14 +31,16 @@ TrainConfigBody = Annotated[dict[str, Any], WithJsonSchema({
 class WebhookTarget(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    url: str = Field(max_length=2048, description="http(s) URL on a host SAGAN_WEBHOOK_HOSTS lists; each status "
+    url: str = Field(max_length=2048,
+                     description="http(s) URL on a host SAGAN_WEBHOOK_HOSTS lists; each status "
                                                   "change is POSTed to it, signed (README: Webhooks)")
 
 
 class JobOptions(BaseModel):
     """What every kind of job may carry besides its own fields."""
 
-    priority: Priority = Field("normal", description="a free worker takes the highest first, then shares fairly "
+    priority: Priority = Field("normal",
+                               description="a free worker takes the highest first, then shares fairly "
                                                      "between owners; high is for admins")
     notify: list[WebhookTarget] = Field(default_factory=list, max_length=5,
                                         description="URLs told of each status change of the job")
@@ -55,7 +57,8 @@ class SampleSource(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     job_id: str
-    step: int | None = Field(None, ge=0, le=MAX_STEP, description="a committed checkpoint step; null = the latest")
+    step: int | None = Field(None, ge=0, le=MAX_STEP,
+                             description="a committed checkpoint step; null = the latest")
 
 
 class SampleJobCreate(JobOptions):
@@ -67,16 +70,19 @@ class SampleJobCreate(JobOptions):
     seed: int = Field(0, ge=0, le=MAX_INT)
     classes: list[Annotated[int, Field(ge=0, le=MAX_INT)]] | None = Field(
         None, min_length=1, max_length=1024,
-        description="conditional models: one grid row per listed class, per_class images each (n is then unused)")
+        description="conditional models: one grid row per listed class, per_class images each (n is then "
+                    "unused)")
     per_class: int | None = Field(None, ge=1, le=1024,
-                                  description="conditional models: images per class (default 8), of every class "
-                                              "unless `classes` lists some")
-    truncation: float | None = Field(None, gt=0, le=100, description="BigGAN's truncation trick: every z entry "
+                                  description="conditional models: images per class (default 8), of every "
+                                              "class unless `classes` lists some")
+    truncation: float | None = Field(None, gt=0, le=100,
+                                     description="BigGAN's truncation trick: every z entry "
                                      "above this in magnitude is drawn again; null = none")
     interpolate: list[Annotated[int, Field(ge=0, le=MAX_INT)]] | None = Field(
-        None, min_length=2, max_length=2, description="seeds [A, B]: instead of a grid, a strip of `frames` images "
-                                                      "along the latent walk from A's z to B's (conditional models: "
-                                                      "from the first of `classes` to the last, default class 0)")
+        None, min_length=2, max_length=2, description="seeds [A, B]: instead of a grid, a strip of `frames` "
+                                                      "images along the latent walk from A's z to B's "
+                                                      "(conditional models: from the first of `classes` to "
+                                                      "the last, default class 0)")
     frames: int = Field(8, ge=2, le=64, description="images of an `interpolate` walk")
 
     @model_validator(mode="after")
@@ -84,7 +90,8 @@ class SampleJobCreate(JobOptions):
         if self.classes is not None and len(self.classes) * (self.per_class or 8) > 1024:
             raise ValueError("classes x per_class is more than 1024 images")
         if self.interpolate is not None and (self.per_class is not None or len(self.classes or []) > 2):
-            raise ValueError("interpolate walks from one class to another: give at most 2 classes and no per_class")
+            raise ValueError("interpolate walks from one class to another: give at most 2 classes and no "
+                             "per_class")
         return self
 
 
@@ -112,7 +119,8 @@ class EvalJobCreate(JobOptions):
 
 
 ArmsBody = Annotated[list[Any], WithJsonSchema({
-    "type": "array", "description": "explicit arms; each child's config is base, then the arm's config, then its seed",
+    "type": "array", "description": "explicit arms; each child's config is base, then the arm's config, then "
+                                    "its seed",
     "items": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
         "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}$"},
         "config": {"type": "object", "description": "TrainConfig fields over the base"}}}})]
@@ -127,29 +135,33 @@ class SweepJobCreate(JobOptions):
 
     kind: Literal["sweep"]
     base: TrainConfigBody = Field(default_factory=dict)
-    axes: dict[str, Any] | None = Field(None, description="config field -> list of values; the arms are their "
+    axes: dict[str, Any] | None = Field(None,
+                                        description="config field -> list of values; the arms are their "
                                                           "grid, named `field=value,...`")
     arms: ArmsBody | None = None
     study: str | None = Field(None, description="a named study (GET /studies); its base preset unless `base` "
                                                 "names one")
-    seeds: list[Any] | None = Field(None, description="seeds of every arm (distinct integers); null = [base's "
+    seeds: list[Any] | None = Field(None,
+                                    description="seeds of every arm (distinct integers); null = [base's "
                                                       "seed or 0]")
 
 
 class ContinueCreate(JobOptions):
-    """A new training job that continues this one's: from its committed checkpoint at `step`, to `steps` in all,
-    with its config but for `config`'s fields (those a continued run may change: learning rates, EMA, evaluation,
-    cadence, devices; anything that shapes the model or data is a 422 naming the field)."""
+    """A new training job that continues this one's: from its committed checkpoint at `step`, to `steps` in
+    all, with its config but for `config`'s fields (those a continued run may change: learning rates, EMA,
+    evaluation, cadence, devices; anything that shapes the model or data is a 422 naming the field)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types: true is no integer
 
     steps: int = Field(ge=1, le=MAX_STEP, description="the new total, above the checkpoint's step")
     step: Annotated[int, Field(ge=0, le=MAX_STEP)] | Literal["best"] | None = Field(
-        None, description="the checkpoint to continue from; null = the latest; \"best\" = the best evaluation's")
+        None, description="the checkpoint to continue from; null = the latest; \"best\" = the best "
+                          "evaluation's")
     config: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields to change")
 
 
-JobCreate = Annotated[TrainJobCreate | SampleJobCreate | EvalJobCreate | SweepJobCreate, Field(discriminator="kind")]
+JobCreate = Annotated[TrainJobCreate | SampleJobCreate | EvalJobCreate | SweepJobCreate,
+                      Field(discriminator="kind")]
 
 
 class Progress(BaseModel):
@@ -173,9 +185,9 @@ class JobPublic(BaseModel):
     status: Status
     queue: str
     priority: Priority
-    spec: dict[str, Any] = Field(description="train: the full config; sample: the resolved source, n and seed; "
-                                             "eval: the resolved source, dataset, metrics, n and seed; sweep: "
-                                             "the request's base, study, axes, arms and seeds")
+    spec: dict[str, Any] = Field(description="train: the full config; sample: the resolved source, n and "
+                                             "seed; eval: the resolved source, dataset, metrics, n and seed; "
+                                             "sweep: the request's base, study, axes, arms and seeds")
     progress: Progress
     metrics: dict[str, Any] | None = Field(description="rank 0's latest metrics line")
     latest_eval: dict[str, Any] | None = Field(description="the newest evaluation (an eval job: its result)")
@@ -201,7 +213,8 @@ class JobPublic(BaseModel):
     continued_from: str | None = Field(None, description="a continued training: the job it continues")
     continued_from_step: int | None = Field(None, description="a continued training: the checkpoint step it "
                                                               "started from")
-    continued_by: list[str] | None = Field(None, description="in GET /jobs/{id}: the jobs that continue this one")
+    continued_by: list[str] | None = Field(None,
+                                           description="in GET /jobs/{id}: the jobs that continue this one")
     children: list[SweepChild] | None = Field(None, description="a sweep (in GET /jobs/{id}): its children, "
                                                                 "arm by arm and seed by seed")
 
@@ -265,8 +278,8 @@ class StudyArm(BaseModel):
     name: str
     config: dict[str, Any] = Field(description="the TrainConfig fields this arm sets over the base")
     relative_to_steps: dict[str, float] = Field(
-        default_factory=dict, description="fields this arm sets to that multiple of the sweep's `steps` (so that "
-                                          "arms compare at equal compute: images seen, D updates)")
+        default_factory=dict, description="fields this arm sets to that multiple of the sweep's `steps` (so "
+                                          "that arms compare at equal compute: images seen, D updates)")
 
 
 class Study(BaseModel):
@@ -291,6 +304,14 @@ class Readiness(BaseModel):
     store: str = Field(description='"ok", or why not (the artifact store)')
 
 
+@overload
+def utc(value: datetime) -> datetime: ...
+@overload
+def utc(value: None) -> None: ...
+@overload
+def utc(value: datetime | None) -> datetime | None: ...
+
+
 def utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything is stored in UTC.
     if value is None or value.tzinfo is not None:
@@ -305,8 +326,8 @@ class DatasetCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=255)
     source: str = Field(min_length=1, max_length=4096,
-                        description="s3://bucket/prefix/ (the service's S3), or folder:/..., lsun:/..., cifar10:/... "
-                                    "under SAGAN_DATA_ROOTS")
+                        description="s3://bucket/prefix/ (the service's S3), or folder:/..., lsun:/..., "
+                                    "cifar10:/... under SAGAN_DATA_ROOTS")
     imsizes: list[Imsize] | None = Field(None, min_length=1, max_length=3,
                                          description="image sizes to pack; null = 32, 64 and 128 up to the "
                                                      "smallest side of the images (at least 32)")
@@ -339,11 +360,13 @@ class DatasetPublic(BaseModel):
     @classmethod
     def from_dataset(cls, dataset: Dataset, *, status: str, error: str | None, preview_url: str | None = None,
                      jobs: list[Job] | None = None) -> DatasetPublic:
-        return cls(id=dataset.id, name=dataset.name, owner=dataset.owner, status=status, source=dataset.source,
+        return cls(id=dataset.id, name=dataset.name, owner=dataset.owner, status=status,
+                   source=dataset.source,
                    error=error, images=dataset.images, classes=dataset.classes, bad_images=dataset.bad_images,
                    imsizes=dataset.imsizes, size_bytes=dataset.size_bytes, job_id=dataset.job_id,
                    preview_url=preview_url, created_at=utc(dataset.created_at),
-                   jobs=None if jobs is None else [DatasetJob(id=job.id, kind=job.kind, status=job.status) for job in jobs],
+                   jobs=None if jobs is None
+                   else [DatasetJob(id=job.id, kind=job.kind, status=job.status) for job in jobs],
                    updated_at=utc(dataset.updated_at))
 
 

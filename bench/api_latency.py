@@ -111,7 +111,8 @@ def make_tokens(database_url: str, owners: int) -> tuple[str, list[str]]:
 
 
 def measure(port: int, args: argparse.Namespace) -> dict:
-    ids = asyncio.run(create_jobs(port, 200))  # also warms imports and connection pools (GETs: admin sees all)
+    ids = asyncio.run(create_jobs(port,
+                                  200))  # also warms imports and connection pools (GETs: admin sees all)
 
     def post() -> bytes:
         return http_request("POST", "/jobs", BODY)
@@ -138,7 +139,8 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--owners", type=int, default=20, help="user tokens the POSTs go round")
     parser.add_argument("--queue-limit", type=int, default=1000,
-                        help="SAGAN_MAX_QUEUED_PER_OWNER for the run (the default, 50, would refuse most POSTs)")
+                        help="SAGAN_MAX_QUEUED_PER_OWNER for the run (the default, 50, would refuse most "
+                             "POSTs)")
     args = parser.parse_args()
 
     schema = f"sagan_bench_{uuid.uuid4().hex[:8]}"

@@ -1,5 +1,5 @@
-"""Time for one attention map (`sagan attention`) on the CPU, at 64x64 (seed64: G's layers at 16 and 32, D's at
-8 and 4, the seed's full-key form). Untrained weights: the time does not depend on what the model learned.
+"""Time for one attention map (`sagan attention`) on the CPU, at 64x64 (seed64: G's layers at 16 and 32, D's
+at 8 and 4, the seed's full-key form). Untrained weights: the time does not depend on what the model learned.
 Prints one JSON line:
   - process_s: `sagan attention --query ... -o map.png` as a user runs it, start of Python to PNG written
   - first_s:   in one process, loading the checkpoint, G and D forwards with the weights captured, the figure
@@ -50,7 +50,8 @@ def main() -> None:
         checkpoint = Path(folder) / "model.pt"
         generator, discriminator = build_models(config)
         torch.save({"format_version": FORMAT_VERSION, "config": config.to_dict(), "step": 0,
-                    "generator": generator.state_dict(), "discriminator": discriminator.state_dict()}, checkpoint)
+                    "generator": generator.state_dict(), "discriminator": discriminator.state_dict()},
+                   checkpoint)
 
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "sagan_core.cli", "attention", "--checkpoint", str(checkpoint),
@@ -72,7 +73,8 @@ def main() -> None:
     started = time.perf_counter()
     render_png(stored, query)
     stored_s = time.perf_counter() - started
-    print(json.dumps({"preset": args.preset, "imsize": config.imsize, "torch_threads": torch.get_num_threads(),
+    print(json.dumps({"preset": args.preset, "imsize": config.imsize,
+                      "torch_threads": torch.get_num_threads(),
                       "load_average_1m": round(os.getloadavg()[0], 2), "process_s": round(process_s, 3),
                       "first_s": round(first_s, 3), "warm_s": round(statistics.median(warm), 3),
                       "stored_s": round(stored_s, 4)}), flush=True)

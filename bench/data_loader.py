@@ -4,7 +4,8 @@ size, from the same images stored four ways, and optionally the trainer's own im
   - folder:   a folder of PNGs (--source-px square images, one class folder per class);
   - lmdb:     an LMDB like LSUN's (WebP at --source-px), read through `lsun:`;
   - packed:   the same images packed by `sagan data pack` at --imsize, on local disk;
-  - s3-cold:  the packed set (or one of --cold-spec) in an S3 server (moto on loopback), fetched by the worker's
+  - s3-cold:  the packed set (or one of --cold-spec) in an S3 server (moto on loopback), fetched by the
+  worker's
               data cache into an empty folder, then read: seconds to the first batch (download, sha256 check,
               open) and img/s after it.
 Prints one JSON line.
@@ -90,8 +91,8 @@ def loader_rate(spec: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def s3_cold(packed: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Upload a packed set to moto's S3 server, then time what a worker with an empty cache does before its first
-    batch: the data cache's fetch (every file downloaded, its sha256 checked, renamed into place;
+    """Upload a packed set to moto's S3 server, then time what a worker with an empty cache does before its
+    first batch: the data cache's fetch (every file downloaded, its sha256 checked, renamed into place;
     worker/data_cache.py) and the loader's first batch; then the loader's img/s from the cached copy."""
     import boto3
     from moto.server import ThreadedMotoServer
@@ -105,8 +106,8 @@ def s3_cold(packed: Path, args: argparse.Namespace) -> dict[str, Any]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
     try:
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
         upload(packed, "s3://bench/set")
@@ -124,7 +125,8 @@ def s3_cold(packed: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def train_rate(spec: str, args: argparse.Namespace, out: Path) -> float:
-    """The trainer's mean logged img/s over --train-steps steps of seed64 at --imsize (the first step excluded)."""
+    """The trainer's mean logged img/s over --train-steps steps of seed64 at --imsize (the first step
+    excluded)."""
     from sagan_core.train import train
 
     config = make_config("seed64", dataset=spec, imsize=args.imsize, batch_size=args.batch_size,
@@ -137,23 +139,29 @@ def train_rate(spec: str, args: argparse.Namespace, out: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--imsize", type=int, default=64)
     parser.add_argument("--source-px", type=int, default=256, help="side of the stored source images")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2, help="loader worker processes (the packed set ignores "
+    parser.add_argument("--workers", type=int, default=2,
+                        help="loader worker processes (the packed set ignores "
                                                                "them: it is read in the training process)")
     parser.add_argument("--batches", type=int, default=60, help="batches timed after the first")
-    parser.add_argument("--train-steps", type=int, default=0, help="also time this many seed64 steps from the "
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="also time this many seed64 steps from the "
                                                                    "folder and the packed set (0: no)")
-    parser.add_argument("--cold-spec", help="the data set packed for the S3 case (default: the folder's images); "
+    parser.add_argument("--cold-spec",
+                        help="the data set packed for the S3 case (default: the folder's images); "
                                             "e.g. synthetic:87000 for about 1 GB at 64 px")
-    parser.add_argument("--skip", default="", help="comma-separated cases to leave out (folder,lmdb,packed,s3)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated cases to leave out (folder,lmdb,packed,s3)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     result: dict[str, Any] = {"bench": "data_loader", "images": args.images, "imsize": args.imsize,
-                              "source_px": args.source_px, "batch_size": args.batch_size, "workers": args.workers,
+                              "source_px": args.source_px, "batch_size": args.batch_size,
+                              "workers": args.workers,
                               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
                               "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="sagan-bench-data-") as tmp:
@@ -178,7 +186,8 @@ def main() -> None:
                 result["cold_spec"] = args.cold_spec
             result["s3_cold"] = s3_cold(cold, args)
         if "folder" in result and "packed" in result:
-            result["packed_over_folder"] = round(result["packed"]["img_per_s"] / result["folder"]["img_per_s"], 1)
+            result["packed_over_folder"] = round(result["packed"]["img_per_s"]
+                                                 / result["folder"]["img_per_s"], 1)
         if args.train_steps:
             result["train_img_per_s"] = {name: train_rate(cases[name], args, root / f"train-{name}")
                                          for name in ("folder", "packed")}

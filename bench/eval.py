@@ -1,7 +1,8 @@
 """Time the evaluation path (the same Evaluator `sagan eval` and the trainer use) and print one JSON line.
 
-    python bench/eval.py                          # CPU: img/s of generation + SWD and + Inception at 32/64/128
-    python bench/eval.py --device cuda --fid-n 50000     # also: seconds for FID over 50k samples at 64x64
+    python bench/eval.py                          # CPU: img/s of generation + SWD and + Inception at
+    32/64/128 python bench/eval.py --device cuda --fid-n 50000     # also: seconds for FID over 50k samples at
+    64x64
 
 The generators are the sagan32 / seed64 / sagan128 networks with their initial weights (the speed does not
 depend on the weights). The Inception network has random weights unless --inception-weights names the real
@@ -52,13 +53,15 @@ def throughput(evaluator: Evaluator, generator: torch.nn.Module, z_dim: int, dev
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", default="32,64,128", help="image sizes for the throughput figures")
     parser.add_argument("--swd-n", type=int, default=256, help="samples timed on the SWD path")
     parser.add_argument("--inception-n", type=int, default=32, help="samples timed on the Inception path")
     parser.add_argument("--batch-size", type=int, default=None, help="default 64 on the CPU, 500 on CUDA")
-    parser.add_argument("--fid-n", type=int, default=0, help="with --device cuda: time a full FID of this many "
+    parser.add_argument("--fid-n", type=int, default=0,
+                        help="with --device cuda: time a full FID of this many "
                                                               "samples at 64x64 (50000 for fid50k); 0 = skip")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="data-loader workers for the real images of the FID run")
@@ -80,8 +83,8 @@ def main() -> int:
         swd = Evaluator(EvalPlan(("swd",), n=args.swd_n, dataset="synthetic", imsize=size, batch_size=batch),
                         ctx, cache=cache)
         inception = Evaluator(EvalPlan(("fid", "is"), n=args.inception_n, dataset="synthetic", imsize=size,
-                                       batch_size=batch), ctx, cache=cache, inception_weights=args.inception_weights,
-                              backbone=backbone)
+                                       batch_size=batch), ctx, cache=cache,
+                              inception_weights=args.inception_weights, backbone=backbone)
         backbone = inception.backbone  # built once
         result["img_per_s"][str(size)] = {
             "generate+swd": round(throughput(swd, generator, config.z_dim, device), 2),
@@ -89,8 +92,8 @@ def main() -> int:
     if args.fid_n:
         config = make_config("seed64", device=args.device)
         generator = Generator(config).to(device)
-        plan = EvalPlan(("fid",), n=args.fid_n, dataset=f"synthetic:{args.fid_n}", imsize=64, batch_size=batch,
-                        num_workers=args.num_workers)
+        plan = EvalPlan(("fid",), n=args.fid_n, dataset=f"synthetic:{args.fid_n}", imsize=64,
+                        batch_size=batch, num_workers=args.num_workers)
         evaluator = Evaluator(plan, ctx, cache=cache, backbone=backbone)
         start = time.perf_counter()
         evaluator.real_statistics()  # cached from then on, as `sagan stats` would

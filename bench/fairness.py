@@ -56,12 +56,13 @@ def scenario(sweeper: httpx.Client, single: httpx.Client, config: dict[str, Any]
     waits = [round(seconds(job["created_at"], job["started_at"]), 1) for job in jobs]
     return {"run_s": round(run_s, 1), "single_waits_s": waits,
             "single_waits_runs": [round(wait / run_s, 2) for wait in waits],
-            "sweep_runs_started_before_last_single": sum(c["started_at"] < jobs[-1]["started_at"] for c in children)}
+            "sweep_runs_started_before_last_single": sum(c["started_at"] < jobs[-1]["started_at"]
+                                                         for c in children)}
 
 
 def token(env: dict[str, str], name: str) -> str:
-    made = subprocess.run([sys.executable, "-m", "sagan_core.cli", "token", "create", "--name", name], env=env,
-                          capture_output=True, text=True, check=True)
+    made = subprocess.run([sys.executable, "-m", "sagan_core.cli", "token", "create", "--name", name],
+                          env=env, capture_output=True, text=True, check=True)
     return made.stdout.strip()
 
 
@@ -74,7 +75,8 @@ def main() -> None:
               "sample_every": args.steps, "checkpoint_every": args.steps, "num_workers": 0}
     temp = Path(tempfile.mkdtemp(prefix="fair"))
     with throwaway_schema() as database_url:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGAN_HOME": str(temp / "home"), "SAGAN_BROKER_URL": REDIS,
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGAN_HOME": str(temp / "home"),
+               "SAGAN_BROKER_URL": REDIS,
                "SAGAN_ARTIFACTS_URL": (temp / "artifacts").as_uri(), "SAGAN_DATABASE_URL": database_url}
         sagan = [sys.executable, "-m", "sagan_core.cli"]
         port = free_port()
@@ -85,7 +87,8 @@ def main() -> None:
             alice, bob = (httpx.Client(base_url=url, timeout=30,
                                        headers={"Authorization": f"Bearer {token(env, name)}"})
                           for name in ("alice", "bob"))
-            processes += [start([*sagan, "worker", "--queues", "cpu", *flags], env, temp / f"worker-{index}.log")
+            processes += [start([*sagan, "worker", "--queues", "cpu", *flags], env,
+                                temp / f"worker-{index}.log")
                           for index, flags in enumerate(([], ["--no-reaper"]))]
             result = {"two_owners": scenario(alice, bob, config, args.sweep_runs),
                       "one_owner": scenario(alice, alice, config, args.sweep_runs)}

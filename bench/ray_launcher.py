@@ -75,7 +75,8 @@ def measure(args: argparse.Namespace, temp: Path, database_url: str) -> dict[str
                         str(ray_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
                         "--include-dashboard", "true", "--temp-dir", str(temp / "t")], env, temp / "ray.log")]
     try:
-        wait_until(lambda: httpx.get(f"{env['SAGAN_RAY_ADDRESS']}/api/version").status_code == 200, 120, "Ray")
+        wait_until(lambda: httpx.get(f"{env['SAGAN_RAY_ADDRESS']}/api/version").status_code == 200, 120,
+                   "Ray")
         processes.append(start([*sagan, "api", "--port", str(api_port)], env, temp / "api.log"))
         client = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
         wait_until(lambda: client.get("/healthz").status_code == 200, 120, "the API")
@@ -83,9 +84,10 @@ def measure(args: argparse.Namespace, temp: Path, database_url: str) -> dict[str
                                temp / "worker-local.log"))
         processes.append(start([*sagan, "worker", "--queues", "ray", "--no-reaper"],
                                {**env, "SAGAN_LAUNCHER": "ray"}, temp / "worker-ray.log"))
-        base = {"preset": "seed64", "dataset": "synthetic:512", "device": "cpu", "batch_size": args.batch_size,
-                "steps": args.steps, "log_every": 1, "sample_every": args.steps, "checkpoint_every": args.steps,
-                "num_workers": 0}
+        base = {"preset": "seed64", "dataset": "synthetic:512", "device": "cpu",
+                "batch_size": args.batch_size,
+                "steps": args.steps, "log_every": 1, "sample_every": args.steps,
+                "checkpoint_every": args.steps, "num_workers": 0}
         arms = {"torchrun": {**base, "nproc": 2}, "ray": {**base, "nodes": 2, "nproc": 1}}
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
         for _ in range(args.pairs):

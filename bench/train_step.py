@@ -66,7 +66,8 @@ def make_bench_config(args: argparse.Namespace, batch_size: int, variant: dict[s
 def _step_fn(config: TrainConfig) -> Callable[[], object]:
     ctx = init_distributed(config.device)
     # Labelled images for a conditional model: shapes' 3 classes are valid labels of any num_classes >= 3. The
-    # trainer refuses a model with more classes than its data (with_classes); timing a step needs no such check.
+    # trainer refuses a model with more classes than its data (with_classes); timing a step needs no such
+    # check.
     dataset = build_dataset("shapes:1024" if config.num_classes else "synthetic:1024", config.imsize)
     state = build_state(config if config.num_classes else with_classes(config, dataset), ctx, len(dataset))
     batches = real_batches(dataset, state)
@@ -146,12 +147,16 @@ def main() -> None:
     parser.add_argument("--amp", default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--variants", help=f"comma-separated, from {', '.join(VARIANTS)} (replaces the three above)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classes of a preset with num_classes null")
+    parser.add_argument("--variants",
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (replaces the three above)")
+    parser.add_argument("--num-classes", type=int, default=1000,
+                        help="classes of a preset with num_classes null")
     parser.add_argument("--override", type=_override, action="append", default=[], metavar="FIELD=VALUE",
                         help="any further config field (e.g. g_conv_dim=8 for a tiny smoke run)")
-    parser.add_argument("--flops", action="store_true", help="count one step's FLOPs (flop_counter) per batch size")
-    parser.add_argument("--peak-tflops", type=float, help="the card's peak dense TFLOP/s, for model-FLOPs utilisation")
+    parser.add_argument("--flops", action="store_true",
+                        help="count one step's FLOPs (flop_counter) per batch size")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the card's peak dense TFLOP/s, for model-FLOPs utilisation")
     parser.add_argument("--reference", type=Path, help="checkout of heykeetae/Self-Attention-GAN")
     args = parser.parse_args()
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

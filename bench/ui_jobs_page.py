@@ -77,7 +77,8 @@ def seed(count: int, env: dict[str, str]) -> None:
             status = STATUSES[index % len(STATUSES)]
             job_id = new_job_id()
             if index % 10 == 9 and trained is not None:  # every tenth: a sample job from a training job
-                session.add(Job(id=job_id, kind="sample", status=status, queue="cpu", max_attempts=3, attempt=1,
+                session.add(Job(id=job_id, kind="sample", status=status, queue="cpu", max_attempts=3,
+                                attempt=1,
                                 spec={"job_id": trained, "step": 10_000, "n": 64, "seed": 0}, step=0))
                 if status == "succeeded":
                     store.put_bytes(key := sample_key(job_id, 10_000), png)
@@ -101,8 +102,8 @@ def seed(count: int, env: dict[str, str]) -> None:
 
 def summary(values: list[float]) -> dict[str, float]:
     values = sorted(values)
-    return {"median": round(statistics.median(values), 1), "p90": round(values[int(0.9 * (len(values) - 1))], 1),
-            "max": round(values[-1], 1)}
+    return {"median": round(statistics.median(values), 1),
+            "p90": round(values[int(0.9 * (len(values) - 1))], 1), "max": round(values[-1], 1)}
 
 
 def has_grid(job: dict) -> bool:
@@ -118,7 +119,8 @@ def browser_loads(base_url: str, loads: int) -> dict[str, dict[str, float]]:
 
     filled = "performance.getEntriesByName('jobs-table-filled')[0].startTime"
     # Every thumbnail is shown: one per job on the page that has a grid by now.
-    expected = sum(has_grid(job) for job in httpx.get(f"{base_url}/jobs", params={"limit": 50}).json()["items"])
+    expected = sum(has_grid(job)
+                   for job in httpx.get(f"{base_url}/jobs", params={"limit": 50}).json()["items"])
     thumbnails = f"() => document.querySelectorAll('img.thumb[src]').length >= {expected}"
     results: dict[str, list[float]] = {"cold": [], "warm": [], "thumbnails_cold": []}
     with sync_playwright() as playwright:
@@ -163,7 +165,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--loads", type=int, default=20)
-    parser.add_argument("--postgres", action="store_true", help=f"a throwaway schema in {PG} instead of SQLite")
+    parser.add_argument("--postgres", action="store_true",
+                        help=f"a throwaway schema in {PG} instead of SQLite")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sagan-ui-bench-") as tmp:
         env = {"SAGAN_HOME": tmp}
@@ -181,7 +184,8 @@ def main() -> int:
             seed(args.jobs, env)
             port = free_port()
             base_url = f"http://127.0.0.1:{port}"
-            # Page speed, not auth: the browser here holds no token (bench/api_latency.py measures with tokens).
+            # Page speed, not auth: the browser here holds no token (bench/api_latency.py measures with
+            # tokens).
             child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "SAGAN_AUTH": "none"}
             api = subprocess.Popen([sys.executable, "-m", "sagan_core.cli", "api", "--port", str(port)],
                                    env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -195,7 +199,8 @@ def main() -> int:
                         raise
                     time.sleep(0.2)
             http_loads(base_url, 3)  # warm-up: the API's first requests read and gzip the static files
-            result = {"bench": "ui_jobs_page", "jobs": args.jobs, "database": "postgres" if schema else "sqlite",
+            result = {"bench": "ui_jobs_page", "jobs": args.jobs,
+                      "database": "postgres" if schema else "sqlite",
                       "loads": args.loads, "page_rows": 50, "http_ms": http_loads(base_url, args.loads),
                       **{f"{name}_ms": value for name, value in browser_loads(base_url, args.loads).items()}}
         finally:

@@ -98,7 +98,8 @@ class SaganClient:
                     raise ClientError(error_message(response), response.status_code)
                 yield from response.iter_raw()
         except httpx.HTTPError as error:
-            raise ClientError(f"the stream from {self.url} broke off: {error or type(error).__name__}") from None
+            raise ClientError(f"the stream from {self.url} broke off: "
+                              f"{error or type(error).__name__}") from None
 
     def _absolute(self, path_or_url: str) -> str:
         return path_or_url if "://" in path_or_url else self.url + path_or_url

@@ -25,7 +25,7 @@ from .jobs import download, job_body, print_log, wait, write_job_report
 Command = Callable[[argparse.Namespace], int]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument("--url", help="the API's base URL (default $SAGAN_URL, else the `sagan login` file)")
     server.add_argument("--token", help="API token (default $SAGAN_TOKEN, else the `sagan login` file)")
@@ -55,11 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command.add_argument("id", help="job id")
         command.set_defaults(func=_guarded(func))
     logs = jobs.add_parser("logs", parents=[server], help="a job's log (-f: follow it while the job runs)",
-                           description="The latest attempt's log (trainer output and supervisor lines, secrets "
-                                       "redacted), or --attempt K's; with -f, new lines as they are written, "
-                                       "until the job ends.")
+                           description="The latest attempt's log (trainer output and supervisor lines, "
+                                       "secrets redacted), or --attempt K's; with -f, new lines as they are "
+                                       "written, until the job ends.")
     logs.add_argument("id", help="job id")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing new lines until the job ends")
     logs.add_argument("--attempt", type=int, metavar="K", help="an earlier attempt (default: the latest)")
     logs.set_defaults(func=_guarded(cmd_jobs_logs))
     waiting = jobs.add_parser("wait", parents=[server], help="follow a job until it ends; exit status 0 only "
@@ -118,18 +119,21 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_guarded(cmd_jobs_submit))
 
 
-def _add_shortcuts(jobs: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
-    """`sagan jobs sample|eval|report ID`: a sample or eval job of a training job, waited for, with its result;
-    a job's report page."""
-    sample = jobs.add_parser("sample", parents=[server], help="a grid of samples from a training job's checkpoint",
+def _add_shortcuts(jobs: argparse._SubParsersAction[argparse.ArgumentParser],
+                   server: argparse.ArgumentParser) -> None:
+    """`sagan jobs sample|eval|report ID`: a sample or eval job of a training job, waited for, with its
+    result; a job's report page."""
+    sample = jobs.add_parser("sample", parents=[server],
+                             help="a grid of samples from a training job's checkpoint",
                              description="Submit a sample job of training job ID, wait for it, and save its "
                                          "grid (as `sagan jobs submit --kind sample --source ID --wait`).")
     sample.add_argument("-n", type=int, default=64, help="images (default 64)")
     sample.add_argument("--out", type=Path, help="the grid's PNG (default ./<sample job id>.png)")
     evaluation = jobs.add_parser("eval", parents=[server], help="measure a training job's checkpoint",
-                                 description="Submit an eval job of training job ID, wait for it, and print its "
-                                             "metrics; unset --eval-* values are the training's.")
-    for parser, kind, fields in ((sample, "sample", ["seed"]), (evaluation, "eval", ["eval_dataset", "eval_metrics",
+                                 description="Submit an eval job of training job ID, wait for it, and print "
+                                             "its metrics; unset --eval-* values are the training's.")
+    for parser, kind, fields in ((sample, "sample", ["seed"]),
+                                 (evaluation, "eval", ["eval_dataset", "eval_metrics",
                                                                                       "eval_n"])):
         parser.add_argument("source", metavar="ID", help="the training job")
         parser.add_argument("--step", type=_checkpoint_step, metavar="STEP|latest|best",
@@ -137,7 +141,8 @@ def _add_shortcuts(jobs: argparse._SubParsersAction, server: argparse.ArgumentPa
         add_config_flags(parser, fields, title="as in `sagan train`")
         _add_interval(parser)
         parser.set_defaults(func=_guarded(cmd_jobs_shortcut), kind=kind, config=None, set=None, priority=None)
-    report = jobs.add_parser("report", parents=[server], help="a job's HTML report (a sweep's comparison, or one "
+    report = jobs.add_parser("report", parents=[server],
+                             help="a job's HTML report (a sweep's comparison, or one "
                                                               "training's curves, grids and evaluations)")
     report.add_argument("id", help="job id")
     report.add_argument("--out", type=Path, help="the page (default ./<id>-report.html)")
@@ -238,9 +243,11 @@ def cmd_jobs_shortcut(args: argparse.Namespace) -> int:
         print(job["id"], file=sys.stderr, flush=True)
         job = wait(client, job["id"], args.interval)
         if job["status"] != "succeeded":
-            raise ClientError(f"{args.kind} job {job['id']} {job['status']}: {job.get('error') or 'no error given'}")
+            raise ClientError(f"{args.kind} job {job['id']} {job['status']}: "
+                              f"{job.get('error') or 'no error given'}")
         if args.kind == "sample":
-            out = client.download(route("jobs", job["id"], "samples", "latest"), args.out or Path(f"{job['id']}.png"))
+            out = client.download(route("jobs", job["id"], "samples", "latest"),
+                                  args.out or Path(f"{job['id']}.png"))
             _output(args.json, {"job": job["id"], "file": str(out)}, str(out))
         else:
             _output(args.json, job, display.eval_text(job["latest_eval"]) or "no metrics")

@@ -44,7 +44,8 @@ def eta_seconds(job: dict[str, Any]) -> float | None:
     total, batch = job["progress"]["total_steps"], job["spec"].get("batch_size")
     if job["status"] != "running" or not speed or not total or not isinstance(batch, int):
         return None
-    return max(0, total - job["progress"]["step"]) * batch / speed
+    seconds: float = max(0, total - job["progress"]["step"]) * batch / speed
+    return seconds
 
 
 def progress_line(job: dict[str, Any]) -> str:
@@ -79,7 +80,8 @@ def job_facts(job: dict[str, Any]) -> str:
     """`sagan jobs show`: what the job page's summary says, one fact a line."""
     speed = (job.get("metrics") or {}).get("img_per_s")
     facts: list[tuple[str, Any]] = [
-        ("id", job["id"]), ("kind", job["kind"]), ("status", job["status"]), ("priority", job.get("priority")),
+        ("id", job["id"]), ("kind", job["kind"]), ("status", job["status"]),
+                                    ("priority", job.get("priority")),
         ("progress", progress_text(job) or None),
         # A sweep's attempts are its children's.
         ("attempt", None if job["kind"] == "sweep" else f"{job['attempt']} of {job['max_attempts']}"),

@@ -89,7 +89,7 @@ def wait(client: SaganClient, job_id: str, interval: float, out: TextIO = sys.st
     live = out.isatty()
     while True:
         try:
-            job = client.get(route("jobs", job_id))
+            job: dict[str, Any] = client.get(route("jobs", job_id))
             outage_since = None
         except ClientError as error:
             if not error.transient or shown is None:  # a wrong URL or id fails at once
@@ -125,12 +125,15 @@ def checkpoint_step(job: dict[str, Any], which: str) -> int | None:
     (yet), which downloads the rest."""
     if which == "none":
         return None
+    step: int | None  # the API's JSON
     if which == "latest":
-        return job.get("latest_checkpoint_step")
+        step = job.get("latest_checkpoint_step")
+        return step
     if which == "best":
         if not job.get("best_eval"):
             raise ClientError(f"job {job['id']} has no evaluation, so no best checkpoint (set eval_every)")
-        return job["best_eval"]["step"]
+        step = job["best_eval"]["step"]
+        return step
     try:
         return int(which)
     except ValueError:
@@ -141,8 +144,8 @@ def download(client: SaganClient, job: dict[str, Any], out: Path, checkpoint: st
     """The job's record (job.json), its config (config.json, as `sagan train` writes it), metrics.jsonl,
     evals.jsonl, its sample grids, TensorBoard event files, one checkpoint and a sweep's report: `sagan sample
     --checkpoint OUT` and `sagan report OUT` read the folder as a run. A sweep's children go into
-    `OUT/<arm>-s<seed>/` each (as `sagan sweep` lays them out), so `tensorboard --logdir OUT` shows one run per
-    arm and seed."""
+    `OUT/<arm>-s<seed>/` each (as `sagan sweep` lays them out), so `tensorboard --logdir OUT` shows one run
+    per arm and seed."""
     job_id = job["id"]
     step = checkpoint_step(job, checkpoint) if job["kind"] == "train" else None
     out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
 """Attention maps, as in the SAGAN paper's Figures 1 and 5: for a query point of an image, the weight each
 attention layer gives every key position.
 
-capture() runs G on z_i of (seed, index) (the image `sagan sample --out-dir --seed S` writes as i) and D on that
-image, or D alone on a real image, and keeps each attention layer's full softmax(q kᵀ) (every query's weights
-over every key) while the layers run unchanged (sagan_core.layers.recording_attention). query_map() picks one
-query's row; render_png() draws the figure; to_npz()/from_npz() store a capture, so the job service computes
-each (checkpoint, seed, index) once and answers every later query point from the file.
+capture() runs G on z_i of (seed, index) (the image `sagan sample --out-dir --seed S` writes as i) and D on
+that image, or D alone on a real image, and keeps each attention layer's full softmax(q kᵀ) (every query's
+weights over every key) while the layers run unchanged (sagan_core.layers.recording_attention). query_map()
+picks one query's row; render_png() draws the figure; to_npz()/from_npz() store a capture, so the job service
+computes each (checkpoint, seed, index) once and answers every later query point from the file.
 
 Layers are named `g.attn<size>` / `d.attn<size>`: network and the feature-map size the layer runs at, as the
 attention gammas of the DCGAN models are logged. A query (y, x) in image pixels falls in feature position
@@ -78,7 +78,8 @@ class AttentionCapture:
         return chosen
 
 
-# ---- capturing (torch) ------------------------------------------------------------------------------------------
+# ---- capturing (torch)
+# ------------------------------------------------------------------------------------------
 
 
 def capture(model: LoadedModel, *, seed: int = 0, index: int = 0, label: int | None = None,
@@ -131,8 +132,8 @@ def _run(network: nn.Module, prefix: str, into: list[LayerAttention], *inputs: t
 
 
 def _real_image(path: Path, imsize: int, resize_mode: str) -> torch.Tensor:
-    """A real image as D sees it in training: square by resize_mode (crop: the centred square), imsize x imsize,
-    in [-1, 1], (1, 3, S, S)."""
+    """A real image as D sees it in training: square by resize_mode (crop: the centred square), imsize x
+    imsize, in [-1, 1], (1, 3, S, S)."""
     import torch
 
     with Image.open(path) as opened:
@@ -141,44 +142,52 @@ def _real_image(path: Path, imsize: int, resize_mode: str) -> torch.Tensor:
         side = min(picture.size)
         left, top = (picture.width - side) // 2, (picture.height - side) // 2
         picture = picture.crop((left, top, left + side, top + side))
-    array = np.asarray(picture.resize((imsize, imsize), Image.BICUBIC), dtype=np.float32)
+    array = np.asarray(picture.resize((imsize, imsize), Image.Resampling.BICUBIC), dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).div(127.5).sub(1)
 
 
-# ---- storing a capture (numpy only) ------------------------------------------------------------------------------
+# ---- storing a capture (numpy only)
+# ------------------------------------------------------------------------------
 
 
 def to_npz(captured: AttentionCapture) -> bytes:
     """The capture as an .npz: the image, each layer's weights (float16: a row sums to 1 within 1e-3, and a
     64x64 seed-form layer takes 32 MB instead of 64) and a JSON description of the layers."""
     meta = {"label": captured.label,
-            "layers": [{"name": layer.name, "form": layer.form, "grid": layer.grid, "key_grid": layer.key_grid}
+            "layers": [{"name": layer.name, "form": layer.form, "grid": layer.grid,
+                        "key_grid": layer.key_grid}
                        for layer in captured.layers]}
     arrays = {f"weights{i}": layer.weights.astype(np.float16) for i, layer in enumerate(captured.layers)}
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, image=captured.image, meta=np.array(json.dumps(meta)), **arrays)
+    # numpy's stub lets **arrays fill the bool allow_pickle, hence the ignore
+    np.savez_compressed(buffer, image=captured.image, meta=np.array(json.dumps(meta)),
+                        **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
 def from_npz(data: bytes) -> AttentionCapture:
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         meta = json.loads(str(arrays["meta"]))
-        layers = tuple(LayerAttention(item["name"], item["form"], tuple(item["grid"]), tuple(item["key_grid"]),
+        layers = tuple(LayerAttention(item["name"], item["form"], tuple(item["grid"]),
+                                      tuple(item["key_grid"]),
                                       arrays[f"weights{i}"]) for i, item in enumerate(meta["layers"]))
         return AttentionCapture(image=arrays["image"], layers=layers, label=meta["label"])
 
 
-# ---- the maps as data and as a figure (numpy, PIL) -----------------------------------------------------------
+# ---- the maps as data and as a figure (numpy, PIL)
+# -----------------------------------------------------------
 
 
-def maps_json(captured: AttentionCapture, queries: list[tuple[int, int]], layer: str | None = None) -> dict[str, Any]:
+def maps_json(captured: AttentionCapture, queries: list[tuple[int, int]],
+              layer: str | None = None) -> dict[str, Any]:
     """The raw maps: for each query, each layer's weights over its key grid (rows of the key grid)."""
     chosen = captured.select(layer)
     return {"imsize": captured.imsize, "label": captured.label,
             "upsampling": "nearest: each key's weight covers the image pixels of its feature cell "
                           "(pooled form: of its 2x2 block of cells)",
             "queries": [{"y": y, "x": x, "layers": [
-                {"name": item.name, "form": item.form, "grid": list(item.grid), "key_grid": list(item.key_grid),
+                {"name": item.name, "form": item.form, "grid": list(item.grid),
+                 "key_grid": list(item.key_grid),
                  "weights": item.query_map(y, x, captured.imsize).round(6).tolist()} for item in chosen]}
                 for y, x in queries]}
 
@@ -212,7 +221,8 @@ def render_png(captured: AttentionCapture, queries: list[tuple[int, int]], layer
 
 
 def _upsample(weights: np.ndarray, side: int) -> np.ndarray:
-    """Nearest neighbour to (side, side): each key's weight over the pixels its cell (or pooled block) covers."""
+    """Nearest neighbour to (side, side): each key's weight over the pixels its cell (or pooled block)
+    covers."""
     kh, kw = weights.shape
     rows = np.arange(side) * kh // side
     cols = np.arange(side) * kw // side

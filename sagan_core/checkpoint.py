@@ -14,7 +14,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ FORMAT_VERSION = 1
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    # the legacy tuple (name, keys, pos, has_gauss, cached_gaussian); numpy's stub also allows the dict form
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -82,7 +83,8 @@ def prune_checkpoints(run_dir: Path, keep: int, *, hold_untaken: bool = False) -
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict. `path` is a .pt file, a run directory (its latest), `RUN:STEP` or `RUN:best`."""
+    """The raw checkpoint dict. `path` is a .pt file, a run directory (its latest), `RUN:STEP` or
+    `RUN:best`."""
     path = resolve_checkpoint(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")

@@ -1,4 +1,5 @@
-"""The `sagan` command: train, sample, attention, eval, stats, sweep, study, report, data pack, import-checkpoint.
+"""The `sagan` command: train, sample, attention, eval, stats, sweep, study, report, data pack,
+import-checkpoint.
 
 Other packages add subcommands (the service adds api, worker, up, db) through the entry-point
 group `sagan.commands`: each entry point is a `register(subparsers)` callable. This keeps the
@@ -39,8 +40,9 @@ ENTRY_POINT_GROUP = "sagan.commands"
 # says which extra it needs, in one line (main), instead of a traceback.
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "torchvision", "torch_fidelity", "tensorboard", "lmdb", "tqdm"), "worker"),
-    **dict.fromkeys(("fastapi", "uvicorn", "sqlalchemy", "alembic", "psycopg", "celery", "kombu", "redis",
-                     "boto3", "botocore", "jinja2", "prometheus_client", "numpy", "PIL", "matplotlib"), "api"),
+    **dict.fromkeys(("fastapi", "uvicorn", "sqlalchemy", "alembic", "psycopg", "celery", "kombu",
+                     "redis", "boto3", "botocore", "jinja2", "prometheus_client", "numpy", "PIL",
+                     "matplotlib"), "api"),
 }
 
 
@@ -51,16 +53,18 @@ def extra_for(error: ModuleNotFoundError) -> str | None:
 
 def require_worker_extra() -> None:
     """For commands that train in child processes (`sagan worker`, `sagan up`): refuse at once, in main()'s
-    words, instead of failing each job later. Looks torch up without importing it (no CUDA in a Celery parent)."""
+    words, instead of failing each job later. Looks torch up without importing it (no CUDA in a Celery
+    parent)."""
     if importlib.util.find_spec("torch") is None:
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, fields: Iterable[str] | None = None,
-                     title: str = "config fields (override --preset and --config; defaults are seed64's)") -> None:
-    """One kebab-case flag per TrainConfig field (or per one of `fields`), its help from the field; unset flags
-    stay out of the namespace. Values are read by config.parse_flag and validated by build_config, like a
-    file's."""
+                     title: str = "config fields (override --preset and --config; defaults are "
+                                  "seed64's)") -> None:
+    """One kebab-case flag per TrainConfig field (or per one of `fields`), its help from the field; unset
+    flags stay out of the namespace. Values are read by config.parse_flag and validated by build_config, like
+    a file's."""
     group = parser.add_argument_group(title)
     for name in fields or FIELDS:
         field = FIELDS[name]
@@ -82,7 +86,8 @@ def _metavar(name: str) -> str:
 
 
 def _field_help(name: str) -> str:
-    """The field's description, default and allowed range, e.g. '... (default: 100000; 1 <= x <= 2147483647)'."""
+    """The field's description, default and allowed range, e.g. '... (default: 100000; 1 <= x <=
+    2147483647)'."""
     field, schema = FIELDS[name], _field_schema(name)
     low = schema.get("minimum", schema.get("exclusiveMinimum"))
     high = schema.get("maximum", schema.get("exclusiveMaximum"))
@@ -135,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    if init_from is not None and latest_checkpoint(out) is None:  # a rerun resumes its own checkpoints instead
+    # a rerun resumes its own checkpoints instead
+    if init_from is not None and latest_checkpoint(out) is None:
         from .checkpoint import adopt_checkpoint
 
         adopt_checkpoint(init_from, int(source["step"]), out)
@@ -169,18 +175,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from .latent_walk import sample_walk
 
         if args.out_dir is not None or args.npz is not None or args.per_class is not None:
-            raise ValueError("--interpolate writes one walk to -o: use it without --out-dir, --npz and --per-class")
+            raise ValueError("--interpolate writes one walk to -o: use it without --out-dir, --npz and "
+                             "--per-class")
         print(sample_walk(args.checkpoint, args.output or Path("walk.gif"), seeds=args.interpolate,
-                          frames=args.frames, truncation=args.truncation, classes=args.classes, device=args.device,
-                          standing_stats=args.standing_stats))
+                          frames=args.frames, truncation=args.truncation, classes=args.classes,
+                          device=args.device, standing_stats=args.standing_stats))
         return 0
     if args.out_dir is not None:
         if args.npz is not None:
             raise ValueError("--npz holds every image in memory: use it without --out-dir")
         if args.truncation is not None:
-            raise ValueError("--truncation applies to a grid (-o) or a walk (--interpolate), not to --out-dir")
+            raise ValueError("--truncation applies to a grid (-o) or a walk (--interpolate), not to "
+                             "--out-dir")
         print(sample_to_dir(args.checkpoint, args.out_dir, n=args.n, seed=args.seed, device=args.device,
-                            classes=args.classes, per_class=args.per_class, standing_stats=args.standing_stats))
+                            classes=args.classes, per_class=args.per_class,
+                            standing_stats=args.standing_stats))
     if args.out_dir is None or args.output is not None:
         print(sample_to_png(args.checkpoint, args.output or Path("samples.png"), n=args.n, seed=args.seed,
                             npz=args.npz, device=args.device, classes=args.classes, per_class=args.per_class,
@@ -221,7 +230,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
                     center_crop=args.center_crop, resize_mode=args.resize_mode, batch_size=args.batch_size,
                     num_workers=args.num_workers, stream=args.stream)
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=pick_device(args.device))
-    evaluator = Evaluator(plan, ctx, cache=StatsCache(args.stats_cache), inception_weights=args.inception_weights)
+    evaluator = Evaluator(plan, ctx, cache=StatsCache(args.stats_cache),
+                          inception_weights=args.inception_weights)
     real, status = evaluator.real_statistics()
     print(json.dumps({"dataset": args.dataset, "imsize": args.imsize, "resize_mode": args.resize_mode,
                       "n": real.count, "cache": status,
@@ -242,24 +252,26 @@ def _metric_list(text: str) -> list[str]:
 
 def _add_standing_stats_option(parser: argparse.ArgumentParser, batch: str) -> None:
     parser.add_argument("--standing-stats", type=int, default=0, metavar="K",
-                        help="BatchNorm standing statistics (BigGAN): re-estimate G's BatchNorm statistics over K "
-                             f"batches of {batch} in train mode, then sample in eval mode; 0 = off (the "
-                             "running statistics)")
+                        help="BatchNorm standing statistics (BigGAN): re-estimate G's BatchNorm statistics "
+                             f"over K batches of {batch} in train mode, then sample in eval mode; 0 = off "
+                             "(the running statistics)")
 
 
 def _add_eval_options(parser: argparse.ArgumentParser, stream: str) -> None:
     """Options that `sagan eval` and `sagan stats` share; `stream` is the default sample."""
     parser.add_argument("--stream", choices=["held-out", "selection"], default=stream,
-                        help="which sample: held-out (other z and real images than training evaluations pick the "
-                             f"best checkpoint by) or selection (theirs); default {stream}")
+                        help="which sample: held-out (other z and real images than training evaluations pick "
+                             f"the best checkpoint by) or selection (theirs); default {stream}")
     parser.add_argument("--batch-size", type=int, default=64, help="images per generator/feature batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loader workers for the real images")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--inception-weights", metavar="PATH",
                         help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth), checked by "
-                             "sha256; default $SAGAN_INCEPTION_WEIGHTS; 'random' = random weights (timing only)")
+                             "sha256; default $SAGAN_INCEPTION_WEIGHTS; 'random' = random weights (timing "
+                             "only)")
     parser.add_argument("--stats-cache", type=Path, metavar="DIR",
-                        help="folder of cached real statistics (default $SAGAN_STATS_CACHE or ~/.cache/sagan/stats)")
+                        help="folder of cached real statistics (default $SAGAN_STATS_CACHE or "
+                             "~/.cache/sagan/stats)")
 
 
 def cmd_study_list(_args: argparse.Namespace) -> int:
@@ -289,7 +301,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.study is None and arms is None and axes is None:
         raise ValueError("give --study, --arms or --axis")
     seeds = args.seeds if args.seeds is not None else [getattr(args, "seed", 0)]
-    runs = expand_sweep(base=base, axes=axes, arms=arms, study=args.study, seeds=seeds, max_arms=args.max_arms)
+    runs = expand_sweep(base=base, axes=axes, arms=arms, study=args.study, seeds=seeds,
+                        max_arms=args.max_arms)
     print(f"{len(runs)} runs into {args.out}: " + ", ".join(run.name for run in runs), flush=True)
     statuses = run_sweep(runs, args.out, parallel=args.parallel, log=lambda line: print(line, flush=True))
     failed = sorted(name for name, code in statuses.items() if code != 0)
@@ -326,7 +339,8 @@ def add_sweep_flags(group: Any, *, studies: str) -> None:
                       help="YAML/JSON file with `arms: [{name: ..., config: {...}}, ...]`")
     form.add_argument("--axis", type=_axis, action="append", metavar="FIELD=V1,V2",
                       help="a grid axis (repeat for more; a list field's values are separated by ';')")
-    group.add_argument("--seeds", type=_seed_list, metavar="S1,S2", help="seeds of every arm (default: --seed or 0)")
+    group.add_argument("--seeds", type=_seed_list, metavar="S1,S2",
+                       help="seeds of every arm (default: --seed or 0)")
 
 
 def _seed_list(text: str) -> list[int]:
@@ -396,8 +410,11 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
     from .packed import pack, packed_size, upload
 
     remote = args.out.startswith("s3://")
-    # An S3 target is packed in a local folder first (beside nothing: a temp folder), then uploaded, index last.
-    with tempfile.TemporaryDirectory(prefix="sagan-pack-") if remote else contextlib.nullcontext(args.out) as folder:
+    # An S3 target is packed in a local folder first (beside nothing: a temp folder), then uploaded, index
+    # last.
+    staging = (tempfile.TemporaryDirectory(prefix="sagan-pack-") if remote
+               else contextlib.nullcontext(args.out))
+    with staging as folder:
         with tqdm(total=None, unit="img", desc=f"packing {args.spec}", disable=args.quiet) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
@@ -409,8 +426,8 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
         if remote:
             upload(Path(folder), args.out)
     print(json.dumps({"out": args.out, "count": index["count"], "imsize": index["imsize"],
-                      "classes": index["class_names"], "shards": len(index["shards"]), "bytes": packed_size(index),
-                      "bad_images": index["bad_images"]}), flush=True)
+                      "classes": index["class_names"], "shards": len(index["shards"]),
+                      "bytes": packed_size(index), "bad_images": index["bad_images"]}), flush=True)
     return 0
 
 
@@ -425,10 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("runs/sagan"), help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     train.add_argument("--init-from", metavar="RUN[:STEP|:best]",
-                       help="continue another run: start from its checkpoint (latest unless named) and its config, "
-                            "with --steps (the new total) and what else a continued run may change (learning rates, "
-                            "EMA, evaluation, cadence, devices); the run's own checkpoints, once it has some, come "
-                            "first")
+                       help="continue another run: start from its checkpoint (latest unless named) and its "
+                            "config, with --steps (the new total) and what else a continued run may change "
+                            "(learning rates, EMA, evaluation, cadence, devices); the run's own checkpoints, "
+                            "once it has some, come first")
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -437,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=int, default=64, help="number of images")
     sample.add_argument("-o", "--output", type=Path,
                         help="grid PNG path (default samples.png, or none with --out-dir)")
-    sample.add_argument("--out-dir", type=Path, help="write each image as DIR/<i>.png instead, batch by batch "
+    sample.add_argument("--out-dir", type=Path,
+                        help="write each image as DIR/<i>.png instead, batch by batch "
                                                      "(bounded memory for any -n; image i uses the z an "
                                                      "evaluation with this --seed gives sample i)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
@@ -445,15 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--classes", type=_class_list, metavar="C1,C2,...",
                         help="conditional models: one grid row per listed class (instead of -n)")
     sample.add_argument("--per-class", type=int, metavar="K",
-                        help="conditional models: K images of each class, all classes unless --classes (default 8)")
+                        help="conditional models: K images of each class, all classes unless --classes "
+                             "(default 8)")
     sample.add_argument("--truncation", type=float, metavar="PSI",
-                        help="BigGAN's truncation trick: every z entry above PSI in magnitude is drawn again (a "
-                             "smaller PSI gives more typical, less varied images)")
+                        help="BigGAN's truncation trick: every z entry above PSI in magnitude is drawn again "
+                             "(a smaller PSI gives more typical, less varied images)")
     sample.add_argument("--interpolate", type=_seed_pair, metavar="A,B",
-                        help="a latent walk from the z of seed A to seed B's (conditional models: from the first of "
-                             "--classes to the last, default class 0), as an animated GIF if -o ends in .gif "
-                             "(default walk.gif), else a PNG strip")
-    sample.add_argument("--frames", type=int, default=16, metavar="K", help="frames of --interpolate (default 16)")
+                        help="a latent walk from the z of seed A to seed B's (conditional models: from the "
+                             "first of --classes to the last, default class 0), as an animated GIF if -o "
+                             "ends in .gif (default walk.gif), else a PNG strip")
+    sample.add_argument("--frames", type=int, default=16, metavar="K",
+                        help="frames of --interpolate (default 16)")
     sample.add_argument("--device", default="cpu", help="cpu or cuda")
     _add_standing_stats_option(sample, "the checkpoint's batch_size")
     sample.set_defaults(func=cmd_sample)
@@ -467,8 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", type=_metric_list, help="comma-separated: fid,kid,is,pr,swd")
     evaluate.add_argument("-n", "--n", type=int, help="number of samples (and real images)")
     evaluate.add_argument("--seed", type=int, help="noise seed (default: the run's seed, as its evaluations)")
-    evaluate.add_argument("--evals", type=Path, help="JSONL file to append to (default: the run's evals.jsonl)")
-    evaluate.add_argument("--checkpoint-name", help="what the record calls the checkpoint (default: its path); "
+    evaluate.add_argument("--evals", type=Path,
+                          help="JSONL file to append to (default: the run's evals.jsonl)")
+    evaluate.add_argument("--checkpoint-name",
+                          help="what the record calls the checkpoint (default: its path); "
                                                     "the job service names the source job and step")
     _add_standing_stats_option(evaluate, "--batch-size")
     _add_eval_options(evaluate, "held-out")
@@ -480,10 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--imsize", type=int, required=True, choices=[32, 64, 128])
     stats.add_argument("--center-crop", type=int, help="centre crop in source pixels before resizing")
     stats.add_argument("--resize-mode", choices=get_args(ResizeMode), default="squash",
-                       help="as the runs' resize_mode: crop (the paper128 and resnet presets) or squash (default)")
+                       help="as the runs' resize_mode: crop (the paper128 and resnet presets) or squash "
+                            "(default)")
     stats.add_argument("-n", "--n", type=int, default=50_000, help="real images (default 50000, or all)")
     stats.add_argument("--metrics", type=_metric_list, default=["fid", "swd"],
-                       help="whose statistics: any Inception metric (fid,kid,is,pr share one entry) and/or swd")
+                       help="whose statistics: any Inception metric (fid,kid,is,pr share one entry) and/or "
+                            "swd")
     _add_eval_options(stats, "selection")
     stats.set_defaults(func=cmd_stats)
 
@@ -497,38 +521,45 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--base", help="base preset (default: the study's, else seed64)")
     sweep.add_argument("--out", type=Path, required=True, help="folder of the runs")
     sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="trainings at a time (default 1)")
-    sweep.add_argument("--max-arms", type=int, default=64, metavar="N", help="most runs (arms x seeds), default 64")
+    sweep.add_argument("--max-arms", type=int, default=64, metavar="N",
+                       help="most runs (arms x seeds), default 64")
     sweep.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     sweep.add_argument("--config", type=Path, help="YAML/JSON file of base config fields")
     add_config_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     study = commands.add_parser("study", help="the named studies").add_subparsers(dest="study_command",
-                                                                                  metavar="COMMAND", required=True)
-    study.add_parser("list", help="each study's question, base preset and arms").set_defaults(func=cmd_study_list)
+                                                                                  metavar="COMMAND",
+                                                                                  required=True)
+    study.add_parser("list",
+                     help="each study's question, base preset and arms").set_defaults(func=cmd_study_list)
 
     report = commands.add_parser("report", help="compare runs in one HTML page",
-                                 description="Write one self-contained HTML page comparing run directories (a "
-                                             "sweep's <arm>-s<seed> runs are grouped by arm) and a summary PNG "
-                                             "beside it.")
+                                 description="Write one self-contained HTML page comparing run directories "
+                                             "(a sweep's <arm>-s<seed> runs are grouped by arm) and a "
+                                             "summary PNG beside it.")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="run directories, or folders of them (a sweep's --out)")
-    report.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
+    report.add_argument("-o", "--output", type=Path, default=Path("report.html"),
+                        help="HTML file (default report.html)")
     report.add_argument("--title", help="the page's title")
     report.set_defaults(func=cmd_report)
 
-    data = commands.add_parser("data", help="prepare data sets").add_subparsers(dest="data_command", required=True)
+    data = commands.add_parser("data", help="prepare data sets").add_subparsers(dest="data_command",
+                                                                                required=True)
     packer = data.add_parser(
         "pack", help="pack a data set into shards of pre-resized images (fast to read, random access)",
-        description="Turn a data set spec into a packed set: uint8 shards at one image size, labels and an index "
-                    "(sagan_core/packed.py). Train on it with --dataset packed:OUT. Resumable: a rerun into the "
-                    "same folder keeps the shards already written. Unreadable images are skipped and listed.")
+        description="Turn a data set spec into a packed set: uint8 shards at one image size, labels and an "
+                    "index (sagan_core/packed.py). Train on it with --dataset packed:OUT. Resumable: a rerun "
+                    "into the same folder keeps the shards already written. Unreadable images are skipped "
+                    "and listed.")
     packer.add_argument("spec", help="the source data set spec (folder:, lsun:, cifar10:, shapes, ...)")
     packer.add_argument("--imsize", type=int, required=True, help="image size of the packed set")
     packer.add_argument("--resize-mode", choices=get_args(ResizeMode), default="squash",
                         help="as the runs' resize_mode (default squash)")
     packer.add_argument("--center-crop", type=int, help="centre crop in source pixels before resizing")
-    packer.add_argument("--out", required=True, help="a folder, or s3://bucket/prefix (AWS_ENDPOINT_URL and the "
+    packer.add_argument("--out", required=True,
+                        help="a folder, or s3://bucket/prefix (AWS_ENDPOINT_URL and the "
                                                      "usual AWS credentials variables apply)")
     packer.add_argument("--shard-mb", type=float, default=64, help="images per shard, in MB (default 64)")
     packer.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: this one)")
@@ -552,11 +583,13 @@ def build_parser() -> argparse.ArgumentParser:
     points = attention.add_mutually_exclusive_group()
     points.add_argument("--query", type=_point, metavar="Y,X", help="the query point, in image pixels")
     points.add_argument("--queries", type=_point, nargs="+", metavar="Y,X", help="several points: a row each")
-    attention.add_argument("--layer", metavar="NAME", help="only this layer (e.g. g.attn32; default: every one)")
+    attention.add_argument("--layer", metavar="NAME",
+                           help="only this layer (e.g. g.attn32; default: every one)")
     attention.add_argument("-o", "--output", type=Path, default=Path("attention.png"),
                            help="the figure (default attention.png)")
     attention.add_argument("--json", type=Path, help="also write the queries' raw maps as JSON here")
-    attention.add_argument("--npz", type=Path, help="write every query's weights of every layer here (what the "
+    attention.add_argument("--npz", type=Path,
+                           help="write every query's weights of every layer here (what the "
                                                     "job service caches)")
     attention.add_argument("--device", default="cpu", help="cpu or cuda")
     attention.set_defaults(func=cmd_attention)

@@ -46,7 +46,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's class-conditional ImageNet model as the official TensorFlow code builds and trains it:
     # residual G and D with pooled attention at 32x32, conditional BN and a projection D, batch 256 over
     # the ranks, Adam(0, 0.999). Classes come from the data set (1000 for ImageNet's folder layout).
-    "paper128": {"imsize": 128, "arch": "resnet", "attention": "pooled", "num_classes": None, "batch_size": 256,
+    "paper128": {"imsize": 128, "arch": "resnet", "attention": "pooled", "num_classes": None,
+                 "batch_size": 256,
                  "beta1": 0.0, "beta2": 0.999, "g_lr": 1e-4, "d_lr": 4e-4, "n_critic": 1, "loss": "hinge",
                  "bn_momentum": 0.001, "bn_momentum_final": 0.0001},
     # The same residual family at 64 (BigGAN-PyTorch's 64x64 widths) and 32 (the SNGAN CIFAR-10 ResNet widths:
@@ -61,8 +62,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "sample_every": 10, "checkpoint_every": 10, "num_workers": 0},
 }
 
-# The residual presets crop the largest centred square, as BigGAN, StudioGAN and the official ImageNet converter
-# do; the seed presets squash, as the reference's LSUN loader does (Resize((imsize, imsize))).
+# The residual presets crop the largest centred square, as BigGAN, StudioGAN and the official ImageNet
+# converter do; the seed presets squash, as the reference's LSUN loader does (Resize((imsize, imsize))).
 for _name in ("paper128", "resnet64", "resnet32"):
     PRESETS[_name]["resize_mode"] = "crop"
 
@@ -113,7 +114,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False,
                               title="TrainConfig", use_attribute_docstrings=True)
 
-    preset: PresetName = "seed64"
+    preset: PresetName = "seed64"  # type: ignore[valid-type]  # a Literal built from PRESETS at import
     """named starting point whose values replace these defaults: seed64 (the lab report), sagan32 and
     sagan128 (the same design at 32 and 128 pixels), paper128 (the paper's class-conditional residual model
     and the official code's settings), resnet32 and resnet64 (that residual family at 32 and 64 pixels),
@@ -127,8 +128,8 @@ class TrainConfig(BaseModel):
     """centre crop in source pixels before resizing (160 for aligned CelebA); null = none"""
     resize_mode: ResizeMode = "squash"
     """how a non-square image becomes square before resizing (after center_crop): crop (the largest centred
-    square, as BigGAN and the official ImageNet converter; the paper128 and resnet presets) | squash (the whole
-    image, distorted, as the reference's LSUN loader; the seed presets)"""
+    square, as BigGAN and the official ImageNet converter; the paper128 and resnet presets) | squash (the
+    whole image, distorted, as the reference's LSUN loader; the seed presets)"""
     shuffle: Literal["global", "blocks"] = "global"
     """order of the images in an epoch: global (a permutation of the whole set) | blocks (packed: and ds: sets
     only: the shards in a permuted order, the images shuffled within each 4 consecutive shards of it, so a
@@ -139,7 +140,8 @@ class TrainConfig(BaseModel):
     # Model
     arch: Literal["dcgan", "resnet"] = "dcgan"
     """network family: dcgan (the seed's transposed-conv design) | resnet (the paper's residual G and D with
-    conditional BN and a projection discriminator, as the official code; spectral norm and pooled attention)"""
+    conditional BN and a projection discriminator, as the official code; spectral norm and pooled
+    attention)"""
     num_classes: NonNegative | None = 0
     """classes of a conditional model (resnet only): 0 = unconditional; null = the training data set's number
     of classes (class sub-folders, CIFAR-10's labels, LSUN categories, shapes' kinds; 0 for unlabelled data),
@@ -173,13 +175,14 @@ class TrainConfig(BaseModel):
     d_norm: Norm = "spectral"
     """discriminator normalisation: spectral (the seed) | batch | none; resnet: spectral only"""
     attention: Literal["seed", "pooled"] = "seed"
-    """attention form: seed (C/8 query/key, C value) | pooled (the paper's official code; resnet: pooled only)"""
-    # Two fields, not one with a fixed ratio: the official values differ by 10x for no rule, and a saved config
-    # should state what each BatchNorm used.
+    """attention form: seed (C/8 query/key, C value) | pooled (the paper's official code; resnet: pooled
+    only)"""
+    # Two fields, not one with a fixed ratio: the official values differ by 10x for no rule, and a saved
+    # config should state what each BatchNorm used.
     bn_momentum: float = Field(0.1, gt=0.0, le=1.0)
-    """BatchNorm's running-statistics momentum, as torch's (running = (1 - m) running + m batch; 1 - TF's decay),
-    for every BatchNorm but the residual G's final one: 0.1 (torch's default) in the dcgan presets, the official
-    code's 0.001 (decay 0.999, its conditional BNs) in paper128 and resnet*"""
+    """BatchNorm's running-statistics momentum, as torch's (running = (1 - m) running + m batch; 1 - TF's
+    decay), for every BatchNorm but the residual G's final one: 0.1 (torch's default) in the dcgan presets,
+    the official code's 0.001 (decay 0.999, its conditional BNs) in paper128 and resnet*"""
     bn_momentum_final: float | None = Field(None, gt=0.0, le=1.0)
     """momentum of the residual G's final BatchNorm (before to_rgb); null = bn_momentum; paper128 and resnet*
     use the official code's 0.0001 (decay 0.9999)"""
@@ -238,8 +241,8 @@ class TrainConfig(BaseModel):
     eval_every: NonNegative = 0
     """steps between sample-quality evaluations written to evals.jsonl (and metrics.jsonl); 0 = off"""
     eval_metrics: list[EvalMetric] = Field(["swd"], min_length=1)
-    """metrics of each evaluation: fid, kid, is, pr (Inception, need SAGAN_INCEPTION_WEIGHTS), swd (no weights);
-    the first one picks the run's best checkpoint"""
+    """metrics of each evaluation: fid, kid, is, pr (Inception, need SAGAN_INCEPTION_WEIGHTS), swd (no
+    weights); the first one picks the run's best checkpoint"""
     eval_n: Count = 10_000
     """generated samples per evaluation, compared with as many real images"""
     eval_dataset: str | None = Field(None, max_length=4096)
@@ -300,11 +303,13 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.batch_size % (self.nproc * self.nodes):
-            over = f"nproc {self.nproc}" if self.nodes == 1 else f"nodes {self.nodes} x nproc {self.nproc} processes"
+            over = (f"nproc {self.nproc}" if self.nodes == 1
+                    else f"nodes {self.nodes} x nproc {self.nproc} processes")
             raise _FieldIssue("batch_size", f"{self.batch_size} does not divide evenly over {over}")
         packed = self.dataset.partition(":")[0] in ("packed", "ds")
         if self.shuffle == "blocks" and not packed:
-            raise _FieldIssue("shuffle", "blocks needs a packed data set (packed:PATH or ds:ID): other data sets "
+            raise _FieldIssue("shuffle",
+                              "blocks needs a packed data set (packed:PATH or ds:ID): other data sets "
                                          "have no shards")
         if packed and self.center_crop:
             raise _FieldIssue("center_crop", "a packed data set was cropped and resized when it was packed: "
@@ -316,7 +321,8 @@ class TrainConfig(BaseModel):
         elif self.num_classes:
             raise _FieldIssue("num_classes", "a conditional model needs arch resnet")
         if self.arch != "resnet" and (self.g_residual or self.d_residual):
-            raise _FieldIssue("g_residual" if self.g_residual else "d_residual", "residual blocks need arch resnet")
+            raise _FieldIssue("g_residual" if self.g_residual else "d_residual",
+                              "residual blocks need arch resnet")
         # dcgan is always unconditional, so there is nothing to take from the data set.
         placement: dict[str, Any] = {"num_classes": 0} if self.arch == "dcgan" else {}
         for name, allowed in (("g_attention", generator_resolutions(self.imsize, self.arch)),
@@ -339,7 +345,8 @@ class TrainConfig(BaseModel):
 
 
 def generator_resolutions(imsize: int, arch: str = "dcgan") -> list[int]:
-    """Feature-map sizes after each hidden generator block: dcgan 4, 8, ..., imsize/2; resnet 8, ..., imsize."""
+    """Feature-map sizes after each hidden generator block: dcgan 4, 8, ..., imsize/2; resnet 8, ...,
+    imsize."""
     if arch == "resnet":
         return [2**i for i in range(3, int(math.log2(imsize)) + 1)]
     return [2**i for i in range(2, int(math.log2(imsize)))]
@@ -373,8 +380,9 @@ FIELDS = TrainConfig.model_fields
 
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:
-    """Valid settings that the literature advises against, in plain words: the trainer prints them at the start
-    of its log and the job page shows them. Takes a config's mapping (TrainConfig.to_dict(), a job's spec)."""
+    """Valid settings that the literature advises against, in plain words: the trainer prints them at the
+    start of its log and the job page shows them. Takes a config's mapping (TrainConfig.to_dict(), a job's
+    spec)."""
     warnings = []
     if config.get("loss") == "wgan-gp" and config.get("d_norm") == "batch":
         warnings.append("loss wgan-gp with d_norm batch: the gradient penalty is defined per sample, and a "
@@ -401,9 +409,10 @@ def build_config(values: Mapping[str, Any]) -> TrainConfig:
         raise ConfigError([_issue(item) for item in error.errors()]) from None
 
 
-# What a continued run (`sagan train --init-from`, POST /jobs/{id}/continue) may set otherwise than the run whose
-# checkpoint it starts from: how long and how fast it trains, its EMA, evaluations and bookkeeping, and where it
-# runs. Every other field shapes the model, the data or the objective that checkpoint was trained with.
+# What a continued run (`sagan train --init-from`, POST /jobs/{id}/continue) may set otherwise than the run
+# whose checkpoint it starts from: how long and how fast it trains, its EMA, evaluations and bookkeeping, and
+# where it runs. Every other field shapes the model, the data or the objective that checkpoint was trained
+# with.
 CONTINUE_FIELDS = frozenset({
     "steps", "g_lr", "d_lr", "lr_decay", "lr_decay_every", "ema_decay", "ema_start",
     "eval_every", "eval_metrics", "eval_n", "eval_dataset",
@@ -418,10 +427,11 @@ def continued_config(source: Mapping[str, Any], changes: Mapping[str, Any], *, f
     CONTINUE_FIELDS, or leaves `steps` (the new total) not above `from_step`."""
     base = build_config(saved_config(source))
     config = build_config({**base.to_dict(), **changes})
-    fixed = [name for name in FIELDS if name not in CONTINUE_FIELDS and getattr(config, name) != getattr(base, name)]
+    fixed = [name for name in FIELDS if name not in CONTINUE_FIELDS
+             and getattr(config, name) != getattr(base, name)]
     if fixed:
-        why = ("cannot change when continuing a run: it shapes the model, data or objective its checkpoint was "
-               f"trained with (these may change: {', '.join(sorted(CONTINUE_FIELDS))})")
+        why = ("cannot change when continuing a run: it shapes the model, data or objective its checkpoint "
+               f"was trained with (these may change: {', '.join(sorted(CONTINUE_FIELDS))})")
         raise ConfigError([(name, why) for name in fixed])
     if config.steps <= from_step:
         why = f"{config.steps} is not above the checkpoint's step {from_step}: give the new total"

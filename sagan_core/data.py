@@ -3,8 +3,8 @@
 Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS[,CLASS...]` | `cifar10:PATH`. Every
 dataset yields float32 tensors of shape (3, imsize, imsize) in [-1, 1]; those with class labels also say
 `num_classes` (0 = unlabelled) and `label(i)`, item i's class, without decoding the image: shapes (its shape
-kind), a folder with one sub-folder per class (ImageNet's train layout), CIFAR-10, LSUN with several categories.
-A folder's file list is scanned once and cached (see `scan_folder`).
+kind), a folder with one sub-folder per class (ImageNet's train layout), CIFAR-10, LSUN with several
+categories. A folder's file list is scanned once and cached (see `scan_folder`).
 Problems surface as DatasetError naming the spec, path, file or LMDB key at fault, both when a dataset is
 built and when an item is loaded (UnreadableImage). Training reads through SkipUnreadable, which replaces
 an unreadable item by the next readable one and reports it, and BadImageLog, which counts them and fails
@@ -51,7 +51,9 @@ CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 NO_LABEL = -1  # label() of an unlabelled data set's items
 RESIZE_MODES: tuple[ResizeMode, ...] = get_args(ResizeMode)
 
-Transform = Callable[[Image.Image], torch.Tensor]
+PixelStage = Callable[[Image.Image], np.ndarray]
+# An image as training sees it, or (build_dataset's `pixels`) as the uint8 array `sagan data pack` stores.
+Transform = Callable[[Image.Image], torch.Tensor] | PixelStage
 
 
 class ImageDataset(Dataset):
@@ -63,6 +65,10 @@ class ImageDataset(Dataset):
     def label(self, index: int) -> int:
         """Item index's class in [0, num_classes), or NO_LABEL."""
         return NO_LABEL
+
+    if TYPE_CHECKING:  # every data set has a length (torch's Dataset declares none); only for mypy
+
+        def __len__(self) -> int: ...
 
     def class_counts(self) -> list[int]:
         """The number of items of each class (num_classes of them; [] if unlabelled), from the labels alone:
@@ -104,9 +110,9 @@ def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
     if kind == "packed":
         return PackedImages(_packed_dir(spec, arg), imsize, center_crop, pixels=pixels)
     if kind == "ds":
-        raise DatasetError(f"{spec} is a data set of the job service: its worker fetches it and trains on the "
-                           "packed copy; outside the service, pack the source with `sagan data pack` and use "
-                           "packed:DIR")
+        raise DatasetError(f"{spec} is a data set of the job service: its worker fetches it and trains on "
+                           "the packed copy; outside the service, pack the source with `sagan data pack` and "
+                           "use packed:DIR")
     transform = _image_stage(imsize, center_crop, resize_mode) if pixels else _transform(imsize, center_crop,
                                                                                          resize_mode)
     if kind == "synthetic":
@@ -119,13 +125,14 @@ def build_dataset(spec: str, imsize: int, *, center_crop: int | None = None,
         root, category = split_lsun(spec, arg)
         categories = category.split(",")
         if len(categories) > 1 and (Path(root) / "data.mdb").is_file():
-            raise DatasetError(f"{root} is one LMDB environment; several categories need their *_lmdb folders")
+            raise DatasetError(f"{root} is one LMDB environment; several categories need their *_lmdb "
+                               "folders")
         if len(categories) == 1:
             return LMDBImages(_lmdb_dir(_existing_dir(root), category), transform)
-        return LSUNCategories([LMDBImages(_lmdb_dir(_existing_dir(root), name), transform) for name in categories],
-                              tuple(categories))
-    root = _existing_dir(arg)
-    return CIFAR10Images(_within(root, cifar_dir(root)), transform)
+        return LSUNCategories([LMDBImages(_lmdb_dir(_existing_dir(root), name), transform)
+                               for name in categories], tuple(categories))
+    cifar_root = _existing_dir(arg)
+    return CIFAR10Images(_within(cifar_root, cifar_dir(cifar_root)), transform)
 
 
 def _packed_dir(spec: str, arg: str) -> Path:
@@ -246,7 +253,8 @@ class BadImageLog:
         if self.count > self.limit:
             names = [*self.shared, *self.unshared]
             raise DatasetError(f"{self.count} unreadable images, more than max_bad_images "
-                               f"{self.max_fraction:g} of {self.size} allows ({self.limit}): {', '.join(names)}")
+                               f"{self.max_fraction:g} of {self.size} allows ({self.limit}): "
+                               f"{', '.join(names)}")
 
 
 class SyntheticShapes(ImageDataset):
@@ -264,7 +272,7 @@ class SyntheticShapes(ImageDataset):
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         if not 0 <= index < self.size:
             raise IndexError(f"synthetic index {index} out of range [0, {self.size})")
         return self.transform(self._draw(random.Random(index)))
@@ -350,7 +358,8 @@ class ImageFolder(ImageDataset):
         self.transform = transform
         relative = scan_folder(root)
         if not relative:
-            raise DatasetError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DatasetError(f"no images found under {root} (extensions: "
+                               f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
         self.files = [str(root / name) for name in relative]
         tops = [name.split("/", 1)[0] if "/" in name else None for name in relative]
         names = sorted({top for top in tops if top is not None})
@@ -358,7 +367,8 @@ class ImageFolder(ImageDataset):
             self.class_names = tuple(names)
             self.num_classes = len(names)
             index = {name: i for i, name in enumerate(names)}
-            self.labels = np.array([index[top] for top in tops], dtype=np.int32)  # compact for 1.28 M files
+            # int32: compact for 1.28 M files
+            self.labels = np.array([index[top] for top in tops if top is not None], dtype=np.int32)
 
     def label(self, index: int) -> int:
         return int(self.labels[index]) if self.num_classes else NO_LABEL
@@ -366,7 +376,7 @@ class ImageFolder(ImageDataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         path = self.files[index]
         return self.transform(_open_rgb(path, path))
 
@@ -391,7 +401,7 @@ class LMDBImages(ImageDataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         key = self.keys[index]
         name = f"LMDB {self.path} key {key.decode('utf-8', 'backslashreplace')}"
         with _environment(self.path).begin() as txn:
@@ -402,7 +412,8 @@ class LMDBImages(ImageDataset):
 
 
 class LSUNCategories(ImageDataset):
-    """Several LSUN categories as one labelled data set: the items of category k (in spec order) have label k."""
+    """Several LSUN categories as one labelled data set: the items of category k (in spec order) have label
+    k."""
 
     def __init__(self, parts: list[LMDBImages], names: tuple[str, ...]) -> None:
         self.parts, self.class_names, self.num_classes = parts, names, len(parts)
@@ -415,7 +426,7 @@ class LSUNCategories(ImageDataset):
         part = int(np.searchsorted(self.ends, index, side="right"))
         return part, index - (int(self.ends[part - 1]) if part else 0)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         part, offset = self._locate(index)
         return self.parts[part][offset]
 
@@ -444,13 +455,14 @@ class CIFAR10Images(ImageDataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | np.ndarray:
         return self.transform(Image.fromarray(self.images[index], "RGB"))
 
 
 class PackedImages(ImageDataset):
-    """A packed set (sagan_core.packed): shards of uint8 images read through memory maps, opened lazily in each
-    process. Reads whole batches at once (`batch`): one fancy index per shard and one float conversion."""
+    """A packed set (sagan_core.packed): shards of uint8 images read through memory maps, opened lazily in
+    each process. Reads whole batches at once (`batch`): one fancy index per shard and one float
+    conversion."""
 
     def __init__(self, root: Path, imsize: int, center_crop: int | None, *, pixels: bool = False) -> None:
         from .packed import read_index
@@ -459,10 +471,11 @@ class PackedImages(ImageDataset):
         self.index = read_index(root)
         packed_size = self.index["imsize"]
         if imsize != packed_size:
-            raise DatasetError(f"packed:{root} holds {packed_size}px images; imsize {imsize} needs a set packed "
-                               f"at {imsize} (`sagan data pack ... --imsize {imsize}`)")
+            raise DatasetError(f"packed:{root} holds {packed_size}px images; imsize {imsize} needs a set "
+                               f"packed at {imsize} (`sagan data pack ... --imsize {imsize}`)")
         if center_crop:
-            raise DatasetError(f"packed:{root} was cropped and resized when packed ({self.index['preprocessing']}): "
+            raise DatasetError(f"packed:{root} was cropped and resized when packed "
+                               f"({self.index['preprocessing']}): "
                                "center_crop must be unset")
         self.num_classes = int(self.index["num_classes"])
         self.class_names = tuple(self.index["class_names"])
@@ -510,7 +523,8 @@ class PackedImages(ImageDataset):
 
     def batch(self, indices: list[int]) -> ReadyBatch:
         chosen = np.asarray(indices, dtype=np.int64)
-        return ReadyBatch(to_float(self.pixels_of(chosen)), torch.from_numpy(self.labels[chosen].astype(np.int64)))
+        return ReadyBatch(to_float(self.pixels_of(chosen)),
+                          torch.from_numpy(self.labels[chosen].astype(np.int64)))
 
 
 def _within(root: Path, path: Path) -> Path:
@@ -618,7 +632,8 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"not a CIFAR-10 python batch file: {path} ({error})") from error
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"CIFAR-10 batch {path} has data of shape {data.shape}, expected (N, 3072)")
-    if labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(CIFAR_CLASSES):
+    if labels.shape != (len(data),
+                        ) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(CIFAR_CLASSES):
         raise DatasetError(f"CIFAR-10 batch {path} has labels that do not match its {len(data)} images")
     return data, labels
 
@@ -636,7 +651,7 @@ def _open_rgb(source: str | IO[bytes], name: str) -> Image.Image:
         raise UnreadableImage(name, str(error)) from error
 
 
-def _image_stage(imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> Callable[[Image.Image], np.ndarray]:
+def _image_stage(imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> PixelStage:
     """An image as the uint8 (imsize, imsize, 3) array training sees before the float conversion."""
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode {resize_mode!r}: choose from {', '.join(RESIZE_MODES)}")

@@ -1,9 +1,10 @@
 """Dataset spec strings, parsed without torch: the API checks submitted specs with this alone. Also the data's
 fingerprint (for the real-statistics cache) and the folder cache that it and data.py's folder scan share.
 
-Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS[,CLASS...]` | `cifar10:PATH` (see data.py),
-`packed:PATH` (a set `sagan data pack` wrote, see packed.py; `packed:s3://bucket/prefix` is fetched by the job
-service's worker) and `ds:ID` (a data set of the job service, which its worker resolves to a packed copy).
+Specs: `synthetic[:N]` | `shapes[:N]` | `folder:PATH` | `lsun:PATH:CLASS[,CLASS...]` | `cifar10:PATH` (see
+data.py), `packed:PATH` (a set `sagan data pack` wrote, see packed.py; `packed:s3://bucket/prefix` is fetched
+by the job service's worker) and `ds:ID` (a data set of the job service, which its worker resolves to a packed
+copy).
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from .files import atomic_write
 
 KINDS = ("synthetic", "shapes", "folder", "lsun", "cifar10", "packed", "ds")
 BUILT_IN = ("synthetic", "shapes")  # drawn on the fly, no files; N images (default DEFAULT_SYNTHETIC_SIZE)
-SPEC_FORMS = ("synthetic, synthetic:N, shapes, shapes:N, folder:PATH, lsun:PATH:CLASS[,CLASS...], cifar10:PATH, "
-              "packed:PATH, packed:s3://BUCKET/PREFIX, ds:ID")
+SPEC_FORMS = ("synthetic, synthetic:N, shapes, shapes:N, folder:PATH, lsun:PATH:CLASS[,CLASS...], "
+              "cifar10:PATH, packed:PATH, packed:s3://BUCKET/PREFIX, ds:ID")
 DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DEFAULT_SYNTHETIC_SIZE = 10_000
-# Bump when the built-in data sets draw differently: cached real statistics of the old drawing then stop matching.
+# Bump when the built-in data sets draw differently: cached real statistics of the old drawing then stop
+# matching.
 SYNTHETIC_VERSION = 1
 FOLDER_CACHE_ENV = "SAGAN_DATA_CACHE"
-# The file names a folder data set reads as images (sagan_core.data; the service's dataset job keeps only these).
+# The file names a folder data set reads as images (sagan_core.data; the service's dataset job keeps only
+# these).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))  # CIFAR-10's training split
 
@@ -58,7 +61,8 @@ def dataset_id(spec: str) -> str:
     """The id in `ds:ID`."""
     arg = spec.partition(":")[2]
     if not DATASET_ID.fullmatch(arg):
-        raise DatasetError(f"malformed dataset spec {spec!r}: ds:ID takes a data set id (letters, digits, - and _)")
+        raise DatasetError(f"malformed dataset spec {spec!r}: ds:ID takes a data set id (letters, digits, - "
+                           "and _)")
     return arg
 
 
@@ -95,7 +99,8 @@ def synthetic_size(spec: str, arg: str) -> int:
     if not arg:
         return DEFAULT_SYNTHETIC_SIZE
     if not arg.isdigit() or int(arg) < 1:
-        raise DatasetError(f"malformed dataset spec {spec!r}: {spec.partition(':')[0]}:N needs an integer N >= 1")
+        raise DatasetError(f"malformed dataset spec {spec!r}: {spec.partition(':')[0]}:N needs an integer N "
+                           ">= 1")
     return int(arg)
 
 
@@ -195,7 +200,8 @@ def _stat_digest(kind: str, roots: list[Path]) -> str:
 # ---- the folder cache: what is derived from a folder's files, computed once per state of the folder -------
 
 def folder_cache_dir() -> Path:
-    """Where folder scans are cached: $SAGAN_DATA_CACHE, else ~/.cache/sagan/folders (under $XDG_CACHE_HOME)."""
+    """Where folder scans are cached: $SAGAN_DATA_CACHE, else ~/.cache/sagan/folders (under
+    $XDG_CACHE_HOME)."""
     if os.environ.get(FOLDER_CACHE_ENV):
         return Path(os.environ[FOLDER_CACHE_ENV])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -213,7 +219,8 @@ def folder_state(resolved: Path) -> str:
 
 
 def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
-    """The JSON value in `path`, else compute() written there. An unwritable cache only costs the computing."""
+    """The JSON value in `path`, else compute() written there. An unwritable cache only costs the
+    computing."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

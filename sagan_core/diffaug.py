@@ -58,8 +58,8 @@ def draw(batch_size: int, imsize: int, *, seed: int, step: int, slot: int, side:
 
 
 def augment(images: torch.Tensor, policy: str, draws: Draws) -> torch.Tensor:
-    """`images` (B, C, H, W) in [-1, 1] changed by each operation of `policy` (config `diffaug`) in order, with
-    `draws` (this batch's, on any device); differentiable in `images`."""
+    """`images` (B, C, H, W) in [-1, 1] changed by each operation of `policy` (config `diffaug`) in order,
+    with `draws` (this batch's, on any device); differentiable in `images`."""
     for name in diffaug_operations(policy):
         images = _OPERATIONS[name](images, draws)
     return images

@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 from .checkpoint import FORMAT_VERSION
 from .config import make_config
 from .files import atomic_write
+from .layers import SpectralNorm, weight_parametrizations
 from .models import Discriminator, Generator
 
 StateDict = dict[str, torch.Tensor]
@@ -131,8 +132,10 @@ def _settle_spectral_norm(model: nn.Module) -> None:
     """
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
-            weights = module.parametrizations.weight
-            weights[0].power_iteration(weights.original, iterations=1)
+            weights = weight_parametrizations(module)
+            spectral = weights[0]
+            assert isinstance(spectral, SpectralNorm)  # the one parametrization this code registers
+            spectral.power_iteration(weights.original, iterations=1)
 
 
 def _step(path: Path) -> int | None:
@@ -162,7 +165,8 @@ def import_heykeetae(generator_path: Path, discriminator_path: Path, output: Pat
         "step": g_step if g_step is not None else (d_step or 0),
         "config": config.to_dict(),
         "generator": _convert(g_source, generator_path, Generator(config), _GENERATOR_RENAMES),
-        "discriminator": _convert(d_source, discriminator_path, Discriminator(config), _DISCRIMINATOR_RENAMES),
+        "discriminator": _convert(d_source, discriminator_path, Discriminator(config),
+                                  _DISCRIMINATOR_RENAMES),
         # Weights only: there is no optimiser, EMA or RNG state to resume training from.
         "ema": None,
         "g_optimizer": None,

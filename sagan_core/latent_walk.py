@@ -1,8 +1,8 @@
 """Latent walks, for `sagan sample --interpolate A,B --frames K` (and sample jobs' `interpolate`).
 
     walk(z_dim, seeds, frames, ...)        frames along the great circle from seed A's z to seed B's (slerp: a
-                                           straight line would pass through norms N(0, I) rarely draws), and for
-                                           a conditional model from class A's weights to class B's
+                                           straight line would pass through norms N(0, I) rarely draws), and
+                                           for a conditional model from class A's weights to class B's
     sample_walk(checkpoint, path, ...)     a checkpoint's walk written by write_walk
     write_walk(images, path)               an animated GIF (path *.gif) or a strip of the frames in one row
 """
@@ -23,7 +23,8 @@ GIF_FRAME_MS = 100
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Points (len(t), D) on the great circle from a (D,) to b (D,), t in [0, 1]; exactly a at 0 and b at 1."""
+    """Points (len(t), D) on the great circle from a (D,) to b (D,), t in [0, 1]; exactly a at 0 and b at
+    1."""
     cos = torch.dot(a / a.norm(), b / b.norm()).clamp(-1.0, 1.0)
     omega = torch.arccos(cos)
     if omega.abs() < 1e-6:  # (anti)parallel enough that sin(omega) is noise: a straight line is the same path
@@ -50,7 +51,8 @@ def walk(z_dim: int, seeds: tuple[int, int], frames: int, *, truncation: float |
     if classes is not None and not 1 <= len(classes) <= 2:
         raise ValueError("an interpolation takes one class, or two to walk between")
     t = torch.linspace(0, 1, frames)
-    z = slerp(truncated_noise(1, z_dim, seeds[0], truncation)[0], truncated_noise(1, z_dim, seeds[1], truncation)[0], t)
+    z = slerp(truncated_noise(1, z_dim, seeds[0], truncation)[0],
+              truncated_noise(1, z_dim, seeds[1], truncation)[0], t)
     if not num_classes:
         return Walk(z, None)
     start, end = (classes or [0])[0], (classes or [0])[-1]
@@ -62,14 +64,15 @@ def walk(z_dim: int, seeds: tuple[int, int], frames: int, *, truncation: float |
 
 
 def write_walk(images: torch.Tensor, path: Path) -> Path:
-    """The frames (K, 3, H, W) in [-1, 1] as an animated GIF (a path ending in .gif, looping) or else a PNG strip,
-    all frames in one row. (Pillow's GIF writer merges identical consecutive frames into one longer frame, so a
-    walk between two equal seeds has fewer than K.)"""
+    """The frames (K, 3, H, W) in [-1, 1] as an animated GIF (a path ending in .gif, looping) or else a PNG
+    strip, all frames in one row. (Pillow's GIF writer merges identical consecutive frames into one longer
+    frame, so a walk between two equal seeds has fewer than K.)"""
     path = Path(path)
     if path.suffix.lower() != ".gif":
         return write_grid(images, path, nrow=len(images))
     frames = [Image.fromarray(frame) for frame in to_uint8(images).permute(0, 2, 3, 1).numpy()]
-    return atomic_write(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+    return atomic_write(path,
+                        lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
                                                         duration=GIF_FRAME_MS, loop=0))
 
 
@@ -78,6 +81,6 @@ def sample_walk(checkpoint: str | Path, out: str | Path, *, seeds: tuple[int, in
                 standing_stats: int = 0) -> Path:
     """A checkpoint's generator along walk(...), written by write_walk (GIF or strip by `out`'s suffix)."""
     model = load_checkpoint(checkpoint, device=device)
-    path = walk(model.config.z_dim, seeds, frames, truncation=truncation, num_classes=model.config.num_classes or 0,
-                classes=classes)
+    path = walk(model.config.z_dim, seeds, frames, truncation=truncation,
+                num_classes=model.config.num_classes or 0, classes=classes)
     return write_walk(generate(sampled_generator(model, standing_stats), path.z, path.labels), Path(out))

@@ -13,7 +13,8 @@ from pathlib import Path
 from .exits import EXIT_DIVERGED, EXIT_STOPPED
 
 # What the trainer's exit status says (torchrun reports 1 for any failed rank, whatever its own status).
-EXIT_MEANINGS = {0: "finished", EXIT_STOPPED: "stopped with a checkpoint: run again with --resume to continue",
+EXIT_MEANINGS = {0: "finished",
+                 EXIT_STOPPED: "stopped with a checkpoint: run again with --resume to continue",
                  EXIT_DIVERGED: "diverged: its latest checkpoint is the last finite one"}
 
 
@@ -24,8 +25,8 @@ class TrainingLaunch:
 
     @property
     def command(self) -> list[str]:
-        # One rank needs no rendezvous, and torchrun's launcher would add its own import of torch (about 2 s on
-        # a small CPU) to every start.
+        # One rank needs no rendezvous, and torchrun's launcher would add its own import of torch (about 2 s
+        # on a small CPU) to every start.
         launcher = ([] if self.nproc == 1 else
                     ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(self.nproc)])
         return [sys.executable, *launcher, "-m", "sagan_core.train", *self.trainer_args]

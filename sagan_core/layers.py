@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +12,13 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 
-# Power iterations that fit u, v to a model's initial weights. torch's spectral_norm runs 15 at creation, which
-# leave a wide random matrix (no gap below its top singular value) up to 8 % off; 100 get within 2 %. A fixed
-# count, not "until sigma settles": a stopping test can stop one iteration apart under another thread count
-# (torchrun's ranks run one thread each), and u, v would differ far beyond round-off between 1 and N processes.
+M = TypeVar("M", bound=nn.Module)
+
+# Power iterations that fit u, v to a model's initial weights. torch's spectral_norm runs 15 at creation,
+# which leave a wide random matrix (no gap below its top singular value) up to 8 % off; 100 get within 2 %. A
+# fixed count, not "until sigma settles": a stopping test can stop one iteration apart under another thread
+# count (torchrun's ranks run one thread each), and u, v would differ far beyond round-off between 1 and N
+# processes.
 ESTIMATE_ITERATIONS = 100
 
 
@@ -31,6 +35,9 @@ class SpectralNorm(nn.Module):
     stay fixed in eval mode, so sampling is deterministic and never changes the model. u and v start
     random: a model fits them to its initial weights with estimate_spectral_norms.
     """
+
+    u: torch.Tensor  # buffers (nn.Module's attribute lookup is typed Tensor | Module)
+    v: torch.Tensor
 
     def __init__(self, weight: torch.Tensor, power_iterations: int = 1) -> None:
         super().__init__()
@@ -65,9 +72,19 @@ class SpectralNorm(nn.Module):
             return weight / sigma
 
 
-def spectral_norm(module: nn.Module) -> nn.Module:
-    parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight.detach()))
+def spectral_norm(module: M) -> M:
+    parametrize.register_parametrization(module, "weight", SpectralNorm(weight_of(module).detach()))
     return module
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    # nn.Module's attribute lookup is typed Tensor | Module; every module given here has a weight tensor
+    return cast(torch.Tensor, module.weight)
+
+
+def weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationList:
+    """The parametrizations of a parametrized module's weight (`.original` is the raw weight)."""
+    return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)["weight"])
 
 
 def estimate_spectral_norms(model: nn.Module) -> None:
@@ -76,9 +93,10 @@ def estimate_spectral_norms(model: nn.Module) -> None:
     (an untrained model would divide by a sigma estimate 70 times too small)."""
     for layer in model.modules():
         if parametrize.is_parametrized(layer, "weight"):
-            for transform in layer.parametrizations.weight:
+            weights = weight_parametrizations(layer)
+            for transform in weights:
                 if isinstance(transform, SpectralNorm):
-                    transform.estimate(layer.parametrizations.weight.original)
+                    transform.estimate(weights.original)
 
 
 def maybe_spectral(module: nn.Module, enabled: bool) -> nn.Module:
@@ -101,7 +119,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 # Called by every attention forward while recording_attention is active (None otherwise: one global read per
 # forward), with the layer, its queries, keys and values as _attention sees them, and the query and key grids.
-AttentionRecorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]], None]
+AttentionRecorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int],
+                              tuple[int, int]], None]
 _recorder: AttentionRecorder | None = None
 
 
@@ -152,6 +171,8 @@ class SelfAttention(nn.Module):
 class PooledSelfAttention(nn.Module):
     """The paper's official form: theta/phi to C/8, g to C/2, 2x2 max-pooled keys and values,
     a 1x1 output conv back to C, spectral norm on every conv. Pooling cuts the attention map by 4."""
+
+    resolution: int  # set by the residual models only (resnet.attention_at); models.attention_gammas asks
 
     def __init__(self, channels: int, *, spectral: bool = True) -> None:
         super().__init__()

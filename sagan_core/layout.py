@@ -101,7 +101,8 @@ def _pointed(run_dir: Path, pointer: str) -> Path | None:
 
 
 def resolve_checkpoint(spec: str | Path) -> Path:
-    """`FILE.pt`, `RUN` (its latest), `RUN:STEP` or `RUN:best` as a checkpoint file path (which may not exist)."""
+    """`FILE.pt`, `RUN` (its latest), `RUN:STEP` or `RUN:best` as a checkpoint file path (which may not
+    exist)."""
     text = str(spec)
     run, sep, which = text.rpartition(":")
     if sep and run and (which == BEST or which.isdigit()) and Path(run).is_dir():

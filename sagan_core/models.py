@@ -35,6 +35,8 @@ class Generator(nn.Module):
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
+        g_attention = config.g_attention
+        assert g_attention is not None  # TrainConfig fills the default placement
         self.z_dim = config.z_dim
         spectral = config.g_norm == "spectral"
         batchnorm = config.g_norm in ("spectral", "batch")
@@ -50,7 +52,7 @@ class Generator(nn.Module):
             block.append(nn.ReLU())
             layers[f"block{index}"] = nn.Sequential(*block)
             resolution = 4 if first else resolution * 2
-            if resolution in config.g_attention:
+            if resolution in g_attention:
                 layers[f"attn{resolution}"] = make_attention(config.attention, channels, spectral=spectral)
             in_channels, channels = channels, channels // 2
         layers["to_rgb"] = nn.Sequential(nn.ConvTranspose2d(in_channels, 3, 4, 2, 1), nn.Tanh())
@@ -71,9 +73,12 @@ class Discriminator(nn.Module):
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
+        d_attention = config.d_attention
+        assert d_attention is not None  # TrainConfig fills the default placement
         spectral = config.d_norm == "spectral"
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        in_channels, channels, resolution = 3, config.d_conv_dim, config.imsize
+        in_channels, channels = 3, config.d_conv_dim
+        resolution: int = config.imsize
         for index in range(1, int(math.log2(config.imsize)) - 1):
             block = [maybe_spectral(nn.Conv2d(in_channels, channels, 4, 2, 1), spectral)]
             if config.d_norm == "batch" and index > 1:
@@ -81,7 +86,7 @@ class Discriminator(nn.Module):
             block.append(nn.LeakyReLU(0.1))
             layers[f"block{index}"] = nn.Sequential(*block)
             resolution //= 2
-            if resolution in config.d_attention:
+            if resolution in d_attention:
                 layers[f"attn{resolution}"] = make_attention(config.attention, channels, spectral=spectral)
             in_channels, channels = channels, channels * 2
         layers["to_logit"] = nn.Conv2d(in_channels, 1, 4)
@@ -125,7 +130,8 @@ def attention_gammas(model: nn.Module, prefix: str) -> dict[str, float]:
     models name their layers so, the residual ones' layers carry their `resolution` (resnet.attention_at)."""
     return {f"{prefix}.attn{module.resolution}" if hasattr(module, "resolution")
             else f"{prefix}.{name.rsplit('.', 1)[-1]}": module.gamma.item()
-            for name, module in model.named_modules() if isinstance(module, SelfAttention | PooledSelfAttention)}
+            for name, module in model.named_modules()
+            if isinstance(module, SelfAttention | PooledSelfAttention)}
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -1,7 +1,8 @@
 """Packed data sets: any data set spec turned once into shards of pre-resized uint8 images and their labels.
 
 A packed set is a folder (or an object-store prefix holding the same files):
-- `shard-NNNNN.npy`: NumPy arrays of uint8 images, (n, S, S, 3), in the source's order minus unreadable images;
+- `shard-NNNNN.npy`: NumPy arrays of uint8 images, (n, S, S, 3), in the source's order minus unreadable
+images;
 - `labels.npy`: int32 (count,), data.NO_LABEL (-1) for an unlabelled set;
 - `index.json`, written last (its presence means the set is complete): count, image size, preprocessing, the
   classes and their names, the source spec and fingerprint, each file's size and sha256, and the unreadable
@@ -11,8 +12,8 @@ Why our own shards and not LitData or mosaicml-streaming: the trainer needs rand
 determinism: N ranks see the global batch of one process, a resumed run the same batches), which .npy files
 opened as memory maps give with NumPy alone; the job service's worker already fetches, verifies (sha256 per
 file) and caches files from the store (worker/data_cache.py); and neither library is installed here. Reading
-a batch is one fancy index into a memory map and one float conversion (data.PackedImages), tens of thousands of
-images per second per core, with no decoding.
+a batch is one fancy index into a memory map and one float conversion (data.PackedImages), tens of thousands
+of images per second per core, with no decoding.
 
 The index part (read_index, index_files, packed_fingerprint) is standard library and NumPy only: the job
 service reads it without torch. `pack` loads torch through sagan_core.data.
@@ -26,12 +27,15 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .dataspec import DatasetError, dataset_fingerprint
 from .files import atomic_write, file_sha256
+
+if TYPE_CHECKING:
+    from .config import ResizeMode
 
 FORMAT, VERSION = "sagan-packed", 1
 INDEX_FILE = "index.json"
@@ -50,8 +54,8 @@ def read_index(directory: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise DatasetError(f"{directory} is not a packed data set (no {INDEX_FILE}; `sagan data pack` writes one "
-                           "last, so an interrupted pack has none)") from None
+        raise DatasetError(f"{directory} is not a packed data set (no {INDEX_FILE}; `sagan data pack` writes "
+                           "one last, so an interrupted pack has none)") from None
     except OSError as error:
         raise DatasetError(f"cannot read the packed index {path}: {error}") from None
     return parse_index(data, str(path))
@@ -83,8 +87,9 @@ def packed_fingerprint(index: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def pack(spec: str, out: Path, *, imsize: int, resize_mode: str = "squash", center_crop: int | None = None,
-         shard_mb: float = 64, workers: int = 0, progress: Progress | None = None) -> dict[str, Any]:
+def pack(spec: str, out: Path, *, imsize: int, resize_mode: ResizeMode = "squash",
+         center_crop: int | None = None, shard_mb: float = 64, workers: int = 0,
+         progress: Progress | None = None) -> dict[str, Any]:
     """Pack the data set `spec` into `out` at `imsize` and return the index.
 
     Items are preprocessed exactly as training reads the source (data.build_dataset's image stage), so
@@ -129,7 +134,8 @@ def _resumable_shards(out: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
     kept = []
     for entry in saved.get("shards", []):
         path = out / entry["file"]
-        if not path.is_file() or path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
+        if (not path.is_file() or path.stat().st_size != entry["bytes"]
+                or file_sha256(path) != entry["sha256"]):
             break
         kept.append(entry)
     return kept
@@ -144,7 +150,7 @@ class _ShardReader:
     """Reads items of the source as uint8 arrays; built again in each worker process from the spec (a data set
     object need not be picklable)."""
 
-    def __init__(self, spec: str, imsize: int, center_crop: int | None, resize_mode: str) -> None:
+    def __init__(self, spec: str, imsize: int, center_crop: int | None, resize_mode: ResizeMode) -> None:
         self.args = (spec, imsize, center_crop, resize_mode)
         self.source: Any = None
 
@@ -153,7 +159,8 @@ class _ShardReader:
 
         if self.source is None:
             spec, imsize, center_crop, resize_mode = self.args
-            self.source = build_dataset(spec, imsize, center_crop=center_crop, resize_mode=resize_mode, pixels=True)
+            self.source = build_dataset(spec, imsize, center_crop=center_crop, resize_mode=resize_mode,
+                                        pixels=True)
         pixels, labels, bad = [], [], {}
         for index in indices:
             try:
@@ -199,8 +206,8 @@ def _write_shard(out: Path, number: int, pixels: list[np.ndarray], labels: list[
     path = out / shard_name(number)
     array = np.stack(pixels) if pixels else np.zeros((0, 0, 0, 3), np.uint8)
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-    return {"file": path.name, "count": len(pixels), "bytes": path.stat().st_size, "sha256": file_sha256(path),
-            "labels": labels, "bad_images": bad}
+    return {"file": path.name, "count": len(pixels), "bytes": path.stat().st_size,
+            "sha256": file_sha256(path), "labels": labels, "bad_images": bad}
 
 
 def _finish(out: Path, source: Any, key: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, Any]:
@@ -210,14 +217,16 @@ def _finish(out: Path, source: Any, key: dict[str, Any], done: list[dict[str, An
         raise DatasetError(f"none of the {key['count']} images of {key['spec']} can be read: nothing to pack")
     atomic_write(out / LABELS_FILE, lambda f: np.save(f, labels, allow_pickle=False))
     # An empty shard (every image in it unreadable) is kept out of the index: readers never see it.
-    shards = [{name: entry[name] for name in ("file", "count", "bytes", "sha256")} for entry in done if entry["count"]]
+    shards = [{name: entry[name] for name in ("file", "count", "bytes", "sha256")} for entry in done
+              if entry["count"]]
     for entry in done:
         if not entry["count"]:
             (out / entry["file"]).unlink(missing_ok=True)
-    index = {"format": FORMAT, "version": VERSION, "count": len(labels), "imsize": key["preprocessing"]["imsize"],
+    index = {"format": FORMAT, "version": VERSION, "count": len(labels),
+             "imsize": key["preprocessing"]["imsize"],
              "preprocessing": key["preprocessing"], "num_classes": source.num_classes,
-             "class_names": list(source.class_names), "source": {"spec": key["spec"], "fingerprint": key["fingerprint"]},
-             "shards": shards,
+             "class_names": list(source.class_names),
+             "source": {"spec": key["spec"], "fingerprint": key["fingerprint"]}, "shards": shards,
              "labels": {"file": LABELS_FILE, "bytes": (out / LABELS_FILE).stat().st_size,
                         "sha256": file_sha256(out / LABELS_FILE)},
              "bad_images": bad}
@@ -228,7 +237,8 @@ def _finish(out: Path, source: Any, key: dict[str, Any], done: list[dict[str, An
 
 
 def verify(directory: Path, index: dict[str, Any] | None = None) -> None:
-    """Check every file of a packed set against its index (size and sha256); DatasetError naming the first bad one."""
+    """Check every file of a packed set against its index (size and sha256); DatasetError naming the first bad
+    one."""
     index = index or read_index(directory)
     for name, size, sha256 in index_files(index):
         path = Path(directory) / name
@@ -242,8 +252,8 @@ def packed_size(index: dict[str, Any]) -> int:
 
 
 def upload(directory: Path, url: str) -> None:
-    """Copy a packed set to `s3://bucket/prefix` with boto3 (endpoint from AWS_ENDPOINT_URL, credentials from the
-    usual AWS variables), the index last so that a reader never finds an index before its files."""
+    """Copy a packed set to `s3://bucket/prefix` with boto3 (endpoint from AWS_ENDPOINT_URL, credentials from
+    the usual AWS variables), the index last so that a reader never finds an index before its files."""
     import boto3
 
     bucket, _, prefix = url.removeprefix("s3://").partition("/")

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -103,6 +103,13 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     autograd-aware all_reduce sends gradients back through the statistics.
     """
 
+    # Always tracked here (sync_batchnorm converts BatchNorms that track them, with a momentum); torch types
+    # them optional for track_running_stats=False and cumulative averaging.
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+    momentum: float
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
@@ -130,8 +137,10 @@ def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, affine=child.affine)
+            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum,
+                                            affine=child.affine)
             replacement.load_state_dict(child.state_dict())
+            assert child.running_mean is not None  # a BatchNorm that tracks running statistics
             setattr(model, name, replacement.to(child.running_mean.device))
         else:
             sync_batchnorm(child, ctx)
@@ -175,7 +184,8 @@ def control_group(ctx: DistContext) -> dist.ProcessGroup | None:
     """
     if not ctx.distributed or dist.get_backend() == "gloo":
         return None
-    return dist.new_group(backend="gloo")
+    # every rank joins the group, so none gets the non-member sentinel torch's annotation allows
+    return cast(dist.ProcessGroup, dist.new_group(backend="gloo"))
 
 
 def any_rank(flag: bool, ctx: DistContext, group: dist.ProcessGroup | None) -> bool:

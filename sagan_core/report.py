@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .config import FIELDS
 from .layout import EVALS, METRICS, arm_of, real_grid_path, samples, step_of
@@ -130,9 +130,9 @@ def held_out_of_best(run: RunRecord) -> dict[str, Any] | None:
 
 
 def run_summary(run: RunRecord, metrics: Sequence[str]) -> dict[str, float | None]:
-    """One run's numbers for the table: `final <m>`, `best <m>` and `held-out <m>` per quality metric (the last
-    evaluation, the best one, and the best checkpoint's held-out evaluation), the final losses and D outputs,
-    and the last step."""
+    """One run's numbers for the table: `final <m>`, `best <m>` and `held-out <m>` per quality metric (the
+    last evaluation, the best one, and the best checkpoint's held-out evaluation), the final losses and D
+    outputs, and the last step."""
     row: dict[str, float | None] = {}
     evals = _train_evals(run)
     held_out = (held_out_of_best(run) or {}).get("metrics", {})
@@ -147,7 +147,7 @@ def run_summary(run: RunRecord, metrics: Sequence[str]) -> dict[str, float | Non
         values = [record[key] for record in tail if key in record]
         row[key] = statistics.fmean(values) if values else None
     row["step"] = max((record["step"] for record in run.metrics), default=None)
-    spent = {} if row["step"] is None else _spent(run, row["step"])
+    spent = {} if row["step"] is None else _spent(run, int(row["step"]))
     row["d_updates"], row["images_seen"] = spent.get("d_updates"), spent.get("images_seen")
     return row
 
@@ -218,10 +218,11 @@ def _series(run: RunRecord, key: str, *, smooth: bool) -> tuple[list[int], list[
     return steps, values
 
 
-def _arm_curve(group: Sequence[RunRecord], key: str, *, smooth: bool) -> tuple[list[int], list[float], list[float],
+def _arm_curve(group: Sequence[RunRecord], key: str, *, smooth: bool) -> tuple[list[int], list[float],
+                                                                               list[float],
                                                                                  list[float]] | None:
     """(steps, mean, low, high) over an arm's seeds at the steps all of them logged."""
-    per_run = [dict(zip(*_series(run, key, smooth=smooth))) for run in group]
+    per_run = [dict(zip(*_series(run, key, smooth=smooth), strict=True)) for run in group]
     per_run = [series for series in per_run if series]
     if not per_run:
         return None
@@ -254,7 +255,8 @@ def _figure_png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _new_figure(panels: int, *, columns: int = 3, size: tuple[float, float] = (5.0, 3.4)) -> tuple[Any, list[Any]]:
+def _new_figure(panels: int, *, columns: int = 3, size: tuple[float, float] = (5.0, 3.4)) -> tuple[Any,
+                                                                                                   list[Any]]:
     from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state
 
     rows = math.ceil(panels / columns)
@@ -284,14 +286,15 @@ def _curve_figures(arms: dict[str, list[RunRecord]], metrics: Sequence[str]) -> 
     figures = []
     if metrics:
         figure, axes = _new_figure(len(metrics))
-        for ax, name in zip(axes, metrics):
+        for ax, name in zip(axes, metrics, strict=False):
             _plot(ax, arms, f"eval.{name}", smooth=False, colors=colors)
             ax.set(title=f"{name} ({'higher' if QUALITY[name] else 'lower'} is better)", xlabel="step")
             ax.legend(fontsize=8)
-        figures.append(("Quality metrics of the training evaluations: the mean over seeds, the band their range.",
+        figures.append(("Quality metrics of the training evaluations: the mean over seeds, the band their "
+                        "range.",
                         _figure_png(figure)))
     figure, axes = _new_figure(3)
-    for ax, key, title in zip(axes, ("d_loss", "g_loss"), ("D loss", "G loss")):
+    for ax, key, title in zip(axes, ("d_loss", "g_loss"), ("D loss", "G loss"), strict=False):
         _plot(ax, arms, key, smooth=True, colors=colors)
         ax.set(title=title, xlabel="step")
         ax.legend(fontsize=8)
@@ -299,18 +302,21 @@ def _curve_figures(arms: dict[str, list[RunRecord]], metrics: Sequence[str]) -> 
     _plot(axes[2], arms, "d_out_fake", smooth=True, colors=colors, linestyle="--", label_suffix=" fake")
     axes[2].set(title="D output on real (solid) and fake (dashed)", xlabel="step")
     axes[2].legend(fontsize=7, ncol=2)
-    figures.append((("Losses and D's mean raw output (logit) on real and fake images, a moving average over a "
-                    "fiftieth of the logged steps; the mean over seeds, the band their range."), _figure_png(figure)))
+    figures.append((("Losses and D's mean raw output (logit) on real and fake images, a moving average over "
+                     "a "
+                    "fiftieth of the logged steps; the mean over seeds, the band their range."),
+                    _figure_png(figure)))
     figures.append(_compute_figure(arms, metrics, colors))
     layers = _gamma_layers(runs)
     if layers:
         figure, axes = _new_figure(len(layers), columns=4, size=(4.0, 3.0))
-        for ax, layer in zip(axes, layers):
+        for ax, layer in zip(axes, layers, strict=False):
             _plot(ax, arms, f"gamma.{layer}", smooth=False, colors=colors)
             ax.set(title=f"gamma of {layer}", xlabel="step")
             ax.axhline(0, color="grey", linewidth=0.5)
             ax.legend(fontsize=7)
-        figures.append((("Each attention layer's gamma (the weight of attention's output in the residual; it starts "
+        figures.append((("Each attention layer's gamma (the weight of attention's output in the residual; it "
+                         "starts "
                         "at 0) against the step, for the arms that have that layer."), _figure_png(figure)))
     return figures
 
@@ -321,12 +327,13 @@ def _compute_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], co
     keys = [(f"eval.{name}", f"{name} ({'higher' if QUALITY[name] else 'lower'} is better)", False)
             for name in metrics] or [("d_loss", "D loss", True), ("g_loss", "G loss", True)]
     figure, axes = _new_figure(len(keys))
-    for ax, (key, title, smooth) in zip(axes, keys):
+    for ax, (key, title, smooth) in zip(axes, keys, strict=False):
         _plot(ax, arms, key, smooth=smooth, colors=colors, x="images_seen")
         ax.set(title=title, xlabel="real images seen")
         ax.legend(fontsize=8)
-    return (("Against the real images D drew (G steps x n_critic x batch size), where arms with other batch sizes "
-             "or n_critic compare at equal compute; the mean over seeds, the band their range."), _figure_png(figure))
+    return (("Against the real images D drew (G steps x n_critic x batch size), where arms with other batch "
+             "sizes or n_critic compare at equal compute; the mean over seeds, the band their range."),
+            _figure_png(figure))
 
 
 def summary_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], *, title: str) -> bytes:
@@ -341,7 +348,8 @@ def summary_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], *, 
 
     figure = Figure(figsize=(18, 8.5 if grids else 4.2), layout="constrained")
     figure.suptitle(title)
-    top, bottom = (figure.subfigures(2, 1, height_ratios=[1, 1.1]) if grids else (figure, None))
+    # subfigures(2, 1) is an array of two SubFigures; its annotation also allows a single one
+    top, bottom = (cast(Any, figure.subfigures(2, 1, height_ratios=[1, 1.1])) if grids else (figure, None))
     axes = top.subplots(1, 4)
     first = f"eval.{metrics[0]}" if metrics else "g_loss"
     _plot(axes[0], arms, first, smooth=not metrics, colors=colors)
@@ -360,9 +368,10 @@ def summary_figure(arms: dict[str, list[RunRecord]], metrics: Sequence[str], *, 
     axes[0].legend(handles, labels, fontsize=8)
     if bottom is not None:
         grid_axes = bottom.subplots(1, len(grids), squeeze=False)[0]
-        for ax, (arm, png) in zip(grid_axes, grids.items()):
+        for ax, (arm, png) in zip(grid_axes, grids.items(), strict=False):
             ax.imshow(Image.open(io.BytesIO(png)).convert("RGB"))
-            ax.set_title(f"{arm} (seed {arms[arm][0].seed}, step {arms[arm][0].final_grid_step})", fontsize=10)
+            ax.set_title(f"{arm} (seed {arms[arm][0].seed}, step {arms[arm][0].final_grid_step})",
+                         fontsize=10)
             ax.axis("off")
     return _figure_png(figure)
 
@@ -387,14 +396,15 @@ def build_report(runs: Sequence[RunRecord], *, title: str, question: str | None 
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if question:
         parts.append(f"<p class=question>{html.escape(question)}</p>")
-    parts.append(f"<p>{len(runs)} runs in {len(arms)} arms, made {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+    parts.append(f"<p>{len(runs)} runs in {len(arms)} arms, made "
+                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
                  + ("Quality metrics from the training evaluations (evals.jsonl)." if metrics else
                     "No run has evaluations (eval_every = 0): the table compares losses only.")
                  + " Mean ± sample std over seeds; final losses and D outputs are the mean of the last "
                    f"{FINAL_SHARE:.0%} of the logged steps; the best value of each column is in bold."
-                 + (" <code>held-out</code>: the best checkpoint's score on the held-out sample (other z and real "
-                    "images, <code>sagan eval RUN:best</code>), beside <code>best</code>, the score it was picked "
-                    "by." if held_out else "") + "</p>")
+                 + (" <code>held-out</code>: the best checkpoint's score on the held-out sample (other z and "
+                    "real images, <code>sagan eval RUN:best</code>), beside <code>best</code>, the score it "
+                    "was picked by." if held_out else "") + "</p>")
     parts.append(_summary_table(arms, summaries, columns, cells, directions))
     parts.append(_differences_table(arms))
     for caption, png in _curve_figures(arms, metrics):

@@ -1,8 +1,10 @@
-"""The paper's residual SAGAN (the authors' TensorFlow `generator_test` / `discriminator_test`), at 32, 64 and 128.
+"""The paper's residual SAGAN (the authors' TensorFlow `generator_test` / `discriminator_test`), at 32, 64 and
+128.
 
-G: SN-linear z -> 4x4 feature map, residual up-blocks with (class-)conditional BatchNorm, pooled self-attention,
-BN -> ReLU -> SN-conv 3x3 -> tanh. D: an optimised first block, residual down-blocks, pooled self-attention,
-ReLU, sum pooling, SN-linear to one logit plus the projection <h, SN-embedding(y)> when conditional.
+G: SN-linear z -> 4x4 feature map, residual up-blocks with (class-)conditional BatchNorm, pooled
+self-attention, BN -> ReLU -> SN-conv 3x3 -> tanh. D: an optimised first block, residual down-blocks, pooled
+self-attention, ReLU, sum pooling, SN-linear to one logit plus the projection <h, SN-embedding(y)> when
+conditional.
 
 g_residual / d_residual add a same-width residual block (no resampling) at the listed feature-map sizes: the
 paper's Table 1 compares attention at a size with such a block there.
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, resnet_layout
-from .layers import PooledSelfAttention, estimate_spectral_norms, spectral_norm
+from .layers import PooledSelfAttention, estimate_spectral_norms, spectral_norm, weight_parametrizations
 
 
 def _sn_conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
@@ -49,6 +51,7 @@ class ConditionalBatchNorm(nn.Module):
         x = self.bn(x)
         if not self.conditional:
             return x
+        assert y is not None  # a conditional model is always given classes
         if y.is_floating_point():  # (B, classes) weights of a mix of classes (a walk between two): mixed rows
             gain, bias = y @ self.gain.weight, y @ self.bias.weight
         else:
@@ -84,7 +87,8 @@ class GeneratorBlock(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         h = F.relu(self.bn1(x, y))
         if self.upsample:
-            h, x = F.interpolate(h, scale_factor=2, mode="nearest"), F.interpolate(x, scale_factor=2, mode="nearest")
+            h, x = F.interpolate(h, scale_factor=2, mode="nearest"), F.interpolate(x, scale_factor=2,
+                                                                                   mode="nearest")
         h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
         return h + (x if self.shortcut is None else self.shortcut(x))
 
@@ -131,17 +135,21 @@ def _xavier_init(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)) and hasattr(layer, "parametrizations"):
             with torch.no_grad():
-                nn.init.xavier_uniform_(layer.parametrizations.weight.original)
-            if getattr(layer, "bias", None) is not None:
-                nn.init.zeros_(layer.bias)
+                nn.init.xavier_uniform_(weight_parametrizations(layer).original)
+            bias = getattr(layer, "bias", None)
+            if bias is not None:
+                nn.init.zeros_(bias)
     estimate_spectral_norms(module)
 
 
 class ResNetGenerator(nn.Module):
-    """(z (B, z_dim), y (B,) class indices, (B, classes) class weights, or None) -> images (B, 3, S, S) in [-1, 1]."""
+    """(z (B, z_dim), y (B,) class indices, (B, classes) class weights, or None) -> images (B, 3, S, S) in
+    [-1, 1]."""
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
+        g_attention = config.g_attention
+        assert g_attention is not None  # TrainConfig fills the default placement
         widths, _ = resnet_layout(config.imsize)
         channels = [m * config.g_conv_dim for m in widths]
         self.z_dim, self.num_classes = config.z_dim, int(config.num_classes or 0)
@@ -152,12 +160,13 @@ class ResNetGenerator(nn.Module):
         self.residual = nn.ModuleDict()  # g_residual's extra blocks, before attention at the same size
         resolution = 4
         for in_channels, out_channels in pairwise(channels):
-            self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes, config.bn_momentum))
+            self.blocks.append(GeneratorBlock(in_channels, out_channels, self.num_classes,
+                                              config.bn_momentum))
             resolution *= 2
             if resolution in config.g_residual:
                 self.residual[str(len(self.blocks) - 1)] = GeneratorBlock(
                     out_channels, out_channels, self.num_classes, config.bn_momentum, upsample=False)
-            if resolution in config.g_attention:
+            if resolution in g_attention:
                 self.attention[str(len(self.blocks) - 1)] = attention_at(out_channels, resolution)
         final_momentum = config.bn_momentum if config.bn_momentum_final is None else config.bn_momentum_final
         # Unconditional, with its affine, as the official code.
@@ -184,12 +193,15 @@ class ResNetDiscriminator(nn.Module):
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
+        d_attention = config.d_attention
+        assert d_attention is not None  # TrainConfig fills the default placement
         _, plan = resnet_layout(config.imsize)
         self.num_classes = int(config.num_classes or 0)
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
         self.residual = nn.ModuleDict()  # d_residual's extra blocks, before attention at the same size
-        resolution, in_channels, placed = config.imsize, 3, set()
+        resolution: int = config.imsize
+        in_channels, placed = 3, set()
         for index, (multiple, downsample) in enumerate(plan):
             out_channels = multiple * config.d_conv_dim
             self.blocks.append(OptimizedBlock(out_channels) if index == 0
@@ -198,8 +210,9 @@ class ResNetDiscriminator(nn.Module):
             # After the first block of a listed size: the blocks without downsampling repeat a size.
             if resolution not in placed:
                 if resolution in config.d_residual:
-                    self.residual[str(index)] = DiscriminatorBlock(out_channels, out_channels, downsample=False)
-                if resolution in config.d_attention:
+                    self.residual[str(index)] = DiscriminatorBlock(out_channels, out_channels,
+                                                                   downsample=False)
+                if resolution in d_attention:
                     self.attention[str(index)] = attention_at(out_channels, resolution)
                 placed.add(resolution)
             in_channels = out_channels

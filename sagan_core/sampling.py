@@ -34,8 +34,8 @@ def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
 def truncated_noise(n: int, z_dim: int, seed: int, psi: float | None = None) -> torch.Tensor:
     """z (n, z_dim) of `seed`, as fixed_noise draws it, with every entry whose magnitude exceeds psi
     drawn again from the same stream until all lie within (BigGAN's truncation trick: a smaller psi trades
-    variety for typical images). Entries already within psi stay, so psi moves each sample as little as it can.
-    psi None: fixed_noise's z unchanged."""
+    variety for typical images). Entries already within psi stay, so psi moves each sample as little as it
+    can. psi None: fixed_noise's z unchanged."""
     stream = torch.Generator().manual_seed(seed)
     z = torch.randn(n, z_dim, generator=stream)
     if psi is None:
@@ -47,7 +47,8 @@ def truncated_noise(n: int, z_dim: int, seed: int, psi: float | None = None) -> 
     return z
 
 
-def indexed_noise(seed: int, start: int, count: int, z_dim: int, stream: Stream = Stream.EVAL_NOISE) -> torch.Tensor:
+def indexed_noise(seed: int, start: int, count: int, z_dim: int,
+                  stream: Stream = Stream.EVAL_NOISE) -> torch.Tensor:
     """z_i for i in [start, start + count): a function of (stream, seed, i) alone, drawn in blocks of
     NOISE_BLOCK, so any batch size, rank split or later call sees the same z for sample i (evaluations compare
     the same z)."""
@@ -58,7 +59,8 @@ def indexed_noise(seed: int, start: int, count: int, z_dim: int, stream: Stream 
 def indexed_labels(seed: int, start: int, count: int, num_classes: int,
                    stream: Stream = Stream.EVAL_LABELS, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sample i's class for i in [start, start + count), like indexed_noise: uniform over num_classes, or with
-    probabilities proportional to `weights` (num_classes of them; an evaluation's data's class frequencies)."""
+    probabilities proportional to `weights` (num_classes of them; an evaluation's data's class
+    frequencies)."""
     if weights is None:
         return _indexed(start, count, (), lambda block: torch.randint(
             num_classes, (NOISE_BLOCK,), generator=seeded(stream, seed, block)))
@@ -70,7 +72,8 @@ def _indexed(start: int, count: int, shape: tuple[int, ...],
              draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
     blocks = range(start // NOISE_BLOCK, (start + count - 1) // NOISE_BLOCK + 1) if count > 0 else range(0)
     offset = start - (blocks.start if blocks else 0) * NOISE_BLOCK
-    return torch.cat([draw(block) for block in blocks])[offset:offset + count] if blocks else torch.empty(0, *shape)
+    return torch.cat([draw(block) for block in blocks])[offset:offset + count] if blocks else torch.empty(0,
+                                                                                                          *shape)
 
 
 def grid_labels(num_classes: int, per_row: int = 8) -> torch.Tensor | None:
@@ -128,13 +131,14 @@ def generate(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None 
 
 
 @torch.no_grad()
-def standing_statistics(generator: nn.Module, z_dim: int, num_classes: int, batches: int, batch_size: int = 64,
-                        seed: int = 0) -> nn.Module:
-    """A copy of `generator`, in eval mode, whose BatchNorm running statistics are BigGAN's standing statistics:
-    reset, then the plain average (momentum None) of the batch statistics of `batches` train-mode forwards of
-    batch_size samples (z, and uniform classes for a conditional G, from `seed`). Spectral norm stays frozen.
-    Sampling then normalises with statistics of these very weights (an EMA G's running statistics come from
-    the trained G's, and momentum weights the last steps only). The source model is left untouched."""
+def standing_statistics(generator: nn.Module, z_dim: int, num_classes: int, batches: int,
+                        batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """A copy of `generator`, in eval mode, whose BatchNorm running statistics are BigGAN's standing
+    statistics: reset, then the plain average (momentum None) of the batch statistics of `batches` train-mode
+    forwards of batch_size samples (z, and uniform classes for a conditional G, from `seed`). Spectral norm
+    stays frozen. Sampling then normalises with statistics of these very weights (an EMA G's running
+    statistics come from the trained G's, and momentum weights the last steps only). The source model is left
+    untouched."""
     if batches < 1:
         raise ValueError(f"standing statistics need at least 1 batch, got {batches}")
     model = copy.deepcopy(generator).eval()
@@ -148,7 +152,8 @@ def standing_statistics(generator: nn.Module, z_dim: int, num_classes: int, batc
     random = seeded(Stream.STANDING_STATISTICS, seed)
     for _ in range(batches):
         z = torch.randn(batch_size, z_dim, generator=random)
-        y = () if not num_classes else (torch.randint(num_classes, (batch_size,), generator=random).to(device),)
+        y = () if not num_classes else (torch.randint(num_classes, (batch_size,),
+                                                      generator=random).to(device),)
         model(z.to(device), *y)
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
@@ -181,12 +186,13 @@ def write_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 
 def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, seed: int = 0,
                   npz: str | Path | None = None, device: str = "cpu", classes: list[int] | None = None,
-                  per_class: int | None = None, standing_stats: int = 0, truncation: float | None = None) -> Path:
+                  per_class: int | None = None, standing_stats: int = 0,
+                  truncation: float | None = None) -> Path:
     """Sample n images from a checkpoint into a grid PNG (and raw arrays into an .npz).
 
     A conditional model: with classes and/or per_class, per_class images (default 8) of each class (default
-    all), one class per row, n ignored; otherwise n images of classes 0, 1, 2, ... in turn. standing_stats K > 0:
-    BatchNorm uses standing statistics over K batches (standing_statistics) instead of its running ones.
+    all), one class per row, n ignored; otherwise n images of classes 0, 1, 2, ... in turn. standing_stats K >
+    0: BatchNorm uses standing statistics over K batches (standing_statistics) instead of its running ones.
     truncation psi: z truncated at psi (truncated_noise)."""
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -205,7 +211,8 @@ def sample_to_png(checkpoint: str | Path, out_png: str | Path, *, n: int = 64, s
         arrays = {"images": uint8.numpy(), "z": z.numpy(), "step": np.array(model.step)}
         if labels is not None:
             arrays["labels"] = labels.numpy()
-        atomic_write(Path(npz), lambda f: np.savez_compressed(f, **arrays))
+        # numpy's stub lets **arrays fill the bool allow_pickle, hence the ignore
+        atomic_write(Path(npz), lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
     return write_grid(images, Path(out_png), nrow=nrow)
 
 
@@ -228,8 +235,8 @@ def sample_to_dir(checkpoint: str | Path, out_dir: str | Path, *, n: int, seed: 
     width = max(6, len(str(n - 1)))
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        labels = (None if not num_classes else indexed_labels(seed, start, count, num_classes) if chosen is None
-                  else chosen[start:start + count])
+        labels = (None if not num_classes else indexed_labels(seed, start, count, num_classes)
+                  if chosen is None else chosen[start:start + count])
         images = to_uint8(generate(generator, indexed_noise(seed, start, count, model.config.z_dim), labels))
         for offset, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
             Image.fromarray(image).save(out_dir / f"{start + offset:0{width}d}.png")

@@ -34,7 +34,8 @@ class Arm:
     relative_to_steps: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": dict(self.config), "relative_to_steps": dict(self.relative_to_steps)}
+        return {"name": self.name, "config": dict(self.config),
+                "relative_to_steps": dict(self.relative_to_steps)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,8 +54,8 @@ class Study:
         for arm in self.arms:
             if set(arm.relative_to_steps) & set(arm.config) or not all(
                     factor > 0 for factor in arm.relative_to_steps.values()):
-                raise ValueError(f"study {self.name}, arm {arm.name}: relative_to_steps needs positive factors "
-                                 "for fields the arm does not set")
+                raise ValueError(f"study {self.name}, arm {arm.name}: relative_to_steps needs positive "
+                                 "factors for fields the arm does not set")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "base": self.base, "question": self.question,
@@ -63,7 +64,8 @@ class Study:
 
 def _study(name: str, base: str, question: str, arms: dict[str, dict[str, Any]],
            relative_to_steps: dict[str, dict[str, float]] | None = None) -> Study:
-    """arms: arm name -> the config fields it sets; relative_to_steps: arm name -> its Arm.relative_to_steps."""
+    """arms: arm name -> the config fields it sets; relative_to_steps: arm name -> its
+    Arm.relative_to_steps."""
     relative = relative_to_steps or {}
     if set(relative) - set(arms):
         raise ValueError(f"study {name}: relative_to_steps names an arm it does not have")
@@ -82,8 +84,8 @@ _TABLE1_SIZES = (8, 16, 32, 64)
 
 STUDIES: dict[str, Study] = {study.name: study for study in (
     _study("normalization", "seed64",
-           "Does spectral normalisation in both networks (the seed) train better than SN in the discriminator "
-           "only, batch norm in the discriminator, or no normalisation in the discriminator?",
+           "Does spectral normalisation in both networks (the seed) train better than SN in the "
+           "discriminator only, batch norm in the discriminator, or no normalisation in the discriminator?",
            {"sn-both": _SEED_NORMS,
             # G keeps its BatchNorm but loses SN: SN-GAN's setting, which the paper compares against.
             "sn-d-only": {"g_norm": "batch", "d_norm": "spectral"},
@@ -114,10 +116,12 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
     # study is one fixed table, and feat32/feat64 do not exist at 32 or 64 pixels (those bases fail
     # validation naming the arm).
     _study("attention128", "paper128",
-           "Where should attention sit at 128x128 (the paper's Table 1): at the 8, 16, 32 or 64 pixel feature "
-           "maps of both networks, against no attention and against a residual block at the same place?",
+           "Where should attention sit at 128x128 (the paper's Table 1): at the 8, 16, 32 or 64 pixel "
+           "feature maps of both networks, against no attention and against a residual block at the same "
+           "place?",
            {"none": {"g_attention": [], "d_attention": [], "g_residual": [], "d_residual": []},
-            **{f"feat{size}": {"g_attention": [size], "d_attention": [size], "g_residual": [], "d_residual": []}
+            **{f"feat{size}": {"g_attention": [size], "d_attention": [size], "g_residual": [],
+                               "d_residual": []}
                for size in _TABLE1_SIZES},
             **{f"residual-feat{size}": {"g_attention": [], "d_attention": [], "g_residual": [size],
                                         "d_residual": [size]} for size in _TABLE1_SIZES}}),
@@ -125,7 +129,8 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
     # one of the three questions against the same seed arm, at the seed arm's compute.
     _study("hyperparams", "seed64",
            "How sensitive is the seed to Adam's beta1 (0 vs 0.5), the batch size (32, 64, 128 at the seed's "
-           "rates, each seeing as many real images) and a learning-rate decay of 0.95 every twentieth of the run?",
+           "rates, each seeing as many real images) and a learning-rate decay of 0.95 every twentieth of the "
+           "run?",
            {"seed": {"beta1": 0.0, "batch_size": 64, "lr_decay": None},
             "beta1-0.5": {"beta1": 0.5, "batch_size": 64, "lr_decay": None},
             "batch32": {"beta1": 0.0, "batch_size": 32, "lr_decay": None},
@@ -137,8 +142,8 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
     # DiffAugment's question, on the data set the base names cut to 1k and 10k of its images (the same ones
     # for every seed); evaluations compare with the whole set, so memorising the subset does not pay.
     _study("diffaug", "sagan32",
-           "Does differentiable augmentation (color, translation, cutout on both D inputs) keep training on 1,000 "
-           "or 10,000 images from collapsing, and what does it cost when the data is plentiful?",
+           "Does differentiable augmentation (color, translation, cutout on both D inputs) keep training on "
+           "1,000 or 10,000 images from collapsing, and what does it cost when the data is plentiful?",
            {f"{policy}-{size}": {"diffaug": value, "train_images": count}
             for size, count in (("1k", 1_000), ("10k", 10_000))
             for policy, value in (("none", "none"), ("on", "color,translation,cutout"))}),
@@ -146,8 +151,9 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
 
 
 def compute_spent(step: int, *, n_critic: int, batch_size: int) -> dict[str, int]:
-    """What a run has spent by G step `step`: its G updates, D updates (n_critic per G step) and the real images
-    D drew (a global batch per D update). metrics.jsonl records them; the report plots against images seen."""
+    """What a run has spent by G step `step`: its G updates, D updates (n_critic per G step) and the real
+    images D drew (a global batch per D update). metrics.jsonl records them; the report plots against images
+    seen."""
     return {"g_updates": step, "d_updates": step * n_critic, "images_seen": step * n_critic * batch_size}
 
 

@@ -150,7 +150,8 @@ def _grid(axes: Any, *, seeds: int, max_arms: int) -> list[tuple[str, dict[str, 
         if not isinstance(values, list) or not values:
             raise SweepError(field, "an axis is a non-empty list of values")
         if not all(_config_value(value) for value in values):
-            # Config values are at most a list of scalars (g_attention); deeper nesting is no value of any field.
+            # Config values are at most a list of scalars (g_attention); deeper nesting is no value of any
+            # field.
             raise SweepError(field, "an axis value is a number, text, true, false, null or a list of those")
     if not axes:
         return [("base", {})]
@@ -158,7 +159,7 @@ def _grid(axes: Any, *, seeds: int, max_arms: int) -> list[tuple[str, dict[str, 
     _check_size(math.prod(len(values) for values in axes.values()), seeds, max_arms)
     arms = []
     for combination in itertools.product(*axes.values()):
-        overrides = dict(zip(axes, combination))
+        overrides = dict(zip(axes, combination, strict=True))
         name = ",".join(f"{field}={_value_name(value)}" for field, value in overrides.items())
         arms.append((name, overrides))
     names = [name for name, _ in arms]
@@ -232,7 +233,8 @@ def run_sweep(runs: Sequence[SweepRun], out: Path, *, parallel: int = 1,
         else:
             pending.append(run)
     env = dict(os.environ)
-    if parallel > 1 and "OMP_NUM_THREADS" not in env:  # N trainings share the cores instead of each taking all
+    # N trainings share the cores instead of each taking all
+    if parallel > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     stopping, signalled = False, set()

@@ -27,7 +27,8 @@ SAMPLES_TAG = "samples"
 
 
 def record_scalars(record: dict[str, Any]) -> dict[str, float]:
-    """A metrics.jsonl record's numbers by tag: a training record's stats and gammas, an evaluation's metrics."""
+    """A metrics.jsonl record's numbers by tag: a training record's stats and gammas, an evaluation's
+    metrics."""
     scalars = {tag: record[field] for field, tag in SCALAR_TAGS.items() if field in record}
     scalars.update({f"gamma/{name}": gamma for name, gamma in record.get("gamma", {}).items()})
     scalars.update({f"eval/{name}": value for name, value in record.get("eval", {}).items()
@@ -36,8 +37,9 @@ def record_scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 def complete_records(data: bytes) -> bytes:
-    """The whole records at the start of an event file's bytes (a TFRecord: 8-byte little-endian length, 4-byte
-    CRC of it, the data, 4-byte CRC of the data), without a record the writer may be in the middle of."""
+    """The whole records at the start of an event file's bytes (a TFRecord: 8-byte little-endian length,
+    4-byte CRC of it, the data, 4-byte CRC of the data), without a record the writer may be in the middle
+    of."""
     end = 0
     while end + 12 <= len(data):
         record_end = end + 12 + int.from_bytes(data[end:end + 8], "little") + 4

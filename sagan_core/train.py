@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from types import FrameType
+from typing import Any, Self, cast
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import prune_checkpoints, read_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, build_config, config_warnings, read_config_file
@@ -87,9 +88,9 @@ SHUFFLE_WINDOW = 4  # shuffle "blocks": images are shuffled within this many con
 
 def epoch_order(size: int, seed: int, epoch: int, blocks: list[int] | None = None) -> torch.Tensor:
     """The data order of an epoch, seeded by (seed, epoch): a permutation of all `size` items, or, given the
-    sizes of consecutive blocks (a packed set's shards, config shuffle "blocks"), the blocks in a permuted order
-    with the items shuffled within each window of SHUFFLE_WINDOW consecutive blocks of that order, so that a
-    reader goes through the set a few shards at a time."""
+    sizes of consecutive blocks (a packed set's shards, config shuffle "blocks"), the blocks in a permuted
+    order with the items shuffled within each window of SHUFFLE_WINDOW consecutive blocks of that order, so
+    that a reader goes through the set a few shards at a time."""
     generator = seeded(Stream.EPOCH_ORDER, seed, epoch)
     if blocks is None:
         return torch.randperm(size, generator=generator)
@@ -188,7 +189,9 @@ def build_state(config: TrainConfig, ctx: DistContext, dataset_size: int) -> Tra
     ema = copy.deepcopy(generator).requires_grad_(False) if config.ema_decay > 0 else None
     generator_ddp, discriminator_ddp = wrap_ddp(generator, ctx), wrap_ddp(discriminator, ctx)
     if config.compile:
-        generator_ddp, discriminator_ddp = torch.compile(generator_ddp), torch.compile(discriminator_ddp)
+        # torch.compile of a module returns an OptimizedModule (an nn.Module); its annotation: a callable
+        generator_ddp = cast(nn.Module, torch.compile(generator_ddp))
+        discriminator_ddp = cast(nn.Module, torch.compile(discriminator_ddp))
     return TrainState(config, ctx, generator, discriminator, generator_ddp, discriminator_ddp,
                       g_optimizer, d_optimizer, ema, BadImageLog(dataset_size, config.max_bad_images))
 
@@ -209,7 +212,8 @@ def with_classes(config: TrainConfig, dataset: ImageDataset) -> TrainConfig:
 
 
 def fake_classes(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor | None:
-    """This rank's slice of the generator's global classes for (step, slot), uniform; None if unconditional."""
+    """This rank's slice of the generator's global classes for (step, slot), uniform; None if
+    unconditional."""
     if not config.num_classes:
         return None
     classes = torch.randint(config.num_classes, (config.batch_size,),
@@ -224,7 +228,8 @@ def labelled(y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
 
 def noise(config: TrainConfig, ctx: DistContext, step: int, slot: int) -> torch.Tensor:
     """This rank's slice of the global z for (step, slot); slot n_critic is the G step's."""
-    z = torch.randn(config.batch_size, config.z_dim, generator=seeded(Stream.TRAIN_NOISE, config.seed, step, slot))
+    z = torch.randn(config.batch_size, config.z_dim,
+                    generator=seeded(Stream.TRAIN_NOISE, config.seed, step, slot))
     return _rank_share(z, ctx)
 
 
@@ -269,7 +274,8 @@ def discriminate(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tenso
         return discriminator(real, *labelled(real_y)).float(), discriminator(fake, *labelled(fake_y)).float()
     # One forward over real and fake: half the kernel launches, one spectral-norm power iteration
     # (where the reference runs two) and a single DDP forward per backward.
-    both_y = () if real_y is None else (torch.cat([real_y, fake_y]),)
+    assert (real_y is None) == (fake_y is None)  # a conditional model labels both sides
+    both_y = () if real_y is None or fake_y is None else (torch.cat([real_y, fake_y]),)
     d_real, d_fake = discriminator(torch.cat([real, fake]), *both_y).float().split(real.shape[0])
     return d_real, d_fake
 
@@ -301,8 +307,8 @@ def train_step(state: TrainState, real_batches: Iterator[tuple[torch.Tensor, tor
                 # The penalty's double backward runs on the bare module (DDP cannot); its gradients
                 # still reach DDP's all-reduce, which hooks the parameters themselves.
                 alpha = penalty_weights(config, ctx, state.step, slot)
-                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real_seen, fake_seen,
-                                                                      alpha, labels=real_y)
+                d_loss = d_loss + config.gp_weight * gradient_penalty(state.discriminator, real_seen,
+                                                                      fake_seen, alpha, labels=real_y)
         state.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         state.d_optimizer.step()
@@ -381,7 +387,8 @@ class RunWriter:
     `best` pointer) come from the evaluations kept. `hold_checkpoints`: see prune_checkpoints' `hold_untaken`.
     """
 
-    def __init__(self, out_dir: Path, state: TrainState, *, resumed: bool, hold_checkpoints: bool = False) -> None:
+    def __init__(self, out_dir: Path, state: TrainState, *, resumed: bool,
+                 hold_checkpoints: bool = False) -> None:
         self.out_dir, self.state, self.hold_checkpoints = out_dir, state, hold_checkpoints
         # One class per row when conditional (spread over the classes); the same z for every step's grid.
         self.sample_y = grid_labels(state.config.num_classes or 0)
@@ -413,11 +420,12 @@ class RunWriter:
 
     def sample(self) -> None:
         generator = self.state.ema if self.state.ema is not None else self.state.generator
-        path = write_grid(generate(generator, self.sample_z, self.sample_y), sample_path(self.out_dir, self.state.step))
+        path = write_grid(generate(generator, self.sample_z, self.sample_y),
+                          sample_path(self.out_dir, self.state.step))
         if self.tensorboard is not None:
             self.tensorboard.grid(self.state.step, path)
 
-    def real_grid(self, dataset: Dataset) -> None:
+    def real_grid(self, dataset: ImageDataset) -> None:
         """64 real images, the first the run draws, beside the samples for comparison; once per run."""
         path = real_grid_path(self.out_dir)
         if path.exists():
@@ -453,6 +461,7 @@ class RunWriter:
         if self.tensorboard is not None:
             self.tensorboard.log(metrics_line)
         value = headline(metrics, line)
+        assert value is not None  # every evaluation computes the first metric
         if improves(metrics, value, self.best_value):
             self.best_value = value
             point_best(self.checkpoint())
@@ -466,10 +475,12 @@ class RunWriter:
 
 
 def build_evaluator(config: TrainConfig, ctx: DistContext) -> Evaluator | None:
-    """The run's evaluator when eval_every > 0; a missing Inception weights file fails here, before training."""
+    """The run's evaluator when eval_every > 0; a missing Inception weights file fails here, before
+    training."""
     if config.eval_every == 0:
         return None
-    plan = EvalPlan(tuple(config.eval_metrics), n=config.eval_n, dataset=config.eval_dataset or config.dataset,
+    plan = EvalPlan(tuple(config.eval_metrics), n=config.eval_n,
+                    dataset=config.eval_dataset or config.dataset,
                     imsize=config.imsize, center_crop=config.center_crop, resize_mode=config.resize_mode,
                     seed=config.seed,
                     num_workers=config.num_workers)
@@ -525,7 +536,8 @@ class StopOnSigterm:
     is True on all of them once any rank has it, so they all stop after the same step."""
 
     def __init__(self, ctx: DistContext, stop_requested: Callable[[], bool] | None = None) -> None:
-        self.ctx, self.requested, self.previous = ctx, False, None
+        self.ctx, self.requested = ctx, False
+        self.previous: Callable[[int, FrameType | None], Any] | int | None = None
         self.stop_requested = stop_requested
         self.group = control_group(ctx)
 
@@ -600,6 +612,7 @@ def _evaluate(state: TrainState, evaluator: Evaluator, writer: RunWriter | None)
     """Every rank generates its share; rank 0 records the result."""
     record = evaluator.evaluate(state.ema if state.ema is not None else state.generator, state.config.z_dim)
     if writer is not None:
+        assert record is not None  # the writer is rank 0's, which gets the record
         writer.evaluation(record)
 
 
@@ -635,6 +648,7 @@ def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
             watch.check(weights=evaluating or saving)
         if evaluating:
             evaluation_start = time.perf_counter()
+            assert evaluator is not None  # `evaluating` says so
             _evaluate(state, evaluator, writer)
             window_start += time.perf_counter() - evaluation_start  # img/s counts training time only
         # A collective under DDP: there only on log steps, which wait for every rank anyway.
@@ -647,7 +661,7 @@ def _loop(state: TrainState, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
             elapsed = time.perf_counter() - window_start
             img_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)
             if writer is not None:
-                writer.log(dict(zip(stats, values)), img_per_s)
+                writer.log(dict(zip(stats, values, strict=True)), img_per_s)
                 progress.set_postfix(d_loss=f"{values[0]:.3f}", g_loss=f"{values[1]:.3f}",
                                      img_s=f"{img_per_s:.1f}")
             window_start, window_steps = time.perf_counter(), 0

@@ -19,6 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from .db import rows_matched
 from .models import ApiToken, utcnow
 
 TOKEN_PREFIX = "sagan_"
@@ -69,7 +70,7 @@ def list_tokens(session: Session) -> list[ApiToken]:
 
 def revoke_token(session: Session, *, name: str) -> bool:
     """Delete the token; False if there is none by that name. Its jobs keep their owner."""
-    deleted = session.execute(delete(ApiToken).where(ApiToken.name == name)).rowcount
+    deleted = rows_matched(session.execute(delete(ApiToken).where(ApiToken.name == name)))
     session.commit()
     return deleted == 1
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from .settings import Settings
 
 # A CPU-sized demo that visibly learns: SAGAN at 32x32 (the seed's widths) on the built-in `shapes` (one large
-# shape per image; on `synthetic` 1000 steps give only colour fields), about 7 minutes on 2 cores. Samples come
-# from an EMA of G (from step 100), a grid every 100 steps, and SWD on 512 samples every 250 steps: it fell
-# from 226 to 81 in the run measured for BENCHMARKS.md. (debug32 is faster but too narrow to learn.)
+# shape per image; on `synthetic` 1000 steps give only colour fields), about 7 minutes on 2 cores. Samples
+# come from an EMA of G (from step 100), a grid every 100 steps, and SWD on 512 samples every 250 steps: it
+# fell from 226 to 81 in the run measured for BENCHMARKS.md. (debug32 is faster but too narrow to learn.)
 DEMO_CONFIG = {"preset": "sagan32", "dataset": "shapes", "steps": 1000, "ema_decay": 0.995, "ema_start": 100,
                "sample_every": 100, "checkpoint_every": 250, "log_every": 10, "eval_every": 250,
                "eval_metrics": ["swd"], "eval_n": 512, "num_workers": 1, "device": "cpu"}
@@ -33,13 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     downgrade.add_argument("revision")
     downgrade.set_defaults(func=run_db_downgrade)
 
-    reaper = subparsers.add_parser("reaper", help="requeue jobs of dead workers and resend lost queue messages "
+    reaper = subparsers.add_parser("reaper",
+                                   help="requeue jobs of dead workers and resend lost queue messages "
                                                   "(the API and every worker already run one)")
     reaper.set_defaults(func=run_reaper_command)
 
     token = subparsers.add_parser("token", help="manage API tokens (README: Security)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
-    create = token_commands.add_parser("create", help="create a token and print it (once: only its hash is kept)")
+    create = token_commands.add_parser("create",
+                                       help="create a token and print it (once: only its hash is kept)")
     create.add_argument("--name", required=True, help="who it is for; the owner of the jobs it submits")
     create.add_argument("--admin", action="store_true", help="sees and manages every owner's jobs")
     create.set_defaults(func=run_token_create)
@@ -203,15 +205,15 @@ def _unsafe_to_serve(args: argparse.Namespace, settings: Settings) -> str | None
     """Why `sagan up` must not start as asked, or None."""
     if settings.auth == "none" and not _loopback(args.host):
         return (f"--host {args.host} lets other machines reach the service, and SAGAN_AUTH=none would let "
-                "anyone on them run jobs: set SAGAN_AUTH=tokens (the default off loopback) and create a token "
-                "with `sagan token create --name NAME --admin`")
+                "anyone on them run jobs: set SAGAN_AUTH=tokens (the default off loopback) and create a "
+                "token with `sagan token create --name NAME --admin`")
     if settings.auth == "tokens":
         from .auth import list_tokens
 
         with _token_session() as session:
             if not list_tokens(session):
-                return ("SAGAN_AUTH=tokens but no API token exists, so nobody could use the service: create one "
-                        "with `sagan token create --name NAME --admin` (it prints the token once)")
+                return ("SAGAN_AUTH=tokens but no API token exists, so nobody could use the service: create "
+                        "one with `sagan token create --name NAME --admin` (it prints the token once)")
         if args.demo and not os.environ.get("SAGAN_TOKEN"):
             return "--demo with SAGAN_AUTH=tokens submits its job with a token: set SAGAN_TOKEN to one"
     return None
@@ -250,7 +252,8 @@ def _submit_demo(base_url: str, settings: Settings) -> DemoWatch:
     print(f"demo job: {response.headers['location']}\n"
           f"  watch it train: {base_url}/ui/jobs/{job['id']}\n"
           f"  sample grids: {base_url}/jobs/{job['id']}/samples (files in {samples})\n"
-          f"  its sample quality (SWD, lower is better) is printed as it is measured; Ctrl-C stops the service.",
+          "  its sample quality (SWD, lower is better) is printed as it is measured; Ctrl-C stops the "
+          "service.",
           flush=True)
     return DemoWatch(base_url, job["id"], samples)
 

@@ -25,8 +25,8 @@ class DatasetNotFound(LookupError):
     """No data set has this id (or it is another owner's)."""
 
 
-def create_dataset(session: Session, *, spec: DatasetSpec, owner: str, name: str, queue: str, max_attempts: int,
-                   limits: jobs.OwnerLimits | None = None) -> tuple[Dataset, Job]:
+def create_dataset(session: Session, *, spec: DatasetSpec, owner: str, name: str, queue: str,
+                   max_attempts: int, limits: jobs.OwnerLimits | None = None) -> tuple[Dataset, Job]:
     """The data set's row and its queued build job (OverLimit as jobs.create_job says); the caller sends it.
     The job first: it is what the owner's limits admit."""
     job, _ = jobs.create_job(session, kind="dataset", spec=spec, queue=queue, max_attempts=max_attempts,
@@ -69,7 +69,8 @@ def jobs_using(session: Session, dataset_id: str, *, active: bool = False) -> li
     """Train and eval jobs naming `ds:<id>` (dataset or eval_dataset), oldest first; `active`: only queued or
     running ones."""
     ref = f"{DATASET_REF}{dataset_id}"
-    query = (select(Job).where(or_(Job.spec["dataset"].as_string() == ref, Job.spec["eval_dataset"].as_string() == ref))
+    query = (select(Job).where(or_(Job.spec["dataset"].as_string() == ref,
+                                   Job.spec["eval_dataset"].as_string() == ref))
              .order_by(Job.id))
     if active:
         query = query.where(Job.status.in_(ACTIVE))
@@ -82,7 +83,8 @@ def delete_dataset(session: Session, dataset_id: str, *, owner: str | None = Non
     dataset = get_dataset(session, dataset_id, owner=owner)
     build = session.get(Job, dataset.job_id) if dataset.job_id else None
     if public_status(dataset, build)[0] in ACTIVE:  # its job is still writing it
-        raise jobs.JobConflict(f"data set {dataset_id} is being built by job {dataset.job_id}; cancel it first")
+        raise jobs.JobConflict(f"data set {dataset_id} is being built by job {dataset.job_id}; cancel it "
+                               "first")
     if using := jobs_using(session, dataset_id, active=True):
         raise jobs.JobConflict(f"data set {dataset_id} is in use by {len(using)} queued or running job(s): "
                                f"{', '.join(job.id for job in using[:5])}")
@@ -91,7 +93,8 @@ def delete_dataset(session: Session, dataset_id: str, *, owner: str | None = Non
     return dataset
 
 
-def check_dataset_refs(session: Session, refs: dict[str, str | None], *, owner: str | None, imsize: int) -> None:
+def check_dataset_refs(session: Session, refs: dict[str, str | None], *, owner: str | None,
+                       imsize: int) -> None:
     """Every `ds:<id>` among `refs` (field location -> data set spec) must be a data set of `owner` (None: any
     owner's, an admin's request), ready, packed at `imsize`; else SpecError on that field. Another owner's
     data set reads as not found, as in GET /datasets/{id}."""
@@ -125,7 +128,9 @@ def mark_ready(session: Session, *, dataset_id: str, images: int, classes: list[
     session.commit()
 
 
-def mark_failed(session: Session, *, dataset_id: str, error: str, bad_images: dict[str, str] | None = None) -> None:
+def mark_failed(session: Session, *, dataset_id: str, error: str,
+                bad_images: dict[str, str] | None = None) -> None:
     session.execute(update(Dataset).where(Dataset.id == dataset_id).values(
-        status="failed", error=jobs.public_error(dataset_id, error), bad_images=bad_images, updated_at=utcnow()))
+        status="failed", error=jobs.public_error(dataset_id, error), bad_images=bad_images,
+                                                                           updated_at=utcnow()))
     session.commit()

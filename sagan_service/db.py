@@ -6,13 +6,14 @@ import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Dialect, Engine, create_engine, event, make_url
+from sqlalchemy import CursorResult, Dialect, Engine, Result, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from sagan_core.metrics.runs import json_safe
 
@@ -35,7 +36,8 @@ def make_engine(url: str, *, pre_ping: bool = False, application_name: str | Non
         return engine
     # No pool_pre_ping: it costs a round trip on every checkout. After a database restart the first
     # use of a stale connection fails (a 503 from the API) and SQLAlchemy then drops the whole pool.
-    connect_args: dict[str, Any] = {} if application_name is None else {"application_name": application_name[:63]}
+    connect_args: dict[str, Any] = ({} if application_name is None
+                                    else {"application_name": application_name[:63]})
     if timeout_s is not None:
         # Server options go with the connection (no extra round trip); the URL's own (a search_path) stay.
         options = make_url(url).query.get("options", "")
@@ -72,7 +74,8 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def run_and_commit(session: Session, statements: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[tuple]]:
+def run_and_commit(session: Session,
+                   statements: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[tuple]]:
     """Execute (statement, parameters) pairs in order in the session's transaction, commit, and return each
     statement's rows.
 
@@ -91,14 +94,17 @@ def run_and_commit(session: Session, statements: Sequence[tuple[Executable, Mapp
     import psycopg
 
     raw = connection.connection.driver_connection
-    queries = [_driver_query(statement, parameters, connection.dialect) for statement, parameters in statements]
+    assert raw is not None  # a pool connection's driver connection: open while `connection` is
+    queries = [_driver_query(statement, parameters, connection.dialect)
+               for statement, parameters in statements]
     try:
         with raw.pipeline():
             cursors = [raw.execute(sql, values) for sql, values in queries]
             raw.commit()
     except psycopg.Error as error:
         sql, values = queries[0]
-        disconnected = connection.dialect.is_disconnect(error, raw, None)
+        # psycopg.Error is a DB-API Error; SQLAlchemy types the argument as its own DB-API protocol's
+        disconnected = connection.dialect.is_disconnect(cast(Any, error), raw, None)
         if disconnected:
             connection.invalidate(error)
         raise DBAPIError.instance(sql, values, error, psycopg.Error, connection_invalidated=disconnected,
@@ -112,12 +118,21 @@ def _driver_query(statement: Executable, parameters: Mapping[str, Any], dialect:
     connection.execute hands the driver."""
     sql, processors, compiled = _compiled(statement, dialect)
     values = compiled.construct_params(dict(parameters))
-    return sql, {name: processors[name](value) if name in processors else value for name, value in values.items()}
+    return sql, {name: processors[name](value) if name in processors else value
+                 for name, value in values.items()}
 
 
 @functools.cache
 def _compiled(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any], Any]:
-    compiled = statement.compile(dialect=dialect)
+    # Every statement here is a Core statement (a ClauseElement), which compiles to a SQLCompiler (the class
+    # with `binds`); Executable, their declared type, declares neither.
+    compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
     processors = {name: processor for name, bind in compiled.binds.items()
                   if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
     return compiled.string, processors, compiled
+
+
+def rows_matched(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. Session.execute is typed to return a Result, but for those
+    statements it is a CursorResult, the class that has the count (hence the cast)."""
+    return cast("CursorResult[Any]", result).rowcount

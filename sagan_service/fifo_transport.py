@@ -25,7 +25,8 @@ _sent_lock = threading.Lock()
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    # kombu's base declares _put(queue, message) but calls it with **kwargs (virtual/base.py), as here
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         with _sent_lock:
             order = next(_sent)
         name = f"{round(monotonic() * 1000):015d}_{order:012d}_{uuid.uuid4()}.{queue}.msg"

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from sqlalchemy import Executable, bindparam, case, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -36,7 +36,7 @@ from sqlalchemy.sql.selectable import ScalarSelect
 
 from sagan_core.config import TrainConfig
 
-from .db import run_and_commit
+from .db import rows_matched, run_and_commit
 from .jobspec import JobSpec, SweepSpec, read_spec
 from .models import TERMINAL, Artifact, Job, new_job_id, utcnow
 from .webhooks import record_status_changes
@@ -63,7 +63,8 @@ class Lease:
 
 @dataclass(frozen=True)
 class OwnerLimits:
-    """SAGAN_MAX_QUEUED_PER_OWNER and SAGAN_MAX_RUNNING_PER_OWNER, as create_job and create_sweep check them."""
+    """SAGAN_MAX_QUEUED_PER_OWNER and SAGAN_MAX_RUNNING_PER_OWNER, as create_job and create_sweep check
+    them."""
 
     max_queued: int
     max_running: int
@@ -74,16 +75,17 @@ class OverLimit(Exception):
 
     def __init__(self, owner: str, *, queued: int, running: int, adding: int, limits: OwnerLimits) -> None:
         super().__init__(f"{owner}: {queued} queued, {running} running, {adding} more asked")
-        self.owner, self.queued, self.running, self.adding, self.limits = owner, queued, running, adding, limits
+        self.owner, self.queued, self.running = owner, queued, running
+        self.adding, self.limits = adding, limits
 
 
-def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_attempts: int, priority: int = 1,
-               idempotency_key: str | None = None, owner: str = "local",
+def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_attempts: int,
+               priority: int = 1, idempotency_key: str | None = None, owner: str = "local",
                limits: OwnerLimits | None = None, notify: Sequence[str] = (),
                continued_from: tuple[str, int] | None = None) -> tuple[Job, bool]:
     """Insert a queued job (its spec stored as spec.to_dict(), sagan_service.jobspec); with an idempotency key
-    already used, return that job and False instead. `continued_from`: (job id, step) of the committed checkpoint
-    a train job continues from.
+    already used, return that job and False instead. `continued_from`: (job id, step) of the committed
+    checkpoint a train job continues from.
     With `limits`, OverLimit instead while the owner is at one of them (a replay too: a client retrying at
     its limit waits like any other); the check and the insert are exact under concurrent POSTs.
 
@@ -95,8 +97,10 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
             _check_limits(owner, active_counts(session, owner=owner, up_to=_up_to(limits)), 1, limits)
         return existing, False
     now = utcnow()
-    values = {"id": new_job_id(), "kind": kind, "spec": spec.to_dict(), "queue": queue, "max_attempts": max_attempts,
-              "priority": priority, "status": "queued", "owner": owner, "idempotency_key": key, "attempt": 0, "step": 0,
+    values = {"id": new_job_id(), "kind": kind, "spec": spec.to_dict(), "queue": queue,
+              "max_attempts": max_attempts,
+              "priority": priority, "status": "queued", "owner": owner, "idempotency_key": key, "attempt": 0,
+              "step": 0,
               "cancel_requested": False, "total_steps": spec.steps if isinstance(spec, TrainConfig) else None,
               "notify": list(notify) or None,
               "continued_from": continued_from and continued_from[0],
@@ -107,10 +111,12 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
     statements = [*_lock_admissions(session, owner),
                   (_ACTIVE_COUNTS, {"owner": owner, "up_to": _up_to(admission)}),
                   (_INSERT_ADMITTED, {**values, "adding": 1, "up_to": _up_to(admission),
-                                      "max_queued": admission.max_queued, "max_running": admission.max_running})]
+                                      "max_queued": admission.max_queued,
+                                      "max_running": admission.max_running})]
     try:
         *_, counts, inserted = run_and_commit(session, statements)
-    except IntegrityError:  # two retries of the same POST raced past the key lookup: the unique key picked one
+    # two retries of the same POST raced past the key lookup: the unique key picked one
+    except IntegrityError:
         session.rollback()
         if (existing := _job_with_key(session, key)) is None:
             raise
@@ -122,7 +128,8 @@ def create_job(session: Session, *, kind: str, spec: JobSpec, queue: str, max_at
 
 
 def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[str, TrainConfig, str]],
-                 max_attempts: int, priority: int = 1, idempotency_key: str | None = None, owner: str = "local",
+                 max_attempts: int, priority: int = 1, idempotency_key: str | None = None,
+                 owner: str = "local",
                  limits: OwnerLimits | None = None, notify: Sequence[str] = ()) -> tuple[Job, bool]:
     """Insert a sweep and its queued children, (arm, TrainConfig, queue) each, all the owner's, in one
     transaction; with an idempotency key already used, return that job and False instead. With `limits`,
@@ -137,16 +144,17 @@ def create_sweep(session: Session, *, spec: SweepSpec, children: Sequence[tuple[
         return existing, False
     now = utcnow()
     # Never sent to a queue: dispatched_at stays null and claim_job / take_stale_queued skip sweeps.
-    sweep = Job(id=new_job_id(), kind="sweep", spec=spec.to_dict(), queue="default", max_attempts=max_attempts,
+    sweep = Job(id=new_job_id(), kind="sweep", spec=spec.to_dict(), queue="default",
+                max_attempts=max_attempts,
                 priority=priority, status="queued", owner=owner, idempotency_key=key, attempt=0, step=0,
                 cancel_requested=False, total_steps=sum(child.steps for _, child, _ in children),
                 notify=list(notify) or None)
     # Ids made in one millisecond are not ordered: sorted, they list (and queue) the children in arm order.
     ids = sorted(new_job_id() for _ in children)
     members = [Job(id=job_id, kind="train", spec=child.to_dict(), queue=queue, max_attempts=max_attempts,
-                   priority=priority, status="queued", owner=owner, parent_id=sweep.id, arm=arm, attempt=0, step=0,
-                   cancel_requested=False, total_steps=child.steps, dispatched_at=now)
-               for job_id, (arm, child, queue) in zip(ids, children)]
+                   priority=priority, status="queued", owner=owner, parent_id=sweep.id, arm=arm, attempt=0,
+                   step=0, cancel_requested=False, total_steps=child.steps, dispatched_at=now)
+               for job_id, (arm, child, queue) in zip(ids, children, strict=True)]
     return _insert_once(session, [sweep, *members], key)
 
 
@@ -179,8 +187,8 @@ def sweep_children(session: Session, *, job_id: str) -> list[Job]:
 
 
 def continuations(session: Session, *, job_id: str, owner: str | None = None) -> list[str]:
-    """The ids of the jobs that continue job `job_id`'s training (POST /jobs/{id}/continue), oldest first; with
-    `owner`, only that owner's."""
+    """The ids of the jobs that continue job `job_id`'s training (POST /jobs/{id}/continue), oldest first;
+    with `owner`, only that owner's."""
     query = select(Job.id).where(Job.continued_from == job_id).order_by(Job.id)
     return list(session.scalars(query if owner is None else query.where(Job.owner == owner)))
 
@@ -203,7 +211,8 @@ def settle_sweep(session: Session, *, job_id: str) -> str | None:
     """Store the status derived from the children of sweep `job_id` (and the sum of their steps); return it,
     or None if the sweep had already finished. Called after a child's transition is committed, so of two
     children finishing at once, the later caller sees both; a finished sweep never changes again."""
-    parent = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id, Job.kind == "sweep")
+    parent = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id,
+                                                                            Job.kind == "sweep")
                              ).one_or_none()
     if parent is None or parent.status in TERMINAL:
         return None
@@ -235,8 +244,8 @@ def _settle_parents(session: Session, job_ids: Iterable[str]) -> None:
     ids = sorted(set(job_ids))
     if not ids:
         return
-    for parent_id in sorted(set(session.scalars(select(Job.parent_id).where(Job.id.in_(ids),
-                                                                             Job.parent_id.is_not(None))))):
+    parent_ids = session.scalars(select(Job.parent_id).where(Job.id.in_(ids), Job.parent_id.is_not(None)))
+    for parent_id in sorted({parent_id for parent_id in parent_ids if parent_id is not None}):
         settle_sweep(session, job_id=parent_id)
 
 
@@ -270,17 +279,20 @@ def claim_next(session: Session, *, ticket: str, worker_id: str, lease_seconds: 
     A message is a ticket for one run on its queue, not for the job it names (every queued job has one, so
     tickets and queued jobs stay in step; one left over runs nothing). The job is the highest priority's,
     then that of the owner with the fewest running jobs, then of the owner whose last job started the
-    longest ago, then the oldest: ids sort by creation, so a sweep's children keep their arm order. Claims by several workers at once skip each other's candidates
-    (PostgreSQL's SKIP LOCKED; SQLite writes one at a time, and the loser of a race tries the next)."""
+    longest ago, then the oldest: ids sort by creation, so a sweep's children keep their arm order. Claims by
+    several workers at once skip each other's candidates (PostgreSQL's SKIP LOCKED; SQLite writes one at a
+    time, and the loser of a race tries the next)."""
     choose = (select(Job.id).where(*_takeable(ticket))
-              .order_by(Job.priority.desc(), _OWNER_RUNNING, _OWNER_LAST_START.asc().nulls_first(), Job.id).limit(1)
+              .order_by(Job.priority.desc(), _OWNER_RUNNING, _OWNER_LAST_START.asc().nulls_first(),
+                        Job.id).limit(1)
               .with_for_update(skip_locked=True, of=Job))
     for _ in range(_CLAIM_TRIES):
         job_id = session.scalar(choose)
         if job_id is None:
             session.rollback()
             return None
-        if (job := claim_job(session, job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds)) is not None:
+        if (job := claim_job(session, job_id=job_id, worker_id=worker_id,
+                             lease_seconds=lease_seconds)) is not None:
             return job
     return None
 
@@ -323,7 +335,7 @@ def claim_job(session: Session, *, job_id: str, worker_id: str, lease_seconds: f
     )
     record_status_changes(session, Job.id == job_id)
     session.commit()
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         return None
     _settle_parents(session, [job_id])
     job = get_job(session, job_id)
@@ -348,7 +360,7 @@ def heartbeat(session: Session, *, job_id: str, worker_id: str, lease_seconds: f
     result = session.execute(update(Job).where(*owned).values(**values)
                              .execution_options(synchronize_session=False))
     session.commit()
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         return Lease(held=False, cancel_requested=False)
     cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return Lease(held=True, cancel_requested=bool(cancel))
@@ -362,10 +374,11 @@ def record_evals(session: Session, *, job_id: str, worker_id: str, latest: dict[
     values: dict[str, Any] = {"latest_eval": latest, "updated_at": utcnow()}
     if best is not None and get_artifact(session, job_id=job_id, kind="checkpoint", step=best["step"]):
         values["best_eval"] = best
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+    result = session.execute(update(Job).where(Job.id == job_id, Job.status == "running",
+                                               Job.lease_owner == worker_id)
                              .values(**values).execution_options(synchronize_session=False))
     session.commit()
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 def record_artifact(session: Session, *, job_id: str, kind: str, step: int, key: str) -> None:
@@ -406,7 +419,8 @@ def best_held_out_eval(session: Session, job: Job) -> dict[str, Any] | None:
                                                      Job.spec["job_id"].as_string() == job.id)
              .order_by(Job.id.desc()))
     for spec, result in session.execute(query):
-        if read_spec("eval", spec).step == job.best_eval["step"] and (result or {}).get("stream") == "held-out":
+        if read_spec("eval",
+                     spec).step == job.best_eval["step"] and (result or {}).get("stream") == "held-out":
             return result
     return None
 
@@ -420,12 +434,15 @@ def committed_checkpoint(session: Session, *, job_id: str, step: int | Literal["
         raise JobConflict(f"job {job_id} is a {job.kind} job and has no checkpoints")
     if step == "best":
         if job.best_eval is None:
-            raise JobConflict(f"job {job_id} has no evaluated checkpoint yet (it evaluates every eval_every steps)")
+            raise JobConflict(f"job {job_id} has no evaluated checkpoint yet (it evaluates every eval_every "
+                              "steps)")
         step = job.best_eval["step"]
-    step = job.latest_checkpoint_step if step is None else step
-    artifact = None if step is None else get_artifact(session, job_id=job_id, kind="checkpoint", step=step)
+    wanted = job.latest_checkpoint_step if step is None else step
+    assert wanted != "best"  # resolved above
+    artifact = (None if wanted is None
+                else get_artifact(session, job_id=job_id, kind="checkpoint", step=wanted))
     if artifact is None:
-        which = "committed checkpoint" if step is None else f"committed checkpoint at step {step}"
+        which = "committed checkpoint" if wanted is None else f"committed checkpoint at step {wanted}"
         raise JobConflict(f"job {job_id} has no {which} yet")
     return artifact
 
@@ -468,9 +485,11 @@ def withdraw_unsent(session: Session, *, job_id: str) -> None:
     a 503, not this job, so no list shows it, and its idempotency key goes with it for the retry. Only rows
     still queued go: a job a worker took meanwhile (its message did go out after all) stays and runs."""
     queued = Job.status == "queued"
-    session.execute(delete(Job).where(Job.parent_id == job_id, queued).execution_options(synchronize_session=False))
+    session.execute(delete(Job).where(Job.parent_id == job_id,
+                                      queued).execution_options(synchronize_session=False))
     children = select(Job.id).where(Job.parent_id == job_id).exists()
-    session.execute(delete(Job).where(Job.id == job_id, queued, ~children).execution_options(synchronize_session=False))
+    session.execute(delete(Job).where(Job.id == job_id, queued,
+                                      ~children).execution_options(synchronize_session=False))
     session.commit()
 
 
@@ -482,7 +501,8 @@ def fail_queued_sweep(session: Session, *, job_id: str, error: str) -> None:
                     .values(status="failed", error=error, finished_at=now, updated_at=now)
                     .execution_options(synchronize_session=False))
     record_status_changes(session, Job.parent_id == job_id)
-    session.execute(update(Job).where(Job.id == job_id).values(error=error, idempotency_key=None, updated_at=now)
+    session.execute(update(Job).where(Job.id == job_id).values(error=error, idempotency_key=None,
+                                                               updated_at=now)
                     .execution_options(synchronize_session=False))
     session.commit()
     settle_sweep(session, job_id=job_id)
@@ -508,14 +528,14 @@ def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
     record_status_changes(session, Job.id == job_id)
     session.commit()
     _settle_parents(session, [job_id])
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 def retry_lost(session: Session, *, job_id: str, worker_id: str, error: str) -> str | None:
     """running -> queued for the lease owner whose launcher lost the run (a Ray job gone with its head or
-    node), as the reaper requeues a lost worker's job: the attempt counts, the next one resumes from the latest
-    committed checkpoint; out of attempts it fails with `error`, and a job flagged for cancelling is cancelled.
-    The new status, or None if the job was taken away."""
+    node), as the reaper requeues a lost worker's job: the attempt counts, the next one resumes from the
+    latest committed checkpoint; out of attempts it fails with `error`, and a job flagged for cancelling is
+    cancelled. The new status, or None if the job was taken away."""
     now = utcnow()
     cancel, spent = Job.cancel_requested.is_(True), Job.attempt >= Job.max_attempts
     status = case((cancel, "cancelled"), (spent, "failed"), else_="queued")
@@ -523,7 +543,8 @@ def retry_lost(session: Session, *, job_id: str, worker_id: str, error: str) -> 
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
-        .values(status=status, finished_at=settled, error=case((spent, public_error(job_id, error)), else_=None),
+        .values(status=status, finished_at=settled,
+                error=case((spent, public_error(job_id, error)), else_=None),
                 lease_owner=None, lease_expires_at=None, dispatched_at=now, updated_at=now)
         .returning(Job.status).execution_options(synchronize_session=False)
     )
@@ -570,9 +591,9 @@ def finish_job(session: Session, *, job_id: str, worker_id: str, status: str, er
     )
     record_status_changes(session, Job.id == job_id)
     session.commit()
-    if result.rowcount == 1:
+    if rows_matched(result) == 1:
         _settle_parents(session, [job_id])
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 def expired_leases(session: Session, *, now: datetime) -> list[str]:
@@ -598,7 +619,8 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
                                      error="worker lost (lease expired) on the last allowed attempt")
                              .returning(Job.id).execution_options(synchronize_session=False))
     settled += list(failed)
-    requeued = session.scalars(update(Job).where(*expired).values(status="queued", dispatched_at=now, **released)
+    requeued = session.scalars(update(Job).where(*expired).values(status="queued", dispatched_at=now,
+                                                                  **released)
                                .returning(Job.id).execution_options(synchronize_session=False))
     ids = list(requeued)
     record_status_changes(session, Job.id.in_(settled + ids))
@@ -641,7 +663,8 @@ _ACTIVE_COUNTS = select(_bounded_count("queued"), _bounded_count("running"))
 
 
 # A POST inserts its job only if the owner's counts, taken after the owner's lock, leave room for it.
-_ADMITTED_COLUMNS = ["id", "kind", "spec", "queue", "max_attempts", "priority", "status", "owner", "idempotency_key",
+_ADMITTED_COLUMNS = ["id", "kind", "spec", "queue", "max_attempts", "priority", "status", "owner",
+                     "idempotency_key",
                      "attempt", "step", "cancel_requested", "total_steps", "notify", "continued_from",
                      "continued_from_step", "dispatched_at", "created_at", "updated_at"]
 _INSERT_ADMITTED = insert(Job).from_select(
@@ -678,7 +701,8 @@ def _up_to(limits: OwnerLimits) -> int:
 
 def _check_limits(owner: str, counts: dict[str, int], adding: int, limits: OwnerLimits) -> None:
     if counts["queued"] + adding > limits.max_queued or counts["running"] >= limits.max_running:
-        raise OverLimit(owner, queued=counts["queued"], running=counts["running"], adding=adding, limits=limits)
+        raise OverLimit(owner, queued=counts["queued"], running=counts["running"], adding=adding,
+                        limits=limits)
 
 
 def active_counts(session: Session, *, owner: str, up_to: int) -> dict[str, int]:
@@ -698,6 +722,14 @@ _PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\",;()\[\]]+/)+([^\s/:'\",;()\[\]]*)"
 MAX_ERROR_CHARS = 1000
 
 
+@overload
+def public_error(job_id: str, error: str) -> str: ...
+@overload
+def public_error(job_id: str, error: None) -> None: ...
+@overload
+def public_error(job_id: str, error: str | None) -> str | None: ...
+
+
 def public_error(job_id: str, error: str | None) -> str | None:
     """The plain message a job's `error` shows; the full text goes to the log. The one place every
     recorded error passes (finish_job, fail_queued_sweep; the reaper's message is plain already)."""
@@ -714,7 +746,8 @@ def public_error(job_id: str, error: str | None) -> str | None:
 
 # Why failed jobs failed, for the service's metrics: the recorded message's source, by its wording.
 FAILURE_CAUSES = (("was unreachable for", "dependency_outage"), ("lease expired", "worker_lost"),
-                  ("could not reach the job queue", "queue_unreachable"), ("SAGAN_MAX_RUN_SECONDS", "time_limit"),
+                  ("could not reach the job queue", "queue_unreachable"),
+                  ("SAGAN_MAX_RUN_SECONDS", "time_limit"),
                   ("artifacts could not be stored", "artifact_store"))
 
 

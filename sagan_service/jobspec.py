@@ -24,7 +24,7 @@ for train, pydantic's ValidationError for the others). How to store one: `spec.t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,7 +63,8 @@ OPTIONAL_SAMPLE_FIELDS = ("classes", "per_class", "truncation", "interpolate", "
 
 
 class EvalSpec(_StoredSpec):
-    """Metrics of a training job's checkpoint, resolved against its config (sagan_service.specs.eval_job_spec)."""
+    """Metrics of a training job's checkpoint, resolved against its config
+    (sagan_service.specs.eval_job_spec)."""
 
     job_id: str
     step: int
@@ -89,8 +90,8 @@ class SweepSpec(_StoredSpec):
 
 
 class DatasetSpec(_StoredSpec):
-    """A data set's build: `source` (an upload's `upload:<key>`, an s3:// prefix or a spec) packed at `imsizes`
-    (None: the sizes the images allow)."""
+    """A data set's build: `source` (an upload's `upload:<key>`, an s3:// prefix or a spec) packed at
+    `imsizes` (None: the sizes the images allow)."""
 
     dataset_id: str
     source: str
@@ -117,9 +118,11 @@ def read_spec(kind: str, raw: Mapping[str, Any]) -> JobSpec: ...
 
 
 def read_spec(kind: str, raw: Mapping[str, Any]) -> JobSpec:
-    """The typed spec of a job of `kind` from its stored JSON (a row of any version); ValueError if it is none."""
+    """The typed spec of a job of `kind` from its stored JSON (a row of any version); ValueError if it is
+    none."""
     if kind == "train":
         return build_config(saved_config(raw))
     if kind not in _MODELS:
         raise ValueError(f"no job kind {kind!r}")
-    return _MODELS[kind].model_validate(raw)
+    # model_validate returns the class it is called on; mypy sees only _MODELS' value type
+    return cast(JobSpec, _MODELS[kind].model_validate(raw))

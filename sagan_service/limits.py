@@ -32,7 +32,8 @@ def check_train_limits(config: TrainConfig, settings: Settings) -> None:
     _at_most(config.z_dim, "z_dim", settings.max_z_dim, "SAGAN_MAX_Z_DIM")
     _at_most(config.nproc, "nproc", settings.worker_devices, "SAGAN_WORKER_DEVICES")
     if config.nodes > 1 and settings.ray_address is None:
-        raise SpecError("config.nodes", f"nodes: {config.nodes} machines need a Ray cluster, and this service has "
+        raise SpecError("config.nodes",
+                        f"nodes: {config.nodes} machines need a Ray cluster, and this service has "
                                         "none (SAGAN_RAY_ADDRESS is not set); use nodes: 1")
     _at_most(config.num_workers, "num_workers", settings.worker_cores, "SAGAN_WORKER_CORES")
     _at_most(config.steps, "steps", settings.max_steps, "SAGAN_MAX_STEPS")
@@ -65,8 +66,8 @@ def _check_work(config: TrainConfig, settings: Settings) -> None:
         samples = evaluations * config.eval_n
         if samples > settings.max_eval_samples:
             raise SpecError("config.eval_every",
-                            f"eval_every: {evaluations} evaluations of eval_n {config.eval_n} samples = {samples} "
-                            f"samples, over this service's limit of {settings.max_eval_samples} "
+                            f"eval_every: {evaluations} evaluations of eval_n {config.eval_n} samples = "
+                            f"{samples} samples, over this service's limit of {settings.max_eval_samples} "
                             "(SAGAN_MAX_EVAL_SAMPLES); evaluate less often or on fewer samples")
 
 
@@ -83,7 +84,8 @@ def check_dataset_size(spec: str, field: str, settings: Settings) -> None:
     kind, arg = parse_spec(spec)
     if kind in BUILT_IN and synthetic_size(spec, arg) > settings.max_synthetic_size:
         name = field.rpartition(".")[2]
-        raise SpecError(field, f"{name}: {kind}:N is over this service's limit of {settings.max_synthetic_size} "
+        raise SpecError(field,
+                        f"{name}: {kind}:N is over this service's limit of {settings.max_synthetic_size} "
                                "images (SAGAN_MAX_SYNTHETIC_SIZE)")
 
 
@@ -106,4 +108,5 @@ def estimate_training_bytes(config: TrainConfig) -> int:
 def _at_most(value: int, field: str, limit: int, setting: str) -> None:
     """A training config's `field` (its `value`) against `limit`; SpecError on config.<field>."""
     if value > limit:
-        raise SpecError(f"config.{field}", f"{field}: {value} is over this service's limit of {limit} ({setting})")
+        raise SpecError(f"config.{field}",
+                        f"{field}: {value} is over this service's limit of {limit} ({setting})")

@@ -58,7 +58,8 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
         job_id = JOB_ID.get()
-        return line if job_id is None else line.replace(f"{record.levelname} ", f"{record.levelname} [job {job_id}] ", 1)
+        return line if job_id is None else line.replace(f"{record.levelname} ",
+                                                        f"{record.levelname} [job {job_id}] ", 1)
 
 
 def make_formatter(log_format: str) -> logging.Formatter:
@@ -81,7 +82,8 @@ def uvicorn_log_config(settings: Settings) -> dict[str, Any]:
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"sagan": formatter},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "sagan", "stream": "ext://sys.stderr"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "sagan",
+                                "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": "INFO"},
         "loggers": {name: {"handlers": [], "propagate": True, "level": "INFO"}
                     for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},

@@ -1,4 +1,5 @@
-"""Schema migrations (Alembic), run by `sagan db upgrade`, and by `sagan api` and `sagan up` before they serve."""
+"""Schema migrations (Alembic), run by `sagan db upgrade`, and by `sagan api` and `sagan up` before they
+serve."""
 
 from __future__ import annotations
 

@@ -68,8 +68,8 @@ class Job(Base):
     # deletes its children.
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     arm: Mapped[str | None] = mapped_column(String(128))
-    # A train job that continues another one's training (POST /jobs/{id}/continue): that job and the step of its
-    # committed checkpoint this one starts from. Lineage only, apart from parent_id, which sweeps own.
+    # A train job that continues another one's training (POST /jobs/{id}/continue): that job and the step of
+    # its committed checkpoint this one starts from. Lineage only, apart from parent_id, which sweeps own.
     continued_from: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL", name="fk_jobs_continued_from"), index=True)
     continued_from_step: Mapped[int | None] = mapped_column(Integer)
@@ -162,8 +162,9 @@ class Dataset(Base):
 
 
 class WebhookDelivery(Base):
-    """A job's `sequence`-th status change, to POST to one of its notify URLs (sagan_service.webhooks): written
-    in the transition's transaction, then sent, in sequence order per job and URL, by the webhook sender."""
+    """A job's `sequence`-th status change, to POST to one of its notify URLs (sagan_service.webhooks):
+    written in the transition's transaction, then sent, in sequence order per job and URL, by the webhook
+    sender."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (UniqueConstraint("job_id", "url", "sequence"),)
@@ -177,7 +178,8 @@ class WebhookDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # When to try (again); null once delivered or given up, so only pending rows are in the index.
     next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
-    answer_code: Mapped[int | None] = mapped_column(Integer)  # the last attempt's HTTP status; null: no answer
+    answer_code: Mapped[int
+                        | None] = mapped_column(Integer)  # the last attempt's HTTP status; null: no answer
     answer: Mapped[str | None] = mapped_column(Text)  # its first characters, or why there was none
     answered_at: Mapped[datetime | None] = mapped_column()
     delivered_at: Mapped[datetime | None] = mapped_column()

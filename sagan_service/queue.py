@@ -122,8 +122,9 @@ def dispatch(celery: Celery, job: Job) -> None:
 
 
 def _redis_envelope(headers: dict[str, Any], body: Any, properties: dict[str, Any], queue: str) -> str:
-    """A message as kombu's Redis transport stores it (a JSON object, the body base64 encoded), for the anonymous
-    exchange, whose routing key is the queue, at priority 0, whose list is the queue's name. _job_id_of reads it."""
+    """A message as kombu's Redis transport stores it (a JSON object, the body base64 encoded), for the
+    anonymous exchange, whose routing key is the queue, at priority 0, whose list is the queue's name.
+    _job_id_of reads it."""
     return json.dumps({
         "body": base64.b64encode(json.dumps(body).encode()).decode(),
         "content-encoding": "utf-8", "content-type": "application/json", "headers": headers,
@@ -174,7 +175,8 @@ def waiting_job_ids(celery: Celery) -> set[str] | None:
         driver = connection.transport.driver_type
         if driver == "redis":
             channel = connection.default_channel
-            names = {channel._q_for_pri(queue, priority) for queue in QUEUES for priority in channel.priority_steps}
+            names = {channel._q_for_pri(queue, priority) for queue in QUEUES
+                     for priority in channel.priority_steps}
             raw = [item for name in sorted(names) for item in channel.client.lrange(name, 0, -1)]
         elif driver == "filesystem":
             folder = Path(celery.conf.broker_transport_options["data_folder_in"])
@@ -214,8 +216,9 @@ def reaper_pass(session_factory: sessionmaker[Session], celery: Celery, *,
         now = utcnow()
         expired = expired_leases(session, now=now) if store is not None else []
         requeued = reap_expired_leases(session, now=now)
-        for job_id in expired:
-            publish_job_record(store, get_job(session, job_id))
+        if store is not None:  # without a store `expired` is empty
+            for job_id in expired:
+                publish_job_record(store, get_job(session, job_id))
         settle_open_sweeps(session)
         note_waiting(session, job_ids=waiting_job_ids(celery) or set())
         resent = take_stale_queued(session, older_than=redispatch_after)

@@ -34,7 +34,8 @@ _PATTERNS = [
     # This service's API tokens (sagan_service.auth: "sagan_" and 43 URL-safe characters).
     (re.compile(r"\bsagan_[A-Za-z0-9_-]{20,}"), f"sagan_{REDACTED}"),
     # key=value or key: value where the key names a secret.
-    (re.compile(r"(?i)(\b[\w.-]*(?:password|passwd|secret|access_key|api_key|token)[\"']?[ \t]*[:=][ \t]*[\"']?)"
+    (re.compile(r"(?i)(\b[\w.-]*(?:password|passwd|secret|access_key|api_key|token)[\"']?[ \t]*[:=][ "
+                r"\t]*[\"']?)"
                 r"[^\s\"',]+"), rf"\g<1>{REDACTED}"),
 ]
 

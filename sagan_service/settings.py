@@ -131,11 +131,12 @@ class Settings(BaseSettings):
     # job's notify URLs may name; empty: a job with `notify` is refused. A listed name that resolves to a
     # private or loopback address is reached only where that address (or its network) is listed too.
     webhook_hosts: str = ""
-    # Signs the webhooks of owner "local" (SAGAN_AUTH=none); unset: one generated into SAGAN_HOME/webhook-secret.
-    # Token owners' secrets are in api_tokens (`sagan token secret NAME`).
+    # Signs the webhooks of owner "local" (SAGAN_AUTH=none); unset: one generated into
+    # SAGAN_HOME/webhook-secret. Token owners' secrets are in api_tokens (`sagan token secret NAME`).
     webhook_secret: SecretStr | None = None
     webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)  # connect and read, per attempt
-    # Attempts per event and URL; retries wait SAGAN_WEBHOOK_BACKOFF_SECONDS, doubling each time (at most an hour).
+    # Attempts per event and URL; retries wait SAGAN_WEBHOOK_BACKOFF_SECONDS, doubling each time (at most an
+    # hour).
     webhook_attempts: int = Field(10, ge=1)
     webhook_backoff_seconds: float = Field(5.0, gt=0)
     # How often the sender (beside every reaper) looks for events due.

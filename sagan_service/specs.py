@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sagan_core.config import ConfigError, TrainConfig, build_config
+from sagan_core.config import ConfigError, EvalMetric, TrainConfig, build_config
 from sagan_core.dataspec import DatasetError, dataset_paths, read_locations
 from sagan_core.sweeps import SweepError, SweepRun, expand_sweep
 
@@ -43,7 +43,8 @@ def _check_dataset(config: TrainConfig, data_roots: list[Path]) -> None:
 
 
 def check_dataset_spec(spec: str, field: str, data_roots: list[Path]) -> None:
-    """A dataset spec's syntax and paths: absolute, under the allowed roots, existing; SpecError on `field`."""
+    """A dataset spec's syntax and paths: absolute, under the allowed roots, existing; SpecError on
+    `field`."""
     name = field.rpartition(".")[2]
     try:
         paths = dataset_paths(spec)
@@ -83,7 +84,7 @@ def _check_read_locations(spec: str, field: str, name: str, data_roots: list[Pat
 
 
 def eval_job_spec(config: TrainConfig, *, job_id: str, step: int, dataset: str | None,
-                  metrics: list[str] | None, n: int | None, data_roots: list[Path]) -> EvalSpec:
+                  metrics: list[EvalMetric] | None, n: int | None, data_roots: list[Path]) -> EvalSpec:
     """An eval job's spec: what it measures on the checkpoint at `step` of training job `job_id`, whose config
     is `config`; unset values come from it (its eval_* fields and seed), so results compare with its own
     evaluations."""

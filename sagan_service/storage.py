@@ -8,11 +8,11 @@ Layout per job (keys relative to the store root):
     jobs/<id>/evals.jsonl                     a training job's evaluations, or an eval job's result
     jobs/<id>/tensorboard/events.out.tfevents.*   a training's TensorBoard event files (one run per job)
     jobs/<id>/logs/attempt-<k>.log
-    jobs/<id>/job.json                        what the folder is: kind, config, owner, status, times (records.py)
-    stats/<entry name>                        cached real-data statistics, shared by every job on that data
-    datasets/<id>/source/upload.<zip|tar|tar.gz>   an uploaded data set's archive, as it came
-    datasets/<id>/<S>px/index.json, shard-*.npy, labels.npy   a data set's packed copy at S px (sagan_core.packed)
-    datasets/<id>/preview.png                 a grid of its first images
+    jobs/<id>/job.json                        what the folder is: kind, config, owner, status, times
+    (records.py) stats/<entry name>                        cached real-data statistics, shared by every job on
+    that data datasets/<id>/source/upload.<zip|tar|tar.gz>   an uploaded data set's archive, as it came
+    datasets/<id>/<S>px/index.json, shard-*.npy, labels.npy   a data set's packed copy at S px
+    (sagan_core.packed) datasets/<id>/preview.png                 a grid of its first images
 A checkpoint counts only once its COMMITTED marker exists: a single PUT is atomic, a directory is not.
 
 A store that cannot be reached (S3: no connection, a timeout, a 5xx; a folder: not writable) raises
@@ -84,7 +84,8 @@ def report_figure_key(job_id: str) -> str:
 
 
 def stats_key(entry_name: str) -> str:
-    """A real-statistics cache entry (sagan_core.metrics.cache.StatsKey.name); not per job: keyed by the data."""
+    """A real-statistics cache entry (sagan_core.metrics.cache.StatsKey.name); not per job: keyed by the
+    data."""
     return f"stats/{entry_name}"
 
 
@@ -261,7 +262,8 @@ class LocalStore(ArtifactStore):
 
     def check(self) -> None:
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise StoreUnavailable(self.describe(), "not writable", OSError(f"no write access to {self.root}"))
+            raise StoreUnavailable(self.describe(), "not writable",
+                                   OSError(f"no write access to {self.root}"))
 
     def describe(self) -> str:
         return f"the artifact store (folder {self.root})"
@@ -378,7 +380,8 @@ class S3Store(ArtifactStore):
 
     def presigned_url(self, key: str) -> str | None:
         return self.public_client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=self.presign_seconds)
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+                                                         ExpiresIn=self.presign_seconds)
 
 
 def _s3_client(endpoint_url: str | None, max_attempts: int, timeout_s: float | None = None) -> Any:
@@ -427,4 +430,5 @@ def open_store(settings: Settings, *, for_requests: bool = False) -> ArtifactSto
                        max_attempts=1 if for_requests else settings.s3_max_attempts,
                        presign_seconds=settings.presign_seconds,
                        timeout_s=settings.api_timeout_seconds if for_requests else None)
-    raise ValueError(f"SAGAN_ARTIFACTS_URL must be file:///dir or s3://bucket/prefix, got {settings.artifacts!r}")
+    raise ValueError("SAGAN_ARTIFACTS_URL must be file:///dir or s3://bucket/prefix, got "
+                     f"{settings.artifacts!r}")

@@ -11,12 +11,12 @@ OwnerOverLimit (429 with Retry-After), IdempotencyKeyReused (422 on the header),
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sagan_core.config import ConfigError, TrainConfig, continued_config
+from sagan_core.config import ConfigError, EvalMetric, TrainConfig, continued_config
 
 from . import datasets, jobs
 from .jobspec import DatasetSpec, JobSpec, SampleSpec, SweepSpec, read_spec
@@ -65,9 +65,9 @@ class Submitted:
 
 @dataclass(frozen=True)
 class Submitter:
-    """One request's submissions: for `principal` (the owner; its owner_filter: whose jobs and data sets it may
-    use), into this deployment (`settings`), once per `idempotency_key`, at `priority` (PRIORITIES); its jobs
-    tell `notify`'s URLs of each status change (sagan_service.webhooks)."""
+    """One request's submissions: for `principal` (the owner; its owner_filter: whose jobs and data sets it
+    may use), into this deployment (`settings`), once per `idempotency_key`, at `priority` (PRIORITIES); its
+    jobs tell `notify`'s URLs of each status change (sagan_service.webhooks)."""
 
     session: Session
     settings: Settings
@@ -85,17 +85,18 @@ class Submitter:
 
     def continue_training(self, *, job_id: str, step: int | Literal["best"] | None, steps: int,
                           changes: dict[str, Any]) -> Submitted:
-        """A training job that continues training job `job_id` from its committed checkpoint at `step` (None: the
-        latest, "best": its best evaluation's) to `steps` in all, with the source's config but for `changes`,
-        which may touch only what a continued run may change (sagan_core.config.CONTINUE_FIELDS). The worker
-        starts it from that checkpoint as a resume (G, D, optimisers, EMA, RNG states, step)."""
+        """A training job that continues training job `job_id` from its committed checkpoint at `step` (None:
+        the latest, "best": its best evaluation's) to `steps` in all, with the source's config but for
+        `changes`, which may touch only what a continued run may change (sagan_core.config.CONTINUE_FIELDS).
+        The worker starts it from that checkpoint as a resume (G, D, optimisers, EMA, RNG states, step)."""
         checkpoint = jobs.committed_checkpoint(self.session, job_id=job_id, step=step,
                                                owner=self.principal.owner_filter)
         source = jobs.get_job(self.session, job_id)
         try:
             config = continued_config(source.spec, {**changes, "steps": steps}, from_step=checkpoint.step)
         except ConfigError as error:
-            raise SpecError("steps" if error.field == "steps" else f"config.{error.field}", str(error)) from None
+            raise SpecError("steps" if error.field == "steps" else f"config.{error.field}",
+                            str(error)) from None
         spec = validate_train_config(config.to_dict(), data_roots=self.settings.allowed_data_roots)
         self._check_train(spec)
         return self._create("train", spec, continued_from=(job_id, checkpoint.step))
@@ -104,28 +105,28 @@ class Submitter:
                per_class: int | None, truncation: float | None = None,
                interpolate: tuple[int, int] | None = None, frames: int | None = None) -> Submitted:
         """A grid of `n` samples (per class: `per_class` of each of `classes`) from training job `job_id`'s
-        checkpoint at `step` (None: the latest), z truncated at `truncation`; or, with `interpolate` (seeds A, B),
-        a strip of `frames` images along the walk from A's z to B's (sagan_core.latent_walk)."""
+        checkpoint at `step` (None: the latest), z truncated at `truncation`; or, with `interpolate` (seeds A,
+        B), a strip of `frames` images along the walk from A's z to B's (sagan_core.latent_walk)."""
         checkpoint = jobs.committed_checkpoint(self.session, job_id=job_id, step=step,
                                                owner=self.principal.owner_filter)
-        spec = SampleSpec(job_id=job_id, step=checkpoint.step, n=n, seed=seed, classes=classes, per_class=per_class,
-                          truncation=truncation, interpolate=None if interpolate is None else list(interpolate),
-                          frames=frames)
+        spec = SampleSpec(job_id=job_id, step=checkpoint.step, n=n, seed=seed, classes=classes,
+                          per_class=per_class, truncation=truncation,
+                          interpolate=None if interpolate is None else list(interpolate), frames=frames)
         # "The latest" may have moved on since the key's first request: a replay of it matches any step.
         return self._create("sample", spec, any_step=step is None)
 
     def evaluation(self, *, job_id: str, step: int | Literal["best"] | None, dataset: str | None,
-                   metrics: list[str] | None, n: int | None) -> Submitted:
+                   metrics: list[EvalMetric] | None, n: int | None) -> Submitted:
         """`metrics` of training job `job_id`'s checkpoint at `step` (None: the latest, "best": its best
         evaluation's); unset values are the training job's (sagan_service.specs.eval_job_spec)."""
         checkpoint = jobs.committed_checkpoint(self.session, job_id=job_id, step=step,
                                                owner=self.principal.owner_filter)
         source = read_spec("train", jobs.get_job(self.session, job_id).spec)
-        spec = eval_job_spec(source, job_id=job_id, step=checkpoint.step, dataset=dataset, metrics=metrics, n=n,
-                             data_roots=self.settings.allowed_data_roots)
+        spec = eval_job_spec(source, job_id=job_id, step=checkpoint.step, dataset=dataset, metrics=metrics,
+                             n=n, data_roots=self.settings.allowed_data_roots)
         check_eval_limits(spec, self.settings)
-        datasets.check_dataset_refs(self.session, {"dataset": spec.dataset}, owner=self.principal.owner_filter,
-                                    imsize=spec.imsize)
+        datasets.check_dataset_refs(self.session, {"dataset": spec.dataset},
+                                    owner=self.principal.owner_filter, imsize=spec.imsize)
         return self._create("eval", spec)
 
     def sweep(self, *, base: dict[str, Any], axes: dict[str, Any] | None, arms: list[Any] | None,
@@ -133,7 +134,8 @@ class Submitter:
         """A sweep: every child validated (config and this service's limits), then the sweep and its children
         created at once and the children sent, each to its queue like any job."""
         runs = validate_sweep(base=base, axes=axes, arms=arms, study=study, seeds=seeds,
-                              data_roots=self.settings.allowed_data_roots, max_arms=self.settings.max_sweep_arms)
+                              data_roots=self.settings.allowed_data_roots,
+                              max_arms=self.settings.max_sweep_arms)
         for run in runs:
             self._check_train(run.config)
         spec = SweepSpec(base=base, axes=axes, arms=arms, study=study, seeds=seeds)
@@ -141,16 +143,17 @@ class Submitter:
         notify = self._notify_urls()
         with self._owner_limits() as limits:
             sweep, created = jobs.create_sweep(self.session, spec=spec, children=children,
-                                               max_attempts=self.settings.max_attempts, priority=self._priority(),
-                                               idempotency_key=self.idempotency_key, owner=self.principal.name,
-                                               limits=limits, notify=notify)
+                                               max_attempts=self.settings.max_attempts,
+                                               priority=self._priority(),
+                                               idempotency_key=self.idempotency_key,
+                                               owner=self.principal.name, limits=limits, notify=notify)
         members = jobs.sweep_children(self.session, job_id=sweep.id)
         self._replay_or_send(sweep, created, "sweep", spec, members,
                              give_up=lambda error: _give_up_sweep(self.session, sweep, error))
         self.session.refresh(sweep)
         return Submitted(sweep, created, members)
 
-    def dataset(self, *, dataset_id: str, name: str, imsizes: list[int] | None, source: str | None = None,
+    def dataset(self, *, dataset_id: str, name: str, imsizes: Sequence[int] | None, source: str | None = None,
                 upload_key: str | None = None) -> tuple[Dataset, Job]:
         """A data set and its queued build job, from the client's `source` (an s3:// prefix, which the job
         checks, or a spec under the data roots, checked here) or from the archive this request stored at
@@ -161,11 +164,12 @@ class Submitter:
             raise TypeError("give source or upload_key")
         elif not source.startswith("s3://"):
             check_dataset_spec(source, "source", self.settings.allowed_data_roots)
-        spec = DatasetSpec(dataset_id=dataset_id, source=source, imsizes=imsizes)
+        spec = DatasetSpec(dataset_id=dataset_id, source=source,
+                           imsizes=None if imsizes is None else list(imsizes))
         with self._owner_limits() as limits:
-            dataset, job = datasets.create_dataset(self.session, spec=spec, owner=self.principal.name, name=name,
-                                                   queue=queue_for(spec), max_attempts=self.settings.max_attempts,
-                                                   limits=limits)
+            dataset, job = datasets.create_dataset(self.session, spec=spec, owner=self.principal.name,
+                                                   name=name, queue=queue_for(spec),
+                                                   max_attempts=self.settings.max_attempts, limits=limits)
         log.info("data set %s (%s) submitted by %s: job %s", dataset.id, source, self.principal.name, job.id)
         try:
             dispatch_all(self.celery, [job])
@@ -191,7 +195,8 @@ class Submitter:
                                            max_attempts=self.settings.max_attempts, priority=self._priority(),
                                            idempotency_key=self.idempotency_key, owner=self.principal.name,
                                            limits=limits, notify=notify, continued_from=continued_from)
-        source = (job.continued_from, job.continued_from_step) if job.continued_from_step is not None else None
+        source = (job.continued_from,
+                  job.continued_from_step) if job.continued_from_step is not None else None
         if not created and source != continued_from:  # a replay of a key used to continue another checkpoint
             raise IdempotencyKeyReused(job.id)
         self._replay_or_send(job, created, kind, spec, [job], any_step=any_step,
@@ -205,8 +210,8 @@ class Submitter:
         return PRIORITIES.index(self.priority)
 
     def _notify_urls(self) -> list[str]:
-        """The request's notify URLs, each one this service may call (SAGAN_WEBHOOK_HOSTS), or SpecError naming
-        it (`notify.<i>.url`)."""
+        """The request's notify URLs, each one this service may call (SAGAN_WEBHOOK_HOSTS), or SpecError
+        naming it (`notify.<i>.url`)."""
         hosts = WebhookHosts.parse(self.settings.webhook_hosts)
         for index, url in enumerate(self.notify):
             try:
@@ -249,8 +254,8 @@ class Submitter:
 def _over_limit_message(over: jobs.OverLimit) -> str:
     if over.queued + over.adding > over.limits.max_queued:
         return (f"{over.owner} has {over.queued} jobs queued and asks for {over.adding} more, over this "
-                f"service's limit (SAGAN_MAX_QUEUED_PER_OWNER={over.limits.max_queued}); submit again when some "
-                "have finished")
+                f"service's limit (SAGAN_MAX_QUEUED_PER_OWNER={over.limits.max_queued}); submit again when "
+                "some have finished")
     return (f"{over.owner} has {over.running} jobs running, this service's limit "
             f"(SAGAN_MAX_RUNNING_PER_OWNER={over.limits.max_running}); submit again when some have finished")
 
@@ -261,7 +266,8 @@ def _same_request(job: Job, kind: str, spec: JobSpec, *, any_step: bool) -> bool
     if job.kind != kind:
         return False
     if any_step and isinstance(spec, SampleSpec):
-        return read_spec("sample", job.spec).model_copy(update={"step": spec.step}).to_dict() == spec.to_dict()
+        return read_spec("sample",
+                         job.spec).model_copy(update={"step": spec.step}).to_dict() == spec.to_dict()
     return job.spec == spec.to_dict()
 
 

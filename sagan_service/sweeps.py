@@ -101,7 +101,8 @@ def _run_record(session: Session, store: ArtifactStore, child: Job) -> RunRecord
     return RunRecord(name=sweep_run_name(child.arm or child.id, seed), config=child.spec,
                      metrics=metrics, evals=_jsonl(store, evals_key(child.id)),
                      final_grid=_bytes(store, last.key) if last else None,
-                     final_grid_step=last.step if last else None, real_grid=_bytes(store, real_grid_key(child.id)))
+                     final_grid_step=last.step if last else None,
+                     real_grid=_bytes(store, real_grid_key(child.id)))
 
 
 def _jsonl(store: ArtifactStore, key: str) -> list[dict]:

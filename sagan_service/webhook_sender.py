@@ -2,9 +2,10 @@
 
 It runs in a thread of its own beside every reaper (each API process, each `sagan reaper`), where
 SAGAN_WEBHOOK_HOSTS lists a host. Any number may run: a sender takes a delivery with a conditional UPDATE that
-moves its next attempt past the attempt's time limit, so one sender sends it, and one that dies meanwhile leaves
-it to be sent again then (receivers deduplicate by X-Sagan-Event). A later event to a URL waits while an earlier
-one to it is pending. Nothing here holds up a job: transitions only insert rows, and sending has short timeouts.
+moves its next attempt past the attempt's time limit, so one sender sends it, and one that dies meanwhile
+leaves it to be sent again then (receivers deduplicate by X-Sagan-Event). A later event to a URL waits while
+an earlier one to it is pending. Nothing here holds up a job: transitions only insert rows, and sending has
+short timeouts.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select, update
 from sqlalchemy.orm import aliased
 
+from .db import rows_matched
 from .models import Job, WebhookDelivery, utcnow
 from .webhooks import (
     EVENT_HEADER,
@@ -49,7 +51,8 @@ MAX_BACKOFF_SECONDS = 3600.0
 
 @dataclass(frozen=True)
 class Answer:
-    """What one attempt got: the HTTP status (None: no answer) and the first characters of the body, or why."""
+    """What one attempt got: the HTTP status (None: no answer) and the first characters of the body, or
+    why."""
 
     code: int | None
     text: str
@@ -73,7 +76,8 @@ def deliver_due(sessions: sessionmaker[Session], settings: Settings, pool: Threa
         secrets = {owner: owner_secret(session, owner, settings) for owner in {row.owner for row in taken}}
         session.commit()
     hosts = WebhookHosts.parse(settings.webhook_hosts)
-    answers = list(pool.map(lambda row: post(row, secrets[row.owner], hosts, settings.webhook_timeout_seconds),
+    answers = list(pool.map(lambda row: post(row, secrets[row.owner], hosts,
+                                             settings.webhook_timeout_seconds),
                             taken))
     with sessions() as session:
         for row, answer in zip(taken, answers, strict=True):
@@ -82,9 +86,10 @@ def deliver_due(sessions: sessionmaker[Session], settings: Settings, pool: Threa
     return sum(answer.delivered for answer in answers)
 
 
-def _take_due(session: Session, now: datetime, *, hold: timedelta) -> list[Row[Any]]:
+def _take_due(session: Session, now: datetime, *, hold: timedelta) -> list[Row[*tuple[Any, ...]]]:
     earlier = aliased(WebhookDelivery)
-    held_back = select(earlier.id).where(earlier.job_id == WebhookDelivery.job_id, earlier.url == WebhookDelivery.url,
+    held_back = select(earlier.id).where(earlier.job_id == WebhookDelivery.job_id,
+                                         earlier.url == WebhookDelivery.url,
                                          earlier.sequence < WebhookDelivery.sequence,
                                          earlier.next_attempt_at.is_not(None)).exists()
     due = session.execute(
@@ -95,9 +100,9 @@ def _take_due(session: Session, now: datetime, *, hold: timedelta) -> list[Row[A
         .order_by(WebhookDelivery.id).limit(BATCH)).all()
     # Another sender may have taken some since: the UPDATE's row count says which are this one's.
     return [row for row in due
-            if session.execute(update(WebhookDelivery)
+            if rows_matched(session.execute(update(WebhookDelivery)
                                .where(WebhookDelivery.id == row.id, WebhookDelivery.next_attempt_at <= now)
-                               .values(next_attempt_at=now + hold)).rowcount == 1]
+                               .values(next_attempt_at=now + hold))) == 1]
 
 
 def _record(session: Session, row: Row[Any], answer: Answer, settings: Settings) -> None:
@@ -113,7 +118,8 @@ def _record(session: Session, row: Row[Any], answer: Answer, settings: Settings)
 
 
 def post(row: Row[Any], secret: str | None, hosts: WebhookHosts, timeout_s: float) -> Answer:
-    """One attempt: the event's body, signed, to the checked address of its URL; redirects are not followed."""
+    """One attempt: the event's body, signed, to the checked address of its URL; redirects are not
+    followed."""
     import httpx
 
     if secret is None:
@@ -129,7 +135,8 @@ def post(row: Row[Any], secret: str | None, hosts: WebhookHosts, timeout_s: floa
     extensions = {"sni_hostname": target.server_name} if target.server_name else {}
     try:
         with (httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client,
-              client.stream("POST", target.url, content=body, headers=headers, extensions=extensions) as response):
+              client.stream("POST", target.url, content=body, headers=headers,
+                            extensions=extensions) as response):
             text = _first_chars(response)
     except httpx.HTTPError as error:
         return Answer(None, f"no answer: {type(error).__name__}: {error}"[:ANSWER_CHARS])

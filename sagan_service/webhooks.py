@@ -1,7 +1,9 @@
 """Webhooks: a job's `notify` URLs are told of each of its status changes.
 
-    a transition (sagan_service.jobs) --record_status_changes, in its transaction--> one webhook_deliveries row
-        per notify URL --the sender (webhook_sender.py, beside every reaper)--> POST, signed; retried with backoff
+    a transition (sagan_service.jobs) --record_status_changes, in its transaction--> one webhook_deliveries
+    row
+        per notify URL --the sender (webhook_sender.py, beside every reaper)--> POST, signed; retried with
+        backoff
 
 The job's creation (queued) is no change; every later status is, a requeue (running -> queued) included. An
 event's body is fixed when it is recorded, so every attempt sends the same bytes under the same signature:
@@ -50,7 +52,8 @@ def record_status_changes(session: Session, which: ColumnElement[bool]) -> None:
     """Add an event per notify URL for each job matching `which` whose status is not the last one recorded for
     it. Every transition calls it after its UPDATE, before its commit, so an event commits with its change or
     not at all; a transition that changed nothing records nothing. Jobs without notify URLs cost one read."""
-    jobs = session.execute(select(Job.id, Job.kind, Job.status, Job.notify, Job.error, Job.step, Job.total_steps)
+    jobs = session.execute(select(Job.id, Job.kind, Job.status, Job.notify, Job.error, Job.step,
+                                  Job.total_steps)
                            .where(which, Job.notify.is_not(None))).all()
     for job in jobs:
         last = session.execute(select(WebhookDelivery.sequence, WebhookDelivery.status)
@@ -63,7 +66,8 @@ def record_status_changes(session: Session, which: ColumnElement[bool]) -> None:
         payload = json.dumps({"id": event_id(job.id, sequence), "type": "job.status", "job_id": job.id,
                               "kind": job.kind, "status": job.status, "previous_status": previous,
                               "sequence": sequence, "occurred_at": now.isoformat(),
-                              "progress": {"step": job.step, "total_steps": job.total_steps}, "error": job.error},
+                              "progress": {"step": job.step, "total_steps": job.total_steps},
+                              "error": job.error},
                              separators=(",", ":"))
         session.execute(insert(WebhookDelivery), [
             {"job_id": job.id, "url": url, "sequence": sequence, "status": job.status, "payload": payload,
@@ -94,8 +98,8 @@ def signature_matches(secret: str, body: bytes, header: str) -> bool:
 
 
 def owner_secret(session: Session, owner: str, settings: Settings) -> str | None:
-    """The secret that signs `owner`'s webhooks: its token's, or for "local" (SAGAN_AUTH=none) the setting or the
-    generated file; None for an owner whose token was revoked."""
+    """The secret that signs `owner`'s webhooks: its token's, or for "local" (SAGAN_AUTH=none) the setting or
+    the generated file; None for an owner whose token was revoked."""
     secret = session.scalar(select(ApiToken.webhook_secret).where(ApiToken.name == owner))
     if secret is None and owner == "local":
         return local_secret(settings)
@@ -103,7 +107,8 @@ def owner_secret(session: Session, owner: str, settings: Settings) -> str | None
 
 
 def local_secret(settings: Settings) -> str:
-    """SAGAN_WEBHOOK_SECRET, else SAGAN_HOME/webhook-secret, made (0600) by whichever process needs it first."""
+    """SAGAN_WEBHOOK_SECRET, else SAGAN_HOME/webhook-secret, made (0600) by whichever process needs it
+    first."""
     if settings.webhook_secret is not None:
         return settings.webhook_secret.get_secret_value()
     path = settings.home / "webhook-secret"
@@ -200,7 +205,8 @@ def resolve_target(url: str, hosts: WebhookHosts,
     TargetRefused. The request goes to that address, so a second DNS answer cannot change it."""
     scheme, host, port = check_url(url, hosts)
     literal = _ip(host)
-    addresses = [literal] if literal is not None else [_ip(text) for text in (resolve or _resolve)(host, port)]
+    addresses = [literal] if literal is not None else [_ip(text)
+                                                       for text in (resolve or _resolve)(host, port)]
     allowed = [address for address in addresses if address is not None and hosts.allows_address(address)]
     if not allowed:
         raise TargetRefused(f"{host} resolves to no address this service may call (private, loopback or "
@@ -222,6 +228,6 @@ def _ip(host: str) -> IPAddress | None:
 
 def _resolve(host: str, port: int) -> list[str]:
     try:
-        return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+        return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
     except OSError as error:
         raise TargetRefused(f"{host} does not resolve: {error}") from None

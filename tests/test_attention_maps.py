@@ -60,7 +60,8 @@ def test_each_querys_weights_sum_to_one_over_the_keys(kind: tuple[str, dict]) ->
 
 
 def test_recorded_weights_are_the_layers_own() -> None:
-    """The weights times the values give what the layer's fused attention computed (nothing recomputed apart)."""
+    """The weights times the values give what the layer's fused attention computed (nothing recomputed
+    apart)."""
     seen = []
 
     def check(_layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *_grids: tuple) -> None:
@@ -97,7 +98,8 @@ def test_attention_forced_to_one_key_shows_that_position(kind: tuple[str, dict])
         assert np.unravel_index(weights.argmax(), weights.shape) == key
         assert weights.max() > 0.99
     # In the figure: the heat is in the image pixels that key covers (a 2x2 feature cell: 2 px; pooled: 4 px).
-    figure = np.asarray(Image.open(io.BytesIO(render_png(captured, [(3, 3)], "g.attn16"))).convert("RGB"), dtype=float)
+    figure = np.asarray(Image.open(io.BytesIO(render_png(captured, [(3, 3)], "g.attn16"))).convert("RGB"),
+                        dtype=float)
     scale, cell = 128 // 32, (4 if pooled else 2)
     panel = figure[:128, 128 + 4:128 + 4 + 128].sum(axis=2)  # the map's panel, after the image's
     hot = np.zeros((32, 32), dtype=bool)
@@ -141,12 +143,14 @@ def save_run(run: Path, config: TrainConfig, step: int = 7) -> None:
     generator, discriminator = build_models(config)
     path = checkpoint_path(run, step)
     path.parent.mkdir(parents=True)
-    torch.save({"format_version": FORMAT_VERSION, "config": config.to_dict(), "generator": generator.state_dict(),
+    torch.save({"format_version": FORMAT_VERSION, "config": config.to_dict(),
+                "generator": generator.state_dict(),
                 "discriminator": discriminator.state_dict(), "step": step}, path)
     point_latest(path)
 
 
-def test_the_command_writes_the_figure_and_the_raw_maps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_the_command_writes_the_figure_and_the_raw_maps(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     save_run(run, make_config("debug32", num_classes=0))
     figure, raw = tmp_path / "map.png", tmp_path / "map.json"
@@ -163,7 +167,8 @@ def test_the_command_writes_the_figure_and_the_raw_maps(tmp_path: Path, capsys: 
     assert main(["attention", "--checkpoint", str(run), "--query", "1,1", "--layer", "g.attn99",
                  "-o", str(tmp_path / "no.png")]) == 2
     assert "no attention layer 'g.attn99' (this model's: g.attn16, d.attn8)" in capsys.readouterr().err
-    assert main(["attention", "--checkpoint", str(run), "--query", "32,1", "-o", str(tmp_path / "no.png")]) == 2
+    assert main(["attention", "--checkpoint", str(run), "--query", "32,1", "-o",
+                 str(tmp_path / "no.png")]) == 2
     assert "outside the 32x32 image" in capsys.readouterr().err
     save_run(tmp_path / "plain", make_config("debug32", num_classes=0, g_attention=[], d_attention=[]))
     assert main(["attention", "--checkpoint", str(tmp_path / "plain"), "--query", "1,1",

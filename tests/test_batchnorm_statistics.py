@@ -30,7 +30,8 @@ def test_batchnorms_get_the_configured_momentum() -> None:
     assert set(_momenta(generator)) == set(_momenta(discriminator)) == {0.1}  # torch's default
     generator, discriminator = build_models("sagan32", d_norm="batch", bn_momentum=0.05)
     assert set(_momenta(generator)) == set(_momenta(discriminator)) == {0.05}
-    generator, _ = build_models("resnet32", num_classes=0, g_conv_dim=8, bn_momentum=0.02, bn_momentum_final=None)
+    generator, _ = build_models("resnet32", num_classes=0, g_conv_dim=8, bn_momentum=0.02,
+                                bn_momentum_final=None)
     assert set(_momenta(generator)) == {0.02}  # null final = bn_momentum
 
 
@@ -63,8 +64,8 @@ def test_standing_statistics_are_the_average_of_k_batches(preset: str, classes: 
 
 def test_standing_statistics_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--preset", "debug32", "--dataset", "synthetic:32", "--steps", "2", "--device", "cpu",
-                 "--num-workers", "0", "--out", str(run)]) == 0
+    assert main(["train", "--preset", "debug32", "--dataset", "synthetic:32", "--steps", "2", "--device",
+                 "cpu", "--num-workers", "0", "--out", str(run)]) == 0
 
     def sample(*flags: str) -> np.ndarray:
         npz = tmp_path / "raw.npz"
@@ -79,7 +80,9 @@ def test_standing_statistics_from_the_command_line(tmp_path: Path, capsys: pytes
     assert main(["sample", "--checkpoint", str(run), "--standing-stats", "-1"]) == 2
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--metrics", "swd", "-n", "16", "--device", "cpu",
-                 "--num-workers", "0", "--standing-stats", "2", "--stats-cache", str(tmp_path / "cache")]) == 0
+                 "--num-workers", "0", "--standing-stats", "2", "--stats-cache",
+                 str(tmp_path / "cache")]) == 0
     assert "standing statistics over 2 batches" in capsys.readouterr().out
-    record = evaluate_checkpoint(run, metrics=["swd"], n=16, device="cpu", cache=StatsCache(tmp_path / "cache"))
+    record = evaluate_checkpoint(run, metrics=["swd"], n=16, device="cpu",
+                                 cache=StatsCache(tmp_path / "cache"))
     assert "running statistics" in record["sampling"]

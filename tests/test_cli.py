@@ -69,12 +69,13 @@ def test_train_then_sample(tmp_path: Path) -> None:
 
 def test_conditional_train_then_sample_by_class(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--preset", "resnet32", "--g-conv-dim", "8", "--d-conv-dim", "8", "--batch-size", "8",
-                 "--steps", "1", "--num-workers", "0", "--dataset", "shapes:32", "--device", "cpu",
+    assert main(["train", "--preset", "resnet32", "--g-conv-dim", "8", "--d-conv-dim", "8", "--batch-size",
+                 "8", "--steps", "1", "--num-workers", "0", "--dataset", "shapes:32", "--device", "cpu",
                  "--out", str(run)]) == 0
     assert read_config_file(run / "config.json")["num_classes"] is None  # as asked; the checkpoint has 3
     grid = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(run), "--classes", "2,0", "--per-class", "3", "-o", str(grid)]) == 0
+    assert main(["sample", "--checkpoint", str(run), "--classes", "2,0", "--per-class", "3", "-o",
+                 str(grid)]) == 0
     assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)
     out_dir = tmp_path / "each"
     assert main(["sample", "--checkpoint", str(run), "--per-class", "2", "--out-dir", str(out_dir)]) == 0
@@ -97,6 +98,5 @@ def test_the_service_side_imports_no_torch() -> None:
     """The API and the Celery parent use sagan_core's config and file helpers without loading torch
     (a CUDA context in a forked parent breaks its children)."""
     code = ("import sys, api.main, worker.app, worker.guard, sagan_service.reaper, sagan_service.specs, "
-            "sagan_service.storage; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+            "sagan_service.storage; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)

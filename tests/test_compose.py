@@ -133,12 +133,12 @@ def test_every_sagan_variable_is_a_settings_field() -> None:
 @pytest.mark.parametrize("service", SAGAN_SERVICES)
 def test_services_set_every_setting_the_stack_needs(service: str) -> None:
     required = {name for name, field in Settings.model_fields.items() if field.is_required()}
-    assert STACK_FIELDS <= set(Settings.model_fields), "the settings model lost a field the stack sets"
+    assert set(Settings.model_fields) >= STACK_FIELDS, "the settings model lost a field the stack sets"
     env = service_env(service)
     missing = {name for name in required | STACK_FIELDS if PREFIX + name.upper() not in env}
     assert not missing, f"{service} does not set {sorted(PREFIX + name.upper() for name in missing)}"
     if env[PREFIX + "ARTIFACTS_URL"].startswith("s3://"):
-        assert AWS_VARS <= set(env), f"{service} uses S3 without {sorted(AWS_VARS - set(env))}"
+        assert set(env) >= AWS_VARS, f"{service} uses S3 without {sorted(AWS_VARS - set(env))}"
 
 
 @pytest.mark.parametrize("service", SAGAN_SERVICES)
@@ -247,7 +247,8 @@ def test_depends_on_waits_for_health_and_for_the_bucket() -> None:
         for target, spec in service.get("depends_on", {}).items():
             assert target in SERVICES, f"{name} depends on unknown {target}"
             if spec["condition"] == "service_healthy":
-                assert "healthcheck" in SERVICES[target], f"{name} waits for {target}, which has no healthcheck"
+                assert "healthcheck" in SERVICES[target], \
+                    f"{name} waits for {target}, which has no healthcheck"
             if spec["condition"] == "service_completed_successfully":
                 assert SERVICES[target].get("restart") == "no", f"{target} is not a one-shot service"
     api = SERVICES["api"]["depends_on"]
@@ -278,7 +279,8 @@ def test_commands_are_real_sagan_commands() -> None:
     assert served == set(QUEUES)
     # Without the CPU profile the GPU worker alone must take every queue but `ray` (it has no Ray address), or
     # CPU jobs wait forever; in the Ray profile (run with --scale worker=0) the Ray worker takes every queue.
-    assert set(parser.parse_args(SERVICES["worker"]["command"][1:]).queues.split(",")) == set(QUEUES) - {"ray"}
+    queues = parser.parse_args(SERVICES["worker"]["command"][1:]).queues
+    assert set(queues.split(",")) == set(QUEUES) - {"ray"}
     assert set(parser.parse_args(SERVICES["worker-ray"]["command"][1:]).queues.split(",")) == set(QUEUES)
 
 
@@ -523,7 +525,8 @@ def test_torch_builds_match_the_base_images() -> None:
     def base(path: Path) -> str:
         return next(args for keyword, args in instructions(path) if keyword == "FROM")
 
-    requires = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requires = SpecifierSet(project["requires-python"])
     assert base(DOCKERFILES["worker"]) == "${BASE_IMAGE}"
     worker_base = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(?:cudnn-)?runtime-ubuntu24\.04",
                                arg(DOCKERFILES["worker"], "BASE_IMAGE"))
@@ -535,7 +538,8 @@ def test_torch_builds_match_the_base_images() -> None:
     api_base = re.fullmatch(r"python:(\d+\.\d+)\.\d+-slim-\w+", base(DOCKERFILES["api"]))
     assert api_base and api_base[1] in requires
     pins = (ROOT / "requirements.txt").read_text()
-    assert re.search(r"^torch==\S+$", pins, re.MULTILINE) and re.search(r"^torchvision==\S+$", pins, re.MULTILINE)
+    assert re.search(r"^torch==\S+$", pins, re.MULTILINE) and re.search(r"^torchvision==\S+$", pins,
+                                                                        re.MULTILINE)
 
 
 def test_dockerignore_keeps_secrets_and_junk_out_but_not_what_the_images_copy() -> None:

@@ -45,10 +45,13 @@ def error_of(values: dict) -> str:
     ({"g_conv_dim": 12}, "g_conv_dim: must be a multiple of 8 (attention projects to C/8)"),
     ({"batch_size": 9, "nproc": 2}, "batch_size: 9 does not divide evenly over nproc 2"),
     ({"loss": "l2"}, "loss: Input should be 'hinge', 'wgan-gp' or 'bce'"),
-    ({"preset": "seed65"}, "preset: Input should be 'seed64', 'sagan32', 'sagan128', 'paper128', 'resnet64', 'resnet32' or 'debug32'"),
+    ({"preset": "seed65"},
+     "preset: Input should be 'seed64', 'sagan32', 'sagan128', 'paper128', 'resnet64', 'resnet32' or "
+     "'debug32'"),
     ({"colour": "red"}, "colour: unknown config field"),
     ({"g_attention": [16, "x"]}, "g_attention: Input should be a valid integer"),
-    ({"g_attention": [64]}, "g_attention: no feature map of size [64] at imsize 64; choose from [4, 8, 16, 32]"),
+    ({"g_attention": [64]},
+     "g_attention: no feature map of size [64] at imsize 64; choose from [4, 8, 16, 32]"),
     ({"dataset": "imagenet:/x"}, "dataset: unknown dataset kind 'imagenet'"),
     ({"channels_last": 1}, "channels_last: Input should be a valid boolean"),
 ])
@@ -135,8 +138,8 @@ def test_trainer_reads_the_saved_json_through_the_same_function(tmp_path: Path) 
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps({**make_config("debug32").to_dict(), "steps": "2"}))
     result = subprocess.run([sys.executable, "-m", "sagan_core.train", "--config", str(config_file), "--out",
-                             str(tmp_path / "run")], check=False, capture_output=True, text=True, env=subprocess_env(),
-                            timeout=60)
+                             str(tmp_path / "run")], check=False, capture_output=True, text=True,
+                            env=subprocess_env(), timeout=60)
     assert result.returncode == 2 and result.stderr.strip() == "error: steps: Input should be a valid integer"
 
 
@@ -153,6 +156,7 @@ def test_residual_presets_crop_non_square_images_and_the_seed_presets_squash() -
     assert make_config("paper128", resize_mode="squash").resize_mode == "squash"
     assert "resize_mode: Input should be 'squash' or 'crop'" in error_of({"resize_mode": "pad"})
     # A config saved (in a checkpoint, by the job service) before the field existed ran squashed.
-    older = {name: value for name, value in make_config("paper128").to_dict().items() if name != "resize_mode"}
+    older = {name: value for name, value in make_config("paper128").to_dict().items()
+             if name != "resize_mode"}
     assert build_config(saved_config(older)).resize_mode == "squash"
     assert build_config(saved_config(make_config("paper128").to_dict())).resize_mode == "crop"

@@ -37,14 +37,15 @@ def test_init_from_gives_the_same_weights_as_one_uninterrupted_run(tmp_path: Pat
     assert all(torch.equal(straight[name], continued[name]) for name in straight)
     assert read_checkpoint(tmp_path / "first")["step"] == 3  # the source is left as it was
     assert json.loads((tmp_path / "continued" / "config.json").read_text())["steps"] == 6
-    steps = [json.loads(line)["step"] for line in (tmp_path / "continued" / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"]
+             for line in (tmp_path / "continued" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 5, 6]
 
 
 def test_a_continued_run_may_change_rates_and_ema_but_not_the_architecture(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--preset", "debug32", "--dataset", "synthetic:64", "--device", "cpu", "--steps", "2",
-                 "--checkpoint-every", "2", "--out", str(tmp_path / "first")]) == 0
+    assert main(["train", "--preset", "debug32", "--dataset", "synthetic:64", "--device", "cpu", "--steps",
+                 "2", "--checkpoint-every", "2", "--out", str(tmp_path / "first")]) == 0
     continued = ["train", "--init-from", str(tmp_path / "first"), "--out", str(tmp_path / "next")]
     assert main([*continued, "--steps", "4", "--g-conv-dim", "32"]) == 2
     assert "g_conv_dim: cannot change when continuing a run" in capsys.readouterr().err
@@ -80,8 +81,8 @@ def test_a_walk_starts_at_seed_a_ends_at_seed_b_and_its_gif_has_k_frames(tmp_pat
     assert torch.equal(path.z[0], fixed_noise(1, 128, 3)[0])
     assert torch.allclose(path.z[-1], fixed_noise(1, 128, 7)[0], atol=1e-6)
     assert path.labels is None
-    assert main(["train", "--preset", "debug32", "--dataset", "synthetic:64", "--device", "cpu", "--steps", "2",
-                 "--checkpoint-every", "2", "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", "--preset", "debug32", "--dataset", "synthetic:64", "--device", "cpu", "--steps",
+                 "2", "--checkpoint-every", "2", "--out", str(tmp_path / "run")]) == 0
     gif = sample_walk(tmp_path / "run", tmp_path / "walk.gif", seeds=(3, 7), frames=5)
     with Image.open(gif) as image:
         assert image.n_frames == 5 and image.size == (32, 32)

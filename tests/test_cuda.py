@@ -67,8 +67,8 @@ def test_syncbatchnorm_and_nccl_ddp_at_one_rank_equal_the_plain_step(model: str,
     config = tiny_config(device="cuda", **MODELS[model])
     script = tmp_path / "one_rank.py"
     script.write_text(ONE_RANK)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-                             str(script), json.dumps(config.to_dict())],
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", "1", str(script), json.dumps(config.to_dict())],
                             check=False, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     distributed = json.loads(result.stdout.strip().splitlines()[-1])
@@ -98,7 +98,8 @@ def test_channels_last_gives_the_contiguous_step(model: str) -> None:
     stats = {}
     for channels_last in (False, True):
         state, batches = _state(channels_last=channels_last, **MODELS[model])
-        stats[channels_last] = [{k: v.item() for k, v in train_step(state, batches).items()} for _ in range(3)]
+        stats[channels_last] = [{k: v.item() for k, v in train_step(state, batches).items()}
+                                for _ in range(3)]
         weight = next(p for p in state.generator.parameters() if p.dim() == 4)
         assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
     for one, other in zip(stats[False], stats[True], strict=True):

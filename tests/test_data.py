@@ -118,7 +118,8 @@ def test_folder_center_crop_happens_before_resize(tmp_path: Path, resize_mode: s
 
 
 @pytest.mark.parametrize("size", [(64, 32), (32, 64)], ids=["wide", "tall"])
-def test_a_non_square_image_is_cropped_to_its_centre_or_squashed(tmp_path: Path, size: tuple[int, int]) -> None:
+def test_a_non_square_image_is_cropped_to_its_centre_or_squashed(tmp_path: Path,
+                                                                 size: tuple[int, int]) -> None:
     # Red first quarter, green middle half, blue last quarter along the long side.
     long_side, short_side = max(size), min(size)
     image = solid(GREEN, size)
@@ -166,7 +167,9 @@ def test_unreadable_items_are_replaced_by_the_next_readable_one(tmp_path: Path, 
 
 def test_bad_image_log_counts_names_once_and_fails_past_the_limit() -> None:
     assert BadImageLog(100, 0.29).limit == 29  # not floor(28.999...)
-    assert (BadImageLog(1000, 0.001).limit, BadImageLog(999, 0.001).limit, BadImageLog(5, 1.0).tries) == (1, 0, 5)
+    assert (BadImageLog(1000, 0.001).limit, BadImageLog(999, 0.001).limit, BadImageLog(5, 1.0).tries) == (1,
+                                                                                                          0,
+                                                                                                          5)
     log = BadImageLog(1000, 0.002)
     log.record({"a": "cannot read image a: x"})
     log.record({"a": "cannot read image a: x"})
@@ -251,7 +254,8 @@ def test_lsun_sees_an_lmdb_replaced_in_place(lsun_root: Path) -> None:
 
 
 def test_lsun_errors(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=f"LMDB directory does not exist: {tmp_path / 'bedroom_train_lmdb'}"):
+    with pytest.raises(DatasetError,
+                       match=f"LMDB directory does not exist: {tmp_path / 'bedroom_train_lmdb'}"):
         build_dataset(f"lsun:{tmp_path}:bedroom_train", 32)
     with pytest.raises(DatasetError, match=f"dataset path does not exist: {tmp_path / 'x'}"):
         build_dataset(f"lsun:{tmp_path / 'x'}:bedroom_train", 32)
@@ -413,7 +417,8 @@ def test_folder_scan_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     solid(RED).save(root / "c0" / "a.png")
     first = build_dataset(f"folder:{root}", 32).files
     monkeypatch.setattr(Path, "rglob", lambda *_: pytest.fail("the folder was walked again"))
-    assert build_dataset(f"folder:{root}", 32).files == first  # a second open (another job or rank) reads the list
+    assert build_dataset(f"folder:{root}",
+                         32).files == first  # a second open (another job or rank) reads the list
     monkeypatch.undo()
     solid(BLUE).save(root / "c0" / "b.png")  # the class folder's mtime changes: the scan runs again
     assert len(build_dataset(f"folder:{root}", 32)) == 2

@@ -16,7 +16,8 @@ ALL = "color,translation,cutout"
 
 def fixed(batch: int = 1, **values: torch.Tensor) -> Draws:
     """Draws that change nothing, but for `values`."""
-    neutral = {"brightness": torch.zeros(batch), "saturation": torch.ones(batch), "contrast": torch.ones(batch),
+    neutral = {"brightness": torch.zeros(batch), "saturation": torch.ones(batch),
+               "contrast": torch.ones(batch),
                "shift": torch.zeros(batch, 2, dtype=torch.long), "cutout_corner": torch.full((batch, 2), -99)}
     return Draws(**{**neutral, **values})
 
@@ -36,9 +37,12 @@ def test_translation_moves_the_image_and_pads_with_zeros() -> None:
 def test_cutout_zeroes_a_square_of_half_the_size() -> None:
     images = torch.ones(1, 3, 8, 8)
     cut = cutout(images, fixed(cutout_corner=torch.tensor([[2, 3]])))
-    assert torch.equal(cut[0, 0] == 0, torch.zeros(8, 8, dtype=torch.bool).index_fill(0, torch.arange(2, 6), True)
+    assert torch.equal(cut[0, 0] == 0,
+                       torch.zeros(8, 8, dtype=torch.bool).index_fill(0, torch.arange(2, 6), True)
                        & torch.zeros(8, 8, dtype=torch.bool).index_fill(1, torch.arange(3, 7), True))
-    assert int((cutout(images, fixed(cutout_corner=torch.tensor([[-2, 6]])))[0, 0] == 0).sum()) == 2 * 2  # a corner
+    assert int((cutout(images, fixed(cutout_corner=torch.tensor([[-2, 6]])))[0,
+                                                                             # a corner
+                                                                             0] == 0).sum()) == 2 * 2
 
 
 def test_color_shifts_brightness_and_scales_saturation_and_contrast() -> None:

@@ -15,13 +15,14 @@ from .conftest import ROOT, subprocess_env
 @pytest.mark.slow
 def test_gpu_check_cpu_smoke_prints_one_json_line_per_figure(tmp_path: Path) -> None:
     result = subprocess.run([str(ROOT / "bench" / "gpu_check.sh"), "--cpu-smoke", "--out", str(tmp_path)],
-                            env={**subprocess_env(), "PYTHON": sys.executable}, capture_output=True, text=True,
-                            timeout=300, check=False)
+                            env={**subprocess_env(), "PYTHON": sys.executable}, capture_output=True,
+                            text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]  # nothing but JSON on stdout
     tests = lines[0]
     assert tests["check"] == "cuda_tests" and tests["failed"] == 0 and tests["passed"] + tests["skipped"] == 8
-    figures = {(line["preset"], line["batch_size"], line["variant"]): line for line in lines if "bench" in line}
+    figures = {(line["preset"], line["batch_size"], line["variant"]): line for line in lines
+               if "bench" in line}
     assert set(figures) == {(preset, batch, variant) for preset in ("seed64", "paper128") for batch in (2, 4)
                             for variant in ("fp32", "bf16", "bf16-cl")}
     assert all(line["img_per_s"] > 0 for line in figures.values())

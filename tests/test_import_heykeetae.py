@@ -196,7 +196,8 @@ def test_other_network_size_is_a_shape_error(reference: Reference, tmp_path: Pat
     state = torch.load(reference.d)
     state["l1.0.module.weight_bar"] = torch.zeros(32, 3, 4, 4)  # conv_dim 32
     torch.save(state, tmp_path / "1000_D.pth")
-    with pytest.raises(ValueError, match=r"l1\.0\.module\.weight_bar \(32, 3, 4, 4\) \(expected \(64, 3, 4, 4\)\)"):
+    with pytest.raises(ValueError,
+                       match=r"l1\.0\.module\.weight_bar \(32, 3, 4, 4\) \(expected \(64, 3, 4, 4\)\)"):
         import_checkpoint("heykeetae", reference.g, tmp_path / "1000_D.pth", tmp_path / "out.pt")
 
 

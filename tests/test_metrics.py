@@ -84,7 +84,8 @@ def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel() -> None:
     mean, std, size = scores.kid(x, y)  # subsets of all 60 rows: every subset gives the same estimate
     assert size == 60
     X, Y = x.double().numpy(), y.double().numpy()
-    kernel = lambda p, q: (p @ q.T / X.shape[1] + 1) ** 3
+    def kernel(p, q):
+        return (p @ q.T / X.shape[1] + 1) ** 3
     m = len(X)
     kxx, kyy, kxy = kernel(X, X), kernel(Y, Y), kernel(X, Y)
     mmd = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
@@ -191,7 +192,8 @@ def test_a_nan_or_infinite_score_ranks_below_every_finite_one() -> None:
     for metrics in (["fid"], ["is"]):  # lower and higher is better
         assert improves(metrics, 5.0, nan) and improves(metrics, 5.0, inf) and improves(metrics, 5.0, -inf)
         assert not improves(metrics, nan, 5.0) and not improves(metrics, inf, 5.0)
-        assert not improves(metrics, nan, nan) and not improves(metrics, inf, nan)  # equals: the earliest stays
+        assert not improves(metrics, nan, nan) and not improves(metrics, inf,
+                                                                nan)  # equals: the earliest stays
         assert improves(metrics, nan, None)  # something beats nothing
     assert improves(["fid"], 3.0, 5.0) and improves(["is"], 5.0, 3.0)
 
@@ -208,7 +210,8 @@ def test_a_nan_or_infinite_score_ranks_below_every_finite_one() -> None:
 def test_swd_descriptors_do_not_depend_on_the_batch_an_image_is_in() -> None:
     images = _real_images(range(10), imsize=64)
     whole = swd.descriptors(images, list(range(10)), 3)
-    halves = [swd.descriptors(images[:4], [0, 1, 2, 3], 3), swd.descriptors(images[4:], list(range(4, 10)), 3)]
+    halves = [swd.descriptors(images[:4], [0, 1, 2, 3], 3),
+              swd.descriptors(images[4:], list(range(4, 10)), 3)]
     assert [level.shape for level in whole] == [(10 * 128, 3, 7, 7)] * 3  # levels 64, 32, 16
     for level, (a, b) in zip(whole, zip(*halves, strict=True), strict=True):
         assert torch.equal(level, torch.cat([a, b]))
@@ -243,7 +246,8 @@ def test_evaluation_with_random_inception_weights_runs_every_metric(tmp_path: Pa
     record = Evaluator(plan, init_distributed("cpu"), cache=StatsCache(tmp_path),
                        inception_weights="random").evaluate(generator, config.z_dim)
     assert record["backbone"] == "inception-v3-random-init" and record["inception_weights_sha256"] is None
-    assert {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "f_score", "swd"} <= set(record["metrics"])
+    assert {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "f_score",
+            "swd"} <= set(record["metrics"])
     assert all(np.isfinite(value) for value in record["metrics"].values())
     assert record["real"] == {"n": 8, "cache": {"inception": "miss", "swd": "miss"}}
 
@@ -271,7 +275,8 @@ def test_a_second_evaluation_reads_the_cache_instead_of_the_data(tmp_path: Path,
 
     opened = []
     real_build = sagan_core.data.build_dataset
-    monkeypatch.setattr(sagan_core.data, "build_dataset", lambda *a, **k: opened.append(a) or real_build(*a, **k))
+    monkeypatch.setattr(sagan_core.data, "build_dataset", lambda *a,
+                        **k: opened.append(a) or real_build(*a, **k))
     config = tiny_config()
     generator = Generator(config)
     plan = EvalPlan(("fid", "swd"), n=16, dataset="synthetic:64", imsize=32, batch_size=8)
@@ -311,7 +316,8 @@ def test_a_second_fingerprint_of_a_folder_stats_none_of_its_files(tmp_path: Path
     first = dataset_fingerprint(spec)
     touched: list[Path] = []
     real_stat, real_scandir = os.stat, os.scandir
-    monkeypatch.setattr(os, "stat", lambda path, *a, **k: touched.append(Path(path)) or real_stat(path, *a, **k))
+    monkeypatch.setattr(os, "stat", lambda path, *a,
+                        **k: touched.append(Path(path)) or real_stat(path, *a, **k))
     monkeypatch.setattr(os, "scandir", lambda path=".": touched.append(Path(path)) or real_scandir(path))
     assert dataset_fingerprint(spec) == first  # another evaluation, job or rank
     monkeypatch.undo()
@@ -322,7 +328,8 @@ def test_a_second_fingerprint_of_a_folder_stats_none_of_its_files(tmp_path: Path
 
 def test_the_cache_key_holds_the_preprocessing_and_a_version_for_every_part() -> None:
     def keys(**preprocessing):
-        return stats_keys(("fid", "swd"), dataset="synthetic:64", imsize=32, n=16, inception=("inception", "abc"),
+        return stats_keys(("fid", "swd"), dataset="synthetic:64", imsize=32, n=16,
+                          inception=("inception", "abc"),
                           **{"center_crop": None, "resize_mode": "squash", **preprocessing})
 
     plain = keys()
@@ -334,8 +341,8 @@ def test_the_cache_key_holds_the_preprocessing_and_a_version_for_every_part() ->
 
 def test_an_entry_under_the_old_key_format_is_not_read(tmp_path: Path) -> None:
     cache = StatsCache(tmp_path)
-    keys = stats_keys(("fid", "swd"), dataset="synthetic:64", imsize=32, center_crop=None, resize_mode="squash",
-                      n=16, inception=("inception", "abc"))
+    keys = stats_keys(("fid", "swd"), dataset="synthetic:64", imsize=32, center_crop=None,
+                      resize_mode="squash", n=16, inception=("inception", "abc"))
     for key in keys.values():
         # The entry as the code before resize_mode and the versions named and wrote it.
         old = json.dumps({name: value for name, value in asdict(key).items()
@@ -353,7 +360,8 @@ def test_a_wrong_or_missing_weights_file_is_one_clear_error(tmp_path: Path, monk
     with pytest.raises(InceptionWeightsError) as error:
         resolve_inception_weights(wrong)
     message = str(error.value)
-    assert str(wrong) in message and SHA256 in message and hashlib.sha256(b"not the weights").hexdigest() in message
+    assert str(wrong) in message and SHA256 in message
+    assert hashlib.sha256(b"not the weights").hexdigest() in message
     assert "SAGAN_INCEPTION_WEIGHTS" in message and "--inception-weights" in message
     monkeypatch.delenv("SAGAN_INCEPTION_WEIGHTS", raising=False)
     with pytest.raises(InceptionWeightsError, match="no Inception weights file is configured"):
@@ -370,5 +378,6 @@ def test_training_with_fid_and_no_weights_fails_before_training_without_a_traceb
                             capture_output=True, text=True, env=env, timeout=120, check=False)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert f"Inception weights file not found: {tmp_path / 'nothing.pth'}" in result.stderr and SHA256 in result.stderr
+    assert f"Inception weights file not found: {tmp_path / 'nothing.pth'}" in result.stderr
+    assert SHA256 in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()

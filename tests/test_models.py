@@ -151,14 +151,15 @@ def _sigma_errors(model: torch.nn.Module) -> dict[str, float]:
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_spectral_norm_estimates_fit_the_initial_weights(preset: str) -> None:
-    # Every preset's architecture; conditional residual ones with 10 classes; the big ones narrowed (same layout,
-    # the true sigma's SVDs would take minutes).
+    # Every preset's architecture; conditional residual ones with 10 classes; the big ones narrowed (same
+    # layout, the true sigma's SVDs would take minutes).
     overrides = ({"num_classes": 10} if PRESETS[preset].get("arch") == "resnet" else {}) | (
         {"g_conv_dim": 32, "d_conv_dim": 32} if preset in ("paper128", "sagan128", "resnet64") else {})
     torch.manual_seed(0)
     for model in build_models(preset, **overrides):
         errors = _sigma_errors(model)
-        assert errors and max(errors.values()) < 0.05, {k: round(v, 3) for k, v in errors.items() if v >= 0.05}
+        assert errors and max(errors.values()) < 0.05, {k: round(v, 3)
+                                                        for k, v in errors.items() if v >= 0.05}
 
 
 @pytest.mark.parametrize("preset", ["resnet32", "resnet64"])

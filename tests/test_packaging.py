@@ -46,8 +46,8 @@ def run_sagan(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_api_extra_has_no_torch(api_venv: Path) -> None:
-    found = subprocess.run([str(api_venv / "bin" / "python"), "-c",
-                            "import importlib.util as u; print([m for m in ('torch', 'torchvision') if u.find_spec(m)])"],
+    probe = "import importlib.util as u; print([m for m in ('torch', 'torchvision') if u.find_spec(m)])"
+    found = subprocess.run([str(api_venv / "bin" / "python"), "-c", probe],
                            env=clean_env(), capture_output=True, text=True, timeout=60, check=True)
     assert found.stdout.strip() == "[]"
 
@@ -59,7 +59,8 @@ def test_help_lists_every_command_without_torch(api_venv: Path, tmp_path: Path) 
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", [["train", "--preset", "debug32", "--steps", "1", "--out", "run"], ["worker"]])
+@pytest.mark.parametrize("command", [["train", "--preset", "debug32", "--steps", "1", "--out", "run"],
+                                     ["worker"]])
 def test_a_command_that_needs_torch_names_the_worker_extra(api_venv: Path, tmp_path: Path,
                                                            command: list[str]) -> None:
     result = run_sagan(api_venv, *command, cwd=tmp_path)
@@ -112,7 +113,8 @@ class MissingModule:
 
 def test_a_command_that_cannot_load_stands_in_and_names_its_extra(monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    # The client-only install (`pip install .`): `sagan --help` still works, `sagan worker` says what is missing.
+    # The client-only install (`pip install .`): `sagan --help` still works, `sagan worker` says what is
+    # missing.
     monkeypatch.setattr(cli, "entry_points", lambda group: [MissingModule()])
     assert "(needs the api extra)" in cli.build_parser().format_help()
     assert cli.main(["worker", "--queues", "cpu"]) == 2

@@ -1,6 +1,6 @@
-"""Packed data sets (sagan_core/packed.py): what `sagan data pack` writes, that `packed:DIR` yields the source's
-images bit for bit (so training on it equals training on the source, batch for batch, in one process and
-under two ranks), resuming an interrupted pack, and the errors a user meets."""
+"""Packed data sets (sagan_core/packed.py): what `sagan data pack` writes, that `packed:DIR` yields the
+source's images bit for bit (so training on it equals training on the source, batch for batch, in one process
+and under two ranks), resuming an interrupted pack, and the errors a user meets."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def _image_folder(root: Path) -> Path:
         (root / cls).mkdir(parents=True)
         for i in range(count):
             size = (40 + 7 * i, 33 + 5 * i)
-            Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (*size[::-1], 3),
+                                         dtype=np.uint8)).save(root / cls / f"{i}.png")
     (root / "dogs" / "broken.png").write_bytes(b"not a png")
     return root
 
@@ -44,7 +45,8 @@ def test_pack_writes_shards_labels_and_an_index_that_lists_the_unreadable(tmp_pa
     assert index["count"] == 9 and index["num_classes"] == 2 and index["class_names"] == ["cats", "dogs"]
     assert [shard["count"] for shard in index["shards"]] == [4, 4, 1]  # 4 per shard; the broken file skipped
     assert list(index["bad_images"]) == [str(source / "dogs" / "broken.png")]
-    assert index["source"] == {"spec": f"folder:{source}", "fingerprint": dataset_fingerprint(f"folder:{source}")}
+    assert index["source"] == {"spec": f"folder:{source}",
+                               "fingerprint": dataset_fingerprint(f"folder:{source}")}
     assert index["preprocessing"] == {"imsize": 16, "resize_mode": "squash", "center_crop": None}
     verify(tmp_path / "packed")
     assert not (tmp_path / "packed" / PROGRESS_FILE).exists()
@@ -92,7 +94,8 @@ def test_two_ranks_on_a_packed_set_equal_two_ranks_on_its_source(tmp_path: Path)
         config_file = tmp_path / f"{name}.json"
         config_file.write_text(json.dumps(tiny_config(dataset=spec, steps=2, checkpoint_every=2, batch_size=8)
                                           .to_dict()))
-        subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file), "--nproc",
+        subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file),
+                        "--nproc",
                         "2", "--out", str(tmp_path / name)], check=True, env=subprocess_env(), timeout=300,
                        capture_output=True)
     source, packed = _weights(tmp_path / "source"), _weights(tmp_path / "packed-run")
@@ -115,7 +118,8 @@ def test_an_interrupted_pack_resumes_keeping_its_complete_shards(tmp_path: Path)
     assert not (out / INDEX_FILE).exists() and (out / PROGRESS_FILE).exists()
     first = (out / "shard-00000.npy").stat().st_mtime_ns
     seen = []
-    index = pack("shapes:50", out, imsize=16, shard_mb=10 * one_image, progress=lambda done, total: seen.append(done))
+    index = pack("shapes:50", out, imsize=16, shard_mb=10 * one_image, progress=lambda done,
+                 total: seen.append(done))
     assert seen == [30, 40, 50]  # shards 0 and 1 kept
     assert (out / "shard-00000.npy").stat().st_mtime_ns == first
     assert index["count"] == 50
@@ -137,7 +141,8 @@ def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
         dataset_paths("ds:../x")
     with pytest.raises(DatasetError, match="packed:s3://BUCKET/PREFIX"):
         dataset_paths("packed:s3://bucket")
-    assert dataset_paths("packed:s3://bucket/sets/a") == [] and dataset_paths(f"packed:{tmp_path}") == [str(tmp_path)]
+    assert dataset_paths("packed:s3://bucket/sets/a") == []
+    assert dataset_paths(f"packed:{tmp_path}") == [str(tmp_path)]
 
 
 def test_a_packed_sets_statistics_key_does_not_depend_on_where_it_lies(tmp_path: Path) -> None:
@@ -162,13 +167,16 @@ def test_sagan_data_pack_uploads_to_s3_with_the_index_last(tmp_path: Path) -> No
         client.create_bucket(Bucket="sets")
         env = {**subprocess_env(), "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "test",
                "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-        result = subprocess.run([sys.executable, "-m", "sagan_core.cli", "data", "pack", "shapes:30", "--imsize", "16",
+        result = subprocess.run([sys.executable, "-m", "sagan_core.cli", "data", "pack", "shapes:30",
+                                 "--imsize", "16",
                                  "--out", "s3://sets/shapes/16px", "--quiet"], env=env, capture_output=True,
                                 text=True, timeout=120, check=True)
         summary = json.loads(result.stdout)
         assert summary["count"] == 30 and summary["classes"] == ["circle", "square", "triangle"]
-        keys = [item["Key"] for item in client.list_objects_v2(Bucket="sets", Prefix="shapes/16px/")["Contents"]]
-        assert sorted(keys) == ["shapes/16px/index.json", "shapes/16px/labels.npy", "shapes/16px/shard-00000.npy"]
+        keys = [item["Key"]
+                for item in client.list_objects_v2(Bucket="sets", Prefix="shapes/16px/")["Contents"]]
+        assert sorted(keys) == ["shapes/16px/index.json", "shapes/16px/labels.npy",
+                                "shapes/16px/shard-00000.npy"]
         index = json.loads(client.get_object(Bucket="sets", Key="shapes/16px/index.json")["Body"].read())
         assert index["count"] == 30
     finally:
@@ -181,7 +189,9 @@ def test_blocks_shuffle_reads_a_few_shards_at_a_time_in_a_seeded_order() -> None
     blocks = [10] * 8
     order = epoch_order(80, 3, 1, blocks)
     assert sorted(order.tolist()) == list(range(80))
-    assert torch.equal(order, epoch_order(80, 3, 1, blocks)) and not torch.equal(order, epoch_order(80, 3, 2, blocks))
+    assert torch.equal(order, epoch_order(80, 3, 1, blocks)) and not torch.equal(order,
+                                                                                 epoch_order(80, 3, 2,
+                                                                                             blocks))
     for window in order.split(SHUFFLE_WINDOW * 10):  # each 40 items are 4 whole shards
         shards = torch.bincount(window // 10, minlength=8)
         assert sorted(shards.tolist()) == [0] * 4 + [10] * 4
@@ -192,7 +202,8 @@ def test_shuffle_blocks_trains_on_a_packed_set_and_is_refused_elsewhere(tmp_path
     from sagan_core.config import ConfigError
 
     pack("shapes:64", tmp_path / "packed", imsize=32, shard_mb=16 * 32 * 32 * 3 / 2**20)
-    state = train(tiny_config(dataset=f"packed:{tmp_path / 'packed'}", shuffle="blocks", steps=2), tmp_path / "run")
+    state = train(tiny_config(dataset=f"packed:{tmp_path / 'packed'}", shuffle="blocks", steps=2),
+                  tmp_path / "run")
     assert state.step == 2
     with pytest.raises(ConfigError, match="shuffle: blocks needs a packed data set"):
         tiny_config(shuffle="blocks")

@@ -14,7 +14,8 @@ from worker.processes import ProcessTree, descendants
 PARENT = """
 import subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c",
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(300)"],
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+    "time.sleep(300)"],
     start_new_session=True, stdout=subprocess.PIPE, text=True)
 child.stdout.readline()
 print(child.pid, flush=True)

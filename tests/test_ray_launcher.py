@@ -1,7 +1,7 @@
 """The Ray launcher's decisions, driven through a stand-in for Ray's Jobs API client (its list, status, info,
-stop and delete calls): what an ended Ray job's status means, which earlier Ray jobs are stopped or deleted, when
-an unreachable cluster becomes a lost run, and what the Ray job's environment carries. The real cluster's side
-is tests/service/test_ray.py."""
+stop and delete calls): what an ended Ray job's status means, which earlier Ray jobs are stopped or deleted,
+when an unreachable cluster becomes a lost run, and what the Ray job's environment carries. The real cluster's
+side is tests/service/test_ray.py."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ class FakeJobsApi:
     down: bool = False
 
     def list_jobs(self) -> list[Any]:
-        return [SimpleNamespace(submission_id=sid, status=status) for sid, (status, _, _) in self.jobs.items()]
+        return [SimpleNamespace(submission_id=sid, status=status)
+                for sid, (status, _, _) in self.jobs.items()]
 
     def get_job_status(self, sid: str) -> JobStatus:
         if self.down:
@@ -61,7 +62,9 @@ class FakeJobsApi:
 
 def launcher(api: FakeJobsApi, tmp_path: Path, **settings: Any) -> RayLauncher:
     job = SimpleNamespace(id="j1", attempt=2)
-    return RayLauncher(api, job, Settings(home=tmp_path, ray_address="http://head:8265", poll_seconds=0.01,  # type: ignore[arg-type]
+    return RayLauncher(api, job,
+                       Settings(home=tmp_path, ray_address="http://head:8265",
+                                poll_seconds=0.01,  # type: ignore[arg-type]
                                           **settings), store=None, log_path=tmp_path / "attempt-2.log")
 
 
@@ -82,7 +85,8 @@ def test_an_ended_ray_job_means_what_the_trainer_exit_status_would(tmp_path: Pat
 
 
 @pytest.mark.parametrize("code", [None, -9, 137])
-def test_a_ray_job_that_ended_without_its_own_exit_status_is_a_lost_run(tmp_path: Path, code: int | None) -> None:
+def test_a_ray_job_that_ended_without_its_own_exit_status_is_a_lost_run(tmp_path: Path,
+                                                                        code: int | None) -> None:
     api = FakeJobsApi({"sagan-j1-2": (JobStatus.FAILED, code,
                                       "Job supervisor actor died, last available logs (truncated): ...")})
     ray_launcher = launcher(api, tmp_path)
@@ -121,7 +125,8 @@ def test_an_unreachable_cluster_is_waited_out_then_a_lost_run(tmp_path: Path,
 
 def test_the_way_is_cleared_of_earlier_attempts_and_of_this_attempts_finished_run(tmp_path: Path) -> None:
     api = FakeJobsApi({"sagan-j1-1": (JobStatus.RUNNING, None, ""),  # a dead worker's attempt, still training
-                       "sagan-j1-2": (JobStatus.STOPPED, None, ""),  # this attempt, handed back by a stopping worker
+                       "sagan-j1-2": (JobStatus.STOPPED, None,
+                                      ""),  # this attempt, handed back by a stopping worker
                        "sagan-j10-1": (JobStatus.RUNNING, None, "")})  # another job whose id starts the same
     launcher(api, tmp_path)._clear_the_way()
     assert api.stopped == ["sagan-j1-1"] and api.deleted == ["sagan-j1-2"]

@@ -126,7 +126,8 @@ def test_compute_matched_arms_line_up_against_images_seen() -> None:
     arms = group_arms([run("batch32", 32, 8), run("seed", 64, 4)])
     ax = Figure().add_subplot()
     _plot(ax, arms, "d_loss", smooth=False, colors=_colors(list(arms)), x="images_seen")
-    assert [list(line.get_xdata()) for line in ax.get_lines()] == [list(range(32, 257, 32)), list(range(64, 257, 64))]
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [list(range(32, 257, 32)),
+                                                                   list(range(64, 257, 64))]
     page, _ = build_report([run("batch32", 32, 8), run("seed", 64, 4)], title="compute")
     assert "<td>batch32</td><td>1</td><td>8</td><td>8</td><td>256</td>" in page
     assert "<td>seed</td><td>1</td><td>4</td><td>4</td><td>256</td>" in page
@@ -143,7 +144,8 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path: Path) -> None:
     import signal
     import time
 
-    command = [sys.executable, "-m", "sagan_core.cli", "sweep", "--axis", "d_norm=spectral", "--base", "debug32",
+    command = [sys.executable, "-m", "sagan_core.cli", "sweep", "--axis", "d_norm=spectral", "--base",
+               "debug32",
                "--dataset", "synthetic:64", "--steps", "120", "--checkpoint-every", "20", "--log-every", "20",
                "--sample-every", "1000", "--device", "cpu", "--out", str(tmp_path / "runs"), "--no-report"]
     run_dir = tmp_path / "runs" / "d_norm=spectral-s0"
@@ -161,7 +163,8 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path: Path) -> None:
     assert 0 < stopped_at < 120
     assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(run_dir))]
 
-    again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+    again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                           check=False)
     assert again.returncode == 0, again.stderr
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(20, 121, 20))  # resumed: every logged step once, none trained twice

@@ -26,7 +26,8 @@ def test_paper128_layout_follows_the_official_code() -> None:
         (1024, 1024), (1024, 512), (512, 256), (256, 128), (128, 64)]
     assert list(generator.attention) == ["2"]  # after the third block, 32x32 with 256 channels
     attention = generator.attention["2"]
-    assert (attention.theta.out_channels, attention.g.out_channels, attention.out.in_channels) == (32, 128, 128)
+    assert (attention.theta.out_channels, attention.g.out_channels, attention.out.in_channels) == (32, 128,
+                                                                                                   128)
     assert attention.gamma.item() == 0 and attention.theta.bias is None
     assert [b.conv2.out_channels for b in discriminator.blocks] == [64, 128, 256, 512, 1024, 1024]
     assert list(discriminator.attention) == ["1"]  # after the block to 128 channels, 32x32
@@ -88,7 +89,8 @@ def test_num_classes_rules() -> None:
     assert make_config("seed64", num_classes=None).num_classes == 0
     config = make_config("paper128")
     assert config.num_classes is None and config.g_attention == [32] and config.d_attention == [32]
-    assert (config.beta1, config.beta2, config.batch_size, config.g_lr, config.d_lr) == (0.0, 0.999, 256, 1e-4, 4e-4)
+    assert (config.beta1, config.beta2, config.batch_size, config.g_lr, config.d_lr) == (0.0, 0.999, 256,
+                                                                                         1e-4, 4e-4)
     with pytest.raises(ValueError, match="num_classes is null"):
         build_models(config)
     assert isinstance(build_models(config.model_copy(update={"num_classes": 3}))[0], ResNetGenerator)

@@ -1,4 +1,5 @@
-"""Named studies and sweep expansion: the arms' configs, grid counts, validation naming arm and field, the cap."""
+"""Named studies and sweep expansion: the arms' configs, grid counts, validation naming arm and field, the
+cap."""
 
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def _spent(config) -> dict[str, int]:
 
 def test_ttur_study() -> None:
     assert _arm_values("ttur", ("d_lr", "g_lr", "n_critic", "steps"), steps=1000) == {
-        "ttur": (4e-4, 1e-4, 1, 1000), "equal-1e-4": (1e-4, 1e-4, 1, 1000), "equal-4e-4": (4e-4, 4e-4, 1, 1000),
+        "ttur": (4e-4, 1e-4, 1, 1000), "equal-1e-4": (1e-4, 1e-4, 1, 1000),
+        "equal-4e-4": (4e-4, 4e-4, 1, 1000),
         "equal-ncritic5": (1e-4, 1e-4, 5, 1000), "equal-ncritic5-matched": (1e-4, 1e-4, 5, 200)}
     assert _differing_fields("ttur") == {"d_lr", "g_lr", "n_critic", "steps"}
     spent = {run.arm: _spent(run.config) for run in expand_sweep(study="ttur", base={"steps": 1000})}
-    # The matched arm draws the images and makes the D updates of the n_critic-1 arms, in a fifth of G's steps.
+    # The matched arm draws the images and makes the D updates of the n_critic-1 arms, in a fifth of G's
+    # steps.
     assert spent["equal-ncritic5-matched"] == {"g_updates": 200, "d_updates": 1000, "images_seen": 64_000}
     assert spent["ttur"] == {"g_updates": 1000, "d_updates": 1000, "images_seen": 64_000}
     assert spent["equal-ncritic5"]["d_updates"] == 5000  # the unmatched arm: equal G steps, 5x D's work
@@ -64,7 +67,8 @@ def test_attention128_study_is_table_1_on_the_residual_128_model() -> None:
                                           "d_residual"))
     assert values == {"none": ("resnet", 128, [], [], [], []),
                       **{f"feat{size}": ("resnet", 128, [size], [size], [], []) for size in (8, 16, 32, 64)},
-                      **{f"residual-feat{size}": ("resnet", 128, [], [], [size], [size]) for size in (8, 16, 32, 64)}}
+                      **{f"residual-feat{size}": ("resnet", 128, [], [], [size], [size])
+                         for size in (8, 16, 32, 64)}}
     # feat64 has no 64-pixel map at 32x32: the error names the arm and the field.
     with pytest.raises(SweepError) as raised:
         expand_sweep(study="attention128", base={"preset": "resnet32"})
@@ -83,14 +87,17 @@ def test_attention128_arms_build_their_blocks_at_128_unconditional_too() -> None
 
     # Small widths keep it fast; num_classes 0 is the unconditional model an unlabelled data set gives.
     runs = {run.arm: run.config for run in expand_sweep(study="attention128",
-                                                        base={"g_conv_dim": 8, "d_conv_dim": 8, "num_classes": 0})}
+                                                        base={"g_conv_dim": 8, "d_conv_dim": 8,
+                                                              "num_classes": 0})}
     plain_g, plain_d = build_models(runs["none"])
     for arm, extra_blocks, attention in (("none", 0, 0), ("feat32", 0, 1), ("residual-feat32", 1, 0),
                                          ("residual-feat8", 1, 0)):
         generator, discriminator = build_models(runs[arm])
         assert count(generator, GeneratorBlock) == count(plain_g, GeneratorBlock) + extra_blocks, arm
-        assert count(discriminator, DiscriminatorBlock) == count(plain_d, DiscriminatorBlock) + extra_blocks, arm
-        assert (count(generator, PooledSelfAttention), count(discriminator, PooledSelfAttention)) == (attention,) * 2
+        assert count(discriminator, DiscriminatorBlock) == count(plain_d,
+                                                                 DiscriminatorBlock) + extra_blocks, arm
+        assert (count(generator, PooledSelfAttention),
+                count(discriminator, PooledSelfAttention)) == (attention,) * 2
         with torch.no_grad():
             images = generator.eval()(torch.randn(2, runs[arm].z_dim))
             assert images.shape == (2, 3, 128, 128) and discriminator(images).shape == (2,)
@@ -139,7 +146,8 @@ def test_every_study_expands_on_its_base_with_seeds() -> None:
 
 
 def test_base_fields_apply_under_the_arms() -> None:
-    runs = expand_sweep(study="ttur", base={"preset": "sagan32", "dataset": "shapes", "steps": 7, "d_lr": 1.0})
+    runs = expand_sweep(study="ttur",
+                        base={"preset": "sagan32", "dataset": "shapes", "steps": 7, "d_lr": 1.0})
     assert {(run.config.imsize, run.config.dataset) for run in runs} == {(32, "shapes")}
     # A fifth of 7 steps, rounded (at least 1): a compute-matched arm is exact for steps a multiple of 20.
     assert {run.arm: run.config.steps for run in runs} == {"ttur": 7, "equal-1e-4": 7, "equal-4e-4": 7,
@@ -153,14 +161,16 @@ def test_grid_expansion_counts_and_names() -> None:
     assert len(runs) == 12
     assert runs[0].name == "d_norm=spectral,d_lr=0.0001-s0"
     assert {(run.config.d_norm, run.config.d_lr, run.config.seed) for run in runs} == {
-        (norm, rate, seed) for norm in ("spectral", "batch") for rate in (1e-4, 2e-4, 4e-4) for seed in (0, 1)}
+        (norm, rate, seed) for norm in ("spectral", "batch") for rate in (1e-4, 2e-4, 4e-4)
+                                                                                       for seed in (0, 1)}
     lists = expand_sweep(axes={"g_attention": [[], [8, 16], None]}, base={"preset": "sagan32"})
     assert [run.arm for run in lists] == ["g_attention=none", "g_attention=8+16", "g_attention=default"]
     assert [run.arm for run in expand_sweep(axes={}, base={"preset": "debug32"})] == ["base"]
 
 
 @pytest.mark.parametrize(("sweep", "arm", "field"), [
-    ({"arms": [{"name": "ok", "config": {}}, {"name": "bad", "config": {"d_norm": "layer"}}]}, "bad", "d_norm"),
+    ({"arms": [{"name": "ok", "config": {}}, {"name": "bad", "config": {"d_norm": "layer"}}]}, "bad",
+     "d_norm"),
     ({"arms": [{"name": "bad", "config": {"steps": "3"}}]}, "bad", "steps"),
     ({"arms": [{"name": "typo", "config": {"d_nrom": "batch"}}]}, "typo", "d_nrom"),
     ({"arms": [{"name": "a/b", "config": {}}]}, "a/b", "name"),

@@ -37,7 +37,8 @@ def test_event_files_hold_the_metrics_evaluations_and_grids(tmp_path: Path) -> N
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     training = [record for record in records if "d_loss" in record]
     assert scalar_steps(events, "loss/d") == [record["step"] for record in training] == [1, 2, 3, 4]
-    assert [event.value for event in events.Scalars("loss/g")] == pytest.approx([r["g_loss"] for r in training])
+    assert [event.value
+            for event in events.Scalars("loss/g")] == pytest.approx([r["g_loss"] for r in training])
     grids = events.Images("samples")
     assert [image.step for image in grids] == [2, 4]
     assert (grids[0].width, grids[0].height) == (8 * 34 + 2, 8 * 34 + 2)  # the PNG the trainer wrote
@@ -56,7 +57,8 @@ def test_a_resumed_run_continues_the_curves_without_duplicates(tmp_path: Path) -
     assert [image.step for image in events.Images("samples")] == [1, 2, 3, 4]
     # Steps 3 and 4 are the resumed process's: the metrics.jsonl it rewrote says the same.
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [event.value for event in events.Scalars("loss/d")] == pytest.approx([r["d_loss"] for r in records])
+    assert [event.value
+            for event in events.Scalars("loss/d")] == pytest.approx([r["d_loss"] for r in records])
 
 
 def test_without_tensorboard_a_run_warns_once_and_writes_no_event_files(

@@ -279,7 +279,8 @@ def test_batchnorm_discriminator_normalises_real_and_fake_apart() -> None:
     state.discriminator.main.block2[1].register_forward_pre_hook(lambda _, x: batch_sizes.append(len(x[0])))
     stats = train_step(state, batches)
     assert batch_sizes == [8, 8, 8]  # real, fake, then the G step's fake
-    assert torch.allclose(stats["d_out_real"], expected[0]) and torch.allclose(stats["d_out_fake"], expected[1])
+    assert torch.allclose(stats["d_out_real"], expected[0]) and torch.allclose(stats["d_out_fake"],
+                                                                               expected[1])
     assert not torch.allclose(mixed[0].mean(), expected[0], atol=1e-3)  # a mixed batch would differ
 
 
@@ -319,7 +320,8 @@ def test_ema_weights_are_what_load_checkpoint_returns(tmp_path: Path) -> None:
     model = load_checkpoint(tmp_path)
     for name, value in model.generator.state_dict().items():
         assert torch.equal(value, payload["ema"][name])
-    assert not torch.equal(payload["ema"]["main.block1.1.weight"], payload["generator"]["main.block1.1.weight"])
+    assert not torch.equal(payload["ema"]["main.block1.1.weight"],
+                           payload["generator"]["main.block1.1.weight"])
 
 
 def test_a_kill_while_writing_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
@@ -381,7 +383,8 @@ def test_unreadable_images_are_skipped_counted_and_logged_once(tmp_path: Path, n
 def test_too_many_unreadable_images_fail_the_run_naming_them(tmp_path: Path) -> None:
     root, bad = broken_folder(tmp_path / "images")
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(tiny_config(dataset=f"folder:{root}", max_bad_images=0, num_workers=2).to_dict()))
+    config.write_text(json.dumps(tiny_config(dataset=f"folder:{root}", max_bad_images=0,
+                                             num_workers=2).to_dict()))
     result = subprocess.run([sys.executable, "-m", "sagan_core.train", "--config", str(config),
                              "--out", str(tmp_path / "run")], check=False, capture_output=True, text=True,
                             env=subprocess_env(), timeout=120)
@@ -393,7 +396,8 @@ def test_too_many_unreadable_images_fail_the_run_naming_them(tmp_path: Path) -> 
 def test_two_processes_pool_their_unreadable_images(tmp_path: Path) -> None:
     root, bad = broken_folder(tmp_path / "images")
     config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(tiny_config(dataset=f"folder:{root}", steps=4, max_bad_images=0.2).to_dict()))
+    config_file.write_text(json.dumps(tiny_config(dataset=f"folder:{root}", steps=4,
+                                                  max_bad_images=0.2).to_dict()))
     result = subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file),
                              "--nproc", "2", "--out", str(tmp_path / "run")],
                             check=True, env=subprocess_env(), timeout=300, capture_output=True, text=True)
@@ -404,7 +408,8 @@ def test_two_processes_pool_their_unreadable_images(tmp_path: Path) -> None:
 @pytest.mark.parametrize("overrides", [{}, {"loss": "wgan-gp", "channels_last": True},
                                        {"loss": "wgan-gp", "d_norm": "batch"}, CONDITIONAL,
                                        {"loss": "wgan-gp", "diffaug": "color,translation,cutout"}],
-                         ids=["hinge", "wgan-gp", "wgan-gp-d_norm_batch", "conditional-resnet", "wgan-gp-diffaug"])
+                         ids=["hinge", "wgan-gp", "wgan-gp-d_norm_batch", "conditional-resnet",
+                              "wgan-gp-diffaug"])
 def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, overrides: dict) -> None:
     # wgan-gp: the penalty's interpolation weights must be the global batch's too. d_norm=batch: two
     # D forwards per backward, and the penalty's double backward through the all-reduce BatchNorm.
@@ -466,16 +471,18 @@ def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, overrides
 def zero_gradient_parameters(model: torch.nn.Module, config, part: str) -> set[str]:
     """Names of the parameters whose true gradient in a training step is exactly 0: biases feeding a
     BatchNorm (its batch statistics remove any constant shift) and, in step 1, attention's convs behind a
-    gamma of 0. Found in float64, where round-off is about 1e-16 of the largest gradient, not float32's 1e-6."""
+    gamma of 0. Found in float64, where round-off is about 1e-16 of the largest gradient, not float32's
+    1e-6."""
     probe = copy.deepcopy(model).double().train()
     generator = torch.Generator().manual_seed(0)
     labels = ((torch.randint(config.num_classes, (8,), generator=generator),) if config.num_classes else ())
-    inputs = (torch.randn(8, config.z_dim, generator=generator, dtype=torch.float64) if part == "generator" else
-              torch.randn(8, 3, config.imsize, config.imsize, generator=generator, dtype=torch.float64))
+    inputs = (torch.randn(8, config.z_dim, generator=generator, dtype=torch.float64) if part == "generator"
+              else torch.randn(8, 3, config.imsize, config.imsize, generator=generator, dtype=torch.float64))
     out = probe(inputs, *labels)
     (out * torch.randn(out.shape, generator=generator, dtype=torch.float64)).sum().backward()
     largest = max(p.grad.abs().max().item() for p in probe.parameters() if p.grad is not None)
-    return {name for name, p in probe.named_parameters() if p.grad is None or p.grad.abs().max() <= 1e-9 * largest}
+    return {name for name, p in probe.named_parameters()
+            if p.grad is None or p.grad.abs().max() <= 1e-9 * largest}
 
 
 def test_the_zero_gradient_probe_finds_exactly_the_biases_before_batchnorm_and_the_idle_attention() -> None:
@@ -515,7 +522,8 @@ def test_conditional_step_feeds_real_labels_and_drawn_classes_to_d() -> None:
     assert torch.equal(d_calls[0][1], torch.cat([labels, drawn]))  # one D forward over real and fake
     assert torch.equal(d_calls[1][1], fake_classes(state.config, state.ctx, 0, 1))  # the G step's classes
     assert torch.equal(fake_classes(state.config, state.ctx, 0, 0), drawn)  # a function of (seed, step, slot)
-    assert set(fake_classes(state.config.model_copy(update={"batch_size": 300}), state.ctx, 0, 0).tolist()) == {
+    assert set(fake_classes(state.config.model_copy(update={"batch_size": 300}), state.ctx, 0,
+                            0).tolist()) == {
         0, 1, 2}
 
 

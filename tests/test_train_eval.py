@@ -86,7 +86,8 @@ def test_resume_after_a_crash_neither_repeats_nor_skips_an_evaluation(tmp_path: 
     straight, resumed = _evals(tmp_path / "straight"), _evals(tmp_path / "crashed")
     assert [e["step"] for e in resumed] == [0, 2, 4, 6]
     assert [e["metrics"] for e in resumed] == [e["metrics"] for e in straight]
-    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"]
+             for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()
              if "eval" not in json.loads(line)]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert best_checkpoint(tmp_path / "crashed").name == best_checkpoint(tmp_path / "straight").name
@@ -118,7 +119,8 @@ def test_sagan_eval_and_stats_from_the_command_line(tmp_path: Path, capsys, stat
     stats = json.loads(capsys.readouterr().out)
     assert stats["cache"] == {"swd": "miss"} and stats["n"] == 40
     assert Path(stats["files"][0]).parent == stats_cache
-    assert main(["eval", "--checkpoint", f"{run}:best", "--metrics", "swd", "-n", "40", "--device", "cpu"]) == 0
+    assert main(["eval", "--checkpoint", f"{run}:best", "--metrics", "swd", "-n", "40", "--device",
+                 "cpu"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["real"]["cache"] == {"swd": "hit"}  # precomputed by `sagan stats`
     assert record["stream"] == "held-out"
@@ -133,8 +135,10 @@ def test_evaluating_the_best_checkpoint_uses_the_held_out_sample_by_default(tmp_
     picked_by = best_eval(_evals(tmp_path), ["swd"])
     held_out = evaluate_checkpoint(f"{tmp_path}:best", device="cpu")
     selection = evaluate_checkpoint(f"{tmp_path}:best", device="cpu", stream="selection")
-    assert (picked_by["stream"], held_out["stream"], selection["stream"]) == ("selection", "held-out", "selection")
-    assert selection["metrics"] == pytest.approx(picked_by["metrics"], rel=1e-6)  # the number it was picked by
+    assert (picked_by["stream"], held_out["stream"], selection["stream"]) == ("selection", "held-out",
+                                                                              "selection")
+    assert selection["metrics"] == pytest.approx(picked_by["metrics"],
+                                                 rel=1e-6)  # the number it was picked by
     assert held_out["metrics"]["swd"] != pytest.approx(selection["metrics"]["swd"], rel=1e-3)
 
 
@@ -142,7 +146,8 @@ def test_evaluating_the_best_checkpoint_uses_the_held_out_sample_by_default(tmp_
 def test_sample_to_a_folder_writes_each_image(tmp_path: Path, model: dict) -> None:
     run = tmp_path / "run"
     train(tiny_config(steps=1, **model), run)
-    assert main(["sample", "--checkpoint", str(run), "-n", "5", "--out-dir", str(tmp_path / "pngs"), "--seed", "4"]) == 0
+    assert main(["sample", "--checkpoint", str(run), "-n", "5", "--out-dir", str(tmp_path / "pngs"), "--seed",
+                 "4"]) == 0
     files = sorted((tmp_path / "pngs").iterdir())
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
     assert not (tmp_path / "samples.png").exists()

@@ -55,10 +55,11 @@ def create_worker_app(settings: Settings) -> Celery:
 
 def dropping_stale_messages(settings: Settings) -> type[Request]:
     """A Request that drops a message while its queue has nothing queued (its job cancelled in the queue, or
-    run by another message: jobs.claim_next) in the worker's main process, before a pool child is forked for it: a child costs seconds
-    (max_tasks_per_child=1), and fifty cancelled jobs held the next real one back for minutes. Celery asks
-    `revoked()` right before it hands a message to the pool; a drop is announced like a revoke (acknowledged,
-    never run). When the database cannot say, the message goes on to the child, which checks again."""
+    run by another message: jobs.claim_next) in the worker's main process, before a pool child is forked for
+    it: a child costs seconds (max_tasks_per_child=1), and fifty cancelled jobs held the next real one back
+    for minutes. Celery asks `revoked()` right before it hands a message to the pool; a drop is announced like
+    a revoke (acknowledged, never run). When the database cannot say, the message goes on to the child, which
+    checks again."""
     # No pooled connection kept open: the pool's children are forked from this process.
     sessions = make_session_factory(make_engine(settings.database, pooled=False,
                                                 timeout_s=settings.statement_timeout_seconds))
@@ -68,7 +69,8 @@ def dropping_stale_messages(settings: Settings) -> type[Request]:
             with sessions() as session:
                 return jobs.queue_has_work(session, ticket=ticket)
         except Exception:  # any database trouble: let the child decide, as before
-            log.warning("job %s: could not look at its queue before running its message", ticket, exc_info=True)
+            log.warning("job %s: could not look at its queue before running its message", ticket,
+                        exc_info=True)
             return True
 
     class DroppingStaleMessages(Request):
@@ -78,7 +80,8 @@ def dropping_stale_messages(settings: Settings) -> type[Request]:
             job_id = self.args[0] if self.args else None
             if not isinstance(job_id, str) or has_work(job_id):
                 return False
-            log.info("the queue of job %s has nothing queued: its message is dropped without running it", job_id)
+            log.info("the queue of job %s has nothing queued: its message is dropped without running it",
+                     job_id)
             self._announce_revoked("nothing queued", terminated=False, signum=None, expired=False)
             return True
 

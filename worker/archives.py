@@ -51,15 +51,18 @@ def extract(archive: Path, dest: Path, limits: Limits) -> list[Path]:
     total = 0
     for count, entry in enumerate(_entries(archive), start=1):
         if count > limits.max_files:
-            raise ArchiveError(f"more than {limits.max_files} entries (SAGAN_MAX_DATASET_FILES) at {entry.name!r}")
+            raise ArchiveError(f"more than {limits.max_files} entries (SAGAN_MAX_DATASET_FILES) at "
+                               f"{entry.name!r}")
         target = root / safe_relative(entry.name)
-        if not target.resolve().is_relative_to(root):  # a directory made earlier cannot be a link: none is made
+        # a directory made earlier cannot be a link: none is made
+        if not target.resolve().is_relative_to(root):
             raise ArchiveError(f"entry {entry.name!r} would be written outside the data set's folder")
         if entry.kind == "dir":
             target.mkdir(parents=True, exist_ok=True)
             continue
         if entry.kind != "file":
-            raise ArchiveError(f"entry {entry.name!r} is a {entry.kind}: only plain files and folders are accepted")
+            raise ArchiveError(f"entry {entry.name!r} is a {entry.kind}: only plain files and folders are "
+                               "accepted")
         target.parent.mkdir(parents=True, exist_ok=True)
         assert entry.open is not None
         with entry.open as source, _create(target, entry.name) as out:
@@ -90,8 +93,8 @@ def _over_budget(name: str, limits: Limits, total: int, archive_bytes: int) -> s
     if total > limits.max_bytes:
         return (f"unpacked size passes the limit of {limits.max_bytes} bytes (SAGAN_MAX_DATASET_GB) at entry "
                 f"{name!r}")
-    return (f"entry {name!r}: the archive unpacks to more than {limits.max_ratio:g} times its {archive_bytes} bytes "
-            "(SAGAN_MAX_COMPRESSION_RATIO): refused as a possible zip bomb")
+    return (f"entry {name!r}: the archive unpacks to more than {limits.max_ratio:g} times its "
+            f"{archive_bytes} bytes (SAGAN_MAX_COMPRESSION_RATIO): refused as a possible zip bomb")
 
 
 def _read(source: IO[bytes], name: str) -> bytes:
@@ -155,6 +158,6 @@ def _tar_entries(archive: Path) -> Iterator[_Entry]:
                 else:
                     kind = "device or special file"
                 opened = tar.extractfile(member) if kind == "file" else None
-                yield _Entry(member.name, kind, opened)  # type: ignore[arg-type]
+                yield _Entry(member.name, kind, opened)
     except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise ArchiveError(f"the tar archive is corrupt or unreadable: {error}") from None

@@ -17,8 +17,8 @@ from sagan_service.settings import Settings
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("worker", help="run a job worker (Celery)")
     parser.add_argument("--queues", default=None,
-                        help=f"comma-separated queues to serve (default: all of {','.join(QUEUES)}; `ray` only "
-                             "where SAGAN_RAY_ADDRESS is set)")
+                        help=f"comma-separated queues to serve (default: all of {','.join(QUEUES)}; `ray` "
+                             "only where SAGAN_RAY_ADDRESS is set)")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs its jobs may use (default: all it sees)")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--no-reaper", dest="reaper", action="store_false",
@@ -38,7 +38,8 @@ def run_worker(args: argparse.Namespace) -> int:
     app = create_worker_app(settings)
     try:
         app.worker_main([
-            "worker", "--queues", args.queues or ",".join(default_queues(settings)), "--loglevel", args.loglevel, "--concurrency", "1",
+            "worker", "--queues", args.queues or ",".join(default_queues(settings)), "--loglevel",
+                         args.loglevel, "--concurrency", "1",
             "--hostname", f"sagan-{os.getpid()}@{socket.gethostname()}",
             # Workers never talk to each other: nothing to gain from gossip/mingle, and the
             # server-less transport of the embedded default supports neither well.

@@ -127,10 +127,12 @@ class DataCache:
             if stat.st_size == size and file_sha256(path) == sha256:
                 verified[name] = [stat.st_size, stat.st_mtime_ns]
                 continue
-            log.warning("%s: the cached %s does not match its sha256; fetching it again", self._where(prefix), name)
+            log.warning("%s: the cached %s does not match its sha256; fetching it again", self._where(prefix),
+                        name)
             missing.append((name, size, sha256))
         if missing:
-            for stale in directory.glob(".*.part*"):  # left by a fetch that died (this one holds the fetch lock)
+            # left by a fetch that died (this one holds the fetch lock)
+            for stale in directory.glob(".*.part*"):
                 stale.unlink(missing_ok=True)
             self._make_room(sum(size for _, size, _ in missing), keep=key)
             log.info("fetching %d files (%d bytes) of %s", len(missing), sum(s for _, s, _ in missing),
@@ -162,7 +164,8 @@ class DataCache:
                         FETCH_TRIES)
         part.unlink(missing_ok=True)
         raise DataCacheError(f"{self._where(prefix)}: {name} failed its sha256 check {FETCH_TRIES} times "
-                             f"(expected {sha256}, got {got}); the stored copy is damaged: pack the set again")
+                             f"(expected {sha256}, got {got}); the stored copy is damaged: pack the set "
+                             "again")
 
     def _make_room(self, needed: int, *, keep: str) -> None:
         """Evict the least recently used sets no job holds until the cache fits the limit with `needed`
@@ -180,7 +183,8 @@ class DataCache:
                             "bytes (SAGAN_DATA_CACHE_GB)", self.root, total, needed, self.limit_bytes)
 
     def _keys(self) -> list[str]:
-        return [entry.name for entry in os.scandir(self.root) if entry.is_dir() and not entry.name.startswith(".")]
+        return [entry.name for entry in os.scandir(self.root) if entry.is_dir()
+                and not entry.name.startswith(".")]
 
     def _last_use(self, key: str) -> float:
         try:
@@ -190,11 +194,13 @@ class DataCache:
 
     def _evict(self, key: str) -> bool:
         """Remove a set unless a job uses it or a process fetches it; whether it was removed."""
-        with _try_locked(self.locks / f"{key}.use") as unused, _try_locked(self.locks / f"{key}.fetch") as idle:
+        with (_try_locked(self.locks / f"{key}.use") as unused,
+              _try_locked(self.locks / f"{key}.fetch") as idle):
             if not (unused and idle):
                 return False
             directory = self.root / key
-            (directory / INDEX_FILE).unlink(missing_ok=True)  # first: a set cut short is incomplete, not broken
+            # first: a set cut short is incomplete, not broken
+            (directory / INDEX_FILE).unlink(missing_ok=True)
             shutil.rmtree(directory, ignore_errors=True)
             log.info("evicted the data set %s from the data cache", directory)
             return True

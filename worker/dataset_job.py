@@ -60,8 +60,8 @@ class DatasetJobError(Exception):
 def command(spec: DatasetSpec, workdir: Path) -> list[str]:
     """The supervisor's command line for a dataset job (sagan_service.jobspec.DatasetSpec)."""
     imsizes = ["--imsizes", ",".join(map(str, spec.imsizes))] if spec.imsizes else []
-    return [sys.executable, "-m", "worker.dataset_job", "--dataset-id", spec.dataset_id, "--source", spec.source,
-            *imsizes, "--workdir", str(workdir / "dataset")]
+    return [sys.executable, "-m", "worker.dataset_job", "--dataset-id", spec.dataset_id, "--source",
+            spec.source, *imsizes, "--workdir", str(workdir / "dataset")]
 
 
 def build(dataset_id: str, source: str, imsizes: list[int] | None, workdir: Path, settings: Settings,
@@ -91,7 +91,8 @@ def build(dataset_id: str, source: str, imsizes: list[int] | None, workdir: Path
     for imsize in sizes:
         _store_statistics(workdir / f"{imsize}px", imsize, workdir / "stats", settings, store)
     return {"images": first["count"], "classes": list(first.get("class_names") or []),
-            "bad_images": {**skipped, **first.get("bad_images", {})}, "imsizes": sizes, "size_bytes": size_bytes}
+            "bad_images": {**skipped, **first.get("bad_images", {})}, "imsizes": sizes,
+            "size_bytes": size_bytes}
 
 
 def _limits(settings: Settings) -> Limits:
@@ -99,7 +100,8 @@ def _limits(settings: Settings) -> Limits:
                   max_ratio=settings.max_compression_ratio)
 
 
-def _local_spec(source: str, workdir: Path, settings: Settings, store: ArtifactStore) -> tuple[str, dict[str, str]]:
+def _local_spec(source: str, workdir: Path, settings: Settings,
+                store: ArtifactStore) -> tuple[str, dict[str, str]]:
     """A spec the packer reads on this machine, and the files skipped as not images (name -> why)."""
     if source.startswith("upload:"):
         key = source.removeprefix("upload:")
@@ -142,7 +144,8 @@ def _download_prefix(url: str, root: Path, settings: Settings) -> Path:
         other.download(key, target)
         total += target.stat().st_size
         if total > limits.max_bytes:
-            raise DatasetJobError(f"{url} holds more than {settings.max_dataset_gb:g} GB (SAGAN_MAX_DATASET_GB)")
+            raise DatasetJobError(f"{url} holds more than {settings.max_dataset_gb:g} GB "
+                                  "(SAGAN_MAX_DATASET_GB)")
     return root
 
 
@@ -177,7 +180,7 @@ def _default_imsizes(spec: str) -> list[int]:
             try:
                 with Image.open(path) as image:  # the header only
                     side = min(image.size)
-            except Exception:  # noqa: BLE001, S112 (unreadable: the packer lists it)
+            except Exception:  # noqa: BLE001 (unreadable: the packer lists it)
                 continue
             smallest = side if smallest is None else min(smallest, side)
     return [size for size in IMSIZES if size == IMSIZES[0] or (smallest or 0) >= size]
@@ -188,7 +191,7 @@ def _write_preview(packed: Path, index: dict[str, Any], out: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    images = []
+    images: list[np.ndarray] = []
     for shard in index["shards"]:
         array = np.load(packed / shard["file"], mmap_mode="r")
         images.extend(np.asarray(array[: PREVIEW_IMAGES - len(images)]))
@@ -203,7 +206,8 @@ def _write_preview(packed: Path, index: dict[str, Any], out: Path) -> None:
     Image.fromarray(grid).save(out)
 
 
-def _store_statistics(packed: Path, imsize: int, cache_dir: Path, settings: Settings, store: ArtifactStore) -> None:
+def _store_statistics(packed: Path, imsize: int, cache_dir: Path, settings: Settings,
+                      store: ArtifactStore) -> None:
     """The real statistics of one packed size, computed as an evaluation would (sagan_core.metrics), stored
     under stats/<entry name>."""
     from sagan_core.config import TrainConfig

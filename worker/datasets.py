@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from sagan_core.config import TrainConfig
 from sagan_core.dataspec import dataset_id, is_remote, parse_spec, s3_location
@@ -55,7 +55,9 @@ def resolve_dataset_specs(spec: S, *, store: ArtifactStore, settings: Settings,
     opened: dict[str, str] = {}
     for field, dataset in dataset_fields(spec).items():
         if dataset not in opened:
-            location = packed_location(dataset, spec.imsize, store=store, settings=settings)  # type: ignore[union-attr]
+            imsize = spec.imsize  # type: ignore[union-attr]
+            location = packed_location(dataset, imsize, store=store, settings=settings)
             opened[dataset] = dataset if location is None else f"packed:{open_set(*location)}"
         resolved[field] = opened[dataset]
-    return spec.model_copy(update=resolved)
+    # model_copy returns the spec's own class, which mypy cannot follow through the bound of S (a union).
+    return cast(S, spec.model_copy(update=resolved))

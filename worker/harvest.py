@@ -10,6 +10,7 @@ a local training; a Ray job's rank 0 does them itself (worker/ray_rank.py), on w
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -38,14 +39,15 @@ Fetch = Callable[[Callable[[], T]], T]
 
 
 def starting_checkpoint(job: Job, own_step: int | None) -> tuple[str, int] | None:
-    """(job id, step) of the committed checkpoint an attempt of `job` starts from: its own at `own_step`, or, for a
-    continued job without one of its own yet, its source's (jobs.continued_from); None: from scratch."""
+    """(job id, step) of the committed checkpoint an attempt of `job` starts from: its own at `own_step`, or,
+    for a continued job without one of its own yet, its source's (jobs.continued_from); None: from scratch."""
     if own_step is not None:
         return job.id, own_step
     if job.continued_from_step is None:
         return None
     if job.continued_from is None:  # the row's foreign key was cleared: its source job is gone
-        raise ValueError(f"the job this one continues (from its step {job.continued_from_step}) no longer exists")
+        raise ValueError(f"the job this one continues (from its step {job.continued_from_step}) no longer "
+                         "exists")
     return job.continued_from, job.continued_from_step
 
 
@@ -61,7 +63,7 @@ def restore_run(store: ArtifactStore, fetch: Fetch, job_id: str, step: int, out:
         return
     for key, name in ((metrics_key(job_id), layout.METRICS), (evals_key(job_id), layout.EVALS)):
         try:
-            lines = fetch(lambda key=key: store.get_bytes(key)).decode().splitlines()
+            lines = fetch(functools.partial(store.get_bytes, key)).decode().splitlines()
         except LookupError:
             lines = []
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
@@ -92,7 +94,7 @@ def fetch_stats(store: ArtifactStore, fetch: Fetch, entries: list[StatsKey], sta
     stats_dir.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         with contextlib.suppress(ArtifactNotFound):
-            fetch(lambda entry=entry: store.download(stats_key(entry.name), stats_dir / entry.name))
+            fetch(functools.partial(store.download, stats_key(entry.name), stats_dir / entry.name))
 
 
 class Harvester:

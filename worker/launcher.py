@@ -1,6 +1,6 @@
 """The `local` launcher: a job's process tree on this machine (the guard, under it the trainer or torchrun and
-its ranks), started, asked to stop, stopped, and its exit status. The supervisor (worker/supervisor.py) decides
-when; this module only knows how.
+its ranks), started, asked to stop, stopped, and its exit status. The supervisor (worker/supervisor.py)
+decides when; this module only knows how.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from .processes import ProcessTree, children
 
 
 class RunLost(Exception):
-    """The launcher lost the run without it ending (a Ray job gone with the cluster's head or node): the attempt
-    is requeued to resume from the latest committed checkpoint, not failed (jobs.retry_lost)."""
+    """The launcher lost the run without it ending (a Ray job gone with the cluster's head or node): the
+    attempt is requeued to resume from the latest committed checkpoint, not failed (jobs.retry_lost)."""
 
 
 class Launcher(Protocol):
@@ -71,9 +71,9 @@ class LocalLauncher:
         self.tree.refresh()
 
     def ask_to_stop(self) -> None:
-        """SIGTERM the trainer alone (under torchrun: torchrun, which passes it to every rank): it finishes its
-        step, checkpoints and exits. Not the group: data-loader workers in it would die and fail the step in
-        progress. Call it again while waiting: the guard may not have started its child yet."""
+        """SIGTERM the trainer alone (under torchrun: torchrun, which passes it to every rank): it finishes
+        its step, checkpoints and exits. Not the group: data-loader workers in it would die and fail the step
+        in progress. Call it again while waiting: the guard may not have started its child yet."""
         for pid in set(children(self.process.pid)) - self.asked_to_stop:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -81,8 +81,8 @@ class LocalLauncher:
 
     def stop(self, wait: Callable[[float], object] = time.sleep) -> None:
         """SIGTERM every process of the tree (torchrun's ranks live in sessions of their own), SIGKILL what is
-        left after the grace period; a no-op once all are gone. (It waits the grace period at most, well inside
-        a lease: `wait` is not needed.)"""
+        left after the grace period; a no-op once all are gone. (It waits the grace period at most, well
+        inside a lease: `wait` is not needed.)"""
         self.tree.terminate(self.grace_seconds)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)

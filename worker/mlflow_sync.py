@@ -40,8 +40,8 @@ LATEST_TAG, BEST_TAG = "sagan.checkpoint.latest", "sagan.checkpoint.best"
 RUN_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 METRICS_PER_BATCH, PARAMS_PER_BATCH = 1000, 100  # MLflow's limits per log_batch
 FINAL_TRIES = 3  # at the end of the attempt, before giving up on what is left
-# Defaults for the MLflow client: no retries of its own (they wait minutes, and urllib3 logs a warning for each),
-# since this module tries again anyway, with its cursor; a short timeout.
+# Defaults for the MLflow client: no retries of its own (they wait minutes, and urllib3 logs a warning for
+# each), since this module tries again anyway, with its cursor; a short timeout.
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
@@ -146,7 +146,8 @@ class MlflowSync:
         line of one step must go together, or the cursor would skip one)."""
         from mlflow.entities import Metric, RunTag
 
-        records = [record for record in read_jsonl(self.run_dir / layout.METRICS) if record["step"] > self.synced_step]
+        records = [record for record in read_jsonl(self.run_dir / layout.METRICS)
+                   if record["step"] > self.synced_step]
         if not final and records:
             newest = records[-1]["step"]
             records = [record for record in records if record["step"] < newest]
@@ -195,8 +196,8 @@ class MlflowSync:
         """The run's status once the job has one (a lost attempt's job is queued again: its run goes on); the
         sweep's run's once the sweep has ended."""
         with self.sessions() as session:
-            status = session.get(Job, self.job_id).status
-            parent_status = session.get(Job, self.parent_id).status if self.parent_id else None
+            status = session.get_one(Job, self.job_id).status
+            parent_status = session.get_one(Job, self.parent_id).status if self.parent_id else None
         if status in RUN_STATUS:
             self.client.set_terminated(self.run_id, RUN_STATUS[status])
         if self.parent_run_id is not None and parent_status in RUN_STATUS:

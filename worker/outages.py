@@ -56,7 +56,8 @@ class Outage:
         now = time.monotonic()
         if self.since is None:
             self.since = now
-            log.warning("%s is unavailable, retrying for up to %.0f s: %s", self.dependency, self.window_s, error)
+            log.warning("%s is unavailable, retrying for up to %.0f s: %s", self.dependency, self.window_s,
+                        error)
         self.failures += 1
         if now - self.since >= self.window_s:
             problem = error.problem if isinstance(error, StoreUnavailable) else "unreachable"

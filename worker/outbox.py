@@ -6,9 +6,10 @@ stores them in order: a sample grid, then its row; a checkpoint's metrics first 
 finds the series up to it), then the checkpoint, its commit marker and its row (the job's pointer
 moves), then the evaluations (the job row's latest and best: a best evaluation only once its
 checkpoint is committed), then keep_checkpoints rotation in the store, which keeps the best evaluation's
-checkpoint. The metrics and evaluation series, the TensorBoard event files, new real-data statistics (stats/<entry>, shared by every
-job on the same data) and the attempt's log follow every few seconds. A store or database that cannot be reached is waited out with backoff while the
-training goes on and the outbox grows; past the outage window the thread stops and `error` says why.
+checkpoint. The metrics and evaluation series, the TensorBoard event files, new real-data statistics
+(stats/<entry>, shared by every job on the same data) and the attempt's log follow every few seconds. A store
+or database that cannot be reached is waited out with backoff while the training goes on and the outbox grows;
+past the outage window the thread stops and `error` says why.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class Outbox:
         if item.kind == "checkpoint":
             self._store_metrics()
             self._store_evals()
-            key = self._retry(lambda: self.store.commit_checkpoint(job_id, item.step, item.path), self.store_outage)
+            key = self._retry(lambda: self.store.commit_checkpoint(job_id, item.step, item.path),
+                              self.store_outage)
         else:
             key = real_grid_key(job_id) if item.kind == "real" else sample_key(job_id, item.step)
             self._retry(lambda: self.store.put_file(key, item.path), self.store_outage)
@@ -177,6 +179,7 @@ class Outbox:
 
     def _drop_old_checkpoints(self) -> list[int]:
         with self.sessions() as session:
+            assert self.keep is not None  # only called for a training's checkpoints
             return jobs.drop_old_checkpoints(session, job_id=self.job.id, keep=self.keep)
 
     def _store_files(self) -> None:
@@ -246,7 +249,8 @@ class Outbox:
         `whole`: the attempt is over, its last line too."""
         if self.log_path is None or not self.log_path.exists():
             return
-        if self.log_path.stat().st_size == self.stored_sizes.get("log"):  # all of it stored: no need to read it
+        # all of it stored: no need to read it
+        if self.log_path.stat().st_size == self.stored_sizes.get("log"):
             return
         data = self.log_path.read_bytes()
         stored = data if whole else data[: data.rfind(b"\n") + 1]

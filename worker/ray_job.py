@@ -43,20 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     config = _job_config(settings, args.job_id)
     ray.init()
     workers = config.nodes * config.nproc
-    resources = {"GPU": 1} if config.device == "cuda" else {"CPU": 1}
+    resources: dict[str, float] = {"GPU": 1} if config.device == "cuda" else {"CPU": 1}
     if not _placeable(workers, resources, settings.ray_placement_timeout_seconds):
         return EXIT_UNPLACEABLE
     switch = StopSwitch.options(name=args.stop_switch).remote()  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, lambda *_: switch.set.remote())
+    # Ray Train v2 keeps rank 0's return value (Result.return_value); Ray's annotations predate it.
     trainer = TorchTrainer(
-        rank_main,
-        train_loop_config={"job_id": args.job_id, "worker_id": args.worker_id, "stop_switch": args.stop_switch},
+        rank_main,  # type: ignore[arg-type]
+        train_loop_config={"job_id": args.job_id, "worker_id": args.worker_id,
+                           "stop_switch": args.stop_switch},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.device == "cuda"),
         torch_config=TorchConfig(backend="nccl" if config.device == "cuda" else "gloo"),
         run_config=RunConfig(name=args.stop_switch, storage_path=str(settings.work_dir / "ray"),
                              failure_config=FailureConfig(max_failures=settings.max_attempts - 1)))
     result = trainer.fit()
-    return int(result.return_value)
+    return int(result.return_value)  # type: ignore[attr-defined]
 
 
 def _job_config(settings: Settings, job_id: str) -> TrainConfig:
@@ -76,12 +78,13 @@ def _placeable(workers: int, resources: dict[str, float], timeout_s: float) -> b
     group = placement_group([resources] * workers, strategy="PACK")
     try:
         ray.get(group.ready(), timeout=timeout_s)
-        return True
     except GetTimeoutError:
         print(f"error: the Ray cluster could not place {workers} workers of {amount:g} {kind} each within "
               f"{timeout_s:g} s (SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {total:g} {kind} in all",
               file=sys.stderr, flush=True)
         return False
+    else:
+        return True
     finally:
         remove_placement_group(group)
 

@@ -1,8 +1,9 @@
 """The `ray` launcher: a training job submitted to a Ray cluster's Jobs API, watched, stopped and read back.
 
-The Celery worker keeps what it does for a local job (the claim, the lease, the cancel flag, settling the row);
-the training runs on the cluster (worker/ray_job.py, worker/ray_rank.py), whose rank 0 stores the artifacts.
-Same interface as LocalLauncher, so the supervisor (worker/supervisor.py) decides when, whichever runs it.
+The Celery worker keeps what it does for a local job (the claim, the lease, the cancel flag, settling the
+row); the training runs on the cluster (worker/ray_job.py, worker/ray_rank.py), whose rank 0 stores the
+artifacts. Same interface as LocalLauncher, so the supervisor (worker/supervisor.py) decides when, whichever
+runs it.
 
 - The submission id is the job's id and attempt: a second submission of one attempt is refused by Ray, so a
   redelivered message cannot start it twice. One that finished (a stopping worker handed the attempt back)
@@ -44,8 +45,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PASSED_SETTINGS = ("database_url", "artifacts_url", "s3_endpoint_url", "s3_max_attempts", "heartbeat_seconds",
                    "poll_seconds", "statement_timeout_seconds", "dependency_outage_seconds", "max_attempts",
                    "ray_placement_timeout_seconds", "log_format")
-# How often the supervisor's poll asks Ray for the job's status: each answer costs the head's dashboard (on the
-# training's own cores, where the head is a node) a request; a waitpid costs the local launcher nothing.
+# How often the supervisor's poll asks Ray for the job's status: each answer costs the head's dashboard (on
+# the training's own cores, where the head is a node) a request; a waitpid costs the local launcher nothing.
 STATUS_EVERY_S = 2.0
 PASSED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 
@@ -86,23 +87,26 @@ class RayLauncher:
         launcher.client.submit_job(
             entrypoint=(f"python -m worker.ray_job --job-id {job.id} --worker-id {worker_id} "
                         f"--stop-switch {launcher.submission_id}"),
-            submission_id=launcher.submission_id, runtime_env={"env_vars": ray_environment(settings, environ)},
+            submission_id=launcher.submission_id,
+                                   runtime_env={"env_vars": ray_environment(settings, environ)},
             metadata={"sagan_job": job.id, "attempt": str(job.attempt)})
         log.info("job %s: submitted to Ray at %s as %s", job.id, settings.ray_address, launcher.submission_id)
         return launcher
 
     def _clear_the_way(self) -> None:
-        """Stop the Ray jobs of this job's earlier attempts that still run; delete this attempt's finished one."""
+        """Stop the Ray jobs of this job's earlier attempts that still run; delete this attempt's finished
+        one."""
         prefix = f"sagan-{self.job.id}-"
         for info in self.client.list_jobs():
-            if not (info.submission_id or "").startswith(prefix):
+            submission_id = info.submission_id
+            if submission_id is None or not submission_id.startswith(prefix):
                 continue
-            if info.submission_id != self.submission_id and not info.status.is_terminal():
-                log.warning("job %s: stopping Ray job %s of an earlier attempt", self.job.id, info.submission_id)
-                self.client.stop_job(info.submission_id)
-                self._wait_terminal(info.submission_id)
-            elif info.submission_id == self.submission_id and info.status.is_terminal():
-                self.client.delete_job(info.submission_id)
+            if submission_id != self.submission_id and not info.status.is_terminal():
+                log.warning("job %s: stopping Ray job %s of an earlier attempt", self.job.id, submission_id)
+                self.client.stop_job(submission_id)
+                self._wait_terminal(submission_id)
+            elif submission_id == self.submission_id and info.status.is_terminal():
+                self.client.delete_job(submission_id)
 
     def _wait_terminal(self, sid: str, wait: Callable[[float], object] = time.sleep) -> JobStatus:
         """Until Ray says the job ended: at most its stop wait (RAY_JOB_STOP_WAIT_TIME_S) and a margin."""
@@ -112,8 +116,8 @@ class RayLauncher:
         return status
 
     def poll(self) -> int | None:
-        """The exit status once the Ray job ended (STOPPED: stopped with a checkpoint), else None; RunLost if it
-        was lost."""
+        """The exit status once the Ray job ended (STOPPED: stopped with a checkpoint), else None; RunLost if
+        it was lost."""
         if self.returncode is not None:
             return self.returncode
         if time.monotonic() - self.status_asked_at < STATUS_EVERY_S:
@@ -133,8 +137,9 @@ class RayLauncher:
             self.returncode = 0
         elif status == JobStatus.STOPPED:
             self.returncode = EXIT_STOPPED
-        # No exit status: its driver was gone with its head or node; a negative one, or a shell's 128 + N: killed
-        # by a signal that was not our stop (the OOM killer, a node shut down). The trainer's own are 0-127.
+        # No exit status: its driver was gone with its head or node; a negative one, or a shell's 128 + N:
+        # killed by a signal that was not our stop (the OOM killer, a node shut down). The trainer's own are
+        # 0-127.
         elif code is None or not 0 <= code < 128:
             self.returncode = -1
             reason = (info.message or "").split(", last available logs")[0]

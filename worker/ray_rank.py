@@ -1,11 +1,11 @@
 """One rank of a training job on Ray: what each of Ray Train's workers runs (worker/ray_job.py starts them).
 
-Every rank reads the job's row, resumes from its latest committed checkpoint (so a worker group that Ray starts
-again after losing a worker goes on from there), brings the job's data sets into its machine's data cache and
-the real-data statistics into its folder, and trains in the process group Ray made. Rank 0 also stores what
-the training writes, itself, through the same harvester and outbox as a local job's supervisor: with several
-machines no supervisor sits beside it. The Celery worker that submitted the Ray job keeps the lease, the
-progress, the log and the cancel flag (worker/ray_launcher.py).
+Every rank reads the job's row, resumes from its latest committed checkpoint (so a worker group that Ray
+starts again after losing a worker goes on from there), brings the job's data sets into its machine's data
+cache and the real-data statistics into its folder, and trains in the process group Ray made. Rank 0 also
+stores what the training writes, itself, through the same harvester and outbox as a local job's supervisor:
+with several machines no supervisor sits beside it. The Celery worker that submitted the Ray job keeps the
+lease, the progress, the log and the cancel flag (worker/ray_launcher.py).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class RankRun:
     def __init__(self, arguments: dict[str, Any], rank: int, settings: Settings) -> None:
         self.rank, self.settings, self.worker_id = rank, settings, arguments["worker_id"]
         self.switch = StopPoller(arguments["stop_switch"])
-        self.engine = make_engine(settings.database, pre_ping=True, timeout_s=settings.statement_timeout_seconds,
+        self.engine = make_engine(settings.database, pre_ping=True,
+                                  timeout_s=settings.statement_timeout_seconds,
                                   application_name=f"sagan-ray-rank {rank}")
         self.sessions = make_session_factory(self.engine)
         self.store: ArtifactStore = open_store(settings)
@@ -111,7 +112,8 @@ class RankRun:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def open_packed(self, store: ArtifactStore, prefix: str) -> Path:
-        """A packed set in this machine's data cache, held until the rank ends (the supervisor's open_packed)."""
+        """A packed set in this machine's data cache, held until the rank ends (the supervisor's
+        open_packed)."""
         cache = DataCache(self.settings.data_cache_root, store, int(self.settings.data_cache_gb * GIB),
                           Outage(store.describe(), self.settings.dependency_outage_seconds), time.sleep)
         return self.held.enter_context(cache.use(prefix))
@@ -121,7 +123,8 @@ class Harvesting:
     """Rank 0's harvester in a thread, taking the run directory's new files every poll interval; once more at
     the end, after the training wrote its last ones. On other ranks (no outbox) it does nothing."""
 
-    def __init__(self, out: Path, outbox: Outbox | None, resumed_from_step: int | None, every_s: float) -> None:
+    def __init__(self, out: Path, outbox: Outbox | None, resumed_from_step: int | None,
+                 every_s: float) -> None:
         self.harvester = None if outbox is None else Harvester(out, outbox, resumed_from_step)
         self.every_s, self.done = every_s, threading.Event()
         self.thread = threading.Thread(target=self._run, name="harvest", daemon=True)

@@ -96,7 +96,8 @@ def run_job(ticket: str, settings: Settings, *, stop_flag: Path | None = None,
     try:
         job = retry(lambda: _claim(session_factory, ticket, worker_id, settings.lease_seconds), database)
         if job is None:
-            log.info("the queue of job %s has nothing queued (a duplicate or a cancelled job's message)", ticket)
+            log.info("the queue of job %s has nothing queued (a duplicate or a cancelled job's message)",
+                     ticket)
             return None
         with job_context(job.id):
             publish_job_record(store, job)
@@ -141,13 +142,15 @@ class Attempt:
         self.database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
         self.store_outage = Outage(store.describe(), settings.dependency_outage_seconds)
         self.harvester: Harvester | None = None
-        self.start: tuple[str, int] | None = None  # a training's starting checkpoint (harvest.starting_checkpoint)
+        # a training's starting checkpoint (harvest.starting_checkpoint)
+        self.start: tuple[str, int] | None = None
         # Real-data statistics shared through the store (stats/<entry>): the ones there are fetched before
         # the job starts; the outbox stores new ones.
         self.stats_dir = workdir / "stats"
         # The job's spec, typed (read in `run`, where a row that is no valid spec fails the job). It runs with
-        # its data sets in a store replaced by their copies in the data cache, which `held` keeps in use (never
-        # evicted) until the attempt ends; it also ends the supervisor's lines going into the attempt's log.
+        # its data sets in a store replaced by their copies in the data cache, which `held` keeps in use
+        # (never evicted) until the attempt ends; it also ends the supervisor's lines going into the attempt's
+        # log.
         self.spec: JobSpec | None = None
         self.held = contextlib.ExitStack()
         self.progress: dict[str, Any] = {}
@@ -164,14 +167,16 @@ class Attempt:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
                 self.spec = spec = read_spec(self.job.kind, self.job.spec)
-                self.on_ray = isinstance(spec, TrainConfig) and (self.settings.launcher == "ray" or spec.nodes > 1)
+                self.on_ray = isinstance(spec,
+                                         TrainConfig) and (self.settings.launcher == "ray" or spec.nodes > 1)
                 self.outbox = Outbox(self.job, self.settings, self.store, self.sessions, self.worker_id,
                                      self.workdir / "outbox", self.out, self.log_path, self.stats_dir)
                 # A sample job's one grid is taken at the end, an eval's result is a series; on Ray, rank 0
                 # takes its files itself.
                 if isinstance(spec, TrainConfig) and not self.on_ray:
                     self.start = starting_checkpoint(self.job, self.job.resumed_from_step)
-                    self.harvester = Harvester(self.out, self.outbox, None if self.start is None else self.start[1])
+                    self.harvester = Harvester(self.out, self.outbox,
+                                               None if self.start is None else self.start[1])
                 command = self.prepare(spec)
                 if self.worker_stopping():
                     status = HANDED_BACK
@@ -220,19 +225,22 @@ class Attempt:
         """Write the inputs into the work directory and return the command to run (none on Ray: its ranks
         bring their data sets, statistics and checkpoint to their own machines)."""
         self.continue_log()
-        if not self.on_ray:  # on Ray the launcher rewrites the log from Ray's own, which would drop these lines
+        # on Ray the launcher rewrites the log from Ray's own, which would drop these lines
+        if not self.on_ray:
             self.held.enter_context(job_lines_into(self.log_path, self.job.id))
-        resumed = f", resuming from step {self.job.resumed_from_step}" if self.job.resumed_from_step is not None else ""
-        log.info("job %s attempt %d of %d on worker %s%s", self.job.id, self.job.attempt, self.job.max_attempts,
-                 self.worker_id, resumed)
+        resumed = (f", resuming from step {self.job.resumed_from_step}"
+                   if self.job.resumed_from_step is not None else "")
+        log.info("job %s attempt %d of %d on worker %s%s", self.job.id, self.job.attempt,
+                 self.job.max_attempts, self.worker_id, resumed)
         self.check_data_roots(spec)
         if self.on_ray:
             if self.settings.ray_address is None:
-                raise ValueError("this job runs on Ray (nodes > 1 or SAGAN_LAUNCHER=ray) but this worker has no "
-                                 "SAGAN_RAY_ADDRESS")
+                raise ValueError("this job runs on Ray (nodes > 1 or SAGAN_LAUNCHER=ray) but this worker has "
+                                 "no SAGAN_RAY_ADDRESS")
             return []
         # Before fetch_stats: a packed set's statistics are keyed by its index, read from the local copy.
-        spec = resolve_dataset_specs(spec, store=self.store, settings=self.settings, open_set=self.open_packed)
+        spec = resolve_dataset_specs(spec, store=self.store, settings=self.settings,
+                                     open_set=self.open_packed)
         self.fetch_stats(spec)
         if isinstance(spec, DatasetSpec):
             return dataset_job.command(spec, self.workdir)
@@ -252,13 +260,16 @@ class Attempt:
         if not isinstance(spec, TrainConfig):
             raise TypeError(f"a {self.job.kind} job runs no process of its own")  # a sweep: its children run
         config_path = self.workdir / "config.json"
-        config_path.write_text(json.dumps(spec.to_dict()))  # read_spec filled the fields an older row predates
-        if self.start is not None:  # its own checkpoint, or a continued job's source's (no series of that job's)
+        # read_spec filled the fields an older row predates
+        config_path.write_text(json.dumps(spec.to_dict()))
+        # its own checkpoint, or a continued job's source's (no series of that job's)
+        if self.start is not None:
             source, step = self.start
             restore_run(self.store, self.from_store, source, step, self.out, series=source == self.job.id)
         resume = self.start is not None
         # hold_checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
-        return training_launch(config_path, self.out, spec.nproc, resume=resume, hold_checkpoints=True).command
+        return training_launch(config_path, self.out, spec.nproc, resume=resume,
+                               hold_checkpoints=True).command
 
     def fetch_checkpoint(self, job_id: str, step: int) -> Path:
         """A training job's committed checkpoint, for a sample or an eval job."""
@@ -271,8 +282,8 @@ class Attempt:
         outage = (self.store_outage if store is self.store
                   else Outage(store.describe(), self.settings.dependency_outage_seconds))
         # Plain sleeps while the store is away: this thread keeps the lease meanwhile (while_beating).
-        cache = DataCache(self.settings.data_cache_root, store, int(self.settings.data_cache_gb * GIB), outage,
-                          time.sleep)
+        cache = DataCache(self.settings.data_cache_root, store, int(self.settings.data_cache_gb * GIB),
+                          outage, time.sleep)
         return self.while_beating(lambda: self.held.enter_context(cache.use(prefix)))
 
     def while_beating(self, call: Callable[[], T]) -> T:
@@ -319,7 +330,8 @@ class Attempt:
         if self.on_ray:
             from .ray_launcher import RayLauncher  # the optional `ray` extra: only where jobs run on Ray
 
-            return RayLauncher.start(self.job, settings=self.settings, store=self.store, worker_id=self.worker_id,
+            return RayLauncher.start(self.job, settings=self.settings, store=self.store,
+                                     worker_id=self.worker_id,
                                      log_path=self.log_path, environ=dict(os.environ))
         env = {**os.environ, "SAGAN_STATS_CACHE": str(self.stats_dir)}
         if self.settings.inception_weights is not None:
@@ -333,7 +345,7 @@ class Attempt:
 
     def supervise(self) -> str:
         """Poll until the process tree exits, a cancel arrives or the worker stops; return the status."""
-        assert self.launcher is not None
+        assert self.launcher is not None and self.outbox is not None
         while True:
             returncode = self.launcher.poll()
             self.take_new_files()
@@ -341,7 +353,8 @@ class Attempt:
                 raise self.outbox.error
             if returncode is not None:
                 self.stop()  # sweep up anything the tree left behind
-                if self.out_of_time and not self.worker_stopping():  # a run that just finished still succeeded
+                # a run that just finished still succeeded
+                if self.out_of_time and not self.worker_stopping():
                     return "succeeded" if returncode == 0 else "failed"
                 if self.stopping_since is not None or returncode == EXIT_STOPPED:
                     return HANDED_BACK
@@ -412,7 +425,8 @@ class Attempt:
 
     def stop(self) -> None:
         """Stop the job's processes (the launcher's stop); a no-op once they are gone or before they started.
-        A Ray job may take the worker's shutdown window to checkpoint and end: the lease is renewed meanwhile."""
+        A Ray job may take the worker's shutdown window to checkpoint and end: the lease is renewed
+        meanwhile."""
         if self.launcher is not None:
             self.launcher.stop(self.wait_keeping_lease)
 
@@ -445,7 +459,8 @@ class Attempt:
             log.warning("job %s: the worker is stopping before all artifacts are stored", self.job.id)
             return (HANDED_BACK, None) if status == "succeeded" else (status, error)
         if not drained and status == "succeeded":
-            return "failed", _plain(self.outbox.error) if self.outbox.error else "its artifacts could not be stored"
+            return "failed", (_plain(self.outbox.error) if self.outbox.error
+                              else "its artifacts could not be stored")
         return status, error
 
     def settle(self, status: str, error: str | None) -> str | None:
@@ -454,11 +469,14 @@ class Attempt:
         def transition() -> str | None:
             with self.sessions() as session:
                 if status == HANDED_BACK:
-                    return status if jobs.hand_back(session, job_id=self.job.id, worker_id=self.worker_id) else None
+                    return status if jobs.hand_back(session, job_id=self.job.id,
+                                                    worker_id=self.worker_id) else None
                 if status == LOST:
-                    return jobs.retry_lost(session, job_id=self.job.id, worker_id=self.worker_id, error=error or "")
-                finished = jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id, status=status,
-                                           error=error, log_tail=self.log_tail() if status == "failed" else None,
+                    return jobs.retry_lost(session, job_id=self.job.id, worker_id=self.worker_id,
+                                           error=error or "")
+                finished = jobs.finish_job(session, job_id=self.job.id, worker_id=self.worker_id,
+                                           status=status, error=error,
+                                           log_tail=self.log_tail() if status == "failed" else None,
                                            metrics=self.latest_metrics() or self.progress or None)
                 return status if finished else None
 
@@ -494,11 +512,13 @@ class Attempt:
     def failure_reason(self) -> str:
         if self.out_of_time:
             kept = "; it saved a checkpoint where it stopped" if self.job.kind == "train" else ""
-            return f"stopped after the maximum run time of {self.settings.max_run_seconds:g} s (SAGAN_MAX_RUN_SECONDS){kept}"
+            return (f"stopped after the maximum run time of {self.settings.max_run_seconds:g} s "
+                    f"(SAGAN_MAX_RUN_SECONDS){kept}")
         lines = [line for line in self.log_lines() if line.strip()]
         # The trainer's own "error: ..." first, from the whole log: under torchrun its report of the failed
         # ranks (about 40 lines) follows it. Then any error line of the tail, then the tail's last line.
-        own = [line.removeprefix("error: ") for line in map(_without_ray_prefix, lines) if line.startswith("error: ")]
+        own = [line.removeprefix("error: ") for line in map(_without_ray_prefix, lines)
+               if line.startswith("error: ")]
         tail = lines[-LOG_TAIL_LINES:]
         errors = [line for line in tail if "Error" in line or "error:" in line]
         assert self.launcher is not None
@@ -545,7 +565,8 @@ def _last_line(path: Path, tail_bytes: int = 65536) -> dict[str, Any]:
 
 
 def _sample_options(spec: SampleSpec) -> list[str]:
-    """`sagan sample`'s options for what a sample job asks besides n and seed (an interpolation: a PNG strip)."""
+    """`sagan sample`'s options for what a sample job asks besides n and seed (an interpolation: a PNG
+    strip)."""
     values = {"--classes": spec.classes, "--per-class": spec.per_class, "--truncation": spec.truncation,
               "--interpolate": spec.interpolate, "--frames": spec.frames}
     return [part for option, value in values.items() if value is not None

@@ -1,12 +1,12 @@
 """Attention maps of a training job's checkpoint (sagan_core.attention_maps), computed by a helper process.
 
-The API never loads torch. The first request for a (checkpoint, seed, index, class) downloads the checkpoint and
-runs `sagan attention --npz` in a child process, which stores every query's weights of every layer beside the
-job's artifacts; that request and every later one for the same image, at any query point and layer, renders from
-the stored file with numpy and PIL in milliseconds. At most HELPERS children run at once, each within
-HELPER_TIMEOUT_S and on one thread: the host's cores serve requests, and at 64x64 the forwards take 0.1 s of a
-child's seconds, most of which go to starting Python and torch. Those children wait on threads of their own,
-so a slow first request holds none of the store's threads (api/guards.py) or the shared ones.
+The API never loads torch. The first request for a (checkpoint, seed, index, class) downloads the checkpoint
+and runs `sagan attention --npz` in a child process, which stores every query's weights of every layer beside
+the job's artifacts; that request and every later one for the same image, at any query point and layer,
+renders from the stored file with numpy and PIL in milliseconds. At most HELPERS children run at once, each
+within HELPER_TIMEOUT_S and on one thread: the host's cores serve requests, and at 64x64 the forwards take 0.1
+s of a child's seconds, most of which go to starting Python and torch. Those children wait on threads of their
+own, so a slow first request holds none of the store's threads (api/guards.py) or the shared ones.
 """
 
 from __future__ import annotations
@@ -51,14 +51,18 @@ def attention_key(job_id: str, step: int, seed: int, index: int, label: int | No
 async def get_attention(job_id: str, request: Request, session: SessionDep, store: StoreDep, owner: OwnerDep,
                         y: Annotated[int, Query(ge=0, le=4096, description="query row, in image pixels")],
                         x: Annotated[int, Query(ge=0, le=4096, description="query column, in image pixels")],
-                        step: Annotated[int | None, Query(ge=0, le=MAX_INT,
-                                                          description="checkpoint; default the latest")] = None,
+                        step: Annotated[int | None,
+                                        Query(ge=0, le=MAX_INT,
+                                              description="checkpoint; default the latest")] = None,
                         seed: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
-                        index: Annotated[int, Query(ge=0, le=MAX_INT, description="image i of the seed, as "
-                                                                                   "`sagan sample --out-dir`")] = 0,
-                        label: Annotated[int | None, Query(alias="class", ge=0, le=MAX_INT,
-                                                           description="conditional models: the class")] = None,
-                        layer: Annotated[str | None, Query(max_length=64, description="e.g. g.attn32; default "
+                        index: Annotated[int, Query(ge=0, le=MAX_INT,
+                                                    description="image i of the seed, as "
+                                                                "`sagan sample --out-dir`")] = 0,
+                        label: Annotated[int | None,
+                                         Query(alias="class", ge=0, le=MAX_INT,
+                                               description="conditional models: the class")] = None,
+                        layer: Annotated[str | None,
+                                         Query(max_length=64, description="e.g. g.attn32; default "
                                                                                       "every layer")] = None,
                         format: Literal["png", "json"] = "png") -> Response:
     """Where each attention layer looks from the query (y, x) of generated image `index` of `seed`: a PNG of
@@ -81,7 +85,8 @@ def _checkpoint(session: Session, job_id: str, owner: str | None, step: int | No
     found = [item for item in jobs.list_artifacts(session, job_id=job.id, kind="checkpoint")
              if step is None or item.step == step]
     if not found:
-        raise HTTPException(404, f"job {job_id} has no checkpoint" + ("" if step is None else f" at step {step}"))
+        raise HTTPException(404,
+                            f"job {job_id} has no checkpoint" + ("" if step is None else f" at step {step}"))
     return found[-1]
 
 
@@ -105,7 +110,8 @@ def _answer(data: bytes, step: int, seed: int, index: int, y: int, x: int, layer
     captured = from_npz(data)
     try:
         if format == "json":
-            return JSONResponse({"step": step, "seed": seed, "index": index, **maps_json(captured, [(y, x)], layer)})
+            return JSONResponse({"step": step, "seed": seed, "index": index,
+                                 **maps_json(captured, [(y, x)], layer)})
         return Response(render_png(captured, [(y, x)], layer), media_type="image/png")
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
@@ -121,8 +127,8 @@ def _compute(store: ArtifactStore, checkpoint_key: str, seed: int, index: int, l
         if label is not None:
             command += ["--class", str(label)]
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=HELPER_TIMEOUT_S, check=False,
-                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+            result = subprocess.run(command, capture_output=True, text=True, timeout=HELPER_TIMEOUT_S,
+                                    check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
         except subprocess.TimeoutExpired:
             raise HTTPException(504, f"computing the attention maps took over {HELPER_TIMEOUT_S} s") from None
         if result.returncode == 2:  # the command's one-line refusal (a class out of range)

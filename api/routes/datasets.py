@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from functools import partial
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -31,7 +31,8 @@ from sagan_service.submit import OwnerOverLimit, Submitter
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 # What an upload may be, by its file name; the dataset job reads it by its content.
-ARCHIVE_SUFFIXES = {".zip": "upload.zip", ".tar": "upload.tar", ".tar.gz": "upload.tar.gz", ".tgz": "upload.tar.gz"}
+ARCHIVE_SUFFIXES = {".zip": "upload.zip", ".tar": "upload.tar", ".tar.gz": "upload.tar.gz",
+                    ".tgz": "upload.tar.gz"}
 UPLOAD_BODY = {"requestBody": {"content": {
     "application/json": {"schema": DatasetCreate.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file", "name"], "properties": {
@@ -66,7 +67,8 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
         submitter.dataset, dataset_id=dataset_id, name=body.name, imsizes=body.imsizes, source=body.source))
 
 
-def _create(request: Request, session: SessionDep, submit: Callable[[], tuple[Dataset, Job]]) -> DatasetPublic:
+def _create(request: Request, session: SessionDep,
+            submit: Callable[[], tuple[Dataset, Job]]) -> DatasetPublic:
     dataset, job = submit()
     return _public(request, session, dataset, job)
 
@@ -85,7 +87,8 @@ def _json_body(data: bytes) -> DatasetCreate:
     try:
         return DatasetCreate.model_validate_json(data)
     except ValidationError as error:
-        raise RequestValidationError([{**item, "loc": ["body", *item["loc"]]} for item in error.errors()]) from None
+        raise RequestValidationError([{**item, "loc": ["body", *item["loc"]]}
+                                      for item in error.errors()]) from None
 
 
 async def _receive_upload(request: Request, max_gb: float) -> tuple[str, UploadFile]:
@@ -93,7 +96,7 @@ async def _receive_upload(request: Request, max_gb: float) -> tuple[str, UploadF
     the body passes SAGAN_MAX_UPLOAD_GB."""
     limit = int(max_gb * GIB)
 
-    async def counted() -> AsyncIterator[bytes]:
+    async def counted() -> AsyncGenerator[bytes, None]:
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
@@ -141,7 +144,8 @@ def _archive_name(archive: UploadFile) -> str:
 def list_datasets(request: Request, session: SessionDep, owner: OwnerDep) -> DatasetList:
     """Data sets, newest first (a token's own; an admin's: all)."""
     items = datasets.list_datasets(session, owner=owner)
-    build_jobs = {job.id: job for job in session.query(Job).filter(Job.id.in_([d.job_id for d in items if d.job_id]))}
+    build_jobs = {job.id: job
+                  for job in session.query(Job).filter(Job.id.in_([d.job_id for d in items if d.job_id]))}
     return DatasetList(items=[_public(request, session, dataset, build_jobs.get(dataset.job_id or ""),
                                       with_jobs=False) for dataset in items])
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -64,7 +64,8 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
     """Submit a training, sampling, eval or sweep job; 201 with its Location. A value over one of this
     service's limits is a 422 naming it; 429 while the owner has too many jobs queued or running."""
     notify = tuple(target.url for target in body.notify)
-    submitted = _submit(Submitter(session, settings, celery, principal, idempotency_key, body.priority, notify),
+    submitted = _submit(Submitter(session, settings, celery, principal, idempotency_key, body.priority,
+                                  notify),
                         body)
     return _created(submitted, request, response)
 
@@ -79,7 +80,8 @@ def _created(submitted: Submitted, request: Request, response: Response) -> JobP
 
 def _submit(submitter: Submitter, body: JobCreate) -> Submitted:
     if isinstance(body, SweepJobCreate):
-        return submitter.sweep(base=body.base, axes=body.axes, arms=body.arms, study=body.study, seeds=body.seeds)
+        return submitter.sweep(base=body.base, axes=body.axes, arms=body.arms, study=body.study,
+                               seeds=body.seeds)
     if isinstance(body, SampleJobCreate):
         walk = None if body.interpolate is None else (body.interpolate[0], body.interpolate[1])
         return submitter.sample(job_id=body.source.job_id, step=body.source.step, n=body.n, seed=body.seed,
@@ -97,11 +99,12 @@ def _submit(submitter: Submitter, body: JobCreate) -> Submitted:
 def continue_job(job_id: str, body: ContinueCreate, request: Request, response: Response, session: SessionDep,
                  settings: SettingsDep, celery: CeleryDep, principal: PrincipalDep,
                  idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
-    """Continue a training job: a new one resumes from its checkpoint (G, D, optimisers, EMA, step) to `steps` in
-    all; 201 with its Location. Changing a field that shapes the model or data is a 422 naming it."""
+    """Continue a training job: a new one resumes from its checkpoint (G, D, optimisers, EMA, step) to `steps`
+    in all; 201 with its Location. Changing a field that shapes the model or data is a 422 naming it."""
     submitter = Submitter(session, settings, celery, principal, idempotency_key, body.priority,
                           tuple(target.url for target in body.notify))
-    submitted = submitter.continue_training(job_id=job_id, step=body.step, steps=body.steps, changes=body.config)
+    submitted = submitter.continue_training(job_id=job_id, step=body.step, steps=body.steps,
+                                            changes=body.config)
     return _created(submitted, request, response)
 
 
@@ -125,7 +128,8 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
     job = jobs.get_job(session, job_id, owner=owner)
     children = jobs.sweep_children(session, job_id=job.id) if job.kind == "sweep" else None
     continued_by = jobs.continuations(session, job_id=job.id, owner=owner) if job.kind == "train" else None
-    return JobPublic.from_job(job, children=children, best_held_out_eval=jobs.best_held_out_eval(session, job),
+    return JobPublic.from_job(job, children=children,
+                              best_held_out_eval=jobs.best_held_out_eval(session, job),
                               continued_by=continued_by)
 
 
@@ -157,7 +161,8 @@ def cancel_job(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDe
 
 @router.get("/{job_id}/samples", response_model=ArtifactList)
 @in_thread_of("store")
-def list_samples(job_id: str, request: Request, session: SessionDep, store: StoreDep, owner: OwnerDep) -> ArtifactList:
+def list_samples(job_id: str, request: Request, session: SessionDep, store: StoreDep,
+                 owner: OwnerDep) -> ArtifactList:
     """The job's sample grids; each `url` returns the PNG."""
     return _artifact_list(request, session, store, jobs.get_job(session, job_id, owner=owner).id, "sample",
                           "get_sample")
@@ -168,7 +173,8 @@ def list_samples(job_id: str, request: Request, session: SessionDep, store: Stor
 @in_thread_of("store")
 def get_latest_sample(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> Response:
     """The newest sample grid as a PNG."""
-    samples = jobs.list_artifacts(session, job_id=jobs.get_job(session, job_id, owner=owner).id, kind="sample")
+    samples = jobs.list_artifacts(session, job_id=jobs.get_job(session, job_id, owner=owner).id,
+                                  kind="sample")
     if not samples:
         raise HTTPException(404, f"job {job_id} has no samples yet")
     return object_response(store, samples[-1].key, "image/png")
@@ -181,14 +187,16 @@ def get_real_grid(job_id: str, session: SessionDep, store: StoreDep, owner: Owne
     """Real training images (the first the run draws) in the grid the samples use, as a PNG."""
     key = real_grid_key(jobs.get_job(session, job_id, owner=owner).id)
     if not store.exists(key):
-        raise HTTPException(404, f"job {job_id} has no real-data grid (not started yet, or not a training job)")
+        raise HTTPException(404,
+                            f"job {job_id} has no real-data grid (not started yet, or not a training job)")
     return object_response(store, key, "image/png")
 
 
 @router.get("/{job_id}/samples/{step}", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
 @in_thread_of("store")
-def get_sample(job_id: str, step: StepPath, session: SessionDep, store: StoreDep, owner: OwnerDep) -> Response:
+def get_sample(job_id: str, step: StepPath, session: SessionDep, store: StoreDep,
+               owner: OwnerDep) -> Response:
     """The sample grid of one step as a PNG."""
     return object_response(store, _artifact(session, job_id, owner, "sample", step).key, "image/png")
 
@@ -198,13 +206,14 @@ def get_sample(job_id: str, step: StepPath, session: SessionDep, store: StoreDep
 def list_checkpoints(job_id: str, request: Request, session: SessionDep, store: StoreDep,
                      owner: OwnerDep) -> ArtifactList:
     """The job's committed checkpoints; each `url` downloads the .pt file."""
-    return _artifact_list(request, session, store, jobs.get_job(session, job_id, owner=owner).id, "checkpoint",
-                          "get_checkpoint")
+    return _artifact_list(request, session, store, jobs.get_job(session, job_id, owner=owner).id,
+                          "checkpoint", "get_checkpoint")
 
 
 @router.get("/{job_id}/checkpoints/{step}", response_class=Response)
 @in_thread_of("store")
-def get_checkpoint(job_id: str, step: StepPath, session: SessionDep, store: StoreDep, owner: OwnerDep) -> Response:
+def get_checkpoint(job_id: str, step: StepPath, session: SessionDep, store: StoreDep,
+                   owner: OwnerDep) -> Response:
     """One committed checkpoint file (from S3: a redirect to a presigned URL)."""
     key = _artifact(session, job_id, owner, "checkpoint", step).key
     url = store.presigned_url(key)
@@ -222,7 +231,8 @@ def list_event_files(job_id: str, request: Request, session: SessionDep, store: 
     prefix = tensorboard_prefix(jobs.get_job(session, job_id, owner=owner).id)
     names = [key.removeprefix(prefix) for key in store.list_keys(prefix)]
     return {"items": [{"name": name, "url": store.presigned_url(prefix + name)
-                       or str(request.url_for("get_event_file", job_id=job_id, name=name))} for name in names]}
+                       or str(request.url_for("get_event_file", job_id=job_id, name=name))}
+                      for name in names]}
 
 
 @router.get("/{job_id}/tensorboard/{name}", response_class=Response)
@@ -242,7 +252,8 @@ def get_metrics(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerD
     the lines past that step (what a page that polls has not seen yet)."""
     jobs.get_job(session, job_id, owner=owner)
     lines = _jsonl(store, metrics_key(job_id))
-    return MetricsList(items=lines if after_step is None else [line for line in lines if line["step"] > after_step])
+    return MetricsList(items=lines if after_step is None
+                       else [line for line in lines if line["step"] > after_step])
 
 
 @router.get("/{job_id}/evals", response_model=EvalList)
@@ -253,7 +264,7 @@ def get_evals(job_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep
     return EvalList(items=_jsonl(store, evals_key(job_id)))
 
 
-def _jsonl(store: StoreDep, key: str) -> list[dict]:
+def _jsonl(store: StoreDep, key: str) -> list[dict[str, Any]]:
     try:
         data = store.get_bytes(key)
     except ArtifactNotFound:
@@ -263,7 +274,8 @@ def _jsonl(store: StoreDep, key: str) -> list[dict]:
 
 
 def _artifact(session: SessionDep, job_id: str, owner: str | None, kind: str, step: int) -> Artifact:
-    artifact = jobs.get_artifact(session, job_id=jobs.get_job(session, job_id, owner=owner).id, kind=kind, step=step)
+    artifact = jobs.get_artifact(session, job_id=jobs.get_job(session, job_id, owner=owner).id, kind=kind,
+                                 step=step)
     if artifact is None:
         raise HTTPException(404, f"job {job_id} has no {kind} at step {step}")
     return artifact
@@ -275,5 +287,6 @@ def _artifact_list(request: Request, session: SessionDep, store: StoreDep, job_i
     artifacts = jobs.list_artifacts(session, job_id=job_id, kind=kind)
     return ArtifactList(items=[
         ArtifactItem(step=a.step, created_at=utc(a.created_at),
-                     url=store.presigned_url(a.key) or str(request.url_for(route, job_id=job_id, step=a.step)))
+                     url=store.presigned_url(a.key)
+                     or str(request.url_for(route, job_id=job_id, step=a.step)))
         for a in artifacts])

@@ -54,7 +54,8 @@ class Attempts:
 async def get_log(job_id: str, request: Request, owner: OwnerDep,
                   attempt: Annotated[int | None, Query(ge=1, description="default: the latest")] = None,
                   offset: Annotated[int, Query(ge=0, description="a byte offset of the stored log")] = 0,
-                  follow: Annotated[bool, Query(description="stream new lines until the attempt ends")] = False,
+                  follow: Annotated[bool,
+                                    Query(description="stream new lines until the attempt ends")] = False,
                   ) -> Response:
     """An attempt's log as text: the trainer's output (rank 0) and its supervisor's lines, secrets redacted;
     a job that has not started has an empty one. With `follow=true`, streamed as it grows until the job ends
@@ -111,9 +112,10 @@ def _attempts(request: Request, job_id: str, owner: str | None) -> Attempts:
 
 @in_thread_of("store")
 def _stored_log(request: Request, job_id: str, attempt: int, offset: int, running: bool) -> tuple[bytes, int]:
-    """The stored log from `offset` on, redacted: (the text to send, the stored bytes it covers). Of an attempt still running, its complete lines only (a line is redacted whole, and the next
-    read starts on a line's first byte); of one that is over, everything. Attempt 0 (none yet), or an
-    attempt that stored no line yet: nothing."""
+    """The stored log from `offset` on, redacted: (the text to send, the stored bytes it covers). Of an
+    attempt still running, its complete lines only (a line is redacted whole, and the next read starts on a
+    line's first byte); of one that is over, everything. Attempt 0 (none yet), or an attempt that stored no
+    line yet: nothing."""
     try:
         data = request.app.state.store.get_bytes_from(log_key(job_id, attempt), offset) if attempt else b""
     except ArtifactNotFound:

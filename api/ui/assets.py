@@ -69,5 +69,6 @@ def serve_asset(name: str, request: Request) -> Response:
         raise HTTPException(404, f"no static file {name!r}") from None
     headers = {"Cache-Control": CACHE_FOREVER, "Vary": "Accept-Encoding"}
     if "gzip" in request.headers.get("accept-encoding", ""):
-        return Response(found.gzipped, media_type=found.media_type, headers={**headers, "Content-Encoding": "gzip"})
+        return Response(found.gzipped, media_type=found.media_type,
+                        headers={**headers, "Content-Encoding": "gzip"})
     return Response(found.body, media_type=found.media_type, headers=headers)

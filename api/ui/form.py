@@ -47,5 +47,6 @@ def _field(name: str, prop: dict[str, Any]) -> FormField:
         kind, choices = "choice", tuple(value["enum"])
     else:
         kind, choices = {"array": "list"}.get(value["type"], value["type"]), ()
-    return FormField(name=name, label=prop.get("title", name), help=" ".join(prop.get("description", "").split()),
+    return FormField(name=name, label=prop.get("title", name),
+                     help=" ".join(prop.get("description", "").split()),
                      type=kind, nullable=nullable, default=prop.get("default"), choices=choices)

@@ -31,7 +31,8 @@ async def job_page(request: Request, job_id: str) -> Response:
 async def submit_page(request: Request) -> Response:
     form = train_form(request.app.openapi())  # the schema /openapi.json publishes, built once per app
     defaults = {field.name: field.default for field in form.first + form.common + form.rest}
-    return templates.TemplateResponse(request, "submit.html", {"page": "submit", "form": form, "defaults": defaults})
+    return templates.TemplateResponse(request, "submit.html",
+                                      {"page": "submit", "form": form, "defaults": defaults})
 
 
 @router.get("/ui/datasets")

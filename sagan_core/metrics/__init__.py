@@ -20,7 +20,8 @@ _EXPORTS = {
     "EvalPlan": "evaluate", "Evaluator": "evaluate", "METRICS": "evaluate",
     "StatsCache": "cache", "InceptionWeightsError": "weights", "resolve_inception_weights": "weights",
 }
-__all__ = ["METRICS", "EvalPlan", "Evaluator", "InceptionWeightsError", "StatsCache", "resolve_inception_weights"]
+__all__ = ["METRICS", "EvalPlan", "Evaluator", "InceptionWeightsError", "StatsCache",
+           "resolve_inception_weights"]
 
 
 def __getattr__(name: str) -> Any:

@@ -71,7 +71,8 @@ class InceptionV3:
 
 @contextmanager
 def _full_float32():
-    """No TF32 in cuDNN convolutions (torch's default allows it): features as the float32 reference gives them."""
+    """No TF32 in cuDNN convolutions (torch's default allows it): features as the float32 reference gives
+    them."""
     previous = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:

@@ -52,8 +52,9 @@ class StatsKey:
         return f"{self.backbone}-{self.imsize}px-n{self.n}-{digest}.npz"
 
 
-def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop: int | None, resize_mode: str,
-               n: int, inception: tuple[str, str | None] | None, stream: str = "selection") -> dict[str, StatsKey]:
+def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop: int | None,
+               resize_mode: str, n: int, inception: tuple[str, str | None] | None,
+               stream: str = "selection") -> dict[str, StatsKey]:
     """The entries an evaluation of `metrics` needs, by part: "inception" (keyed by the backbone's name and
     weights sha256, given as `inception`) and/or "swd"."""
     metrics = set(metrics)
@@ -64,8 +65,8 @@ def stats_keys(metrics: Iterable[str], *, dataset: str, imsize: int, center_crop
     if "swd" in metrics:
         backbones["swd"] = (SWD_BACKBONE, None)
     fingerprint = dataset_fingerprint(dataset)
-    # A packed set's statistics are those of its content, wherever a copy of it lies (another folder, a worker's
-    # cache): its fingerprint says what it holds, so the key leaves out its path.
+    # A packed set's statistics are those of its content, wherever a copy of it lies (another folder, a
+    # worker's cache): its fingerprint says what it holds, so the key leaves out its path.
     named = "packed" if dataset.startswith("packed:") else dataset
     return {part: StatsKey(named, fingerprint, imsize, center_crop, resize_mode, backbone, sha256, n,
                            STATS_VERSIONS[part], stream)
@@ -100,4 +101,5 @@ class StatsCache:
 
     def save(self, key: StatsKey, arrays: dict[str, np.ndarray]) -> Path:
         described = {"key": np.array(json.dumps(asdict(key), sort_keys=True)), **arrays}
-        return atomic_write(self.path(key), lambda f: np.savez(f, **described))
+        # numpy's stub lets **arrays fill the bool allow_pickle, hence the ignore
+        return atomic_write(self.path(key), lambda f: np.savez(f, **described))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .cache import INCEPTION_METRICS, StatsCache, StatsKey, stats_keys
 from .weights import resolve_inception_weights
 
 if TYPE_CHECKING:
+    from ..data import ImageDataset
     from .backbones import Backbone
 
 METRICS = ("fid", "kid", "is", "pr", "swd")
@@ -101,12 +102,14 @@ class _Collector:
         if self.swd_total is not None:
             rows = [row for row in range(images.shape[0]) if swd.selected(first_index + row, self.swd_total)]
             if rows:
-                self.patch_parts.append(swd.descriptors(images[rows], [first_index + r for r in rows], SWD_SEED))
+                self.patch_parts.append(swd.descriptors(images[rows], [first_index + r for r in rows],
+                                                        SWD_SEED))
 
     def gathered(self, ctx: DistContext, count: int) -> Features | None:
         """Every rank's features on rank 0 (None elsewhere); every rank must call it."""
-        def gather(parts: list[torch.Tensor]) -> torch.Tensor | None:
-            return gather_rows(torch.cat(parts) if parts else torch.empty(0), ctx)
+        def gather(parts: list[torch.Tensor]) -> torch.Tensor:
+            # gather_rows gives None off rank 0, where the features are thrown away (returned as None)
+            return cast(torch.Tensor, gather_rows(torch.cat(parts) if parts else torch.empty(0), ctx))
 
         features = Features(count=count)
         if self.backbone is not None:
@@ -151,6 +154,7 @@ class Evaluator:
         fake = self.generated_features(generator, z_dim, class_mix)
         if not self.ctx.is_main:
             return None
+        assert fake is not None  # rank 0 holds the gathered features
         record: dict[str, Any] = {
             "metrics": self._scores(fake, real), "n": plan.n, "seed": plan.seed, "stream": plan.stream,
             "dataset": plan.dataset,
@@ -176,7 +180,8 @@ class Evaluator:
         keys, entries = {}, {}
         if self.ctx.is_main:
             keys = self.stats_keys()
-            entries = {part: entry for part, key in keys.items() if (entry := self.cache.load(key)) is not None}
+            entries = {part: entry for part, key in keys.items()
+                       if (entry := self.cache.load(key)) is not None}
         missing = broadcast_flags([part in keys and part not in entries for part in ("inception", "swd")],
                                   self.ctx)
         if any(missing):
@@ -194,7 +199,8 @@ class Evaluator:
             real.statistics = {"mu": entry["mu"], "sigma": entry["sigma"]}
             real.count = int(entry["count"])
         if (entry := entries.get("swd")) is not None:
-            real.patches = [torch.from_numpy(entry[f"patches_{size}"]) for size in swd.resolutions(plan.imsize)]
+            real.patches = [torch.from_numpy(entry[f"patches_{size}"])
+                            for size in swd.resolutions(plan.imsize)]
             real.count = int(entry["count"])
         real.class_counts = next(iter(entries.values()))["class_counts"].tolist()
         return real, {part: "miss" if missing[index] else "hit"
@@ -204,7 +210,8 @@ class Evaluator:
         """The cache entries of this plan's real side, by part ("inception", "swd")."""
         plan = self.plan
         inception = None if self.backbone is None else (self.backbone.name, self.backbone.weights_sha256)
-        return stats_keys(plan.metrics, dataset=plan.dataset, imsize=plan.imsize, center_crop=plan.center_crop,
+        return stats_keys(plan.metrics, dataset=plan.dataset, imsize=plan.imsize,
+                          center_crop=plan.center_crop,
                           resize_mode=plan.resize_mode, n=plan.n, inception=inception, stream=plan.stream)
 
     def _store(self, keys: dict[str, StatsKey], computed: Features) -> dict[str, dict[str, np.ndarray]]:
@@ -223,7 +230,7 @@ class Evaluator:
             self.cache.save(keys[part], entry)
         return entries
 
-    def _real_images(self) -> tuple[Dataset, torch.Tensor]:
+    def _real_images(self) -> tuple[ImageDataset, torch.Tensor]:
         """The data set and the indices of its evaluation images: a seeded random n of them (the first n of
         one order, or the last n for the held-out sample), or all."""
         from ..data import build_dataset  # only on a cache miss: a cached evaluation never opens the data
@@ -247,15 +254,15 @@ class Evaluator:
 
     def class_mix(self, generator: nn.Module, real: Features) -> torch.Tensor | None:
         """A conditional generator's class probabilities in evaluations: the evaluation data's class
-        frequencies, as its real side has them (uniform if it is unlabelled); None if unconditional. Every rank
-        must call it (rank 0 read the counts with the real statistics)."""
+        frequencies, as its real side has them (uniform if it is unlabelled); None if unconditional. Every
+        rank must call it (rank 0 read the counts with the real statistics)."""
         num_classes = getattr(generator, "num_classes", 0)
         if not num_classes:
             return None
         counts = all_gather_objects(real.class_counts, self.ctx)[0] or [1] * num_classes
         if len(counts) > num_classes:
-            raise ValueError(f"data set {self.plan.dataset} has {len(counts)} classes, more than the generator's "
-                             f"num_classes {num_classes}")
+            raise ValueError(f"data set {self.plan.dataset} has {len(counts)} classes, more than the "
+                             f"generator's num_classes {num_classes}")
         weights = torch.zeros(num_classes, dtype=torch.float64)
         weights[:len(counts)] = torch.tensor(counts, dtype=torch.float64)
         return weights / weights.sum()
@@ -298,16 +305,21 @@ class Evaluator:
 
         wanted, out = set(self.plan.metrics), {}
         if "fid" in wanted:
+            assert fake.pool is not None and real.statistics is not None  # the backbone ran for "fid"
             out["fid"] = scores.fid(scores.frechet_statistics(fake.pool), real.statistics)
         if "kid" in wanted:
+            assert fake.pool is not None and real.pool is not None
             out["kid"], out["kid_std"], out["kid_subset_size"] = scores.kid(fake.pool, real.pool)
         if "is" in wanted:
+            assert fake.logits is not None
             out["is"], out["is_std"] = scores.inception_score(fake.logits)
         if "pr" in wanted:
+            assert fake.pool is not None and real.pool is not None
             precision, recall = scores.precision_recall(fake.pool, real.pool)
             out.update(precision=precision, recall=recall,
                        f_score=2 * precision * recall / max(precision + recall, 1e-12))
         if "swd" in wanted:
+            assert real.patches is not None and fake.patches is not None
             out.update(swd.swd(real.patches, fake.patches, self.plan.imsize, SWD_SEED))
         return out
 
@@ -331,7 +343,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | None
                     dataset=dataset or config.eval_dataset or config.dataset, imsize=config.imsize,
                     center_crop=config.center_crop, resize_mode=config.resize_mode,
                     seed=config.seed if seed is None else seed,
-                    batch_size=batch_size, num_workers=num_workers, stream=stream, standing_stats=standing_stats)
+                    batch_size=batch_size, num_workers=num_workers, stream=stream,
+                    standing_stats=standing_stats)
     evaluator = Evaluator(plan, ctx, cache=cache, inception_weights=inception_weights)
     record = evaluator.evaluate(model.generator, config.z_dim)
     assert record is not None  # one rank

@@ -94,17 +94,18 @@ def _normalised(descriptors: torch.Tensor) -> torch.Tensor:
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int, level: int) -> float:
-    """Mean 1-D Wasserstein-1 distance between two equally large descriptor sets over 512 random directions."""
+    """Mean 1-D Wasserstein-1 distance between two equally large descriptor sets over 512 random
+    directions."""
     assert a.shape == b.shape, (a.shape, b.shape)
-    a, b = _normalised(a).numpy(), _normalised(b).numpy()
+    rows_a, rows_b = _normalised(a).numpy(), _normalised(b).numpy()
     distances = []
     for repeat in range(DIRECTION_REPEATS):
-        directions = torch.randn(a.shape[1], DIRECTIONS_PER_REPEAT,
+        directions = torch.randn(rows_a.shape[1], DIRECTIONS_PER_REPEAT,
                                  generator=seeded(Stream.SWD_DIRECTIONS, seed, level, repeat))
         directions = (directions / directions.norm(dim=0, keepdim=True)).numpy()
         # (directions, N) with contiguous rows, sorted by NumPy: about 10x faster than torch.sort on a CPU.
-        projected_a = np.sort(directions.T @ a.T, axis=1)
-        projected_b = np.sort(directions.T @ b.T, axis=1)
+        projected_a = np.sort(directions.T @ rows_a.T, axis=1)
+        projected_b = np.sort(directions.T @ rows_b.T, axis=1)
         distances.append(float(np.abs(projected_a - projected_b).mean()))
     return sum(distances) / len(distances)
 

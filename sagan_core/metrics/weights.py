@@ -2,8 +2,9 @@
 so the service's worker can key cached statistics by them without loading torch).
 
 FID, KID, IS and precision/recall use the TensorFlow FID network (`pt_inception-2015-12-05-6726825d.pth`,
-converted by pytorch-fid; torch-fidelity ships the identical file as `weights-inception-2015-12-05-6726825d.pth`).
-Nothing here downloads it: its path comes from `--inception-weights` or `SAGAN_INCEPTION_WEIGHTS`.
+converted by pytorch-fid; torch-fidelity ships the identical file as
+`weights-inception-2015-12-05-6726825d.pth`). Nothing here downloads it: its path comes from
+`--inception-weights` or `SAGAN_INCEPTION_WEIGHTS`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class InceptionWeights:
 
 
 def resolve_inception_weights(path: str | os.PathLike[str] | None = None) -> InceptionWeights:
-    """The weights at `path`, else at $SAGAN_INCEPTION_WEIGHTS, checked by sha256; `random` for random init."""
+    """The weights at `path`, else at $SAGAN_INCEPTION_WEIGHTS, checked by sha256; `random` for random
+    init."""
     chosen = str(path) if path is not None else os.environ.get(ENV_VAR, "")
     if chosen == RANDOM:
         return InceptionWeights(None, None)
@@ -52,11 +54,12 @@ def resolve_inception_weights(path: str | os.PathLike[str] | None = None) -> Inc
         raise InceptionWeightsError(_help(f"Inception weights file not found: {file}"))
     digest = file_sha256(file)
     if digest != SHA256:
-        raise InceptionWeightsError(_help(f"{file} is not the FID Inception weights file: its sha256 is {digest}"))
+        raise InceptionWeightsError(_help(f"{file} is not the FID Inception weights file: its sha256 is "
+                                          f"{digest}"))
     return InceptionWeights(file.resolve(), digest)
 
 
 def _help(problem: str) -> str:
-    return (f"{problem}. FID, KID, IS and precision/recall need {FILE_NAME} ({SIZE:,} bytes, sha256 {SHA256}; "
-            f"published at {SOURCE_URL}): put it on this machine and pass --inception-weights PATH or set "
-            f"{ENV_VAR}=PATH (the SWD metric needs no weights)")
+    return (f"{problem}. FID, KID, IS and precision/recall need {FILE_NAME} ({SIZE:,} bytes, sha256 "
+            f"{SHA256}; published at {SOURCE_URL}): put it on this machine and pass --inception-weights PATH "
+            f"or set {ENV_VAR}=PATH (the SWD metric needs no weights)")

@@ -30,8 +30,8 @@ BUCKET = "sagan-test"
 # Short leases so a killed worker's job is requeued within seconds.
 # A dependency that failed is refused for 1 s, not 10: tests that end an outage read again at once.
 FAST_TIMINGS = {"SAGAN_LEASE_SECONDS": "4", "SAGAN_HEARTBEAT_SECONDS": "0.5", "SAGAN_POLL_SECONDS": "0.2",
-                "SAGAN_REAPER_SECONDS": "1", "SAGAN_CANCEL_GRACE_SECONDS": "3", "SAGAN_REDISPATCH_SECONDS": "5",
-                "SAGAN_FAIL_FAST_SECONDS": "1"}
+                "SAGAN_REAPER_SECONDS": "1", "SAGAN_CANCEL_GRACE_SECONDS": "3",
+                "SAGAN_REDISPATCH_SECONDS": "5", "SAGAN_FAIL_FAST_SECONDS": "1"}
 # debug32 on 64 synthetic images: a step takes tens of milliseconds on the CPU.
 TINY = {"preset": "debug32", "dataset": "synthetic:64", "device": "cpu"}
 
@@ -77,18 +77,14 @@ class Service:
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def signal_group(self, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 20) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.signal_group(signal.SIGKILL)
         self.process.wait()
 
@@ -273,7 +269,8 @@ class Workers:
         self.env, self.tmp, self.all = env, tmp, []
 
     def start(self) -> Service:
-        worker = Service(["worker", "--loglevel", "WARNING"], self.env, self.tmp / f"worker-{len(self.all)}.log")
+        worker = Service(["worker", "--loglevel", "WARNING"], self.env,
+                         self.tmp / f"worker-{len(self.all)}.log")
         self.all.append(worker)
         return worker
 

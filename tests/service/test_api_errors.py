@@ -37,7 +37,8 @@ def detail_field(response: httpx.Response) -> str:
     ({"seed": 2**31}, "config.seed"),
 ])
 def test_invalid_train_config_names_the_field(api: Api, config: dict, field: str) -> None:
-    assert detail_field(api.client.post("/jobs", json={"kind": "train", "config": {**TINY, **config}})) == field
+    assert detail_field(api.client.post("/jobs",
+                                        json={"kind": "train", "config": {**TINY, **config}})) == field
 
 
 def test_rest_error_is_worded_like_the_cli(api: Api) -> None:
@@ -126,7 +127,8 @@ def test_a_data_set_reading_through_a_link_to_outside_the_roots_is_refused(
     else:
         (inside / "church_lmdb").unlink()
         (inside / "church_lmdb").symlink_to(lsun_environment(target))
-    accepted = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": spec, "steps": 1}})
+    accepted = api.client.post("/jobs",
+                               json={"kind": "train", "config": {**TINY, "dataset": spec, "steps": 1}})
     assert accepted.status_code == 201, accepted.text
     api.client.post(f"/jobs/{accepted.json()['id']}/cancel")
 
@@ -140,13 +142,15 @@ def nested_list(depth: int) -> list:
 
 @pytest.mark.parametrize(("body", "field", "quoted"), [
     ({"kind": "train", "config": {"\ud800": 1}}, "config.\ufffd", "\ufffd: unknown config field"),
-    ({"kind": "sweep", "base": TINY, "arms": [{"name": "\ud800", "config": {}}]}, "arms.\ufffd.name", "arm \ufffd"),
+    ({"kind": "sweep", "base": TINY, "arms": [{"name": "\ud800", "config": {}}]}, "arms.\ufffd.name",
+     "arm \ufffd"),
     ({"kind": "sweep", "base": TINY, "axes": {"g_lr": nested_list(900)}}, "axes.g_lr", "an axis value is"),
     ({"kind": "sample", "source": {"job_id": "x"}, "seed": 2**64}, "sample.seed", "less than or equal"),
 ])
 def test_input_that_gave_500_or_a_failing_job_is_422(api: Api, body: dict, field: str, quoted: str) -> None:
     # Sent as JSON text: httpx cannot encode a lone surrogate itself, json.dumps escapes it ("\ud800").
-    response = api.client.post("/jobs", content=json.dumps(body), headers={"content-type": "application/json"})
+    response = api.client.post("/jobs", content=json.dumps(body),
+                               headers={"content-type": "application/json"})
     assert detail_field(response) == field
     assert quoted in response.json()["detail"][0]["msg"]
 
@@ -202,7 +206,8 @@ def test_list_filters_and_paginates(api: Api) -> None:
         api.client.post(f"/jobs/{job_id}/cancel")
     seen, cursor = [], None
     while True:
-        params = {"status": "cancelled", "kind": "train", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        params = {"status": "cancelled", "kind": "train", "limit": 2,
+                  **({"cursor": cursor} if cursor else {})}
         page = api.client.get("/jobs", params=params).json()
         seen += [job["id"] for job in page["items"]]
         assert all(job["status"] == "cancelled" for job in page["items"])

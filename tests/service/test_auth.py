@@ -20,8 +20,8 @@ LONG = {**TINY, "steps": 100_000}
 
 
 def sagan(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sagan_core.cli", *args], env=env, capture_output=True, check=False,
-                          text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "sagan_core.cli", *args], env=env, capture_output=True,
+                          check=False, text=True, timeout=120)
 
 
 def as_user(api: Api, token: str | None) -> Api:
@@ -42,7 +42,8 @@ def test_token_commands_create_list_and_revoke(api: Api, service_env: dict[str, 
 
     # Only the hash is stored: the token itself is nowhere in the table.
     with psycopg.connect(pg_url(service_env)) as connection:
-        rows = connection.execute("SELECT name, token_hash, admin FROM api_tokens WHERE name = 'carol'").fetchall()
+        rows = connection.execute("SELECT name, token_hash, admin FROM api_tokens "
+                                  "WHERE name = 'carol'").fetchall()
     assert rows == [("carol", hashlib.sha256(token.encode()).hexdigest(), False)]
 
     listed = sagan(service_env, "token", "list")
@@ -57,7 +58,8 @@ def test_token_commands_create_list_and_revoke(api: Api, service_env: dict[str, 
     assert sagan(service_env, "token", "revoke", "carol").returncode == 1
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic abc"},
+@pytest.mark.parametrize("headers",
+                         [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic abc"},
                                      {"Authorization": "Bearer " + "x" * 5000}])
 def test_without_a_valid_token_the_api_answers_401(api: Api, headers: dict[str, str]) -> None:
     client = as_user(api, None).client
@@ -98,7 +100,8 @@ def test_owners_see_only_their_jobs_and_admins_see_all(api: Api, service_env: di
         mine = {item["id"] for item in alice.client.get("/jobs").json()["items"]}
         assert job["id"] in mine and bobs["id"] not in mine
         # Another owner's job does not exist for bob: 404, not 403, on every route.
-        for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/samples"), ("GET", "/samples/latest"),
+        for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/samples"),
+                             ("GET", "/samples/latest"),
                              ("GET", "/checkpoints"), ("GET", "/metrics"), ("GET", "/evals"),
                              ("GET", "/samples/real")):
             response = bob.client.request(method, f"/jobs/{job['id']}{path}")
@@ -134,21 +137,25 @@ def test_sagan_up_off_loopback_refuses_without_tokens(tmp_path: Path) -> None:
     refused = sagan(env, "up", "--host", "0.0.0.0", "--port", "1")  # never binds: it stops before
     assert refused.returncode == 2 and "no API token exists" in refused.stderr
     unsafe = sagan({**env, "SAGAN_AUTH": "none"}, "up", "--host", "0.0.0.0", "--port", "1")
-    assert unsafe.returncode == 2 and "SAGAN_AUTH=none" in unsafe.stderr and "sagan token create" in unsafe.stderr
+    assert unsafe.returncode == 2
+    assert "SAGAN_AUTH=none" in unsafe.stderr and "sagan token create" in unsafe.stderr
 
 
 def test_public_error_hides_sql_addresses_and_paths() -> None:
-    raw = ('OperationalError: (psycopg.OperationalError) connection to server at "10.0.0.7", port 5432 failed\n'
+    raw = ('OperationalError: (psycopg.OperationalError) connection to server at "10.0.0.7", port 5432 '
+           'failed\n'
            "[SQL: UPDATE jobs SET status=%(status)s WHERE jobs.id = %(id)s]\n[parameters: {'status': 'x'}]")
     assert public_error("j", raw) == ('OperationalError: (psycopg.OperationalError) connection to server at '
                                       '"<internal address>", port 5432 failed')
-    assert public_error("j", "the artifact store (S3 at http://minio:9000, bucket b) was unreachable for 300 s") \
+    assert public_error("j",
+                        "the artifact store (S3 at http://minio:9000, bucket b) was unreachable for 300 s") \
         == "the artifact store (S3 at <internal address>, bucket b) was unreachable for 300 s"
     assert public_error("j", "FileNotFoundError: [Errno 2] No such file: '/srv/sagan/work/x/out/a.pt'") \
         == "FileNotFoundError: [Errno 2] No such file: '.../a.pt'"
 
 
-def test_a_failed_jobs_error_shows_no_server_path(api: Api, workers: Workers, service_env: dict[str, str]) -> None:
+def test_a_failed_jobs_error_shows_no_server_path(api: Api, workers: Workers,
+                                                  service_env: dict[str, str]) -> None:
     data_root = Path(service_env["SAGAN_DATA_ROOTS"])
     empty = data_root / "no-images-here"
     empty.mkdir(exist_ok=True)

@@ -101,11 +101,13 @@ def test_submit_watch_slide_chart_and_sample(page: Page, service: Api) -> None:
     # The progress bar moves and the first sample grid appears, without reloading the page.
     first = wait_for(lambda: bar_width(page), TRAINING_S, "the progress bar to start")
     wait_for(lambda: bar_width(page) > first, TRAINING_S, "the progress bar to move")
-    expect(page.locator("#sample-img")).to_have_attribute("src", re.compile("^blob:"), timeout=TRAINING_S * 1000)
+    expect(page.locator("#sample-img")).to_have_attribute("src", re.compile("^blob:"),
+                                                          timeout=TRAINING_S * 1000)
     expect(page.locator("#real-img")).to_have_attribute("src", re.compile("^blob:"))
 
     # Two grids in, the slider goes back to the first one, and the image follows.
-    wait_for(lambda: int(page.locator("#step-slider").get_attribute("max")) >= 1, TRAINING_S, "two sample grids")
+    wait_for(lambda: int(page.locator("#step-slider").get_attribute("max")) >= 1, TRAINING_S,
+             "two sample grids")
     page.locator("#step-slider").fill("0")
     expect(page.locator("#step-label")).to_contain_text(f"step {EVERY} (1 of")
     expect(page.locator("#sample-img")).to_have_attribute("data-key", re.compile(f"^{EVERY}:"))
@@ -312,7 +314,8 @@ def _shapes_archive(path: Path) -> Path:
 
 
 @pytest.mark.timeout(2 * TRAINING_S)
-def test_upload_a_data_set_see_it_ready_and_offered_by_the_form(page: Page, service: Api, tmp_path: Path) -> None:
+def test_upload_a_data_set_see_it_ready_and_offered_by_the_form(page: Page, service: Api,
+                                                                tmp_path: Path) -> None:
     page.goto("/ui/datasets")
     page.wait_for_selector("body[data-loaded]", state="attached")
     page.fill("#upload-form [name=name]", "three shapes")

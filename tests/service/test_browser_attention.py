@@ -1,5 +1,6 @@
-"""The attention explorer against a real `sagan up`: GET /jobs/{id}/attention (a helper process the first time,
-the stored maps after) and the job page's panel in Chromium (pick a checkpoint, click a point, see the maps)."""
+"""The attention explorer against a real `sagan up`: GET /jobs/{id}/attention (a helper process the first
+time, the stored maps after) and the job page's panel in Chromium (pick a checkpoint, click a point, see the
+maps)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def test_attention_over_rest_is_computed_once_per_image(service: Api, trained: s
     assert first.status_code == 200, first.text
     assert first.headers["content-type"] == "image/png" and first.content.startswith(b"\x89PNG")
     started = time.perf_counter()
-    raw = service.client.get(url, params={"y": 30, "x": 0, "seed": 1, "index": 2, "step": 4, "format": "json"})
+    raw = service.client.get(url,
+                             params={"y": 30, "x": 0, "seed": 1, "index": 2, "step": 4, "format": "json"})
     cached_s = time.perf_counter() - started
     assert raw.status_code == 200, raw.text
     maps = raw.json()
@@ -63,7 +65,8 @@ def test_click_a_point_and_see_every_layers_map(page: Page, trained: str) -> Non
     page.get_by_role("button", name="Show maps").click()
     image = page.locator("#attention-img")
     expect(image).to_have_attribute("data-query", "16,16", timeout=TRAINING_S * 1000)
-    assert image.evaluate("element => element.naturalWidth") == 3 * 128 + 2 * 4  # the image, g.attn16, d.attn8
+    # the image, g.attn16, d.attn8
+    assert image.evaluate("element => element.naturalWidth") == 3 * 128 + 2 * 4
     image.click(position={"x": 20 * 4 + 1, "y": 10 * 4 + 1})  # 4 figure pixels per image pixel
     expect(image).to_have_attribute("data-query", "10,20")
     expect(page.locator("#attention-text")).to_contain_text(re.compile(r"query \(10, 20\) · step 4"))

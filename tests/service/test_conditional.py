@@ -1,4 +1,5 @@
-"""A class-conditional debug run through the service: a labelled folder, training, then a sample job by class."""
+"""A class-conditional debug run through the service: a labelled folder, training, then a sample job by
+class."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def test_conditional_job_trains_on_class_folders_and_samples_by_class(api: Api, 
     assert grid.size == (8 * 34 + 2, 2 * 34 + 2)  # one row per class
 
     sample = api.submit({"kind": "sample", "source": {"job_id": job["id"]}, "classes": [1], "per_class": 3})
-    assert sample["spec"] == {"job_id": job["id"], "step": 4, "n": 64, "seed": 0, "classes": [1], "per_class": 3}
+    assert sample["spec"] == {"job_id": job["id"], "step": 4, "n": 64, "seed": 0, "classes": [1],
+                              "per_class": 3}
     finished = api.wait_status(sample["id"], {"succeeded", "failed"}, timeout=90)
     assert finished["status"] == "succeeded", finished
     image = Image.open(io.BytesIO(api.client.get(f"/jobs/{sample['id']}/samples/latest").content))

@@ -16,7 +16,8 @@ from tests.service.conftest import TINY, Api, Workers
 @pytest.fixture(scope="module")
 def source(api: Api, workers: Workers) -> dict:
     """A finished 4-step training job with checkpoints at steps 2 and 4."""
-    job = api.submit({"kind": "train", "config": {**TINY, "steps": 4, "checkpoint_every": 2, "sample_every": 2}})
+    job = api.submit({"kind": "train",
+                      "config": {**TINY, "steps": 4, "checkpoint_every": 2, "sample_every": 2}})
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=120)
     assert done["status"] == "succeeded", done
     return done
@@ -51,7 +52,8 @@ def test_a_continued_job_resumes_from_the_source_checkpoint(source: dict, api: A
 
 @pytest.mark.timeout(30)
 def test_continuing_with_another_architecture_or_too_few_steps_is_a_422(source: dict, api: Api) -> None:
-    answer = api.client.post(f"/jobs/{source['id']}/continue", json={"steps": 8, "config": {"g_conv_dim": 32}})
+    answer = api.client.post(f"/jobs/{source['id']}/continue",
+                             json={"steps": 8, "config": {"g_conv_dim": 32}})
     assert answer.status_code == 422, answer.text
     detail = answer.json()["detail"][0]
     assert detail["loc"] == ["body", "config", "g_conv_dim"]
@@ -63,7 +65,8 @@ def test_continuing_with_another_architecture_or_too_few_steps_is_a_422(source: 
 @pytest.mark.timeout(150)
 def test_sample_jobs_with_truncation_and_an_interpolation(source: dict, api: Api) -> None:
     truncated = api.submit({"kind": "sample", "source": {"job_id": source["id"]}, "n": 4, "truncation": 0.5})
-    walk = api.submit({"kind": "sample", "source": {"job_id": source["id"]}, "interpolate": [1, 2], "frames": 5})
+    walk = api.submit({"kind": "sample", "source": {"job_id": source["id"]}, "interpolate": [1, 2],
+                       "frames": 5})
     assert truncated["spec"]["truncation"] == 0.5 and "interpolate" not in truncated["spec"]
     assert walk["spec"]["interpolate"] == [1, 2] and walk["spec"]["frames"] == 5
     sizes = {}

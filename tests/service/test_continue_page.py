@@ -1,5 +1,5 @@
-"""The job page's lineage lines of a continued training, in Chromium against an embedded `sagan up` (SQLite and
-its file queue: migration 0008 there too)."""
+"""The job page's lineage lines of a continued training, in Chromium against an embedded `sagan up` (SQLite
+and its file queue: migration 0008 there too)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ class CountingStore(S3Store):
 
     def __init__(self, endpoint: str, record: Path, *, max_attempts: int = 2, delay_s: float = 0.0,
                  damaged: tuple[str, ...] = ()) -> None:
-        super().__init__(BUCKET, "", endpoint_url=endpoint, public_endpoint_url=None, max_attempts=max_attempts)
+        super().__init__(BUCKET, "", endpoint_url=endpoint, public_endpoint_url=None,
+                         max_attempts=max_attempts)
         self.record, self.delay_s, self.damaged = record, delay_s, set(damaged)
 
     def download(self, key: str, path: Path) -> None:
@@ -141,7 +142,8 @@ def test_a_missing_set_fails_clearly(store: CountingStore, tmp_path: Path) -> No
         make_cache(tmp_path / "cache", store).fetch("nothing/here")
 
 
-def fetch_in_process(endpoint: str, record: str, root: str, prefix: str, barrier: object, results: object) -> None:
+def fetch_in_process(endpoint: str, record: str, root: str, prefix: str, barrier: object,
+                     results: object) -> None:
     """Run in a fresh process: what a second worker (or rank) on the machine does."""
     store = CountingStore(endpoint, Path(record), delay_s=0.3)
     barrier.wait()  # type: ignore[attr-defined]
@@ -221,21 +223,22 @@ def test_ds_and_packed_s3_specs_resolve_to_the_cached_copy(store: CountingStore,
     train = make_config("debug32", dataset=f"ds:{dataset_id}", eval_dataset=f"ds:{dataset_id}", steps=3)
     resolved = resolve_dataset_specs(train, store=store, settings=settings, open_set=open_set)
     directory = Path(resolved.dataset.removeprefix("packed:"))
-    assert resolved == train.model_copy(update={"dataset": f"packed:{directory}", "eval_dataset": f"packed:{directory}"})
+    assert resolved == train.model_copy(update={"dataset": f"packed:{directory}",
+                                                "eval_dataset": f"packed:{directory}"})
     assert (directory / INDEX_FILE).read_bytes() == (packed_set / INDEX_FILE).read_bytes()
     assert opened == [(BUCKET, f"datasets/{dataset_id}/{IMSIZE}px/")]  # once for both fields
     assert train.dataset == f"ds:{dataset_id}"  # the stored spec keeps what the user wrote
 
-    evaluation = EvalSpec(job_id="j", step=3, dataset="packed:s3://other-bucket/some/sets/", metrics=["swd"], n=64,
-                          seed=0, imsize=IMSIZE, center_crop=None)
+    evaluation = EvalSpec(job_id="j", step=3, dataset="packed:s3://other-bucket/some/sets/", metrics=["swd"],
+                          n=64, seed=0, imsize=IMSIZE, center_crop=None)
     assert resolve_dataset_specs(evaluation, store=store, settings=settings, open_set=open_set) == \
         evaluation.model_copy(update={"dataset": "packed:/elsewhere"})
     assert opened[-1] == ("other-bucket", "some/sets")
     in_place = make_config("debug32", dataset="folder:/data/x")
     assert resolve_dataset_specs(in_place, store=store, settings=settings, open_set=open_set) == in_place
     with pytest.raises(DatasetError, match="ds:ID takes a data set id"):
-        resolve_dataset_specs(evaluation.model_copy(update={"dataset": "ds:../jobs"}), store=store, settings=settings,
-                              open_set=open_set)
+        resolve_dataset_specs(evaluation.model_copy(update={"dataset": "ds:../jobs"}), store=store,
+                              settings=settings, open_set=open_set)
 
 
 @pytest.mark.timeout(600)
@@ -258,7 +261,8 @@ def test_a_job_trains_on_a_packed_set_in_s3_and_a_second_worker_evaluates_it_fro
 
     workers.current.stop()
     second_cache = tmp_service / "second-data-cache"
-    second = Service(["worker", "--loglevel", "WARNING"], {**service_env, "SAGAN_DATA_CACHE_DIR": str(second_cache)},
+    second = Service(["worker", "--loglevel", "WARNING"],
+                     {**service_env, "SAGAN_DATA_CACHE_DIR": str(second_cache)},
                      tmp_service / "worker-second-cache.log")
     workers.all.append(second)  # stopped with the others; later tests run on it
     evaluation = api.submit({"kind": "eval", "source": {"job_id": job["id"], "step": None}, "n": 32})

@@ -50,7 +50,8 @@ TWO_CLASSES = {**{f"cats/{i}.png": png((200, 10 * i, 0)) for i in range(8)},
 
 
 def upload(api: Api, data: bytes, *, name: str = "pets", filename: str = "pets.zip") -> dict[str, Any]:
-    response = api.client.post("/datasets", data={"name": name}, files={"file": (filename, data, "application/zip")})
+    response = api.client.post("/datasets", data={"name": name},
+                               files={"file": (filename, data, "application/zip")})
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["status"] == "queued" and body["name"] == name
@@ -76,8 +77,8 @@ def pets(api: Api, workers: Workers) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(300)
-def test_an_uploaded_zip_with_two_class_folders_becomes_ready(pets: dict[str, Any], api: Api, s3_server: S3Server,
-                                                              tmp_path: Path) -> None:
+def test_an_uploaded_zip_with_two_class_folders_becomes_ready(pets: dict[str, Any], api: Api,
+                                                              s3_server: S3Server, tmp_path: Path) -> None:
     assert pets["status"] == "ready", pets
     assert pets["images"] == 16 and pets["classes"] == ["cats", "dogs"]
     assert pets["imsizes"] == [32]  # 40 px images: not upscaled to 64
@@ -87,15 +88,16 @@ def test_an_uploaded_zip_with_two_class_folders_becomes_ready(pets: dict[str, An
     assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG")
     assert pets["preview_url"].endswith(f"/datasets/{pets['id']}/preview")
     keys = store_keys(s3_server, f"datasets/{pets['id']}/")
-    assert f"datasets/{pets['id']}/32px/index.json" in keys and f"datasets/{pets['id']}/32px/labels.npy" in keys
+    assert f"datasets/{pets['id']}/32px/index.json" in keys
+    assert f"datasets/{pets['id']}/32px/labels.npy" in keys
     assert f"datasets/{pets['id']}/32px/shard-00000.npy" in keys
     # The real statistics, under the keys any worker computes from its own copy of the packed set.
     index = s3_server.client().get_object(Bucket=BUCKET, Key=f"{PREFIX}datasets/{pets['id']}/32px/index.json")
     (tmp_path / "index.json").write_bytes(index["Body"].read())
     stored = set(store_keys(s3_server, "stats/"))
     for stream in ("selection", "held-out"):
-        (key,) = stats_keys(["swd"], dataset=f"packed:{tmp_path}", imsize=32, center_crop=None, resize_mode="squash",
-                            n=10_000, inception=None, stream=stream).values()
+        (key,) = stats_keys(["swd"], dataset=f"packed:{tmp_path}", imsize=32, center_crop=None,
+                            resize_mode="squash", n=10_000, inception=None, stream=stream).values()
         assert f"stats/{key.name}" in stored
     listed = api.client.get("/datasets").json()["items"]
     assert pets["id"] in [item["id"] for item in listed]
@@ -126,7 +128,8 @@ def test_a_symlink_entry_and_a_corrupt_zip_fail(api: Api, workers: Workers) -> N
     failed = wait_dataset(api, corrupt["id"])
     assert failed["status"] == "failed" and "not a readable zip or tar archive" in failed["error"]
     # A job on a data set that is not ready is refused, naming it.
-    response = api.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": f"ds:{corrupt['id']}"}})
+    response = api.client.post("/jobs",
+                               json={"kind": "train", "config": {**TINY, "dataset": f"ds:{corrupt['id']}"}})
     assert response.status_code == 422, response.text
     assert f"data set {corrupt['id']} (pets) is failed, not ready" in json.dumps(response.json())
 
@@ -151,7 +154,8 @@ def test_data_sets_registered_where_they_lie(api: Api, workers: Workers, s3_serv
         (folder / name).write_bytes(data)
     created = []
     for source in (f"s3://{BUCKET}/raw/pets/", f"folder:{folder}"):
-        response = api.client.post("/datasets", json={"name": "registered", "source": source, "imsizes": [32]})
+        response = api.client.post("/datasets",
+                                   json={"name": "registered", "source": source, "imsizes": [32]})
         assert response.status_code == 201, response.text
         created.append(response.json())
     for dataset in created:
@@ -169,9 +173,11 @@ def test_an_upload_over_the_limit_is_a_413(service_env: dict[str, str], tmp_path
         assert response.status_code == 413 and "SAGAN_MAX_UPLOAD_GB" in response.text
         # Sent chunked (no Content-Length): counted as it streams in.
         boundary = "sagan-boundary"
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nbig\r\n--{boundary}\r\n"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; "
+                f"name=\"name\"\r\n\r\nbig\r\n--{boundary}\r\n"
                 'Content-Disposition: form-data; name="file"; filename="big.zip"\r\n\r\n').encode()
-        chunks = iter([head, *(archive[i:i + 1024] for i in range(0, len(archive), 1024)), f"\r\n--{boundary}--\r\n".encode()])
+        chunks = iter([head, *(archive[i:i + 1024] for i in range(0, len(archive), 1024)),
+                       f"\r\n--{boundary}--\r\n".encode()])
         response = small.client.post("/datasets", content=chunks,
                                      headers={"content-type": f"multipart/form-data; boundary={boundary}"})
         assert response.status_code == 413 and "SAGAN_MAX_UPLOAD_GB" in response.text
@@ -179,19 +185,22 @@ def test_an_upload_over_the_limit_is_a_413(service_env: dict[str, str], tmp_path
         service.stop()
 
 
-def test_another_owners_data_set_is_not_found(pets: dict[str, Any], api: Api, service_env: dict[str, str]) -> None:
+def test_another_owners_data_set_is_not_found(pets: dict[str, Any], api: Api,
+                                              service_env: dict[str, str]) -> None:
     other = Api(api.base_url, make_token(service_env, "dataset-stranger"))
     for method in ("GET", "DELETE"):
         response = other.client.request(method, f"/datasets/{pets['id']}")
         assert response.status_code == 404, response.text
     assert other.client.get(f"/datasets/{pets['id']}/preview").status_code == 404
     assert other.client.get("/datasets").json()["items"] == []
-    response = other.client.post("/jobs", json={"kind": "train", "config": {**TINY, "dataset": f"ds:{pets['id']}"}})
+    response = other.client.post("/jobs",
+                                 json={"kind": "train", "config": {**TINY, "dataset": f"ds:{pets['id']}"}})
     assert response.status_code == 422 and f"data set {pets['id']} not found" in response.text
 
 
 def test_a_sweep_on_a_data_set_without_its_image_size_is_a_422(pets: dict[str, Any], api: Api) -> None:
-    response = api.client.post("/jobs", json={"kind": "sweep", "base": {**TINY, "dataset": f"ds:{pets['id']}"},
+    response = api.client.post("/jobs",
+                               json={"kind": "sweep", "base": {**TINY, "dataset": f"ds:{pets['id']}"},
                                               "axes": {"imsize": [32, 64]}})
     assert response.status_code == 422, response.text
     assert f"data set {pets['id']} (pets) is packed at 32 px, not at imsize 64" in response.text
@@ -214,18 +223,22 @@ def test_a_data_set_in_use_cannot_be_deleted(api: Api, workers: Workers, s3_serv
 
 
 @pytest.mark.timeout(600)
-def test_a_conditional_training_then_an_eval_on_another_worker(pets: dict[str, Any], api: Api, workers: Workers,
-                                                               service_env: dict[str, str], tmp_path: Path) -> None:
+def test_a_conditional_training_then_an_eval_on_another_worker(pets: dict[str, Any], api: Api,
+                                                               workers: Workers, service_env: dict[str, str],
+                                                               tmp_path: Path) -> None:
     """The training's worker fetches the packed set into its data cache; then a second worker, with a cache
     of its own, fetches it again for an eval job."""
-    config = {**TINY, "arch": "resnet", "attention": "pooled", "num_classes": None, "dataset": f"ds:{pets['id']}",
+    config = {**TINY, "arch": "resnet", "attention": "pooled", "num_classes": None,
+              "dataset": f"ds:{pets['id']}",
               "steps": 4, "checkpoint_every": 4, "eval_every": 4, "eval_metrics": ["swd"], "eval_n": 16}
-    trained = api.wait_status(api.submit({"kind": "train", "config": config})["id"], {"succeeded", "failed"}, 300)
+    trained = api.wait_status(api.submit({"kind": "train", "config": config})["id"], {"succeeded", "failed"},
+                              300)
     assert trained["status"] == "succeeded", trained
     assert trained["spec"]["dataset"] == f"ds:{pets['id']}"  # the stored spec keeps what the user wrote
     workers.current.stop()
     cache = tmp_path / "second-cache"
-    workers.all.append(Service(["worker", "--loglevel", "WARNING"], {**service_env, "SAGAN_DATA_CACHE_DIR": str(cache)},
+    workers.all.append(Service(["worker", "--loglevel", "WARNING"],
+                               {**service_env, "SAGAN_DATA_CACHE_DIR": str(cache)},
                                tmp_path / "second-worker.log"))
     evaluated = api.submit({"kind": "eval", "source": {"job_id": trained["id"]}})
     done = api.wait_status(evaluated["id"], {"succeeded", "failed"}, 200)

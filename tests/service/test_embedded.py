@@ -22,7 +22,8 @@ from tests.service.conftest import TINY, start_up, wait_for
 def test_sagan_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
     up, api = start_up(tmp_path, "--demo")
     try:
-        match = wait_for(lambda: re.search(r"demo job: (\S+)", up.log_path.read_text()), 90, "the demo job URL")
+        match = wait_for(lambda: re.search(r"demo job: (\S+)", up.log_path.read_text()), 90,
+                         "the demo job URL")
         demo_id = match.group(1).rsplit("/", 1)[1]
         spec = api.job(demo_id)["spec"]
         assert (spec["preset"], spec["dataset"], spec["eval_metrics"]) == ("sagan32", "shapes", ["swd"])

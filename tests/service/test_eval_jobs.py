@@ -28,7 +28,8 @@ def test_a_training_job_shows_its_latest_and_best_evaluation(evaluated: dict, ap
     assert evals[0]["real"]["cache"] == {"swd": "miss"} and evals[1]["real"]["cache"] == {"swd": "hit"}
     assert evaluated["latest_eval"] == evals[-1]
     assert evaluated["best_eval"] == best_eval(evals, ["swd"])
-    checkpoints = [item["step"] for item in api.client.get(f"/jobs/{evaluated['id']}/checkpoints").json()["items"]]
+    checkpoints = [item["step"]
+                   for item in api.client.get(f"/jobs/{evaluated['id']}/checkpoints").json()["items"]]
     assert evaluated["best_eval"]["step"] in checkpoints  # committed, so "best" can be sampled and evaluated
     series = api.client.get(f"/jobs/{evaluated['id']}/metrics").json()["items"]
     assert [m["step"] for m in series if "eval" in m] == [0, 10, 20]
@@ -63,7 +64,8 @@ def test_eval_jobs_on_the_best_checkpoint_score_it_held_out_and_share_the_statis
 
 
 @pytest.mark.timeout(240)
-def test_an_eval_job_without_the_inception_weights_fails_once_with_what_to_do(evaluated: dict, api: Api) -> None:
+def test_an_eval_job_without_the_inception_weights_fails_once_with_what_to_do(evaluated: dict,
+                                                                              api: Api) -> None:
     job = api.submit({"kind": "eval", "source": {"job_id": evaluated["id"], "step": None},
                       "metrics": ["fid", "swd"], "n": 16})
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=120)
@@ -83,5 +85,6 @@ def test_eval_job_requests_are_checked(evaluated: dict, api: Api, service_env: d
         assert field in response.json()["detail"][0]["loc"], response.text
     unevaluated = api.submit({"kind": "train", "config": {**TINY, "steps": 1}})
     api.client.post(f"/jobs/{unevaluated['id']}/cancel")
-    conflict = api.client.post("/jobs", json={"kind": "eval", "source": {"job_id": unevaluated["id"], "step": "best"}})
+    conflict = api.client.post("/jobs",
+                               json={"kind": "eval", "source": {"job_id": unevaluated["id"], "step": "best"}})
     assert conflict.status_code == 409 and "no evaluated checkpoint" in conflict.text

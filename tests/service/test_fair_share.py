@@ -22,7 +22,8 @@ from tests.service.conftest import TINY, Api, Workers, make_token, start_api
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("empty_schema_url")
+    url = (f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("empty_schema_url"))
     engine = make_engine(url)
     upgrade(engine)
     yield make_session_factory(engine)
@@ -53,7 +54,8 @@ def test_higher_priority_first_whichever_message_is_taken(sessions: sessionmaker
 def test_the_owner_with_fewest_running_jobs_goes_next_and_a_sweep_keeps_its_order(
         sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
-        sweep, _ = jobs.create_sweep(session, spec=SweepSpec(base={}, arms=[{"name": "x"}], seeds=list(range(6))),
+        sweep, _ = jobs.create_sweep(session,
+                                     spec=SweepSpec(base={}, arms=[{"name": "x"}], seeds=list(range(6))),
                                      children=[(f"arm{index}", make_config(steps=1, seed=index), "cpu")
                                                for index in range(6)], max_attempts=1, owner="alice")
         children = [child.id for child in jobs.sweep_children(session, job_id=sweep.id)]
@@ -65,8 +67,8 @@ def test_the_owner_with_fewest_running_jobs_goes_next_and_a_sweep_keeps_its_orde
         jobs.finish_job(session, job_id=first, worker_id="w1", status="succeeded")
         jobs.finish_job(session, job_id=second, worker_id="w2", status="succeeded")
         # alice 0 running, bob 1: alice's next child; then 1 and 1, and alice started last: bob's; and so on.
-        assert [take(session, singles[2]) for _ in range(7)] == [children[2], singles[1], children[3], singles[2],
-                                                                 *children[4:6], None]
+        assert [take(session, singles[2]) for _ in range(7)] == [children[2], singles[1], children[3],
+                                                                 singles[2], *children[4:6], None]
 
 
 def test_a_message_takes_only_from_its_own_queue(sessions: sessionmaker[Session]) -> None:
@@ -105,7 +107,8 @@ def test_workers_claiming_at_once_run_every_job_once(empty_schema_url: str) -> N
 def test_two_workers_run_a_high_priority_job_and_another_owners_job_before_a_sweeps_third(
         service_env: dict[str, str], empty_schema_url: str, tmp_path: Path) -> None:
     # Its own database and queue: the session's worker must not take these jobs.
-    env = {**service_env, "SAGAN_DATABASE_URL": empty_schema_url, "SAGAN_BROKER_URL": "redis://127.0.0.1:6379/11"}
+    env = {**service_env, "SAGAN_DATABASE_URL": empty_schema_url,
+           "SAGAN_BROKER_URL": "redis://127.0.0.1:6379/11"}
     redis.Redis.from_url(env["SAGAN_BROKER_URL"]).flushdb()
     service, admin = start_api(env, tmp_path)
     pool = Workers(env, tmp_path)

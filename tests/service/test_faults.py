@@ -76,7 +76,8 @@ def test_a_short_s3_outage_does_not_fail_the_job_and_every_checkpoint_reaches_th
         assert "the artifact store (S3 at" in workers.current.log_path.read_text()  # the outage did hit it
 
         assert [item["step"] for item in api.client.get(f"/jobs/{job_id}/samples").json()["items"]] == every
-        assert [m["step"] for m in api.client.get(f"/jobs/{job_id}/metrics").json()["items"]] == list(range(1, 46))
+        assert [m["step"]
+                for m in api.client.get(f"/jobs/{job_id}/metrics").json()["items"]] == list(range(1, 46))
         # Every checkpoint the trainer wrote was stored, in order, and its commit marker after it ...
         prefix = f"artifacts/jobs/{job_id}/checkpoints/"
         versions = s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)["Versions"]
@@ -102,19 +103,22 @@ def test_a_short_s3_outage_does_not_fail_the_job_and_every_checkpoint_reaches_th
 
 
 @pytest.mark.timeout(420)
-def test_dropped_database_connections_do_not_fail_the_job(api: Api, workers: Workers, database_url: str) -> None:
+def test_dropped_database_connections_do_not_fail_the_job(api: Api, workers: Workers,
+                                                          database_url: str) -> None:
     job = api.submit({"kind": "train", "config": {**TINY, "steps": 40, "checkpoint_every": 10}})
     wait_for(lambda: api.job(job["id"])["progress"]["step"] > 0, 180, "training to start")
     engine = make_engine(database_url)
     with engine.connect() as connection:
-        owner = connection.execute(text("SELECT lease_owner FROM jobs WHERE id = :id"), {"id": job["id"]}).scalar()
+        owner = connection.execute(text("SELECT lease_owner FROM jobs WHERE id = :id"),
+                                   {"id": job["id"]}).scalar()
     engine.dispose()
     worker_pid = owner.split(":")[1]  # host:pid:nonce, the pool process whose connections these are
     dropped = 0
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         for _ in range(4):  # the supervisor's and its outbox's connections, idle or in use
             dropped += len(admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                         "WHERE application_name = %s", (f"sagan-worker {worker_pid}",)).fetchall())
+                                         "WHERE application_name = %s",
+                                         (f"sagan-worker {worker_pid}",)).fetchall())
             time.sleep(1.5)
     assert dropped >= 2
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=300)
@@ -139,16 +143,18 @@ def test_an_artifact_folder_read_only_for_a_moment_does_not_fail_the_job(
     store = tmp_path / "store"
     store.mkdir()
     workers.current.stop()  # this job must go to the worker that writes into the folder
-    worker = Service(["worker", "--loglevel", "WARNING"], {**service_env, "SAGAN_ARTIFACTS_URL": store.as_uri()},
-                     tmp_path / "worker-folder.log")
+    worker = Service(["worker", "--loglevel", "WARNING"],
+                     {**service_env, "SAGAN_ARTIFACTS_URL": store.as_uri()}, tmp_path / "worker-folder.log")
     try:
         config = {**TINY, "steps": 40, "checkpoint_every": 4, "sample_every": 4, "keep_checkpoints": 100}
         job = api.submit({"kind": "train", "config": config})
         stored = store / "jobs" / job["id"]
-        wait_for(lambda: (stored / "checkpoints" / "step-4" / "COMMITTED").exists(), 180, "a stored checkpoint")
+        wait_for(lambda: (stored / "checkpoints" / "step-4" / "COMMITTED").exists(), 180,
+                 "a stored checkpoint")
         with read_only(store):
             step_before = api.job(job["id"])["progress"]["step"]
-            wait_for(lambda: api.job(job["id"])["progress"]["step"] >= step_before + 8, 240, "training to go on")
+            wait_for(lambda: api.job(job["id"])["progress"]["step"] >= step_before + 8, 240,
+                     "training to go on")
             time.sleep(1)
         done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=300)
         assert done["status"] == "succeeded", done
@@ -156,7 +162,8 @@ def test_an_artifact_folder_read_only_for_a_moment_does_not_fail_the_job(
         assert "the artifact store (folder" in worker.log_path.read_text()  # the fault did hit it
         every = list(range(4, 41, 4))
         assert sorted(int(p.stem.split("-")[1]) for p in (stored / "samples").glob("step-*.png")) == every
-        assert sorted(int(p.parent.name.split("-")[1]) for p in stored.glob("checkpoints/*/COMMITTED")) == every
+        assert sorted(int(p.parent.name.split("-")[1])
+                      for p in stored.glob("checkpoints/*/COMMITTED")) == every
     finally:
         worker.stop()
         workers.start()
@@ -166,7 +173,8 @@ def test_an_artifact_folder_read_only_for_a_moment_does_not_fail_the_job(
 def test_an_outage_past_the_window_fails_the_job_naming_the_store(
         api: Api, workers: Workers, service_env: dict[str, str], s3_server: S3Server, tmp_path: Path) -> None:
     workers.current.stop()
-    worker = Service(["worker", "--loglevel", "WARNING"], {**service_env, "SAGAN_DEPENDENCY_OUTAGE_SECONDS": "3"},
+    worker = Service(["worker", "--loglevel", "WARNING"],
+                     {**service_env, "SAGAN_DEPENDENCY_OUTAGE_SECONDS": "3"},
                      tmp_path / "worker-short-window.log")
     try:
         job = api.submit({"kind": "train", "config": {**TINY, "steps": 100_000, "checkpoint_every": 5}})
@@ -195,7 +203,8 @@ def test_a_retry_after_a_queue_failure_submits_and_a_reused_key_is_refused(
     body = {"kind": "train", "config": {**TINY, "steps": 5}}
     key = {"Idempotency-Key": os.urandom(8).hex()}
     with TestClient(create_app(unreachable_broker)) as broken:
-        refused = broken.post("/jobs", json=body, headers={**key, "Authorization": api.client.headers["Authorization"]})
+        refused = broken.post("/jobs", json=body,
+                              headers={**key, "Authorization": api.client.headers["Authorization"]})
     assert refused.status_code == 503, refused.text
 
     retried = api.client.post("/jobs", json=body, headers=key)

@@ -29,8 +29,8 @@ def session(tmp_path: Path) -> Session:
 
 
 def new_job(session: Session, **kwargs) -> str:
-    job, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=2,
-                                   **kwargs)
+    job, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                                   max_attempts=2, **kwargs)
     assert created
     return job.id
 
@@ -38,7 +38,8 @@ def new_job(session: Session, **kwargs) -> str:
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_migrations_round_trip_to_exactly_the_models_schema(database: str, tmp_path: Path,
                                                             request: pytest.FixtureRequest) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}" if database == "sqlite" else request.getfixturevalue("empty_schema_url")
+    url = (f"sqlite:///{tmp_path / 'm.db'}" if database == "sqlite"
+           else request.getfixturevalue("empty_schema_url"))
     engine = make_engine(url)
     upgrade(engine)
     downgrade(engine, "base")
@@ -153,11 +154,12 @@ def test_finish_records_the_final_progress(session: Session) -> None:
 
 
 def test_a_job_that_never_reached_the_queue_is_withdrawn_with_its_idempotency_key(session: Session) -> None:
-    """The client got a 503, not this job: no list shows it, and its retry with the same key makes a new one."""
+    """The client got a 503, not this job: no list shows it, and its retry with the same key makes a new
+    one."""
     first = new_job(session, idempotency_key="k")
     jobs.withdraw_unsent(session, job_id=first)
-    job, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=2,
-                                   idempotency_key="k")
+    job, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                                   max_attempts=2, idempotency_key="k")
     assert created and job.id != first
     with pytest.raises(jobs.JobNotFound):
         jobs.get_job(session, first)
@@ -174,7 +176,8 @@ def test_a_sweep_none_of_whose_children_was_sent_is_withdrawn_whole(session: Ses
                                  max_attempts=1, idempotency_key="s")
     jobs.withdraw_unsent(session, job_id=sweep.id)
     assert jobs.list_jobs(session, limit=10) == []  # neither the sweep nor a child is left
-    _, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=2,
+    _, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                                 max_attempts=2,
                                    idempotency_key="s")
     assert created
 
@@ -233,14 +236,16 @@ def test_another_owners_job_is_not_found_and_admins_see_all(session: Session) ->
     jobs.claim_job(session, job_id=alice, worker_id="w", lease_seconds=30)
     assert jobs.active_counts(session, owner="alice", up_to=5) == {"queued": 0, "running": 1}
     for _ in range(3):
-        jobs.create_job(session, kind="train", spec=make_config(steps=1), queue="cpu", max_attempts=1, owner="alice")
-    assert jobs.active_counts(session, owner="alice", up_to=2) == {"queued": 2, "running": 1}  # counted up to 2
+        jobs.create_job(session, kind="train", spec=make_config(steps=1), queue="cpu", max_attempts=1,
+                        owner="alice")
+    assert jobs.active_counts(session, owner="alice", up_to=2) == {"queued": 2,
+                                                                   "running": 1}  # counted up to 2
 
 
 def test_idempotency_keys_are_per_owner(session: Session) -> None:
     first = new_job(session, owner="alice", idempotency_key="k")
-    again, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=2,
-                                     idempotency_key="k", owner="alice")
+    again, created = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                                     max_attempts=2, idempotency_key="k", owner="alice")
     assert (again.id, created) == (first, False)
     assert new_job(session, owner="bob", idempotency_key="k") != first
 
@@ -253,7 +258,8 @@ def test_recorded_errors_are_plain_and_classified(session: Session) -> None:
     error = jobs.get_job(session, job_id).error
     assert error == "OSError: cannot write .../a.pt" and jobs.failure_cause(error) == "training"
     assert jobs.failure_cause("worker lost (lease expired) on the last allowed attempt") == "worker_lost"
-    assert jobs.failure_cause("the artifact store (S3 at <internal address>, bucket b) was unreachable for 300 s") \
+    assert jobs.failure_cause("the artifact store (S3 at <internal address>, bucket b) was unreachable for "
+                              "300 s") \
         == "dependency_outage"
 
 
@@ -265,17 +271,20 @@ def test_a_nan_evaluation_is_stored_as_null_in_postgres(database_url: str) -> No
         with make_session_factory(engine)() as session:
             job_id = new_job(session)
             assert jobs.claim_job(session, job_id=job_id, worker_id="w", lease_seconds=60) is not None
-            nan = {"step": 0, "source": "train", "metrics": {"swd": float("nan"), "fid": float("inf"), "kid": 1.5}}
+            nan = {"step": 0, "source": "train",
+                   "metrics": {"swd": float("nan"), "fid": float("inf"), "kid": 1.5}}
             assert jobs.record_evals(session, job_id=job_id, worker_id="w", latest=nan, best=None)
             session.expire_all()
-            assert jobs.get_job(session, job_id).latest_eval["metrics"] == {"swd": None, "fid": None, "kid": 1.5}
+            assert jobs.get_job(session, job_id).latest_eval["metrics"] == {"swd": None, "fid": None,
+                                                                            "kid": 1.5}
     finally:
         engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_session(request: pytest.FixtureRequest, tmp_path: Path) -> Session:
-    url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("empty_schema_url")
+    url = (f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("empty_schema_url"))
     engine = make_engine(url)
     upgrade(engine)
     with make_session_factory(engine)() as session:
@@ -288,19 +297,22 @@ def test_create_job_admits_within_the_owner_limits_and_replays_a_key(any_session
     # one by one: the same rows, the same refusals.
     session, limits = any_session, jobs.OwnerLimits(max_queued=2, max_running=1)
     spec = make_config(steps=7, g_lr=0.5, g_attention=[8, 16])
-    first, created = jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
-                                     idempotency_key="k", limits=limits)
+    first, created = jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3,
+                                     owner="carol", idempotency_key="k", limits=limits)
     assert created and first.status == "queued" and first.total_steps == 7
     stored = jobs.get_job(session, first.id)
-    assert (stored.spec, stored.queue, stored.owner, stored.max_attempts, stored.attempt) == (spec.to_dict(), "cpu", "carol", 3, 0)
+    assert (stored.spec, stored.queue, stored.owner, stored.max_attempts, stored.attempt) == (spec.to_dict(),
+                                                                                              "cpu", "carol",
+                                                                                              3, 0)
     assert stored.created_at is not None and stored.dispatched_at is not None
-    again, created = jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
-                                     idempotency_key="k", limits=limits)
+    again, created = jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3,
+                                     owner="carol", idempotency_key="k", limits=limits)
     assert (again.id, created) == (first.id, False)
     assert jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
                            limits=limits)[1]
     with pytest.raises(jobs.OverLimit) as refused:
-        jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol", limits=limits)
+        jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
+                        limits=limits)
     assert (refused.value.queued, refused.value.running, refused.value.adding) == (2, 0, 1)
     with pytest.raises(jobs.OverLimit):  # a replay at the limit waits like any other request
         jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
@@ -309,7 +321,8 @@ def test_create_job_admits_within_the_owner_limits_and_replays_a_key(any_session
                            limits=limits)[1]  # another owner's limits are their own
     jobs.claim_job(session, job_id=first.id, worker_id="w", lease_seconds=30)
     with pytest.raises(jobs.OverLimit) as running:  # one place queued again, but the running limit is reached
-        jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol", limits=limits)
+        jobs.create_job(session, kind="train", spec=spec, queue="cpu", max_attempts=3, owner="carol",
+                        limits=limits)
     assert (running.value.queued, running.value.running) == (1, 1)
     assert len(jobs.list_jobs(session, owner="carol")) == 2
 
@@ -320,16 +333,20 @@ def test_a_database_error_in_the_one_trip_insert_is_sqlalchemys(any_session: Ses
     session = any_session
     assert session.get_bind().dialect.driver in ("pysqlite", "psycopg")  # psycopg: the pipelined path
     with pytest.raises(IntegrityError):  # max_attempts is NOT NULL
-        jobs.create_job(session, kind="train", spec=make_config(), queue="cpu", max_attempts=None, owner="erin")  # type: ignore[arg-type]
+        jobs.create_job(session, kind="train", spec=make_config(), queue="cpu", max_attempts=None,
+                        owner="erin")  # type: ignore[arg-type]
     session.rollback()
-    assert jobs.create_job(session, kind="train", spec=make_config(), queue="cpu", max_attempts=1, owner="erin")[1]
+    assert jobs.create_job(session, kind="train", spec=make_config(), queue="cpu", max_attempts=1,
+                           owner="erin")[1]
 
 
-def test_a_lost_run_is_requeued_counting_the_attempt_then_fails_when_attempts_are_spent(session: Session) -> None:
+def test_a_lost_run_is_requeued_counting_the_attempt_then_fails_when_attempts_are_spent(
+        session: Session) -> None:
     job_id = new_job(session)  # max_attempts=2
     jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
     jobs.record_artifact(session, job_id=job_id, kind="checkpoint", step=7, key="k7")
-    assert jobs.retry_lost(session, job_id=job_id, worker_id="b", error="gone") is None  # only the lease owner
+    assert jobs.retry_lost(session, job_id=job_id, worker_id="b",
+                           error="gone") is None  # only the lease owner
     assert jobs.retry_lost(session, job_id=job_id, worker_id="a", error="gone") == "queued"
     again = jobs.claim_job(session, job_id=job_id, worker_id="b", lease_seconds=30)
     assert (again.attempt, again.resumed_from_step) == (2, 7)  # it counted, and resumes from the checkpoint

@@ -10,8 +10,8 @@ from sagan_service.jobspec import DatasetSpec, EvalSpec, SampleSpec, SweepSpec, 
 SPECS = {
     "train": make_config("debug32", steps=5, eval_every=5),
     "sample": SampleSpec(job_id="j", step=10, n=16, seed=3, classes=[0, 2], per_class=4),
-    "eval": EvalSpec(job_id="j", step=10, dataset="shapes:64", metrics=["swd", "fid"], n=64, seed=0, imsize=32,
-                     center_crop=None, resize_mode="crop"),
+    "eval": EvalSpec(job_id="j", step=10, dataset="shapes:64", metrics=["swd", "fid"], n=64, seed=0,
+                     imsize=32, center_crop=None, resize_mode="crop"),
     "sweep": SweepSpec(base={"preset": "debug32"}, axes={"g_lr": [1e-4, 2e-4]}, seeds=[0, 1]),
     "dataset": DatasetSpec(dataset_id="d", source="upload:datasets/d/source/upload.zip", imsizes=None),
 }
@@ -28,12 +28,13 @@ def test_the_stored_json_keeps_its_shape() -> None:
     assert SPECS["train"].to_dict() == make_config("debug32", steps=5, eval_every=5).model_dump(mode="json")
     assert list(SPECS["eval"].to_dict()) == ["job_id", "step", "dataset", "metrics", "n", "seed", "imsize",
                                              "center_crop", "resize_mode"]
-    assert SPECS["sweep"].to_dict() == {"base": {"preset": "debug32"}, "axes": {"g_lr": [1e-4, 2e-4]}, "arms": None,
-                                        "study": None, "seeds": [0, 1]}
+    assert SPECS["sweep"].to_dict() == {"base": {"preset": "debug32"}, "axes": {"g_lr": [1e-4, 2e-4]},
+                                        "arms": None, "study": None, "seeds": [0, 1]}
     assert SPECS["dataset"].to_dict() == {"dataset_id": "d", "source": "upload:datasets/d/source/upload.zip",
                                           "imsizes": None}
     # An unconditional sample job's spec is what it always was: no classes or per_class keys.
-    assert SampleSpec(job_id="j", step=1, n=8, seed=0).to_dict() == {"job_id": "j", "step": 1, "n": 8, "seed": 0}
+    assert SampleSpec(job_id="j", step=1, n=8, seed=0).to_dict() == {"job_id": "j", "step": 1, "n": 8,
+                                                                     "seed": 0}
 
 
 def test_an_old_train_row_without_newer_fields_reads_as_it_ran() -> None:

@@ -75,7 +75,8 @@ def test_train_job_lifecycle(trained: dict, api: Api) -> None:
 
 @pytest.mark.timeout(120)
 def test_sampling_job_from_checkpoint(trained: dict, api: Api) -> None:
-    job = api.submit({"kind": "sample", "source": {"job_id": trained["id"], "step": None}, "n": 16, "seed": 3})
+    job = api.submit({"kind": "sample", "source": {"job_id": trained["id"], "step": None}, "n": 16,
+                      "seed": 3})
     assert job["spec"] == {"job_id": trained["id"], "step": 20, "n": 16, "seed": 3}
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=90)
     assert done["status"] == "succeeded", done
@@ -90,11 +91,13 @@ def test_two_process_ddp_job(api: Api, workers: Workers) -> None:
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=150)
     assert done["status"] == "succeeded", done
     assert done["latest_checkpoint_step"] == 10
-    assert [m["step"] for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 11))
+    assert [m["step"]
+            for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 11))
 
 
 @pytest.mark.timeout(180)
-def test_a_diverging_job_fails_with_its_step_once_keeping_a_finite_checkpoint(api: Api, workers: Workers) -> None:
+def test_a_diverging_job_fails_with_its_step_once_keeping_a_finite_checkpoint(api: Api,
+                                                                              workers: Workers) -> None:
     # Rates of 1e6 blow debug32 up within a few steps. Two ranks: torchrun's report of the failed ranks
     # follows the trainer's message in the log, and the error is still the trainer's.
     config = {**TINY, "nproc": 2, "g_lr": 1e6, "d_lr": 1e6, "checkpoint_every": 1, "log_every": 2}
@@ -141,7 +144,8 @@ def test_killed_worker_job_resumes_from_checkpoint(api: Api, workers: Workers) -
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=150)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 2 and done["resumed_from_step"] >= 10
-    assert [m["step"] for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 61))
+    assert [m["step"]
+            for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 61))
 
 
 @pytest.mark.timeout(60)
@@ -173,11 +177,13 @@ def test_a_job_whose_message_was_lost_is_sent_again(api: Api, workers: Workers, 
 
 @pytest.mark.timeout(150)
 def test_a_persistent_s3_error_fails_the_job_with_its_reason(api: Api, workers: Workers,
-                                                             service_env: dict[str, str], tmp_service) -> None:
+                                                             service_env: dict[str, str],
+                                                             tmp_service) -> None:
     """Uploads that keep failing after boto3's retries fail the job, naming the error; nothing hangs."""
     workers.current.stop()  # this test's job must go to the misconfigured worker
     broken = Service(["worker", "--loglevel", "WARNING"],
-                     {**service_env, "SAGAN_ARTIFACTS_URL": "s3://no-such-bucket/x", "SAGAN_S3_MAX_ATTEMPTS": "2"},
+                     {**service_env, "SAGAN_ARTIFACTS_URL": "s3://no-such-bucket/x",
+                      "SAGAN_S3_MAX_ATTEMPTS": "2"},
                      tmp_service / "worker-broken-s3.log")
     try:
         job = api.submit({"kind": "train", "config": {**TINY, "steps": 10}})
@@ -204,7 +210,8 @@ def test_the_worker_checks_the_data_roots_again_when_it_opens_the_data(
     wider = {**service_env, "SAGAN_DATA_ROOTS": f"{service_env['SAGAN_DATA_ROOTS']},{outside}"}
     service, lenient = start_api(wider, tmp_path)
     try:
-        job = lenient.submit({"kind": "train", "config": {**TINY, "dataset": f"cifar10:{inside}", "steps": 1}})
+        job = lenient.submit({"kind": "train",
+                              "config": {**TINY, "dataset": f"cifar10:{inside}", "steps": 1}})
     finally:
         service.stop()
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=120)

@@ -86,7 +86,8 @@ def test_booleans_are_not_numbers_and_rates_are_finite(api: Api, raw: str, field
 
 @pytest.mark.parametrize(("body", "field"), [
     ({"kind": "sample", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000"}, "n": True}, "n"),
-    ({"kind": "sample", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000", "step": False}}, "source.step"),
+    ({"kind": "sample", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000", "step": False}},
+     "source.step"),
     ({"kind": "eval", "source": {"job_id": "0190d6a2-0000-7000-8000-000000000000"}, "n": 100.0}, "n"),
 ])
 def test_sample_and_eval_bodies_are_strict_too(api: Api, body: dict, field: str) -> None:
@@ -131,8 +132,8 @@ def test_a_body_over_the_limit_is_413(api: Api) -> None:
 
 def test_a_422_does_not_echo_the_input(api: Api) -> None:
     secret = "hunter2-do-not-echo"
-    for body in ({"kind": "train", "config": secret}, {"kind": "sample", "source": {"job_id": 1}, "n": secret},
-                 {"kind": secret}):
+    for body in ({"kind": "train", "config": secret},
+                 {"kind": "sample", "source": {"job_id": 1}, "n": secret}, {"kind": secret}):
         response = api.client.post("/jobs", json=body)
         assert response.status_code == 422 and secret not in response.text, response.text
         assert all("input" not in item for item in response.json()["detail"])
@@ -144,7 +145,8 @@ def test_per_owner_limits_are_429(service_env: dict[str, str], tmp_service: Path
     dave = Api(admin.base_url, make_token(service_env, "dave"))
     long = {"kind": "train", "config": {**TINY, "steps": 100_000}}
     try:
-        sweep = {"kind": "sweep", "base": {**TINY, "steps": 100_000}, "axes": {"d_norm": ["spectral", "batch"]}}
+        sweep = {"kind": "sweep", "base": {**TINY, "steps": 100_000},
+                 "axes": {"d_norm": ["spectral", "batch"]}}
         too_big = dave.client.post("/jobs", json=sweep)  # two children for one place in the queue
         assert too_big.status_code == 429 and "SAGAN_MAX_QUEUED_PER_OWNER" in too_big.text, too_big.text
         first = dave.submit(long)
@@ -163,8 +165,8 @@ def test_per_owner_limits_are_429(service_env: dict[str, str], tmp_service: Path
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("database", ["postgresql", "sqlite"])
-def test_the_per_owner_queue_limit_is_exact_under_concurrent_posts(service_env: dict[str, str], tmp_path: Path,
-                                                                   database: str) -> None:
+def test_the_per_owner_queue_limit_is_exact_under_concurrent_posts(service_env: dict[str, str],
+                                                                   tmp_path: Path, database: str) -> None:
     # A broker database no worker reads, so the jobs stay queued and count.
     env = {**service_env, "SAGAN_MAX_QUEUED_PER_OWNER": "5", "SAGAN_BROKER_URL": "redis://127.0.0.1:6379/13"}
     if database == "sqlite":
@@ -187,7 +189,8 @@ def test_the_per_owner_queue_limit_is_exact_under_concurrent_posts(service_env: 
 def test_the_maximum_run_time_ends_a_run_with_a_checkpoint(tmp_path: Path) -> None:
     up, api = start_up(tmp_path, SAGAN_MAX_RUN_SECONDS="30")
     try:
-        job = api.submit({"kind": "train", "config": {**TINY, "steps": 1_000_000, "checkpoint_every": 100_000}})
+        job = api.submit({"kind": "train",
+                          "config": {**TINY, "steps": 1_000_000, "checkpoint_every": 100_000}})
         # 30 s from the launch: past the trainer's start (importing torch) even on a busy machine.
         ended = api.wait_status(job["id"], {"failed", "succeeded", "cancelled"}, timeout=240)
         assert ended["status"] == "failed" and "SAGAN_MAX_RUN_SECONDS" in ended["error"], ended

@@ -49,7 +49,8 @@ SECRET_LINES = (f"Authorization: Bearer {TOKEN}\n"
 
 def test_secrets_and_secret_shaped_text_are_redacted() -> None:
     environ = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
-               "SAGAN_DATABASE_URL": "postgresql+psycopg://sagan:s3cr3t-pass@db/sagan", "SAGAN_TOKEN": "short"}
+               "SAGAN_DATABASE_URL": "postgresql+psycopg://sagan:s3cr3t-pass@db/sagan",
+               "SAGAN_TOKEN": "short"}
     redact = Redactor(secret_values(environ))
     text = redact("key wJalrXUtnFEMI/K7MDENG; password alone: s3cr3t-pass\n"
                   "redis://:broker-pass@redis:6379/0 and https://user:pw123456@example.com/x\n"
@@ -60,7 +61,8 @@ def test_secrets_and_secret_shaped_text_are_redacted() -> None:
                    "abcdEFGH1234", "pa55word"):
         assert secret not in text, (secret, text)
     assert "redis://:[redacted]@redis" in text and "https://user:[redacted]@example.com" in text
-    assert "step 10 d_loss 0.5 (ordinary text stays), http://host:8000/path, short" in text  # "short": < 8 chars
+    # "short": < 8 chars
+    assert "step 10 d_loss 0.5 (ordinary text stays), http://host:8000/path, short" in text
     assert text.count(REDACTED) >= 9
 
 
@@ -73,7 +75,8 @@ def test_redacting_a_log_then_its_continuation_gives_the_same_text() -> None:
 
 # -- the parts: the store's ranged read, the supervisor's lines ----------------------------------------------
 
-def test_ranged_reads_of_both_stores(tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ranged_reads_of_both_stores(tmp_path: Path, s3_server: S3Server,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
                         ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(name, value)
@@ -185,7 +188,8 @@ def test_a_follower_sees_lines_within_seconds_while_the_job_runs(
     follower.wait_line("connecting to", timeout=10)
     served = api.client.get(f"/jobs/{job_id}/logs")
     assert served.status_code == 200 and served.headers["content-type"].startswith("text/plain")
-    stored = s3_server.client().get_object(Bucket=BUCKET, Key=f"artifacts/{log_key(job_id, 1)}")["Body"].read()
+    stored = s3_server.client().get_object(Bucket=BUCKET,
+                                           Key=f"artifacts/{log_key(job_id, 1)}")["Body"].read()
     for text in (served.text, stored.decode(), "\n".join(follower.seen)):
         assert TOKEN[6:] not in text and "hunter2-db-pass" not in text
         assert "Bearer [redacted]" in text and "postgresql://sagan:[redacted]@db" in text
@@ -256,9 +260,11 @@ def test_sagan_jobs_logs_follow_prints_lines_while_the_job_runs(
         follow.kill()
         follow.wait()
 
-    done = subprocess.run([sys.executable, "-m", "sagan_core.cli", "jobs", "logs", running["id"], "--attempt", "2"],
+    done = subprocess.run([sys.executable, "-m", "sagan_core.cli", "jobs", "logs", running["id"], "--attempt",
+                           "2"],
                           check=False, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and done.stderr.strip().endswith("no attempt 2 (attempts so far: 1)"), done.stderr
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().endswith("no attempt 2 (attempts so far: 1)"), done.stderr
 
 
 @pytest.mark.timeout(120)

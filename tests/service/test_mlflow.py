@@ -28,8 +28,8 @@ from worker.mlflow_sync import MlflowSync
 mlflow = pytest.importorskip("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
-QUICK = {**TINY, "steps": 4, "checkpoint_every": 2, "sample_every": 2, "eval_every": 2, "eval_metrics": ["swd"],
-         "eval_n": 32}
+QUICK = {**TINY, "steps": 4, "checkpoint_every": 2, "sample_every": 2, "eval_every": 2,
+         "eval_metrics": ["swd"], "eval_n": 32}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner (it needs huey)
     with open(folder / "server.log", "wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
              "--artifacts-destination", str(folder / "artifacts")],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -73,7 +73,8 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_child(
     worker = own_worker(workers, service_env, tmp_path, SAGAN_MLFLOW_TRACKING_URI=mlflow_url,
                         SAGAN_MLFLOW_EXPERIMENT="sweeps")
     try:
-        sweep = api.submit({"kind": "sweep", "base": QUICK, "seeds": [0, 1], "axes": {"d_norm": ["spectral"]}})
+        sweep = api.submit({"kind": "sweep", "base": QUICK, "seeds": [0, 1],
+                            "axes": {"d_norm": ["spectral"]}})
         done = api.wait_status(sweep["id"], {"succeeded", "failed"}, timeout=240)
         assert done["status"] == "succeeded", done
     finally:
@@ -99,7 +100,8 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_child(
         assert {"gamma/g.attn16", "lr/g", "speed/img_per_s"} <= set(run.data.metrics)
         grids = {item.path for item in client.list_artifacts(run.info.run_id, "samples")}
         assert grids == {"samples/real.png", "samples/step-2.png", "samples/step-4.png"}
-        assert run.data.tags["sagan.checkpoint.latest"].endswith(f"/jobs/{child['id']}/checkpoints/step-4/model.pt")
+        latest = run.data.tags["sagan.checkpoint.latest"]
+        assert latest.endswith(f"/jobs/{child['id']}/checkpoints/step-4/model.pt")
         assert "/checkpoints/step-" in run.data.tags["sagan.checkpoint.best"]
         assert run.data.tags["sagan.synced_step"] == "4"
 
@@ -108,16 +110,18 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_child(
     with SaganClient(api.base_url, token) as sagan:
         download(sagan, sagan.get(f"/jobs/{sweep['id']}"), tmp_path / "sweep", "none")
     for child in done["children"]:
-        events = event_accumulator.EventAccumulator(str(tmp_path / "sweep" / f"{child['arm']}-s{child['seed']}"))
+        run_dir = tmp_path / "sweep" / f"{child['arm']}-s{child['seed']}"
+        events = event_accumulator.EventAccumulator(str(run_dir))
         events.Reload()
         assert [event.step for event in events.Scalars("loss/d")] == [1, 2, 3, 4]
         assert [event.step for event in events.Images("samples")] == [2, 4]
-    # And TensorBoard reads the store itself: its S3 file system (boto3, the endpoint from S3_ENDPOINT, read when
-    # tensorboard is imported, hence a process of its own).
+    # And TensorBoard reads the store itself: its S3 file system (boto3, the endpoint from S3_ENDPOINT, read
+    # when tensorboard is imported, hence a process of its own).
     logdir = f"s3://{BUCKET}/artifacts/jobs/{done['children'][0]['id']}/tensorboard"
-    code = ("import sys; from tensorboard.backend.event_processing.event_accumulator import EventAccumulator as E; "
-            "e = E(sys.argv[1]); e.Reload(); print([s.step for s in e.Scalars('loss/d')])")
-    read = subprocess.run([sys.executable, "-c", code, logdir], env={**service_env, "S3_ENDPOINT": s3_endpoint},
+    code = ("import sys; from tensorboard.backend.event_processing.event_accumulator import EventAccumulator "
+            "as E; e = E(sys.argv[1]); e.Reload(); print([s.step for s in e.Scalars('loss/d')])")
+    read = subprocess.run([sys.executable, "-c", code, logdir],
+                          env={**service_env, "S3_ENDPOINT": s3_endpoint},
                           capture_output=True, text=True, timeout=60, check=False)
     assert read.stdout.strip() == "[1, 2, 3, 4]", read.stderr
 
@@ -125,7 +129,8 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_child(
 @pytest.mark.timeout(180)
 def test_an_unreachable_mlflow_fails_no_job(api: Api, workers: Workers, service_env: dict[str, str],
                                             tmp_path: Path) -> None:
-    worker = own_worker(workers, service_env, tmp_path, SAGAN_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    worker = own_worker(workers, service_env, tmp_path,
+                        SAGAN_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
     try:
         # A sweep of one run: its parent's run cannot be made either.
         sweep = api.submit({"kind": "sweep", "base": {**TINY, "steps": 4, "checkpoint_every": 2},
@@ -142,9 +147,10 @@ def test_an_unreachable_mlflow_fails_no_job(api: Api, workers: Workers, service_
     assert "Retrying" not in log  # nor a line per try from the HTTP client
 
 
-def test_a_later_attempt_continues_the_run_without_sending_a_step_twice(mlflow_url: str, tmp_path: Path) -> None:
-    """Two attempts of one job, as the outbox drives them: the second, resumed from step 2's checkpoint, trains
-    steps 3 and 4 again and goes on to 6."""
+def test_a_later_attempt_continues_the_run_without_sending_a_step_twice(mlflow_url: str,
+                                                                        tmp_path: Path) -> None:
+    """Two attempts of one job, as the outbox drives them: the second, resumed from step 2's checkpoint,
+    trains steps 3 and 4 again and goes on to 6."""
     settings = Settings(mlflow_tracking_uri=mlflow_url, mlflow_experiment="attempts", heartbeat_seconds=0.2,
                         home=tmp_path / "home")
     job = SimpleNamespace(id="job-with-two-attempts", parent_id=None, arm=None, resumed_from_step=None)

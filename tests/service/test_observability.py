@@ -43,7 +43,8 @@ def finished(api: Api, workers: Workers, service_env: dict[str, str]) -> dict[st
             "failed": api.wait_status(bad["id"], {"failed"}, timeout=240)}
 
 
-def test_prometheus_metrics_after_jobs_ran(api: Api, finished: dict[str, dict], service_env: dict[str, str]) -> None:
+def test_prometheus_metrics_after_jobs_ran(api: Api, finished: dict[str, dict],
+                                           service_env: dict[str, str]) -> None:
     assert finished["succeeded"]["status"] == "succeeded", finished["succeeded"]
     api.job(finished["succeeded"]["id"])  # a request on a templated route
     response = api.client.get("/metrics")
@@ -59,7 +60,8 @@ def test_prometheus_metrics_after_jobs_ran(api: Api, finished: dict[str, dict], 
     assert finished["succeeded"]["id"] not in text  # one series per route, not per job
     # It counts every owner's jobs: admins only.
     assert Api(api.base_url).client.get("/metrics").status_code == 401
-    assert Api(api.base_url, make_token(service_env, "metrics-user")).client.get("/metrics").status_code == 403
+    assert Api(api.base_url,
+               make_token(service_env, "metrics-user")).client.get("/metrics").status_code == 403
 
 
 def test_job_json_in_the_store_has_the_final_status(api: Api, finished: dict[str, dict],
@@ -80,11 +82,13 @@ def test_json_log_lines_carry_the_job_id(tmp_path: Path) -> None:
         assert api.wait_status(job["id"], {"succeeded", "failed"}, timeout=240)["status"] == "succeeded"
 
         def lines_of_the_job() -> list[dict]:
-            lines = [json.loads(line) for line in up.log_path.read_text().splitlines() if line.startswith("{")]
+            lines = [json.loads(line) for line in up.log_path.read_text().splitlines()
+                     if line.startswith("{")]
             return [line for line in lines if line.get("job_id") == job["id"]]
 
         # The API's line (submitted) and the worker's (the supervisor settling the attempt).
-        lines = wait_for(lambda: (found := lines_of_the_job()) and {"sagan_service.submit", "worker.supervisor"}
+        lines = wait_for(lambda: (found := lines_of_the_job())
+                         and {"sagan_service.submit", "worker.supervisor"}
                          <= {line["logger"] for line in found} and found, 30, "the job's log lines")
         assert all({"time", "level", "message", "process"} <= set(line) for line in lines)
         job_json = tmp_path / "home" / "artifacts" / "jobs" / job["id"] / "job.json"

@@ -1,5 +1,6 @@
-"""Trainings on Ray: a real local Ray head (CPU workers, gloo), a real `sagan api` and `sagan worker`, PostgreSQL,
-Redis and the S3 server. The worker here serves only the `ray` queue; the session's worker never takes these."""
+"""Trainings on Ray: a real local Ray head (CPU workers, gloo), a real `sagan api` and `sagan worker`,
+PostgreSQL, Redis and the S3 server. The worker here serves only the `ray` queue; the session's worker never
+takes these."""
 
 from __future__ import annotations
 
@@ -41,22 +42,23 @@ ray = pytest.importorskip("ray", reason="the `ray` extra (make install installs 
 # Two ranks on one machine: 2 CPUs for Ray Train's two workers (what `nodes: 2` asks of the cluster).
 RAY_CPUS = 2
 # debug32 on synthetic data, 2 × 1 process; a checkpoint every 3 steps, the last at step 6.
-CONFIG = {**TINY, "nodes": 2, "nproc": 1, "batch_size": 8, "steps": 6, "checkpoint_every": 3, "sample_every": 3,
-          "log_every": 1}
+CONFIG = {**TINY, "nodes": 2, "nproc": 1, "batch_size": 8, "steps": 6, "checkpoint_every": 3,
+          "sample_every": 3, "log_every": 1}
 TRAIN_PROCESSES = ("RayTrainWorker", "TrainController")
 
 
 @pytest.fixture(scope="module")
 def ray_head(service_env: dict[str, str]) -> Iterator[str]:
-    """`ray start --head --block` in a process group of its own; its Jobs API address. Its temp folder is short:
-    Ray's socket paths must fit in 107 bytes."""
+    """`ray start --head --block` in a process group of its own; its Jobs API address. Its temp folder is
+    short: Ray's socket paths must fit in 107 bytes."""
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     port, dashboard = free_port(), free_port()
     env = {**service_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "RAY_USAGE_STATS_ENABLED": "0"}
     with open(temp / "head.log", "wb") as log:
         head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                                 "--num-cpus", str(RAY_CPUS), "--port", str(port), "--dashboard-host", "127.0.0.1",
+                                 "--num-cpus", str(RAY_CPUS), "--port", str(port), "--dashboard-host",
+                                 "127.0.0.1",
                                  "--dashboard-port", str(dashboard), "--include-dashboard", "true",
                                  "--temp-dir", str(temp / "t")],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -101,7 +103,8 @@ def ray_api(ray_env: dict[str, str], tmp_service: Path) -> Iterator[Api]:
 
 @pytest.fixture(scope="module")
 def ray_worker(ray_env: dict[str, str], tmp_service: Path, ray_api: Api) -> Iterator[Service]:
-    worker = Service(["worker", "--queues", "ray", "--loglevel", "INFO"], ray_env, tmp_service / "worker-ray.log")
+    worker = Service(["worker", "--queues", "ray", "--loglevel", "INFO"], ray_env,
+                     tmp_service / "worker-ray.log")
     yield worker
     worker.stop()
 
@@ -121,8 +124,8 @@ def stored_checkpoint(api: Api, job_id: str, step: int) -> dict[str, Any]:
 
 def test_a_stopping_worker_hands_its_ray_job_back_with_a_checkpoint_and_the_next_worker_resumes_it(
         ray_api: Api, ray_env: dict[str, str], tmp_service: Path, ray_head: str) -> None:
-    # First in the module: its own workers only (the module's `ray_worker` does not exist yet). No checkpoint is
-    # due before the end: the one the job resumes from is the stop's own.
+    # First in the module: its own workers only (the module's `ray_worker` does not exist yet). No checkpoint
+    # is due before the end: the one the job resumes from is the stop's own.
     first = Service(["worker", "--queues", "ray"], ray_env, tmp_service / "worker-ray-first.log")
     try:
         job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 300, "checkpoint_every": 1000,
@@ -161,8 +164,8 @@ def test_a_job_larger_than_the_cluster_fails_saying_so_instead_of_waiting(
     finally:
         worker.stop()
     assert done["status"] == "failed"
-    assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within 10 s "
-                             f"(SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
+    assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within "
+                             f"10 s (SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
 
 
 def test_a_two_node_job_trains_on_ray_like_torchrun_and_stores_its_artifacts_from_rank_0(
@@ -180,7 +183,8 @@ def test_a_two_node_job_trains_on_ray_like_torchrun_and_stores_its_artifacts_fro
     # Rank 0 stored the grids, the metrics and the checkpoints (with their rows), on its own.
     assert [s["step"] for s in ray_api.client.get(f"/jobs/{job['id']}/samples").json()["items"]] == [3, 6]
     assert [c["step"] for c in ray_api.client.get(f"/jobs/{job['id']}/checkpoints").json()["items"]] == [3, 6]
-    assert [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == [1, 2, 3,
+                                                                                                     4, 5, 6]
     assert done["progress"]["step"] == 6
     log = s3_server.client().get_object(Bucket=BUCKET, Key=f"artifacts/jobs/{job['id']}/logs/attempt-1.log")
     assert "Started training worker group of size 2" in log["Body"].read().decode()  # Ray's log, as the job's
@@ -219,7 +223,8 @@ def test_a_killed_ray_worker_is_replaced_and_the_job_resumes_from_its_last_check
         ray_api: Api, ray_worker: Service, s3_server: S3Server) -> None:
     job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 400, "checkpoint_every": 20,
                                                       "sample_every": 1000, "log_every": 10}})
-    wait_for(lambda: (ray_api.job(job["id"])["latest_checkpoint_step"] or 0) >= 20, 300, "a stored checkpoint")
+    wait_for(lambda: (ray_api.job(job["id"])["latest_checkpoint_step"] or 0) >= 20, 300,
+             "a stored checkpoint")
     ranks = pids_mentioning("ray::RayTrainWorker")
     assert len(ranks) == 2, ranks
     os.kill(ranks[-1], signal.SIGKILL)
@@ -253,8 +258,10 @@ def test_a_lost_ray_job_is_a_new_attempt_that_resumes_from_the_last_stored_check
         ray_api: Api, ray_worker: Service, ray_head: str) -> None:
     job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 400, "checkpoint_every": 20,
                                                       "sample_every": 1000, "log_every": 10}})
-    wait_for(lambda: (ray_api.job(job["id"])["latest_checkpoint_step"] or 0) >= 20, 300, "a stored checkpoint")
-    # The driver killed as a lost node or head would take it: its Ray job ends without an exit status of its own.
+    wait_for(lambda: (ray_api.job(job["id"])["latest_checkpoint_step"] or 0) >= 20, 300,
+             "a stored checkpoint")
+    # The driver killed as a lost node or head would take it: its Ray job ends without an exit status of its
+    # own.
     for pid in pids_mentioning(f"worker.ray_job --job-id {job['id']}"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -262,6 +269,7 @@ def test_a_lost_ray_job_is_a_new_attempt_that_resumes_from_the_last_stored_check
     assert done["status"] == "succeeded", (done["error"], done["log_tail"])
     assert done["attempt"] == 2 and done["resumed_from_step"] >= 20, done
     assert sorted((info.submission_id, info.status) for info in ray_jobs_of(ray_head, job["id"])) == [
-        (f"sagan-{job['id']}-1", "FAILED"), (f"sagan-{job['id']}-2", "SUCCEEDED")]  # Ray lists in no set order
+        # Ray lists in no set order
+        (f"sagan-{job['id']}-1", "FAILED"), (f"sagan-{job['id']}-2", "SUCCEEDED")]
     steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
     assert steps == list(range(10, 401, 10))

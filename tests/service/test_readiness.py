@@ -46,7 +46,8 @@ def test_not_ready_without_the_store(stack_env: None, tmp_path: Path, s3_server:
     assert body == {"status": "unavailable", "database": "ok", "broker": "ok", "store": "unreachable"}
 
 
-def test_ready_on_a_fresh_install_whose_artifact_folder_does_not_exist_yet(stack_env: None, tmp_path: Path) -> None:
+def test_ready_on_a_fresh_install_whose_artifact_folder_does_not_exist_yet(stack_env: None,
+                                                                           tmp_path: Path) -> None:
     folder = tmp_path / "new" / "artifacts"
     status, body, _ = readiness(Settings(home=tmp_path, artifacts_url=folder.as_uri()))
     assert (status, body["store"]) == (200, "ok")
@@ -55,7 +56,8 @@ def test_ready_on_a_fresh_install_whose_artifact_folder_does_not_exist_yet(stack
 
 def test_not_ready_when_the_artifact_folder_cannot_be_created(stack_env: None, tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    status, body, _ = readiness(Settings(home=tmp_path, artifacts_url=(tmp_path / "a-file" / "artifacts").as_uri()))
+    status, body, _ = readiness(Settings(home=tmp_path,
+                                         artifacts_url=(tmp_path / "a-file" / "artifacts").as_uri()))
     assert (status, body["store"]) == (503, "not writable")
 
 

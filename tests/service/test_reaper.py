@@ -76,7 +76,8 @@ def stack(service_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     redis.Redis.from_url(REAPER_REDIS_URL).flushdb()
     env = {**service_env, "SAGAN_DATABASE_URL": database_url, "SAGAN_BROKER_URL": REAPER_REDIS_URL,
            "SAGAN_HOME": str(tmp_path / "home")}
-    subprocess.run([sys.executable, "-m", "sagan_core.cli", "db", "upgrade"], env=env, check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "sagan_core.cli", "db", "upgrade"], env=env, check=True,
+                   timeout=120)
     stack = Stack(env, tmp_path)
     yield stack
     stack.close()
@@ -138,7 +139,8 @@ def test_a_busy_workers_reaper_requeues_the_job_of_a_dead_worker(stack: Stack) -
     assert stack.job(waiting).status == "queued"
     os.killpg(worker_a.process.pid, 9)  # the worker and its own reaper, at once
     worker_a.process.wait()
-    requeued = wait_for(lambda: (job := stack.job(on_a)).status == "queued" and job, 60, "the dead worker's job "
+    requeued = wait_for(lambda: (job := stack.job(on_a)).status == "queued" and job, 60,
+                        "the dead worker's job "
                                                                                          "to be requeued")
     assert requeued.attempt == 1
     assert stack.job(long_on_b).status == "running"  # B is busy all along: its reaper process did it

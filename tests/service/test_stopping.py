@@ -43,9 +43,11 @@ def test_sigterm_to_a_worker_hands_its_job_back_at_once_with_a_checkpoint_where_
     done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=400)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 1 and done["resumed_from_step"] == stopped_at
-    assert [m["step"] for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 61))
+    assert [m["step"]
+            for m in api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]] == list(range(1, 61))
     # One log for the attempt, across the two workers.
-    attempt_log = s3_server.client().get_object(Bucket=BUCKET, Key=f"artifacts/jobs/{job['id']}/logs/attempt-1.log")
+    attempt_log = s3_server.client().get_object(Bucket=BUCKET,
+                                                Key=f"artifacts/jobs/{job['id']}/logs/attempt-1.log")
     assert f"stopped by SIGTERM at step {stopped_at}" in attempt_log["Body"].read().decode()
 
 

@@ -66,21 +66,24 @@ def test_a_replay_of_the_latest_checkpoint_matches_any_step(session: Session, se
                                                      per_class=None)
     assert (again.job.id, again.created) == (first.job.id, False)
     with pytest.raises(IdempotencyKeyReused):  # a step named is a step asked for
-        submitter(session, settings, "s").sample(job_id=source, step=4, n=8, seed=0, classes=None, per_class=None)
+        submitter(session, settings, "s").sample(job_id=source, step=4, n=8, seed=0, classes=None,
+                                                 per_class=None)
 
 
 def test_an_eval_job_takes_unset_values_from_its_source(session: Session, settings: Settings) -> None:
     source = submitter(session, settings).train({**TINY, "eval_n": 32, "eval_metrics": ["swd"]}).job.id
     jobs.record_artifact(session, job_id=source, kind="checkpoint", step=4, key="k4")
-    job = submitter(session, settings).evaluation(job_id=source, step=None, dataset=None, metrics=None, n=None).job
+    job = submitter(session, settings).evaluation(job_id=source, step=None, dataset=None, metrics=None,
+                                                  n=None).job
     assert jobs.get_job(session, job.id).spec == {
-        "job_id": source, "step": 4, "dataset": "synthetic", "metrics": ["swd"], "n": 32, "seed": 0, "imsize": 32,
+        "job_id": source, "step": 4, "dataset": "synthetic", "metrics": ["swd"], "n": 32, "seed": 0,
+                                                  "imsize": 32,
         "center_crop": None, "resize_mode": "squash"}
 
 
 def test_a_sweep_stores_the_request_and_one_config_per_child(session: Session, settings: Settings) -> None:
-    submitted = submitter(session, settings).sweep(base=TINY, axes={"g_lr": [1e-4, 2e-4]}, arms=None, study=None,
-                                                   seeds=None)
+    submitted = submitter(session, settings).sweep(base=TINY, axes={"g_lr": [1e-4, 2e-4]}, arms=None,
+                                                   study=None, seeds=None)
     assert jobs.get_job(session, submitted.job.id).spec == {"base": TINY, "axes": {"g_lr": [1e-4, 2e-4]},
                                                             "arms": None, "study": None, "seeds": None}
     assert [child.spec["g_lr"] for child in submitted.children or []] == [1e-4, 2e-4]
@@ -116,6 +119,8 @@ def test_a_data_set_source_is_checked_unless_it_was_uploaded(session: Session, s
     assert refused.value.field == "source"
     dataset, job = submitter(session, settings).dataset(dataset_id="b", name="n", imsizes=[32],
                                                         upload_key="datasets/b/source/upload.zip")
-    assert jobs.get_job(session, job.id).spec == {"dataset_id": "b", "source": "upload:datasets/b/source/upload.zip",
+    assert jobs.get_job(session, job.id).spec == {"dataset_id": "b",
+                                                  "source": "upload:datasets/b/source/upload.zip",
                                                   "imsizes": [32]}
-    assert (dataset.source, dataset.imsizes, job.queue) == ("upload:datasets/b/source/upload.zip", [32], "default")
+    assert (dataset.source, dataset.imsizes, job.queue) == ("upload:datasets/b/source/upload.zip", [32],
+                                                            "default")

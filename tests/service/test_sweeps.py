@@ -91,7 +91,8 @@ def test_a_two_arm_sweep_runs_its_children_and_stores_a_report(api: Api, workers
     for child in done["children"]:
         assert child["status"] == "succeeded" and child["progress"] == {"step": 10, "total_steps": 10}
         assert child["best_eval"]["metrics"]["swd"] > 0
-    assert sweep["id"] in [job["id"] for job in api.client.get("/jobs", params={"kind": "sweep"}).json()["items"]]
+    assert sweep["id"] in [job["id"]
+                           for job in api.client.get("/jobs", params={"kind": "sweep"}).json()["items"]]
 
     # The worker that finished the last child stored the report, before anyone asked for it.
     # (The figure is stored first, the page after it.)
@@ -172,12 +173,14 @@ def _job_count(database_url: str) -> int:
 
 
 @pytest.mark.parametrize(("body", "loc"), [
-    ({"base": TINY, "arms": [{"name": "ok", "config": {}}, {"name": "bad.arm", "config": {"d_norm": "layer"}}]},
+    ({"base": TINY,
+      "arms": [{"name": "ok", "config": {}}, {"name": "bad.arm", "config": {"d_norm": "layer"}}]},
      ["body", "arms", "bad.arm", "d_norm"]),
     ({"base": TINY, "axes": {"d_lr": [1e-4, -1]}}, ["body", "arms", "d_lr=-1", "d_lr"]),
     ({"base": TINY, "axes": {"d_nrom": ["batch"]}}, ["body", "axes", "d_nrom"]),
     ({"base": {**TINY, "dataset": "folder:/etc"}, "study": "attention"}, ["body", "base", "dataset"]),
-    ({"base": TINY, "arms": [{"name": "a", "config": {"dataset": "folder:/etc"}}]}, ["body", "arms", "a", "dataset"]),
+    ({"base": TINY, "arms": [{"name": "a", "config": {"dataset": "folder:/etc"}}]},
+     ["body", "arms", "a", "dataset"]),
     ({"base": TINY, "study": "attention", "seeds": list(range(17))}, ["body", "arms"]),  # 68 > 64
     ({"base": TINY, "study": "attention", "seeds": [0, 0]}, ["body", "seeds"]),
     ({"base": TINY, "study": "nope"}, ["body", "study"]),
@@ -196,7 +199,8 @@ def test_studies_are_listed(api: Api) -> None:
     assert set(studies) == {"normalization", "ttur", "attention", "attention128", "hyperparams"}
     arms = {arm["name"]: arm for arm in studies["ttur"]["arms"]}
     assert arms["equal-ncritic5"]["config"] == {"g_lr": 1e-4, "d_lr": 1e-4, "n_critic": 5}
-    assert arms["equal-ncritic5-matched"]["relative_to_steps"] == {"steps": 0.2}  # a fifth of the sweep's steps
+    # a fifth of the sweep's steps
+    assert arms["equal-ncritic5-matched"]["relative_to_steps"] == {"steps": 0.2}
     assert studies["attention128"]["base"] == "paper128"
 
 

@@ -41,7 +41,8 @@ def test_root_is_the_jobs_page(api: Api) -> None:
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert 'id="job-rows"' in response.text
     assert '<option>running</option>' in response.text and '<option>sample</option>' in response.text
-    assert api.client.get("/docs").status_code == 200  # the API docs stay where they were, linked from the page
+    # the API docs stay where they were, linked from the page
+    assert api.client.get("/docs").status_code == 200
 
 
 def test_submit_form_has_every_config_field_once_preset_and_dataset_first(api: Api) -> None:
@@ -67,7 +68,8 @@ def test_static_files_are_versioned_cached_and_gzipped(api: Api) -> None:
         packed = api.client.get(url, headers={"Accept-Encoding": "gzip"})
         assert packed.headers["content-encoding"] == "gzip"
         assert packed.content == plain.content  # httpx decodes it
-    plotly = api.client.get(next(url for url in assets if "plotly" in url), headers={"Accept-Encoding": "gzip"})
+    plotly = api.client.get(next(url for url in assets if "plotly" in url),
+                            headers={"Accept-Encoding": "gzip"})
     assert int(plotly.headers["content-length"]) < len(plotly.content) / 2  # 4.8 MB sent as about 1.4
     assert api.client.get("/ui/static/nothing.js").status_code == 404
 

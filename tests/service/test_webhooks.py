@@ -48,7 +48,8 @@ from tests.service.conftest import TINY, Api, start_up, wait_for
 SECRET = "test-webhook-secret"
 
 
-# ---- in-process: signatures, hosts, events, secrets ---------------------------------------------------------
+# ---- in-process: signatures, hosts, events, secrets
+# ---------------------------------------------------------
 
 def test_the_signature_is_hmac_sha256_of_the_body() -> None:
     body = b'{"id":"x.1","status":"running"}'
@@ -80,9 +81,12 @@ def test_only_listed_hosts_are_called_and_a_name_never_leads_to_a_private_addres
         with pytest.raises(TargetRefused, match="resolves to no address"):
             resolve_target("https://hooks.example.com/a", WebhookHosts.parse("hooks.example.com"),
                            resolving_to(inside))
-    # ...unless that address is listed itself; a public one is called at the checked address, not resolved again.
-    assert resolve_target("http://hooks.example.com/a", hosts, resolving_to("10.1.9.9")).url == "http://10.1.9.9:80/a"
-    target = resolve_target("https://hooks.example.com:8443/a?b=1", hosts, resolving_to("10.9.0.1", "93.184.216.34"))
+    # ...unless that address is listed itself; a public one is called at the checked address, not resolved
+    # again.
+    assert resolve_target("http://hooks.example.com/a", hosts,
+                          resolving_to("10.1.9.9")).url == "http://10.1.9.9:80/a"
+    target = resolve_target("https://hooks.example.com:8443/a?b=1", hosts,
+                            resolving_to("10.9.0.1", "93.184.216.34"))
     assert (target.url, target.host_header, target.server_name) == (
         "https://93.184.216.34:8443/a?b=1", "hooks.example.com:8443", "hooks.example.com")
     assert resolve_target("http://127.0.0.1:9000/x", hosts).url == "http://127.0.0.1:9000/x"
@@ -109,17 +113,20 @@ def events(session: Session, job_id: str) -> list[tuple[int, str, str]]:
 
 def test_each_status_change_is_recorded_once_per_url_in_its_transaction(session: Session) -> None:
     urls = ["http://127.0.0.1/a", "http://127.0.0.1/b"]
-    job, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=3,
-                             notify=urls)
-    plain, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=3)
+    job, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                             max_attempts=3, notify=urls)
+    plain, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                               max_attempts=3)
     assert events(session, job.id) == []  # being created is no change
     assert jobs.claim_job(session, job_id=job.id, worker_id="w", lease_seconds=30)
-    assert jobs.claim_job(session, job_id=job.id, worker_id="v", lease_seconds=30) is None  # no change: no event
+    assert jobs.claim_job(session, job_id=job.id, worker_id="v",
+                          lease_seconds=30) is None  # no change: no event
     assert jobs.hand_back(session, job_id=job.id, worker_id="w")
     assert jobs.claim_job(session, job_id=job.id, worker_id="v", lease_seconds=30)
     assert jobs.finish_job(session, job_id=job.id, worker_id="v", status="succeeded")
     statuses = ["running", "queued", "running", "succeeded"]
-    assert events(session, job.id) == [(n, status, url) for n, status in enumerate(statuses, 1) for url in urls]
+    assert events(session, job.id) == [(n, status, url)
+                                       for n, status in enumerate(statuses, 1) for url in urls]
     payload = json.loads(list_deliveries(session, job_id=job.id)[-1].payload)
     assert payload | {"occurred_at": None} == {
         "id": f"{job.id}.4", "type": "job.status", "job_id": job.id, "kind": "train", "status": "succeeded",
@@ -128,11 +135,11 @@ def test_each_status_change_is_recorded_once_per_url_in_its_transaction(session:
     jobs.claim_job(session, job_id=plain.id, worker_id="w", lease_seconds=30)
     assert session.query(WebhookDelivery).filter_by(job_id=plain.id).count() == 0
     # The reaper's and the cancel's changes too.
-    cancelled, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=1,
-                                   notify=urls[:1])
+    cancelled, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                                   max_attempts=1, notify=urls[:1])
     jobs.request_cancel(session, job_id=cancelled.id)
-    lost, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=1,
-                              notify=urls[:1])
+    lost, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                              max_attempts=1, notify=urls[:1])
     jobs.claim_job(session, job_id=lost.id, worker_id="w", lease_seconds=0.001)
     jobs.reap_expired_leases(session, now=jobs.utcnow() + timedelta(seconds=1))
     assert [status for _, status, _ in events(session, cancelled.id)] == ["cancelled"]
@@ -158,7 +165,8 @@ def test_each_owner_signs_with_its_own_secret(session: Session, tmp_path: Path) 
     alice, bob = owner_secret(session, "alice", settings), owner_secret(session, "bob", settings)
     assert alice and bob and alice != bob and len(alice) == 64
     assert owner_secret(session, "carol", settings) is None  # no token (revoked): nothing is signed for it
-    # SAGAN_AUTH=none's owner: SAGAN_WEBHOOK_SECRET, else a file made once, readable by the service's user only.
+    # SAGAN_AUTH=none's owner: SAGAN_WEBHOOK_SECRET, else a file made once, readable by the service's user
+    # only.
     assert owner_secret(session, "local", Settings(home=tmp_path, webhook_secret=SecretStr("s"))) == "s"
     local = owner_secret(session, "local", settings)
     assert local == owner_secret(session, "local", settings) and len(local) == 64
@@ -183,7 +191,8 @@ def test_sagan_token_secret_shows_it(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert run_token_secret(Namespace(name="nobody")) == 1
 
 
-# ---- a real service and a receiver ----------------------------------------------------------------------------
+# ---- a real service and a receiver
+# ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Received:
@@ -236,14 +245,15 @@ class Receiver:
             return list(self.received)
 
 
-def test_the_sender_checks_the_host_again_and_gives_up_after_the_attempts(session: Session, tmp_path: Path) -> None:
+def test_the_sender_checks_the_host_again_and_gives_up_after_the_attempts(session: Session,
+                                                                          tmp_path: Path) -> None:
     receiver = Receiver(fail_first={"/down": 99})
     urls = [receiver.url("/down"), "http://10.0.0.1/x"]  # the second's host is no longer allowed
-    job, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default", max_attempts=3,
-                             notify=urls)
+    job, _ = jobs.create_job(session, kind="train", spec=make_config(steps=10), queue="default",
+                             max_attempts=3, notify=urls)
     jobs.claim_job(session, job_id=job.id, worker_id="w", lease_seconds=30)
-    settings = Settings(home=tmp_path, webhook_hosts="127.0.0.1", webhook_attempts=2, webhook_backoff_seconds=0.01,
-                        webhook_secret=SecretStr(SECRET))
+    settings = Settings(home=tmp_path, webhook_hosts="127.0.0.1", webhook_attempts=2,
+                        webhook_backoff_seconds=0.01, webhook_secret=SecretStr(SECRET))
     sessions = make_session_factory(session.get_bind())
 
     def settled() -> list[tuple]:
@@ -254,7 +264,8 @@ def test_the_sender_checks_the_host_again_and_gives_up_after_the_attempts(sessio
         return [(row.url, row.attempts, row.answer_code, row.answer) for row in rows
                 if row.next_attempt_at is None] if all(row.next_attempt_at is None for row in rows) else []
 
-    given_up = {url: rest for url, *rest in wait_for(settled, 10, "both deliveries to be given up", interval=0.02)}
+    given_up = {url: rest
+                for url, *rest in wait_for(settled, 10, "both deliveries to be given up", interval=0.02)}
     assert given_up[urls[0]] == [2, 500, "no"]
     assert given_up[urls[1]][:2] == [2, None] and "not one this service calls" in given_up[urls[1]][2]
     assert [r.code for r in receiver.received] == [500, 500]
@@ -273,12 +284,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 def test_events_arrive_signed_in_status_order_and_a_failed_delivery_is_retried(service: Api) -> None:
     receiver = Receiver(fail_first={"/flaky": 1})
     urls = [receiver.url("/flaky"), receiver.url("/ok")]
-    job = service.submit({"kind": "train", "config": {**TINY, "steps": 4}, "notify": [{"url": url} for url in urls]})
+    job = service.submit({"kind": "train", "config": {**TINY, "steps": 4},
+                          "notify": [{"url": url} for url in urls]})
     # A receiver answering 500 holds up no job: it succeeds as usual.
-    assert service.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=180)["status"] == "succeeded"
+    assert service.wait_status(job["id"], {"succeeded", "failed", "cancelled"},
+                               timeout=180)["status"] == "succeeded"
 
     def finished(path: str) -> Callable[[list[Received]], bool]:
-        return lambda got: any(r.path == path and r.code == 200 and r.event["status"] == "succeeded" for r in got)
+        return lambda got: any(r.path == path and r.code == 200 and r.event["status"] == "succeeded"
+                               for r in got)
 
     receiver.wait_for(finished("/ok"), timeout=30)
     received = receiver.wait_for(finished("/flaky"), timeout=30)
@@ -288,19 +302,23 @@ def test_events_arrive_signed_in_status_order_and_a_failed_delivery_is_retried(s
         assert request.headers["Content-Type"] == "application/json"
         assert request.event["job_id"] == job["id"]
     ok = [r for r in received if r.path == "/ok"]
-    assert [(r.event["sequence"], r.event["status"], r.code) for r in ok] == [(1, "running", 200), (2, "succeeded", 200)]
+    assert [(r.event["sequence"], r.event["status"], r.code) for r in ok] == [(1, "running", 200),
+                                                                              (2, "succeeded", 200)]
     # The first attempt got a 500: the same event (same id and bytes) again, and only then the next one.
     tries = [r for r in received if r.path == "/flaky"]
-    assert [(r.event["status"], r.code) for r in tries] == [("running", 500), ("running", 200), ("succeeded", 200)]
+    assert [(r.event["status"], r.code) for r in tries] == [("running", 500), ("running", 200),
+                                                            ("succeeded", 200)]
     assert tries[0].body == tries[1].body and tries[0].event["id"] == f"{job['id']}.1"
 
     def deliveries() -> list[tuple]:
         response = service.client.get(f"/jobs/{job['id']}/deliveries")
         assert response.status_code == 200, response.text
-        return [(d["sequence"], d["status"], d["url"], d["state"], d["attempts"], d["answer_code"], d["answer"])
+        return [(d["sequence"], d["status"], d["url"], d["state"], d["attempts"], d["answer_code"],
+                 d["answer"])
                 for d in response.json()["items"]]
 
-    expected = [(1, "running", urls[0], "delivered", 2, 200, "ok"), (1, "running", urls[1], "delivered", 1, 200, "ok"),
+    expected = [(1, "running", urls[0], "delivered", 2, 200, "ok"),
+                (1, "running", urls[1], "delivered", 1, 200, "ok"),
                 (2, "succeeded", urls[0], "delivered", 1, 200, "ok"),
                 (2, "succeeded", urls[1], "delivered", 1, 200, "ok")]
     wait_for(lambda: deliveries() == expected, 10, "the answers recorded")  # just after the receiver answered
@@ -312,12 +330,14 @@ def test_events_arrive_signed_in_status_order_and_a_failed_delivery_is_retried(s
 def test_a_notify_url_on_a_host_not_allowed_is_a_422_naming_it(service: Api) -> None:
     allowed = "http://127.0.0.1:9/hook"
     for url, why in (("http://169.254.169.254/latest/meta-data", "not one this service calls"),
-                     ("http://localhost:9/hook", "not one this service calls"), ("file:///etc/passwd", "http")):
+                     ("http://localhost:9/hook", "not one this service calls"),
+                     ("file:///etc/passwd", "http")):
         body = {"kind": "train", "config": TINY, "notify": [{"url": allowed}, {"url": url}]}
         response = service.client.post("/jobs", json=body)
         assert response.status_code == 422, response.text
         (detail,) = response.json()["detail"]
         assert detail["loc"] == ["body", "notify", "1", "url"] and why in detail["msg"], detail
     # Not a URL string at all: pydantic's own 422, on the same field.
-    response = service.client.post("/jobs", json={"kind": "sample", "source": {"job_id": "x"}, "notify": [{"url": 5}]})
+    response = service.client.post("/jobs",
+                                   json={"kind": "sample", "source": {"job_id": "x"}, "notify": [{"url": 5}]})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][-3:] == ["notify", 0, "url"]

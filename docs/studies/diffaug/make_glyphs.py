@@ -23,7 +23,8 @@ def glyph(font: ImageFont.FreeTypeFont, character: str) -> Image.Image:
     image = Image.new("L", (big, big), 255)
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = draw.textbbox((0, 0), character, font=font)
-    draw.text(((big - (right - left)) / 2 - left, (big - (bottom - top)) / 2 - top), character, font=font, fill=0)
+    draw.text(((big - (right - left)) / 2 - left, (big - (bottom - top)) / 2 - top), character, font=font,
+              fill=0)
     return image.resize((SIZE, SIZE), Image.LANCZOS).convert("RGB")
 
 

@@ -28,7 +28,8 @@ def upgrade() -> None:
         sa.Column("bad_images", sa.JSON(), nullable=True),
         sa.Column("imsizes", sa.JSON(), nullable=True),
         sa.Column("size_bytes", sa.BigInteger(), nullable=True),
-        sa.Column("job_id", sa.String(length=36), sa.ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True),
+        sa.Column("job_id", sa.String(length=36), sa.ForeignKey("jobs.id", ondelete="SET NULL"),
+                  nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )

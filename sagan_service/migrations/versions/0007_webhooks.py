@@ -24,14 +24,15 @@ def upgrade() -> None:
     tokens = sa.table("api_tokens", sa.column("name", sa.String), sa.column("webhook_secret", sa.String))
     connection = op.get_bind()
     for (name,) in connection.execute(sa.select(tokens.c.name)).all():  # every existing token gets its own
-        connection.execute(tokens.update().where(tokens.c.name == name).values(webhook_secret=secrets.token_hex(32)))
+        connection.execute(tokens.update().where(tokens.c.name == name)
+                           .values(webhook_secret=secrets.token_hex(32)))
     with op.batch_alter_table("api_tokens") as batch:
         batch.alter_column("webhook_secret", existing_type=sa.String(length=64), nullable=False)
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("job_id", sa.String(length=36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False,
-                  index=True),
+        sa.Column("job_id", sa.String(length=36), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+                  nullable=False, index=True),
         sa.Column("url", sa.String(length=2048), nullable=False),
         sa.Column("sequence", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),

@@ -1,4 +1,5 @@
-"""continued_from: a train job that continues another one's training, from its checkpoint at continued_from_step
+"""continued_from: a train job that continues another one's training, from its checkpoint at
+continued_from_step
 
 Revision ID: 0008
 Revises: 0007
@@ -18,7 +19,8 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("continued_from", sa.String(length=36), nullable=True))
         batch.add_column(sa.Column("continued_from_step", sa.Integer(), nullable=True))
-        batch.create_foreign_key("fk_jobs_continued_from", "jobs", ["continued_from"], ["id"], ondelete="SET NULL")
+        batch.create_foreign_key("fk_jobs_continued_from", "jobs", ["continued_from"], ["id"],
+                                 ondelete="SET NULL")
         # The job page lists a job's continuations.
         batch.create_index("ix_jobs_continued_from", ["continued_from"])
 
