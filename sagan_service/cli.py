@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                   "(the API and every worker already run one)")
     reaper.set_defaults(func=run_reaper_command)
 
-    token = subparsers.add_parser("token", help="manage API tokens (README: Security)")
+    token = subparsers.add_parser("token", help="manage API tokens (docs/security.md)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create", help="create a token and print it (once: only its hash is kept)")
     create.add_argument("--name", required=True, help="who it is for; the owner of the jobs it submits")
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                       "SAGAN_TOKEN_CACHE_SECONDS)")
     revoke.add_argument("name")
     revoke.set_defaults(func=run_token_revoke)
-    secret = token_commands.add_parser("secret", help="print the secret that signs NAME's webhooks (README: "
+    secret = token_commands.add_parser("secret", help="print the secret that signs NAME's webhooks (docs/service.md: "
                                                       "Webhooks); `local`: SAGAN_AUTH=none's")
     secret.add_argument("name")
     secret.set_defaults(func=run_token_secret)
