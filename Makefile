@@ -22,7 +22,8 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q
+	# Two test processes (one per core here), each file's tests in one of them (module fixtures stay shared).
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(PY) bench/train_step.py --preset seed64 --batch-size 64 --steps 3

@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             else {"docs_url": None, "redoc_url": None, "openapi_url": None})
     app = FastAPI(title="SAGAN job service", version="0.1.0", lifespan=lifespan, **docs,
                   description="Submit SAGAN training and sampling jobs; follow their progress and artifacts. "
-                              "Send `Authorization: Bearer <token>` (README: Security).")
+                              "Send `Authorization: Bearer <token>` (docs/security.md).")
     authenticated = [Depends(get_principal)]  # a 401 unless SAGAN_AUTH=none
     app.include_router(health.router)  # open: load balancers and orchestrators probe it
     app.include_router(job_routes.router, dependencies=[*authenticated, Depends(job_log_context)])

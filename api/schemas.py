@@ -32,8 +32,8 @@ class WebhookTarget(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     url: str = Field(max_length=2048,
-                     description="http(s) URL on a host SAGAN_WEBHOOK_HOSTS lists; each status "
-                                                  "change is POSTed to it, signed (README: Webhooks)")
+                     description="http(s) URL on a host SAGAN_WEBHOOK_HOSTS lists; each status change is "
+                                 "POSTed to it, signed (docs/service.md: Webhooks)")
 
 
 class JobOptions(BaseModel):

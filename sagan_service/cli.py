@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                   "(the API and every worker already run one)")
     reaper.set_defaults(func=run_reaper_command)
 
-    token = subparsers.add_parser("token", help="manage API tokens (README: Security)")
+    token = subparsers.add_parser("token", help="manage API tokens (docs/security.md)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create",
                                        help="create a token and print it (once: only its hash is kept)")
@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                       "SAGAN_TOKEN_CACHE_SECONDS)")
     revoke.add_argument("name")
     revoke.set_defaults(func=run_token_revoke)
-    secret = token_commands.add_parser("secret", help="print the secret that signs NAME's webhooks (README: "
-                                                      "Webhooks); `local`: SAGAN_AUTH=none's")
+    secret = token_commands.add_parser("secret", help="print the secret that signs NAME's webhooks "
+                                                      "(docs/service.md: Webhooks); `local`: SAGAN_AUTH=none's")
     secret.add_argument("name")
     secret.set_defaults(func=run_token_secret)
 

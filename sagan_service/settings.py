@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     ray_placement_timeout_seconds: float = Field(600.0, gt=0)
 
 
-    # Security (README: Security). `tokens`: every request but /healthz, /readyz and the HTML shells needs
+    # Security (docs/security.md). `tokens`: every request but /healthz, /readyz and the HTML shells needs
     # `Authorization: Bearer <token>` (sagan token create); `none`: no checks, every job is owned by
     # "local" (what `sagan up` uses on a loopback address).
     auth: Literal["tokens", "none"] = "tokens"
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     # Request bodies over this many bytes get 413.
     max_body_bytes: int = Field(1_000_000, ge=1024)
 
-    # Limits on what one POST /jobs may ask for (README: Security); 422 names the limit and the field.
+    # Limits on what one POST /jobs may ask for (docs/security.md); 422 names the limit and the field.
     max_conv_dim: int = Field(512, ge=8)  # g_conv_dim, d_conv_dim
     max_z_dim: int = Field(1024, ge=1)
     # The devices a worker has: nproc may not exceed it (a job asking for more would never start).
@@ -127,9 +127,10 @@ class Settings(BaseSettings):
     max_dataset_files: int = Field(2_000_000, ge=1)
     max_compression_ratio: float = Field(100.0, gt=1)
 
-    # Webhooks (README: Webhooks): comma-separated host names, IP addresses or networks (10.0.0.0/8) that a
-    # job's notify URLs may name; empty: a job with `notify` is refused. A listed name that resolves to a
-    # private or loopback address is reached only where that address (or its network) is listed too.
+    # Webhooks (docs/service.md: Webhooks): comma-separated host names, IP addresses or networks
+    # (10.0.0.0/8) that a job's notify URLs may name; empty: a job with `notify` is refused. A listed name
+    # that resolves to a private or loopback address is reached only where that address (or its network)
+    # is listed too.
     webhook_hosts: str = ""
     # Signs the webhooks of owner "local" (SAGAN_AUTH=none); unset: one generated into
     # SAGAN_HOME/webhook-secret. Token owners' secrets are in api_tokens (`sagan token secret NAME`).

@@ -310,8 +310,8 @@ def test_workers_find_the_inception_weights_in_the_models_folder() -> None:
         assert service_env(name)["SAGAN_INCEPTION_WEIGHTS"] == f"/models/{FILE_NAME}", name
     assert "SAGAN_INCEPTION_WEIGHTS" not in service_env("api")  # the API never evaluates
     assert "models" in (ROOT / ".dockerignore").read_text().split()  # the weights stay out of the images
-    readme = (ROOT / "README.md").read_text().split("## Run the full stack", 1)[1]
-    assert f"models/{FILE_NAME}" in readme
+    guide = (ROOT / "docs" / "service.md").read_text().split("## Run the full stack", 1)[1]
+    assert f"models/{FILE_NAME}" in guide
 
 
 def test_port_map() -> None:
@@ -429,7 +429,7 @@ def test_ray_guide_names_real_settings_and_the_profile() -> None:
     assert {"SAGAN_LAUNCHER", "SAGAN_RAY_ADDRESS", "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS"} <= named
     assert named <= fields, f"docs/ray.md names settings that do not exist: {sorted(named - fields)}"
     assert "docker compose --profile ray up" in guide
-    assert "docs/ray.md" in (ROOT / "README.md").read_text().split("## Run the full stack", 1)[1]
+    assert "(ray.md)" in (ROOT / "docs" / "service.md").read_text().split("## Run the full stack", 1)[1]
 
 
 # -- Dockerfiles ---------------------------------------------------------------------------------
@@ -558,10 +558,10 @@ def test_dockerignore_keeps_secrets_and_junk_out_but_not_what_the_images_copy() 
                     assert (ROOT / source).exists() and not ignored(source), f"{path.name}: COPY {source}"
 
 
-def test_readme_explains_the_stack() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "## Run the full stack" in readme
-    section = readme.split("## Run the full stack", 1)[1]
+def test_the_service_guide_explains_the_stack() -> None:
+    guide = (ROOT / "docs" / "service.md").read_text()
+    assert "## Run the full stack" in guide
+    section = guide.split("## Run the full stack", 1)[1]
     for needle in ("cp .env.example .env", "docker compose up -d", "http://localhost:8000/docs",
                    "http://localhost:9001", "MINIO_ROOT_PASSWORD", "POST", "/samples/latest",
                    "--profile cpu", "--no-deps worker", "POSTGRES_HOST", "no Docker engine"):

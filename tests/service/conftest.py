@@ -24,8 +24,12 @@ import pytest
 from tests.conftest import subprocess_env
 
 PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
-# Engineers running service tests side by side give each run its own Redis database.
-REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('SAGAN_TEST_REDIS_DB', '5')}"
+# Engineers running service tests side by side give each run its own Redis database (SAGAN_TEST_REDIS_DB);
+# within a run, each pytest-xdist worker (gw0, gw1, ...) takes its own two: this one and the next, which
+# test_reaper's stack uses.
+REDIS_DB = int(os.environ.get("SAGAN_TEST_REDIS_DB", "5")) + 2 * int(
+    os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 BUCKET = "sagan-test"
 # Short leases so a killed worker's job is requeued within seconds.
 # A dependency that failed is refused for 1 s, not 10: tests that end an outage read again at once.

@@ -1,7 +1,7 @@
 """The web pages in a real browser (Debian's headless Chromium driven by Playwright) against a real
 `sagan up`: submit through the form, watch a job train, move the step slider, open a chart, sample from
 a checkpoint, cancel, and see a 422 beside the field at fault. Each page's screenshot is saved under
-docs/screenshots/ (the README shows the job page's)."""
+docs/screenshots/ (the README shows the jobs, job and sweep pages)."""
 
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ def test_an_outage_past_the_window_fails_the_job_naming_the_store(
         with s3_server.down():
             done = api.wait_status(job["id"], {"succeeded", "failed"}, timeout=150)
         assert done["status"] == "failed" and done["attempt"] == 1, done
-        # Named in plain words; the endpoint is internal (README: Security), so the public error hides it.
+        # Named in plain words; the endpoint is internal (docs/security.md), so the public error hides it.
         assert re.fullmatch(rf"the artifact store \(S3 at <internal address>, bucket {BUCKET}\) "
                             r"was unreachable for [34] s", done["error"]), done["error"]
         wait_for(lambda: not pids_mentioning(job["id"]), 20, "the training processes to exit")

@@ -1,5 +1,5 @@
-"""Live logs (README: Live logs): GET /jobs/{id}/logs, followed while a job runs, across a `sagan api` and a
-`sagan worker` in separate processes (PostgreSQL, Redis, moto S3) and in the embedded `sagan up`; earlier
+"""Live logs (docs/service.md: Live logs): GET /jobs/{id}/logs, followed while a job runs, across a
+`sagan api` and a `sagan worker` in separate processes (PostgreSQL, Redis, moto S3) and in the embedded `sagan up`; earlier
 attempts; secrets redacted before a log is stored and before it is served; `sagan jobs logs -f`."""
 
 from __future__ import annotations

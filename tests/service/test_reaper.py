@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,15 @@ def test_a_job_waiting_in_the_queue_is_not_sent_twice(stack: Stack) -> None:
     """The reaper looks into the queues: a job merely waiting its turn is left alone, however long."""
     stack.worker("--queues", "cpu")  # nobody serves the gpu queue
     job_id = stack.submit({"device": "cuda"})
-    assert stack.job(job_id).queue == "gpu"
-    time.sleep(4 * float(FAST_TIMINGS["SAGAN_REDISPATCH_SECONDS"]))
+    created = stack.job(job_id)
+    assert created.queue == "gpu"
+    # The reaper stamps a job whose message it sees (dispatched_at) and resends one whose stamp is older than
+    # SAGAN_REDISPATCH_SECONDS: once it has stamped the job a pass after that age, it saw the message when
+    # it would otherwise have resent it.
+    overdue = created.dispatched_at + timedelta(seconds=float(FAST_TIMINGS["SAGAN_REDISPATCH_SECONDS"])
+                                                + float(FAST_TIMINGS["SAGAN_REAPER_SECONDS"]))
+    wait_for(lambda: stack.job(job_id).dispatched_at > overdue, 60,
+             "the reaper to see the message past its age")
     assert messages_for(job_id, "gpu") == 1
     assert stack.job(job_id).status == "queued"
 
