@@ -51,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                       "SAGAN_TOKEN_CACHE_SECONDS)")
     revoke.add_argument("name")
     revoke.set_defaults(func=run_token_revoke)
-    secret = token_commands.add_parser("secret", help="print the secret that signs NAME's webhooks "
-                                                      "(docs/service.md: Webhooks); `local`: SAGAN_AUTH=none's")
+    secret = token_commands.add_parser(
+        "secret", help="print the secret that signs NAME's webhooks (docs/service.md: Webhooks); `local`: "
+                       "SAGAN_AUTH=none's")
     secret.add_argument("name")
     secret.set_defaults(func=run_token_secret)
 

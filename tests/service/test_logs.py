@@ -1,6 +1,7 @@
 """Live logs (docs/service.md: Live logs): GET /jobs/{id}/logs, followed while a job runs, across a
-`sagan api` and a `sagan worker` in separate processes (PostgreSQL, Redis, moto S3) and in the embedded `sagan up`; earlier
-attempts; secrets redacted before a log is stored and before it is served; `sagan jobs logs -f`."""
+`sagan api` and a `sagan worker` in separate processes (PostgreSQL, Redis, moto S3) and in the embedded
+`sagan up`; earlier attempts; secrets redacted before a log is stored and before it is served;
+`sagan jobs logs -f`."""
 
 from __future__ import annotations
 
