@@ -89,9 +89,11 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def ray_env(service_env: dict[str, str], ray_head: str) -> dict[str, str]:
-    # A lost Ray job's workers may take tens of seconds to go (its next attempt waits for their CPUs).
+    # A lost Ray job's workers may take tens of seconds to go (its next attempt waits for their CPUs). A Ray
+    # training takes both CPUs: the session's 4 s lease was lost to a starved heartbeat while another test
+    # process trained beside it.
     return {**service_env, "SAGAN_RAY_ADDRESS": ray_head, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "120",
-            "SAGAN_SHUTDOWN_SECONDS": "30"}
+            "SAGAN_SHUTDOWN_SECONDS": "30", "SAGAN_LEASE_SECONDS": "15"}
 
 
 @pytest.fixture(scope="module")
