@@ -158,7 +158,7 @@ def test_a_later_attempt_continues_the_run_without_sending_a_step_twice(mlflow_u
 
     @contextmanager
     def sessions() -> Iterator[SimpleNamespace]:
-        yield SimpleNamespace(get=lambda _model, _id: SimpleNamespace(status=status["now"]))
+        yield SimpleNamespace(get_one=lambda _model, _id: SimpleNamespace(status=status["now"]))
 
     def attempt(run_dir: Path, steps: range, resumed_from_step: int | None) -> None:
         run_dir.mkdir()
