@@ -508,11 +508,12 @@ def fail_queued_sweep(session: Session, *, job_id: str, error: str) -> None:
     settle_sweep(session, job_id=job_id)
 
 
-def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
-    """running -> queued for the lease owner whose worker is stopping; False if the job was taken away.
+def hand_back(session: Session, *, job_id: str, worker_id: str) -> str | None:
+    """running -> queued for the lease owner whose worker is stopping. The new status ("queued", or
+    "cancelled" for a job flagged for cancelling meanwhile), or None if the job was taken away.
 
     The attempt does not count (the next claim gives it the same number again) and the next attempt
-    resumes from the latest committed checkpoint. A job flagged for cancelling is cancelled instead.
+    resumes from the latest committed checkpoint.
     """
     now = utcnow()
     cancel = Job.cancel_requested.is_(True)
@@ -523,12 +524,13 @@ def hand_back(session: Session, *, job_id: str, worker_id: str) -> bool:
                 attempt=case((cancel, Job.attempt), else_=Job.attempt - 1),
                 finished_at=case((cancel, now), else_=None),
                 lease_owner=None, lease_expires_at=None, dispatched_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
+        .returning(Job.status).execution_options(synchronize_session=False)
     )
+    new_status = result.scalar_one_or_none()
     record_status_changes(session, Job.id == job_id)
     session.commit()
     _settle_parents(session, [job_id])
-    return rows_matched(result) == 1
+    return new_status
 
 
 def retry_lost(session: Session, *, job_id: str, worker_id: str, error: str) -> str | None:

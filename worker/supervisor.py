@@ -161,6 +161,7 @@ class Attempt:
         self.stopping_since: float | None = None  # when the graceful stop began
         self.launched_at = 0.0
         self.out_of_time = False  # stopped for running past SAGAN_MAX_RUN_SECONDS
+        self.killed_overdue = False  # a graceful stop that took too long: killed, no checkpoint of its own
 
     def run(self) -> str | None:
         try:
@@ -390,6 +391,7 @@ class Attempt:
                             "to the queue", self.job.id)
         if time.monotonic() - self.stopping_since > self.settings.shutdown_seconds * 2 / 3:
             log.warning("job %s: the training did not stop in time; killing it", self.job.id)
+            self.killed_overdue = True
             self.stop()
             return
         self.launcher.ask_to_stop()
@@ -468,9 +470,8 @@ class Attempt:
         or None if the row could not be or was no longer ours to settle."""
         def transition() -> str | None:
             with self.sessions() as session:
-                if status == HANDED_BACK:
-                    return status if jobs.hand_back(session, job_id=self.job.id,
-                                                    worker_id=self.worker_id) else None
+                if status == HANDED_BACK:  # or cancelled, if a cancel came after the last heartbeat
+                    return jobs.hand_back(session, job_id=self.job.id, worker_id=self.worker_id)
                 if status == LOST:
                     return jobs.retry_lost(session, job_id=self.job.id, worker_id=self.worker_id,
                                            error=error or "")
@@ -489,8 +490,8 @@ class Attempt:
         if not settled:
             log.warning("job %s: lease lost before the end; its new owner settles it", self.job.id)
             return None
-        log.info("job %s attempt %d: %s%s", self.job.id, self.job.attempt, status,
-                 f" ({error}), now {settled}" if status == LOST else "")
+        log.info("job %s attempt %d: %s%s%s", self.job.id, self.job.attempt, status,
+                 f" ({error})" if status == LOST else "", f", now {settled}" if settled != status else "")
         self.publish_record()
         return settled
 
@@ -511,7 +512,8 @@ class Attempt:
 
     def failure_reason(self) -> str:
         if self.out_of_time:
-            kept = "; it saved a checkpoint where it stopped" if self.job.kind == "train" else ""
+            kept = ("" if self.job.kind != "train" else "; it did not stop in time and was killed"
+                    if self.killed_overdue else "; it saved a checkpoint where it stopped")
             return (f"stopped after the maximum run time of {self.settings.max_run_seconds:g} s "
                     f"(SAGAN_MAX_RUN_SECONDS){kept}")
         lines = [line for line in self.log_lines() if line.strip()]

@@ -186,15 +186,15 @@ def test_hand_back_requeues_without_counting_the_attempt(session: Session) -> No
     job_id = new_job(session)
     jobs.claim_job(session, job_id=job_id, worker_id="a", lease_seconds=30)
     jobs.record_artifact(session, job_id=job_id, kind="checkpoint", step=7, key="k7")
-    assert not jobs.hand_back(session, job_id=job_id, worker_id="b")  # only the lease owner
-    assert jobs.hand_back(session, job_id=job_id, worker_id="a")
+    assert jobs.hand_back(session, job_id=job_id, worker_id="b") is None  # only the lease owner
+    assert jobs.hand_back(session, job_id=job_id, worker_id="a") == "queued"
     job = jobs.get_job(session, job_id)
     session.refresh(job)
     assert (job.status, job.attempt, job.lease_owner) == ("queued", 0, None)
     again = jobs.claim_job(session, job_id=job_id, worker_id="b", lease_seconds=30)
     assert (again.attempt, again.resumed_from_step) == (1, 7)
     jobs.request_cancel(session, job_id=job_id)
-    assert jobs.hand_back(session, job_id=job_id, worker_id="b")  # flagged: cancelled, not queued
+    assert jobs.hand_back(session, job_id=job_id, worker_id="b") == "cancelled"  # flagged
     session.refresh(job)
     assert job.status == "cancelled" and job.finished_at is not None
 

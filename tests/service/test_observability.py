@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,42 +22,56 @@ from tests.service.conftest import (
 )
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of the sample `name{labels...}` (labels in any order; others may be there too)."""
+def metric(text: str, name: str, default: float | None = None, **labels: str) -> float:
+    """The value of the sample `name{labels...}` (labels in any order; others may be there too); `default` if
+    there is none (else an AssertionError)."""
     for line in text.splitlines():
         match = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
         if match and match.group(1) == name:
             have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
             if all(have.get(key) == value for key, value in labels.items()):
                 return float(match.group(3))
+    if default is not None:
+        return default
     raise AssertionError(f"no sample {name}{labels} in /metrics")
 
 
 @pytest.fixture(scope="module")
-def finished(api: Api, workers: Workers, service_env: dict[str, str]) -> dict[str, dict]:
-    """A succeeded training job and one that failed (a folder with no images)."""
+def finished(api: Api, workers: Workers, service_env: dict[str, str]) -> dict[str, Any]:
+    """A succeeded training job and one that failed (a folder with no images); /metrics before them."""
     empty = Path(service_env["SAGAN_DATA_ROOTS"]) / "still-empty"
     empty.mkdir(exist_ok=True)
+    # The database and the API are the session's: other tests' jobs are in the figures too, so the metrics
+    # test reads what changed from here.
+    before = api.client.get("/metrics").text
     good = api.submit({"kind": "train", "config": TINY})
     bad = api.submit({"kind": "train", "config": {**TINY, "dataset": f"folder:{empty}"}})
     return {"succeeded": api.wait_status(good["id"], {"succeeded", "failed"}, timeout=240),
-            "failed": api.wait_status(bad["id"], {"failed"}, timeout=240)}
+            "failed": api.wait_status(bad["id"], {"failed"}, timeout=240), "metrics_before": before}
 
 
-def test_prometheus_metrics_after_jobs_ran(api: Api, finished: dict[str, dict],
+def test_prometheus_metrics_after_jobs_ran(api: Api, finished: dict[str, Any],
                                            service_env: dict[str, str]) -> None:
     assert finished["succeeded"]["status"] == "succeeded", finished["succeeded"]
+    route = {"method": "GET", "route": "/jobs/{job_id}", "status": "200"}
+    requests_before = metric(api.client.get("/metrics").text, "sagan_http_request_duration_seconds_count",
+                             **route)
     api.job(finished["succeeded"]["id"])  # a request on a templated route
     response = api.client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    text = response.text
-    assert metric(text, "sagan_jobs", status="succeeded", kind="train", queue="cpu") >= 1
-    assert metric(text, "sagan_job_run_seconds_count", kind="train") >= 2
-    assert metric(text, "sagan_job_queue_wait_seconds_count", kind="train") >= 2
-    assert metric(text, "sagan_job_queue_wait_seconds_bucket", kind="train", le="+Inf") >= 2
-    assert metric(text, "sagan_job_failures", cause="training") >= 1
-    assert metric(text, "sagan_http_request_duration_seconds_count", method="GET", route="/jobs/{job_id}",
-                  status="200") >= 1
+    text, before = response.text, finished["metrics_before"]
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(text, name, **labels) - metric(before, name, **labels, default=0)
+
+    # At least: a job of another test may have ended meanwhile.
+    assert grew("sagan_jobs", status="succeeded", kind="train", queue="cpu") >= 1
+    assert grew("sagan_job_run_seconds_count", kind="train") >= 2
+    assert grew("sagan_job_queue_wait_seconds_count", kind="train") >= 2
+    assert grew("sagan_job_queue_wait_seconds_bucket", kind="train", le="+Inf") >= 2
+    assert grew("sagan_job_failures", cause="training") >= 1
+    # Exactly: this API process answered no other request on that route in between.
+    assert metric(text, "sagan_http_request_duration_seconds_count", **route) == requests_before + 1
     assert finished["succeeded"]["id"] not in text  # one series per route, not per job
     # It counts every owner's jobs: admins only.
     assert Api(api.base_url).client.get("/metrics").status_code == 401
@@ -64,7 +79,7 @@ def test_prometheus_metrics_after_jobs_ran(api: Api, finished: dict[str, dict],
                make_token(service_env, "metrics-user")).client.get("/metrics").status_code == 403
 
 
-def test_job_json_in_the_store_has_the_final_status(api: Api, finished: dict[str, dict],
+def test_job_json_in_the_store_has_the_final_status(api: Api, finished: dict[str, Any],
                                                     s3_server: S3Server) -> None:
     for status, job in finished.items():
         key = f"artifacts/jobs/{job['id']}/job.json"

@@ -121,7 +121,7 @@ def test_each_status_change_is_recorded_once_per_url_in_its_transaction(session:
     assert jobs.claim_job(session, job_id=job.id, worker_id="w", lease_seconds=30)
     assert jobs.claim_job(session, job_id=job.id, worker_id="v",
                           lease_seconds=30) is None  # no change: no event
-    assert jobs.hand_back(session, job_id=job.id, worker_id="w")
+    assert jobs.hand_back(session, job_id=job.id, worker_id="w") == "queued"
     assert jobs.claim_job(session, job_id=job.id, worker_id="v", lease_seconds=30)
     assert jobs.finish_job(session, job_id=job.id, worker_id="v", status="succeeded")
     statuses = ["running", "queued", "running", "succeeded"]
