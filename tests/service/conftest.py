@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import httpx
 import psycopg
 import pytest
 
+from sagan_service.models import TERMINAL
 from tests.conftest import subprocess_env
 
 PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
@@ -293,3 +295,28 @@ def workers(service_env: dict[str, str], tmp_service: Path, api: Api) -> Iterato
     pool.start()
     yield pool
     pool.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the session's API: cancel the jobs it submitted that are still queued or
+    running, and wait until they ended. The session's one worker would otherwise run them during later
+    tests, which then wait minutes for it. The ids go to leftover-jobs.txt in the session's folder (for
+    diagnosis)."""
+    if "api" not in request.fixturenames:
+        yield
+        return
+    api: Api = request.getfixturevalue("api")
+    began = datetime.now(UTC)  # module and session fixtures' jobs are older: they stay
+    yield
+    left = [job["id"] for status in ("queued", "running")
+            for job in api.client.get("/jobs", params={"status": status, "limit": 200}).json()["items"]
+            if datetime.fromisoformat(job["created_at"]) >= began]
+    if not left:
+        return
+    with open(request.getfixturevalue("tmp_service") / "leftover-jobs.txt", "a") as record:
+        record.write(f"{request.node.nodeid}: {' '.join(left)}\n")
+    for job_id in left:
+        api.client.post(f"/jobs/{job_id}/cancel")
+    wait_for(lambda: all(api.job(job_id)["status"] in TERMINAL for job_id in left), 60,
+             f"the test's jobs {left} to end after a cancel")
