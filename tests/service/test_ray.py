@@ -130,7 +130,7 @@ def test_a_stopping_worker_hands_its_ray_job_back_with_a_checkpoint_and_the_next
     # is due before the end: the one the job resumes from is the stop's own.
     first = Service(["worker", "--queues", "ray"], ray_env, tmp_service / "worker-ray-first.log")
     try:
-        job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 300, "checkpoint_every": 1000,
+        job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 100, "checkpoint_every": 1000,
                                                           "sample_every": 1000, "log_every": 5}})
         wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= 10, 300, "a few steps")
         first.process.send_signal(signal.SIGTERM)  # what `docker compose stop` does
@@ -140,7 +140,7 @@ def test_a_stopping_worker_hands_its_ray_job_back_with_a_checkpoint_and_the_next
     handed_back = ray_api.job(job["id"])
     assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back  # it does not count
     stopped_at = handed_back["latest_checkpoint_step"]
-    assert stopped_at is not None and 10 <= stopped_at < 300
+    assert stopped_at is not None and 10 <= stopped_at < 100
     second = Service(["worker", "--queues", "ray"], ray_env, tmp_service / "worker-ray-second.log")
     try:
         done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=400)
@@ -149,7 +149,7 @@ def test_a_stopping_worker_hands_its_ray_job_back_with_a_checkpoint_and_the_next
     assert done["status"] == "succeeded", (done["error"], done["log_tail"])
     assert done["attempt"] == 1 and done["resumed_from_step"] == stopped_at
     steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
-    assert steps == list(range(5, 301, 5))
+    assert steps == list(range(5, 101, 5))
     # The same attempt ran twice on Ray: the handed-back run's finished Ray job was deleted for the second.
     assert [(info.submission_id, info.status) for info in ray_jobs_of(ray_head, job["id"])] == [
         (f"sagan-{job['id']}-1", "SUCCEEDED")]
@@ -223,7 +223,7 @@ def train_processes() -> list[int]:
 
 def test_a_killed_ray_worker_is_replaced_and_the_job_resumes_from_its_last_checkpoint(
         ray_api: Api, ray_worker: Service, s3_server: S3Server) -> None:
-    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 400, "checkpoint_every": 20,
+    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 120, "checkpoint_every": 20,
                                                       "sample_every": 1000, "log_every": 10}})
     wait_for(lambda: (ray_api.job(job["id"])["latest_checkpoint_step"] or 0) >= 20, 300,
              "a stored checkpoint")
@@ -237,7 +237,7 @@ def test_a_killed_ray_worker_is_replaced_and_the_job_resumes_from_its_last_check
     assert log["Body"].read().decode().count("Started training worker group of size 2") == 2
     # The second group went on from a stored checkpoint: the series has every step once.
     steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
-    assert steps == list(range(10, 401, 10))
+    assert steps == list(range(10, 121, 10))
 
 
 def test_a_cancel_checkpoints_then_stops_the_ray_job_and_leaves_no_ray_worker(
@@ -258,7 +258,7 @@ def test_a_cancel_checkpoints_then_stops_the_ray_job_and_leaves_no_ray_worker(
 
 def test_a_lost_ray_job_is_a_new_attempt_that_resumes_from_the_last_stored_checkpoint(
         ray_api: Api, ray_worker: Service, ray_head: str) -> None:
-    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 400, "checkpoint_every": 20,
+    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 120, "checkpoint_every": 20,
                                                       "sample_every": 1000, "log_every": 10}})
     wait_for(lambda: (ray_api.job(job["id"])["latest_checkpoint_step"] or 0) >= 20, 300,
              "a stored checkpoint")
@@ -274,4 +274,4 @@ def test_a_lost_ray_job_is_a_new_attempt_that_resumes_from_the_last_stored_check
         # Ray lists in no set order
         (f"sagan-{job['id']}-1", "FAILED"), (f"sagan-{job['id']}-2", "SUCCEEDED")]
     steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
-    assert steps == list(range(10, 401, 10))
+    assert steps == list(range(10, 121, 10))
