@@ -19,7 +19,7 @@ from PIL import Image
 
 from sagan_core import load_checkpoint
 from sagan_core.checkpoint import read_checkpoint, save_checkpoint
-from sagan_core.config import build_config, make_config
+from sagan_core.config import TrainConfig, build_config, make_config
 from sagan_core.data import build_dataset
 from sagan_core.layout import (
     checkpoints,
@@ -408,16 +408,39 @@ def test_two_processes_pool_their_unreadable_images(tmp_path: Path) -> None:
     assert [result.stderr.count(name) for name in bad] == [1, 1], result.stderr
 
 
-@pytest.mark.parametrize("overrides", [{}, {"loss": "wgan-gp", "channels_last": True},
-                                       {"loss": "wgan-gp", "d_norm": "batch"}, CONDITIONAL,
-                                       {"loss": "wgan-gp", "diffaug": "color,translation,cutout"}],
-                         ids=["hinge", "wgan-gp", "wgan-gp-d_norm_batch", "conditional-resnet",
-                              "wgan-gp-diffaug"])
-def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, overrides: dict) -> None:
-    # wgan-gp: the penalty's interpolation weights must be the global batch's too. d_norm=batch: two
-    # D forwards per backward, and the penalty's double backward through the all-reduce BatchNorm.
-    # diffaug: each rank augments its slice of the global batch with the global batch's draws.
-    config = tiny_config(steps=1, batch_size=8, **overrides)
+# wgan-gp: the penalty's interpolation weights must be the global batch's too. d_norm=batch: two D forwards
+# per backward, and the penalty's double backward through the all-reduce BatchNorm. diffaug: each rank
+# augments its slice of the global batch with the global batch's draws.
+GLOO_CASES = {"hinge": {}, "wgan-gp": {"loss": "wgan-gp", "channels_last": True},
+              "wgan-gp-d_norm_batch": {"loss": "wgan-gp", "d_norm": "batch"},
+              "conditional-resnet": CONDITIONAL,
+              "wgan-gp-diffaug": {"loss": "wgan-gp", "diffaug": "color,translation,cutout"}}
+
+
+def gloo_config(case: str) -> TrainConfig:
+    return tiny_config(steps=1, batch_size=8, **GLOO_CASES[case])
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every GLOO_CASES config trained for one step by two gloo ranks, all in one torchrun launch."""
+    folder = tmp_path_factory.mktemp("two-ranks")
+    args = []
+    for case in GLOO_CASES:
+        config_file = folder / f"{case}.json"
+        config_file.write_text(json.dumps(gloo_config(case).to_dict()))
+        args += [str(config_file), str(folder / case)]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", "2", "-m", "tests.gloo_runs", *args],
+                            env=subprocess_env(), timeout=600, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {case: folder / case for case in GLOO_CASES}
+
+
+@pytest.mark.parametrize("case", list(GLOO_CASES))
+def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, two_rank_runs: dict[str, Path],
+                                                       case: str) -> None:
+    config = gloo_config(case)
     train(config, tmp_path / "one")
     # The same process with another thread count sums in another order: how far float32 round-off alone
     # moves each gradient for this draw (a ReLU input at 0 can make that 1e-4 of a gradient's size).
@@ -427,13 +450,8 @@ def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, overrides
         train(config, tmp_path / "reordered")
     finally:
         torch.set_num_threads(threads)
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(config.to_dict()))
-    # Through the user's entry point: `sagan train --nproc 2` launches torchrun with gloo.
-    subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file),
-                    "--nproc", "2", "--out", str(tmp_path / "two")],
-                   check=True, env=subprocess_env(), timeout=300, capture_output=True)
-    one, two, reordered = (read_checkpoint(tmp_path / name) for name in ("one", "two", "reordered"))
+    one, two, reordered = (read_checkpoint(path) for path in (tmp_path / "one", two_rank_runs[case],
+                                                              tmp_path / "reordered"))
     checked = total = 0
     config = build_config(one["config"])  # num_classes resolved from the data set
     assert two["config"]["num_classes"] == config.num_classes
@@ -468,7 +486,7 @@ def test_two_process_gloo_step_equals_one_process_step(tmp_path: Path, overrides
             assert torch.allclose(one[part][name].float(), two[part][name].float(), rtol=0, atol=atol), name
     assert checked / total > 0.95
     # Only rank 0 writes: one metrics line per logged step, not two.
-    assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len((two_rank_runs[case] / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def zero_gradient_parameters(model: torch.nn.Module, config, part: str) -> set[str]:

@@ -1,0 +1,31 @@
+"""Several trainings in turn in one torchrun launch, for tests that compare two gloo ranks with one process:
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.gloo_runs CONFIG OUT [...]
+
+Each rank joins one process group and trains every config into its OUT (train() joins a group that
+exists), so the tests share one start of torchrun, its ranks and their imports instead of paying it per
+config. What `sagan train --nproc 2` adds on top (the launch itself) is tested where it is called, e.g.
+tests/test_train.py::test_two_processes_pool_their_unreadable_images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sagan_core.config import build_config, read_config_file
+from sagan_core.parallel import init_distributed, shutdown_distributed
+from sagan_core.train import train
+
+
+def main(argv: list[str]) -> None:
+    init_distributed("cpu")
+    try:
+        for config_file, out in zip(argv[::2], argv[1::2], strict=True):
+            Path(out).mkdir(parents=True, exist_ok=True)
+            train(build_config(read_config_file(config_file)), Path(out))
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
