@@ -10,22 +10,30 @@ tests/test_train.py::test_two_processes_pool_their_unreadable_images."""
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
-from sagan_core.config import build_config, read_config_file
+from sagan_core.config import TrainConfig, build_config, read_config_file
 from sagan_core.parallel import init_distributed, shutdown_distributed
-from sagan_core.train import train
+from sagan_core.train import run
 
 
-def main(argv: list[str]) -> None:
+def _load(config_file: str) -> TrainConfig:
+    return build_config(read_config_file(config_file))
+
+
+def main(argv: list[str]) -> int:
+    """Each pair's exit status as a rank's (sagan_core.train.run); the first that is not 0 ends the launch."""
     init_distributed("cpu")
     try:
         for config_file, out in zip(argv[::2], argv[1::2], strict=True):
-            Path(out).mkdir(parents=True, exist_ok=True)
-            train(build_config(read_config_file(config_file)), Path(out))
+            status = run(partial(_load, config_file), Path(out))
+            if status != 0:
+                return status
+        return 0
     finally:
         shutdown_distributed()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

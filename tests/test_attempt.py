@@ -228,7 +228,7 @@ def test_a_cancel_request_stops_the_tree_and_cancels_the_job(setup: Setup) -> No
 
     def cancel() -> None:
         with setup.sessions() as session:
-            jobs.request_cancel(session, job_id=job.id)  # what DELETE /jobs/{id} calls
+            jobs.request_cancel(session, job_id=job.id)  # what POST /jobs/{id}/cancel calls
 
     fake.on_poll = at_poll(2, cancel)
     assert setup.attempt(job, fake).run() == "cancelled"

@@ -116,6 +116,12 @@ def published_ports() -> dict[int, str]:
     return ports
 
 
+def stack_guide() -> str:
+    """The section of docs/service.md that tells a reader how to run this stack."""
+    guide = (ROOT / "docs" / "service.md").read_text()
+    return guide.split("## Run the full stack", 1)[1].split("\n## ", 1)[0]
+
+
 # -- environment: compose <-> settings ------------------------------------------------------------
 
 
@@ -310,8 +316,7 @@ def test_workers_find_the_inception_weights_in_the_models_folder() -> None:
         assert service_env(name)["SAGAN_INCEPTION_WEIGHTS"] == f"/models/{FILE_NAME}", name
     assert "SAGAN_INCEPTION_WEIGHTS" not in service_env("api")  # the API never evaluates
     assert "models" in (ROOT / ".dockerignore").read_text().split()  # the weights stay out of the images
-    guide = (ROOT / "docs" / "service.md").read_text().split("## Run the full stack", 1)[1]
-    assert f"models/{FILE_NAME}" in guide
+    assert f"models/{FILE_NAME}" in stack_guide()
 
 
 def test_port_map() -> None:
@@ -429,7 +434,7 @@ def test_ray_guide_names_real_settings_and_the_profile() -> None:
     assert {"SAGAN_LAUNCHER", "SAGAN_RAY_ADDRESS", "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS"} <= named
     assert named <= fields, f"docs/ray.md names settings that do not exist: {sorted(named - fields)}"
     assert "docker compose --profile ray up" in guide
-    assert "(ray.md)" in (ROOT / "docs" / "service.md").read_text().split("## Run the full stack", 1)[1]
+    assert "(ray.md)" in stack_guide()
 
 
 # -- Dockerfiles ---------------------------------------------------------------------------------
@@ -561,8 +566,7 @@ def test_dockerignore_keeps_secrets_and_junk_out_but_not_what_the_images_copy() 
 def test_the_service_guides_stack_section_names_what_the_stack_has() -> None:
     # What a reader copies from docs/service.md must work: the ports it opens are published, the services and
     # profiles its commands name exist, the variables it tells them to set are read by the stack.
-    guide = (ROOT / "docs" / "service.md").read_text()
-    section = guide.split("## Run the full stack", 1)[1].split("\n## ", 1)[0]
+    section = stack_guide()
     opened = {int(port) for port in re.findall(r"http://localhost:(\d+)", section)}
     assert opened and opened <= set(published_ports()), sorted(opened - set(published_ports()))
     commands = re.findall(r"docker compose [^\n`]*", section)

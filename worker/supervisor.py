@@ -512,10 +512,13 @@ class Attempt:
 
     def failure_reason(self) -> str:
         if self.out_of_time:
-            kept = ("" if self.job.kind != "train" else "; it did not stop in time and was killed"
-                    if self.killed_overdue else "; it saved a checkpoint where it stopped")
-            return (f"stopped after the maximum run time of {self.settings.max_run_seconds:g} s "
-                    f"(SAGAN_MAX_RUN_SECONDS){kept}")
+            reason = (f"stopped after the maximum run time of {self.settings.max_run_seconds:g} s "
+                      "(SAGAN_MAX_RUN_SECONDS)")
+            if self.job.kind != "train":
+                return reason
+            if self.killed_overdue:
+                return f"{reason}; it did not stop in time and was killed"
+            return f"{reason}; it saved a checkpoint where it stopped"
         lines = [line for line in self.log_lines() if line.strip()]
         # The trainer's own "error: ..." first, from the whole log: under torchrun its report of the failed
         # ranks (about 40 lines) follows it. Then any error line of the tail, then the tail's last line.
