@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -270,6 +271,8 @@ _OWNER_RUNNING = (select(func.count()).select_from(_OTHER)
 _OWNER_LAST_START = (select(func.max(_OTHER.started_at)).where(_OTHER.owner == Job.owner)
                      .correlate(Job).scalar_subquery())
 _CLAIM_TRIES = 5
+# How long a claim waits for a queued row that another transaction holds (see claim_next).
+_HELD_ROW_WAIT_SECONDS = 2.0
 
 
 def claim_next(session: Session, *, ticket: str, worker_id: str, lease_seconds: float) -> Job | None:
@@ -286,11 +289,22 @@ def claim_next(session: Session, *, ticket: str, worker_id: str, lease_seconds: 
               .order_by(Job.priority.desc(), _OWNER_RUNNING, _OWNER_LAST_START.asc().nulls_first(),
                         Job.id).limit(1)
               .with_for_update(skip_locked=True, of=Job))
-    for _ in range(_CLAIM_TRIES):
+    deadline = time.monotonic() + _HELD_ROW_WAIT_SECONDS
+    tries = 0
+    while tries < _CLAIM_TRIES:
         job_id = session.scalar(choose)
         if job_id is None:
             session.rollback()
-            return None
+            # SKIP LOCKED also skips a queued row that another transaction holds for a moment (a reaper
+            # stamping it, another worker claiming it): while the queue still has work, wait for the row
+            # rather than spend the ticket on nothing.
+            waiting = queue_has_work(session, ticket=ticket)
+            session.rollback()
+            if not waiting or time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+            continue
+        tries += 1
         if (job := claim_job(session, job_id=job_id, worker_id=worker_id,
                              lease_seconds=lease_seconds)) is not None:
             return job

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sagan_core.config import make_config
@@ -16,7 +17,7 @@ from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.jobspec import SweepSpec
 from sagan_service.migrate import upgrade
-from sagan_service.models import PRIORITIES
+from sagan_service.models import PRIORITIES, Job, utcnow
 from tests.service.conftest import TINY, Api, Workers, make_token, start_api
 
 
@@ -131,3 +132,25 @@ def test_two_workers_run_a_high_priority_job_and_another_owners_job_before_a_swe
     finally:
         pool.stop_all()
         service.stop()
+
+
+def test_a_queued_job_held_for_a_moment_by_another_transaction_is_still_claimed(
+        empty_schema_url: str) -> None:
+    # The reaper stamps queued jobs (note_waiting, take_stale_queued) in transactions of their own; SKIP
+    # LOCKED skips a row so held. The ticket must wait for it, not run nothing while the job stays queued
+    # (seen in test_queue_order: a worker's first message found "nothing queued" beside its reaper's pass).
+    engine = make_engine(empty_schema_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    try:
+        with sessions() as session:
+            job_id = submit(session, "alice")
+        with sessions() as reaper:
+            reaper.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))  # held
+            timer = threading.Timer(0.2, reaper.commit)
+            timer.start()
+            with sessions() as session:
+                assert take(session, job_id) == job_id
+            timer.join()
+    finally:
+        engine.dispose()
