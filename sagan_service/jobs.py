@@ -263,11 +263,14 @@ def queue_has_work(session: Session, *, ticket: str) -> bool:
 
 
 _OTHER = aliased(Job)
-# How many jobs the candidate's owner runs now: fair share goes to the owner with the fewest,
-_OWNER_RUNNING = (select(func.count()).select_from(_OTHER)
-                  .where(_OTHER.owner == Job.owner, _OTHER.status == "running", _OTHER.kind != "sweep")
-                  .correlate(Job).scalar_subquery())
-# and between owners who run as many, to the one whose last job started longest ago (or never): taking turns.
+# How many jobs the candidate's owner has not finished (queued or running): fair share goes to the owner with
+# the fewest, so an owner with little work is not held back by another's sweep, and takes every free worker
+# until it has as much left as the other (counting running jobs only would give it one worker of two),
+_OWNER_UNFINISHED = (select(func.count()).select_from(_OTHER)
+                     .where(_OTHER.owner == Job.owner, _OTHER.status.in_(("queued", "running")),
+                            _OTHER.kind != "sweep")
+                     .correlate(Job).scalar_subquery())
+# and between owners with as many, to the one whose last job started longest ago (or never): taking turns.
 _OWNER_LAST_START = (select(func.max(_OTHER.started_at)).where(_OTHER.owner == Job.owner)
                      .correlate(Job).scalar_subquery())
 _CLAIM_TRIES = 5
@@ -281,12 +284,12 @@ def claim_next(session: Session, *, ticket: str, worker_id: str, lease_seconds: 
 
     A message is a ticket for one run on its queue, not for the job it names (every queued job has one, so
     tickets and queued jobs stay in step; one left over runs nothing). The job is the highest priority's,
-    then that of the owner with the fewest running jobs, then of the owner whose last job started the
-    longest ago, then the oldest: ids sort by creation, so a sweep's children keep their arm order. Claims by
-    several workers at once skip each other's candidates (PostgreSQL's SKIP LOCKED; SQLite writes one at a
-    time, and the loser of a race tries the next)."""
+    then that of the owner with the fewest unfinished (queued or running) jobs, then of the owner whose last
+    job started the longest ago, then the oldest: ids sort by creation, so a sweep's children keep their arm
+    order. Claims by several workers at once skip each other's candidates (PostgreSQL's SKIP LOCKED; SQLite
+    writes one at a time, and the loser of a race tries the next)."""
     choose = (select(Job.id).where(*_takeable(ticket))
-              .order_by(Job.priority.desc(), _OWNER_RUNNING, _OWNER_LAST_START.asc().nulls_first(),
+              .order_by(Job.priority.desc(), _OWNER_UNFINISHED, _OWNER_LAST_START.asc().nulls_first(),
                         Job.id).limit(1)
               .with_for_update(skip_locked=True, of=Job))
     deadline = time.monotonic() + _HELD_ROW_WAIT_SECONDS

@@ -52,7 +52,7 @@ def test_higher_priority_first_whichever_message_is_taken(sessions: sessionmaker
         assert not jobs.queue_has_work(session, ticket=low)
 
 
-def test_the_owner_with_fewest_running_jobs_goes_next_and_a_sweep_keeps_its_order(
+def test_the_owner_with_fewest_unfinished_jobs_goes_next_and_a_sweep_keeps_its_order(
         sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
         sweep, _ = jobs.create_sweep(session,
@@ -63,13 +63,21 @@ def test_the_owner_with_fewest_running_jobs_goes_next_and_a_sweep_keeps_its_orde
         first, second = take(session, children[0], "w1"), take(session, children[0], "w2")
         assert [first, second] == children[:2]  # nobody else waits: alice's sweep in arm order
         singles = [submit(session, "bob") for _ in range(3)]
-        # alice runs 2 jobs, bob none: bob's oldest next, although alice's waited longer.
+        # alice has 6 jobs unfinished, bob 3: bob's oldest next, although alice's waited longer.
         assert take(session, children[5], "w3") == singles[0]
         jobs.finish_job(session, job_id=first, worker_id="w1", status="succeeded")
         jobs.finish_job(session, job_id=second, worker_id="w2", status="succeeded")
-        # alice 0 running, bob 1: alice's next child; then 1 and 1, and alice started last: bob's; and so on.
-        assert [take(session, singles[2]) for _ in range(7)] == [children[2], singles[1], children[3],
-                                                                 singles[2], *children[4:6], None]
+        # alice 4 unfinished (none running), bob 3 (one running): bob still goes first, running more than
+        # she does; then the rest of alice's sweep in its order.
+        assert [take(session, singles[2]) for _ in range(7)] == [singles[1], singles[2], *children[2:6], None]
+
+
+def test_owners_with_as_much_unfinished_take_turns(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        alice = [submit(session, "alice") for _ in range(2)]
+        carol = [submit(session, "carol") for _ in range(2)]
+        # 2 and 2 each time: the owner whose last job started longest ago (carol never) goes next.
+        assert [take(session, alice[0]) for _ in range(4)] == [alice[0], carol[0], alice[1], carol[1]]
 
 
 def test_a_message_takes_only_from_its_own_queue(sessions: sessionmaker[Session]) -> None:
