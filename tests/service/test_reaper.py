@@ -92,24 +92,21 @@ def messages_for(job_id: str, queue: str) -> int:
     return sum(job_id.encode() in raw for raw in redis.Redis.from_url(REAPER_REDIS_URL).lrange(queue, 0, -1))
 
 
-def without_fast_redispatch(env: dict[str, str]) -> dict[str, str]:
-    return {name: value for name, value in env.items()
-            if name not in ("SAGAN_REDISPATCH_SECONDS", "SAGAN_REAPER_SECONDS")}
-
-
-@pytest.mark.timeout(300)
-def test_a_message_the_broker_lost_is_sent_again_within_a_minute_by_default(stack: Stack) -> None:
-    """A broker restart lost the message: by default (SAGAN_REDISPATCH_SECONDS, SAGAN_REAPER_SECONDS
-    unset) a worker's own reaper sends it again within a minute."""
-    stack.env = without_fast_redispatch(stack.env)
+@pytest.mark.timeout(180)
+def test_a_message_the_broker_lost_is_sent_again_by_a_workers_reaper_within_a_minute_by_default(
+        stack: Stack) -> None:
+    """A broker restart lost the message: with no API up, a worker's own reaper sends it again once it is
+    SAGAN_REDISPATCH_SECONDS old, checked every SAGAN_REAPER_SECONDS; both unset, that is within a minute.
+    Run with this suite's short timings: waiting the defaults out took 37 s and proved only the sum below."""
     assert Settings().redispatch_seconds + Settings().reaper_seconds < 60
     job_id = stack.submit({"steps": 2})
     redis.Redis.from_url(REAPER_REDIS_URL).flushdb()  # the broker comes back empty
     lost_at = time.time()
     stack.worker()
     started = wait_for(lambda: stack.job(job_id).started_at, 120, "a worker to claim the job")
-    print(f"claimed {started.timestamp() - lost_at:.1f} s after its message was lost")
-    assert started.timestamp() - lost_at < 60
+    resend_within = sum(float(FAST_TIMINGS[f"SAGAN_{name}_SECONDS"]) for name in ("REDISPATCH", "REAPER"))
+    # the worker's start (imports, its reaper's first pass) comes on top, on a busy machine
+    assert started.timestamp() - lost_at < resend_within + 30
     wait_for(lambda: stack.job(job_id).status == "succeeded", 180, "the job to succeed")
 
 
