@@ -9,6 +9,8 @@ tests/test_train.py::test_two_processes_pool_their_unreadable_images."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -20,6 +22,21 @@ from sagan_core.train import run
 
 def _load(config_file: str) -> TrainConfig:
     return build_config(read_config_file(config_file))
+
+
+def train_two_ranks(runs: dict[Path, TrainConfig]) -> None:
+    """Train each config into its folder (the key) with two gloo ranks, all in one torchrun launch."""
+    from tests.conftest import subprocess_env  # here, not above: the ranks need none of the test fixtures
+
+    args = []
+    for out, config in runs.items():
+        config_file = out.with_name(f"{out.name}.json")
+        config_file.write_text(json.dumps(config.to_dict()))
+        args += [str(config_file), str(out)]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", "2", "-m", "tests.gloo_runs", *args],
+                            env=subprocess_env(), timeout=600, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def main(argv: list[str]) -> int:

@@ -22,6 +22,7 @@ from sagan_core.packed import INDEX_FILE, PROGRESS_FILE, pack, read_index, verif
 from sagan_core.train import train
 
 from .conftest import subprocess_env, tiny_config
+from .gloo_runs import train_two_ranks
 from .test_train import _weights
 
 
@@ -90,14 +91,9 @@ def test_training_on_a_packed_set_equals_training_on_its_source(tmp_path: Path) 
 
 def test_two_ranks_on_a_packed_set_equal_two_ranks_on_its_source(tmp_path: Path) -> None:
     pack("shapes:64", tmp_path / "packed", imsize=32)
-    for name, spec in (("source", "shapes:64"), ("packed-run", f"packed:{tmp_path / 'packed'}")):
-        config_file = tmp_path / f"{name}.json"
-        config_file.write_text(json.dumps(tiny_config(dataset=spec, steps=2, checkpoint_every=2, batch_size=8)
-                                          .to_dict()))
-        subprocess.run([sys.executable, "-m", "sagan_core.cli", "train", "--config", str(config_file),
-                        "--nproc",
-                        "2", "--out", str(tmp_path / name)], check=True, env=subprocess_env(), timeout=300,
-                       capture_output=True)
+    sets = {"source": "shapes:64", "packed-run": f"packed:{tmp_path / 'packed'}"}
+    train_two_ranks({tmp_path / name: tiny_config(dataset=spec, steps=2, checkpoint_every=2, batch_size=8)
+                     for name, spec in sets.items()})
     source, packed = _weights(tmp_path / "source"), _weights(tmp_path / "packed-run")
     assert all(torch.equal(source[name], packed[name]) for name in source)
     assert read_checkpoint(tmp_path / "packed-run")["step"] == 2

@@ -48,6 +48,7 @@ from sagan_core.train import (
 )
 
 from .conftest import subprocess_env, tiny_config
+from .gloo_runs import train_two_ranks
 
 
 def test_run_directory_has_metrics_samples_and_checkpoints(tmp_path: Path) -> None:
@@ -425,15 +426,7 @@ def gloo_config(case: str) -> TrainConfig:
 def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every GLOO_CASES config trained for one step by two gloo ranks, all in one torchrun launch."""
     folder = tmp_path_factory.mktemp("two-ranks")
-    args = []
-    for case in GLOO_CASES:
-        config_file = folder / f"{case}.json"
-        config_file.write_text(json.dumps(gloo_config(case).to_dict()))
-        args += [str(config_file), str(folder / case)]
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc-per-node", "2", "-m", "tests.gloo_runs", *args],
-                            env=subprocess_env(), timeout=600, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_two_ranks({folder / case: gloo_config(case) for case in GLOO_CASES})
     return {case: folder / case for case in GLOO_CASES}
 
 
