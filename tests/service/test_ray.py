@@ -235,7 +235,7 @@ def test_a_killed_ray_worker_is_replaced_then_a_lost_driver_is_a_new_attempt_bot
     ranks = pids_mentioning("ray::RayTrainWorker")
     assert len(ranks) == 2, ranks
     os.kill(ranks[-1], signal.SIGKILL)
-    wait_for(lambda: _group_starts(s3_server, job["id"], 1) == 2, 300, "the worker group to start again")
+    wait_for(lambda: _group_starts(s3_server, job["id"], 1) >= 2, 300, "the worker group to start again")
     replaced_at = progress()
     wait_for(lambda: progress() > replaced_at, 300, "a checkpoint of the new worker group")
     assert ray_api.job(job["id"])["attempt"] == 1
