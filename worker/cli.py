@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import sys
 from sagan_core.cli import require_worker_extra
 from sagan_service.queue import QUEUES
 from sagan_service.settings import Settings
+
+from .processes import stop_group
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +48,7 @@ def run_worker(args: argparse.Namespace) -> int:
         ])
     finally:
         if reaper is not None:
-            _stop(reaper)
+            stop_group(reaper, 15)  # the guard and the reaper: it finishes its pass
     return 0
 
 
@@ -64,12 +65,3 @@ def _start_reaper(settings: Settings) -> subprocess.Popen:
                             start_new_session=True, stdin=subprocess.DEVNULL)
 
 
-def _stop(reaper: subprocess.Popen) -> None:
-    try:
-        os.killpg(reaper.pid, signal.SIGTERM)  # the guard and the reaper: it finishes its pass
-        reaper.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(reaper.pid, signal.SIGKILL)
-        reaper.wait()
-    except ProcessLookupError:
-        pass

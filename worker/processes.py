@@ -13,8 +13,10 @@ import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -117,3 +119,16 @@ def reap_children() -> None:
 
 def prctl(option: int, value: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(option, value)
+
+
+def stop_group(leader: subprocess.Popen[Any], grace_seconds: float) -> None:
+    """SIGTERM the process group that `leader` (started with start_new_session) leads, SIGKILL it if the
+    leader is still there after `grace_seconds`, and reap the leader."""
+    try:
+        os.killpg(leader.pid, signal.SIGTERM)
+        leader.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+    except ProcessLookupError:
+        pass
