@@ -36,6 +36,7 @@ from tests.service.conftest import (
     start_api,
     wait_for,
 )
+from worker.processes import stop_group
 
 ray = pytest.importorskip("ray", reason="the `ray` extra (make install installs it)")
 
@@ -67,13 +68,7 @@ def ray_head(service_env: dict[str, str]) -> Iterator[str]:
         wait_for(lambda: _answers(f"{address}/api/version"), 90, "the Ray head's Jobs API")
         yield address
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(5)  # nothing of the head is kept: no need to wait for an orderly stop (it took 30 s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)
+        stop_group(head, 5)  # nothing of the head is kept: no need to wait for an orderly stop (it took 30 s)
         for pid in pids_mentioning(str(temp)):  # Ray's own daemons outlive `ray start` if it is killed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -235,7 +230,8 @@ def test_a_killed_ray_worker_is_replaced_then_a_lost_driver_is_a_new_attempt_bot
     ranks = pids_mentioning("ray::RayTrainWorker")
     assert len(ranks) == 2, ranks
     os.kill(ranks[-1], signal.SIGKILL)
-    wait_for(lambda: _group_starts(s3_server, job["id"], 1) >= 2, 300, "the worker group to start again")
+    store = s3_server.client()
+    wait_for(lambda: _group_starts(store, job["id"], 1) >= 2, 300, "the worker group to start again")
     replaced_at = progress()
     wait_for(lambda: progress() > replaced_at, 300, "a checkpoint of the new worker group")
     assert ray_api.job(job["id"])["attempt"] == 1
@@ -255,12 +251,12 @@ def test_a_killed_ray_worker_is_replaced_then_a_lost_driver_is_a_new_attempt_bot
     assert steps == list(range(10, 121, 10))
 
 
-def _group_starts(s3_server: S3Server, job_id: str, attempt: int) -> int:
-    """How often Ray Train started the job's worker group in this attempt, by the attempt's stored log."""
-    client = s3_server.client()
+def _group_starts(store: Any, job_id: str, attempt: int) -> int:
+    """How often Ray Train started the job's worker group in this attempt, by the attempt's stored log
+    (`store`: an S3 client)."""
     try:
-        log = client.get_object(Bucket=BUCKET, Key=f"artifacts/jobs/{job_id}/logs/attempt-{attempt}.log")
-    except client.exceptions.NoSuchKey:
+        log = store.get_object(Bucket=BUCKET, Key=f"artifacts/jobs/{job_id}/logs/attempt-{attempt}.log")
+    except store.exceptions.NoSuchKey:
         return 0
     return log["Body"].read().decode().count("Started training worker group of size 2")
 
