@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 
 from celery import Celery
 from celery.signals import setup_logging, worker_shutdown, worker_shutting_down
@@ -27,7 +28,8 @@ from .supervisor import run_job
 log = logging.getLogger(__name__)
 
 
-def create_worker_app(settings: Settings) -> Celery:
+def create_worker_app(settings: Settings, forkserver: Path | None = None) -> Celery:
+    """`forkserver`: the socket of this worker's fork server (worker/forkserver.py), if it runs one."""
     app = make_celery(settings)
     stop_flag = settings.work_dir / f"stopping-{uuid.uuid4().hex}"  # forked children inherit the name
 
@@ -35,7 +37,8 @@ def create_worker_app(settings: Settings) -> Celery:
     def run_job_task(job_id: str) -> None:
         """Run one attempt of the job to run next on the queue of `job_id` (usually that job; a queue with
         nothing queued makes this a no-op)."""
-        run_job(job_id, settings, stop_flag=stop_flag, handed_back=lambda job: send_again(app, job))
+        run_job(job_id, settings, stop_flag=stop_flag, handed_back=lambda job: send_again(app, job),
+                forkserver=forkserver)
 
     def tell_the_running_job(**_: object) -> None:  # in the main process, from its signal handler
         stop_flag.touch()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from sagan_core.cli import require_worker_extra
 from sagan_service.queue import QUEUES
@@ -35,11 +38,14 @@ def run_worker(args: argparse.Namespace) -> int:
     overrides = {} if args.gpus is None else {"gpus": args.gpus}
     settings = Settings(**overrides)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    queues = args.queues.split(",") if args.queues else default_queues(settings)
     reaper = _start_reaper(settings) if args.reaper else None
-    app = create_worker_app(settings)
+    # A worker of the `ray` queue alone starts no process of its jobs here: no fork server.
+    forkserver = None if set(queues) == {"ray"} else _start_forkserver(settings)
+    app = create_worker_app(settings, forkserver=None if forkserver is None else forkserver[1])
     try:
         app.worker_main([
-            "worker", "--queues", args.queues or ",".join(default_queues(settings)), "--loglevel",
+            "worker", "--queues", ",".join(queues), "--loglevel",
                          args.loglevel, "--concurrency", "1",
             "--hostname", f"sagan-{os.getpid()}@{socket.gethostname()}",
             # Workers never talk to each other: nothing to gain from gossip/mingle, and the
@@ -49,6 +55,9 @@ def run_worker(args: argparse.Namespace) -> int:
     finally:
         if reaper is not None:
             stop_group(reaper, 15)  # the guard and the reaper: it finishes its pass
+        if forkserver is not None:
+            stop_group(forkserver[0], 5)
+            shutil.rmtree(forkserver[1].parent, ignore_errors=True)
     return 0
 
 
@@ -58,10 +67,21 @@ def default_queues(settings: Settings) -> list[str]:
 
 
 def _start_reaper(settings: Settings) -> subprocess.Popen:
+    return _start_guarded(settings, ["-m", "sagan_core.cli", "reaper"])
+
+
+def _start_forkserver(settings: Settings) -> tuple[subprocess.Popen, Path]:
+    """The fork server (worker/forkserver.py) and its socket, in a private folder of its own: a socket's
+    path must be short (108 bytes), which a work directory need not be."""
+    socket_path = Path(tempfile.mkdtemp(prefix="sagan-worker-")) / "forkserver.sock"
+    return _start_guarded(settings, ["-m", "worker.forkserver", "--socket", str(socket_path)]), socket_path
+
+
+def _start_guarded(settings: Settings, python_args: list[str]) -> subprocess.Popen:
     # Under the guard, so it goes when this process goes, even by kill -9; a process of its own (not a
     # thread here), because Celery forks its pool children from this process.
     guard = [sys.executable, "-m", "worker.guard", "--grace", str(settings.cancel_grace_seconds), "--"]
-    return subprocess.Popen([*guard, sys.executable, "-m", "sagan_core.cli", "reaper"],
-                            start_new_session=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen([*guard, sys.executable, *python_args], start_new_session=True,
+                            stdin=subprocess.DEVNULL)
 
 

@@ -43,12 +43,24 @@ def main(argv: list[str]) -> int:
     try:
         returncode = child.wait()
     except SupervisorGone:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        os.killpg(0, signal.SIGTERM)
-        below.terminate(grace, except_pids=(os.getpid(),), reap=True)
-        os.killpg(0, signal.SIGKILL)
+        take_down(below, grace)
         return 1
-    below.terminate(grace, except_pids=(os.getpid(),), reap=True)  # leftovers, e.g. a rank torchrun lost
+    return finish(below, grace, returncode)
+
+
+def take_down(below: ProcessTree, grace: float) -> None:
+    """The supervisor is gone: SIGTERM this process group and every process below this one, SIGKILL what is
+    left after `grace` seconds."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    below.terminate(grace, except_pids=(os.getpid(),), reap=True)
+    os.killpg(0, signal.SIGKILL)
+
+
+def finish(below: ProcessTree, grace: float, returncode: int) -> int:
+    """The command ended with `returncode` (a Popen's: -N for signal N): stop whatever it left below this
+    process (e.g. a rank torchrun lost) and return the guard's exit status (128 + N for a signal)."""
+    below.terminate(grace, except_pids=(os.getpid(),), reap=True)
     return 128 - returncode if returncode < 0 else returncode
 
 

@@ -6,8 +6,10 @@ decides when; this module only knows how.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from .forkserver import Request
 from .processes import ProcessTree, children
+
+log = logging.getLogger(__name__)
+# How long a fork server may take to start a job's guard: it answers once its own imports are done, which
+# takes seconds on a small, busy machine. Past that the job starts the plain way.
+FORKSERVER_ANSWER_S = 60.0
 
 
 class RunLost(Exception):
@@ -40,17 +48,99 @@ class Launcher(Protocol):
         """Stop the processes and wait (calling `wait(seconds)`) until they have ended."""
 
 
+class GuardProcess(Protocol):
+    """The guard at the top of a local job's tree: a Popen, or a ServedGuard."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
+
+
+class ServedGuard:
+    """A job guard that the worker's fork server started (worker/forkserver.py), as a Popen-like handle: its
+    pid, and its exit status read from the connection the request went over."""
+
+    def __init__(self, connection: socket.socket, pid: int) -> None:
+        self.connection, self.pid = connection, pid
+        self.returncode: int | None = None
+        self.received = b""
+
+    @classmethod
+    def start(cls, server: Path, request: Request) -> ServedGuard | None:
+        """The guard started for `request`, or None where the server cannot start it."""
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.settimeout(FORKSERVER_ANSWER_S)
+            connection.connect(str(server))
+            connection.sendall(request.encode())
+            guard = cls(connection, 0)
+            word, value = guard.read_line()
+            if word != "pid":
+                raise ConnectionError(f"the fork server answered {word!r}")
+        except OSError as error:  # a closed connection stops whatever the server would start late
+            log.warning("the fork server %s did not start the job (%s): starting it the plain way", server,
+                        error)
+            connection.close()
+            return None
+        guard.pid = int(value)
+        return guard
+
+    def read_line(self) -> tuple[str, str]:
+        while b"\n" not in self.received:
+            data = self.connection.recv(64)
+            if not data:
+                raise ConnectionError("the fork server's job guard closed the connection")
+            self.received += data
+        line, self.received = self.received.split(b"\n", 1)
+        word, value = line.decode().split(" ", 1)
+        return word, value
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.connection.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                self._read_exit()
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.connection.setblocking(True)
+            self._read_exit()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _read_exit(self) -> None:
+        try:
+            _, value = self.read_line()
+            self.returncode = int(value)
+        except ConnectionError:  # the guard died without a word: killed (LocalLauncher.stop's SIGKILL)
+            self.returncode = -signal.SIGKILL
+        self.connection.close()
+
+
 class LocalLauncher:
-    def __init__(self, process: subprocess.Popen, grace_seconds: float) -> None:
+    def __init__(self, process: GuardProcess, grace_seconds: float) -> None:
         self.process, self.grace_seconds = process, grace_seconds
         self.tree = ProcessTree(process.pid)
         self.asked_to_stop: set[int] = set()
 
     @classmethod
     def start(cls, command: list[str], *, env: dict[str, str], log_path: Path, cwd: Path,
-              grace_seconds: float) -> LocalLauncher:
+              grace_seconds: float, forkserver: Path | None = None) -> LocalLauncher:
         """Run `command` under worker.guard (which kills the tree if this worker dies), its output appended to
-        `log_path`. `grace_seconds`: between SIGTERM and SIGKILL when the tree is stopped."""
+        `log_path`. `grace_seconds`: between SIGTERM and SIGKILL when the tree is stopped. `forkserver`: the
+        socket of the worker's fork server, which starts the same tree from its warm imports."""
+        if forkserver is not None:
+            request = Request(command, env, str(cwd), str(log_path), grace_seconds)
+            served = ServedGuard.start(forkserver, request)
+            if served is not None:
+                return cls(served, grace_seconds)
         guard = [sys.executable, "-m", "worker.guard", "--grace", str(grace_seconds), "--"]
         with open(log_path, "ab") as log_file:
             # Its own session: the guard, and the trainer or torchrun, are one process group to signal.

@@ -81,12 +81,13 @@ class ShutdownOverdue(Exception):
 
 
 def run_job(ticket: str, settings: Settings, *, stop_flag: Path | None = None,
-            handed_back: Callable[[Job], None] | None = None) -> str | None:
+            handed_back: Callable[[Job], None] | None = None, forkserver: Path | None = None) -> str | None:
     """Claim the job to run now from the queue of job `ticket`, whose message this is (jobs.claim_next), and
     run one attempt of it; return the final status, or None if there was nothing to do.
 
     The worker is stopping once `stop_flag` exists: then the job goes back to the queue ("queued"),
-    and `handed_back(job)` sends its message again. Every line logged meanwhile carries the job's id."""
+    and `handed_back(job)` sends its message again. Every line logged meanwhile carries the job's id.
+    `forkserver`: the socket of the worker's fork server, which starts a local job's processes."""
     store = open_store(settings)  # before the claim: a misconfigured store must not strand a claimed job
     engine = make_engine(settings.database, pre_ping=True, application_name=f"sagan-worker {os.getpid()}",
                          timeout_s=settings.statement_timeout_seconds)
@@ -103,7 +104,8 @@ def run_job(ticket: str, settings: Settings, *, stop_flag: Path | None = None,
             publish_job_record(store, job)
             workdir = settings.work_dir / job.id / f"attempt-{job.attempt}"
             try:
-                status = Attempt(job, settings, store, session_factory, worker_id, workdir, stop_flag).run()
+                status = Attempt(job, settings, store, session_factory, worker_id, workdir, stop_flag,
+                                 forkserver).run()
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             if status == HANDED_BACK and handed_back is not None:
@@ -134,9 +136,10 @@ def _claim(sessions: sessionmaker[Session], ticket: str, worker_id: str, lease_s
 class Attempt:
     def __init__(self, job: Job, settings: Settings, store: ArtifactStore,
                  session_factory: sessionmaker[Session], worker_id: str, workdir: Path,
-                 stop_flag: Path | None = None) -> None:
+                 stop_flag: Path | None = None, forkserver: Path | None = None) -> None:
         self.job, self.settings, self.store = job, settings, store
         self.sessions, self.worker_id, self.stop_flag = session_factory, worker_id, stop_flag
+        self.forkserver = forkserver
         self.workdir, self.out = workdir, workdir / "out"
         self.log_path = workdir / f"attempt-{job.attempt}.log"
         self.database = Outage(describe_database(settings.database), settings.dependency_outage_seconds)
@@ -340,7 +343,8 @@ class Attempt:
         if self.settings.gpus is not None and "CUDA_VISIBLE_DEVICES" not in env:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(self.settings.gpus))
         return LocalLauncher.start(command, env=env, log_path=self.log_path, cwd=self.workdir,
-                                   grace_seconds=self.settings.cancel_grace_seconds)
+                                   grace_seconds=self.settings.cancel_grace_seconds,
+                                   forkserver=self.forkserver)
 
     # -- supervising -------------------------------------------------------------------------
 
