@@ -43,11 +43,13 @@ from typing import Any
 from setproctitle import setproctitle
 
 from worker.guard import finish, take_down
-from worker.processes import PR_SET_CHILD_SUBREAPER, ProcessTree, prctl
+from worker.processes import PR_SET_CHILD_SUBREAPER, ProcessTree, prctl, reap_children
 
 # What a job's process would import first: the trainer (torch, torchvision), what its first optimizer
-# imports (torch._dynamo) and the CLI behind sample, eval and attention jobs.
+# imports (torch._dynamo), its TensorBoard writer (optional: a worker without tensorboard writes no events)
+# and the CLI behind sample, eval and attention jobs.
 PRELOAD = ("sagan_core.train", "torch._dynamo", "sagan_core.cli")
+OPTIONAL_PRELOAD = ("torch.utils.tensorboard",)
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A worker's fork server (started by `sagan worker`).")
     parser.add_argument("--socket", required=True, type=Path, help="the Unix socket to listen on")
     args = parser.parse_args(argv)
-    # Listening before the imports: a job sent meanwhile waits for them rather than importing them itself.
     listener = listen(args.socket)
-    for module in PRELOAD:
-        importlib.import_module(module)
     # Each role below returns only in the forked process that plays the next one, so a fork leaves every
     # `with` and `finally` of its parent's role behind it (the server's, which removes the socket, included).
     request, connection = serve(listener, args.socket)
@@ -95,8 +94,8 @@ def listen(path: Path) -> socket.socket:
 def serve(listener: socket.socket, path: Path) -> tuple[Request, socket.socket]:
     """Accept requests until SIGTERM; return (in the forked job guard only) the request and its connection."""
     server_pid = os.getpid()
-    # Exited job guards are reaped by the kernel; the server waits for none of them.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Exited job guards are reaped as they exit (their CPU time adds to the server's, as for any parent).
+    signal.signal(signal.SIGCHLD, lambda *_: reap_children())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
@@ -105,6 +104,7 @@ def serve(listener: socket.socket, path: Path) -> tuple[Request, socket.socket]:
                 line = connection.makefile("rb").readline()
                 if not line:
                     continue
+                preload()
                 sys.stdout.flush()
                 sys.stderr.flush()
                 if os.fork() == 0:
@@ -114,6 +114,18 @@ def serve(listener: socket.socket, path: Path) -> tuple[Request, socket.socket]:
         if os.getpid() == server_pid:
             listener.close()
             path.unlink(missing_ok=True)
+
+
+def preload() -> None:
+    """Import what every job imports, once: at the first job, so that a worker that runs none (or one)
+    spends no more than the plain way would. That job waits for it as it would wait for its own imports."""
+    for module in PRELOAD:
+        importlib.import_module(module)
+    for module in OPTIONAL_PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    if sys.modules["torch"].cuda.is_initialized():  # a fork could not use the GPU: jobs start the plain way
+        sys.exit("the fork server's imports initialised CUDA: it cannot fork jobs that use it")
 
 
 def guard_job(request: Request, connection: socket.socket) -> list[str]:

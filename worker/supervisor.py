@@ -342,9 +342,10 @@ class Attempt:
             env["SAGAN_INCEPTION_WEIGHTS"] = str(self.settings.inception_weights)
         if self.settings.gpus is not None and "CUDA_VISIBLE_DEVICES" not in env:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(self.settings.gpus))
-        return LocalLauncher.start(command, env=env, log_path=self.log_path, cwd=self.workdir,
-                                   grace_seconds=self.settings.cancel_grace_seconds,
-                                   forkserver=self.forkserver)
+        # The fork server answers once its imports are done (seconds, at its first job): keep the lease.
+        return self.while_beating(lambda: LocalLauncher.start(
+            command, env=env, log_path=self.log_path, cwd=self.workdir,
+            grace_seconds=self.settings.cancel_grace_seconds, forkserver=self.forkserver))
 
     # -- supervising -------------------------------------------------------------------------
 
