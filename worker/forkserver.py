@@ -50,6 +50,7 @@ from worker.processes import PR_SET_CHILD_SUBREAPER, ProcessTree, prctl, reap_ch
 # and the CLI behind sample, eval and attention jobs.
 PRELOAD = ("sagan_core.train", "torch._dynamo", "sagan_core.cli")
 OPTIONAL_PRELOAD = ("torch.utils.tensorboard",)
+REQUEST_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,12 @@ def serve(listener: socket.socket, path: Path) -> tuple[Request, socket.socket]:
         while True:
             connection, _ = listener.accept()
             with connection:
-                line = connection.makefile("rb").readline()
+                # A supervisor sends its request as it connects; one that does not holds up no other for long.
+                connection.settimeout(REQUEST_WAIT_S)
+                try:
+                    line = connection.makefile("rb").readline()
+                except TimeoutError:
+                    continue
                 if not line:
                     continue
                 preload()
@@ -133,6 +139,7 @@ def guard_job(request: Request, connection: socket.socket) -> list[str]:
     `connection`, take the tree down if the supervisor goes. Returns (in the forked command only) the
     command to run; the guard itself exits here."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    connection.settimeout(None)
     os.setsid()
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     log = os.open(request.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
