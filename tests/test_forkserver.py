@@ -10,27 +10,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.service.conftest import wait_for
 from worker.launcher import LocalLauncher, ServedGuard
 from worker.processes import descendants, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = [sys.executable, "-m", "tests.forkserver_probe"]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Server:
