@@ -23,3 +23,7 @@ def test_the_job_pages_show_continued_from_and_continued_by(page: Page, service:
     line.locator("a").click()
     expect(page).to_have_url(f"{service.base_url}/ui/jobs/{source['id']}")
     expect(page.locator("#facts div", has_text="Continued by")).to_contain_text(continued["id"][:8])
+    # It trains on to step 3; ended, it leaves nothing running for the module's stack to stop (a running
+    # training would checkpoint and hand its job back first: seconds of the suite).
+    done = service.wait_status(continued["id"], {"succeeded", "failed"}, TRAINING_S)
+    assert done["status"] == "succeeded" and done["progress"]["step"] == 3, done

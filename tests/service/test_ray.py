@@ -68,7 +68,7 @@ def ray_head(service_env: dict[str, str]) -> Iterator[str]:
         wait_for(lambda: _answers(f"{address}/api/version"), 90, "the Ray head's Jobs API")
         yield address
     finally:
-        stop_group(head, 5)  # nothing of the head is kept: no need to wait for an orderly stop (it took 30 s)
+        stop_group(head, 0.5)  # nothing of the head is kept: no orderly stop to wait for (it took 30 s)
         for pid in pids_mentioning(str(temp)):  # Ray's own daemons outlive `ray start` if it is killed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
