@@ -1,7 +1,8 @@
 """The Ray launcher's decisions, driven through a stand-in for Ray's Jobs API client (its list, status, info,
-stop and delete calls): what an ended Ray job's status means, which earlier Ray jobs are stopped or deleted,
-when an unreachable cluster becomes a lost run, and what the Ray job's environment carries. The real cluster's
-side is tests/service/test_ray.py."""
+log, stop and delete calls) and for the artifact store: what an ended Ray job's status means, which earlier
+Ray jobs are stopped or deleted, when an unreachable cluster becomes a lost run, how often a heartbeat reads
+the log and the metrics, and what the Ray job's environment carries. The real cluster's side is
+tests/service/test_ray.py."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from ray.job_submission import JobStatus
 
 from sagan_core.exits import EXIT_STOPPED
 from sagan_service.settings import Settings
+from sagan_service.storage import ArtifactNotFound, metrics_key
 from worker.launcher import RunLost
-from worker.ray_launcher import STATUS_EVERY_S, RayLauncher, ray_environment
+from worker.ray_launcher import READ_EVERY_S, STATUS_EVERY_S, RayLauncher, ray_environment
 
 
 @dataclass
@@ -31,6 +33,7 @@ class FakeJobsApi:
     stopped: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     down: bool = False
+    log_reads: int = 0
 
     def list_jobs(self) -> list[Any]:
         return [SimpleNamespace(submission_id=sid, status=status)
@@ -46,6 +49,7 @@ class FakeJobsApi:
         return SimpleNamespace(status=status, driver_exit_code=code, message=message)
 
     def get_job_logs(self, sid: str) -> str:
+        self.log_reads += 1
         return "\x1b[36m(RayTrainWorker pid=7)\x1b[0m error: boom\n"
 
     def stop_job(self, sid: str) -> bool:
@@ -60,12 +64,27 @@ class FakeJobsApi:
         return True
 
 
-def launcher(api: FakeJobsApi, tmp_path: Path, **settings: Any) -> RayLauncher:
+@dataclass
+class FakeStore:
+    """The metrics file rank 0 stores (none yet: ArtifactNotFound), and how often it was read."""
+
+    metrics: bytes | None = None
+    reads: int = 0
+
+    def get_bytes(self, key: str) -> bytes:
+        assert key == metrics_key("j1")
+        self.reads += 1
+        if self.metrics is None:
+            raise ArtifactNotFound(key)
+        return self.metrics
+
+
+def launcher(api: FakeJobsApi, tmp_path: Path, store: FakeStore | None = None,
+             **settings: Any) -> RayLauncher:
     job = SimpleNamespace(id="j1", attempt=2)
-    return RayLauncher(api, job,
-                       Settings(home=tmp_path, ray_address="http://head:8265",
-                                poll_seconds=0.01,  # type: ignore[arg-type]
-                                          **settings), store=None, log_path=tmp_path / "attempt-2.log")
+    return RayLauncher(api, job,  # type: ignore[arg-type]
+                       Settings(home=tmp_path, ray_address="http://head:8265", poll_seconds=0.01, **settings),
+                       store=store or FakeStore(), log_path=tmp_path / "attempt-2.log")
 
 
 @pytest.mark.parametrize(("status", "code", "expected"), [
@@ -104,6 +123,27 @@ def test_the_status_is_asked_of_ray_every_few_seconds_not_at_every_poll(tmp_path
     assert ray_launcher.poll() is None  # within STATUS_EVERY_S: not asked again
     ray_launcher.status_asked_at -= STATUS_EVERY_S
     assert ray_launcher.poll() == 0
+
+
+def test_a_heartbeat_reads_rays_log_and_the_metrics_every_few_seconds_and_the_end_reads_them_once_more(
+        tmp_path: Path) -> None:
+    api = FakeJobsApi({"sagan-j1-2": (JobStatus.RUNNING, None, "")})
+    store = FakeStore()
+    ray_launcher = launcher(api, tmp_path, store)
+    ray_launcher.refresh()  # nothing stored yet
+    assert (api.log_reads, store.reads, ray_launcher.latest_metrics()) == (1, 1, {})
+    store.metrics = b'{"step": 1}\n'
+    ray_launcher.refresh()  # within READ_EVERY_S: neither is read again
+    assert (api.log_reads, store.reads, ray_launcher.latest_metrics()) == (1, 1, {})
+    ray_launcher.read_at -= READ_EVERY_S
+    ray_launcher.refresh()
+    assert (api.log_reads, store.reads, ray_launcher.latest_metrics()) == (2, 2, {"step": 1})
+    # The Ray job ends: its last log lines and metrics are read at once, however soon after the last read.
+    store.metrics += b'{"step": 2}\n'
+    api.jobs["sagan-j1-2"] = (JobStatus.SUCCEEDED, 0, "")
+    assert ray_launcher.poll() == 0
+    assert (api.log_reads, store.reads, ray_launcher.latest_metrics()) == (3, 3, {"step": 2})
+    assert (tmp_path / "attempt-2.log").read_text() == "(RayTrainWorker pid=7) error: boom\n"
 
 
 def test_an_unreachable_cluster_is_waited_out_then_a_lost_run(tmp_path: Path,

@@ -8,8 +8,8 @@ runs it.
 - The submission id is the job's id and attempt: a second submission of one attempt is refused by Ray, so a
   redelivered message cannot start it twice. One that finished (a stopping worker handed the attempt back)
   is deleted first; a Ray job of an earlier attempt still running (its worker died) is stopped first.
-- The log is Ray's job log, copied into the attempt's log file at every heartbeat; the progress is the last
-  line of the metrics rank 0 stores.
+- The log is Ray's job log, copied into the attempt's log file at heartbeats (every READ_EVERY_S at most, and
+  once more when the Ray job ends); the progress is the last line of the metrics rank 0 stores, read as often.
 - A stop is Ray's stop_job: SIGTERM to the driver, which has the ranks checkpoint; Ray kills it after
   RAY_JOB_STOP_WAIT_TIME_S, which is the worker's shutdown window here (Ray's default is 3 s).
 - A Ray job lost without an exit status (its driver died with the head or its node), or a cluster that cannot
@@ -36,6 +36,7 @@ from sagan_service.settings import Settings
 from sagan_service.storage import ArtifactNotFound, ArtifactStore, StoreUnavailable, metrics_key
 
 from .launcher import RunLost
+from .outbox import LOG_SECONDS
 
 log = logging.getLogger(__name__)
 # Ray's log lines carry ANSI colours around each worker's "(RayTrainWorker pid=N)" prefix.
@@ -48,6 +49,10 @@ PASSED_SETTINGS = ("database_url", "artifacts_url", "s3_endpoint_url", "s3_max_a
 # How often the supervisor's poll asks Ray for the job's status: each answer costs the head's dashboard (on
 # the training's own cores, where the head is a node) a request; a waitpid costs the local launcher nothing.
 STATUS_EVERY_S = 2.0
+# How often a heartbeat copies Ray's log of the job and reads the stored metrics, at most: a copy fetches the
+# whole log from the dashboard and a read the whole metrics file from the store, in the heartbeat's own time
+# (a 0.5 s heartbeat against a busy head lost its lease). The outbox stores the log this often anyway.
+READ_EVERY_S = LOG_SECONDS
 PASSED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 
 
@@ -77,6 +82,8 @@ class RayLauncher:
         self.stop_asked = False
         self.unreachable_since: float | None = None
         self.status_asked_at = -STATUS_EVERY_S
+        self.read_at = -READ_EVERY_S
+        self.metrics: dict[str, Any] = {}
 
     @classmethod
     def start(cls, job: Job, *, settings: Settings, store: ArtifactStore, worker_id: str, log_path: Path,
@@ -129,8 +136,8 @@ class RayLauncher:
         return self._ended(status)
 
     def _ended(self, status: JobStatus) -> int:
-        """Keep the ended Ray job's last log lines and exit status; RunLost if it was lost."""
-        self.refresh()
+        """Keep the ended Ray job's last log lines, last metrics and exit status; RunLost if it was lost."""
+        self._read()
         info = self.client.get_job_info(self.submission_id)
         code = info.driver_exit_code
         if status == JobStatus.SUCCEEDED:
@@ -164,16 +171,26 @@ class RayLauncher:
         return result
 
     def refresh(self) -> None:
-        """Copy Ray's log of the job into the attempt's log file."""
+        """At a heartbeat: copy Ray's log of the job into the attempt's log file and read the latest metrics,
+        if READ_EVERY_S went by since the last time."""
+        if time.monotonic() - self.read_at >= READ_EVERY_S:
+            self._read()
+
+    def _read(self) -> None:
+        self.read_at = time.monotonic()
         logs = self._reachable(lambda: self.client.get_job_logs(self.submission_id))
         if logs is not None:
             self.log_path.write_bytes(self.log_prefix + ANSI.sub("", logs).encode())
+        self.metrics = self._read_metrics() or self.metrics
 
     def latest_metrics(self) -> dict[str, Any]:
-        """The last line of the metrics rank 0 stored, or {}."""
+        """The last line of the metrics rank 0 stored, as the last refresh() read it, or {}."""
+        return self.metrics
+
+    def _read_metrics(self) -> dict[str, Any]:
         try:
             data = self.store.get_bytes(metrics_key(self.job.id))
-        except (ArtifactNotFound, StoreUnavailable):  # none yet, or the store is away: the next beat
+        except (ArtifactNotFound, StoreUnavailable):  # none yet, or the store is away: the next read
             return {}
         lines = data.splitlines()
         return json.loads(lines[-1]) if lines else {}
