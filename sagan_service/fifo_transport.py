@@ -44,3 +44,21 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    # Both of kombu's signatures: timeout (virtual transports) and **kwargs (the base; nothing passes any).
+    def drain_events(self, connection: Any, timeout: float | None = None, **_: Any) -> Any:
+        """Wait for a message as kombu does, one polling interval at a time, and stop waiting once the Celery
+        worker of this process is stopping: its loop for a transport like this one (no event loop) checks
+        for a warm shutdown only between calls, each of which waits up to 2 s."""
+        from celery.worker import state
+
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            wait = self.polling_interval if deadline is None else max(0.0, min(self.polling_interval,
+                                                                               deadline - monotonic()))
+            try:
+                return super().drain_events(connection, timeout=wait)
+            except TimeoutError:  # socket.timeout, which kombu raises
+                stopping = state.should_stop is not None or state.should_terminate is not None
+                if stopping or (deadline is not None and monotonic() >= deadline):
+                    raise

@@ -78,6 +78,9 @@ def make_celery(settings: Settings, *, for_requests: bool = False) -> Celery:
                                  polling_interval=0.2,  # the default 1 s would delay every job
                                  control_folder=str(folder / "control"))
         app.conf.broker_transport = "sagan_service.fifo_transport:Transport"  # first in, first out
+        # Without an event loop the worker's timer is a thread that sleeps up to this long; its warm shutdown
+        # waits for it (the default, 1 s).
+        app.conf.worker_timer_precision = 0.2
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,24 @@ def test_the_embedded_queue_is_first_in_first_out(tmp_path: Path) -> None:
                 body = base64.b64decode(body)
             taken.append(json.loads(body)[0][0])
     assert taken == sent
+
+
+def test_a_warm_shutdown_ends_the_embedded_queues_wait_for_a_message(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery.worker import state
+    from kombu import Consumer, Queue
+
+    celery = make_celery(Settings(home=tmp_path))
+    with celery.connection_for_read() as connection, Consumer(connection, [Queue("cpu")], accept=["json"]):
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=1.0)  # nothing queued: it waits the whole second
+        assert time.monotonic() - began >= 1.0
+        monkeypatch.setattr(state, "should_stop", 0)  # what the worker's SIGTERM handler sets
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=2.0)  # what Celery's loop asks for
+        assert time.monotonic() - began < 1.0  # one polling interval (0.2 s), not the 2 s
 
 
 def test_a_message_pushed_to_redis_is_the_one_celery_sends() -> None:
