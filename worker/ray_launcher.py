@@ -50,8 +50,8 @@ PASSED_SETTINGS = ("database_url", "artifacts_url", "s3_endpoint_url", "s3_max_a
 # the training's own cores, where the head is a node) a request; a waitpid costs the local launcher nothing.
 STATUS_EVERY_S = 2.0
 # How often a heartbeat copies Ray's log of the job and reads the stored metrics, at most: a copy fetches the
-# whole log from the dashboard and a read the whole metrics file from the store, in the heartbeat's own time
-# (a 0.5 s heartbeat against a busy head lost its lease). The outbox stores the log this often anyway.
+# whole log from the dashboard and a read the whole metrics file from the store, in the heartbeat's own time,
+# so a slow dashboard or store delays the lease's renewal. The outbox stores the log this often anyway.
 READ_EVERY_S = LOG_SECONDS
 PASSED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 
