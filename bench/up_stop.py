@@ -10,43 +10,31 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from services import free_port, start, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def one_stop(home: Path, settle_s: float) -> float:
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("SAGAN_")}
     env.update(SAGAN_HOME=str(home), PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    with open(home.parent / f"{home.name}.log", "wb") as log:
-        up = subprocess.Popen([sys.executable, "-m", "sagan_core.cli", "up", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = home.parent / f"{home.name}.log"
+    up = start([sys.executable, "-m", "sagan_core.cli", "up", "--port", str(port)], env, log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"sagan up did not answer /healthz: {(home.parent / f'{home.name}.log')}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        def healthy() -> bool:
+            if up.poll() is not None:
+                raise SystemExit(f"sagan up exited before it answered /healthz: {log}")
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+
+        wait_until(healthy, 120, "sagan up to answer /healthz")
         time.sleep(settle_s)  # the worker's consumer is up a little after the API answers
         began = time.perf_counter()
         up.send_signal(signal.SIGINT)
@@ -54,8 +42,7 @@ def one_stop(home: Path, settle_s: float) -> float:
         return time.perf_counter() - began
     finally:
         if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
+            stop(up)
 
 
 def main() -> None:
