@@ -38,6 +38,9 @@ BUCKET = "sagan-test"
 FAST_TIMINGS = {"SAGAN_LEASE_SECONDS": "4", "SAGAN_HEARTBEAT_SECONDS": "0.5", "SAGAN_POLL_SECONDS": "0.2",
                 "SAGAN_REAPER_SECONDS": "1", "SAGAN_CANCEL_GRACE_SECONDS": "3",
                 "SAGAN_REDISPATCH_SECONDS": "5", "SAGAN_FAIL_FAST_SECONDS": "1"}
+# `sagan worker` without its companion reaper: the API beside it runs one (every API process does), so
+# nothing goes unrecovered, and each worker start costs one process less. test_reaper tests a worker's own.
+WORKER = ["worker", "--no-reaper"]
 # debug32 on 64 synthetic images: a step takes tens of milliseconds on the CPU.
 TINY = {"preset": "debug32", "dataset": "synthetic:64", "device": "cpu"}
 
@@ -275,7 +278,7 @@ class Workers:
         self.env, self.tmp, self.all = env, tmp, []
 
     def start(self) -> Service:
-        worker = Service(["worker", "--loglevel", "WARNING"], self.env,
+        worker = Service([*WORKER, "--loglevel", "WARNING"], self.env,
                          self.tmp / f"worker-{len(self.all)}.log")
         self.all.append(worker)
         return worker

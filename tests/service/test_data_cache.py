@@ -18,7 +18,7 @@ from sagan_core.packed import INDEX_FILE, index_files, pack, read_index
 from sagan_service.jobspec import EvalSpec
 from sagan_service.settings import Settings
 from sagan_service.storage import S3Store, packed_prefix
-from tests.service.conftest import BUCKET, TINY, Api, S3Server, Service, Workers, wait_for
+from tests.service.conftest import BUCKET, TINY, WORKER, Api, S3Server, Service, Workers, wait_for
 from worker.data_cache import FETCH_TRIES, DataCache, DataCacheError
 from worker.datasets import resolve_dataset_specs
 from worker.outages import Outage
@@ -261,7 +261,7 @@ def test_a_job_trains_on_a_packed_set_in_s3_and_a_second_worker_evaluates_it_fro
 
     workers.current.stop()
     second_cache = tmp_service / "second-data-cache"
-    second = Service(["worker", "--loglevel", "WARNING"],
+    second = Service([*WORKER, "--loglevel", "WARNING"],
                      {**service_env, "SAGAN_DATA_CACHE_DIR": str(second_cache)},
                      tmp_service / "worker-second-cache.log")
     workers.all.append(second)  # stopped with the others; later tests run on it

@@ -18,6 +18,7 @@ from sagan_core.metrics.cache import stats_keys
 from tests.service.conftest import (
     BUCKET,
     TINY,
+    WORKER,
     Api,
     S3Server,
     Service,
@@ -237,7 +238,7 @@ def test_a_conditional_training_then_an_eval_on_another_worker(pets: dict[str, A
     assert trained["spec"]["dataset"] == f"ds:{pets['id']}"  # the stored spec keeps what the user wrote
     workers.current.stop()
     cache = tmp_path / "second-cache"
-    workers.all.append(Service(["worker", "--loglevel", "WARNING"],
+    workers.all.append(Service([*WORKER, "--loglevel", "WARNING"],
                                {**service_env, "SAGAN_DATA_CACHE_DIR": str(cache)},
                                tmp_path / "second-worker.log"))
     evaluated = api.submit({"kind": "eval", "source": {"job_id": trained["id"]}})

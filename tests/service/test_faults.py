@@ -23,6 +23,7 @@ from tests.service.conftest import (
     BUCKET,
     PG_ADMIN_URL,
     TINY,
+    WORKER,
     Api,
     S3Server,
     Service,
@@ -143,7 +144,7 @@ def test_an_artifact_folder_read_only_for_a_moment_does_not_fail_the_job(
     store = tmp_path / "store"
     store.mkdir()
     workers.current.stop()  # this job must go to the worker that writes into the folder
-    worker = Service(["worker", "--loglevel", "WARNING"],
+    worker = Service([*WORKER, "--loglevel", "WARNING"],
                      {**service_env, "SAGAN_ARTIFACTS_URL": store.as_uri()}, tmp_path / "worker-folder.log")
     try:
         config = {**TINY, "steps": 40, "checkpoint_every": 4, "sample_every": 4, "keep_checkpoints": 100}
@@ -173,7 +174,7 @@ def test_an_artifact_folder_read_only_for_a_moment_does_not_fail_the_job(
 def test_an_outage_past_the_window_fails_the_job_naming_the_store(
         api: Api, workers: Workers, service_env: dict[str, str], s3_server: S3Server, tmp_path: Path) -> None:
     workers.current.stop()
-    worker = Service(["worker", "--loglevel", "WARNING"],
+    worker = Service([*WORKER, "--loglevel", "WARNING"],
                      {**service_env, "SAGAN_DEPENDENCY_OUTAGE_SECONDS": "3"},
                      tmp_path / "worker-short-window.log")
     try:

@@ -19,7 +19,7 @@ from PIL import Image
 from sagan_service import jobs
 from sagan_service.db import make_engine, make_session_factory
 from sagan_service.specs import validate_train_config
-from tests.service.conftest import TINY, Api, Service, Workers, pids_mentioning, start_api, wait_for
+from tests.service.conftest import TINY, WORKER, Api, Service, Workers, pids_mentioning, start_api, wait_for
 from tests.test_train import DIVERGED
 
 
@@ -181,7 +181,7 @@ def test_a_persistent_s3_error_fails_the_job_with_its_reason(api: Api, workers: 
                                                              tmp_service) -> None:
     """Uploads that keep failing after boto3's retries fail the job, naming the error; nothing hangs."""
     workers.current.stop()  # this test's job must go to the misconfigured worker
-    broken = Service(["worker", "--loglevel", "WARNING"],
+    broken = Service([*WORKER, "--loglevel", "WARNING"],
                      {**service_env, "SAGAN_ARTIFACTS_URL": "s3://no-such-bucket/x",
                       "SAGAN_S3_MAX_ATTEMPTS": "2"},
                      tmp_service / "worker-broken-s3.log")

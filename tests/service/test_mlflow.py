@@ -22,7 +22,7 @@ from sagan_client.api import SaganClient
 from sagan_client.jobs import download
 from sagan_core.config import make_config
 from sagan_service.settings import Settings
-from tests.service.conftest import BUCKET, TINY, Api, Service, Workers, free_port, wait_for
+from tests.service.conftest import BUCKET, TINY, WORKER, Api, Service, Workers, free_port, wait_for
 from worker.mlflow_sync import MlflowSync
 
 mlflow = pytest.importorskip("mlflow")
@@ -63,7 +63,7 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def own_worker(workers: Workers, service_env: dict[str, str], tmp_path: Path, **settings: str) -> Service:
     """A worker with these settings, the only one: the session's worker is stopped until the test ends."""
     workers.current.stop()
-    return Service(["worker", "--loglevel", "WARNING"], {**service_env, **settings}, tmp_path / "worker.log")
+    return Service([*WORKER, "--loglevel", "WARNING"], {**service_env, **settings}, tmp_path / "worker.log")
 
 
 @pytest.mark.timeout(300)

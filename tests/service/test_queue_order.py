@@ -16,7 +16,7 @@ import redis
 
 from sagan_service.queue import TASK_NAME, _job_id_of, dispatch_all, make_celery
 from sagan_service.settings import Settings
-from tests.service.conftest import TINY, Service, start_api, wait_for
+from tests.service.conftest import TINY, WORKER, Service, start_api, wait_for
 
 
 @dataclass
@@ -97,7 +97,7 @@ def test_a_worker_drops_messages_without_a_child_process_once_nothing_is_queued(
         for job_id in cancelled:  # cancelled in the queue: their messages stay in the broker
             assert api.client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
         real = api.submit({"kind": "train", "config": {**TINY, "steps": 2}})
-        worker = Service(["worker", "--loglevel", "INFO"], env, tmp_path / "worker.log")
+        worker = Service([*WORKER, "--loglevel", "INFO"], env, tmp_path / "worker.log")
         assert api.wait_status(real["id"], {"succeeded", "failed"}, timeout=180)["status"] == "succeeded"
         # A message is a ticket for its queue (jobs.claim_next): the first one ran the real job, and the 8
         # others, its own among them, found nothing queued.

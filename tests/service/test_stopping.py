@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import BUCKET, TINY, Api, S3Server, Service, Workers, pids_mentioning, wait_for
+from tests.service.conftest import (
+    BUCKET,
+    TINY,
+    WORKER,
+    Api,
+    S3Server,
+    Service,
+    Workers,
+    pids_mentioning,
+    wait_for,
+)
 
 STUBBORN_RANKS = Path(__file__).parent / "stubborn_ranks"
 
@@ -77,7 +87,7 @@ def test_no_process_of_a_job_survives_a_cancel_or_its_worker_even_ranks_ignoring
     workers.current.stop()  # these jobs must go to the worker whose ranks ignore SIGTERM
     env = {**service_env, "SAGAN_TEST_RANKS_IGNORE_SIGTERM": "1",
            "PYTHONPATH": os.pathsep.join([str(STUBBORN_RANKS), service_env["PYTHONPATH"]])}
-    stubborn = Service(["worker", "--loglevel", "WARNING"], env, tmp_path / "worker-stubborn.log")
+    stubborn = Service([*WORKER, "--loglevel", "WARNING"], env, tmp_path / "worker-stubborn.log")
     try:
         config = {**TINY, "nproc": 2, "steps": 100_000}
         job = api.submit({"kind": "train", "config": config})
