@@ -28,6 +28,7 @@ from tests.conftest import subprocess_env
 from tests.service.conftest import (
     BUCKET,
     TINY,
+    WORKER,
     Api,
     S3Server,
     Service,
@@ -100,7 +101,7 @@ def ray_api(ray_env: dict[str, str], tmp_service: Path) -> Iterator[Api]:
 
 @pytest.fixture(scope="module")
 def ray_worker(ray_env: dict[str, str], tmp_service: Path, ray_api: Api) -> Iterator[Service]:
-    worker = Service(["worker", "--queues", "ray", "--loglevel", "INFO"], ray_env,
+    worker = Service([*WORKER, "--queues", "ray", "--loglevel", "INFO"], ray_env,
                      tmp_service / "worker-ray.log")
     yield worker
     worker.stop()
@@ -119,41 +120,11 @@ def stored_checkpoint(api: Api, job_id: str, step: int) -> dict[str, Any]:
     return torch.load(io.BytesIO(response.content), map_location="cpu", weights_only=False)
 
 
-def test_a_stopping_worker_hands_its_ray_job_back_with_a_checkpoint_and_the_next_worker_resumes_it(
-        ray_api: Api, ray_env: dict[str, str], tmp_service: Path, ray_head: str) -> None:
-    # First in the module: its own workers only (the module's `ray_worker` does not exist yet). No checkpoint
-    # is due before the end: the one the job resumes from is the stop's own.
-    first = Service(["worker", "--queues", "ray"], ray_env, tmp_service / "worker-ray-first.log")
-    try:
-        job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 100, "checkpoint_every": 1000,
-                                                          "sample_every": 1000, "log_every": 5}})
-        wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= 10, 300, "a few steps")
-        first.process.send_signal(signal.SIGTERM)  # what `docker compose stop` does
-        first.process.wait(90)
-    finally:
-        first.stop()
-    handed_back = ray_api.job(job["id"])
-    assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back  # it does not count
-    stopped_at = handed_back["latest_checkpoint_step"]
-    assert stopped_at is not None and 10 <= stopped_at < 100
-    second = Service(["worker", "--queues", "ray"], ray_env, tmp_service / "worker-ray-second.log")
-    try:
-        done = ray_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=400)
-    finally:
-        second.stop()
-    assert done["status"] == "succeeded", (done["error"], done["log_tail"])
-    assert done["attempt"] == 1 and done["resumed_from_step"] == stopped_at
-    steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
-    assert steps == list(range(5, 101, 5))
-    # The same attempt ran twice on Ray: the handed-back run's finished Ray job was deleted for the second.
-    assert [(info.submission_id, info.status) for info in ray_jobs_of(ray_head, job["id"])] == [
-        (f"sagan-{job['id']}-1", "SUCCEEDED")]
-
-
 def test_a_job_larger_than_the_cluster_fails_saying_so_instead_of_waiting(
         ray_api: Api, ray_env: dict[str, str], tmp_service: Path) -> None:
-    # Before the module's `ray_worker` exists: this worker, with a short placement timeout, takes the job.
-    worker = Service(["worker", "--queues", "ray"], {**ray_env, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "3"},
+    # First in the module, before its `ray_worker` exists: this worker, with a short placement timeout, takes
+    # the job.
+    worker = Service([*WORKER, "--queues", "ray"], {**ray_env, "SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS": "3"},
                      tmp_service / "worker-ray-short.log")
     try:
         job = ray_api.submit({"kind": "train", "config": {**CONFIG, "nodes": RAY_CPUS + 1, "batch_size": 6}})
@@ -163,6 +134,46 @@ def test_a_job_larger_than_the_cluster_fails_saying_so_instead_of_waiting(
     assert done["status"] == "failed"
     assert done["error"] == (f"the Ray cluster could not place {RAY_CPUS + 1} workers of 1 CPU each within "
                              f"3 s (SAGAN_RAY_PLACEMENT_TIMEOUT_SECONDS); it has {RAY_CPUS} CPU in all")
+
+
+def test_a_ray_job_handed_back_by_a_stopping_worker_resumes_on_the_next_and_a_cancel_leaves_no_ray_worker(
+        request: pytest.FixtureRequest, ray_api: Api, ray_env: dict[str, str], tmp_service: Path,
+        ray_head: str) -> None:
+    # Before the module's `ray_worker` exists: the job's first worker is this one. No checkpoint is due before
+    # the end: the ones stored are the stop's and the cancel's own. (A hand-back and a cancel share one job:
+    # each Ray attempt costs ~20 s here.)
+    first = Service([*WORKER, "--queues", "ray"], ray_env, tmp_service / "worker-ray-first.log")
+    try:
+        job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 5000, "checkpoint_every": 5000,
+                                                          "sample_every": 5000, "log_every": 5}})
+        wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= 10, 300, "a few steps")
+        first.process.send_signal(signal.SIGTERM)  # what `docker compose stop` does
+        first.process.wait(90)
+    finally:
+        first.stop()
+    handed_back = ray_api.job(job["id"])
+    assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back  # it does not count
+    stopped_at = handed_back["latest_checkpoint_step"]
+    assert stopped_at is not None and 10 <= stopped_at < 5000
+
+    request.getfixturevalue("ray_worker")  # the next worker resumes the job where the stop checkpointed it
+    wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= stopped_at + 10, 300,
+             "steps after the resumed checkpoint")
+    resumed = ray_api.job(job["id"])
+    assert resumed["attempt"] == 1 and resumed["resumed_from_step"] == stopped_at, resumed
+    assert ray_api.client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    done = ray_api.wait_status(job["id"], {"cancelled", "failed", "succeeded"}, timeout=120)
+    assert done["status"] == "cancelled", done
+    cancelled_at = done["latest_checkpoint_step"]
+    assert cancelled_at is not None and stopped_at + 10 <= cancelled_at < 5000
+    # Every fifth step once, across the hand-back: the resumed run went on from the stop's checkpoint.
+    steps = [m["step"] for m in ray_api.client.get(f"/jobs/{job['id']}/metrics").json()["items"]]
+    assert steps == list(range(5, cancelled_at + 1, 5))
+    # The same attempt ran twice on Ray: the handed-back run's finished Ray job was deleted for the second,
+    # which the cancel stopped.
+    assert [(info.submission_id, info.status) for info in ray_jobs_of(ray_head, job["id"])] == [
+        (f"sagan-{job['id']}-1", "STOPPED")]
+    wait_for(lambda: not train_processes(), 30, "Ray Train's workers and controller to go")
 
 
 def test_a_two_node_job_trains_on_ray_like_torchrun_and_stores_its_artifacts_from_rank_0(
@@ -259,19 +270,3 @@ def _group_starts(store: Any, job_id: str, attempt: int) -> int:
     except store.exceptions.NoSuchKey:
         return 0
     return log["Body"].read().decode().count("Started training worker group of size 2")
-
-
-def test_a_cancel_checkpoints_then_stops_the_ray_job_and_leaves_no_ray_worker(
-        ray_api: Api, ray_worker: Service, ray_head: str) -> None:
-    # No checkpoint is due before the end: the one stored is the cancel's own.
-    job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 5000, "checkpoint_every": 5000,
-                                                      "sample_every": 5000, "log_every": 5}})
-    wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= 10, 300, "a few steps")
-    assert ray_api.client.post(f"/jobs/{job['id']}/cancel").status_code == 200
-    done = ray_api.wait_status(job["id"], {"cancelled", "failed", "succeeded"}, timeout=120)
-    assert done["status"] == "cancelled", done
-    stopped_at = done["latest_checkpoint_step"]
-    assert stopped_at is not None and 10 <= stopped_at < 5000
-    (info,) = ray_jobs_of(ray_head, job["id"])
-    assert info.status == "STOPPED"
-    wait_for(lambda: not train_processes(), 30, "Ray Train's workers and controller to go")
