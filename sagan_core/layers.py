@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TypeVar, cast
 
 import torch
@@ -61,8 +61,11 @@ class SpectralNorm(nn.Module):
         self.power_iteration(weight, iterations=ESTIMATE_ITERATIONS)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        # sigma in full precision even under bf16 autocast: the power iteration is a tiny mat-vec.
-        with torch.autocast(weight.device.type, enabled=False):
+        # sigma in full precision even under bf16 autocast: the power iteration is a tiny mat-vec. A device
+        # without autocast (meta, where a model is built only to count or plan it) needs no such guard.
+        device = weight.device.type
+        has_autocast = torch.amp.is_autocast_available(device)
+        with torch.autocast(device, enabled=False) if has_autocast else nullcontext():
             if self.training:
                 self.power_iteration(weight)
             # Clones keep autograd's saved tensors safe from the next in-place power iteration
@@ -90,12 +93,13 @@ def weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationLis
 def estimate_spectral_norms(model: nn.Module) -> None:
     """Fit every spectral norm's u, v in `model` to its current weights: call it once a model's weights are
     initialised (or re-initialised); one power iteration per training step cannot catch up with new weights
-    (an untrained model would divide by a sigma estimate 70 times too small)."""
+    (an untrained model would divide by a sigma estimate 70 times too small). A model on the meta device has
+    no weights to fit: it is left as it is."""
     for layer in model.modules():
         if parametrize.is_parametrized(layer, "weight"):
             weights = weight_parametrizations(layer)
             for transform in weights:
-                if isinstance(transform, SpectralNorm):
+                if isinstance(transform, SpectralNorm) and not weights.original.is_meta:
                     transform.estimate(weights.original)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,6 +17,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from sagan_core.config import TrainConfig, make_config
 
+if TYPE_CHECKING:
+    from torch import nn
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +28,17 @@ def tiny_config(**overrides) -> TrainConfig:
     values = {"dataset": "synthetic:64", "steps": 4, "checkpoint_every": 2, "sample_every": 2,
               "device": "cpu", **overrides}
     return make_config("debug32", **values)
+
+
+def models_to_count(preset: str | TrainConfig, **overrides: Any) -> tuple[nn.Module, nn.Module]:
+    """A config's generator and discriminator on the meta device: their layout and parameter counts without
+    their memory or the spectral norms' fit to initial weights (seconds at 128x128 on the CPU)."""
+    import torch
+
+    from sagan_core import build_models
+
+    with torch.device("meta"):
+        return build_models(preset, **overrides)
 
 
 def subprocess_env() -> dict[str, str]:

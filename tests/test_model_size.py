@@ -10,8 +10,21 @@ from sagan_core.config import IMAGE_SIZES, PRESETS, make_config
 from sagan_core.model_size import discriminator_size, generator_size
 from sagan_core.models import count_trainable
 
+from .conftest import models_to_count
+
 CASES = [(preset, imsize, classes) for preset in PRESETS for imsize in IMAGE_SIZES
          for classes in ((0, 10) if PRESETS[preset].get("arch") == "resnet" else (0,))]
+
+
+def test_a_model_built_on_the_meta_device_has_the_real_ones_parameters_and_buffers() -> None:
+    # What the counts below rely on: on the meta device the spectral norms skip their fit, nothing else.
+    config = make_config("resnet32", num_classes=10, g_conv_dim=16, d_conv_dim=16)
+    for real, meta in zip(build_models(config), models_to_count(config), strict=True):
+        assert all(tensor.is_meta for tensor in [*meta.parameters(), *meta.buffers()])
+        assert [(name, p.shape, p.requires_grad) for name, p in real.named_parameters()] == [
+            (name, p.shape, p.requires_grad) for name, p in meta.named_parameters()]
+        assert [(name, b.shape) for name, b in real.named_buffers()] == [
+            (name, b.shape) for name, b in meta.named_buffers()]
 
 
 @pytest.mark.parametrize(("preset", "imsize", "classes"), CASES)
@@ -19,7 +32,7 @@ def test_the_torch_free_count_equals_torchs(preset: str, imsize: int, classes: i
     # The preset itself at its own size; narrowed at the other sizes (the layout rules are the same).
     narrow = {} if imsize == PRESETS[preset].get("imsize", 64) else {"g_conv_dim": 16, "d_conv_dim": 16}
     config = make_config(preset, imsize=imsize, num_classes=classes, **narrow)
-    generator, discriminator = build_models(config)
+    generator, discriminator = models_to_count(config)
     assert generator_size(config.to_dict()).parameters == count_trainable(generator)
     assert discriminator_size(config.to_dict()).parameters == count_trainable(discriminator)
 
@@ -28,7 +41,7 @@ def test_the_torch_free_count_equals_torchs(preset: str, imsize: int, classes: i
                                        {"g_norm": "none", "d_norm": "none", "g_attention": [4, 8, 16]}])
 def test_the_count_follows_the_dcgan_ablations(overrides: dict) -> None:
     config = make_config("sagan32", g_conv_dim=16, d_conv_dim=16, **overrides)
-    generator, discriminator = build_models(config)
+    generator, discriminator = models_to_count(config)
     assert generator_size(config.to_dict()).parameters == count_trainable(generator)
     assert discriminator_size(config.to_dict()).parameters == count_trainable(discriminator)
 
@@ -60,7 +73,7 @@ def _expected_resnet64_generator(ch: int, z_dim: int, classes: int) -> int:
 
 @pytest.mark.parametrize("classes", [0, 10])
 def test_resnet64_is_biggans_64x64_layout(classes: int) -> None:
-    generator, discriminator = build_models("resnet64", num_classes=classes)
+    generator, discriminator = models_to_count("resnet64", num_classes=classes)
     assert [(b.conv1.in_channels, b.conv1.out_channels) for b in generator.blocks] == [
         (64 * a, 64 * b) for a, b in zip(BIGGAN64_G_IN, BIGGAN64_G_OUT, strict=True)]  # 1024 -> ... -> 128
     assert generator.to_rgb.in_channels == 128
@@ -75,6 +88,6 @@ def test_the_count_includes_table_1s_residual_controls(size: int, classes: int) 
     # attention128's residual-feat<size> arms: one more same-width residual block in each net there.
     config = make_config("paper128", g_conv_dim=16, d_conv_dim=16, num_classes=classes, g_attention=[],
                          d_attention=[], g_residual=[size], d_residual=[size])
-    generator, discriminator = build_models(config)
+    generator, discriminator = models_to_count(config)
     assert generator_size(config.to_dict()).parameters == count_trainable(generator)
     assert discriminator_size(config.to_dict()).parameters == count_trainable(discriminator)

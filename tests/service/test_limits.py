@@ -16,6 +16,7 @@ from sagan_service.jobspec import EvalSpec
 from sagan_service.limits import BYTES_PER_PARAMETER, GIB, check_eval_limits, estimate_training_bytes
 from sagan_service.settings import Settings
 from sagan_service.specs import SpecError
+from tests.conftest import models_to_count
 from tests.service.conftest import (
     TINY,
     Api,
@@ -29,12 +30,10 @@ from tests.service.conftest import (
                                              ("debug32", 0.0128), ("resnet32", 1.6), ("resnet64", 5.7),
                                              ("paper128", 56.3)])
 def test_the_memory_estimate_follows_the_preset(preset: str, gib: float) -> None:
-    from sagan_core import build_models
-
     config = make_config(preset)
     # Each preset's own networks (a residual one without class tables while num_classes is null): every
     # trainable parameter is in the estimate, and the whole estimate is this preset's, not another's.
-    generator, discriminator = build_models(preset, num_classes=config.num_classes or 0)
+    generator, discriminator = models_to_count(preset, num_classes=config.num_classes or 0)
     counted = sum(p.numel() for model in (generator, discriminator) for p in model.parameters())
     need = estimate_training_bytes(config)
     assert need > counted * BYTES_PER_PARAMETER
