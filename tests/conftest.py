@@ -48,6 +48,13 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked `long_module` first, in their order; the rest as collected. `make test`'s
+    `--dist loadfile` hands modules out in this order: a module of minutes started last would leave the
+    other test process idle until it ends."""
+    items.sort(key=lambda item: item.get_closest_marker("long_module") is None)  # a stable sort
+
+
 @pytest.fixture(scope="session", autouse=True)
 def folder_scan_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder scans cache into a temporary directory (child processes inherit it), not the user's cache."""

@@ -40,6 +40,7 @@ from tests.service.conftest import (
 from worker.processes import stop_group
 
 ray = pytest.importorskip("ray", reason="the `ray` extra (make install installs it)")
+pytestmark = pytest.mark.long_module  # ~3 minutes with the whole suite beside it
 
 # Two ranks on one machine: 2 CPUs for Ray Train's two workers (what `nodes: 2` asks of the cluster).
 RAY_CPUS = 2
