@@ -115,6 +115,11 @@ def ray_jobs_of(address: str, job_id: str) -> list[Any]:
             if (info.submission_id or "").startswith(f"sagan-{job_id}-")]
 
 
+def trained_step(api: Api, job_id: str) -> int:
+    """The last step the job's progress reports (0 before its first)."""
+    return (api.job(job_id)["progress"] or {}).get("step", 0)
+
+
 def stored_checkpoint(api: Api, job_id: str, step: int) -> dict[str, Any]:
     response = api.client.get(f"/jobs/{job_id}/checkpoints/{step}", follow_redirects=True)
     assert response.status_code == 200, response.text
@@ -147,7 +152,7 @@ def test_a_ray_job_handed_back_by_a_stopping_worker_resumes_on_the_next_and_a_ca
     try:
         job = ray_api.submit({"kind": "train", "config": {**CONFIG, "steps": 5000, "checkpoint_every": 5000,
                                                           "sample_every": 5000, "log_every": 5}})
-        wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= 10, 300, "a few steps")
+        wait_for(lambda: trained_step(ray_api, job["id"]) >= 10, 300, "a few steps")
         first.process.send_signal(signal.SIGTERM)  # what `docker compose stop` does
         first.process.wait(90)
     finally:
@@ -158,7 +163,7 @@ def test_a_ray_job_handed_back_by_a_stopping_worker_resumes_on_the_next_and_a_ca
     assert stopped_at is not None and 10 <= stopped_at < 5000
 
     request.getfixturevalue("ray_worker")  # the next worker resumes the job where the stop checkpointed it
-    wait_for(lambda: (ray_api.job(job["id"])["progress"] or {}).get("step", 0) >= stopped_at + 10, 300,
+    wait_for(lambda: trained_step(ray_api, job["id"]) >= stopped_at + 10, 300,
              "steps after the resumed checkpoint")
     resumed = ray_api.job(job["id"])
     assert resumed["attempt"] == 1 and resumed["resumed_from_step"] == stopped_at, resumed
