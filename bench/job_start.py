@@ -2,7 +2,11 @@
 plain way (a fresh interpreter imports torch and the trainer) and through the worker's fork server (a fork of
 a process that imported them once): interleaved, the same tiny CPU training each time. CPU seconds are those
 of the whole tree (the launcher's children, waited for). Prints one JSON line.
-    python bench/job_start.py [--repeats 5] [--steps 1]
+    python bench/job_start.py [--repeats 5] [--steps 1] [--nproc 2]
+
+With --nproc N > 1 each way also starts the job's N ranks both ways: torchrun's own (`-m torch.distributed.run
+-m sagan_core.train`: every rank a fresh interpreter) and the service's (sagan_core.rank_launcher: every rank
+a fork of the launcher, which imported the trainer).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.launcher import LocalLauncher  # noqa: E402  (after the path: the bench runs from a checkout)
+from sagan_core.launch import training_launch  # noqa: E402  (after the path: the bench runs from a checkout)
+from worker.launcher import LocalLauncher  # noqa: E402
 from worker.processes import stop_group  # noqa: E402
 
 
@@ -30,12 +36,21 @@ def tree_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_job(folder: Path, config: Path, forkserver: Path | None,
-            server_pid: int | None) -> tuple[float, float]:
+def spawned_ranks(config: Path, out: Path, nproc: int) -> list[str]:
+    """torchrun's own launch of the ranks, each a new interpreter (the service's until 2026-12-05)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "sagan_core.train", "--config", str(config), "--out", str(out)]
+
+
+def service_launch(config: Path, out: Path, nproc: int) -> list[str]:
+    return training_launch(config, out, nproc).command
+
+
+def one_job(folder: Path, config: Path, nproc: int, launch: Callable[[Path, Path, int], list[str]],
+            forkserver: Path | None, server_pid: int | None) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one job's tree: a plain tree's CPU adds to this process's children's
     once the launcher reaped its guard; a served one's to the server's children's once it reaped it."""
-    out = folder / f"run-{time.monotonic_ns()}"
-    command = [sys.executable, "-m", "sagan_core.train", "--config", str(config), "--out", str(out)]
+    command = launch(config, folder / f"run-{time.monotonic_ns()}", nproc)
     cpu_before = server_children_cpu(server_pid) if server_pid else tree_cpu_seconds()
     began = time.perf_counter()
     launcher = LocalLauncher.start(command, env=dict(os.environ), log_path=folder / "job.log", cwd=folder,
@@ -61,12 +76,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--nproc", type=int, default=1, help="ranks per job (more than 1: both launches)")
     args = parser.parse_args()
+    launches = {"service": service_launch} | ({"spawned_ranks": spawned_ranks} if args.nproc > 1 else {})
     with tempfile.TemporaryDirectory(prefix="sagan-bench-") as tmp:
         folder = Path(tmp)
         config = folder / "config.json"
         config.write_text(json.dumps({"preset": "debug32", "dataset": "synthetic:64", "device": "cpu",
-                                      "steps": args.steps, "checkpoint_every": 100000}))
+                                      "steps": args.steps, "checkpoint_every": 100000, "nproc": args.nproc,
+                                      "batch_size": 8 * args.nproc}))
         socket_path = folder / "forkserver.sock"
         server = subprocess.Popen([sys.executable, "-m", "worker.forkserver", "--socket", str(socket_path)],
                                   cwd=ROOT, start_new_session=True,
@@ -74,23 +92,27 @@ def main() -> None:
         try:
             while not socket_path.exists():
                 time.sleep(0.01)
-            one_job(folder, config, socket_path, server.pid)  # the server imports at its first job
-            plain: list[tuple[float, float]] = []
-            served: list[tuple[float, float]] = []
+            # the server imports at its first job
+            one_job(folder, config, args.nproc, service_launch, socket_path, server.pid)
+            runs: dict[str, list[tuple[float, float]]] = {}
             for _ in range(args.repeats):
-                plain.append(one_job(folder, config, None, None))
-                served.append(one_job(folder, config, socket_path, server.pid))
+                for name, launch in launches.items():
+                    runs.setdefault(f"plain/{name}", []).append(one_job(folder, config, args.nproc, launch,
+                                                                        None, None))
+                    runs.setdefault(f"forkserver/{name}", []).append(
+                        one_job(folder, config, args.nproc, launch, socket_path, server.pid))
         finally:
             stop_group(server, 5)
 
-    def summary(runs: list[tuple[float, float]]) -> dict[str, float]:
-        return {"wall_s_median": round(statistics.median(w for w, _ in runs), 3),
-                "cpu_s_median": round(statistics.median(c for _, c in runs), 3)}
+    def median_wall(name: str) -> float:
+        return statistics.median(w for w, _ in runs[name])
 
-    print(json.dumps({"bench": "job_start", "steps": args.steps, "repeats": args.repeats,
-                      "plain": summary(plain), "forkserver": summary(served),
-                      "speedup_wall": round(statistics.median(w for w, _ in plain)
-                                            / statistics.median(w for w, _ in served), 2)}))
+    summary = {name: {"wall_s_median": round(median_wall(name), 3),
+                      "cpu_s_median": round(statistics.median(c for _, c in times), 3)}
+               for name, times in runs.items()}
+    speedup = median_wall("plain/service") / median_wall("forkserver/service")
+    print(json.dumps({"bench": "job_start", "steps": args.steps, "repeats": args.repeats, "nproc": args.nproc,
+                      **summary, "speedup_wall": round(speedup, 2)}))
 
 
 if __name__ == "__main__":

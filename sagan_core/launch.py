@@ -26,10 +26,12 @@ class TrainingLaunch:
     @property
     def command(self) -> list[str]:
         # One rank needs no rendezvous, and torchrun's launcher would add its own import of torch (about 2 s
-        # on a small CPU) to every start.
-        launcher = ([] if self.nproc == 1 else
-                    ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(self.nproc)])
-        return [sys.executable, *launcher, "-m", "sagan_core.train", *self.trainer_args]
+        # on a small CPU) to every start. More: torchrun, its ranks forked from a process that imported the
+        # trainer (see sagan_core.rank_launcher).
+        if self.nproc == 1:
+            return [sys.executable, "-m", "sagan_core.train", *self.trainer_args]
+        return [sys.executable, "-m", "sagan_core.rank_launcher", "--nproc-per-node", str(self.nproc),
+                *self.trainer_args]
 
 
 def training_launch(config_path: Path, out: Path, nproc: int, *, resume: bool = False,

@@ -46,9 +46,9 @@ from worker.guard import finish, take_down
 from worker.processes import PR_SET_CHILD_SUBREAPER, ProcessTree, prctl, reap_children
 
 # What a job's process would import first: the trainer (torch, torchvision), what its first optimizer
-# imports (torch._dynamo), its TensorBoard writer (optional: a worker without tensorboard writes no events)
-# and the CLI behind sample, eval and attention jobs.
-PRELOAD = ("sagan_core.train", "torch._dynamo", "sagan_core.cli")
+# imports (torch._dynamo), its TensorBoard writer (optional: a worker without tensorboard writes no events),
+# the CLI behind sample, eval and attention jobs, and torchrun's launcher of a multi-rank job's ranks.
+PRELOAD = ("sagan_core.train", "torch._dynamo", "sagan_core.cli", "sagan_core.rank_launcher")
 OPTIONAL_PRELOAD = ("torch.utils.tensorboard",)
 REQUEST_WAIT_S = 10.0
 

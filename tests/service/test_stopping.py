@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from tests.service.conftest import (
     pids_mentioning,
     wait_for,
 )
+from worker.processes import children
 
 STUBBORN_RANKS = Path(__file__).parent / "stubborn_ranks"
+RANK_LAUNCHER = f"{sys.executable} -m sagan_core.rank_launcher ".encode()
 
 
 @pytest.mark.timeout(600)
@@ -62,16 +65,17 @@ def test_sigterm_to_a_worker_hands_its_job_back_at_once_with_a_checkpoint_where_
 
 
 def ranks_of(job_id: str) -> list[int]:
-    """The trainer processes torchrun started (its own command line names the trainer too)."""
-    ranks = []
-    for pid in pids_mentioning(job_id):
+    """The trainer's ranks: forks of the rank launcher (sagan_core.rank_launcher), so the processes with its
+    command line whose parent has it too."""
+    def runs_the_launcher(pid: int) -> bool:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            # NULs between the arguments, or spaces where the fork server set the title
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").startswith(RANK_LAUNCHER)
         except OSError:
-            continue
-        if b"sagan_core.train" in cmdline and b"torch.distributed.run" not in cmdline:
-            ranks.append(pid)
-    return ranks
+            return False
+
+    launchers = {pid for pid in pids_mentioning(job_id) if runs_the_launcher(pid)}
+    return [child for pid in launchers for child in children(pid) if child in launchers]
 
 
 def ignores_sigterm(pid: int) -> bool:
