@@ -27,9 +27,11 @@ import sagan_core.train  # noqa: F401  (the ranks' own imports, once, before the
 RANK_SCRIPT = Path(__file__).resolve().with_name("rank_script.py")
 
 
-def torchrun_args(nproc: int, trainer_args: list[str]) -> list[str]:
+def torchrun_args(nproc: int, script_args: list[str], script: Path = RANK_SCRIPT) -> list[str]:
+    """torchrun's arguments for `nproc` ranks on this machine, each a fork of this process that runs `script`
+    (runpy, as __main__)."""
     return ["--standalone", "--nproc-per-node", str(nproc), "--start-method", "fork",
-            "--run-path", str(RANK_SCRIPT), *trainer_args]
+            "--run-path", str(script), *script_args]
 
 
 def main(argv: list[str] | None = None) -> None:

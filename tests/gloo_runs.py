@@ -1,15 +1,17 @@
 """Several trainings in turn in one torchrun launch, for tests that compare two gloo ranks with one process:
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.gloo_runs CONFIG OUT [...]
+    python -m tests.gloo_runs CONFIG OUT [...]
 
-Each rank joins one process group and trains every config into its OUT (train() joins a group that
-exists), so the tests share one start of torchrun, its ranks and their imports instead of paying it per
-config. What `sagan train --nproc 2` adds on top (the launch itself) is tested where it is called, e.g.
-tests/test_train.py::test_two_processes_pool_their_unreadable_images."""
+runs torchrun as the service does (sagan_core.rank_launcher: two ranks forked from this process, which
+imported the trainer), each running this file. Each rank joins one process group and trains every config
+into its OUT (train() joins a group that exists), so the tests share one start of torchrun, its ranks and
+their imports instead of paying it per config. What `sagan train --nproc 2` adds on top (the launch itself)
+is tested where it is called, e.g. tests/test_train.py::test_two_processes_pool_their_unreadable_images."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from functools import partial
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from sagan_core.config import TrainConfig, build_config, read_config_file
 from sagan_core.parallel import init_distributed, shutdown_distributed
+from sagan_core.rank_launcher import torchrun, torchrun_args
 from sagan_core.train import run
 
 
@@ -33,8 +36,7 @@ def train_two_ranks(runs: dict[Path, TrainConfig]) -> None:
         config_file = out.with_name(f"{out.name}.json")
         config_file.write_text(json.dumps(config.to_dict()))
         args += [str(config_file), str(out)]
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc-per-node", "2", "-m", "tests.gloo_runs", *args],
+    result = subprocess.run([sys.executable, "-m", "tests.gloo_runs", *args],
                             env=subprocess_env(), timeout=600, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -53,4 +55,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    if "RANK" in os.environ:  # a rank: torchrun runs this file in each fork (--run-path)
+        sys.exit(main(sys.argv[1:]))
+    torchrun(torchrun_args(2, sys.argv[1:], script=Path(__file__).resolve()))
