@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sagan_core.launch import training_launch  # noqa: E402  (after the path: the bench runs from a checkout)
+from sagan_core.config import build_config, read_config_file  # noqa: E402  (after the path: runs from a checkout)
+from sagan_core.launch import training_launch  # noqa: E402
 from worker.launcher import LocalLauncher  # noqa: E402
 from worker.processes import stop_group  # noqa: E402
 
@@ -43,7 +44,8 @@ def spawned_ranks(config: Path, out: Path, nproc: int) -> list[str]:
 
 
 def service_launch(config: Path, out: Path, nproc: int) -> list[str]:
-    return training_launch(config, out, nproc).command
+    """The service's launch of the bench's config (device cpu: forked ranks where nproc > 1)."""
+    return training_launch(config, out, build_config(read_config_file(str(config)))).command
 
 
 def one_job(folder: Path, config: Path, nproc: int, launch: Callable[[Path, Path, int], list[str]],

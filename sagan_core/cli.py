@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         adopt_checkpoint(init_from, int(source["step"]), out)
     resume = args.resume or init_from is not None
-    launch = training_launch(config_path, out, config.nproc, resume=resume)
+    launch = training_launch(config_path, out, config, resume=resume)
     if launch.nproc == 1:  # in this process: no second start of Python and torch
         from .train import main as train_main
 

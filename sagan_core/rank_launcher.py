@@ -8,9 +8,11 @@ itself has all of them imported. Here the launcher imports them once and runs to
 and exit status stay torchrun's, only its ranks are forks (torchrun's own option for a script it runs
 with runpy) instead of new interpreters.
 
-Forking is safe for the reason it is for a DataLoader's workers: the launcher has imported torch but never
-initialises CUDA or runs an op, so each rank starts without a CUDA context or a thread pool in use, and
-makes its own. A rank's command line (`ps`) is the launcher's; the ranks are the launcher's children.
+For CPU ranks only (sagan_core.launch picks it where the config's device is "cpu"): CUDA does not survive a
+fork, and torchrun asks the driver whether there is a GPU (LaunchConfig's NUMA default) before it starts
+its ranks. On the CPU a fork is safe for the reason it is for a DataLoader's workers: the launcher imported
+torch but runs no op, so each rank starts with no thread pool in use and makes its own. A rank's command
+line (`ps`) is the launcher's; the ranks are the launcher's children.
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ def _start(run: SweepRun, run_dir: Path, env: dict[str, str]) -> subprocess.Pope
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
     config_path.write_text(json.dumps(run.config.to_dict(), indent=2) + "\n")
-    command = training_launch(config_path, run_dir, run.config.nproc, resume=True).command
+    command = training_launch(config_path, run_dir, run.config, resume=True).command
     with open(run_dir / "train.log", "ab") as log_file:
         # Own process group: a Ctrl-C in the terminal reaches the sweep only, which stops each run with
         # SIGTERM (a checkpoint) instead of a KeyboardInterrupt (none).

@@ -79,22 +79,6 @@ def test_syncbatchnorm_and_nccl_ddp_at_one_rank_equal_the_plain_step(model: str,
             assert one[key] == pytest.approx(other[key], rel=1e-3, abs=1e-4), key
 
 
-def test_the_rank_launchers_forked_ranks_train_on_the_gpu(tmp_path: Path) -> None:
-    # sagan_core.rank_launcher forks its ranks from a process that imported torch: each makes its own CUDA
-    # context after the fork (one rank per visible GPU; 4 steps, a checkpoint at the end).
-    ranks = torch.cuda.device_count()
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps({**tiny_config(device="cuda", batch_size=4 * ranks).to_dict(),
-                                       "nproc": ranks}))
-    result = subprocess.run([sys.executable, "-m", "sagan_core.rank_launcher", "--nproc-per-node", str(ranks),
-                             "--config", str(config_file), "--out", str(tmp_path / "run")],
-                            check=False, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    from sagan_core import load_checkpoint
-
-    assert load_checkpoint(tmp_path / "run").step == 4
-
-
 @pytest.mark.parametrize("model", list(MODELS))
 def test_bf16_autocast_follows_fp32_over_50_steps(model: str) -> None:
     losses = {}

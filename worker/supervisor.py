@@ -272,7 +272,7 @@ class Attempt:
             restore_run(self.store, self.from_store, source, step, self.out, series=source == self.job.id)
         resume = self.start is not None
         # hold_checkpoints: the trainer's rotation waits until this supervisor took each checkpoint.
-        return training_launch(config_path, self.out, spec.nproc, resume=resume,
+        return training_launch(config_path, self.out, spec, resume=resume,
                                hold_checkpoints=True).command
 
     def fetch_checkpoint(self, job_id: str, step: int) -> Path:
