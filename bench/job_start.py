@@ -21,12 +21,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sagan_core.config import build_config, read_config_file  # noqa: E402  (after the path: runs from a checkout)
+from sagan_core.config import build_config  # noqa: E402  (after the path: the bench runs from a checkout)
 from sagan_core.launch import training_launch  # noqa: E402
 from worker.launcher import LocalLauncher  # noqa: E402
 from worker.processes import stop_group  # noqa: E402
@@ -37,22 +38,11 @@ def tree_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def spawned_ranks(config: Path, out: Path, nproc: int) -> list[str]:
-    """torchrun's own launch of the ranks, each a new interpreter (the service's until 2026-12-05)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-            "-m", "sagan_core.train", "--config", str(config), "--out", str(out)]
-
-
-def service_launch(config: Path, out: Path, nproc: int) -> list[str]:
-    """The service's launch of the bench's config (device cpu: forked ranks where nproc > 1)."""
-    return training_launch(config, out, build_config(read_config_file(str(config)))).command
-
-
-def one_job(folder: Path, config: Path, nproc: int, launch: Callable[[Path, Path, int], list[str]],
-            forkserver: Path | None, server_pid: int | None) -> tuple[float, float]:
+def one_job(folder: Path, launch: Callable[[Path], list[str]], forkserver: Path | None,
+            server_pid: int | None) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one job's tree: a plain tree's CPU adds to this process's children's
     once the launcher reaped its guard; a served one's to the server's children's once it reaped it."""
-    command = launch(config, folder / f"run-{time.monotonic_ns()}", nproc)
+    command = launch(folder / f"run-{time.monotonic_ns()}")
     cpu_before = server_children_cpu(server_pid) if server_pid else tree_cpu_seconds()
     began = time.perf_counter()
     launcher = LocalLauncher.start(command, env=dict(os.environ), log_path=folder / "job.log", cwd=folder,
@@ -80,13 +70,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--nproc", type=int, default=1, help="ranks per job (more than 1: both launches)")
     args = parser.parse_args()
-    launches = {"service": service_launch} | ({"spawned_ranks": spawned_ranks} if args.nproc > 1 else {})
+    config = build_config({"preset": "debug32", "dataset": "synthetic:64", "device": "cpu",
+                           "steps": args.steps, "checkpoint_every": 100000, "nproc": args.nproc,
+                           "batch_size": 8 * args.nproc})
     with tempfile.TemporaryDirectory(prefix="sagan-bench-") as tmp:
         folder = Path(tmp)
-        config = folder / "config.json"
-        config.write_text(json.dumps({"preset": "debug32", "dataset": "synthetic:64", "device": "cpu",
-                                      "steps": args.steps, "checkpoint_every": 100000, "nproc": args.nproc,
-                                      "batch_size": 8 * args.nproc}))
+        config_path = folder / "config.json"
+        config_path.write_text(json.dumps(config.to_dict()))
+
+        def service(out: Path) -> list[str]:  # device cpu: forked ranks where nproc > 1
+            return training_launch(config_path, out, config).command
+
+        def spawned_ranks(out: Path) -> list[str]:
+            # The launch the service gives ranks that may use a GPU (and gave every rank until 2026-12-05):
+            # torchrun's own, each rank a new interpreter. The config file still says cpu.
+            return replace(training_launch(config_path, out, config), device="auto").command
+
+        launches = {"service": service} | ({"spawned_ranks": spawned_ranks} if args.nproc > 1 else {})
         socket_path = folder / "forkserver.sock"
         server = subprocess.Popen([sys.executable, "-m", "worker.forkserver", "--socket", str(socket_path)],
                                   cwd=ROOT, start_new_session=True,
@@ -95,14 +95,13 @@ def main() -> None:
             while not socket_path.exists():
                 time.sleep(0.01)
             # the server imports at its first job
-            one_job(folder, config, args.nproc, service_launch, socket_path, server.pid)
+            one_job(folder, service, socket_path, server.pid)
             runs: dict[str, list[tuple[float, float]]] = {}
             for _ in range(args.repeats):
                 for name, launch in launches.items():
-                    runs.setdefault(f"plain/{name}", []).append(one_job(folder, config, args.nproc, launch,
-                                                                        None, None))
+                    runs.setdefault(f"plain/{name}", []).append(one_job(folder, launch, None, None))
                     runs.setdefault(f"forkserver/{name}", []).append(
-                        one_job(folder, config, args.nproc, launch, socket_path, server.pid))
+                        one_job(folder, launch, socket_path, server.pid))
         finally:
             stop_group(server, 5)
 
