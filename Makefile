@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench screenshots clean
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ test: lint
 	# Two test processes (one per core here), each file's tests in one of them (module fixtures stay shared).
 	# The coverage floor: just under the 78 % the whole suite measured (2026-12-04), pytest processes only.
 	$(PY) -m pytest -q -n 2 --dist loadfile --cov-fail-under=77
+
+# The pictures in README.md and docs/: the browser tests' screenshots, saved into docs/screenshots/.
+screenshots: install
+	SAGAN_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q --no-cov tests/service/test_browser.py
 
 bench: install
 	$(PY) bench/train_step.py --preset seed64 --batch-size 64 --steps 3

@@ -1,18 +1,20 @@
 """The web pages in a real browser (Debian's headless Chromium driven by Playwright) against a real
 `sagan up`: submit through the form, watch a job train, move the step slider, open a chart, sample from
-a checkpoint, cancel, and see a 422 beside the field at fault. Each page's screenshot is saved under
-docs/screenshots/ (the README shows the jobs, job and sweep pages)."""
+a checkpoint, cancel, and see a 422 beside the field at fault. Each page's screenshot is saved under the
+temporary folder, or under SAGAN_SCREENSHOTS: `make screenshots` refreshes docs/screenshots/ (the README
+shows the jobs, job and sweep pages), so that a test run leaves the checkout as it was."""
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import ROOT
 from tests.service.conftest import (
     TINY,
     Api,
@@ -22,7 +24,7 @@ from tests.service.conftest import (
 )
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+SCREENSHOTS = Path(os.environ.get("SAGAN_SCREENSHOTS") or Path(tempfile.gettempdir()) / "sagan-screenshots")
 # No sandbox (tests run as root), no GPU, and nothing that reaches the network on its own.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
