@@ -62,8 +62,9 @@ def test_click_a_point_and_see_every_layers_map(page: Page, trained: str) -> Non
     expect(page.locator('[data-chart="gamma"] a.chart-link')).to_have_attribute("href", "#attention-section")
     expect(page.locator("#attention-section")).to_be_visible()
     expect(page.locator("#attention-form [name=step]")).to_have_value("4")
-    page.get_by_role("button", name="Show maps").click()
     image = page.locator("#attention-img")
+    expect(image).to_be_hidden()  # no empty image before the first maps
+    page.get_by_role("button", name="Show maps").click()
     expect(image).to_have_attribute("data-query", "16,16", timeout=TRAINING_S * 1000)
     # the image, g.attn16, d.attn8
     assert image.evaluate("element => element.naturalWidth") == 3 * 128 + 2 * 4

@@ -35,6 +35,7 @@
     }
     if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
     img.src = URL.createObjectURL(await response.blob());
+    img.hidden = false;  // hidden until its first maps: an image without a source shows a broken-image icon
     img.dataset.query = `${query[0]},${query[1]}`;
     text.textContent = `query (${query[0]}, ${query[1]}) · step ${sagan.number(Number(form.elements.step.value))}; click the image (left) for another point`;
   }
