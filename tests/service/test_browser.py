@@ -134,6 +134,9 @@ def test_submit_watch_slide_chart_and_sample(page: Page, service: Api) -> None:
     expect(page.locator("#sample-img")).to_have_attribute("data-key", re.compile(f"^{STEPS}:"))
     expect(page.locator("#sample-img")).not_to_have_attribute("src", first_grid)
     expect(page.locator("#checkpoint-rows tr").first).to_contain_text(str(STEPS))
+    # The checkpoint pickers follow the newest checkpoint (the attention panel's stayed on the first it saw).
+    for picker in ("#sample-form", "#attention-form"):
+        expect(page.locator(f"{picker} [name=step]")).to_have_value(str(STEPS))
     for chart in ("quality", "losses", "logits", "gamma", "speed"):
         expect(page.locator(f'[data-chart="{chart}"] .scatterlayer .trace').first).to_be_attached()
     download = page.locator("#checkpoint-rows a").first.get_attribute("href")

@@ -10,15 +10,18 @@
   const form = $("attention-form"), img = $("attention-img"), text = $("attention-text");
   let imsize = null, query = null, shown = null;
 
-  async function refreshSteps() {
-    const result = await sagan.api(`${base}/checkpoints`);
-    if (!result.ok || result.data.items.length === 0) return false;
-    const select = form.elements.step, picked = select.value;
-    select.innerHTML = result.data.items.slice().reverse().map((item) => `<option value="${item.step}">step ${sagan.number(item.step)}</option>`).join("");
-    if ([...select.options].some((option) => option.value === picked)) select.value = picked;
+  // The job page fetches the checkpoints as the job moves (job.js) and hands them on: the panel shows once
+  // there is one and the job's image size is known.
+  let checkpoints = [];
+  function showSteps() {
+    if (imsize === null || checkpoints.length === 0) return;
+    sagan.fillCheckpoints(form.elements.step, checkpoints);
     $("attention-section").hidden = false;
-    return true;
   }
+  document.addEventListener("sagan:checkpoints", (event) => {
+    checkpoints = event.detail;
+    showSteps();
+  });
 
   async function show() {
     const params = new URLSearchParams({step: form.elements.step.value, seed: form.elements.seed.value.trim(),
@@ -59,8 +62,6 @@
     const result = await sagan.api(base);
     if (!result.ok || result.data.kind !== "train") return;
     imsize = result.data.spec.imsize;
-    const active = sagan.isActive(result.data);  // then look again now and then for the first checkpoint
-    sagan.poll(refreshSteps, () => ($("attention-section").hidden && active ? 5000 : null));
-    form.elements.step.addEventListener("focus", refreshSteps);
+    showSteps();
   })();
 })();

@@ -186,6 +186,19 @@ const sagan = (() => {
     box.hidden = !message;
   }
 
+  // A job's checkpoints as a <select>'s options, newest first (after `first`, e.g. "the best"): it stays on
+  // the first option as checkpoints arrive, unless the user picked another that still exists.
+  function fillCheckpoints(select, items, first = "") {
+    if (!select.dataset.follows) {
+      select.dataset.follows = "true";
+      select.addEventListener("change", () => { select.dataset.chosen = select.value; });
+    }
+    select.innerHTML = first + items.slice().reverse().map((item) =>
+      `<option value="${item.step}">step ${number(item.step)}</option>`).join("");
+    const chosen = select.dataset.chosen;
+    if (chosen && [...select.options].some((option) => option.value === chosen)) select.value = chosen;
+  }
+
   // Calls fn, then again after interval() ms (null: stop); a failed call is noticed and retried.
   // now() runs it at once (after the call in flight, if any).
   function poll(fn, interval) {
@@ -209,5 +222,5 @@ const sagan = (() => {
     return {now: tick};
   }
 
-  return {api, authHeaders, bytes, errorText, clearErrors, showErrors, showImage, escape, evalText, age, duration, number, isActive, progress, setBar, setStatus, notice, poll};
+  return {api, authHeaders, bytes, errorText, clearErrors, showErrors, showImage, escape, evalText, age, duration, number, isActive, progress, setBar, setStatus, notice, poll, fillCheckpoints};
 })();

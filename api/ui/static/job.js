@@ -266,17 +266,12 @@
     $("no-checkpoints").hidden = items.length > 0;
     const form = $("sample-form");
     form.hidden = items.length === 0;
-    const select = form.elements.step;
-    const chosen = select.dataset.chosen;  // the newest, unless the user picked one
-    select.innerHTML = items.slice().reverse().map((item) => `<option value="${item.step}">step ${sagan.number(item.step)}</option>`).join("");
-    if (chosen && items.some((item) => String(item.step) === chosen)) select.value = chosen;
+    sagan.fillCheckpoints(form.elements.step, items);
     const evalForm = $("eval-form");
     evalForm.hidden = items.length === 0;
-    const evalSelect = evalForm.elements.step;
-    const picked = evalSelect.value;
-    evalSelect.innerHTML = (job.best_eval ? `<option value="best">the best (step ${sagan.number(job.best_eval.step)})</option>` : "")
-      + items.slice().reverse().map((item) => `<option value="${item.step}">step ${sagan.number(item.step)}</option>`).join("");
-    if ([...evalSelect.options].some((option) => option.value === picked)) evalSelect.value = picked;
+    sagan.fillCheckpoints(evalForm.elements.step, items,
+      job.best_eval ? `<option value="best">the best (step ${sagan.number(job.best_eval.step)})</option>` : "");
+    document.dispatchEvent(new CustomEvent("sagan:checkpoints", {detail: items}));  // the attention panel's
     if (!evalForm.elements.metrics.value) evalForm.elements.metrics.value = (job.spec.eval_metrics || ["swd"]).join(",");
   }
   // A checkpoint the API serves itself (a file:// store) needs the token, which a plain link does not send:
@@ -311,7 +306,6 @@
     const url = URL.createObjectURL(new Blob([await response.text()], {type: "text/html"}));
     if (tab) tab.location = url; else location.assign(url);
   });
-  $("sample-form").elements.step.addEventListener("change", (event) => { event.target.dataset.chosen = event.target.value; });
 
   // Text as JSON where it is a number, else as typed: the API answers a 422 naming the field.
   const value = (text) => (/^\s*-?\d+(\.\d+)?\s*$/.test(text) ? Number(text) : text);
