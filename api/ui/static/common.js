@@ -186,17 +186,14 @@ const sagan = (() => {
     box.hidden = !message;
   }
 
-  // A job's checkpoints as a <select>'s options, newest first (after `first`, e.g. "the best"): it stays on
-  // the first option as checkpoints arrive, unless the user picked another that still exists.
+  // A job's checkpoints as a <select>'s options, newest first (after `first`, e.g. "the best"). On its first
+  // option it stays on the first as checkpoints arrive, as the step slider stays on the newest grid; on
+  // another, it keeps that one while it exists.
   function fillCheckpoints(select, items, first = "") {
-    if (!select.dataset.follows) {
-      select.dataset.follows = "true";
-      select.addEventListener("change", () => { select.dataset.chosen = select.value; });
-    }
+    const picked = select.selectedIndex > 0 ? select.value : null;
     select.innerHTML = first + items.slice().reverse().map((item) =>
       `<option value="${item.step}">step ${number(item.step)}</option>`).join("");
-    const chosen = select.dataset.chosen;
-    if (chosen && [...select.options].some((option) => option.value === chosen)) select.value = chosen;
+    if (picked && [...select.options].some((option) => option.value === picked)) select.value = picked;
   }
 
   // Calls fn, then again after interval() ms (null: stop); a failed call is noticed and retried.

@@ -271,7 +271,7 @@
     evalForm.hidden = items.length === 0;
     sagan.fillCheckpoints(evalForm.elements.step, items,
       job.best_eval ? `<option value="best">the best (step ${sagan.number(job.best_eval.step)})</option>` : "");
-    document.dispatchEvent(new CustomEvent("sagan:checkpoints", {detail: items}));  // the attention panel's
+    document.dispatchEvent(new CustomEvent("sagan:checkpoints", {detail: items}));  // attention.js's picker
     if (!evalForm.elements.metrics.value) evalForm.elements.metrics.value = (job.spec.eval_metrics || ["swd"]).join(",");
   }
   // A checkpoint the API serves itself (a file:// store) needs the token, which a plain link does not send:
