@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # How a worker runs its jobs' trainings: `local` (torchrun on its own machine) or `ray` (submitted to the
     # Ray cluster at ray_address; worker/ray_launcher.py). A job with nodes > 1 always goes to Ray.
     launcher: Literal["local", "ray"] = "local"
+    # A fork server already running on this machine (`python -m worker.forkserver --socket PATH`), which
+    # `sagan worker` uses instead of starting its own: the workers of one machine then pay its imports once.
+    # Its processes run as whoever started it, with the environment each job asks for.
+    forkserver_socket: Path | None = None
     # The Ray cluster's Jobs API address (its dashboard), e.g. http://ray-head:8265; None: no Ray.
     ray_address: str | None = None
     # How long a Ray job may wait for all its workers' resources (its placement group) before it fails as

@@ -40,9 +40,15 @@ def run_worker(args: argparse.Namespace) -> int:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     queues = args.queues.split(",") if args.queues else default_queues(settings)
     reaper = _start_reaper(settings) if args.reaper else None
-    # A worker of the `ray` queue alone starts no process of its jobs here: no fork server.
-    forkserver = None if set(queues) == {"ray"} else _start_forkserver(settings)
-    app = create_worker_app(settings, forkserver=None if forkserver is None else forkserver[1])
+    # A worker of the `ray` queue alone starts no process of its jobs here: no fork server. One that
+    # SAGAN_FORKSERVER_SOCKET names is shared; otherwise the worker starts its own.
+    serves_local_jobs = set(queues) != {"ray"}
+    forkserver = settings.forkserver_socket if serves_local_jobs else None
+    own_forkserver = None
+    if serves_local_jobs and forkserver is None:
+        own_forkserver = _start_forkserver(settings)
+        forkserver = own_forkserver[1]
+    app = create_worker_app(settings, forkserver=forkserver)
     try:
         app.worker_main([
             "worker", "--queues", ",".join(queues), "--loglevel",
@@ -55,9 +61,9 @@ def run_worker(args: argparse.Namespace) -> int:
     finally:
         if reaper is not None:
             stop_group(reaper, 15)  # the guard and the reaper: it finishes its pass
-        if forkserver is not None:
-            stop_group(forkserver[0], 5)
-            shutil.rmtree(forkserver[1].parent, ignore_errors=True)
+        if own_forkserver is not None:
+            stop_group(own_forkserver[0], 5)
+            shutil.rmtree(own_forkserver[1].parent, ignore_errors=True)
     return 0
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from sagan_service.models import TERMINAL
 from tests.conftest import subprocess_env
+from worker.processes import stop_group
 
 PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
 # Engineers running service tests side by side give each run its own Redis database (SAGAN_TEST_REDIS_DB);
@@ -252,12 +253,28 @@ def s3_endpoint(s3_server: S3Server) -> str:
 
 
 @pytest.fixture(scope="session")
-def service_env(tmp_service: Path, database_url: str, s3_endpoint: str) -> dict[str, str]:
+def forkserver_socket(tmp_service: Path) -> Iterator[Path]:
+    """One fork server for every worker started with service_env (SAGAN_FORKSERVER_SOCKET): it imports
+    torch and the trainer once per test session instead of once per worker (~5 CPU-s each, 30-odd workers).
+    Tests of a worker's own server (test_stopping's stubborn ranks) leave the variable out."""
+    path = tmp_service / "forkserver.sock"
+    with open(tmp_service / "forkserver.log", "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "worker.forkserver", "--socket", str(path)],
+                                  env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(path.exists, 30, "the shared fork server's socket")
+    yield path
+    stop_group(server, 5)
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_service: Path, database_url: str, s3_endpoint: str,
+                forkserver_socket: Path) -> dict[str, str]:
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     (tmp_service / "data").mkdir()
-    return {**subprocess_env(), **FAST_TIMINGS,
+    return {**subprocess_env(), **FAST_TIMINGS, "SAGAN_FORKSERVER_SOCKET": str(forkserver_socket),
             "SAGAN_HOME": str(tmp_service / "home"), "SAGAN_DATABASE_URL": database_url,
             "SAGAN_BROKER_URL": REDIS_URL, "SAGAN_ARTIFACTS_URL": f"s3://{BUCKET}/artifacts",
             "SAGAN_S3_ENDPOINT_URL": s3_endpoint, "SAGAN_DATA_ROOTS": str(tmp_service / "data"),

@@ -21,6 +21,7 @@ from sagan_service.db import make_engine, make_session_factory
 from sagan_service.specs import validate_train_config
 from tests.service.conftest import TINY, WORKER, Api, Service, Workers, pids_mentioning, start_api, wait_for
 from tests.test_train import DIVERGED
+from worker.processes import descendants
 
 
 def fetch_png(url: str, api: Api) -> Image.Image:
@@ -111,12 +112,17 @@ def test_a_diverging_job_fails_with_its_step_once_keeping_a_finite_checkpoint(ap
 
 
 @pytest.mark.timeout(120)
-def test_cancel_stops_the_training_processes(api: Api, workers: Workers) -> None:
+def test_cancel_stops_the_training_processes(api: Api, workers: Workers, forkserver_socket: Path) -> None:
     # Two ranks: the deepest tree a job makes (guard, torchrun, its two ranks) must all go.
     job = api.submit({"kind": "train", "config": {**TINY, "steps": 100_000, "nproc": 2}})
     wait_for(lambda: api.job(job["id"])["progress"]["step"] > 0, 90, "training to start")
     training = pids_mentioning(job["id"])
     assert len(training) >= 4
+    # The session's workers share the fork server that SAGAN_FORKSERVER_SOCKET names: the tree is forked by
+    # it, and the worker started no server of its own.
+    [shared] = pids_mentioning(f"-m\0worker.forkserver\0--socket\0{forkserver_socket}\0")
+    assert set(training) <= descendants(shared)
+    assert not descendants(workers.current.process.pid) & set(pids_mentioning("-m\0worker.forkserver\0"))
 
     response = api.client.post(f"/jobs/{job['id']}/cancel")
     assert response.status_code == 200 and response.json()["cancel_requested"]
