@@ -386,14 +386,17 @@ class Attempt:
         return self.out_of_time
 
     def stop_gracefully(self) -> None:
-        """Ask the trainer to checkpoint and stop (LocalLauncher.ask_to_stop); past two thirds of the shutdown
-        time, kill it."""
+        """Ask the trainer to checkpoint and stop (LocalLauncher.ask_to_stop), again at every poll; once two
+        thirds of the shutdown time have passed since the first ask, kill it."""
         assert self.launcher is not None
         if self.stopping_since is None:
-            self.stopping_since = time.monotonic()
             if not self.out_of_time:
                 log.warning("job %s: the worker is stopping; the training checkpoints and the job goes back "
                             "to the queue", self.job.id)
+            self.launcher.ask_to_stop()
+            # Counted from the first ask (not before the log line above): the trainer gets the whole time.
+            self.stopping_since = time.monotonic()
+            return
         if time.monotonic() - self.stopping_since > self.settings.shutdown_seconds * 2 / 3:
             log.warning("job %s: the training did not stop in time; killing it", self.job.id)
             self.killed_overdue = True

@@ -133,7 +133,8 @@ def start_api(env: dict[str, str], tmp: Path) -> tuple[Service, Api]:
 
 def start_up(tmp: Path, *args: str, timeout: float = 90, **settings: str) -> tuple[Service, Api]:
     """An embedded `sagan up` (its own state under tmp, no SAGAN_* setting from outside but the fast timings
-    and `settings`, e.g. SAGAN_LOG_FORMAT="json"), answering /healthz. The caller stops it."""
+    and `settings`, e.g. SAGAN_LOG_FORMAT="json"), answering /healthz. The caller stops it. Tests that are
+    not about the embedded default itself pass the session's fork server (SAGAN_FORKSERVER_SOCKET)."""
     port = free_port()
     env = {name: value for name, value in subprocess_env().items() if not name.startswith("SAGAN_")}
     env.update(FAST_TIMINGS, SAGAN_HOME=str(tmp / "home"), **settings)

@@ -37,8 +37,8 @@ TRAINING_S = 600
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    up, api = start_up(tmp_path_factory.mktemp("browser"))
+def service(tmp_path_factory: pytest.TempPathFactory, forkserver_socket: Path) -> Iterator[Api]:
+    up, api = start_up(tmp_path_factory.mktemp("browser"), SAGAN_FORKSERVER_SOCKET=str(forkserver_socket))
     try:
         yield api
     finally:

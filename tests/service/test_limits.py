@@ -191,8 +191,8 @@ def test_the_per_owner_queue_limit_is_exact_under_concurrent_posts(service_env: 
 
 
 @pytest.mark.timeout(300)
-def test_the_maximum_run_time_ends_a_run_with_a_checkpoint(tmp_path: Path) -> None:
-    up, api = start_up(tmp_path, SAGAN_MAX_RUN_SECONDS="8")
+def test_the_maximum_run_time_ends_a_run_with_a_checkpoint(tmp_path: Path, forkserver_socket: Path) -> None:
+    up, api = start_up(tmp_path, SAGAN_MAX_RUN_SECONDS="8", SAGAN_FORKSERVER_SOCKET=str(forkserver_socket))
     try:
         job = api.submit({"kind": "train",
                           "config": {**TINY, "steps": 1_000_000, "checkpoint_every": 100_000}})

@@ -290,8 +290,8 @@ def test_an_open_follower_does_not_keep_a_stopping_api_alive(
 # -- the embedded `sagan up` ---------------------------------------------------------------------------------
 
 @pytest.mark.timeout(180)
-def test_a_follower_sees_lines_in_the_embedded_service(tmp_path: Path) -> None:
-    up, api = start_up(tmp_path)
+def test_a_follower_sees_lines_in_the_embedded_service(tmp_path: Path, forkserver_socket: Path) -> None:
+    up, api = start_up(tmp_path, SAGAN_FORKSERVER_SOCKET=str(forkserver_socket))
     try:
         job = api.submit({"kind": "train", "config": LONG})
         assert api.client.get(f"/jobs/{job['id']}/logs").status_code == 200

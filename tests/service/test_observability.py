@@ -91,8 +91,8 @@ def test_job_json_in_the_store_has_the_final_status(api: Api, finished: dict[str
 
 
 @pytest.mark.timeout(300)
-def test_json_log_lines_carry_the_job_id(tmp_path: Path) -> None:
-    up, api = start_up(tmp_path, SAGAN_LOG_FORMAT="json")
+def test_json_log_lines_carry_the_job_id(tmp_path: Path, forkserver_socket: Path) -> None:
+    up, api = start_up(tmp_path, SAGAN_LOG_FORMAT="json", SAGAN_FORKSERVER_SOCKET=str(forkserver_socket))
     try:
         job = api.submit({"kind": "train", "config": TINY})
         assert api.wait_status(job["id"], {"succeeded", "failed"}, timeout=240)["status"] == "succeeded"

@@ -272,8 +272,9 @@ def test_the_sender_checks_the_host_again_and_gives_up_after_the_attempts(sessio
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    up, api = start_up(tmp_path_factory.mktemp("webhooks"), SAGAN_WEBHOOK_HOSTS="127.0.0.1",
+def service(tmp_path_factory: pytest.TempPathFactory, forkserver_socket: Path) -> Iterator[Api]:
+    up, api = start_up(tmp_path_factory.mktemp("webhooks"), SAGAN_FORKSERVER_SOCKET=str(forkserver_socket),
+                       SAGAN_WEBHOOK_HOSTS="127.0.0.1",
                        SAGAN_WEBHOOK_SECRET=SECRET, SAGAN_WEBHOOK_BACKOFF_SECONDS="0.5",
                        SAGAN_WEBHOOK_POLL_SECONDS="0.2")
     yield api
