@@ -22,9 +22,10 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: lint
-	# Two test processes (one per core here), each file's tests in one of them (module fixtures stay shared).
+	# Two test processes (one per core here), each file's tests in one of them (module fixtures stay shared),
+	# files handed out in the order tests/conftest.py sets.
 	# The coverage floor: just under the 78 % the whole suite measured (2026-12-04), pytest processes only.
-	$(PY) -m pytest -q -n 2 --dist loadfile --cov-fail-under=77
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --cov-fail-under=77
 
 # The pictures in README.md and docs/: the browser tests' screenshots, saved into docs/screenshots/.
 screenshots: install

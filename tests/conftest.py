@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +50,13 @@ def subprocess_env() -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules marked `long_module` first, in their order; the rest as collected. `make test`'s
-    `--dist loadfile` hands modules out in this order: a module of minutes started last would leave the
-    other test process idle until it ends."""
-    items.sort(key=lambda item: item.get_closest_marker("long_module") is None)  # a stable sort
+    """Modules marked `long_module` first, then the others by their number of tests, most first (what
+    pytest-xdist would do by itself; `make test` turns that off with --no-loadscope-reorder so that this
+    order holds). `make test`'s `--dist loadfile` hands modules out in this order: a module of minutes
+    started last would leave the other test process idle until it ends (test_gpu_check's one test did)."""
+    tests_in = Counter(item.nodeid.split("::")[0] for item in items)
+    items.sort(key=lambda item: (item.get_closest_marker("long_module") is None,
+                                 -tests_in[item.nodeid.split("::")[0]]))  # stable: modules stay whole
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,6 +11,9 @@ import pytest
 
 from .conftest import ROOT, subprocess_env
 
+# Its one test takes about a minute beside the rest of the suite: handed out last, it ran alone at the end.
+pytestmark = pytest.mark.long_module
+
 
 @pytest.mark.slow
 def test_gpu_check_cpu_smoke_prints_one_json_line_per_figure(tmp_path: Path) -> None:
