@@ -41,6 +41,7 @@ class ForcedDistributed(DistContext):
     def distributed(self) -> bool:  # one rank, but the code path of many
         return True
 
+torch.backends.cudnn.allow_tf32 = False  # as the plain step beside it (the test says why)
 dist.init_process_group("nccl")
 base = init_distributed("cuda")
 ctx = ForcedDistributed(base.rank, base.world_size, base.local_rank, base.device)
@@ -72,8 +73,12 @@ def test_syncbatchnorm_and_nccl_ddp_at_one_rank_equal_the_plain_step(model: str,
                             check=False, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     distributed = json.loads(result.stdout.strip().splitlines()[-1])
-    state, batches = _state(**MODELS[model])
-    plain = [{k: v.item() for k, v in train_step(state, batches).items()} for _ in range(3)]
+    # Both sides without TF32 convolutions (torch's default allows them): cuDNN may pick other algorithms
+    # for the two paths, and TF32's round-off alone moved dcgan's g_loss by 1.4e-4 on an H100 (2026-12-05;
+    # with NVIDIA_TF32_OVERRIDE=0 both models agreed within the tolerance).
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        state, batches = _state(**MODELS[model])
+        plain = [{k: v.item() for k, v in train_step(state, batches).items()} for _ in range(3)]
     for one, other in zip(plain, distributed, strict=True):
         for key in one:
             assert one[key] == pytest.approx(other[key], rel=1e-3, abs=1e-4), key
