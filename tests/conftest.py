@@ -54,9 +54,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     pytest-xdist would do by itself; `make test` turns that off with --no-loadscope-reorder so that this
     order holds). `make test`'s `--dist loadfile` hands modules out in this order: a module of minutes
     started last would leave the other test process idle until it ends (test_gpu_check's one test did)."""
-    tests_in = Counter(item.nodeid.split("::")[0] for item in items)
+    tests_in = Counter(item.path for item in items)
     items.sort(key=lambda item: (item.get_closest_marker("long_module") is None,
-                                 -tests_in[item.nodeid.split("::")[0]]))  # stable: modules stay whole
+                                 -tests_in[item.path]))  # stable: modules stay whole
 
 
 @pytest.fixture(scope="session", autouse=True)
