@@ -5,9 +5,10 @@ never redelivered while it runs; one task per process, no prefetch (a busy worke
 of another job), a fresh process per task; and a visibility timeout above the longest job. Retries
 are the reaper's business (attempt counter in the database), never Celery's.
 
-The reaper also finds lost messages: it looks into the broker's queues (Redis lists, or the embedded
-queue's folder), stamps every queued job whose message it sees there, and sends the others again once
-they have not been seen for SAGAN_REDISPATCH_SECONDS. A job waiting its turn is never sent twice.
+The reaper (reaper.py) also finds lost messages: it looks into the broker's queues (Redis lists, or the
+embedded queue's folder: waiting_job_ids), stamps every queued job whose message it sees there, and sends the
+others again once they have not been seen for SAGAN_REDISPATCH_SECONDS. A job waiting its turn is never sent
+twice.
 """
 
 from __future__ import annotations
@@ -16,32 +17,18 @@ import base64
 import functools
 import json
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sagan_core.config import TrainConfig
 
-from .jobs import (
-    expired_leases,
-    get_job,
-    note_waiting,
-    reap_expired_leases,
-    settle_open_sweeps,
-    take_stale_queued,
-)
-from .models import utcnow
-from .records import publish_job_record
-
 if TYPE_CHECKING:
     from celery import Celery
     from redis import Redis
-    from sqlalchemy.orm import Session, sessionmaker
 
     from .jobspec import JobSpec
     from .models import Job
     from .settings import Settings
-    from .storage import ArtifactStore
 
 TASK_NAME = "sagan.run_job"
 QUEUES = ("default", "cpu", "gpu", "ray")
@@ -207,24 +194,3 @@ def _job_id_of(raw: bytes) -> str | None:
     except (ValueError, KeyError, IndexError, TypeError):
         return None
     return args[0] if isinstance(args, list) and len(args) == 1 and isinstance(args[0], str) else None
-
-
-def reaper_pass(session_factory: sessionmaker[Session], celery: Celery, *,
-                redispatch_after: timedelta, store: ArtifactStore | None = None) -> list[str]:
-    """Settle jobs whose lease expired (and update their job.json in `store`), then (re)send every queued
-    job whose message is due: the ones just requeued, and any not seen in the broker for
-    `redispatch_after` (its message was lost). Unfinished sweeps are settled again too (their status is
-    derived from their children's)."""
-    with session_factory() as session:
-        now = utcnow()
-        expired = expired_leases(session, now=now) if store is not None else []
-        requeued = reap_expired_leases(session, now=now)
-        if store is not None:  # without a store `expired` is empty
-            for job_id in expired:
-                publish_job_record(store, get_job(session, job_id))
-        settle_open_sweeps(session)
-        note_waiting(session, job_ids=waiting_job_ids(celery) or set())
-        resent = take_stale_queued(session, older_than=redispatch_after)
-        for job_id in requeued + resent:
-            dispatch(celery, get_job(session, job_id))
-    return requeued + resent

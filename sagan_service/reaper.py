@@ -1,4 +1,4 @@
-"""The reaper: requeues jobs whose worker died and resends lost queue messages (queue.reaper_pass); beside
+"""The reaper: requeues jobs whose worker died and resends lost queue messages (reaper_pass); beside
 it, the webhook sender (webhook_sender.py) POSTs jobs' status changes.
 
 It runs in every API process and beside every worker (`sagan worker` starts `sagan reaper` as a
@@ -15,7 +15,17 @@ import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from .queue import reaper_pass
+from .jobs import (
+    expired_leases,
+    get_job,
+    note_waiting,
+    reap_expired_leases,
+    settle_open_sweeps,
+    take_stale_queued,
+)
+from .models import utcnow
+from .queue import dispatch, waiting_job_ids
+from .records import publish_job_record
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -25,6 +35,27 @@ if TYPE_CHECKING:
     from .storage import ArtifactStore
 
 log = logging.getLogger(__name__)
+
+
+def reaper_pass(session_factory: sessionmaker[Session], celery: Celery, *,
+                redispatch_after: timedelta, store: ArtifactStore | None = None) -> list[str]:
+    """Settle jobs whose lease expired (and update their job.json in `store`), then (re)send every queued
+    job whose message is due: the ones just requeued, and any not seen in the broker for
+    `redispatch_after` (its message was lost). Unfinished sweeps are settled again too (their status is
+    derived from their children's)."""
+    with session_factory() as session:
+        now = utcnow()
+        expired = expired_leases(session, now=now) if store is not None else []
+        requeued = reap_expired_leases(session, now=now)
+        if store is not None:  # without a store `expired` is empty
+            for job_id in expired:
+                publish_job_record(store, get_job(session, job_id))
+        settle_open_sweeps(session)
+        note_waiting(session, job_ids=waiting_job_ids(celery) or set())
+        resent = take_stale_queued(session, older_than=redispatch_after)
+        for job_id in requeued + resent:
+            dispatch(celery, get_job(session, job_id))
+    return requeued + resent
 
 
 def reap_once(sessions: sessionmaker[Session], celery: Celery, settings: Settings,
