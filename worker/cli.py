@@ -63,6 +63,7 @@ def run_worker(args: argparse.Namespace) -> int:
             stop_group(reaper, 15)  # the guard and the reaper: it finishes its pass
         if own_forkserver is not None:
             stop_group(own_forkserver[0], 5)
+            # The server removes its folder as it exits; not if it had to be killed.
             shutil.rmtree(own_forkserver[1].parent, ignore_errors=True)
     return 0
 
@@ -78,9 +79,11 @@ def _start_reaper(settings: Settings) -> subprocess.Popen:
 
 def _start_forkserver(settings: Settings) -> tuple[subprocess.Popen, Path]:
     """The fork server (worker/forkserver.py) and its socket, in a private folder of its own: a socket's
-    path must be short (108 bytes), which a work directory need not be."""
+    path must be short (108 bytes), which a work directory need not be. The server removes the folder when
+    it exits, so a worker killed outright (its guard stops the server) leaves none behind."""
     socket_path = Path(tempfile.mkdtemp(prefix="sagan-worker-")) / "forkserver.sock"
-    return _start_guarded(settings, ["-m", "worker.forkserver", "--socket", str(socket_path)]), socket_path
+    command = ["-m", "worker.forkserver", "--socket", str(socket_path), "--own-folder"]
+    return _start_guarded(settings, command), socket_path
 
 
 def _start_guarded(settings: Settings, python_args: list[str]) -> subprocess.Popen:

@@ -74,11 +74,14 @@ class Request:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A worker's fork server (started by `sagan worker`).")
     parser.add_argument("--socket", required=True, type=Path, help="the Unix socket to listen on")
+    parser.add_argument("--own-folder", action="store_true",
+                        help="the socket's folder was made for this server alone: remove it with the socket "
+                             "at exit (`sagan worker`'s own server: its worker may die without cleaning up)")
     args = parser.parse_args(argv)
     listener = listen(args.socket)
     # Each role below returns only in the forked process that plays the next one, so a fork leaves every
     # `with` and `finally` of its parent's role behind it (the server's, which removes the socket, included).
-    request, connection = serve(listener, args.socket)
+    request, connection = serve(listener, args.socket, own_folder=args.own_folder)
     command = guard_job(request, connection)
     return run_module(command)
 
@@ -92,8 +95,9 @@ def listen(path: Path) -> socket.socket:
     return listener
 
 
-def serve(listener: socket.socket, path: Path) -> tuple[Request, socket.socket]:
-    """Accept requests until SIGTERM; return (in the forked job guard only) the request and its connection."""
+def serve(listener: socket.socket, path: Path, *, own_folder: bool = False) -> tuple[Request, socket.socket]:
+    """Accept requests until SIGTERM; return (in the forked job guard only) the request and its connection.
+    At exit the server removes its socket (and, with `own_folder`, the socket's folder)."""
     server_pid = os.getpid()
     # Exited job guards are reaped as they exit (their CPU time adds to the server's, as for any parent).
     signal.signal(signal.SIGCHLD, lambda *_: reap_children())
@@ -120,6 +124,9 @@ def serve(listener: socket.socket, path: Path) -> tuple[Request, socket.socket]:
         if os.getpid() == server_pid:
             listener.close()
             path.unlink(missing_ok=True)
+            if own_folder:
+                with contextlib.suppress(OSError):  # not empty: something else put a file there; keep it
+                    path.parent.rmdir()
 
 
 def preload() -> None:

@@ -78,6 +78,16 @@ def ranks_of(job_id: str) -> list[int]:
     return [child for pid in launchers for child in children(pid) if child in launchers]
 
 
+def own_forkserver_folder(worker_pid: int) -> Path:
+    """The folder of the socket of the fork server a worker started (under a guard, its child)."""
+    for guard in children(worker_pid):
+        for server in children(guard):
+            command = Path(f"/proc/{server}/cmdline").read_bytes().decode().split("\0")
+            if "worker.forkserver" in command:
+                return Path(command[command.index("--socket") + 1]).parent
+    raise AssertionError(f"worker {worker_pid} runs no fork server")
+
+
 def ignores_sigterm(pid: int) -> bool:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("SigIgn:"):
@@ -109,9 +119,12 @@ def test_no_process_of_a_job_survives_a_cancel_or_its_worker_even_ranks_ignoring
         second = api.submit({"kind": "train", "config": config})
         wait_for(lambda: api.job(second["id"])["progress"]["step"] > 0, 240, "training to start")
         assert len(ranks_of(second["id"])) == 2
+        socket_folder = own_forkserver_folder(stubborn.process.pid)
         stubborn.signal_group(signal.SIGKILL)
         stubborn.process.wait()
         wait_for(lambda: not pids_mentioning(second["id"]), 45, "every process of the orphaned job to exit")
+        # Nor does the worker's fork server leave its socket's folder behind (the worker's cleanup never ran).
+        wait_for(lambda: not socket_folder.exists(), 15, "the fork server to remove its folder")
         api.client.post(f"/jobs/{second['id']}/cancel")
         api.wait_status(second["id"], {"cancelled"}, timeout=60)
     finally:
