@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from sagan_core.config import make_config
 from sagan_service.settings import Settings
 from tests.service.conftest import BUCKET, TINY, WORKER, Api, Service, Workers, free_port, wait_for
 from worker.mlflow_sync import MlflowSync
+from worker.processes import stop_group
 
 mlflow = pytest.importorskip("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -56,8 +56,7 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_for(healthy, 120, "the MLflow server to answer /health", interval=0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_group(server, 30)
 
 
 def own_worker(workers: Workers, service_env: dict[str, str], tmp_path: Path, **settings: str) -> Service:
