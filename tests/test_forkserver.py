@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import wait_for
+from tests.service.conftest import start_forkserver, wait_for
 from worker.launcher import LocalLauncher, ServedGuard
 from worker.processes import descendants, stop_group
 
@@ -30,10 +30,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    socket_path = tmp_path_factory.mktemp("forkserver") / "s.sock"
-    process = subprocess.Popen([sys.executable, "-m", "worker.forkserver", "--socket", str(socket_path)],
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
-    wait_for(socket_path.exists, 30, "the fork server's socket")
+    folder = tmp_path_factory.mktemp("forkserver")
+    socket_path = folder / "s.sock"
+    process = start_forkserver(socket_path, folder / "server.log")
     yield Server(socket_path, process)
     stop_group(process, 5)
     assert not socket_path.exists()  # the server removes its socket when it stops

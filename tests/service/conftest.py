@@ -259,13 +259,20 @@ def forkserver_socket(tmp_service: Path) -> Iterator[Path]:
     torch and the trainer once per test session instead of once per worker (~5 CPU-s each, 30-odd workers).
     Tests of a worker's own server (test_stopping's stubborn ranks) leave the variable out."""
     path = tmp_service / "forkserver.sock"
-    with open(tmp_service / "forkserver.log", "ab") as log:
-        server = subprocess.Popen([sys.executable, "-m", "worker.forkserver", "--socket", str(path)],
-                                  env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
-    wait_for(path.exists, 30, "the shared fork server's socket")
+    server = start_forkserver(path, tmp_service / "forkserver.log")
     yield path
     stop_group(server, 5)
+
+
+def start_forkserver(socket_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m worker.forkserver` on socket_path, in a session of its own (stop_group stops it), once its
+    socket exists."""
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "worker.forkserver", "--socket", str(socket_path)],
+                                  env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(socket_path.exists, 30, "the fork server's socket")
+    return server
 
 
 @pytest.fixture(scope="session")
